@@ -1,0 +1,45 @@
+# batchserve: `make serve` runs the demo server, `make test` runs lint, types and the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ARTIFACTS := models/artifacts/diabetes.joblib
+
+.PHONY: install serve test lint typecheck pytest artifacts bench clean
+
+# Create the virtual environment once, and again whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	touch $(STAMP)
+
+install:  ## create or refresh .venv with every extra
+	rm -f $(STAMP)
+	$(MAKE) $(STAMP)
+
+models/artifacts/diabetes.joblib: models/build_diabetes.py | $(STAMP)
+	$(BIN)/python models/build_diabetes.py $@
+
+artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
+
+serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000
+	$(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest  ## everything CI runs
+
+bench: $(STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
+	$(BIN)/python benchmarks/http_floor.py
+
+clean:
+	rm -rf $(VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache

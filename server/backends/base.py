@@ -1,0 +1,81 @@
+"""The backend contract: what a model must provide to be served by batchserve.
+
+A backend is constructed with its model's configuration, then ``load`` and
+``warmup`` run on a worker thread before the model reports ready. For each
+request, ``parse_parameters`` and ``preprocess`` turn the client's JSON into
+rows; rows from many requests are batched and handed to ``predict_batch`` on
+an executor thread, which must return exactly one output per row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from server.errors import InvalidInput, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from server.config import ModelConfig
+
+
+class LoadError(Exception):
+    """The model could not be loaded; the message is shown in ``/models`` and ``/readyz``."""
+
+
+class NoOptions(BaseModel):
+    """A backend without options accepts an empty ``options`` table only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(ABC):
+    """Base class of every backend; subclasses are found by short name or entry point."""
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    """Pydantic model validating ``options`` in ``models.toml`` (``extra="forbid"``)."""
+
+    preprocess_in_thread: ClassVar[bool] = False
+    """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.options: Any = self.Options.model_validate(config.options)
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Load the artifact at ``self.config.path`` onto ``device``; raise ``LoadError``."""
+
+    @abstractmethod
+    def warmup(self) -> None:
+        """Run representative batches so the first request pays no one-time costs."""
+
+    def parse_parameters(self, parameters: Mapping[str, Any]) -> Any:
+        """Validate the request's ``parameters``; the result is passed to ``preprocess``."""
+        if parameters:
+            raise InvalidInput(
+                f"unknown parameters {sorted(parameters)}; this model takes no parameters")
+        return None
+
+    @abstractmethod
+    def preprocess(self, item: Any, parameters: Any) -> Any:
+        """Validate one JSON item and turn it into a row; raise ``InvalidInput`` saying why."""
+
+    @abstractmethod
+    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+        """Return one JSON-serialisable output per row, in order."""
+
+    def decode_body(self, content_type: str, body: bytes) -> list[Any]:
+        """Turn a non-JSON request body (an image upload, say) into items."""
+        raise UnsupportedMediaType(
+            f"model '{self.config.name}' accepts application/json bodies only, not {content_type!r}"
+        )
+
+    def unload(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what ``load`` took (device memory, file handles)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What an input item and an output look like, for ``GET /models/{name}``."""

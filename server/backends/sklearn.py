@@ -1,0 +1,121 @@
+"""scikit-learn estimators saved with joblib.
+
+An item is a list of numbers (one per feature) or, when the estimator was
+fitted with feature names, an object of feature name -> number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from server.backends.base import Backend, LoadError
+from server.errors import InvalidInput
+
+_NUMBER = (int, float)
+
+
+class SklearnOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output: Literal["predict", "proba"] = "predict"
+    """``predict``: the estimator's prediction; ``proba``: class probabilities (classifiers)."""
+
+
+class SklearnBackend(Backend):
+    Options = SklearnOptions
+
+    def load(self, device: str) -> None:
+        if device not in ("cpu", "auto"):
+            raise LoadError(f"the sklearn backend runs on the CPU only, not on {device!r}")
+        import joblib
+
+        try:
+            estimator = joblib.load(self.config.path)
+        except FileNotFoundError:
+            raise LoadError(f"artifact not found: {self.config.path}") from None
+        except Exception as exc:
+            raise LoadError(f"cannot load {self.config.path} with joblib: {exc}") from None
+        if not hasattr(estimator, "predict"):
+            raise LoadError(f"{self.config.path} holds a {type(estimator).__name__}, not an estimator")
+        n_features = getattr(estimator, "n_features_in_", None)
+        if not isinstance(n_features, int):
+            raise LoadError(f"{type(estimator).__name__} is not fitted (no n_features_in_)")
+        names = getattr(estimator, "feature_names_in_", None)
+        self._feature_names: list[str] | None = None if names is None else [str(n) for n in names]
+        self._feature_index = {n: i for i, n in enumerate(self._feature_names or [])}
+        self._n_features = n_features
+        self._classes: list[Any] | None = None
+        if self.options.output == "proba":
+            if not hasattr(estimator, "predict_proba"):
+                raise LoadError(f"options.output = 'proba' but {type(estimator).__name__} "
+                                "has no predict_proba")
+            self._classes = estimator.classes_.tolist()
+        self._estimator = estimator
+        self._frame: Any = None
+        if self._feature_names is not None:
+            # Fitted on a data frame: predict on one too, so sklearn can check the names.
+            import pandas
+
+            self._frame = pandas.DataFrame
+
+    def warmup(self) -> None:
+        self.predict_batch([[0.0] * self._n_features] * 2)
+
+    def preprocess(self, item: Any, parameters: Any) -> list[float]:
+        if isinstance(item, dict):
+            return self._from_mapping(item)
+        if not isinstance(item, list):
+            raise InvalidInput(f"expected a list of {self._n_features} numbers"
+                               f"{' or an object of feature values' if self._feature_names else ''}"
+                               f", got {type(item).__name__}")
+        if len(item) != self._n_features:
+            raise InvalidInput(f"expected {self._n_features} features, got {len(item)}")
+        for position, value in enumerate(item):
+            if type(value) not in _NUMBER or not math.isfinite(value):
+                raise InvalidInput(f"feature {position} must be a finite number, got {value!r:.40}")
+        return item
+
+    def _from_mapping(self, item: dict[str, Any]) -> list[float]:
+        if self._feature_names is None:
+            raise InvalidInput("this model was fitted without feature names; "
+                               f"send a list of {self._n_features} numbers")
+        unknown = sorted(set(item) - self._feature_index.keys())
+        missing = [n for n in self._feature_names if n not in item]
+        if unknown or missing:
+            raise InvalidInput(f"feature names do not match: missing {missing}, unknown {unknown}")
+        row = [item[name] for name in self._feature_names]
+        for name, value in zip(self._feature_names, row, strict=True):
+            if type(value) not in _NUMBER or not math.isfinite(value):
+                raise InvalidInput(f"feature {name!r} must be a finite number, got {value!r:.40}")
+        return row
+
+    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+        import numpy
+
+        matrix = numpy.asarray(rows, dtype=numpy.float64)
+        features: Any = matrix if self._frame is None else self._frame(
+            matrix, columns=self._feature_names)
+        if self._classes is not None:
+            probabilities = self._estimator.predict_proba(features)
+            return [
+                {"label": self._classes[int(p.argmax())],
+                 "scores": {str(c): float(v) for c, v in zip(self._classes, p, strict=True)}}
+                for p in probabilities
+            ]
+        result: list[Any] = self._estimator.predict(features).tolist()
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        loaded = hasattr(self, "_n_features")
+        item: dict[str, Any] = {"type": "array of numbers", "length": getattr(self, "_n_features", None)}
+        if loaded and self._feature_names is not None:
+            item["or"] = {"type": "object", "keys": self._feature_names}
+        output: dict[str, Any] = (
+            {"type": "object", "fields": {"label": "class", "scores": "class -> probability"}}
+            if self.options.output == "proba" else {"type": "prediction (number or label)"}
+        )
+        return {"input": item, "output": output}

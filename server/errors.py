@@ -1,0 +1,88 @@
+"""Errors that carry their HTTP status; one handler in ``app.py`` renders them all."""
+
+from __future__ import annotations
+
+
+class BatchserveError(Exception):
+    """Base error: ``status`` and ``type`` become the JSON error body."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(BatchserveError):
+    """An item (or a parameter) the backend cannot accept; the message names which."""
+
+    status = 400
+    type = "invalid_input"
+
+
+class ModelNotFound(BatchserveError):
+    status = 404
+    type = "model_not_found"
+
+
+class BodyTooLarge(BatchserveError):
+    status = 413
+    type = "body_too_large"
+
+
+class UnsupportedMediaType(BatchserveError):
+    status = 415
+    type = "unsupported_media_type"
+
+
+class MalformedRequest(BatchserveError):
+    status = 422
+    type = "malformed_request"
+
+
+class Unavailable(BatchserveError):
+    """503: the client may retry after ``retry_after_s`` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class QueueFull(Unavailable):
+    type = "queue_full"
+
+
+class ShuttingDown(Unavailable):
+    type = "shutting_down"
+
+
+class ModelNotReady(Unavailable):
+    type = "model_not_ready"
+
+
+class DeadlineExceeded(BatchserveError):
+    status = 504
+    type = "deadline_exceeded"
+
+
+class ClientDisconnected(BatchserveError):
+    """The client went away while its rows were queued (nginx's 499)."""
+
+    status = 499
+    type = "client_disconnected"
+
+
+class BackendError(BatchserveError):
+    """The model failed on a row for a reason that is not the client's input."""
+
+    status = 500
+    type = "backend_error"
+
+
+class BackendContractError(BackendError):
+    """The backend broke the contract (e.g. returned the wrong number of outputs)."""
+
+    type = "backend_contract_error"

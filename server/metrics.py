@@ -1,0 +1,99 @@
+"""Prometheus metrics, one registry per app (no module-level singletons).
+
+Every series is labelled by ``model``. Hot-path cost is kept small by binding
+each model's children once (``ModelMetrics``) instead of calling ``.labels()``
+per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
+DISPATCH_TRIGGERS = ("full", "timer", "idle")
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """1, 2, 4, ... up to the first power of two that holds ``max_batch_size``."""
+    buckets = [1]
+    while buckets[-1] < max_batch_size:
+        buckets.append(buckets[-1] * 2)
+    return tuple(float(b) for b in buckets)
+
+
+class Metrics:
+    """All batchserve metric families, registered on ``registry``."""
+
+    def __init__(self, *, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "batchserve_requests", "Requests answered, by HTTP status code.",
+            ["model", "code"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "batchserve_request_duration_seconds", "End-to-end time of successful requests.",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "batchserve_queue_wait_seconds", "Time from admission to the dispatch of a request's first row.",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.batch_size = Histogram(
+            "batchserve_batch_size", "Rows per call of predict_batch.",
+            ["model"], buckets=batch_size_buckets(max_batch_size), registry=r,
+        )
+        self.batch_duration = Histogram(
+            "batchserve_batch_duration_seconds", "Time spent in predict_batch per batch.",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.queue_rows = Gauge(
+            "batchserve_queue_rows", "Rows admitted and not yet dispatched.", ["model"], registry=r,
+        )
+        self.rejected = Counter(
+            "batchserve_rejected", "Requests refused or dropped before their rows ran, by reason.",
+            ["model", "reason"], registry=r,
+        )
+        self.dispatch = Counter(
+            "batchserve_dispatch", "Batches dispatched, by what made them go.",
+            ["model", "trigger"], registry=r,
+        )
+        self.model_ready = Gauge(
+            "batchserve_model_ready", "1 when the model is loaded, warmed and its loop healthy.",
+            ["model"], registry=r,
+        )
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
+
+
+class ModelMetrics:
+    """The children of every family for one model, bound once."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._codes: dict[int, Counter] = {}
+        self.request_duration = metrics.request_duration.labels(model)
+        self.queue_wait = metrics.queue_wait.labels(model)
+        self.batch_size = metrics.batch_size.labels(model)
+        self.batch_duration = metrics.batch_duration.labels(model)
+        self.model_ready = metrics.model_ready.labels(model)
+        self.rejected = {r: metrics.rejected.labels(model, r) for r in REJECT_REASONS}
+        self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
+        self.model_ready.set(0)
+
+    def watch_queue(self, rows: Callable[[], float]) -> None:
+        """Report ``rows()`` as the queued-rows gauge, read at scrape time (free on the hot path)."""
+        self._metrics.queue_rows.labels(self._model).set_function(rows)
+
+    def count_request(self, code: int) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._metrics.requests.labels(self._model, str(code))
+        child.inc()

@@ -1,0 +1,55 @@
+"""A third-party backend as a plugin author would write one, for batchserve's tests.
+
+It is found through the ``batchserve.backends`` entry point declared in the
+dist-info folder beside it (put this folder on ``sys.path`` / ``PYTHONPATH``).
+Rows are numbers; the output is twice the number. ``options`` make it slow,
+or make it fail on chosen inputs or at load.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from server.backends.base import Backend, LoadError
+from server.errors import InvalidInput
+
+
+class EchoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delay_ms: float = 0.0
+    fail_on: float | None = None
+    fail_load: bool = False
+
+
+class EchoBackend(Backend):
+    Options = EchoOptions
+
+    def load(self, device: str) -> None:
+        if self.options.fail_load:
+            raise LoadError("told to fail at load")
+        self.calls: list[list[float]] = []
+
+    def warmup(self) -> None:
+        self.predict_batch([0.0])
+        self.calls.clear()
+
+    def preprocess(self, item: Any, parameters: Any) -> float:
+        if type(item) not in (int, float) or not math.isfinite(item):
+            raise InvalidInput(f"expected a finite number, got {type(item).__name__}")
+        return float(item)
+
+    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+        self.calls.append(list(rows))
+        if self.options.fail_on is not None and self.options.fail_on in rows:
+            raise InvalidInput(f"{self.options.fail_on} is poison")
+        if self.options.delay_ms:
+            time.sleep(self.options.delay_ms / 1000)
+        return [2 * row for row in rows]
+
+    def describe(self) -> dict[str, Any]:
+        return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"}}
