@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException
 import server
 from server.config import ModelConfig
 from server.errors import BatchserveError
+from server.fastpath import PredictFastPath
 from server.metrics import Metrics
 from server.registry import ModelRegistry
+from server.responses import error_response
 from server.routes import add_routes
 from server.settings import ServerSettings
 from server.state import AppState
@@ -48,17 +50,12 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     )
     app.state.batchserve = state
     add_routes(app.router, state)
+    app.add_middleware(PredictFastPath, state=state)
     app.add_exception_handler(BatchserveError, _batchserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
     return app
-
-
-def error_response(status: int, kind: str, message: str,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status,
-                        headers=headers)
 
 
 async def _batchserve_error(request: Request, exc: BatchserveError) -> JSONResponse:

@@ -46,7 +46,7 @@ from server.metrics import ModelMetrics
 log = logging.getLogger(__name__)
 
 PredictBatch = Callable[[list[Any]], Sequence[Any]]
-WATCH_AFTER_S = 0.01  # see Batcher.infer
+WATCH_AFTER_S = 0.05  # see Batcher.infer
 _GAP_EWMA_WEIGHT = 0.25  # weight of the newest inter-arrival gap in the running mean
 
 
@@ -63,6 +63,7 @@ class _Request:
     next_row: int = 0  # first row not yet dispatched
     done: bool = False  # answered, failed, expired or abandoned
     watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
+    timer: asyncio.TimerHandle | None = None  # the next check of deadline and watch
 
 
 @dataclass(slots=True)
@@ -162,33 +163,37 @@ class Batcher:
         waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
         """
         request = self.submit(rows, timeout_s=timeout_s)
-        loop = asyncio.get_running_loop()
-        deadline = loop.call_later(timeout_s, self._expire, request, timeout_s)
-        watch = (loop.call_later(WATCH_AFTER_S, self._watch, request, disconnected)
-                 if disconnected is not None and timeout_s > WATCH_AFTER_S else None)
+        first_s = min(WATCH_AFTER_S, timeout_s) if disconnected is not None else timeout_s
+        request.timer = asyncio.get_running_loop().call_later(
+            first_s, self._on_timer, request, timeout_s, disconnected)
         try:
             return await request.future
         except asyncio.CancelledError:
             self._fail(request, None, reason="cancelled")
             raise
         finally:
-            deadline.cancel()
-            if watch is not None:
-                watch.cancel()
+            request.timer.cancel()
             if request.watcher is not None:
                 request.watcher.cancel()
 
-    def _expire(self, request: _Request, timeout_s: float) -> None:
-        self._fail(request, DeadlineExceeded(
-            f"deadline of {timeout_s * 1000:.0f} ms passed before the rows ran"), reason="deadline")
-
-    def _watch(self, request: _Request, disconnected: Callable[[], Awaitable[object]]) -> None:
+    def _on_timer(self, request: _Request, timeout_s: float,
+                  disconnected: Callable[[], Awaitable[object]] | None) -> None:
+        """One timer per request: first to start the disconnect watch, then for the deadline."""
         if request.done:
             return
-        request.watcher = asyncio.ensure_future(disconnected())
-        request.watcher.add_done_callback(lambda task: None if task.cancelled() else self._fail(
-            request, ClientDisconnected("client disconnected before its rows ran"),
-            reason="cancelled"))
+        left_s = request.deadline_s - time.monotonic()
+        if left_s <= 0:
+            self._fail(request, DeadlineExceeded(
+                f"deadline of {timeout_s * 1000:.0f} ms passed before the rows ran"),
+                reason="deadline")
+            return
+        if disconnected is not None:
+            request.watcher = watcher = asyncio.ensure_future(disconnected())
+            watcher.add_done_callback(lambda task: None if task.cancelled() else self._fail(
+                request, ClientDisconnected("client disconnected before its rows ran"),
+                reason="cancelled"))
+        request.timer = asyncio.get_running_loop().call_later(
+            left_s, self._on_timer, request, timeout_s, None)
 
     def submit(self, rows: Sequence[Any], *, timeout_s: float) -> _Request:
         """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""

@@ -18,6 +18,7 @@ from server.backends.base import Backend
 from server.errors import (
     BatchserveError,
     BodyTooLarge,
+    ClientDisconnected,
     InvalidInput,
     MalformedRequest,
     ModelNotReady,
@@ -30,7 +31,7 @@ from server.state import AppState
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "x-request-timeout-ms"
+TIMEOUT_HEADER = b"x-request-timeout-ms"
 _JSON_TYPES = ("", "application/json", "application/x-www-form-urlencoded")  # curl -d sends the last
 _PREDICT_DOC: dict[str, Any] = {
     "requestBody": {
@@ -51,13 +52,13 @@ def add_routes(router: APIRouter, state: AppState) -> None:
 
     @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
                  openapi_extra=_PREDICT_DOC, summary="Predict with the model named in the body")
-    async def predict(request: Request) -> Response:
-        return await _predict(state, request, None)
+    async def predict_named_in_body(request: Request) -> Response:
+        return await predict(state, request, None)
 
     @router.post("/predict/{model}", response_model=PredictResponse, responses=ERROR_RESPONSES,
                  openapi_extra=_PREDICT_DOC, summary="Predict with the model named in the path")
-    async def predict_model(model: str, request: Request) -> Response:
-        return await _predict(state, request, model)
+    async def predict_named_in_path(model: str, request: Request) -> Response:
+        return await predict(state, request, model)
 
     @router.get("/models", summary="Every configured model, its state and its I/O")
     async def list_models() -> dict[str, Any]:
@@ -87,25 +88,26 @@ def add_routes(router: APIRouter, state: AppState) -> None:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _predict(state: AppState, request: Request, path_model: str | None) -> Response:
+async def predict(state: AppState, request: Request, path_model: str | None) -> Response:
+    """The /predict handler; ``server/fastpath.py`` serves it ahead of the framework's routing."""
     started = time.perf_counter()
     model: ServedModel | None = None
     try:
         if state.draining:
             raise ShuttingDown("server is shutting down")
-        body = await _read_body(request, state.settings.max_body_bytes)
-        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type in _JSON_TYPES or content_type.endswith("+json"):
+        headers = _Headers(request.scope["headers"])
+        body = await _read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
+        if headers.content_type in _JSON_TYPES or headers.content_type.endswith("+json"):
             name, items, parameters = _parse_predict(body, path_model)
             model = state.registry.get(name)
             _require_ready(model)
         elif path_model is None:
-            raise UnsupportedMediaType(
-                f"/predict takes application/json; send {content_type!r} bodies to /predict/{{model}}")
+            raise UnsupportedMediaType(f"/predict takes application/json; send {headers.content_type!r} "
+                                       "bodies to /predict/{model}")
         else:
             model = state.registry.get(path_model)
             _require_ready(model)
-            items = await run_in_threadpool(model.backend.decode_body, content_type, body)
+            items = await run_in_threadpool(model.backend.decode_body, headers.content_type, body)
             parameters = dict(request.query_params)
         backend = model.backend
         parsed = backend.parse_parameters(parameters)
@@ -114,7 +116,8 @@ async def _predict(state: AppState, request: Request, path_model: str | None) ->
         else:
             rows = _preprocess(backend, items, parsed)
         outputs = await model.batcher.infer(
-            rows, timeout_s=_timeout_s(request, model), disconnected=_disconnect_waiter(request.receive))
+            rows, timeout_s=_timeout_s(headers.timeout_ms, model),
+            disconnected=_disconnect_waiter(request.receive))
     except BatchserveError as exc:
         if model is not None:
             model.metrics.count_request(exc.status)
@@ -125,19 +128,44 @@ async def _predict(state: AppState, request: Request, path_model: str | None) ->
                     media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) without reading past ``limit`` bytes, chunked bodies included."""
-    declared = request.headers.get("content-length")
+class _Headers:
+    """The three request headers /predict reads, found in one pass over the raw list."""
+
+    __slots__ = ("content_length", "content_type", "timeout_ms")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: bytes | None = None
+        self.content_type = ""
+        self.timeout_ms: bytes | None = None
+        for key, value in raw:  # ASGI servers give lower-case names
+            if key == b"content-type":
+                self.content_type = value.decode("latin-1").partition(";")[0].strip().lower()
+            elif key == b"content-length":
+                self.content_length = value
+            elif key == TIMEOUT_HEADER:
+                self.timeout_ms = value
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The body, refused (413) without reading past ``limit`` bytes, chunked bodies included."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise BodyTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected("client disconnected while sending the body")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse_predict(body: bytes, path_model: str | None) -> tuple[str, list[Any], dict[str, Any]]:
@@ -185,9 +213,8 @@ def _preprocess(backend: Backend, items: list[Any], parameters: Any) -> list[Any
     return rows
 
 
-def _timeout_s(request: Request, model: ServedModel) -> float:
+def _timeout_s(header: bytes | None, model: ServedModel) -> float:
     timeout_ms = model.config.timeout_ms
-    header = request.headers.get(TIMEOUT_HEADER)
     if header is not None:
         try:
             requested = float(header)
@@ -195,7 +222,7 @@ def _timeout_s(request: Request, model: ServedModel) -> float:
             requested = float("nan")
         if not requested > 0:
             raise MalformedRequest(f"header X-Request-Timeout-Ms must be a positive number, "
-                                   f"got {header!r:.40}")
+                                   f"got {header.decode('latin-1')!r:.40}")
         timeout_ms = min(timeout_ms, requested)
     return timeout_ms / 1000.0
 

@@ -1,0 +1,170 @@
+"""batchserve's diabetes model against the HTTP floor, in one run.
+
+The server under test is pinned to one core and wrk to the other; each POST
+carries one 10-feature row. The floor is a bare FastAPI endpoint that parses
+the same JSON and returns a constant (benchmarks/floor_app.py). Servers are
+measured in alternation, ROUNDS times, so drift on a shared machine hits both.
+
+Usage: .venv/bin/python benchmarks/http_floor.py   (needs wrk: apt-get install wrk)
+Prints a markdown table and writes benchmarks/results/http_floor-<time>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE = os.environ.get("SERVER_CORE", "0")
+LOAD_CORE = os.environ.get("LOAD_CORE", "1")
+CONNECTIONS = [int(c) for c in os.environ.get("CONNECTIONS", "64,1").split(",")]
+DURATION_S = int(os.environ.get("DURATION_S", "10"))
+WARMUP_S = int(os.environ.get("WARMUP_S", "2"))
+ROUNDS = int(os.environ.get("ROUNDS", "2"))
+PORT = int(os.environ.get("PORT", "8091"))
+MAX_BATCH_SIZE = int(os.environ.get("MAX_BATCH_SIZE", "64"))
+MAX_WAIT_MS = float(os.environ.get("MAX_WAIT_MS", "0"))
+
+
+def _models_toml(directory: Path) -> Path:
+    artifact = ROOT / "models" / "artifacts" / "diabetes.joblib"
+    if not artifact.exists():
+        subprocess.run([sys.executable, str(ROOT / "models" / "build_diabetes.py"), str(artifact)],
+                       check=True)
+    path = directory / "models.toml"
+    path.write_text(
+        f'[[models]]\nname = "diabetes"\nbackend = "sklearn"\npath = "{artifact}"\n'
+        f"max_batch_size = {MAX_BATCH_SIZE}\nmax_wait_ms = {MAX_WAIT_MS}\nmax_queue = 4096\n")
+    return path
+
+
+def _start(kind: str, config: Path) -> subprocess.Popen[bytes]:
+    python = sys.executable
+    if kind == "batchserve":
+        command = [python, "-m", "server", "serve", "--config", str(config), "--port", str(PORT),
+                   "--log-level", "warning"]
+    else:
+        command = [python, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
+                   "--log-level", "warning", "--no-access-log", "--loop", "uvloop",
+                   "--http", "httptools"]
+    process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    ready_path = "/readyz" if kind == "batchserve" else "/docs"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}{ready_path}", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{kind} did not become ready")
+
+
+def _wrk(connections: int, duration_s: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
+         "--latency", "-s", str(ROOT / "benchmarks" / "post.lua"),
+         f"http://127.0.0.1:{PORT}/predict"],
+        check=True, capture_output=True, text=True).stdout
+    def latency_ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        assert match, out
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+        return float(match.group(1)) * scale
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    assert rps, out
+    return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
+            "non_2xx": float(errors.group(1)) if errors else 0.0,
+            "socket_errors": 1.0 if socket_errors else 0.0}
+
+
+def _batch_stats() -> tuple[float, float]:
+    text = httpx.get(f"http://127.0.0.1:{PORT}/metrics").text
+    def value(name: str) -> float:
+        match = re.search(rf'^{name}{{model="diabetes"}} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+    return value("batchserve_batch_size_sum"), value("batchserve_batch_size_count")
+
+
+def measure(kind: str, config: Path) -> dict[int, dict[str, float]]:
+    process = _start(kind, config)
+    try:
+        results = {}
+        for connections in CONNECTIONS:
+            _wrk(connections, WARMUP_S)
+            before = _batch_stats() if kind == "batchserve" else (0.0, 0.0)
+            result = _wrk(connections, DURATION_S)
+            if kind == "batchserve":
+                rows, batches = (a - b for a, b in zip(_batch_stats(), before, strict=True))
+                result["mean_batch"] = rows / batches if batches else 0.0
+            results[connections] = result
+        return results
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as directory:
+        config = _models_toml(Path(directory))
+        runs: dict[str, list[dict[int, dict[str, float]]]] = {"floor": [], "batchserve": []}
+        for _ in range(ROUNDS):
+            for kind in ("floor", "batchserve"):
+                runs[kind].append(measure(kind, config))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    summary: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "settings": {"max_batch_size": MAX_BATCH_SIZE, "max_wait_ms": MAX_WAIT_MS,
+                     "duration_s": DURATION_S, "rounds": ROUNDS},
+        "runs": runs,
+    }
+    print(f"\n{summary['date']}, commit {commit}, {summary['machine']}; "
+          f"server on core {SERVER_CORE}, wrk on core {LOAD_CORE}, {ROUNDS} rounds of {DURATION_S} s\n")
+    print("| connections | server | RPS | p50 ms | p99 ms | mean batch | RPS / floor |")
+    print("|---|---|---|---|---|---|---|")
+    for connections in CONNECTIONS:
+        for round_index in range(ROUNDS):
+            floor = runs["floor"][round_index][connections]
+            ours = runs["batchserve"][round_index][connections]
+            for kind, result in (("floor", floor), ("batchserve", ours)):
+                batch = f"{result['mean_batch']:.1f}" if "mean_batch" in result else "—"
+                print(f"| {connections} | {kind} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | "
+                      f"{result['p99_ms']:.2f} | {batch} | {result['rps'] / floor['rps']:.2f} |")
+        ratio = statistics.mean(
+            runs["batchserve"][r][connections]["rps"] / runs["floor"][r][connections]["rps"]
+            for r in range(ROUNDS))
+        p50_gap = statistics.mean(
+            runs["batchserve"][r][connections]["p50_ms"] - runs["floor"][r][connections]["p50_ms"]
+            for r in range(ROUNDS))
+        print(f"\n{connections} connections: batchserve/floor RPS = {ratio:.2f}, "
+              f"p50 gap = {p50_gap:+.2f} ms\n")
+        summary[f"ratio_{connections}"] = ratio
+        summary[f"p50_gap_ms_{connections}"] = p50_gap
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"http_floor-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
