@@ -63,6 +63,10 @@ class Metrics:
             "batchserve_dispatch", "Batches dispatched, by what made them go.",
             ["model", "trigger"], registry=r,
         )
+        self.padding_ratio = Histogram(
+            "batchserve_padding_ratio", "Padding tokens / all tokens per batch (text backends).",
+            ["model"], buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r,
+        )
         self.model_ready = Gauge(
             "batchserve_model_ready", "1 when the model is loaded, warmed and its loop healthy.",
             ["model"], registry=r,
@@ -84,6 +88,7 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(model)
         self.batch_duration = metrics.batch_duration.labels(model)
         self.model_ready = metrics.model_ready.labels(model)
+        self.padding_ratio = metrics.padding_ratio.labels(model)
         self.rejected = {r: metrics.rejected.labels(model, r) for r in REJECT_REASONS}
         self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
         self.model_ready.set(0)

@@ -56,7 +56,7 @@ class ModelRegistry:
         self._models: dict[str, ServedModel] = {}
         for config in configs:
             model_metrics = metrics.for_model(config.name)
-            backend = backend_class(config.backend)(config)
+            backend = backend_class(config.backend)(config, model_metrics)
             batcher = Batcher(
                 config.name, backend.predict_batch, model_metrics,
                 max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,

@@ -17,6 +17,8 @@ ENTRY_POINT_GROUP = "batchserve.backends"
 
 BUILTIN: dict[str, str] = {
     "sklearn": "server.backends.sklearn:SklearnBackend",
+    "resnet50": "server.backends.resnet50:ResNet50Backend",
+    "transformer": "server.backends.transformer:TransformerBackend",
 }
 
 

@@ -19,6 +19,7 @@ from server.errors import InvalidInput, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from server.config import ModelConfig
+    from server.metrics import ModelMetrics
 
 
 class LoadError(Exception):
@@ -40,9 +41,11 @@ class Backend(ABC):
     preprocess_in_thread: ClassVar[bool] = False
     """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         self.config = config
         self.options: Any = self.Options.model_validate(config.options)
+        self.metrics = metrics
+        """The model's metrics, for backends that report more (e.g. padding); thread-safe."""
 
     @abstractmethod
     def load(self, device: str) -> None:
