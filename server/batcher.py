@@ -352,8 +352,9 @@ class Batcher:
             log.error("model %s: predict_batch raised on a row", self.name, exc_info=exc)
             return [_Failed(BackendError(f"model '{self.name}' failed: {type(exc).__name__}"))]
         if len(outputs) != len(rows):
+            backend = getattr(self._predict_batch, "__qualname__", type(self._predict_batch).__qualname__)
             raise BackendContractError(
-                f"backend of model '{self.name}' returned {len(outputs)} outputs for "
+                f"{backend} (model '{self.name}') returned {len(outputs)} outputs for "
                 f"{len(rows)} rows; predict_batch must return exactly one output per row"
             )
         return list(outputs)

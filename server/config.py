@@ -38,15 +38,15 @@ class ModelConfig(BaseModel):
     """Hex digest the artifact must have; a mismatch refuses to load it."""
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
-    max_batch_size: int = Field(32, ge=1, le=65536)
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
     """Most rows in one call of the backend's ``predict_batch``."""
-    max_wait_ms: float = Field(0.0, ge=0, le=60_000)
+    max_wait_ms: float = Field(default=0.0, ge=0, le=60_000)
     """Longest a partial batch may wait for company (see README, "When a batch goes")."""
-    max_queue: int = Field(1024, ge=1)
+    max_queue: int = Field(default=1024, ge=1)
     """Most rows waiting; beyond that requests are refused with 503."""
-    timeout_ms: float = Field(10_000, gt=0)
+    timeout_ms: float = Field(default=10_000, gt=0)
     """Default deadline of a request; ``X-Request-Timeout-Ms`` can only lower it."""
-    instances: int = Field(1, ge=1, le=64)
+    instances: int = Field(default=1, ge=1, le=64)
     """Batches that may run at once (each on its own thread)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific settings, validated by the backend's ``Options`` model."""

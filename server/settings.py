@@ -14,12 +14,12 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     """Address to bind; the container sets 0.0.0.0."""
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     """TCP port; 0 picks a free one."""
     config: Path = Path("models/models.toml")
     """The model repository file."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    shutdown_grace_s: float = Field(30.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit."""
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Larger request bodies are refused with 413 without being read."""

@@ -236,3 +236,26 @@ def test_openapi_documents_predict(diabetes_client: TestClient) -> None:
     assert body["schema"]["required"] == ["model", "inputs"]
     assert "504" in spec["paths"]["/predict"]["post"]["responses"]
     assert diabetes_client.get("/docs").status_code == 200
+
+
+def test_draining_refuses_new_requests_with_503(diabetes_client: TestClient) -> None:
+    state = diabetes_client.app.state.batchserve  # type: ignore[attr-defined]
+    state.draining = True
+    response = diabetes_client.post("/predict", json={"model": "echo", "inputs": [1]})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert error_of(response)["type"] == "shutting_down"
+    ready = diabetes_client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["draining"] is True
+
+
+def test_a_broken_batching_loop_shows_in_readyz(diabetes_client: TestClient) -> None:
+    state = diabetes_client.app.state.batchserve  # type: ignore[attr-defined]
+    state.registry.get("echo").batcher.broken = "batching loop stopped: test"
+    ready = diabetes_client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["models"]["echo"] == {"state": "failed",
+                                              "reason": "batching loop stopped: test"}
+    response = diabetes_client.post("/predict", json={"model": "echo", "inputs": [1]})
+    assert response.status_code == 503
+    assert "batching loop stopped" in error_of(response)["message"]

@@ -282,7 +282,7 @@ async def test_unexpected_backend_error_is_a_500_for_that_row_only() -> None:
 async def test_wrong_number_of_outputs_fails_the_batch_with_a_clear_message() -> None:
     fake = Fake(lambda rows: [1] * (len(rows) - 1))
     batcher, _ = make(fake)
-    with pytest.raises(BackendContractError, match="returned 2 outputs for 3 rows"):
+    with pytest.raises(BackendContractError, match=r"Fake \(model 'm'\) returned 2 outputs for 3 rows"):
         await batcher.infer([1, 2, 3], timeout_s=5)
     await batcher.close(1)
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from server.backends.base import Backend, LoadError
 from server.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from server.config import ModelConfig
+    from server.metrics import ModelMetrics
 
 _NUMBER = (int, float)
 
@@ -27,6 +31,15 @@ class SklearnOptions(BaseModel):
 
 class SklearnBackend(Backend):
     Options = SklearnOptions
+
+    def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
+        super().__init__(config, metrics)
+        self._estimator: Any = None
+        self._n_features = 0
+        self._feature_names: list[str] | None = None
+        self._feature_index: dict[str, int] = {}
+        self._classes: list[Any] | None = None
+        self._frame: Any = None  # pandas.DataFrame when the estimator was fitted with names
 
     def load(self, device: str) -> None:
         if device not in ("cpu", "auto"):
@@ -45,21 +58,22 @@ class SklearnBackend(Backend):
         if not isinstance(n_features, int):
             raise LoadError(f"{type(estimator).__name__} is not fitted (no n_features_in_)")
         names = getattr(estimator, "feature_names_in_", None)
-        self._feature_names: list[str] | None = None if names is None else [str(n) for n in names]
+        self._feature_names = None if names is None else [str(n) for n in names]
         self._feature_index = {n: i for i, n in enumerate(self._feature_names or [])}
         self._n_features = n_features
-        self._classes: list[Any] | None = None
         if self.options.output == "proba":
             if not hasattr(estimator, "predict_proba"):
                 raise LoadError(f"options.output = 'proba' but {type(estimator).__name__} "
                                 "has no predict_proba")
             self._classes = estimator.classes_.tolist()
         self._estimator = estimator
-        self._frame: Any = None
         if self._feature_names is not None:
             # Fitted on a data frame: predict on one too, so sklearn can check the names.
-            import pandas
-
+            try:
+                import pandas
+            except ImportError:
+                raise LoadError("the estimator was fitted with feature names; "
+                                "install pandas to serve it") from None
             self._frame = pandas.DataFrame
 
     def warmup(self) -> None:
@@ -110,9 +124,8 @@ class SklearnBackend(Backend):
         return result
 
     def describe(self) -> dict[str, Any]:
-        loaded = hasattr(self, "_n_features")
-        item: dict[str, Any] = {"type": "array of numbers", "length": getattr(self, "_n_features", None)}
-        if loaded and self._feature_names is not None:
+        item: dict[str, Any] = {"type": "array of numbers", "length": self._n_features or None}
+        if self._feature_names is not None:
             item["or"] = {"type": "object", "keys": self._feature_names}
         output: dict[str, Any] = (
             {"type": "object", "fields": {"label": "class", "scores": "class -> probability"}}

@@ -25,7 +25,7 @@ class TorchOptions(BaseModel):
 
     dtype: DType = "float32"
     """Weights and activations; float16 and bfloat16 on GPU only."""
-    torch_threads: int | None = Field(None, ge=1, le=256)
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
     """Intra-op threads on CPU (torch.set_num_threads); default: torch's own choice."""
 
 

@@ -1,0 +1,31 @@
+"""Server settings: flags override BATCHSERVE_* environment variables, which override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.settings import ServerSettings
+
+
+def test_defaults_bind_loopback() -> None:
+    settings = ServerSettings()
+    assert (settings.host, settings.port, settings.config) == ("127.0.0.1", 8000,
+                                                               Path("models/models.toml"))
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHSERVE_PORT", "9001")
+    monkeypatch.setenv("BATCHSERVE_SHUTDOWN_GRACE_S", "5")
+    monkeypatch.setenv("BATCHSERVE_LOG_LEVEL", "debug")
+    settings = ServerSettings()
+    assert (settings.port, settings.shutdown_grace_s, settings.log_level) == (9001, 5.0, "debug")
+    assert ServerSettings(port=9002).port == 9002
+
+
+def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHSERVE_PORT", "eighty")
+    with pytest.raises(ValidationError, match="port"):
+        ServerSettings()
