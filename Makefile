@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
-ARTIFACTS := models/artifacts/diabetes.joblib
+ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors
 
 .PHONY: install serve test lint typecheck pytest artifacts bench clean
 
@@ -21,6 +21,9 @@ install:  ## create or refresh .venv with every extra
 
 models/artifacts/diabetes.joblib: models/build_diabetes.py | $(STAMP)
 	$(BIN)/python models/build_diabetes.py $@
+
+models/artifacts/resnet50.safetensors: models/build_resnet50.py | $(STAMP)
+	$(BIN)/python models/build_resnet50.py $@
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 

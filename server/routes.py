@@ -107,7 +107,7 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
         else:
             model = state.registry.get(path_model)
             _require_ready(model)
-            items = await run_in_threadpool(model.backend.decode_body, headers.content_type, body)
+            items = await run_in_threadpool(model.backend.decode_body, headers.content_type_raw, body)
             parameters = dict(request.query_params)
         backend = model.backend
         parsed = backend.parse_parameters(parameters)
@@ -131,15 +131,17 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
 class _Headers:
     """The three request headers /predict reads, found in one pass over the raw list."""
 
-    __slots__ = ("content_length", "content_type", "timeout_ms")
+    __slots__ = ("content_length", "content_type", "content_type_raw", "timeout_ms")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length: bytes | None = None
-        self.content_type = ""
+        self.content_type = ""  # the media type, lower case, without parameters
+        self.content_type_raw = ""  # with parameters (a multipart boundary, say)
         self.timeout_ms: bytes | None = None
         for key, value in raw:  # ASGI servers give lower-case names
             if key == b"content-type":
-                self.content_type = value.decode("latin-1").partition(";")[0].strip().lower()
+                self.content_type_raw = value.decode("latin-1")
+                self.content_type = self.content_type_raw.partition(";")[0].strip().lower()
             elif key == b"content-length":
                 self.content_length = value
             elif key == TIMEOUT_HEADER:

@@ -71,7 +71,8 @@ class Backend(ABC):
         """Return one JSON-serialisable output per row, in order."""
 
     def decode_body(self, content_type: str, body: bytes) -> list[Any]:
-        """Turn a non-JSON request body (an image upload, say) into items."""
+        """Turn a non-JSON request body (an image upload, say) into items; ``content_type`` is the
+        header as sent, parameters included. Runs on a worker thread."""
         raise UnsupportedMediaType(
             f"model '{self.config.name}' accepts application/json bodies only, not {content_type!r}"
         )

@@ -83,6 +83,18 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     raise LoadError(f"weights must be .safetensors, .pt or .pth, not {path.name}")
 
 
+def weights_note(path: Path) -> str:
+    """Where weights came from, with the safetensors header's ``weights`` note when it has one."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            note = (handle.metadata() or {}).get("weights")
+        if note:
+            return f"{path} ({note})"
+    return str(path)
+
+
 def warmup_sizes(max_batch_size: int) -> list[int]:
     """Every power of two up to ``max_batch_size``, and ``max_batch_size`` itself."""
     sizes = []
