@@ -1,0 +1,152 @@
+"""ResNet50 on CPU: batchserve against the in-process pipeline, and batching on vs off.
+
+In-process limit: decode + standard transform + forward (channels_last, float32)
+over the two photos that ship with scikit-learn, at batch sizes 1/4/8/16; the
+best is the limit. Server: 16 concurrent wrk connections POSTing the same JPEGs
+as raw bodies, with max_batch_size 8 (batching on) and 1 (off). All in one run.
+
+Usage: .venv/bin/python benchmarks/resnet50_bench.py   (needs wrk; ~3 minutes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sklearn.datasets
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES_DIR = Path(os.path.dirname(sklearn.datasets.__file__)) / "images"
+PHOTOS = [IMAGES_DIR / "china.jpg", IMAGES_DIR / "flower.jpg"]
+THREADS = int(os.environ.get("THREADS", "2"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
+DURATION_S = int(os.environ.get("DURATION_S", "20"))
+WARMUP_S = int(os.environ.get("WARMUP_S", "5"))
+IMAGES_PER_SIZE = int(os.environ.get("IMAGES_PER_SIZE", "64"))
+PORT = int(os.environ.get("PORT", "8092"))
+
+
+def in_process(weights: Path) -> dict[int, float]:
+    """img/s of decode + preprocess + forward, per batch size."""
+    import io
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+    from torchvision import transforms
+    from torchvision.models import resnet50
+
+    torch.set_num_threads(THREADS)
+    model = resnet50(weights=None)
+    model.load_state_dict(load_file(str(weights)))
+    model = model.eval().to(memory_format=torch.channels_last)
+    transform = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    jpegs = [p.read_bytes() for p in PHOTOS]
+    results = {}
+    for size in (1, 4, 8, 16):
+        def run(count: int, size: int = size) -> None:
+            for start in range(0, count, size):
+                batch = torch.stack([
+                    transform(Image.open(io.BytesIO(jpegs[i % 2])).convert("RGB"))
+                    for i in range(start, start + size)])
+                with torch.inference_mode():
+                    model(batch.contiguous(memory_format=torch.channels_last)).softmax(dim=1)
+        run(size * 2)  # burn-in
+        started = time.perf_counter()
+        run(IMAGES_PER_SIZE)
+        results[size] = IMAGES_PER_SIZE / (time.perf_counter() - started)
+    return results
+
+
+def serve(weights: Path, max_batch_size: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as directory:
+        config = Path(directory) / "models.toml"
+        config.write_text(
+            f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
+            f"max_batch_size = {max_batch_size}\nmax_queue = 1024\ntimeout_ms = 60000\n"
+            f"options = {{ torch_threads = {THREADS} }}\n")
+        process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
+                                    "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
+        try:
+            url = f"http://127.0.0.1:{PORT}"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            env = {**os.environ, "IMAGES": ":".join(str(p) for p in PHOTOS)}
+            wrk = ["wrk", "-t1", f"-c{CONNECTIONS}", "--latency", "--timeout", "30s",
+                   "-s", str(ROOT / "benchmarks" / "upload.lua"), f"{url}/predict/resnet50"]
+            subprocess.run([*wrk[:4], f"-d{WARMUP_S}s", *wrk[4:]], env=env, check=True,
+                           capture_output=True)
+            before = _batches(url)
+            out = subprocess.run([*wrk[:4], f"-d{DURATION_S}s", *wrk[4:]], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            rows, batches = (a - b for a, b in zip(_batches(url), before, strict=True))
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    def latency(label: str) -> str:
+        match = re.search(rf"^\s+{label}\s+(\S+)\s*$", out, re.MULTILINE)
+        return match.group(1) if match else "?"
+    return {"img_s": rps, "p50": latency("50%"), "p99": latency("99%"),
+            "mean_batch": rows / batches if batches else 0.0,
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+
+
+def _batches(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics").text
+    def value(name: str) -> float:
+        match = re.search(rf'^{name}{{model="resnet50"}} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+    return value("batchserve_batch_size_sum"), value("batchserve_batch_size_count")
+
+
+def main() -> None:
+    weights = ROOT / "models" / "artifacts" / "resnet50.safetensors"
+    if not weights.exists():
+        subprocess.run([sys.executable, str(ROOT / "models" / "build_resnet50.py"), str(weights)],
+                       check=True)
+    limit = in_process(weights)
+    best_size = max(limit, key=lambda size: limit[size])
+    on = serve(weights, 8)
+    off = serve(weights, 1)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
+          f"{os.cpu_count()} cores, torch threads {THREADS}\n")
+    print("| in-process pipeline batch | " + " | ".join(str(s) for s in limit) + " |")
+    print("|---|" + "---|" * len(limit))
+    print("| img/s | " + " | ".join(f"{v:.1f}" for v in limit.values()) + " |\n")
+    print(f"| server ({CONNECTIONS} clients, raw JPEG) | img/s | p50 | p99 | mean batch | non-2xx | "
+          "vs in-process best |")
+    print("|---|---|---|---|---|---|---|")
+    for label, result in (("batching on (max_batch_size 8)", on), ("batching off (max_batch_size 1)", off)):
+        print(f"| {label} | {result['img_s']:.1f} | {result['p50']} | {result['p99']} | "
+              f"{result['mean_batch']:.1f} | {result['non_2xx']} | "
+              f"{result['img_s'] / limit[best_size]:.2f} |")
+    print(f"\nin-process best: {limit[best_size]:.1f} img/s at batch {best_size}; "
+          f"batching on / off = {on['img_s'] / off['img_s']:.2f}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"resnet50-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
+        {"commit": commit, "in_process": limit, "batching_on": on, "batching_off": off}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
