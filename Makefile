@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
-ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors
+ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
+	models/artifacts/transformer/config.json
 
 .PHONY: install serve test lint typecheck pytest artifacts bench clean
 
@@ -24,6 +25,9 @@ models/artifacts/diabetes.joblib: models/build_diabetes.py | $(STAMP)
 
 models/artifacts/resnet50.safetensors: models/build_resnet50.py | $(STAMP)
 	$(BIN)/python models/build_resnet50.py $@
+
+models/artifacts/transformer/config.json: models/build_transformer.py | $(STAMP)
+	$(BIN)/python models/build_transformer.py models/artifacts/transformer
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 

@@ -24,16 +24,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--shutdown-grace-s", type=float,
                        help="seconds queued requests get to finish after SIGTERM (30)")
+    digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
+    digest.add_argument("path", type=Path)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sha256":
+        from server.registry import artifact_sha256
+
+        print(artifact_sha256(args.path))
+        return 0
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    settings = ServerSettings(**overrides)
-    if args.command == "serve":
-        return serve(settings)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    return serve(ServerSettings(**overrides))
 
 
 def serve(settings: ServerSettings) -> int:

@@ -41,7 +41,15 @@ class ServedModel:
         return {"state": state, "reason": reason}
 
 
-def file_sha256(path: Path) -> str:
+def artifact_sha256(path: Path) -> str:
+    """The digest ``sha256`` pins: a file's own SHA-256; for a folder (a ``save_pretrained``
+    layout), the SHA-256 of its sorted ``relative/path<TAB>file-sha256`` lines, so that any
+    changed, added or removed file changes it. ``batchserve sha256 PATH`` prints it."""
+    if path.is_dir():
+        lines = "".join(
+            f"{child.relative_to(path).as_posix()}\t{artifact_sha256(child)}\n"
+            for child in sorted(path.rglob("*")) if child.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -111,7 +119,7 @@ def _load(model: ServedModel) -> None:
     config = model.config
     if config.sha256 is not None:
         try:
-            actual = file_sha256(config.path)
+            actual = artifact_sha256(config.path)
         except OSError as exc:
             raise LoadError(f"cannot read {config.path}: {exc.strerror}") from None
         if actual != config.sha256:

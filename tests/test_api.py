@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LinearRegression
 
-from server.registry import file_sha256
+from server.registry import artifact_sha256
 from tests.conftest import make_client, wait_ready
 
 
@@ -160,7 +160,7 @@ def test_failed_model_does_not_stop_the_others(tmp_path: Path, diabetes_path: Pa
         {"name": "missing", "backend": "sklearn", "path": str(tmp_path / "absent.joblib")},
         {"name": "gpu", "backend": "sklearn", "path": str(diabetes_path), "device": "cuda"},
         {"name": "ok", "backend": "sklearn", "path": str(diabetes_path),
-         "sha256": file_sha256(diabetes_path)},
+         "sha256": artifact_sha256(diabetes_path)},
     ]
     with make_client(tmp_path, models) as client:
         wait_ready(client)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_importing_the_server_does_not_import_torch() -> None:
@@ -22,3 +24,25 @@ def test_console_script_help() -> None:
     result = subprocess.run([sys.executable, "-m", "server", "serve", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--config" in result.stdout and "--shutdown-grace-s" in result.stdout
+
+
+def test_sha256_command_pins_files_and_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "weights.bin").write_bytes(b"\x00\x01")
+
+    def digest(path: Path) -> str:
+        result = subprocess.run([sys.executable, "-m", "server", "sha256", str(path)],
+                                capture_output=True, text=True, check=True)
+        return result.stdout.strip()
+
+    assert digest(folder / "config.json") == hashlib.sha256(b"{}").hexdigest()
+    before = digest(folder)
+    assert len(before) == 64
+    (folder / "sub" / "weights.bin").write_bytes(b"\x00\x02")
+    assert digest(folder) != before
+    (folder / "sub" / "weights.bin").write_bytes(b"\x00\x01")
+    assert digest(folder) == before
+    (folder / "extra.txt").write_text("x")
+    assert digest(folder) != before
