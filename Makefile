@@ -40,7 +40,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# KServe's Python client pins versions that clash with ours: it gets its own venv, for the
+# protocol tests (tests/test_v2.py) only.
+KSERVE_VENV := .venv-kserve
+$(KSERVE_VENV)/.installed:
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check 'kserve==0.21.0'
+	touch $@
+
+pytest: $(STAMP) $(KSERVE_VENV)/.installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## everything CI runs
@@ -49,4 +57,4 @@ bench: $(STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (nee
 	$(BIN)/python benchmarks/http_floor.py
 
 clean:
-	rm -rf $(VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ from server.responses import error_response
 from server.routes import add_routes
 from server.settings import ServerSettings
 from server.state import AppState
+from server.v2.routes import add_v2_routes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     )
     app.state.batchserve = state
     add_routes(app.router, state)
+    add_v2_routes(app.router, state)
     app.add_middleware(PredictFastPath, state=state)
     app.add_exception_handler(BatchserveError, _batchserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -115,29 +115,21 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
     try:
         if state.draining:
             raise ShuttingDown("server is shutting down")
-        headers = _Headers(request.scope["headers"])
-        body = await _read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
+        headers = RequestHeaders(request.scope["headers"])
+        body = await read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
         if headers.content_type in _JSON_TYPES or headers.content_type.endswith("+json"):
             name, items, parameters = _parse_predict(body, path_model)
             model = state.registry.get(name)
-            _require_ready(model)
+            require_ready(model)
         elif path_model is None:
             raise UnsupportedMediaType(f"/predict takes application/json; send {headers.content_type!r} "
                                        "bodies to /predict/{model}")
         else:
             model = state.registry.get(path_model)
-            _require_ready(model)
+            require_ready(model)
             items = await run_in_threadpool(model.backend.decode_body, headers.content_type_raw, body)
             parameters = dict(request.query_params)
-        backend = model.backend
-        parsed = backend.parse_parameters(parameters)
-        if backend.preprocess_in_thread:
-            rows = await run_in_threadpool(_preprocess, backend, items, parsed)
-        else:
-            rows = _preprocess(backend, items, parsed)
-        outputs = await model.batcher.infer(
-            rows, timeout_s=_timeout_s(headers.timeout_ms, model),
-            disconnected=_disconnect_waiter(request.receive))
+        outputs = await run_items(model, items, parameters, headers, request.receive)
     except BatchserveError as exc:
         if model is not None:
             model.metrics.count_request(exc.status)
@@ -148,16 +140,33 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
                     media_type="application/json")
 
 
-class _Headers:
-    """The three request headers /predict reads, found in one pass over the raw list."""
+async def run_items(model: ServedModel, items: list[Any], parameters: Mapping[str, Any],
+                    headers: RequestHeaders, receive: Receive) -> list[Any]:
+    """Validate and preprocess ``items``, run them through the model's batcher, return the outputs.
 
-    __slots__ = ("content_length", "content_type", "content_type_raw", "timeout_ms")
+    Every protocol (/predict, v2) ends here, so their rows share one batcher per model.
+    """
+    backend = model.backend
+    parsed = backend.parse_parameters(parameters)
+    if backend.preprocess_in_thread:
+        rows = await run_in_threadpool(_preprocess, backend, items, parsed)
+    else:
+        rows = _preprocess(backend, items, parsed)
+    return await model.batcher.infer(rows, timeout_s=_timeout_s(headers.timeout_ms, model),
+                                     disconnected=_disconnect_waiter(receive))
+
+
+class RequestHeaders:
+    """The request headers the inference routes read, found in one pass over the raw list."""
+
+    __slots__ = ("content_length", "content_type", "content_type_raw", "header_length", "timeout_ms")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length: bytes | None = None
         self.content_type = ""  # the media type, lower case, without parameters
         self.content_type_raw = ""  # with parameters (a multipart boundary, say)
         self.timeout_ms: bytes | None = None
+        self.header_length: bytes | None = None  # v2's Inference-Header-Content-Length
         for key, value in raw:  # ASGI servers give lower-case names
             if key == b"content-type":
                 self.content_type_raw = value.decode("latin-1")
@@ -166,9 +175,11 @@ class _Headers:
                 self.content_length = value
             elif key == TIMEOUT_HEADER:
                 self.timeout_ms = value
+            elif key == b"inference-header-content-length":
+                self.header_length = value
 
 
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The body, refused (413) without reading past ``limit`` bytes, chunked bodies included."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
@@ -214,7 +225,7 @@ def _parse_predict(body: bytes, path_model: str | None) -> tuple[str, list[Any],
     return name, items, parameters
 
 
-def _require_ready(model: ServedModel) -> None:
+def require_ready(model: ServedModel) -> None:
     if not model.ready:
         status = model.status()
         raise ModelNotReady(f"model '{model.config.name}' is {status['state']}"

@@ -37,6 +37,29 @@ def diabetes_path(tmp_path_factory: pytest.TempPathFactory,
     return path
 
 
+def build_demo(script: str, output: Path) -> Path:
+    """Run ``models/<script>``'s ``build(output)``: the demo artifacts `make serve` builds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"),
+                                                  Path(__file__).parent.parent / "models" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built: Path = module.build(output)
+    return built
+
+
+@pytest.fixture(scope="session")
+def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo("build_resnet50.py", tmp_path_factory.mktemp("resnet") / "resnet50.safetensors")
+
+
+@pytest.fixture(scope="session")
+def transformer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo("build_transformer.py", tmp_path_factory.mktemp("transformer"))
+
+
 def make_client(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> TestClient:
     config = write_models(tmp_path / "models.toml", models)
     app = create_app(ServerSettings(config=config, **settings), load_models(config))

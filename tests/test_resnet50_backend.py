@@ -24,16 +24,8 @@ NAMES = ("china.jpg", "flower.jpg")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "build_resnet50", Path(__file__).parent.parent / "models" / "build_resnet50.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.build(tmp_path_factory.mktemp("resnet") / "resnet50.safetensors")
-    return path
+def weights(resnet_weights: Path) -> Path:
+    return resnet_weights
 
 
 @pytest.fixture(scope="module")

@@ -53,12 +53,11 @@ def build_script() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def demo_path(tmp_path_factory: pytest.TempPathFactory, build_script: ModuleType) -> Path:
+def demo_path(transformer_dir: Path) -> Path:
     import torch
 
     torch.set_num_threads(1)  # the test machine is shared; the model is tiny anyway
-    path: Path = build_script.build(tmp_path_factory.mktemp("transformer"))
-    return path
+    return transformer_dir
 
 
 @pytest.fixture(scope="session")

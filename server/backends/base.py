@@ -20,6 +20,7 @@ from server.errors import InvalidInput, UnsupportedMediaType
 if TYPE_CHECKING:
     from server.config import ModelConfig
     from server.metrics import ModelMetrics
+    from server.v2.tensors import Tensor
 
 
 class LoadError(Exception):
@@ -83,3 +84,39 @@ class Backend(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What an input item and an output look like, for ``GET /models/{name}``."""
+
+    # -- Open Inference Protocol (v2); the defaults serve any backend, generically ----------
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        """Input and output tensors (name, datatype, shape with -1 for the batch axis)."""
+        return {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}]}
+
+    def items_from_v2(self, inputs: Mapping[str, Tensor]) -> list[Any]:
+        """Items from the request's tensors: by default one tensor, each slice along its first
+        axis an item (numbers as lists, BYTES as UTF-8 text); ``preprocess`` validates them."""
+        if len(inputs) != 1:
+            raise InvalidInput(f"this model takes one input tensor, got {sorted(inputs)}")
+        tensor = next(iter(inputs.values()))
+        if tensor.datatype != "BYTES":
+            items: list[Any] = tensor.array.tolist()
+            return items
+        return [_text(element, index) for index, element in enumerate(tensor.array.tolist())]
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        """Output tensors: by default ``output``, BYTES, each row's output as JSON text."""
+        import orjson
+
+        from server.v2.tensors import bytes_tensor
+
+        return [bytes_tensor("output", [orjson.dumps(o) for o in outputs], (len(outputs),))]
+
+
+def _text(element: Any, index: int) -> Any:
+    """A BYTES element as text (nested lists element-wise); invalid UTF-8 is the client's error."""
+    if isinstance(element, list):
+        return [_text(e, index) for e in element]
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"item {index}: BYTES element is not valid UTF-8") from None

@@ -33,6 +33,7 @@ from server.backends.torch_common import (
     weights_note,
 )
 from server.errors import InvalidInput, UnsupportedMediaType
+from server.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FORMATS = ("JPEG", "PNG", "WEBP")
 _PRETRAINED = ("IMAGENET1K_V1", "IMAGENET1K_V2")
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
 
 
 class ResNet50Options(TorchOptions):
@@ -185,6 +187,34 @@ class ResNet50Backend(Backend):
             [{"label": self._categories[i], "index": i, "probability": p}
              for p, i in zip(values[n][: row.top_k], indices[n][: row.top_k], strict=True)]
             for n, row in enumerate(rows)
+        ]
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        k = self.options.top_k
+        return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
+                            {"name": "indices", "datatype": "INT64", "shape": [-1, k]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}]}
+
+    def items_from_v2(self, inputs: Mapping[str, Tensor]) -> list[Any]:
+        """BYTES elements: raw image bytes (binary data extension) or base64 text (JSON)."""
+        if set(inputs) != {"image"} or inputs["image"].datatype != "BYTES":
+            raise InvalidInput("this model takes one BYTES input tensor named 'image'")
+        return [e if e.startswith(_IMAGE_MAGIC) or e[8:12] == b"WEBP" else e.decode("latin-1")
+                for e in inputs["image"].array.reshape(-1).tolist()]
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        import numpy
+
+        from server.v2.tensors import bytes_tensor
+
+        shape = (len(outputs), len(outputs[0]))
+        return [
+            bytes_tensor("labels", [c["label"] for o in outputs for c in o], shape),
+            Tensor("indices", "INT64", numpy.array([[c["index"] for c in o] for o in outputs],
+                                                   dtype=numpy.int64)),
+            Tensor("probabilities", "FP32", numpy.array([[c["probability"] for c in o] for o in outputs],
+                                                        dtype=numpy.float32)),
         ]
 
     def describe(self) -> dict[str, Any]:

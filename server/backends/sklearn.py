@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from server.backends.base import Backend, LoadError
 from server.errors import InvalidInput
+from server.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     from server.config import ModelConfig
@@ -122,6 +123,31 @@ class SklearnBackend(Backend):
             ]
         result: list[Any] = self._estimator.predict(features).tolist()
         return result
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, self._n_features]}]
+        if self._classes is not None:
+            outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self._classes)]}]
+        else:
+            outputs = [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+        return {"inputs": inputs, "outputs": outputs}
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        import numpy
+
+        from server.v2.tensors import bytes_tensor, numeric_datatype
+
+        if self._classes is not None:
+            labels = [str(o["label"]) for o in outputs]
+            probabilities = numpy.array([list(o["scores"].values()) for o in outputs], dtype=numpy.float64)
+            return [bytes_tensor("label", labels, (len(outputs),)),
+                    Tensor("probabilities", "FP64", probabilities)]
+        array = numpy.asarray(outputs)
+        if array.dtype.kind in "fiub":
+            array = array.astype(numpy.float64) if array.dtype.kind == "f" else array
+            return [Tensor("output", numeric_datatype(array), array)]
+        return [bytes_tensor("output", [str(o) for o in outputs], array.shape)]
 
     def describe(self) -> dict[str, Any]:
         item: dict[str, Any] = {"type": "array of numbers", "length": self._n_features or None}

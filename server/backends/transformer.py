@@ -27,6 +27,7 @@ from server.backends.torch_common import (
     warmup_sizes,
 )
 from server.errors import InvalidInput
+from server.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     import torch
@@ -176,6 +177,22 @@ class TransformerBackend(Backend):
         best = max(range(len(scores)), key=scores.__getitem__)
         return {"label": self._labels[best],
                 "scores": dict(zip(self._labels, scores, strict=True))}
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        labels = len(getattr(self, "_labels", [])) or -1
+        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]}]}
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        import numpy
+
+        from server.v2.tensors import bytes_tensor
+
+        probabilities = numpy.array([[o["scores"][label] for label in self._labels] for o in outputs],
+                                    dtype=numpy.float32)
+        return [bytes_tensor("label", [o["label"] for o in outputs], (len(outputs),)),
+                Tensor("probabilities", "FP32", probabilities)]
 
     def describe(self) -> dict[str, Any]:
         options = self.options
