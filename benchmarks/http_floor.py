@@ -45,6 +45,7 @@ def _models_toml(directory: Path) -> Path:
                        check=True)
     path = directory / "models.toml"
     path.write_text(
+        f'[repository]\nroot = "{artifact.parent}"\n\n'
         f'[[models]]\nname = "diabetes"\nbackend = "sklearn"\npath = "{artifact}"\n'
         f"max_batch_size = {MAX_BATCH_SIZE}\nmax_wait_ms = {MAX_WAIT_MS}\nmax_queue = 4096\n")
     return path

@@ -73,8 +73,21 @@ class ModelConfig(BaseModel):
         return value.lower() if value else value
 
 
+class RepositorySettings(BaseModel):
+    """The optional ``[repository]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path | None = None
+    """The model directory; default: the folder of models.toml. Relative: against that folder.
+    Backends that unpickle (sklearn/joblib) load only from inside it."""
+    require_sha256: bool = False
+    """Refuse to start unless every model pins its artifact's ``sha256`` (the container's default)."""
+
+
 class _RepositoryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    repository: RepositorySettings = Field(default_factory=RepositorySettings)
     models: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -93,6 +106,7 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
         repo = _RepositoryFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {_describe(exc, '')}") from None
+    root = (source.parent / (repo.repository.root or ".")).resolve()
     configs: list[ModelConfig] = []
     seen: set[str] = set()
     for index, table in enumerate(repo.models):
@@ -114,6 +128,14 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
             raise ConfigError(f"{where}: {label}: {_describe(exc, 'options.')}") from None
         if not config.path.is_absolute():
             config = config.model_copy(update={"path": (source.parent / config.path).resolve()})
+        if cls.loads_pickles and not config.path.resolve().is_relative_to(root):
+            raise ConfigError(
+                f"{where}: {label}: field 'path': {config.path} is outside the model repository "
+                f"{root}; the {config.backend} backend unpickles its artifact, so it loads only from "
+                "inside the repository ([repository] root)")
+        if repo.repository.require_sha256 and config.sha256 is None:
+            raise ConfigError(f"{where}: {label}: field 'sha256': required, as [repository] "
+                              "require_sha256 = true; `batchserve sha256 PATH` prints it")
         configs.append(config)
     return configs
 

@@ -32,6 +32,11 @@ class BodyTooLarge(BatchserveError):
     type = "body_too_large"
 
 
+class TooManyItems(BatchserveError):
+    status = 413
+    type = "too_many_items"
+
+
 class UnsupportedMediaType(BatchserveError):
     status = 415
     type = "unsupported_media_type"

@@ -23,6 +23,7 @@ from server.errors import (
     MalformedRequest,
     ModelNotReady,
     ShuttingDown,
+    TooManyItems,
     UnsupportedMediaType,
 )
 from server.registry import ServedModel
@@ -129,7 +130,7 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
             require_ready(model)
             items = await run_in_threadpool(model.backend.decode_body, headers.content_type_raw, body)
             parameters = dict(request.query_params)
-        outputs = await run_items(model, items, parameters, headers, request.receive)
+        outputs = await run_items(state, model, items, parameters, headers, request.receive)
     except BatchserveError as exc:
         if model is not None:
             model.metrics.count_request(exc.status)
@@ -140,12 +141,15 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
                     media_type="application/json")
 
 
-async def run_items(model: ServedModel, items: list[Any], parameters: Mapping[str, Any],
+async def run_items(state: AppState, model: ServedModel, items: list[Any], parameters: Mapping[str, Any],
                     headers: RequestHeaders, receive: Receive) -> list[Any]:
     """Validate and preprocess ``items``, run them through the model's batcher, return the outputs.
 
     Every protocol (/predict, v2) ends here, so their rows share one batcher per model.
     """
+    if len(items) > state.settings.max_items:
+        raise TooManyItems(f"request has {len(items)} items; at most {state.settings.max_items} "
+                           "per request (BATCHSERVE_MAX_ITEMS)")
     backend = model.backend
     parsed = backend.parse_parameters(parameters)
     if backend.preprocess_in_thread:

@@ -37,7 +37,7 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "An item is invalid; the message names its index."},
     404: {"model": ErrorBody, "description": "Unknown model; the message lists the known ones."},
-    413: {"model": ErrorBody, "description": "Request body too large."},
+    413: {"model": ErrorBody, "description": "Request body too large, or too many items."},
     415: {"model": ErrorBody, "description": "Body type not accepted by this model."},
     422: {"model": ErrorBody, "description": "Malformed request (not JSON, wrong shape)."},
     503: {"model": ErrorBody, "description": "Queue full, model not ready or shutting down; "

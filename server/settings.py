@@ -23,3 +23,5 @@ class ServerSettings(BaseSettings):
     """On SIGTERM, how long queued and running requests get to finish before the exit."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Larger request bodies are refused with 413 without being read."""
+    max_items: int = Field(default=4096, ge=1)
+    """Most items (rows) in one request; more are refused with 413."""

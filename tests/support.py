@@ -33,9 +33,13 @@ def toml_value(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def write_models(path: Path, models: list[dict[str, Any]]) -> Path:
-    """Write a models.toml with one [[models]] table per dict."""
-    lines = []
+def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None = None,
+                 require_sha256: bool = False) -> Path:
+    """Write a models.toml with one [[models]] table per dict. The repository root defaults to
+    the folder above the file's: pytest's base temp folder, which holds the session fixtures'
+    artifacts too."""
+    lines = ["[repository]", f"root = {toml_value(root or path.parent.parent)}",
+             f"require_sha256 = {toml_value(require_sha256)}", ""]
     for model in models:
         lines.append("[[models]]")
         lines.extend(f"{key} = {toml_value(value)}" for key, value in model.items())

@@ -259,3 +259,19 @@ def test_a_broken_batching_loop_shows_in_readyz(diabetes_client: TestClient) -> 
     response = diabetes_client.post("/predict", json={"model": "echo", "inputs": [1]})
     assert response.status_code == 503
     assert "batching loop stopped" in error_of(response)["message"]
+
+
+def test_too_many_items_is_a_413(tmp_path: Path) -> None:
+    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x"}], max_items=3) as client:
+        wait_ready(client)
+        response = client.post("/predict", json={"model": "echo", "inputs": [1, 2, 3, 4]})
+        assert response.status_code == 413
+        assert error_of(response)["type"] == "too_many_items"
+        assert client.post("/predict", json={"model": "echo", "inputs": [1, 2, 3]}).status_code == 200
+
+
+def test_json_nested_too_deep_is_a_422(diabetes_client: TestClient) -> None:
+    deep = b'{"model": "echo", "inputs": [' + b"[" * 5000 + b"]" * 5000 + b"]}"
+    response = diabetes_client.post("/predict", content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "depth limit" in error_of(response)["message"]

@@ -82,3 +82,30 @@ def test_third_party_backend_is_found_through_its_entry_point(tmp_path: Path) ->
 def test_shipped_repository_file_is_valid() -> None:
     configs = load_models(Path(__file__).parent.parent / "models" / "models.toml")
     assert "diabetes" in [c.name for c in configs]
+
+
+def test_pickle_artifacts_load_only_from_inside_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    outside = {**BASE, "path": str(tmp_path / "elsewhere" / "m.joblib")}
+    with pytest.raises(ConfigError, match=r"field 'path': .* is outside the model repository"):
+        load_models(write_models(repo / "models.toml", [outside], root=repo))
+    escape = {**BASE, "path": "../elsewhere/m.joblib"}
+    with pytest.raises(ConfigError, match="outside the model repository"):
+        load_models(write_models(repo / "models.toml", [escape], root=repo))
+    (repo / "link.joblib").symlink_to(tmp_path / "elsewhere.joblib")
+    with pytest.raises(ConfigError, match="outside the model repository"):
+        load_models(write_models(repo / "models.toml", [{**BASE, "path": "link.joblib"}], root=repo))
+    inside = load_models(write_models(repo / "models.toml", [{**BASE, "path": "sub/m.joblib"}], root=repo))
+    assert inside[0].path == repo / "sub" / "m.joblib"
+    # weights read without unpickling (safetensors, weights-only torch) may live anywhere
+    weights = {"name": "r", "backend": "echo", "path": str(tmp_path / "elsewhere" / "w.bin")}
+    assert load_models(write_models(repo / "models.toml", [weights], root=repo))[0].name == "r"
+
+
+def test_require_sha256_refuses_unpinned_models(tmp_path: Path) -> None:
+    path = write_models(tmp_path / "models.toml", [BASE], require_sha256=True)
+    with pytest.raises(ConfigError, match="model 'm': field 'sha256': required"):
+        load_models(path)
+    pinned = write_models(tmp_path / "models.toml", [{**BASE, "sha256": "a" * 64}], require_sha256=True)
+    assert load_models(pinned)[0].sha256 == "a" * 64

@@ -39,6 +39,9 @@ class Backend(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     """Pydantic model validating ``options`` in ``models.toml`` (``extra="forbid"``)."""
 
+    loads_pickles: ClassVar[bool] = False
+    """True when ``load`` unpickles (joblib): such artifacts load only from inside the repository."""
+
     preprocess_in_thread: ClassVar[bool] = False
     """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop."""
 

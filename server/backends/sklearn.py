@@ -32,6 +32,7 @@ class SklearnOptions(BaseModel):
 
 class SklearnBackend(Backend):
     Options = SklearnOptions
+    loads_pickles = True  # joblib.load runs arbitrary code from the file: trust the repository only
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         super().__init__(config, metrics)

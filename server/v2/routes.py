@@ -95,7 +95,7 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
             body = await read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
             parsed = parse_infer(body, headers.header_length)
             items = model.backend.items_from_v2(parsed.inputs)
-            outputs = await run_items(model, items, parsed.parameters, headers, request.receive)
+            outputs = await run_items(state, model, items, parsed.parameters, headers, request.receive)
             content, json_length = encode_response(name, parsed, model.backend.outputs_to_v2(outputs))
         except BatchserveError as exc:
             if model is not None:
