@@ -16,6 +16,7 @@ import server
 from server.config import ModelConfig
 from server.errors import BatchserveError
 from server.fastpath import PredictFastPath
+from server.management import add_management_routes
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.responses import error_response
@@ -52,6 +53,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     app.state.batchserve = state
     add_routes(app.router, state)
     add_v2_routes(app.router, state)
+    add_management_routes(app.router, state)
     app.add_middleware(PredictFastPath, state=state)
     app.add_exception_handler(BatchserveError, _batchserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -138,6 +138,14 @@ class Batcher:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def reconfigure(self, *, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+        """Apply new limits to a running batcher: they take effect at the next batch formed;
+        rows already admitted stay admitted even if ``max_queue`` shrinks below them."""
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._arrival.set()  # a worker waiting on the old timer re-evaluates
+
     @property
     def queued_rows(self) -> int:
         return self._queued_rows

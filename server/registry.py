@@ -6,6 +6,7 @@ import asyncio
 import gc
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from server.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
 
-State = Literal["loading", "ready", "failed"]
+State = Literal["loading", "ready", "failed", "unloaded"]
 
 
 @dataclass(eq=False)
@@ -58,22 +59,25 @@ def artifact_sha256(path: Path) -> str:
 
 
 class ModelRegistry:
-    """Builds one backend and batcher per configured model and loads them in the background."""
+    """The served models: built from their configs, loaded in the background, and loaded,
+    reloaded or unloaded by name at run time (``server/management.py``)."""
 
     def __init__(self, configs: list[ModelConfig], metrics: Metrics) -> None:
-        self._models: dict[str, ServedModel] = {}
-        for config in configs:
-            model_metrics = metrics.for_model(config.name)
-            backend = backend_class(config.backend)(config, model_metrics)
-            batcher = Batcher(
-                config.name, backend.predict_batch, model_metrics,
-                max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                max_queue=config.max_queue, instances=config.instances,
-            )
-            self._models[config.name] = ServedModel(config, backend, batcher, model_metrics)
+        self._metrics = metrics
+        self._models = {config.name: self._build(config) for config in configs}
 
-    def __iter__(self) -> Any:
-        return iter(self._models.values())
+    def _build(self, config: ModelConfig) -> ServedModel:
+        model_metrics = self._metrics.for_model(config.name)
+        backend = backend_class(config.backend)(config, model_metrics)
+        batcher = Batcher(
+            config.name, backend.predict_batch, model_metrics,
+            max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue, instances=config.instances,
+        )
+        return ServedModel(config, backend, batcher, model_metrics)
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(list(self._models.values()))
 
     def get(self, name: str) -> ServedModel:
         model = self._models.get(name)
@@ -83,28 +87,61 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return all(model.ready for model in self._models.values())
+        """Every model an operator wants served is ready (unloaded ones don't count)."""
+        return all(model.ready for model in self._models.values() if model.state != "unloaded")
 
     async def load_all(self) -> None:
         """Load every model, one at a time; a failure leaves the others serving."""
-        for model in self._models.values():
-            try:
-                await asyncio.to_thread(_load, model)
-            except LoadError as exc:
-                model.state, model.reason = "failed", str(exc)
-                log.error("model %s failed to load: %s", model.config.name, exc)
-                continue
-            except Exception as exc:
-                model.state, model.reason = "failed", f"{type(exc).__name__}: {exc}"
-                log.exception("model %s failed to load", model.config.name)
-                continue
-            model.batcher.start()
-            model.state = "ready"
-            model.metrics.model_ready.set(1)
-            log.info("model %s ready", model.config.name)
+        for model in list(self._models.values()):
+            await self._load(model)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic
         # GC's full collections, which otherwise stall the event loop for tens of ms.
         gc.freeze()
+
+    async def _load(self, model: ServedModel) -> None:
+        try:
+            await asyncio.to_thread(_load, model)
+        except LoadError as exc:
+            model.state, model.reason = "failed", str(exc)
+            log.error("model %s failed to load: %s", model.config.name, exc)
+            return
+        except Exception as exc:
+            model.state, model.reason = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("model %s failed to load", model.config.name)
+            return
+        model.batcher.start()
+        model.state, model.reason = "ready", None
+        model.metrics.model_ready.set(1)
+        log.info("model %s ready", model.config.name)
+
+    async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
+        """Load (or reload) a model; the old one, if any, keeps serving until the new one is
+        ready, then drains what it admitted within ``grace_s`` and is unloaded."""
+        model = self._build(config)
+        await self._load(model)
+        if model.state != "ready":
+            return model
+        old = self._models.get(config.name)
+        self._models[config.name] = model
+        if old is not None:
+            await self._retire(old, grace_s)
+            model.metrics.model_ready.set(1)
+        return model
+
+    async def unload(self, name: str, grace_s: float) -> ServedModel:
+        """Stop serving ``name``: new requests get 503, admitted ones finish within ``grace_s``."""
+        model = self.get(name)
+        await self._retire(model, grace_s)
+        model.state, model.reason = "unloaded", "unloaded by the management API"
+        return model
+
+    async def _retire(self, model: ServedModel, grace_s: float) -> None:
+        was_ready = model.state == "ready"
+        model.state = "unloaded"  # refuse new requests at once
+        await model.batcher.close(grace_s)
+        model.metrics.model_ready.set(0)
+        if was_ready:
+            await asyncio.to_thread(model.backend.unload)
 
     async def close(self, grace_s: float) -> None:
         """Drain every batcher within ``grace_s`` (together), then unload the backends."""

@@ -156,8 +156,16 @@ async def run_items(state: AppState, model: ServedModel, items: list[Any], param
         rows = await run_in_threadpool(_preprocess, backend, items, parsed)
     else:
         rows = _preprocess(backend, items, parsed)
-    return await model.batcher.infer(rows, timeout_s=_timeout_s(headers.timeout_ms, model),
-                                     disconnected=_disconnect_waiter(receive))
+    try:
+        return await model.batcher.infer(rows, timeout_s=_timeout_s(headers.timeout_ms, model),
+                                         disconnected=_disconnect_waiter(receive))
+    except ShuttingDown:
+        # Reloaded (management API) while this request was being preprocessed: the new model
+        # serves it, rather than a 503.
+        current = state.registry.get(model.config.name)
+        if current is model or not current.ready or state.draining:
+            raise
+        return await run_items(state, current, items, parameters, headers, receive)
 
 
 class RequestHeaders:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +25,6 @@ class ServerSettings(BaseSettings):
     """Larger request bodies are refused with 413 without being read."""
     max_items: int = Field(default=4096, ge=1)
     """Most items (rows) in one request; more are refused with 413."""
+    management_token: SecretStr | None = Field(default=None, min_length=16)
+    """Turns the management API on; every call must send ``Authorization: Bearer <token>``.
+    From the environment only (BATCHSERVE_MANAGEMENT_TOKEN): a flag would show in ``ps``."""
