@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from server.app import create_app
 from server.config import load_models
@@ -28,7 +29,7 @@ MODELS: list[dict[str, Any]] = [
 @pytest.fixture
 def managed(tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
     config = write_models(tmp_path / "models.toml", MODELS)
-    app = create_app(ServerSettings(config=config, management_token=TOKEN, shutdown_grace_s=10),
+    app = create_app(ServerSettings(config=config, management_token=SecretStr(TOKEN), shutdown_grace_s=10),
                      load_models(config))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
@@ -60,7 +61,7 @@ def test_token_is_required(managed: tuple[TestClient, Path]) -> None:
 
 def test_short_token_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="at least 16"):
-        ServerSettings(management_token="short")
+        ServerSettings(management_token=SecretStr("short"))
 
 
 def test_change_batcher_settings_live(managed: tuple[TestClient, Path]) -> None:
