@@ -122,7 +122,12 @@ class SklearnBackend(Backend):
                  "scores": {str(c): float(v) for c, v in zip(self._classes, p, strict=True)}}
                 for p in probabilities
             ]
-        result: list[Any] = self._estimator.predict(features).tolist()
+        predictions = self._estimator.predict(features)
+        if predictions.dtype.kind == "f" and not numpy.isfinite(predictions).all():
+            # JSON has no infinities (they would become null): refuse, and bisection in the
+            # batcher narrows it to the rows that caused it.
+            raise InvalidInput("the model's output is not finite: features out of its range?")
+        result: list[Any] = predictions.tolist()
         return result
 
     def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:

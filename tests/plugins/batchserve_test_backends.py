@@ -24,6 +24,8 @@ class EchoOptions(BaseModel):
     delay_ms: float = 0.0
     fail_on: float | None = None
     fail_load: bool = False
+    record: str | None = None
+    """A file to append every row that was computed and answered (one per line)."""
 
 
 class EchoBackend(Backend):
@@ -35,7 +37,9 @@ class EchoBackend(Backend):
         self.calls: list[list[float]] = []
 
     def warmup(self) -> None:
+        record, self.options.record = self.options.record, None
         self.predict_batch([0.0])
+        self.options.record = record
         self.calls.clear()
 
     def preprocess(self, item: Any, parameters: Any) -> float:
@@ -49,6 +53,9 @@ class EchoBackend(Backend):
             raise InvalidInput(f"{self.options.fail_on} is poison")
         if self.options.delay_ms:
             time.sleep(self.options.delay_ms / 1000)
+        if self.options.record:
+            with open(self.options.record, "a", encoding="utf-8") as handle:
+                handle.writelines(f"{row}\n" for row in rows)
         return [2 * row for row in rows]
 
     def describe(self) -> dict[str, Any]:

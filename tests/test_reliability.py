@@ -1,0 +1,139 @@
+"""Overload, faults and SIGTERM under load, against a real server, with an exact account of
+every request: each admitted one answered exactly once, nothing lost, nothing hung."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ServerProcess, write_models
+
+pytestmark = pytest.mark.slow
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def recorded(path: Path) -> Counter[float]:
+    return Counter(float(line) for line in path.read_text().split()) if path.exists() else Counter()
+
+
+def test_open_loop_overload_at_twice_capacity(tmp_path: Path) -> None:
+    record = tmp_path / "computed.txt"
+    # capacity ~ 4 rows / 40 ms = 100 rows/s; offered: 200 requests/s for 4 s
+    config = write_models(tmp_path / "models.toml", [{
+        "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 4, "max_queue": 20,
+        "timeout_ms": 1000, "options": {"delay_ms": 40, "record": str(record)}}])
+    server = ServerProcess(config)
+    try:
+        server.wait_ready()
+        baseline = rss_kib(server.process.pid)
+        results: list[tuple[int, int, str | None, float]] = []
+
+        async def load() -> None:
+            rng = random.Random(1)
+            limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+            async with httpx.AsyncClient(base_url=server.url, timeout=3.0, limits=limits) as client:
+                async def one(value: int) -> None:
+                    started = time.monotonic()
+                    response = await client.post("/predict", json={"model": "slow", "inputs": [value]})
+                    results.append((value, response.status_code, response.headers.get("retry-after"),
+                                    time.monotonic() - started))
+                tasks = []
+                deadline = time.monotonic() + 4.0
+                value = 1
+                while time.monotonic() < deadline:
+                    tasks.append(asyncio.create_task(one(value)))
+                    value += 1
+                    await asyncio.sleep(rng.expovariate(200.0))
+                await asyncio.gather(*tasks)  # a client timeout (3 s) would raise here
+
+        asyncio.run(load())
+        statuses = Counter(status for _, status, _, _ in results)
+        assert set(statuses) <= {200, 503, 504}, statuses
+        assert statuses[200] > 0 and statuses[503] > 0, statuses
+        assert all(retry == "1" for _, status, retry, _ in results if status == 503)
+        assert max(elapsed for *_, elapsed in results) < 1.0 + 1.5  # deadline + slack: none hung
+        computed = recorded(record)
+        answered = [value for value, status, _, _ in results if status == 200]
+        assert all(computed[value] == 1 for value in answered)  # each answered exactly once
+        refused = [value for value, status, _, _ in results if status == 503]
+        assert not any(computed[value] for value in refused)  # refused rows never ran
+        assert max(computed.values()) == 1
+        time.sleep(0.5)
+        assert rss_kib(server.process.pid) < baseline + 50 * 1024  # memory back near its baseline
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+    finally:
+        server.close()
+
+
+def test_faults_disconnects_and_sigterm_under_load(tmp_path: Path) -> None:
+    record = tmp_path / "computed.txt"
+    config = write_models(tmp_path / "models.toml", [{
+        "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 4,
+        "options": {"delay_ms": 60, "fail_on": 13.0, "record": str(record)}}])
+    server = ServerProcess(config, grace_s=20)
+    try:
+        server.wait_ready()
+        answers: dict[int, list[int | str]] = {}
+        lock = threading.Lock()
+
+        def ask(value: int) -> None:
+            try:
+                response = httpx.post(f"{server.url}/predict", json={"model": "slow", "inputs": [value]},
+                                      timeout=30)
+                outcome: int | str = response.status_code
+                if response.status_code == 200:
+                    assert response.json()["outputs"] == [2.0 * value]
+            except httpx.TransportError as exc:
+                outcome = type(exc).__name__
+            with lock:
+                answers.setdefault(value, []).append(outcome)
+
+        def hang_up(value: int) -> None:
+            body = f'{{"model": "slow", "inputs": [{value}]}}'.encode()
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                time.sleep(0.1)
+
+        clients = [threading.Thread(target=ask, args=(v,)) for v in range(40)]
+        clients += [threading.Thread(target=hang_up, args=(v,)) for v in range(100, 106)]
+        for thread in clients:
+            thread.start()
+        time.sleep(0.4)
+        server.terminate()  # SIGTERM with most of the work still queued
+        late = [threading.Thread(target=ask, args=(v,)) for v in range(200, 205)]
+        for thread in late:
+            thread.start()
+        for thread in clients + late:
+            thread.join(60)
+        assert server.process.wait(timeout=30) == 0
+        computed = recorded(record)
+        for value in range(40):
+            assert len(answers[value]) == 1, (value, answers[value])  # exactly one answer
+            [outcome] = answers[value]
+            expected = 400 if value == 13 else 200
+            assert outcome in (expected, 503), (value, outcome)
+            assert computed[value] == (1 if outcome == 200 else 0), (value, outcome)
+        for value in range(100, 106):
+            assert computed[value] <= 1  # hung-up clients: computed at most once, or dropped
+        for value in range(200, 205):
+            [outcome] = answers[value]
+            assert outcome == 503 or isinstance(outcome, str)  # refused after SIGTERM
+            assert computed[value] == 0
+        assert sum(1 for v in range(40) if answers[v] == [200]) >= 20  # most were admitted
+    finally:
+        server.close()
