@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 PredictBatch = Callable[[list[Any]], Sequence[Any]]
 WATCH_AFTER_S = 0.05  # see Batcher.infer
 _GAP_EWMA_WEIGHT = 0.25  # weight of the newest inter-arrival gap in the running mean
+_BATCH_EWMA_WEIGHT = 0.25  # weight of the newest batch duration in the running mean
 
 
 @dataclass(eq=False, slots=True)
@@ -105,6 +106,7 @@ class Batcher:
         self._arrival = asyncio.Event()
         self._last_arrival_s: float | None = None
         self._gap_ewma_s: float | None = None
+        self._batch_ewma_s = 0.0  # recent time per batch: a row with less time left can't make it
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -300,10 +302,14 @@ class Batcher:
             if request.done:
                 self._queue.popleft()
                 continue
-            if now >= request.deadline_s:
+            if now + self._batch_ewma_s >= request.deadline_s:
+                # Past its deadline, or would pass it while the batch runs: computing it would
+                # only take the executor from requests that can still be answered in time.
                 self._queue.popleft()
-                self._fail(request, DeadlineExceeded("deadline passed before the rows ran"),
-                           reason="deadline")
+                self._fail(request, DeadlineExceeded(
+                    "deadline passed, or would pass before a batch could finish "
+                    f"(batches take ~{self._batch_ewma_s * 1000:.0f} ms), before the rows ran"),
+                    reason="deadline")
                 continue
             start = request.next_row
             stop = min(len(request.rows), start + self.max_batch_size - len(batch.rows))
@@ -344,7 +350,9 @@ class Batcher:
                     f"model '{self.name}' failed on this batch: {type(exc).__name__}"))
                 continue
             finally:
-                self._metrics.batch_duration.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._metrics.batch_duration.observe(elapsed)
+                self._batch_ewma_s += _BATCH_EWMA_WEIGHT * (elapsed - self._batch_ewma_s)
             self._deliver(batch, outcomes)
 
     def _compute(self, rows: list[Any]) -> list[Any]:

@@ -367,3 +367,18 @@ async def test_instances_run_batches_concurrently() -> None:
     results = await asyncio.gather(batcher.infer([1], timeout_s=5), batcher.infer([2], timeout_s=5))
     assert list(results) == [[2], [4]]
     await batcher.close(1)
+
+
+@run
+async def test_rows_that_cannot_finish_before_their_deadline_are_not_started() -> None:
+    fake = Fake()
+    batcher, metrics = make(fake)
+    batcher._batch_ewma_s = 1.0  # as if recent batches took a second each
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineExceeded, match="would pass before a batch could finish"):
+        await batcher.infer([99], timeout_s=0.5)
+    assert asyncio.get_running_loop().time() - started < 0.4  # refused at once, not at the deadline
+    assert await batcher.infer([3], timeout_s=5) == [6]
+    assert 99 not in fake.rows_seen
+    assert sample(metrics, "batchserve_rejected_total", reason="deadline") == 1
+    await batcher.close(1)

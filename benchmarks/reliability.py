@@ -1,0 +1,149 @@
+"""Overload and soak against a real server, with every request accounted for.
+
+overload: measure the model's capacity (closed loop, CONCURRENCY clients, 15 s), then offer
+  twice that as Poisson arrivals for DURATION_S (default 30 s). Every request must end in 200,
+  503 with Retry-After, or 504, none after its deadline; RSS is compared before and after.
+soak: offer 70% of capacity for DURATION_S (default 600 s), sampling the server's RSS every
+  10 s; prints the samples and the drift.
+Counts: tried, answered by status, transport errors, lost (tried - answered - errors) = 0.
+
+Usage: .venv/bin/python benchmarks/reliability.py overload|soak   (MODEL=resnet50 by default)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sklearn.datasets
+
+ROOT = Path(__file__).resolve().parent.parent
+MODE = sys.argv[1] if len(sys.argv) > 1 else "overload"
+DURATION_S = float(os.environ.get("DURATION_S", "30" if MODE == "overload" else "600"))
+CONCURRENCY = int(os.environ.get("CONCURRENCY", "16"))
+TIMEOUT_MS = int(os.environ.get("TIMEOUT_MS", "5000"))
+PORT = int(os.environ.get("PORT", "8095"))
+IMAGE = (Path(os.path.dirname(sklearn.datasets.__file__)) / "images" / "china.jpg").read_bytes()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start() -> subprocess.Popen[bytes]:
+    weights = ROOT / "models" / "artifacts" / "resnet50.safetensors"
+    if not weights.exists():
+        subprocess.run([sys.executable, str(ROOT / "models" / "build_resnet50.py"), str(weights)], check=True)
+    config = Path(tempfile.mkdtemp()) / "models.toml"
+    config.write_text(f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
+                      f"max_batch_size = 8\nmax_queue = 64\ntimeout_ms = {TIMEOUT_MS}\n")
+    process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
+                                "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server not ready")
+
+
+async def closed_loop(client: httpx.AsyncClient, seconds: float) -> float:
+    done = 0
+    until = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < until:
+            response = await client.post("/predict/resnet50", content=IMAGE,
+                                          headers={"content-type": "image/jpeg"})
+            done += response.status_code == 200
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return done / seconds
+
+
+async def open_loop(client: httpx.AsyncClient, rate: float, seconds: float, pid: int,
+                    samples: list[tuple[float, float]]) -> dict[str, Any]:
+    statuses: Counter[str] = Counter()
+    late = 0
+    missing_retry_after = 0
+
+    async def one() -> None:
+        nonlocal late, missing_retry_after
+        started = time.monotonic()
+        try:
+            response = await client.post("/predict/resnet50", content=IMAGE,
+                                          headers={"content-type": "image/jpeg"})
+        except httpx.TransportError as exc:
+            statuses[type(exc).__name__] += 1
+            return
+        statuses[str(response.status_code)] += 1
+        if response.status_code == 503 and "retry-after" not in response.headers:
+            missing_retry_after += 1
+        if time.monotonic() - started > TIMEOUT_MS / 1000 + 1.0:
+            late += 1
+
+    rng = random.Random(0)
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    next_sample = started
+    while time.monotonic() - started < seconds:
+        tasks.append(asyncio.create_task(one()))
+        if time.monotonic() >= next_sample:
+            samples.append((time.monotonic() - started, rss_mib(pid)))
+            next_sample += 10
+        await asyncio.sleep(rng.expovariate(rate))
+    await asyncio.gather(*tasks)
+    answered = sum(v for k, v in statuses.items() if k.isdigit())
+    errors = sum(v for k, v in statuses.items() if not k.isdigit())
+    return {"tried": len(tasks), "statuses": dict(statuses), "answered": answered,
+            "transport_errors": errors, "lost": len(tasks) - answered - errors,
+            "late_past_deadline": late, "503_without_retry_after": missing_retry_after}
+
+
+async def main() -> None:
+    process = start()
+    try:
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", limits=limits,
+                                     timeout=TIMEOUT_MS / 1000 + 30) as client:
+            capacity = await closed_loop(client, 15)
+            rss_before = rss_mib(process.pid)
+            rate = capacity * (2.0 if MODE == "overload" else 0.7)
+            samples: list[tuple[float, float]] = []
+            result = await open_loop(client, rate, DURATION_S, process.pid, samples)
+            await asyncio.sleep(10)  # idle: what the server keeps once the storm is over
+            rss_after = rss_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    report = {"mode": MODE, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+              "capacity_img_s": capacity, "offered_per_s": rate, "duration_s": DURATION_S,
+              "rss_mib_before": rss_before, "rss_mib_after": rss_after, "rss_samples": samples, **result}
+    print(json.dumps(report, indent=2))
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"reliability-{MODE}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
