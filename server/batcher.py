@@ -205,20 +205,25 @@ class Batcher:
         request.timer = asyncio.get_running_loop().call_later(
             left_s, self._on_timer, request, timeout_s, None)
 
-    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> _Request:
-        """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""
+    def check_admission(self, count: int) -> None:
+        """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
+        so that an overloaded server does not decode inputs only to turn them away."""
         if self._closing:
             self._metrics.rejected["shutdown"].inc()
             raise ShuttingDown(f"model '{self.name}' is shutting down")
-        if len(rows) > self.max_queue:
+        if count > self.max_queue:
             raise InvalidInput(
-                f"request has {len(rows)} items; model '{self.name}' accepts at most "
+                f"request has {count} items; model '{self.name}' accepts at most "
                 f"{self.max_queue} per request (max_queue)"
             )
-        if self._queued_rows + len(rows) > self.max_queue:
+        if self._queued_rows + count > self.max_queue:
             self._metrics.rejected["queue_full"].inc()
             raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
                             f"{self.max_queue}); retry later")
+
+    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> _Request:
+        """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""
+        self.check_admission(len(rows))
         now = time.monotonic()
         if self._last_arrival_s is not None:
             gap = now - self._last_arrival_s

@@ -153,6 +153,7 @@ async def run_items(state: AppState, model: ServedModel, items: list[Any], param
     backend = model.backend
     parsed = backend.parse_parameters(parameters)
     if backend.preprocess_in_thread:
+        model.batcher.check_admission(len(items))  # don't decode what the queue would refuse
         rows = await run_in_threadpool(_preprocess, backend, items, parsed)
     else:
         rows = _preprocess(backend, items, parsed)
