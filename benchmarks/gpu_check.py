@@ -22,11 +22,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 import sklearn.datasets
 
@@ -99,46 +99,28 @@ def _client(url: str, body: bytes, headers: dict[str, str], until: float,
 
 
 def serve(backend: str, path: Path, max_batch_size: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as directory:
-        config = Path(directory) / "models.toml"
-        config.write_text(
-            f'[[models]]\nname = "m"\nbackend = "{backend}"\npath = "{path}"\ndevice = "{DEVICE}"\n'
-            f'max_batch_size = {max_batch_size}\nmax_queue = 8192\ntimeout_ms = 60000\n'
-            f'options = {{ dtype = "{DTYPE}" }}\n')
-        process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
-                                    "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
-        url = f"http://127.0.0.1:{PORT}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            if backend == "resnet50":
-                body, headers = (PHOTOS / "china.jpg").read_bytes(), {"content-type": "image/jpeg"}
-            else:
-                body = json.dumps({"inputs": [TEXT]}).encode()
-                headers = {"content-type": "application/json"}
-            latencies: list[float] = []
-            for duration, keep in ((min(5.0, DURATION_S), False), (DURATION_S, True)):  # warm-up, run
-                queue: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
-                until = time.time() + duration
-                workers = [multiprocessing.Process(target=_client, args=(f"{url}/predict/m", body, headers,
-                                                                         until, queue))
-                           for _ in range(LOAD_PROCESSES)]
-                for worker in workers:
-                    worker.start()
-                collected = [queue.get(timeout=duration + 120) for _ in workers]
-                for worker in workers:
-                    worker.join()
-                if keep:
-                    latencies = sorted(x for part in collected for x in part)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    config = (f'[[models]]\nname = "m"\nbackend = "{backend}"\npath = "{path}"\ndevice = "{DEVICE}"\n'
+              f'max_batch_size = {max_batch_size}\nmax_queue = 8192\ntimeout_ms = 60000\n'
+              f'options = {{ dtype = "{DTYPE}" }}\n')
+    if backend == "resnet50":
+        body, headers = (PHOTOS / "china.jpg").read_bytes(), {"content-type": "image/jpeg"}
+    else:
+        body, headers = json.dumps({"inputs": [TEXT]}).encode(), {"content-type": "application/json"}
+    latencies: list[float] = []
+    with harness.batchserve(config, PORT) as (url, _):
+        for duration, keep in ((min(5.0, DURATION_S), False), (DURATION_S, True)):  # warm-up, run
+            queue: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
+            until = time.time() + duration
+            workers = [multiprocessing.Process(target=_client, args=(f"{url}/predict/m", body, headers,
+                                                                     until, queue))
+                       for _ in range(LOAD_PROCESSES)]
+            for worker in workers:
+                worker.start()
+            collected = [queue.get(timeout=duration + 120) for _ in workers]
+            for worker in workers:
+                worker.join()
+            if keep:
+                latencies = sorted(x for part in collected for x in part)
     if not latencies:
         return {"rows_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
     return {"rows_s": len(latencies) / DURATION_S,

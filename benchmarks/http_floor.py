@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
@@ -51,73 +50,37 @@ def _models_toml(directory: Path) -> Path:
     return path
 
 
-def _start(kind: str, config: Path) -> subprocess.Popen[bytes]:
-    python = sys.executable
+def _command(kind: str, config: Path) -> list[str]:
     if kind == "batchserve":
-        command = [python, "-m", "server", "serve", "--config", str(config), "--port", str(PORT),
-                   "--log-level", "warning"]
-    else:
-        command = [python, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
-                   "--log-level", "warning", "--no-access-log", "--loop", "uvloop",
-                   "--http", "httptools"]
-    process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], cwd=ROOT)
-    deadline = time.monotonic() + 60
-    ready_path = "/readyz" if kind == "batchserve" else "/docs"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}{ready_path}", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{kind} did not become ready")
-
-
-def _wrk(connections: int, duration_s: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
-         "--latency", "-s", str(ROOT / "benchmarks" / "post.lua"),
-         f"http://127.0.0.1:{PORT}/predict"],
-        check=True, capture_output=True, text=True).stdout
-    def latency_ms(label: str) -> float:
-        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
-        assert match, out
-        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
-        return float(match.group(1)) * scale
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    assert rps, out
-    return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
-            "non_2xx": float(errors.group(1)) if errors else 0.0,
-            "socket_errors": 1.0 if socket_errors else 0.0}
+        return [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(PORT),
+                "--log-level", "warning"]
+    return [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
+            "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
 
 
 def _batch_stats() -> tuple[float, float]:
-    text = httpx.get(f"http://127.0.0.1:{PORT}/metrics").text
-    def value(name: str) -> float:
-        match = re.search(rf'^{name}{{model="diabetes"}} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-    return value("batchserve_batch_size_sum"), value("batchserve_batch_size_count")
+    url = f"http://127.0.0.1:{PORT}"
+    return (harness.metric(url, "batchserve_batch_size_sum", "diabetes"),
+            harness.metric(url, "batchserve_batch_size_count", "diabetes"))
 
 
 def measure(kind: str, config: Path) -> dict[int, dict[str, float]]:
-    process = _start(kind, config)
-    try:
-        results = {}
+    url = f"http://127.0.0.1:{PORT}"
+    ready = f"{url}/readyz" if kind == "batchserve" else f"{url}/docs"
+    results = {}
+    with harness.process(_command(kind, config), ready, core=SERVER_CORE):
         for connections in CONNECTIONS:
-            _wrk(connections, WARMUP_S)
+            def load(seconds: int, connections: int = connections) -> dict[str, float]:
+                return harness.wrk(f"{url}/predict", connections=connections, duration_s=seconds,
+                                   script="post.lua", core=LOAD_CORE)
+            load(WARMUP_S)
             before = _batch_stats() if kind == "batchserve" else (0.0, 0.0)
-            result = _wrk(connections, DURATION_S)
+            result = load(DURATION_S)
             if kind == "batchserve":
                 rows, batches = (a - b for a, b in zip(_batch_stats(), before, strict=True))
                 result["mean_batch"] = rows / batches if batches else 0.0
             results[connections] = result
-        return results
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    return results
 
 
 def main() -> None:
@@ -129,8 +92,7 @@ def main() -> None:
         for _ in range(ROUNDS):
             for kind in ("floor", "batchserve"):
                 runs[kind].append(measure(kind, config))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = harness.commit()
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",

@@ -18,12 +18,12 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 import sklearn.datasets
 
@@ -43,25 +43,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def start() -> subprocess.Popen[bytes]:
+def config() -> str:
     weights = ROOT / "models" / "artifacts" / "resnet50.safetensors"
     if not weights.exists():
         subprocess.run([sys.executable, str(ROOT / "models" / "build_resnet50.py"), str(weights)], check=True)
-    config = Path(tempfile.mkdtemp()) / "models.toml"
-    config.write_text(f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
-                      f"max_batch_size = 8\nmax_queue = 64\ntimeout_ms = {TIMEOUT_MS}\n")
-    process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
-                                "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server not ready")
+    return (f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
+            f"max_batch_size = 8\nmax_queue = 64\ntimeout_ms = {TIMEOUT_MS}\n")
 
 
 async def closed_loop(client: httpx.AsyncClient, seconds: float) -> float:
@@ -118,11 +105,9 @@ async def open_loop(client: httpx.AsyncClient, rate: float, seconds: float, pid:
 
 
 async def main() -> None:
-    process = start()
-    try:
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", limits=limits,
-                                     timeout=TIMEOUT_MS / 1000 + 30) as client:
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    with harness.batchserve(config(), PORT) as (url, process):
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=TIMEOUT_MS / 1000 + 30) as client:
             capacity = await closed_loop(client, 15)
             rss_before = rss_mib(process.pid)
             rate = capacity * (2.0 if MODE == "overload" else 0.7)
@@ -130,11 +115,7 @@ async def main() -> None:
             result = await open_loop(client, rate, DURATION_S, process.pid, samples)
             await asyncio.sleep(10)  # idle: what the server keeps once the storm is over
             rss_after = rss_mib(process.pid)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = harness.commit()
     report = {"mode": MODE, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
               "capacity_img_s": capacity, "offered_per_s": rate, "duration_s": DURATION_S,
               "rss_mib_before": rss_before, "rss_mib_after": rss_after, "rss_samples": samples, **result}

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import harness
 import sklearn.datasets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,52 +67,24 @@ def in_process(weights: Path) -> dict[int, float]:
 
 
 def serve(weights: Path, max_batch_size: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        config = Path(directory) / "models.toml"
-        config.write_text(
-            f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
-            f"max_batch_size = {max_batch_size}\nmax_queue = 1024\ntimeout_ms = 60000\n"
-            f"options = {{ torch_threads = {THREADS} }}\n")
-        process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
-                                    "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
-        try:
-            url = f"http://127.0.0.1:{PORT}"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            env = {**os.environ, "IMAGES": ":".join(str(p) for p in PHOTOS)}
-            wrk = ["wrk", "-t1", f"-c{CONNECTIONS}", "--latency", "--timeout", "30s",
-                   "-s", str(ROOT / "benchmarks" / "upload.lua"), f"{url}/predict/resnet50"]
-            subprocess.run([*wrk[:4], f"-d{WARMUP_S}s", *wrk[4:]], env=env, check=True,
-                           capture_output=True)
-            before = _batches(url)
-            out = subprocess.run([*wrk[:4], f"-d{DURATION_S}s", *wrk[4:]], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            rows, batches = (a - b for a, b in zip(_batches(url), before, strict=True))
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    def latency(label: str) -> str:
-        match = re.search(rf"^\s+{label}\s+(\S+)\s*$", out, re.MULTILINE)
-        return match.group(1) if match else "?"
-    return {"img_s": rps, "p50": latency("50%"), "p99": latency("99%"),
-            "mean_batch": rows / batches if batches else 0.0,
-            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+    config = (f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
+              f"max_batch_size = {max_batch_size}\nmax_queue = 1024\ntimeout_ms = 60000\n"
+              f"options = {{ torch_threads = {THREADS} }}\n")
+    env = {**os.environ, "IMAGES": ":".join(str(p) for p in PHOTOS)}
+    with harness.batchserve(config, PORT) as (url, _):
+        target = f"{url}/predict/resnet50"
+        harness.wrk(target, connections=CONNECTIONS, duration_s=WARMUP_S, script="upload.lua", env=env)
+        before = _batches(url)
+        result = harness.wrk(target, connections=CONNECTIONS, duration_s=DURATION_S, script="upload.lua",
+                             env=env)
+        rows, batches = (a - b for a, b in zip(_batches(url), before, strict=True))
+    return {"img_s": result["rps"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+            "mean_batch": rows / batches if batches else 0.0, "non_2xx": int(result["non_2xx"])}
 
 
 def _batches(url: str) -> tuple[float, float]:
-    text = httpx.get(f"{url}/metrics").text
-    def value(name: str) -> float:
-        match = re.search(rf'^{name}{{model="resnet50"}} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-    return value("batchserve_batch_size_sum"), value("batchserve_batch_size_count")
+    return (harness.metric(url, "batchserve_batch_size_sum", "resnet50"),
+            harness.metric(url, "batchserve_batch_size_count", "resnet50"))
 
 
 def main() -> None:
@@ -126,8 +96,7 @@ def main() -> None:
     best_size = max(limit, key=lambda size: limit[size])
     on = serve(weights, 8)
     off = serve(weights, 1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = harness.commit()
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
           f"{os.cpu_count()} cores, torch threads {THREADS}\n")
     print("| in-process pipeline batch | " + " | ".join(str(s) for s in limit) + " |")
@@ -137,7 +106,7 @@ def main() -> None:
           "vs in-process best |")
     print("|---|---|---|---|---|---|---|")
     for label, result in (("batching on (max_batch_size 8)", on), ("batching off (max_batch_size 1)", off)):
-        print(f"| {label} | {result['img_s']:.1f} | {result['p50']} | {result['p99']} | "
+        print(f"| {label} | {result['img_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
               f"{result['mean_batch']:.1f} | {result['non_2xx']} | "
               f"{result['img_s'] / limit[best_size]:.2f} |")
     print(f"\nin-process best: {limit[best_size]:.1f} img/s at batch {best_size}; "

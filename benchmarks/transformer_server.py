@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import harness
 
 from server.backends.transformer import TransformerBackend
 from server.config import ModelConfig
@@ -79,56 +78,29 @@ def in_process(path: Path, texts: list[str]) -> dict[int, float]:
 
 
 def serve(path: Path, bodies: Path, max_batch_size: int, grouping: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        config = Path(directory) / "models.toml"
-        config.write_text(
-            f'[[models]]\nname = "text"\nbackend = "transformer"\npath = "{path}"\n'
-            f"max_batch_size = {max_batch_size}\nmax_queue = 4096\ntimeout_ms = 60000\n"
-            f"options = {{ max_length = {MAX_LENGTH}, length_grouping = {str(grouping).lower()}, "
-            f"torch_threads = {THREADS} }}\n")
-        process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config),
-                                    "--port", str(PORT), "--log-level", "warning"], cwd=ROOT)
-        url = f"http://127.0.0.1:{PORT}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            env = {**os.environ, "BODIES": str(bodies)}
-            wrk = ["wrk", "-t1", f"-c{CONNECTIONS}", "--latency", "--timeout", "30s",
-                   "-s", str(ROOT / "benchmarks" / "bodies.lua"), f"{url}/predict"]
-            subprocess.run([*wrk[:4], f"-d{WARMUP_S}s", *wrk[4:]], env=env, check=True, capture_output=True)
-            before = _sample(url)
-            out = subprocess.run([*wrk[:4], f"-d{DURATION_S}s", *wrk[4:]], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            after = _sample(url)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    def latency(label: str) -> str:
-        match = re.search(rf"^\s+{label}\s+(\S+)\s*$", out, re.MULTILINE)
-        return match.group(1) if match else "?"
+    config = (f'[[models]]\nname = "text"\nbackend = "transformer"\npath = "{path}"\n'
+              f"max_batch_size = {max_batch_size}\nmax_queue = 4096\ntimeout_ms = 60000\n"
+              f"options = {{ max_length = {MAX_LENGTH}, length_grouping = {str(grouping).lower()}, "
+              f"torch_threads = {THREADS} }}\n")
+    env = {**os.environ, "BODIES": str(bodies)}
+    with harness.batchserve(config, PORT) as (url, _):
+        target = f"{url}/predict"
+        harness.wrk(target, connections=CONNECTIONS, duration_s=WARMUP_S, script="bodies.lua", env=env)
+        before = _sample(url)
+        result = harness.wrk(target, connections=CONNECTIONS, duration_s=DURATION_S, script="bodies.lua",
+                             env=env)
+        after = _sample(url)
     delta = {k: after[k] - before[k] for k in after}
-    return {"seq_s": rps, "p50": latency("50%"), "p99": latency("99%"),
+    return {"seq_s": result["rps"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
             "mean_batch": delta["rows"] / delta["batches"] if delta["batches"] else 0.0,
             "padding": delta["padding_sum"] / delta["padding_count"] if delta["padding_count"] else 0.0,
-            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+            "non_2xx": int(result["non_2xx"])}
 
 
 def _sample(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics").text
-    def value(name: str) -> float:
-        match = re.search(rf'^{name}{{model="text"}} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-    return {"rows": value("batchserve_batch_size_sum"), "batches": value("batchserve_batch_size_count"),
-            "padding_sum": value("batchserve_padding_ratio_sum"),
-            "padding_count": value("batchserve_padding_ratio_count")}
+    names = {"rows": "batchserve_batch_size_sum", "batches": "batchserve_batch_size_count",
+             "padding_sum": "batchserve_padding_ratio_sum", "padding_count": "batchserve_padding_ratio_count"}
+    return {key: harness.metric(url, name, "text") for key, name in names.items()}
 
 
 def main() -> None:
@@ -150,8 +122,7 @@ def main() -> None:
     after = in_process(path, texts)  # again: the machine drifts; the limit is the mean of both
     limit = {size: (before[size] + after[size]) / 2 for size in before}
     best = max(limit, key=lambda size: limit[size])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = harness.commit()
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {os.cpu_count()} "
           f"cores, torch threads {THREADS}; {TEXTS} texts, token lengths uniform over {LENGTHS}\n")
     print("| in-process, sorted by length, batch | " + " | ".join(str(s) for s in limit) + " |")
@@ -161,7 +132,7 @@ def main() -> None:
           "mean padding | non-2xx | vs in-process best |")
     print("|---|---|---|---|---|---|---|---|")
     for label, result in runs.items():
-        print(f"| {label} | {result['seq_s']:.1f} | {result['p50']} | {result['p99']} | "
+        print(f"| {label} | {result['seq_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
               f"{result['mean_batch']:.1f} | {result['padding']:.2f} | {result['non_2xx']} | "
               f"{result['seq_s'] / limit[best]:.2f} |")
     print(f"\nin-process best: {limit[best]:.1f} seq/s at batch {best}")

@@ -1,0 +1,89 @@
+"""What the benchmark scripts share: a server process, wrk, /metrics, the commit."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def wait_ready(url: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def process(command: Sequence[str], ready_url: str, *,
+            core: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` (pinned to ``core`` with taskset when given) until the block ends."""
+    prefix = ["taskset", "-c", core] if core is not None else []
+    child = subprocess.Popen([*prefix, *command], cwd=ROOT)
+    try:
+        wait_ready(ready_url)
+        yield child
+    finally:
+        child.terminate()
+        child.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def batchserve(config_text: str, port: int, *,
+               core: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``batchserve serve`` on a models.toml holding ``config_text``; yields its URL and process."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = Path(directory) / "models.toml"
+        config.write_text(config_text)
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port),
+                   "--log-level", "warning"]
+        with process(command, f"{url}/readyz", core=core) as child:
+            yield url, child
+
+
+def wrk(url: str, *, connections: int, duration_s: float, script: str, core: str | None = None,
+        env: dict[str, str] | None = None, timeout: str = "30s") -> dict[str, float]:
+    """One wrk run: requests/s, p50/p99 in ms, and the count of non-2xx answers."""
+    prefix = ["taskset", "-c", core] if core is not None else []
+    out = subprocess.run(
+        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "--timeout", timeout,
+         "-s", str(ROOT / "benchmarks" / script), url],
+        check=True, capture_output=True, text=True, env=env).stdout
+
+    def latency_ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        if not match:
+            raise RuntimeError(f"no {label} latency in wrk's output:\n{out}")
+        return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not rps:
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
+            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0}
+
+
+def metric(url: str, name: str, model: str) -> float:
+    """One sample of batchserve's /metrics (0 when absent)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf'^{name}{{model="{re.escape(model)}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
