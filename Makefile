@@ -32,7 +32,7 @@ models/artifacts/transformer/config.json: models/build_transformer.py | $(STAMP)
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 
 serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000
-	$(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,3 +58,15 @@ bench: $(STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (nee
 
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: image image-cuda services
+
+IMAGE ?= batchserve
+image:  ## build the CPU image (torch from PyTorch's CPU index); CA_BUNDLE=file behind a TLS proxy
+	scripts/build-image.sh --tag $(IMAGE):latest
+
+image-cuda:  ## build the CUDA image (PyPI's torch), for `docker run --gpus all`
+	scripts/build-image.sh --tag $(IMAGE):cuda --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+
+services:  ## as root: install and start Docker and Prometheus for the service tests
+	bash scripts/ci-services.sh

@@ -1,0 +1,165 @@
+"""deploy/kubernetes, offline: every manifest against the Kubernetes API schemas, and the manifests
+against each other, the image and the server.
+
+kubernetes-validate carries the schemas of the built-in kinds only. The ServiceMonitor (a Prometheus
+Operator CRD) is not among them: its links to the Service are checked here instead. The
+prometheus-adapter rule is Helm values, not a resource: tests/test_prometheus.py runs its queries
+against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from server.config import parse_models
+from tests.support import ROOT
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+ADAPTER_VALUES = KUBERNETES / "prometheus-adapter" / "values.yaml"
+MANIFESTS = sorted(p for p in KUBERNETES.rglob("*.yaml") if p != ADAPTER_VALUES)
+OLDEST_VERSION = "1.27.0"
+"""The oldest Kubernetes these manifests are checked for (autoscaling/v2 and policy/v1 are GA)."""
+VERSIONS = [OLDEST_VERSION, kubernetes_validate.latest_version()]
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+Resource = dict[str, Any]
+QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+"""Kubernetes' own pattern for a resource quantity; the schemas take any string there."""
+
+
+def documents(path: Path) -> list[Resource]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def resources() -> dict[tuple[str, str], Resource]:
+    found: dict[tuple[str, str], Resource] = {}
+    for path in MANIFESTS:
+        for doc in documents(path):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in found, f"{key} defined twice"
+            found[key] = doc
+    return found
+
+
+RESOURCES = resources()
+DEPLOYMENTS = [r for (kind, _), r in RESOURCES.items() if kind == "Deployment"]
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def container(deployment: Resource) -> Resource:
+    [only] = deployment["spec"]["template"]["spec"]["containers"]
+    result: Resource = only
+    return result
+
+
+def env(deployment: Resource) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(deployment).get("env", [])}
+
+
+def test_the_expected_resources_are_there() -> None:
+    assert set(RESOURCES) == {
+        ("Deployment", "batchserve"), ("Service", "batchserve"), ("HorizontalPodAutoscaler", "batchserve"),
+        ("PodDisruptionBudget", "batchserve"), ("ServiceMonitor", "batchserve"),
+        ("Deployment", "batchserve-gpu"), ("ConfigMap", "batchserve-gpu-models"),
+        ("HorizontalPodAutoscaler", "batchserve-gpu"),
+    }
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(KUBERNETES)))
+def test_manifest_is_valid_against_the_kubernetes_schemas(path: Path, version: str) -> None:
+    for doc in documents(path):
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            # No schema for a CRD: say so, rather than pass silently.
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, version, strict=True)
+            continue
+        # strict: an unknown (misspelt) field is an error too.
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
+def test_deployment_probes_drain_and_resources(deployment: Resource) -> None:
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert matches(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
+    main = container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    expose = re.search(r"^EXPOSE (\d+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert expose and ports == {"http": int(expose.group(1))}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Drain: endpoints drop the pod during preStop, then SIGTERM gives the server its grace, and
+    # only after both may the kubelet send SIGKILL.
+    sleep_cmd = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep_cmd[0] == "sleep"
+    grace_s = float(env(deployment)["BATCHSERVE_SHUTDOWN_GRACE_S"])
+    assert pod["terminationGracePeriodSeconds"] > int(sleep_cmd[1]) + grace_s
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(main["resources"][kind])
+        assert all(QUANTITY.match(str(q)) for q in main["resources"][kind].values()), main["resources"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert any(m["mountPath"] == "/tmp" for m in main["volumeMounts"])
+
+
+def test_gpu_variant_asks_for_a_gpu_and_serves_the_torch_models_on_cuda() -> None:
+    gpu = RESOURCES[("Deployment", "batchserve-gpu")]
+    resources = container(gpu)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert container(gpu)["image"].endswith(":cuda")
+    [mount] = [m for m in container(gpu)["volumeMounts"] if m["mountPath"] == "/models/models.toml"]
+    [volume] = [v for v in gpu["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    configmap = RESOURCES[("ConfigMap", volume["configMap"]["name"])]
+    text = configmap["data"][mount["subPath"]]
+    # The server's own loader validates it, as it would at start in the pod.
+    configs = parse_models(tomllib.loads(text), source=Path("/models/models.toml"))
+    devices = {c.name: c.device for c in configs}
+    assert devices == {"diabetes": "cpu", "resnet50": "cuda", "sentiment": "cuda"}
+    # The same artifacts as the image's models.toml (built by the Dockerfile from models/).
+    image = tomllib.loads((ROOT / "models" / "models.toml").read_text())["models"]
+    assert {c.name: str(c.path) for c in configs} == {m["name"]: f"/models/{m['path']}" for m in image}
+
+
+def test_service_pdb_and_servicemonitor_select_every_batchserve_pod() -> None:
+    service = RESOURCES[("Service", "batchserve")]
+    pdb = RESOURCES[("PodDisruptionBudget", "batchserve")]
+    monitor = RESOURCES[("ServiceMonitor", "batchserve")]
+    for deployment in DEPLOYMENTS:
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert matches(service["spec"]["selector"], labels)
+        assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
+        named_ports = {p["name"] for p in container(deployment)["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= named_ports
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("name", ["batchserve", "batchserve-gpu"])
+def test_hpa_scales_its_deployment_on_the_adapters_queued_rows(name: str) -> None:
+    hpa = RESOURCES[("HorizontalPodAutoscaler", name)]["spec"]
+    target = hpa["scaleTargetRef"]
+    assert (target["kind"], target["name"]) in RESOURCES
+    [metric] = hpa["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    assert metric["pods"]["metric"]["name"] in {r["name"]["as"] for r in rules}
+    assert "batchserve_queue_rows" in rules[0]["seriesQuery"]
+    assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
+
+
+def test_pdb_leaves_a_pod_serving_while_one_is_evicted() -> None:
+    pdb = RESOURCES[("PodDisruptionBudget", "batchserve")]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert RESOURCES[("HorizontalPodAutoscaler", "batchserve")]["spec"]["minReplicas"] >= 2
