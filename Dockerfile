@@ -91,6 +91,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 # The server writes nothing outside /tmp, so it runs on a read-only root file system too.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2 \
     HF_HUB_OFFLINE=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     BATCHSERVE_HOST=0.0.0.0 \

@@ -27,7 +27,9 @@ MANIFESTS = sorted(p for p in KUBERNETES.rglob("*.yaml") if p != ADAPTER_VALUES)
 OLDEST_VERSION = "1.27.0"
 """The oldest Kubernetes these manifests are checked for (autoscaling/v2 and policy/v1 are GA)."""
 VERSIONS = [OLDEST_VERSION, kubernetes_validate.latest_version()]
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+                ("serving.kserve.io/v1alpha1", "ServingRuntime"),
+                ("serving.kserve.io/v1beta1", "InferenceService")}
 Resource = dict[str, Any]
 QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 """Kubernetes' own pattern for a resource quantity; the schemas take any string there."""
@@ -71,6 +73,7 @@ def test_the_expected_resources_are_there() -> None:
         ("PodDisruptionBudget", "batchserve"), ("ServiceMonitor", "batchserve"),
         ("Deployment", "batchserve-gpu"), ("ConfigMap", "batchserve-gpu-models"),
         ("HorizontalPodAutoscaler", "batchserve-gpu"),
+        ("ServingRuntime", "batchserve"), ("InferenceService", "batchserve-demo"),
     }
 
 
@@ -163,3 +166,23 @@ def test_pdb_leaves_a_pod_serving_while_one_is_evicted() -> None:
     pdb = RESOURCES[("PodDisruptionBudget", "batchserve")]["spec"]
     assert pdb["maxUnavailable"] == 1
     assert RESOURCES[("HorizontalPodAutoscaler", "batchserve")]["spec"]["minReplicas"] >= 2
+
+
+def test_kserve_runtime_serves_the_v2_protocol_from_the_mounted_repository() -> None:
+    runtime = RESOURCES[("ServingRuntime", "batchserve")]
+    service = RESOURCES[("InferenceService", "batchserve-demo")]
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    [server] = runtime["spec"]["containers"]
+    assert server["name"] == "kserve-container"
+    args = server["args"]
+    assert args[args.index("--config") + 1] == "/mnt/models/models.toml"  # KServe's storage mount
+    port = int(args[args.index("--port") + 1])
+    assert server["ports"][0]["containerPort"] == port
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] == "v2"
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert model["storageUri"].startswith(("pvc://", "s3://", "gs://", "https://"))
