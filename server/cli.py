@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +27,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds queued requests get to finish after SIGTERM (30)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
     digest.add_argument("path", type=Path)
+    # Capacity planning (server/planning): their modules import only the standard library
+    # at import time; the load generator, numpy, torch and matplotlib load when a command runs.
+    from server.planning import inspect, loadtest, recommend
+
+    for module, summary in (
+        (loadtest, "load a running server from sample inputs; report throughput and latency"),
+        (recommend, "sweep batching configurations; recommend the best within a p99 SLO, and check it"),
+        (inspect, "a model's parameters, weight bytes and activation memory per batch size"),
+    ):
+        command = commands.add_parser(module.__name__.rpartition(".")[2], help=summary,
+                                      description=module.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(planning=module.run)
     return parser
 
 
@@ -36,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(artifact_sha256(args.path))
         return 0
+    if hasattr(args, "planning"):
+        planning: Callable[[argparse.Namespace], int] = args.planning
+        return planning(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     return serve(ServerSettings(**overrides))
 

@@ -21,15 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from server.planning.client import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, Connection, connect
 
 TICK_S = 0.02
 """How often a worker checks its stop condition, timeouts and progress."""
@@ -112,179 +108,7 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 # Shared slots: start time, stop time, then per worker: responses and errors while measuring.
-_START, _STOP, _PER_WORKER = 0, 1, 2
-
-
-class _Worker:
-    def __init__(self, spec: LoadSpec, index: int, processes: int, shared: MutableSequence[float]) -> None:
-        self.spec = spec
-        self.index = index
-        self.processes = processes
-        self.shared = shared
-        self.records = Records()
-        self.connections = _share(spec.concurrency, index, processes)
-        self.count = None if spec.count is None else _share(spec.count, index, processes)
-        self.rate = spec.rate / processes
-        self.rng = random.Random(spec.seed * 1000 + index)
-        self.next_request = index * 7919
-        self.measure_start = 0.0
-        self.sent_measured = 0
-        self.arrived_measured = 0
-        self.stopping = False
-        self.live: list[Connection] = []
-        self.idle: list[Connection] = []
-        self.backlog: deque[float] = deque()
-        self.pending: set[asyncio.Task[None]] = set()
-        self._published = 0
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def run(self, ready: Callable[[], None], wait_go: Callable[[], Any]) -> Records:
-        self.live = list(await asyncio.gather(*(self._connect() for _ in range(self.connections))))
-        ready()
-        await wait_go()
-        start_at = self.shared[_START]
-        self.measure_start = start_at + self.spec.warmup_s
-        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-        if self.spec.mode == "closed":
-            now = time.monotonic()
-            for connection in self.live:
-                self._send(connection, now)
-        else:
-            self.idle = list(self.live)
-            self._spawn(self._arrivals())
-        while not self.stopping:
-            await asyncio.sleep(TICK_S)
-            self._tick()
-        deadline = time.monotonic() + self.spec.timeout_s + 2 * TICK_S
-        while (self.backlog or any(c.busy for c in self.live)) and time.monotonic() < deadline:
-            await asyncio.sleep(TICK_S)
-            self._tick()
-        now = time.monotonic()
-        while self.backlog:  # arrivals that never found a free connection before the end
-            self.records.add(self.backlog.popleft(), now, now, STATUS_TIMEOUT)
-        for task in list(self.pending):
-            task.cancel()
-        for connection in self.live:
-            connection.close()
-        return self.records
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        for connection in self.live:
-            if connection.busy and now - connection.sent_at > self.spec.timeout_s:
-                connection.timeout()
-        self._publish()
-        if self.stopping:
-            return
-        stop_at = self.shared[_STOP]
-        if stop_at > 0 and now >= stop_at:
-            self.stopping = True
-        elif self.count is None and self._duration_reached(now):
-            self.shared[_STOP] = now
-            self.stopping = True
-        elif self.count is not None and max(self.sent_measured, self.arrived_measured) >= self.count:
-            self.stopping = True
-
-    def _duration_reached(self, now: float) -> bool:
-        spec = self.spec
-        elapsed = now - self.measure_start
-        if spec.duration_s is None or elapsed < spec.duration_s:
-            return False
-        if spec.max_duration_s is not None and elapsed >= spec.max_duration_s:
-            return True
-        responses = sum(self.shared[_PER_WORKER + 2 * k] for k in range(self.processes))
-        return responses >= spec.min_responses
-
-    def _publish(self) -> None:
-        """Responses and errors to requests sent while measuring, for progress and stopping."""
-        records, start = self.records, self.measure_start
-        responses = errors = 0
-        intended, status = records.intended, records.status
-        for n in range(self._published, len(intended)):
-            if intended[n] >= start:
-                responses += 1
-                errors += not 200 <= status[n] < 300
-        self._published = len(intended)
-        self.shared[_PER_WORKER + 2 * self.index] += responses
-        self.shared[_PER_WORKER + 2 * self.index + 1] += errors
-
-    # -- sending ---------------------------------------------------------------------------------
-
-    def _take_request(self) -> bytes:
-        request = self.spec.requests[self.next_request % len(self.spec.requests)]
-        self.next_request += 1
-        return request
-
-    def _send(self, connection: Connection, intended: float) -> None:
-        now = time.monotonic()
-        if intended >= self.measure_start:
-            self.sent_measured += 1
-        connection.send(self._take_request(), now, intended)
-
-    def _done(self, connection: Connection, status: int, body: bytes) -> None:
-        self.records.add(connection.intended_at, connection.sent_at, time.monotonic(), status)
-        if body and status not in self.records.error_examples:
-            self.records.error_examples[status] = body
-        if connection.closed:
-            self._spawn(self._replace(connection))
-        elif self.spec.mode == "closed":
-            if not self.stopping and (self.count is None or self.sent_measured < self.count):
-                self._send(connection, time.monotonic())
-        elif self.backlog:
-            self._send(connection, self.backlog.popleft())
-        else:
-            self.idle.append(connection)
-
-    async def _replace(self, dead: Connection) -> None:
-        """A closed connection is reopened (every 50 ms while the server refuses)."""
-        while not self.stopping:
-            attempt = time.monotonic()
-            try:
-                fresh = await self._connect()
-            except OSError:
-                self.records.add(attempt, attempt, time.monotonic(), STATUS_CONNECTION_ERROR)
-                await asyncio.sleep(0.05)
-                continue
-            self.live[self.live.index(dead)] = fresh
-            if self.spec.mode == "closed":
-                self._send(fresh, time.monotonic())
-            elif self.backlog:
-                self._send(fresh, self.backlog.popleft())
-            else:
-                self.idle.append(fresh)
-            return
-
-    async def _connect(self) -> Connection:
-        return await connect(self.spec.host, self.spec.port, self._done)
-
-    async def _arrivals(self) -> None:
-        """Open loop: Poisson arrivals; due ones go out in a burst after each timer wake-up."""
-        arrival = self.shared[_START] + self.rng.expovariate(self.rate)
-        while not self.stopping:
-            if self.count is not None and self.arrived_measured >= self.count:
-                return
-            now = time.monotonic()
-            if arrival > now:
-                await asyncio.sleep(arrival - now)
-                continue
-            if arrival >= self.measure_start:
-                self.arrived_measured += 1
-            if self.idle:
-                self._send(self.idle.pop(), arrival)
-            else:
-                self.backlog.append(arrival)
-                self.records.max_backlog = max(self.records.max_backlog, len(self.backlog))
-            arrival += self.rng.expovariate(self.rate)
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-
-def _share(total: int, index: int, parts: int) -> int:
-    return total // parts + (1 if index < total % parts else 0)
+START, STOP, PER_WORKER = 0, 1, 2
 
 
 def run_load(spec: LoadSpec, *, processes: int = 1, on_progress: ProgressCallback | None = None,
@@ -318,18 +142,20 @@ def _run_here(spec: LoadSpec, on_progress: ProgressCallback | None, hook: Callab
               cpus: set[int] | None) -> Run:
     import uvloop
 
-    shared = [0.0] * (_PER_WORKER + 2)
-    worker = _Worker(spec, 0, 1, shared)
+    from server.planning.worker import Worker
+
+    shared = [0.0] * (PER_WORKER + 2)
+    worker = Worker(spec, 0, 1, shared)
 
     async def main() -> Records:
         hooked: list[asyncio.Future[object]] = []
 
         async def call_hook() -> object:
-            await asyncio.sleep(max(0.0, shared[_START] + spec.warmup_s - time.monotonic()))
+            await asyncio.sleep(max(0.0, shared[START] + spec.warmup_s - time.monotonic()))
             return await asyncio.get_running_loop().run_in_executor(None, hook)
 
         async def go() -> None:
-            shared[_START] = time.monotonic() + 0.02
+            shared[START] = time.monotonic() + 0.02
             hooked.append(asyncio.ensure_future(call_hook()))
 
         reporter = asyncio.ensure_future(_report(shared, spec, 1, on_progress)) if on_progress else None
@@ -349,7 +175,7 @@ def _run_here(spec: LoadSpec, on_progress: ProgressCallback | None, hook: Callab
     finally:
         if previous:
             os.sched_setaffinity(0, previous)
-    return Run(spec, records, worker.measure_start, shared[_STOP], 1)
+    return Run(spec, records, worker.measure_start, shared[STOP], 1)
 
 
 async def _report(shared: MutableSequence[float], spec: LoadSpec, processes: int,
@@ -360,16 +186,16 @@ async def _report(shared: MutableSequence[float], spec: LoadSpec, processes: int
 
 
 def _progress(shared: MutableSequence[float], spec: LoadSpec, processes: int) -> Progress:
-    start = shared[_START]
+    start = shared[START]
     if start == 0:
         return Progress("warmup", -spec.warmup_s, 0, 0)
     now = time.monotonic()
     elapsed = now - start - spec.warmup_s
-    stop = shared[_STOP]
+    stop = shared[STOP]
     phase: Literal["warmup", "measure", "drain"] = (
         "warmup" if elapsed < 0 else "drain" if 0 < stop <= now else "measure")
-    responses = sum(shared[_PER_WORKER + 2 * k] for k in range(processes))
-    errors = sum(shared[_PER_WORKER + 2 * k + 1] for k in range(processes))
+    responses = sum(shared[PER_WORKER + 2 * k] for k in range(processes))
+    errors = sum(shared[PER_WORKER + 2 * k + 1] for k in range(processes))
     return Progress(phase, elapsed, int(responses), int(errors))
 
 
@@ -380,7 +206,7 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
 
     # spawn, not fork: the caller may have threads (a progress display).
     context = multiprocessing.get_context("spawn")
-    shared = context.RawArray("d", _PER_WORKER + 2 * processes)
+    shared = context.RawArray("d", PER_WORKER + 2 * processes)
     ready: multiprocessing.Queue[int] = context.Queue()
     results: multiprocessing.Queue[tuple[int, Records | str]] = context.Queue()
     go = context.Event()
@@ -393,8 +219,8 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
     try:
         for _ in range(processes):
             ready.get(timeout=60)
-        shared[_START] = time.monotonic() + 0.05
-        measure_start = shared[_START] + spec.warmup_s
+        shared[START] = time.monotonic() + 0.05
+        measure_start = shared[START] + spec.warmup_s
         go.set()
         hooked = False
         while len(collected) < processes:
@@ -423,16 +249,18 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
     merged = Records()
     for index in range(processes):
         merged.extend(collected[index])
-    return Run(spec, merged, shared[_START] + spec.warmup_s, shared[_STOP], processes)
+    return Run(spec, merged, shared[START] + spec.warmup_s, shared[STOP], processes)
 
 
 def _worker_main(spec: LoadSpec, index: int, processes: int, shared: MutableSequence[float],
                  ready: Any, go: Any, results: Any, cpus: set[int] | None) -> None:
     import uvloop
 
+    from server.planning.worker import Worker
+
     if cpus:
         os.sched_setaffinity(0, cpus)
-    worker = _Worker(spec, index, processes, shared)
+    worker = Worker(spec, index, processes, shared)
 
     async def wait_go() -> None:
         while not go.is_set():

@@ -1,0 +1,100 @@
+"""batchserve inspect: size and measured memory, each model loaded in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+
+from tests.support import PLUGINS, ROOT, write_models
+
+RESNET50_PARAMETERS = 25_557_032
+"""torchvision's resnet50 (shared/ANCHORS.md)."""
+
+
+def _inspect(*args: str) -> subprocess.CompletedProcess[str]:
+    # Its own process: inspect tunes the allocator and resets the peak RSS of the process it runs in.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT)])}
+    return subprocess.run([sys.executable, "-m", "server", "inspect", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def _json(*args: str) -> dict[str, Any]:
+    result = _inspect(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.fixture(scope="module")
+def resnet50_config(tmp_path_factory: pytest.TempPathFactory, resnet_weights: Path) -> Path:
+    """The demo resnet50 (models/build_resnet50.py, built into a temporary folder by conftest)."""
+    return write_models(tmp_path_factory.mktemp("resnet50") / "models.toml", [
+        {"name": "resnet50", "backend": "resnet50", "path": str(resnet_weights), "max_batch_size": 2,
+         "options": {"torch_threads": 1}},
+    ])
+
+
+def test_resnet50_parameters_weights_and_activation_memory(resnet50_config: Path,
+                                                           resnet_weights: Path) -> None:
+    report = _json("resnet50", "--config", str(resnet50_config), "--batch-sizes", "1,2")
+    size = report["size"]
+    assert size["kind"] == "torch"
+    assert size["parameters"] == RESNET50_PARAMETERS
+    assert size["weight_bytes"] == {"float32": 4 * RESNET50_PARAMETERS, "float16": 2 * RESNET50_PARAMETERS,
+                                    "bfloat16": 2 * RESNET50_PARAMETERS, "int8": RESNET50_PARAMETERS}
+    # As loaded: the float32 parameters and the batch-norm running statistics.
+    assert size["loaded_bytes"]["float32"] == 4 * (RESNET50_PARAMETERS + size["buffer_elements"]) - 4 * 53
+    assert size["artifact_bytes"] == resnet_weights.stat().st_size
+    assert [row["batch_size"] for row in report["memory"]] == [1, 2]
+    for row in report["memory"]:
+        assert row["activation_bytes"] > 0 and row["rows_per_s"] > 0
+    assert "china.jpg" in report["inputs"]
+    assert report["memory_method"].startswith("growth of the peak resident set")
+
+
+def test_text_output(resnet50_config: Path) -> None:
+    result = _inspect("resnet50", "--config", str(resnet50_config), "--batch-sizes", "none")
+    assert result.returncode == 0, result.stderr
+    assert "parameters: 25,557,032" in result.stdout
+    assert "float16 48.7 MiB" in result.stdout
+
+
+def test_sklearn_reports_fitted_values_and_pickled_size(tmp_path: Path, diabetes_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)}])
+    report = _json("diabetes", "--config", str(config), "--batch-sizes", "1,4")
+    estimator = joblib.load(diabetes_path)
+    size = report["size"]
+    assert size["kind"] == "estimator" and size["estimator"] == "LinearRegression"
+    # coef_ (10), singular_ (10) and intercept_ (1): the fitted values it predicts with, and more.
+    assert size["parameters"] == estimator.coef_.size + estimator.singular_.size + 1
+    assert size["pickled_bytes"] == len(pickle.dumps(estimator))
+    assert report["inputs"] == "a row of 10 zeros"
+    assert [row["batch_size"] for row in report["memory"]] == [1, 4]
+
+
+def test_a_third_party_backend_needs_inputs(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [{"name": "echo", "backend": "echo", "path": "unused"}])
+    result = _inspect("echo", "--config", str(config), "--batch-sizes", "1")
+    assert result.returncode == 2
+    assert "no default sample for backend 'echo': give --inputs" in result.stderr
+    (tmp_path / "n.json").write_text("[1.5, 2.5]")
+    report = _json("echo", "--config", str(config), "--batch-sizes", "1,8",
+                   "--inputs", str(tmp_path / "n.json"))
+    assert report["size"]["kind"] == "unknown"
+    assert [row["batch_size"] for row in report["memory"]] == [1, 8]
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [{"name": "echo", "backend": "echo", "path": "unused"}])
+    result = _inspect("nope", "--config", str(config))
+    assert result.returncode == 2
+    assert "no model 'nope'" in result.stderr

@@ -1,0 +1,139 @@
+"""batchserve recommend: a small real sweep of the diabetes model, and its report."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.cli import main
+from server.config import parse_models
+from server.planning.sweep import Candidate, batch_sizes
+from tests.support import write_models
+
+SLO_MS = 1000.0
+"""Generous: the test checks the report's structure and logic, not this machine's speed."""
+
+
+@pytest.fixture
+def repository(tmp_path: Path, diabetes_path: Path) -> Path:
+    """A model repository holding the diabetes model, as a user would have it (relative path)."""
+    root = tmp_path / "repo"
+    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts" / "diabetes.joblib").write_bytes(diabetes_path.read_bytes())
+    return write_models(root / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": "artifacts/diabetes.joblib",
+         "max_batch_size": 32, "timeout_ms": 5000},
+    ])
+
+
+@pytest.fixture
+def rows(tmp_path: Path, diabetes: tuple[np.ndarray, Any]) -> Path:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(diabetes[0][:20].tolist()))
+    return path
+
+
+SMALL = ["--max-wait-ms", "0", "--instances", "1", "--max-concurrency", "4", "--step-s", "0.3",
+         "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
+
+
+def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path, rows: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", str(SLO_MS), "--price-per-hour", "0.5", "--max-batch-cap", "2",
+                 "--out", str(out), *SMALL])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"date", "model", "slo_p99_ms", "price_per_hour", "model_size", "candidates", "skipped",
+            "final_round", "pick", "predicted", "verification", "elapsed_s"} <= set(results)
+    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [1, 2]
+    for outcome in results["candidates"]:
+        assert outcome["error"] is None
+        assert outcome["peak_rss_bytes"] > 0
+        levels = [step["concurrency"] for step in outcome["steps"]]
+        assert levels[0] == 1 and max(levels) <= 4
+        best = outcome["best"]
+        assert best is not None and best["within_slo"] and best["p99_ms"] <= SLO_MS
+        assert best["rows_per_s"] == max(s["rows_per_s"] for s in outcome["steps"] if s["within_slo"])
+    assert results["model_size"]["estimator"] == "LinearRegression"
+
+    # The pick meets the SLO it measured, in the final round that predicts it.
+    assert len(results["final_round"]) == 2
+    pick, predicted = results["pick"], results["predicted"]
+    assert predicted["within_slo"] and predicted["p99_ms"] <= SLO_MS
+    assert any(f["candidate"] == pick and f["step"] == predicted for f in results["final_round"])
+    check = results["verification"]
+    assert check["predicted_rows_per_s"] == predicted["rows_per_s"]
+    assert check["ratio"] == pytest.approx(check["measured_rows_per_s"] / check["predicted_rows_per_s"])
+    assert check["p99_within_slo"] == (check["measured_p99_ms"] <= SLO_MS)
+    assert check["throughput_within_10pct"] == (abs(check["ratio"] - 1) <= 0.10)
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Recommendation", "### Final round", "### Checked by starting it again", "## Cost",
+                    "## Trade-off", "## Model size", "## All candidates", "## Every ramp step"):
+        assert heading in report
+    assert "](frontier.png)" in report
+    assert "**(pick)**" in report
+    # The recommended block is valid configuration, with the user's own relative path.
+    block = report.split("```toml\n")[1].split("```")[0]
+    (config,) = parse_models(tomllib.loads(block), source=repository)
+    assert config.max_batch_size == results["candidates"][pick]["candidate"]["max_batch_size"]
+    assert tomllib.loads(block)["models"][0]["path"] == "artifacts/diabetes.joblib"
+    assert (out / "frontier.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (out / "logs" / "candidate-01.toml").is_file()
+
+
+def test_an_slo_nothing_can_meet_gives_no_recommendation(repository: Path, rows: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", "0.001", "--max-batch-cap", "1", "--out", str(out), *SMALL])
+    assert code == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["pick"] is None and results["verification"] is None and results["final_round"] == []
+    (outcome,) = results["candidates"]
+    assert [s["concurrency"] for s in outcome["steps"]] == [1]
+    assert not outcome["steps"][0]["within_slo"]
+    assert "## No recommendation" in capsys.readouterr().out
+
+
+def test_refuses_what_it_cannot_sweep(repository: Path, rows: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["recommend", "--config", str(repository), "--inputs", str(rows), "--slo-p99-ms", "10"]
+    assert main([*base, "--model", "diabetes", "--devices", "cuda"]) == 2
+    assert "CPU only" in capsys.readouterr().err
+    assert main([*base, "--model", "nope"]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_candidates_and_their_configuration() -> None:
+    assert batch_sizes(1) == [1]
+    assert batch_sizes(48) == [1, 2, 4, 8, 16, 32]
+    candidate = Candidate(8, 2.0, 2, "cuda", "float16")
+    table = candidate.table({"name": "m", "backend": "resnet50", "path": "w.safetensors",
+                             "options": {"top_k": 3}})
+    assert table["max_batch_size"] == 8 and table["max_wait_ms"] == 2.0 and table["instances"] == 2
+    assert table["device"] == "cuda" and table["options"] == {"top_k": 3, "dtype": "float16"}
+    assert candidate.label() == "batch 8, wait 2 ms, 2 inst, cuda float16"
+    assert Candidate(1, 0, 1).table({"name": "m", "options": {"a": 1}})["options"] == {"a": 1}
+
+
+def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: Path, rows: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "4", "--budget-s", "1", "--out", str(out),
+                 *SMALL])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    # The first candidate always runs; after it, no other fits in one second.
+    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 inst"]
+    assert results["skipped"] == ["batch 2, wait 0 ms, 1 inst", "batch 4, wait 0 ms, 1 inst"]
+    assert results["pick"] == 0 and "ratio" in results["verification"]
+    assert "not run for lack of budget: batch 2, wait 0 ms, 1 inst" in (out / "report.md").read_text()
