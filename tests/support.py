@@ -15,22 +15,10 @@ from typing import Any
 
 import httpx
 
+from server.planning.serverproc import toml_value
+
 PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).parent.parent
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(type(value))
 
 
 def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None = None,
