@@ -59,9 +59,10 @@ def batchserve(config_text: str, port: int, *,
             yield url, child
 
 
-def wrk(url: str, *, connections: int, duration_s: float, script: str, core: str | None = None,
+def wrk(url: str, *, connections: int, duration_s: float, script: str | Path, core: str | None = None,
         env: dict[str, str] | None = None, timeout: str = "30s") -> dict[str, float]:
-    """One wrk run: requests/s, p50/p99 in ms, and the count of non-2xx answers."""
+    """One wrk run: requests/s, p50/p99 in ms, and the counts of non-2xx answers and timeouts.
+    ``script``: a Lua file, or its name in benchmarks/."""
     prefix = ["taskset", "-c", core] if core is not None else []
     out = subprocess.run(
         [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "--timeout", timeout,
@@ -78,8 +79,10 @@ def wrk(url: str, *, connections: int, duration_s: float, script: str, core: str
     if not rps:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
     return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
-            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0}
+            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
+            "timeouts": float(timeouts.group(1)) if timeouts else 0.0}
 
 
 def metric(url: str, name: str, model: str) -> float:

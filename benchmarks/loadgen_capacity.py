@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import socket
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,23 +82,9 @@ def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _wrk(port: int) -> dict[str, float]:
-    def run(duration_s: float) -> str:
-        return subprocess.run(
-            ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s:g}s", "--latency",
-             "-s", str(ROOT / "benchmarks" / "post.lua"), f"http://127.0.0.1:{port}/predict"],
-            check=True, capture_output=True, text=True).stdout
-
-    run(WARMUP_S)
-    out = run(DURATION_S)
-
-    def latency_ms(label: str) -> float:
-        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
-        assert match, out
-        return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rps, out
-    return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%")}
+    url = f"http://127.0.0.1:{port}/predict"
+    harness.wrk(url, connections=CONNECTIONS, duration_s=WARMUP_S, script="post.lua", core=LOAD_CORE)
+    return harness.wrk(url, connections=CONNECTIONS, duration_s=DURATION_S, script="post.lua", core=LOAD_CORE)
 
 
 def _loadgen(port: int) -> dict[str, float]:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,27 +146,8 @@ def _body(lua: Path) -> bytes:
 
 
 def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
-    def run(duration_s: int) -> str:
-        return subprocess.run(
-            ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency",
-             "-s", str(lua), url],
-            check=True, capture_output=True, text=True).stdout
-
-    run(WARMUP_S)
-    out = run(DURATION_S)
-
-    def latency_ms(label: str) -> float:
-        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
-        assert match, out
-        return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
-    assert rps, out
-    return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
-            "non_2xx": float(errors.group(1)) if errors else 0.0,
-            "timeouts": float(timeouts.group(1)) if timeouts else 0.0}
+    harness.wrk(url, connections=connections, duration_s=WARMUP_S, script=lua, core=LOAD_CORE)
+    return harness.wrk(url, connections=connections, duration_s=DURATION_S, script=lua, core=LOAD_CORE)
 
 
 def measure(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
