@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,13 +45,7 @@ TEXT = "The battery is fine but the screen scratches far too easily " * 6  # ~70
 
 
 def artifacts() -> dict[str, Path]:
-    built = {"resnet50": ROOT / "models" / "artifacts" / "resnet50.safetensors",
-             "transformer": ROOT / "models" / "artifacts" / "transformer"}
-    scripts = {"resnet50": "build_resnet50.py", "transformer": "build_transformer.py"}
-    for name, path in built.items():
-        if not path.exists():
-            subprocess.run([sys.executable, str(ROOT / "models" / scripts[name]), str(path)], check=True)
-    return built
+    return {name: harness.demo_artifact(name) for name in ("resnet50", "transformer")}
 
 
 def items(backend: str) -> list[Any]:

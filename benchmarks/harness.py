@@ -21,6 +21,20 @@ def commit() -> str:
                           text=True).stdout.strip()
 
 
+_DEMO = {"diabetes": ("diabetes.joblib", "build_diabetes.py"),
+         "resnet50": ("resnet50.safetensors", "build_resnet50.py"),
+         "transformer": ("transformer", "build_transformer.py")}
+
+
+def demo_artifact(name: str) -> Path:
+    """A demo model's artifact under models/artifacts, built by its models/build_*.py if missing."""
+    filename, script = _DEMO[name]
+    path = ROOT / "models" / "artifacts" / filename
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / "models" / script), str(path)], check=True)
+    return path
+
+
 def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +37,7 @@ MAX_WAIT_MS = float(os.environ.get("MAX_WAIT_MS", "0"))
 
 
 def _models_toml(directory: Path) -> Path:
-    artifact = ROOT / "models" / "artifacts" / "diabetes.joblib"
-    if not artifact.exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_diabetes.py"), str(artifact)],
-                       check=True)
+    artifact = harness.demo_artifact("diabetes")
     path = directory / "models.toml"
     path.write_text(
         f'[repository]\nroot = "{artifact.parent}"\n\n'

@@ -124,10 +124,7 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     runs: dict[str, dict[str, list[dict[str, float]]]] = {s: {"wrk": [], "loadgen": []} for s in SERVERS}
     with tempfile.TemporaryDirectory() as directory:
-        artifact = ROOT / "models" / "artifacts" / "diabetes.joblib"
-        if not artifact.exists():
-            subprocess.run([sys.executable, str(ROOT / "models" / "build_diabetes.py"), str(artifact)],
-                           check=True)
+        artifact = harness.demo_artifact("diabetes")
         config = Path(directory) / "models.toml"
         config.write_text(f'[repository]\nroot = "{artifact.parent}"\n\n[[models]]\nname = "diabetes"\n'
                           f'backend = "sklearn"\npath = "{artifact}"\n'

@@ -183,10 +183,7 @@ def main() -> None:
             print(f"{peer}: not installed: {exc}", file=sys.stderr)
     if "--setup-only" in sys.argv:
         return
-    artifact = ROOT / "models" / "artifacts" / "diabetes.joblib"
-    if not artifact.exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_diabetes.py"), str(artifact)],
-                       check=True)
+    artifact = harness.demo_artifact("diabetes")
     runs: dict[str, list[dict[int, dict[str, float]]]] = {p: [] for p in ["batchserve", *installed]}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as directory:

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,9 +43,7 @@ def rss_mib(pid: int) -> float:
 
 
 def config() -> str:
-    weights = ROOT / "models" / "artifacts" / "resnet50.safetensors"
-    if not weights.exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_resnet50.py"), str(weights)], check=True)
+    weights = harness.demo_artifact("resnet50")
     return (f'[[models]]\nname = "resnet50"\nbackend = "resnet50"\npath = "{weights}"\n'
             f"max_batch_size = 8\nmax_queue = 64\ntimeout_ms = {TIMEOUT_MS}\n")
 

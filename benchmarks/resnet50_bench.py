@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -88,10 +86,7 @@ def _batches(url: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    weights = ROOT / "models" / "artifacts" / "resnet50.safetensors"
-    if not weights.exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_resnet50.py"), str(weights)],
-                       check=True)
+    weights = harness.demo_artifact("resnet50")
     limit = in_process(weights)
     best_size = max(limit, key=lambda size: limit[size])
     on = serve(weights, 8)

@@ -19,10 +19,11 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import harness
 
 from server.backends.transformer import Tokens, TransformerBackend
 from server.config import ModelConfig
@@ -38,12 +39,7 @@ SEED = int(os.environ.get("SEED", "0"))
 
 
 def demo_model() -> Path:
-    """The demo model under models/artifacts, built if missing."""
-    path = ROOT / "models" / "artifacts" / "transformer"
-    if not (path / "config.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_transformer.py"), str(path)],
-                       check=True)
-    return path
+    return harness.demo_artifact("transformer")
 
 
 def make_rows(vocab_size: int) -> list[Tokens]:

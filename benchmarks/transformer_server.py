@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +37,7 @@ MAX_LENGTH = max(LENGTHS)
 
 
 def demo_model() -> Path:
-    path = ROOT / "models" / "artifacts" / "transformer"
-    if not (path / "config.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "build_transformer.py"), str(path)],
-                       check=True)
-    return path
+    return harness.demo_artifact("transformer")
 
 
 def make_texts(path: Path) -> list[str]:

@@ -27,6 +27,33 @@ class ModelNotFound(BatchserveError):
     type = "model_not_found"
 
 
+class ModelVersionNotFound(BatchserveError):
+    status = 404
+    type = "model_version_not_found"
+
+
+class Unauthorized(BatchserveError):
+    """401 from the management API: the bearer token is missing or wrong."""
+
+    status = 401
+    type = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ManagementDisabled(BatchserveError):
+    status = 403
+    type = "management_disabled"
+
+
+class LoadFailed(BatchserveError):
+    """409 from the management API: the model failed to load; the old version still serves."""
+
+    status = 409
+    type = "load_failed"
+
+
 class BodyTooLarge(BatchserveError):
     status = 413
     type = "body_too_large"

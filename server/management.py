@@ -17,26 +17,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.config import ConfigError, load_models
-from server.errors import BatchserveError, MalformedRequest, ModelNotFound
+from server.errors import LoadFailed, MalformedRequest, ManagementDisabled, ModelNotFound, Unauthorized
 from server.state import AppState
-
-
-class ManagementDisabled(BatchserveError):
-    status = 403
-    type = "management_disabled"
-
-
-class Unauthorized(BatchserveError):
-    status = 401
-    type = "unauthorized"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class LoadFailed(BatchserveError):
-    status = 409
-    type = "load_failed"
 
 
 class BatcherSettings(BaseModel):

@@ -180,11 +180,12 @@ def test_failed_model_does_not_stop_the_others(tmp_path: Path, diabetes_path: Pa
 
 
 def test_readyz_is_503_until_models_are_loaded(tmp_path: Path) -> None:
-    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x"}]) as client:
-        first = client.get("/readyz")  # loading happens in the background
-        assert first.status_code in (200, 503)
-        if first.status_code == 503:
-            assert first.json()["models"]["echo"]["state"] == "loading"
+    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x",
+                                 "options": {"load_delay_ms": 1000}}]) as client:
+        first = client.get("/readyz")  # loading happens in the background; /healthz answers meanwhile
+        assert first.status_code == 503
+        assert first.json()["models"]["echo"]["state"] == "loading"
+        assert client.get("/healthz").status_code == 200
         wait_ready(client)
         assert client.get("/readyz").json() == {
             "ready": True, "draining": False,

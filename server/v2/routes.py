@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 import server
-from server.errors import BatchserveError, ShuttingDown
+from server.errors import BatchserveError, ModelVersionNotFound, ShuttingDown
 from server.registry import ServedModel
 from server.routes import RequestHeaders, read_body, require_ready, run_items
 from server.state import AppState
@@ -40,7 +40,7 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
     def lookup(name: str, version: str | None) -> ServedModel:
         model = registry.get(name)
         if version is not None and version != VERSION:
-            raise _NoSuchVersion(f"model '{name}' has version {VERSION} only, not {version!r}")
+            raise ModelVersionNotFound(f"model '{name}' has version {VERSION} only, not {version!r}")
         return model
 
     @router.get("/v2", tags=["v2"], summary="Server metadata")
@@ -107,9 +107,3 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(json_length)})
-
-
-class _NoSuchVersion(BatchserveError):
-    status = 404
-    type = "model_version_not_found"
-

@@ -24,6 +24,7 @@ class EchoOptions(BaseModel):
     delay_ms: float = 0.0
     fail_on: float | None = None
     fail_load: bool = False
+    load_delay_ms: float = 0.0
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
 
@@ -32,6 +33,7 @@ class EchoBackend(Backend):
     Options = EchoOptions
 
     def load(self, device: str) -> None:
+        time.sleep(self.options.load_delay_ms / 1000)
         if self.options.fail_load:
             raise LoadError("told to fail at load")
         self.calls: list[list[float]] = []
