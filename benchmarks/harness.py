@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -17,8 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+    """The short commit, or $COMMIT where the tree has no git (a copied tree on another machine)."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        found = ""
+    return found or os.environ.get("COMMIT", "unknown")
 
 
 _DEMO = {"diabetes": ("diabetes.joblib", "build_diabetes.py"),
