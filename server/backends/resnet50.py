@@ -4,9 +4,12 @@ An item is a base64 string of a JPEG, PNG or WebP image (``{"b64": ...}`` and
 data URLs too); ``POST /predict/{model}`` also takes the raw image as the body
 (``Content-Type: image/*``) or ``multipart/form-data`` with one or more files.
 Each image is decoded and given the standard ImageNet eval transform (RGB,
-resize 256, center crop 224, normalize) on a worker thread, off the event loop
-and alongside inference of the previous batch. The output per item is the
-top-k classes with ImageNet labels.
+resize 256, center crop 224, normalize): decoding, resizing and cropping on a
+worker thread, off the event loop and alongside inference of the previous
+batch, in PIL alone (no torch ops, so request threads don't each start a torch
+thread pool); the crop travels as 8-bit pixels and is normalized per batch on
+the model's device, the same arithmetic as torchvision's ToTensor + Normalize.
+The output per item is the top-k classes with ImageNet labels.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class ResNet50Options(TorchOptions):
 
 @dataclass(frozen=True, slots=True)
 class ImageRow:
-    pixels: torch.Tensor  # float32, 3 x 224 x 224, normalized
+    pixels: torch.Tensor  # uint8, 224 x 224 x 3 (the center crop, as PIL gives it)
     top_k: int
 
 
@@ -76,6 +79,8 @@ class ResNet50Backend(Backend):
         self._device: Any = None
         self._dtype: Any = None
         self._transform: Any = None
+        self._mean: Any = None
+        self._std: Any = None
         self._categories: list[str] = []
         self.weights_note = "not loaded"
 
@@ -106,18 +111,15 @@ class ResNet50Backend(Backend):
                             f"'IMAGENET1K_V2', not {weights!r}")
         self._model = model.eval().to(self._device, self._dtype, memory_format=torch.channels_last)
         self._categories = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-        self._transform = transforms.Compose([
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        self._transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self._device).view(1, 3, 1, 1)
 
     def warmup(self) -> None:
         import torch
 
         for size in warmup_sizes(self.config.max_batch_size):
-            self.predict_batch([ImageRow(torch.zeros(3, 224, 224), 1)] * size)
+            self.predict_batch([ImageRow(torch.zeros(224, 224, 3, dtype=torch.uint8), 1)] * size)
 
     def unload(self) -> None:
         on_cuda = self._device is not None and self._device.type == "cuda"
@@ -170,16 +172,21 @@ class ResNet50Backend(Backend):
                 rgb = image.convert("RGB")
             except (OSError, ValueError, SyntaxError):
                 raise InvalidInput("image data is corrupt or truncated") from None
-        return ImageRow(self._transform(rgb), parameters)
+        import numpy
+        import torch
+
+        return ImageRow(torch.from_numpy(numpy.array(self._transform(rgb))), parameters)
 
     def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
         import torch
 
-        batch = torch.stack([row.pixels for row in rows])
-        if self._device.type == "cuda":
-            batch = batch.pin_memory().to(self._device, non_blocking=True)
-        batch = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
         with torch.inference_mode():
+            pixels = torch.stack([row.pixels for row in rows])  # N x H x W x 3, uint8
+            if self._device.type == "cuda":
+                pixels = pixels.pin_memory().to(self._device, non_blocking=True)
+            # NHWC seen as NCHW is channels_last already; ToTensor + Normalize's arithmetic:
+            batch = pixels.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+            batch = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
             probabilities = self._model(batch).float().softmax(dim=1)
             top = probabilities.topk(max(row.top_k for row in rows), dim=1)
         values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
