@@ -3,9 +3,9 @@
 A batch formed in arrival order mixes short and long texts; padded as one group every row costs
 as much as the longest. This measures what sorting each batch by length and running rows of
 very different lengths as separate groups (``length_grouping``) buys, per batch size. Rows are
-token ids of exact lengths drawn uniformly from LENGTHS (by default a third of them long), so
-tokenisation is not measured, only ``predict_batch``. Both modes run in alternation, ROUNDS
-times, and the table reports the best round of each, since the machine is shared and noisy.
+texts of whole vocabulary words with exact token lengths drawn uniformly from LENGTHS (by default
+a third of them long); ``predict_batch`` tokenises each batch, then runs it. Both modes run in
+alternation, ROUNDS times, and the table reports the best round of each (the machine is noisy).
 
 Usage: .venv/bin/python benchmarks/transformer_bench.py
   (settings by environment: SEQUENCES, BATCH_SIZES, LENGTHS, THREADS, ROUNDS, SEED)
@@ -14,18 +14,17 @@ Prints a markdown table, with the machine, date and commit.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import random
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import harness
+from transformer_server import make_texts
 
-from server.backends.transformer import Tokens, TransformerBackend
+from server.backends.transformer import TransformerBackend
 from server.config import ModelConfig
 from server.metrics import Metrics
 
@@ -42,14 +41,6 @@ def demo_model() -> Path:
     return harness.demo_artifact("transformer")
 
 
-def make_rows(vocab_size: int) -> list[Tokens]:
-    """SEQUENCES rows of [CLS] + random word pieces + [SEP], lengths drawn from LENGTHS."""
-    rng = random.Random(SEED)
-    first_piece = 5  # after [PAD] [UNK] [CLS] [SEP] [MASK] in the demo vocabulary
-    return [Tokens([2, *(rng.randrange(first_piece, vocab_size) for _ in range(length - 2)), 3])
-            for length in (rng.choice(LENGTHS) for _ in range(SEQUENCES))]
-
-
 def load(path: Path, grouping: bool, metrics: Metrics) -> TransformerBackend:
     name = "grouped" if grouping else "arrival"
     config = ModelConfig(name=name, backend="transformer", path=path, max_batch_size=max(BATCH_SIZES),
@@ -60,7 +51,7 @@ def load(path: Path, grouping: bool, metrics: Metrics) -> TransformerBackend:
     return backend
 
 
-def seconds(backend: TransformerBackend, rows: list[Tokens], batch_size: int) -> float:
+def seconds(backend: TransformerBackend, rows: list[str], batch_size: int) -> float:
     """Time to run every row, in arrival order, in batches of ``batch_size``."""
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
@@ -75,7 +66,7 @@ def padding_ratio(metrics: Metrics, name: str) -> float:
     return total / count
 
 
-def run(batch_size: int, backends: dict[str, TransformerBackend], rows: list[Tokens]) -> list[str]:
+def run(batch_size: int, backends: dict[str, TransformerBackend], rows: list[str]) -> list[str]:
     metrics = Metrics(max_batch_size=batch_size)
     for name, backend in backends.items():
         backend.metrics = metrics.for_model(name)
@@ -96,7 +87,7 @@ def main() -> None:
     path = demo_model()
     metrics = Metrics(max_batch_size=max(BATCH_SIZES))
     backends = {"arrival": load(path, False, metrics), "grouped": load(path, True, metrics)}
-    rows = make_rows(int(json.loads((path / "config.json").read_text())["vocab_size"]))
+    rows = make_texts(path, SEQUENCES, LENGTHS, SEED)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -2,12 +2,16 @@
 
 Texts are made of whole words of the demo vocabulary, so each has an exact token length drawn
 from LENGTHS (a third of them long, as in shared/ANCHORS.md). The in-process limit runs the
-backend's predict_batch on all texts sorted by length, in batches of 8, 16 and 32 (the best is
-the limit), before and after the server runs (their mean, as the machine drifts). The server
-gets one text per request from CONNECTIONS concurrent wrk connections, in random order, with
-length grouping on, off, and with batching off (max_batch_size 1).
+backend's predict_batch (which tokenises, groups and runs the batch) on all texts sorted by
+token length, in batches of 8, 16 and 32, as one stream with all the cores as torch threads and
+as one stream per core with one torch thread each (streams in threads, as the server's
+``instances`` run); the best of these is the limit. It is measured before and after the server
+runs and the two are averaged, as the machine drifts. The server gets one text per request from
+CONNECTIONS concurrent wrk connections, in random order, with the limit's layout (instances x
+torch threads), max_batch_size 32 and length grouping on; then with grouping off, with
+batching off (max_batch_size 1), and as one instance with every core as torch threads.
 
-Usage: .venv/bin/python benchmarks/transformer_server.py   (needs wrk; ~4 minutes)
+Usage: .venv/bin/python benchmarks/transformer_server.py   (needs wrk; ~5 minutes)
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import os
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import harness
 
@@ -28,54 +33,68 @@ from server.config import ModelConfig
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [int(n) for n in os.environ.get("LENGTHS", "8,16,24,32,200,256").split(",")]
 TEXTS = int(os.environ.get("TEXTS", "256"))
-THREADS = int(os.environ.get("THREADS", "2"))
+CORES = int(os.environ.get("CORES", str(len(os.sched_getaffinity(0)))))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
 DURATION_S = int(os.environ.get("DURATION_S", "20"))
 WARMUP_S = int(os.environ.get("WARMUP_S", "5"))
 PORT = int(os.environ.get("PORT", "8093"))
 MAX_LENGTH = max(LENGTHS)
+BATCH_SIZES = (8, 16, 32)
+
+
+class Layout(NamedTuple):
+    """How the CPU is used: parallel streams (the server's instances) x torch threads each."""
+
+    streams: int
+    threads: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.streams} x {self.threads} thread(s), batch {self.batch}"
 
 
 def demo_model() -> Path:
     return harness.demo_artifact("transformer")
 
 
-def make_texts(path: Path) -> list[str]:
+def make_texts(path: Path, count: int = TEXTS, lengths: list[int] = LENGTHS, seed: int = 0) -> list[str]:
     """Texts of whole vocabulary words: n words give n + 2 tokens ([CLS], [SEP])."""
     vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
     words = [w for w in vocab if w.isalpha() and w.islower() and len(w) > 2]
-    rng = random.Random(0)
-    return [" ".join(rng.choice(words) for _ in range(rng.choice(LENGTHS) - 2)) for _ in range(TEXTS)]
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.choice(lengths) - 2)) for _ in range(count)]
 
 
-def backend(path: Path, max_batch_size: int) -> TransformerBackend:
+def backend(path: Path, max_batch_size: int, threads: int) -> TransformerBackend:
     config = ModelConfig(name="t", backend="transformer", path=path, max_batch_size=max_batch_size,
-                         options={"max_length": MAX_LENGTH, "torch_threads": THREADS})
+                         options={"max_length": MAX_LENGTH, "torch_threads": threads})
     model = TransformerBackend(config)
     model.load("cpu")
     return model
 
 
-def in_process(path: Path, texts: list[str]) -> dict[int, float]:
-    model = backend(path, 32)
-    rows = sorted((model.preprocess(t, None) for t in texts), key=lambda r: len(r.ids))
-    lengths = [len(r.ids) for r in rows]
-    assert set(lengths) <= set(LENGTHS), "texts must tokenize to the chosen lengths"
+def in_process(path: Path, texts: list[str]) -> dict[Layout, float]:
     results = {}
-    for size in (8, 16, 32):
-        model.predict_batch(rows[:size])  # burn-in
-        started = time.perf_counter()
-        for start in range(0, len(rows), size):
-            model.predict_batch(rows[start:start + size])
-        results[size] = len(rows) / (time.perf_counter() - started)
+    for streams, threads in {(1, CORES), (CORES, 1)}:
+        model = backend(path, max(BATCH_SIZES), threads)
+        lengths = [len(ids) for ids in model.tokenize(texts)]
+        assert set(lengths) <= set(LENGTHS), "texts must tokenize to the chosen lengths"
+        ordered = [text for _, text in sorted(zip(lengths, texts, strict=True))]
+        with ThreadPoolExecutor(streams) as pool:
+            for size in BATCH_SIZES:
+                batches = [ordered[start:start + size] for start in range(0, len(ordered), size)]
+                list(pool.map(model.predict_batch, batches[:streams]))  # burn-in
+                started = time.perf_counter()
+                list(pool.map(model.predict_batch, batches))
+                results[Layout(streams, threads, size)] = len(ordered) / (time.perf_counter() - started)
     return results
 
 
-def serve(path: Path, bodies: Path, max_batch_size: int, grouping: bool) -> dict[str, Any]:
+def serve(path: Path, bodies: Path, layout: Layout, grouping: bool) -> dict[str, Any]:
     config = (f'[[models]]\nname = "text"\nbackend = "transformer"\npath = "{path}"\n'
-              f"max_batch_size = {max_batch_size}\nmax_queue = 4096\ntimeout_ms = 60000\n"
-              f"options = {{ max_length = {MAX_LENGTH}, length_grouping = {str(grouping).lower()}, "
-              f"torch_threads = {THREADS} }}\n")
+              f"max_batch_size = {layout.batch}\ninstances = {layout.streams}\nmax_queue = 4096\n"
+              f"timeout_ms = 60000\noptions = {{ max_length = {MAX_LENGTH}, "
+              f"length_grouping = {str(grouping).lower()}, torch_threads = {layout.threads} }}\n")
     env = {**os.environ, "BODIES": str(bodies)}
     with harness.batchserve(config, PORT) as (url, _):
         target = f"{url}/predict"
@@ -85,7 +104,8 @@ def serve(path: Path, bodies: Path, max_batch_size: int, grouping: bool) -> dict
                              env=env)
         after = _sample(url)
     delta = {k: after[k] - before[k] for k in after}
-    return {"seq_s": result["rps"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+    return {"layout": str(layout), "seq_s": result["rps"], "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
             "mean_batch": delta["rows"] / delta["batches"] if delta["batches"] else 0.0,
             "padding": delta["padding_sum"] / delta["padding_count"] if delta["padding_count"] else 0.0,
             "non_2xx": int(result["non_2xx"])}
@@ -101,40 +121,50 @@ def main() -> None:
     path = demo_model()
     texts = make_texts(path)
     before = in_process(path, texts)
+    best = max(before, key=lambda layout: before[layout])
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         for text in texts:
             handle.write(json.dumps({"model": "text", "inputs": [text]}) + "\n")
         bodies = Path(handle.name)
+    # The server takes the limit's instances x threads. Its batches are random draws from the queue,
+    # split by length into groups: they need the largest size to give groups as big as the
+    # limit's sorted batches, so max_batch_size is the largest measured.
+    served = best._replace(batch=max(BATCH_SIZES))
     variants = {
-        "on": ("length grouping on (max_batch_size 32)", 32, True),
-        "off": ("length grouping off (max_batch_size 32)", 32, False),
-        "nobatch": ("batching off (max_batch_size 1)", 1, True),
+        "on": ("length grouping on", served, True),
+        "off": ("length grouping off", served, False),
+        "nobatch": ("batching off (max_batch_size 1)", served._replace(batch=1), True),
+        "one": ("length grouping on, one instance", Layout(1, CORES, max(BATCH_SIZES)), True),
     }
-    chosen = os.environ.get("VARIANTS", "on,off,nobatch").split(",")
+    chosen = os.environ.get("VARIANTS", "on,off,nobatch,one").split(",")
     runs = {variants[v][0]: serve(path, bodies, variants[v][1], variants[v][2]) for v in chosen}
     bodies.unlink()
     after = in_process(path, texts)  # again: the machine drifts; the limit is the mean of both
-    limit = {size: (before[size] + after[size]) / 2 for size in before}
-    best = max(limit, key=lambda size: limit[size])
+    limit = {layout: (before[layout] + after[layout]) / 2 for layout in before}
+    best = max(limit, key=lambda layout: limit[layout])
     commit = harness.commit()
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {os.cpu_count()} "
-          f"cores, torch threads {THREADS}; {TEXTS} texts, token lengths uniform over {LENGTHS}\n")
-    print("| in-process, sorted by length, batch | " + " | ".join(str(s) for s in limit) + " |")
-    print("|---|" + "---|" * len(limit))
-    print("| seq/s | " + " | ".join(f"{v:.1f}" for v in limit.values()) + " |\n")
-    print(f"| server ({CONNECTIONS} connections, one text each) | seq/s | p50 | p99 | mean batch | "
-          "mean padding | non-2xx | vs in-process best |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {CORES} cores; "
+          f"{TEXTS} texts, token lengths uniform over {LENGTHS}\n")
+    print("| in-process, sorted by length (streams x torch threads) | "
+          + " | ".join(f"batch {size}" for size in BATCH_SIZES) + " |")
+    print("|---|" + "---|" * len(BATCH_SIZES))
+    for streams, threads in sorted({(layout.streams, layout.threads) for layout in limit}):
+        print(f"| {streams} x {threads} | " + " | ".join(
+            f"{limit[Layout(streams, threads, size)]:.1f}" for size in BATCH_SIZES) + " |")
+    print(f"\n| server ({CONNECTIONS} connections, one text each) | instances x threads, batch | seq/s | p50 "
+          "| p99 | mean batch | mean padding | non-2xx | vs in-process best |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, result in runs.items():
-        print(f"| {label} | {result['seq_s']:.1f} | {result['p50_ms']:.0f} ms | {result['p99_ms']:.0f} ms | "
-              f"{result['mean_batch']:.1f} | {result['padding']:.2f} | {result['non_2xx']} | "
-              f"{result['seq_s'] / limit[best]:.2f} |")
-    print(f"\nin-process best: {limit[best]:.1f} seq/s at batch {best}")
+        print(f"| {label} | {result['layout']} | {result['seq_s']:.1f} | {result['p50_ms']:.0f} ms | "
+              f"{result['p99_ms']:.0f} ms | {result['mean_batch']:.1f} | {result['padding']:.2f} | "
+              f"{result['non_2xx']} | {result['seq_s'] / limit[best]:.2f} |")
+    print(f"\nin-process best: {limit[best]:.1f} seq/s ({best})")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"transformer-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps({"commit": commit, "in_process": limit, "in_process_before": before,
-                    "in_process_after": after, "server": runs}, indent=2))
+    (out / f"transformer-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
+        {"commit": commit, "in_process": {str(k): v for k, v in limit.items()},
+         "in_process_before": {str(k): v for k, v in before.items()},
+         "in_process_after": {str(k): v for k, v in after.items()}, "server": runs}, indent=2))
 
 
 if __name__ == "__main__":

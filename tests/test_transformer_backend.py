@@ -218,12 +218,22 @@ def mixed_batch(backend: TransformerBackend) -> list[Any]:
     return [backend.preprocess(text, None) for text in texts]
 
 
+def test_batch_tokenizing_equals_transformers_tokenizer(demo_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    backend = load_backend(demo_path, max_length=24)
+    texts = [" ".join(["the app of the zorvex is okay"] * repeat) for repeat in (1, 14, 2)] + ["ok"]
+    expected = AutoTokenizer.from_pretrained(demo_path)(texts, truncation=True, max_length=24)
+    assert backend.tokenize(texts) == expected["input_ids"]
+    assert max(len(ids) for ids in backend.tokenize(texts)) == 24
+
+
 def test_length_grouping_changes_padding_not_scores(demo_path: Path) -> None:
     metrics = Metrics(max_batch_size=32)
     grouped = load_backend(demo_path, metrics, "grouped")
     arrival = load_backend(demo_path, metrics, "arrival", length_grouping=False)
     rows = mixed_batch(grouped)
-    lengths = [len(row.ids) for row in rows]
+    lengths = [len(ids) for ids in grouped.tokenize(rows)]
     assert max(lengths) > 4 * min(lengths)
     assert_close(scores_of(grouped.predict_batch(rows)), scores_of(arrival.predict_batch(rows)), 1e-5)
 

@@ -2,9 +2,11 @@
 
 An item is a string or ``{"text": string}``; the output is the most likely label and every
 label's probability. ``path`` is a folder written by ``save_pretrained`` (tokenizer and model);
-nothing is downloaded. Texts are tokenised once, in ``preprocess``, without padding; each batch is
-padded only as far as its longest row, and with ``length_grouping`` rows of very different
-lengths run as separate groups so that short texts do not pay for long ones.
+nothing is downloaded. ``preprocess`` only validates (on the event loop: it is cheap); each batch
+is tokenised at once on the batch's worker thread (the Rust tokenizer's ``encode_batch``, which
+runs without the GIL), so tokenising neither holds up the event loop nor competes with it for
+the GIL. A batch is padded only as far as its longest row, and with ``length_grouping`` rows of
+very different lengths run as separate groups so that short texts do not pay for long ones.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,13 +53,6 @@ class TransformerOptions(TorchOptions):
     """``int8``: dynamic int8 quantisation of the linear layers (CPU only)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """One preprocessed text: its token ids, special tokens included, truncated, unpadded."""
-
-    ids: list[int]
-
-
 class TransformerBackend(Backend):
     Options = TransformerOptions
 
@@ -86,16 +80,13 @@ class TransformerBackend(Backend):
 
     def warmup(self) -> None:
         """Both ends of the length range at every batch size the batcher is likely to form."""
-        short = self._tokens("warm up")
-        long = self._tokens("warm up " * self.options.max_length)
+        long = "warm up " * self.options.max_length
         for size in warmup_sizes(self.config.max_batch_size):
-            self._predict([short] * size)
+            self._predict(["warm up"] * size)
             self._predict([long] * size)
 
-    def preprocess(self, item: Any, parameters: Any) -> Tokens:
-        return self._tokens(self._text(item))
-
-    def _text(self, item: Any) -> str:
+    def preprocess(self, item: Any, parameters: Any) -> str:
+        """The item's text, validated; it is tokenised with the rest of its batch."""
         if isinstance(item, dict):
             unknown = sorted(set(item) - {"text"})
             if unknown:
@@ -112,8 +103,9 @@ class TransformerBackend(Backend):
             raise InvalidInput("text is empty")
         return item
 
-    def _tokens(self, text: str) -> Tokens:
-        return Tokens(self._encode(text))
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text: special tokens added, truncated to ``max_length``, unpadded."""
+        return self._encode(texts)
 
     def predict_batch(self, rows: list[Any]) -> list[dict[str, Any]]:
         outputs, padding, total = self._predict(rows)
@@ -121,22 +113,23 @@ class TransformerBackend(Backend):
             self.metrics.padding_ratio.observe(padding / total)
         return outputs
 
-    def _predict(self, rows: list[Tokens]) -> tuple[list[dict[str, Any]], int, int]:
+    def _predict(self, rows: list[str]) -> tuple[list[dict[str, Any]], int, int]:
         """Outputs in row order, with the padding and total token counts of the batch."""
         import torch
 
+        ids = self._encode(rows)
         outputs: list[dict[str, Any]] = [{}] * len(rows)
         padding = total = 0
         with torch.inference_mode():
-            for group in self._groups(rows):
-                probabilities, width = self._forward([rows[index].ids for index in group])
+            for group in self._groups(ids):
+                probabilities, width = self._forward([ids[index] for index in group])
                 total += width * len(group)
-                padding += sum(width - len(rows[index].ids) for index in group)
+                padding += sum(width - len(ids[index]) for index in group)
                 for index, scores in zip(group, probabilities, strict=True):
                     outputs[index] = self._output(scores)
         return outputs, padding, total
 
-    def _groups(self, rows: list[Tokens]) -> list[list[int]]:
+    def _groups(self, rows: list[list[int]]) -> list[list[int]]:
         """Row indices, split into groups that are padded and run together.
 
         With ``length_grouping`` the rows are sorted by length, and a new group starts when the
@@ -145,11 +138,11 @@ class TransformerBackend(Backend):
         """
         if not self.options.length_grouping:
             return [list(range(len(rows)))]
-        order = sorted(range(len(rows)), key=lambda index: len(rows[index].ids))
+        order = sorted(range(len(rows)), key=lambda index: len(rows[index]))
         groups: list[list[int]] = []
         shortest = 0
         for index in order:
-            length = len(rows[index].ids)
+            length = len(rows[index])
             if groups and length <= max(shortest * GROUP_RATIO, shortest + GROUP_SLACK_TOKENS):
                 groups[-1].append(index)
             else:
@@ -264,13 +257,13 @@ def _pad_id(tokenizer: Any, config: Any) -> int:
                     "tokenizer_config.json (e.g. to the eos token) so batches can be padded")
 
 
-def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], list[int]]:
-    """A function from text to truncated token ids (special tokens added, no padding).
+def _encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+    """A function from texts to truncated token ids (special tokens added, no padding).
 
     A fast tokenizer is used through a private copy of its Rust ``Tokenizer`` with truncation
     set once: calling the transformers wrapper re-applies its truncation settings to the shared
     Rust object on every call, which costs 2-5x more on short texts and is not safe from two
-    threads at once.
+    threads at once. Its ``encode_batch`` releases the GIL while it works.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -278,15 +271,14 @@ def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], list[int]]:
         encoder.no_padding()
         encoder.enable_truncation(max_length)
 
-        def encode_fast(text: str) -> list[int]:
-            ids: list[int] = encoder.encode(text).ids
-            return ids
+        def encode_fast(texts: list[str]) -> list[list[int]]:
+            return [encoding.ids for encoding in encoder.encode_batch(texts)]
 
         return encode_fast
 
-    def encode_slow(text: str) -> list[int]:
-        ids: list[int] = tokenizer(text, truncation=True, max_length=max_length,
-                                   add_special_tokens=True)["input_ids"]
+    def encode_slow(texts: list[str]) -> list[list[int]]:
+        ids: list[list[int]] = tokenizer(texts, truncation=True, max_length=max_length,
+                                         add_special_tokens=True)["input_ids"]
         return ids
 
     return encode_slow
