@@ -18,13 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def commit() -> str:
-    """The short commit, or $COMMIT where the tree has no git (a copied tree on another machine)."""
+    """The short commit; $COMMIT when set (a tree copied to another machine, whose git may be stale)."""
+    if os.environ.get("COMMIT"):
+        return os.environ["COMMIT"]
     try:
         found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                text=True).stdout.strip()
     except OSError:
         found = ""
-    return found or os.environ.get("COMMIT", "unknown")
+    return found or "unknown"
 
 
 _DEMO = {"diabetes": ("diabetes.joblib", "build_diabetes.py"),
