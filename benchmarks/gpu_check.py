@@ -9,7 +9,7 @@ resnet50 with raw JPEG bodies (one image per request), the transformer with one 
 request and with TEXTS_PER_REQUEST texts per request. For resnet50 it also measures how fast
 the server's cores decode and preprocess JPEGs (a thread pool, as the server uses), the
 ceiling the CPU puts on a server fed JPEGs. Prints a markdown table and writes JSON to
-RESULTS_DIR (default benchmarks/results). About 3 minutes; written to need one run.
+RESULTS_DIR (default benchmarks/results). About 2 minutes on an H100 machine; one run is enough.
 
 Usage: .venv/bin/python benchmarks/gpu_check.py   (DEVICE=cpu DURATION_S=3 BATCH_SIZES=1,8 for a dry run)
 """
@@ -40,8 +40,8 @@ from server.planning.loadtest import measure
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = os.environ.get("DEVICE", "cuda")
 DTYPE = os.environ.get("DTYPE", "float16" if DEVICE.startswith("cuda") else "float32")
-DURATION_S = float(os.environ.get("DURATION_S", "12"))
-WARMUP_S = float(os.environ.get("WARMUP_S", "3"))
+DURATION_S = float(os.environ.get("DURATION_S", "8"))
+WARMUP_S = float(os.environ.get("WARMUP_S", "2"))
 BATCH_SIZES = [int(b) for b in os.environ.get("BATCH_SIZES", "1,8,32,64,128").split(",")]
 TEXTS_PER_REQUEST = int(os.environ.get("TEXTS_PER_REQUEST", "16"))
 PORT = int(os.environ.get("PORT", "8094"))

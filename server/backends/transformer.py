@@ -117,7 +117,7 @@ class TransformerBackend(Backend):
         """Outputs in row order, with the padding and total token counts of the batch."""
         import torch
 
-        ids = self._encode(rows)
+        ids = self.tokenize(rows)
         outputs: list[dict[str, Any]] = [{}] * len(rows)
         padding = total = 0
         with torch.inference_mode():
