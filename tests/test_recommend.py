@@ -124,6 +124,22 @@ def test_candidates_and_their_configuration() -> None:
     assert Candidate(1, 0, 1).table({"name": "m", "options": {"a": 1}})["options"] == {"a": 1}
 
 
+def test_instances_on_cpu_split_the_cores_between_them() -> None:
+    from server.planning.recommend import threads_per_instance
+
+    text = {"name": "m", "backend": "transformer", "path": "t"}
+    assert threads_per_instance(text, {0, 1, 2, 3}, "cpu", 2) == 2
+    assert threads_per_instance(text, {0, 1, 2}, "cpu", 4) == 1
+    assert threads_per_instance(text, {0, 1}, "cpu", 1) is None  # one instance: torch's own choice
+    assert threads_per_instance(text, {0, 1}, "cuda", 2) is None
+    assert threads_per_instance({**text, "options": {"torch_threads": 2}}, {0, 1}, "cpu", 2) is None
+    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, {0, 1}, "cpu", 2) is None
+    candidate = Candidate(16, 0.0, 2, "cpu", "float32", torch_threads=1)
+    assert candidate.table({**text, "options": {"max_length": 64}})["options"] == {
+        "max_length": 64, "torch_threads": 1}
+    assert candidate.label() == "batch 16, wait 0 ms, 2 inst x 1 thread"
+
+
 def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: Path, rows: Path,
                                                                    tmp_path: Path) -> None:
     out = tmp_path / "report"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -139,6 +140,21 @@ def _repository_table(config: Path) -> dict[str, Any]:
     return table
 
 
+def threads_per_instance(base: dict[str, Any], server_cpus: set[int] | None, device: str,
+                          instances: int) -> int | None:
+    """Torch threads for each of ``instances`` on CPU: the server's cores split between them,
+    for a torch backend whose table leaves ``torch_threads`` to torch (which gives every
+    instance all the cores: N instances would oversubscribe the CPU N times); else None."""
+    from server.backends import backend_class
+
+    if device != "cpu" or instances == 1 or "torch_threads" in base.get("options", {}):
+        return None
+    if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
+        return None
+    cores = len(server_cpus) if server_cpus else len(os.sched_getaffinity(0))
+    return max(1, cores // instances)
+
+
 def _device_dtypes(args: argparse.Namespace, base: dict[str, Any],
                    has_dtype: bool) -> list[tuple[str, str | None]]:
     devices = (args.devices or base.get("device", "cpu")).split(",")
@@ -221,19 +237,21 @@ class Sweep:
             return done
 
         for device, dtype in combos:
+            def candidate(size: int, wait: float, count: int, device: str = device,
+                          dtype: str | None = dtype) -> Candidate:
+                return Candidate(size, wait, count, device, dtype,
+                                 threads_per_instance(self.base, args.server_cpus, device, count))
+
             if args.full_grid:
-                measure([Candidate(b, w, i, device, dtype)
-                         for b, w, i in itertools.product(sizes, waits, instances)])
+                measure([candidate(b, w, i) for b, w, i in itertools.product(sizes, waits, instances)])
                 continue
-            best = _best(measure([Candidate(b, waits[0], instances[0], device, dtype) for b in sizes]))
+            best = _best(measure([candidate(b, waits[0], instances[0]) for b in sizes]))
             if best is None:
                 continue
             pivot = best.candidate
-            tried = measure([Candidate(pivot.max_batch_size, w, pivot.instances, device, dtype)
-                             for w in waits[1:]])
+            tried = measure([candidate(pivot.max_batch_size, w, pivot.instances) for w in waits[1:]])
             pivot = (_best([best, *tried]) or best).candidate
-            measure([Candidate(pivot.max_batch_size, pivot.max_wait_ms, i, device, dtype)
-                     for i in instances[1:]])
+            measure([candidate(pivot.max_batch_size, pivot.max_wait_ms, i) for i in instances[1:]])
         return outcomes, skipped
 
     def _over_budget(self, outcomes: list[Outcome]) -> bool:

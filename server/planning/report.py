@@ -8,6 +8,7 @@ from typing import Any
 
 from server.planning.results import format_ms
 from server.planning.serverproc import toml_table
+from server.planning.sweep import Candidate
 
 X = "\N{MULTIPLICATION SIGN}"
 
@@ -59,10 +60,7 @@ def render(results: dict[str, Any]) -> str:
 def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     best = results["predicted"] or pick["best"]
     slo = results["slo_p99_ms"]
-    table = {**results["model_table"], **_settings(pick)}
-    dtype = pick["candidate"]["dtype"]
-    if dtype is not None and dtype != table.get("options", {}).get("dtype", "float32"):
-        table["options"] = {**table.get("options", {}), "dtype": dtype}
+    table = Candidate(**pick["candidate"]).table(results["model_table"])
     lines = [
         "## Recommendation", "",
         f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
@@ -113,12 +111,6 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 break
     lines += ["## Trade-off", "", *_tradeoff(results, pick), ""]
     return lines
-
-
-def _settings(outcome: dict[str, Any]) -> dict[str, Any]:
-    candidate = outcome["candidate"]
-    return {"device": candidate["device"], "max_batch_size": candidate["max_batch_size"],
-            "max_wait_ms": candidate["max_wait_ms"], "instances": candidate["instances"]}
 
 
 def _tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:

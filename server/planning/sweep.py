@@ -31,9 +31,13 @@ class Candidate:
     device: str = "cpu"
     dtype: str | None = None
     """None: the backend has no ``dtype`` option."""
+    torch_threads: int | None = None
+    """Set where the instances share the CPU's cores (``options.torch_threads``); None: as configured."""
 
     def label(self) -> str:
         text = f"batch {self.max_batch_size}, wait {self.max_wait_ms:g} ms, {self.instances} inst"
+        if self.torch_threads is not None:
+            text += f" x {self.torch_threads} thread{'s' if self.torch_threads > 1 else ''}"
         if self.device != "cpu" or self.dtype not in (None, "float32"):
             text += f", {self.device}" + (f" {self.dtype}" if self.dtype else "")
         return text
@@ -42,9 +46,13 @@ class Candidate:
         """``base`` (a ``[[models]]`` table) with this candidate's settings."""
         table = {**base, "device": self.device, "max_batch_size": self.max_batch_size,
                  "max_wait_ms": self.max_wait_ms, "instances": self.instances}
-        options = base.get("options", {})
+        options = dict(base.get("options", {}))
         if self.dtype is not None and self.dtype != options.get("dtype", "float32"):
-            table["options"] = {**options, "dtype": self.dtype}
+            options["dtype"] = self.dtype
+        if self.torch_threads is not None:
+            options["torch_threads"] = self.torch_threads
+        if options:
+            table["options"] = options
         return table
 
 
