@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -105,6 +106,31 @@ def wrk(url: str, *, connections: int, duration_s: float, script: str | Path, co
     return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
             "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
             "timeouts": float(timeouts.group(1)) if timeouts else 0.0}
+
+
+def measured_wrk(target: str, *, warmup_s: float, duration_s: float, connections: int,
+                 script: str | Path, model: str | None = None, core: str | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, float]:
+    """A warm-up wrk run, then the measured one (its result, as ``wrk`` gives it). With ``model``
+    (a batchserve model at ``target``'s server), also its ``mean_batch`` and ``padding`` (mean
+    padding ratio; 0 for models without one) over the measured run, from /metrics."""
+    def load(seconds: float) -> dict[str, float]:
+        return wrk(target, connections=connections, duration_s=seconds, script=script, core=core, env=env)
+
+    load(warmup_s)
+    if model is None:
+        return load(duration_s)
+    parts = urllib.parse.urlsplit(target)
+    url = f"{parts.scheme}://{parts.netloc}"
+    names = ("batchserve_batch_size_sum", "batchserve_batch_size_count",
+             "batchserve_padding_ratio_sum", "batchserve_padding_ratio_count")
+    before = [metric(url, name, model) for name in names]
+    result = load(duration_s)
+    rows, batches, padding, padded = (metric(url, name, model) - was for name, was in zip(names, before,
+                                                                                         strict=True))
+    result["mean_batch"] = rows / batches if batches else 0.0
+    result["padding"] = padding / padded if padded else 0.0
+    return result
 
 
 def metric(url: str, name: str, model: str) -> float:

@@ -54,28 +54,15 @@ def _command(kind: str, config: Path) -> list[str]:
             "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
 
 
-def _batch_stats() -> tuple[float, float]:
-    url = f"http://127.0.0.1:{PORT}"
-    return (harness.metric(url, "batchserve_batch_size_sum", "diabetes"),
-            harness.metric(url, "batchserve_batch_size_count", "diabetes"))
-
-
 def measure(kind: str, config: Path) -> dict[int, dict[str, float]]:
     url = f"http://127.0.0.1:{PORT}"
     ready = f"{url}/readyz" if kind == "batchserve" else f"{url}/docs"
     results = {}
     with harness.process(_command(kind, config), ready, core=SERVER_CORE):
         for connections in CONNECTIONS:
-            def load(seconds: int, connections: int = connections) -> dict[str, float]:
-                return harness.wrk(f"{url}/predict", connections=connections, duration_s=seconds,
-                                   script="post.lua", core=LOAD_CORE)
-            load(WARMUP_S)
-            before = _batch_stats() if kind == "batchserve" else (0.0, 0.0)
-            result = load(DURATION_S)
-            if kind == "batchserve":
-                rows, batches = (a - b for a, b in zip(_batch_stats(), before, strict=True))
-                result["mean_batch"] = rows / batches if batches else 0.0
-            results[connections] = result
+            results[connections] = harness.measured_wrk(
+                f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
+                script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE)
     return results
 
 

@@ -82,9 +82,8 @@ def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _wrk(port: int) -> dict[str, float]:
-    url = f"http://127.0.0.1:{port}/predict"
-    harness.wrk(url, connections=CONNECTIONS, duration_s=WARMUP_S, script="post.lua", core=LOAD_CORE)
-    return harness.wrk(url, connections=CONNECTIONS, duration_s=DURATION_S, script="post.lua", core=LOAD_CORE)
+    return harness.measured_wrk(f"http://127.0.0.1:{port}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S,
+                                connections=CONNECTIONS, script="post.lua", core=LOAD_CORE)
 
 
 def _loadgen(port: int) -> dict[str, float]:

@@ -146,8 +146,8 @@ def _body(lua: Path) -> bytes:
 
 
 def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
-    harness.wrk(url, connections=connections, duration_s=WARMUP_S, script=lua, core=LOAD_CORE)
-    return harness.wrk(url, connections=connections, duration_s=DURATION_S, script=lua, core=LOAD_CORE)
+    return harness.measured_wrk(url, warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
+                                script=lua, core=LOAD_CORE)
 
 
 def measure(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:

@@ -71,19 +71,11 @@ def serve(weights: Path, max_batch_size: int) -> dict[str, Any]:
               f"options = {{ torch_threads = {THREADS} }}\n")
     env = {**os.environ, "IMAGES": ":".join(str(p) for p in PHOTOS)}
     with harness.batchserve(config, PORT) as (url, _):
-        target = f"{url}/predict/resnet50"
-        harness.wrk(target, connections=CONNECTIONS, duration_s=WARMUP_S, script="upload.lua", env=env)
-        before = _batches(url)
-        result = harness.wrk(target, connections=CONNECTIONS, duration_s=DURATION_S, script="upload.lua",
-                             env=env)
-        rows, batches = (a - b for a, b in zip(_batches(url), before, strict=True))
+        result = harness.measured_wrk(f"{url}/predict/resnet50", warmup_s=WARMUP_S, duration_s=DURATION_S,
+                                      connections=CONNECTIONS, script="upload.lua", model="resnet50",
+                                      env=env)
     return {"img_s": result["rps"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
-            "mean_batch": rows / batches if batches else 0.0, "non_2xx": int(result["non_2xx"])}
-
-
-def _batches(url: str) -> tuple[float, float]:
-    return (harness.metric(url, "batchserve_batch_size_sum", "resnet50"),
-            harness.metric(url, "batchserve_batch_size_count", "resnet50"))
+            "mean_batch": result["mean_batch"], "non_2xx": int(result["non_2xx"])}
 
 
 def main() -> None:

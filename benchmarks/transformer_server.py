@@ -102,24 +102,11 @@ def serve(path: Path, bodies: Path, layout: Layout, grouping: bool) -> dict[str,
               f"length_grouping = {str(grouping).lower()}, torch_threads = {layout.threads} }}\n")
     env = {**os.environ, "BODIES": str(bodies)}
     with harness.batchserve(config, PORT) as (url, _):
-        target = f"{url}/predict"
-        harness.wrk(target, connections=CONNECTIONS, duration_s=WARMUP_S, script="bodies.lua", env=env)
-        before = _sample(url)
-        result = harness.wrk(target, connections=CONNECTIONS, duration_s=DURATION_S, script="bodies.lua",
-                             env=env)
-        after = _sample(url)
-    delta = {k: after[k] - before[k] for k in after}
+        result = harness.measured_wrk(f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S,
+                                      connections=CONNECTIONS, script="bodies.lua", model="text", env=env)
     return {"layout": str(layout), "seq_s": result["rps"], "p50_ms": result["p50_ms"],
-            "p99_ms": result["p99_ms"],
-            "mean_batch": delta["rows"] / delta["batches"] if delta["batches"] else 0.0,
-            "padding": delta["padding_sum"] / delta["padding_count"] if delta["padding_count"] else 0.0,
+            "p99_ms": result["p99_ms"], "mean_batch": result["mean_batch"], "padding": result["padding"],
             "non_2xx": int(result["non_2xx"])}
-
-
-def _sample(url: str) -> dict[str, float]:
-    names = {"rows": "batchserve_batch_size_sum", "batches": "batchserve_batch_size_count",
-             "padding_sum": "batchserve_padding_ratio_sum", "padding_count": "batchserve_padding_ratio_count"}
-    return {key: harness.metric(url, name, "text") for key, name in names.items()}
 
 
 def main() -> None:
