@@ -186,9 +186,7 @@ def main() -> None:
     if "in_process" in report["resnet50"]:
         print(f"\nresnet50: the server's cores decode + preprocess "
               f"{report['resnet50']['in_process']['preprocess_img_s']:.0f} JPEGs/s")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"gpu_check-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(report, indent=2))
+    harness.save_results("gpu_check", report, RESULTS_DIR)
 
 
 if __name__ == "__main__":

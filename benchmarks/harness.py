@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -41,6 +42,14 @@ def demo_artifact(name: str) -> Path:
     path = ROOT / "models" / "artifacts" / filename
     if not path.exists():
         subprocess.run([sys.executable, str(ROOT / "models" / script), str(path)], check=True)
+    return path
+
+
+def save_results(name: str, data: object, folder: Path = ROOT / "benchmarks" / "results") -> Path:
+    """Write ``data`` as ``<folder>/<name>-<time>.json`` (the folder is git-ignored); its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2))
     return path
 
 

@@ -11,7 +11,6 @@ Prints a markdown table and writes benchmarks/results/http_floor-<time>.json.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -105,11 +104,7 @@ def main() -> None:
               f"p50 gap = {p50_gap:+.2f} ms\n")
         summary[f"ratio_{connections}"] = ratio
         summary[f"p50_gap_ms_{connections}"] = p50_gap
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"http_floor-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {harness.save_results('http_floor', summary)}")
 
 
 if __name__ == "__main__":

@@ -172,11 +172,7 @@ def report(runs: dict[str, dict[str, list[dict[str, float]]]]) -> None:
           f"{wire:,.0f} RPS = {wire / peak:.2f}x that peak, from one core; its CPU cost, "
           f"{cpu_us:.1f} µs per request, is "
           f"{1e6 / cpu_us:,.0f} requests per second of one core = {1e6 / cpu_us / peak:.2f}x the peak.")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"loadgen_capacity-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {harness.save_results('loadgen_capacity', summary)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Prints a markdown table and writes benchmarks/results/peers-<time>.json.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -236,10 +235,7 @@ def report(runs: dict[str, list[dict[int, dict[str, float]]]], failures: dict[st
                   f"{peer}'s p99 is {ratio['p99']:.2f}x ours")
     for peer, reason in failures.items():
         print(f"\n{peer} failed: {reason.splitlines()[-1] if reason else ''}")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    stem = out / f"peers-{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    stem = harness.save_results("peers", summary).with_suffix("")
     if len(CONNECTIONS) > 1:
         plot(runs, stem.with_suffix(".png"), f"{date}, commit {commit}")
     print(f"wrote {stem}.json" + (f" and {stem}.png" if len(CONNECTIONS) > 1 else ""))

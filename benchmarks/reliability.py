@@ -117,10 +117,7 @@ async def main() -> None:
               "capacity_img_s": capacity, "offered_per_s": rate, "duration_s": DURATION_S,
               "rss_mib_before": rss_before, "rss_mib_after": rss_after, "rss_samples": samples, **result}
     print(json.dumps(report, indent=2))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"reliability-{MODE}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
+    harness.save_results(f"reliability-{MODE}", report)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Usage: .venv/bin/python benchmarks/resnet50_bench.py   (needs wrk; ~4 minutes)
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -101,11 +100,9 @@ def main() -> None:
               f"{result['img_s'] / limit[best_size]:.2f} |")
     print(f"\nin-process best: {limit[best_size]:.1f} img/s at batch {best_size}; "
           f"batching on / off = {on['img_s'] / off['img_s']:.2f}")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"resnet50-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
-        {"commit": commit, "in_process": limit, "in_process_before": before, "in_process_after": after,
-         "batching_on": on, "batching_off": off}, indent=2))
+    harness.save_results("resnet50", {
+        "commit": commit, "in_process": limit, "in_process_before": before, "in_process_after": after,
+        "batching_on": on, "batching_off": off})
 
 
 if __name__ == "__main__":

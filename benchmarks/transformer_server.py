@@ -151,12 +151,10 @@ def main() -> None:
               f"{result['p99_ms']:.0f} ms | {result['mean_batch']:.1f} | {result['padding']:.2f} | "
               f"{result['non_2xx']} | {result['seq_s'] / limit[best]:.2f} |")
     print(f"\nin-process best: {limit[best]:.1f} seq/s ({best})")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"transformer-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
-        {"commit": commit, "in_process": {str(k): v for k, v in limit.items()},
-         "in_process_before": {str(k): v for k, v in before.items()},
-         "in_process_after": {str(k): v for k, v in after.items()}, "server": runs}, indent=2))
+    harness.save_results("transformer", {
+        "commit": commit, "in_process": {str(k): v for k, v in limit.items()},
+        "in_process_before": {str(k): v for k, v in before.items()},
+        "in_process_after": {str(k): v for k, v in after.items()}, "server": runs})
 
 
 if __name__ == "__main__":
