@@ -219,16 +219,18 @@ def report(runs: dict[str, list[dict[int, dict[str, float]]]], failures: dict[st
         for peer, results in runs.items():
             for index, by_level in enumerate(results):
                 result, mine = by_level[connections], ours[index][connections] if index < len(ours) else None
-                ratio = f"{mine['rps'] / result['rps']:.2f}" if mine else "—"
+                ratio = f"{mine['rps'] / result['rps']:.2f}" if mine and result['rps'] else "—"
                 p99 = f"{result['p99_ms'] / mine['p99_ms']:.2f}" if mine else "—"
                 print(f"| {connections} | {peer} | {index + 1} | {result['rps']:,.0f} | "
                       f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
                       f"{result['non_2xx'] + result['timeouts']:.0f} | {ratio} | {p99} |")
             if peer != "batchserve" and results and ours:
-                pairs = [(m[connections], r[connections]) for m, r in zip(ours, results, strict=False)]
-                summary["ratios"].setdefault(peer, {})[connections] = {
-                    "rps": sum(m["rps"] / r["rps"] for m, r in pairs) / len(pairs),
-                    "p99": sum(r["p99_ms"] / m["p99_ms"] for m, r in pairs) / len(pairs)}
+                pairs = [(m[connections], r[connections]) for m, r in zip(ours, results, strict=False)
+                         if r[connections]["rps"] > 0]  # a peer that answered nothing has no ratio
+                if pairs:
+                    summary["ratios"].setdefault(peer, {})[connections] = {
+                        "rps": sum(m["rps"] / r["rps"] for m, r in pairs) / len(pairs),
+                        "p99": sum(r["p99_ms"] / m["p99_ms"] for m, r in pairs) / len(pairs)}
     for peer, levels in summary["ratios"].items():
         for connections, ratio in levels.items():
             print(f"\n{connections} connections: batchserve / {peer} = {ratio['rps']:.2f}x the RPS; "
