@@ -53,6 +53,23 @@ def save_results(name: str, data: object, folder: Path = ROOT / "benchmarks" / "
     return path
 
 
+def wait_answer(url: str, body: bytes, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until a POST of the JSON ``body`` to ``url`` answers 200 (servers without /readyz). Raises
+    RuntimeError when ``process`` exits first (with the end of its stderr, where piped) or when
+    ``timeout_s`` passes; stopping the process is the caller's."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            error = process.stderr.read().decode()[-2000:] if process.stderr else ""
+            raise RuntimeError(f"{process.args!r:.200} exited: {error}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.post(url, content=body, headers={"Content-Type": "application/json"},
+                          timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:g} s")
+
+
 def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -24,7 +24,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import harness
-import httpx
+
+from server.planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
@@ -50,13 +50,6 @@ BODY = (ROOT / "benchmarks" / "post.lua").read_text().split("wrk.body = '")[1].s
 SERVERS = ("batchserve", "floor", "wire")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
     python = sys.executable
     command = {
@@ -67,18 +60,12 @@ def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
         "wire": [python, str(ROOT / "benchmarks" / "wire_floor.py"), str(port)],
     }[kind]
     process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.post(f"http://127.0.0.1:{port}/predict", content=BODY,
-                                  headers={"Content-Type": "application/json"}, timeout=1)
-            if response.status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{kind} did not become ready")
+    try:
+        harness.wait_answer(f"http://127.0.0.1:{port}/predict", BODY, process, 60)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
 
 
 def _wrk(port: int) -> dict[str, float]:
@@ -130,7 +117,7 @@ def main() -> None:
                           "max_batch_size = 64\nmax_queue = 4096\n")
         for _ in range(ROUNDS):
             for kind in SERVERS:
-                port = PORT or _free_port()
+                port = PORT or free_port()
                 process = _start(kind, config, port)
                 try:
                     runs[kind]["wrk"].append(_wrk(port))

@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import harness
-import httpx
+
+from server.planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / "benchmarks" / "results" / "venvs"
@@ -100,34 +100,19 @@ def _env(peer: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start(command: list[str], env: dict[str, str], port: int,
            probe: tuple[str, bytes]) -> subprocess.Popen[bytes]:
     # Its own session, so that stopping it stops every process it started (Ray, Triton).
     process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], cwd=ROOT, env=env,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     path, body = probe
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            error = process.stderr.read().decode()[-2000:] if process.stderr else ""
-            raise RuntimeError(f"{command[:3]} exited: {error}")
-        try:
-            response = httpx.post(f"http://127.0.0.1:{port}{path}", content=body,
-                                  headers={"Content-Type": "application/json"}, timeout=2)
-            if response.status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    _stop(process)
-    raise RuntimeError(f"{command[:3]} did not answer within 240 s")
+    try:
+        harness.wait_answer(f"http://127.0.0.1:{port}{path}", body, process, 240)
+    except RuntimeError:
+        if process.poll() is None:
+            _stop(process)
+        raise
+    return process
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -150,14 +135,14 @@ def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
 
 
 def measure(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
-    port = PORT or _free_port()
+    port = PORT or free_port()
     if peer == "batchserve":
         command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port),
                    "--log-level", "warning"]
         path, lua, env = "/predict", ROOT / "benchmarks" / "post.lua", dict(os.environ)
     else:
         spec = PEERS[peer]
-        ports = [port] if peer != "triton" else [port, _free_port(), _free_port()]  # http, grpc, metrics
+        ports = [port] if peer != "triton" else [port, free_port(), free_port()]  # http, grpc, metrics
         command = [str(VENVS / peer / "bin" / "python"), str(APPS / spec["app"]), str(artifact),
                    *map(str, ports)]
         path, lua, env = spec["path"], spec["lua"], _env(peer)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from server.planning.serverproc import toml_value
+from server.planning.serverproc import free_port, toml_value
 
 PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).parent.parent
@@ -34,13 +33,6 @@ def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None 
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:

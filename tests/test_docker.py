@@ -32,7 +32,8 @@ import sklearn.datasets
 import yaml
 from sklearn.linear_model import LinearRegression
 
-from tests.support import ROOT, free_port
+from server.planning.serverproc import free_port
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 

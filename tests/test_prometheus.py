@@ -24,7 +24,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT, ServerProcess, free_port, running_server, write_models
+from server.planning.serverproc import free_port
+from tests.support import ROOT, ServerProcess, running_server, write_models
 
 pytestmark = pytest.mark.slow
 
