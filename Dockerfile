@@ -88,7 +88,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-deps --no-cache-dir /wheels/*.whl \
     && rm -rf /src \
     && batchserve serve --help > /dev/null \
-    && python3 -m server.pinning /models/models.toml
+    && python3 -m batchserve.pinning /models/models.toml
 # ^ pins the demo artifacts and sets [repository] require_sha256 = true: the container refuses
 #   unpinned models by default (SECURITY.md); pin yours with `batchserve sha256 PATH`.
 # The server writes nothing outside /tmp, so it runs on a read-only root file system too.

@@ -4,7 +4,7 @@ For each model: load the backend in-process on the GPU (the same class the serve
 time predict_batch on preprocessed rows at several batch sizes (outputs come back to the host,
 so each timing includes the device sync); keep the best. Then serve the model with that
 max_batch_size, the server pinned to most of the cores and batchserve's own load generator
-(``server.planning``) to the rest, and measure rows/s, p50/p99 and the mean batch:
+(``batchserve_planning``) to the rest, and measure rows/s, p50/p99 and the mean batch:
 resnet50 with raw JPEG bodies (one image per request), the transformer with one text per
 request and with TEXTS_PER_REQUEST texts per request. For resnet50 it also measures how fast
 the server's cores decode and preprocess JPEGs (a thread pool, as the server uses), the
@@ -30,12 +30,11 @@ from typing import Any
 
 import harness
 import sklearn.datasets
-
-from server.backends import backend_class
-from server.config import ModelConfig
-from server.planning.inputs import build_requests, load_samples
-from server.planning.loadgen import LoadSpec
-from server.planning.loadtest import measure
+from batchserve.backends import backend_class
+from batchserve.config import ModelConfig
+from batchserve_planning.inputs import build_requests, load_samples
+from batchserve_planning.loadgen import LoadSpec
+from batchserve_planning.loadtest import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = os.environ.get("DEVICE", "cuda")

@@ -102,7 +102,7 @@ def batchserve(config_text: str, port: int, *,
         config = Path(directory) / "models.toml"
         config.write_text(config_text)
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port),
+        command = [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
                    "--log-level", "warning"]
         with process(command, f"{url}/readyz", core=core) as child:
             yield url, child

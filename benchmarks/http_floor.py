@@ -47,7 +47,7 @@ def _models_toml(directory: Path) -> Path:
 
 def _command(kind: str, config: Path) -> list[str]:
     if kind == "batchserve":
-        return [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(PORT),
+        return [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(PORT),
                 "--log-level", "warning"]
     return [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
             "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]

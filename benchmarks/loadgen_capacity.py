@@ -8,7 +8,7 @@ CONNECTIONS keep-alive connections POSTing one diabetes row per request:
 - the wire floor (benchmarks/wire_floor.py): frames requests and answers a constant,
   the cheapest server there is, to find the generator's own ceiling on one core.
 
-For each server, wrk and our generator (server/planning/loadgen.py, run as
+For each server, wrk and our generator (server/batchserve_planning/loadgen.py, run as
 `batchserve loadtest` runs it, in a process pinned to LOAD_CORE) alternate, ROUNDS
 times. The generator's CPU time per request (user + system, whole process, warm-up
 and start-up included) gives its capacity per core independently of any server.
@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-
-from server.planning.serverproc import free_port
+from batchserve_planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
@@ -53,7 +52,7 @@ SERVERS = ("batchserve", "floor", "wire")
 def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
     python = sys.executable
     command = {
-        "batchserve": [python, "-m", "server", "serve", "--config", str(config), "--port", str(port),
+        "batchserve": [python, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
                        "--log-level", "warning"],
         "floor": [python, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(port),
                   "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
@@ -84,9 +83,9 @@ def _loadgen(port: int) -> dict[str, float]:
 def client(port: int) -> None:
     """Run one measurement with the load generator and print its figures as JSON."""
     sys.path.insert(0, str(ROOT))
-    from server.planning.client import build_request
-    from server.planning.loadgen import LoadSpec, run_load
-    from server.planning.results import summarize
+    from batchserve_planning.client import build_request
+    from batchserve_planning.loadgen import LoadSpec, run_load
+    from batchserve_planning.results import summarize
 
     started = resource.getrusage(resource.RUSAGE_SELF)
     request = build_request("127.0.0.1", port, "/predict", BODY, "application/json")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import timeit
 
-from server.metrics import Metrics
+from batchserve.metrics import Metrics
 
 REPEATS = 200_000
 

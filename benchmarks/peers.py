@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-
-from server.planning.serverproc import free_port
+from batchserve_planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / "benchmarks" / "results" / "venvs"
@@ -137,7 +136,7 @@ def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
 def measure(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
     port = PORT or free_port()
     if peer == "batchserve":
-        command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port),
+        command = [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
                    "--log-level", "warning"]
         path, lua, env = "/predict", ROOT / "benchmarks" / "post.lua", dict(os.environ)
     else:

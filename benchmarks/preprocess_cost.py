@@ -12,10 +12,9 @@ import time
 import timeit
 from pathlib import Path
 
+from batchserve.backends.sklearn import SklearnBackend
+from batchserve.config import ModelConfig
 from starlette.concurrency import run_in_threadpool
-
-from server.backends.sklearn import SklearnBackend
-from server.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = [0.0381, 0.0507, 0.0617, 0.0219, -0.0442, -0.0348, -0.0434, -0.0026, 0.0199, -0.0176]

@@ -22,11 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import harness
+from batchserve.backends.transformer import TransformerBackend
+from batchserve.config import ModelConfig
+from batchserve.metrics import Metrics
 from transformer_server import make_texts
-
-from server.backends.transformer import TransformerBackend
-from server.config import ModelConfig
-from server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCES = int(os.environ.get("SEQUENCES", "256"))

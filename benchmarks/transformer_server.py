@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import harness
-
-from server.backends.transformer import TransformerBackend
-from server.config import ModelConfig
+from batchserve.backends.transformer import TransformerBackend
+from batchserve.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [int(n) for n in os.environ.get("LENGTHS", "8,16,24,32,200,256").split(",")]

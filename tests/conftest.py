@@ -8,13 +8,13 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
+from batchserve.app import create_app
+from batchserve.config import load_models
+from batchserve.settings import ServerSettings
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 
-from server.app import create_app
-from server.config import load_models
-from server.settings import ServerSettings
 from tests.support import PLUGINS, write_models
 
 

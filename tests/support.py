@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from server.planning.serverproc import free_port, toml_value
+from batchserve_planning.serverproc import free_port, toml_value
 
 PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).parent.parent
@@ -41,9 +40,9 @@ class ServerProcess:
     def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT)])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(config),
+            [sys.executable, "-m", "batchserve", "serve", "--config", str(config),
              "--port", str(self.port), "--shutdown-grace-s", str(grace_s), "--log-level", "info"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )

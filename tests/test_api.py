@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from batchserve.registry import artifact_sha256
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LinearRegression
 
-from server.registry import artifact_sha256
 from tests.conftest import make_client, wait_ready
 
 

@@ -9,10 +9,9 @@ from functools import wraps
 from typing import Any
 
 import pytest
-
-from server import batcher as batcher_module
-from server.batcher import WATCH_AFTER_S, Batcher
-from server.errors import (
+from batchserve import batcher as batcher_module
+from batchserve.batcher import WATCH_AFTER_S, Batcher
+from batchserve.errors import (
     BackendContractError,
     BackendError,
     ClientDisconnected,
@@ -21,7 +20,7 @@ from server.errors import (
     QueueFull,
     ShuttingDown,
 )
-from server.metrics import Metrics
+from batchserve.metrics import Metrics
 
 
 def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batchserve.config import ConfigError, load_models
 
-from server.config import ConfigError, load_models
 from tests.support import write_models
 
 BASE: dict[str, Any] = {"name": "m", "backend": "sklearn", "path": "artifacts/m.joblib"}

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import yaml
+from batchserve_planning.serverproc import free_port
 from sklearn.linear_model import LinearRegression
 
-from server.planning.serverproc import free_port
 from tests.support import ROOT
 
 pytestmark = pytest.mark.slow

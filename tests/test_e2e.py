@@ -80,7 +80,7 @@ def test_bad_config_exits_2_naming_the_problem(tmp_path: Path) -> None:
     config = write_models(tmp_path / "models.toml", [
         {"name": "m", "backend": "sklearn", "path": "x", "max_batch_size": -1}])
     result = subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", "0"],
+        [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", "0"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "model 'm': field 'max_batch_size'" in result.stderr

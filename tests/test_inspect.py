@@ -21,8 +21,8 @@ RESNET50_PARAMETERS = 25_557_032
 
 def _inspect(*args: str) -> subprocess.CompletedProcess[str]:
     # Its own process: inspect tunes the allocator and resets the peak RSS of the process it runs in.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "server", "inspect", *args], capture_output=True,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
+    return subprocess.run([sys.executable, "-m", "batchserve", "inspect", *args], capture_output=True,
                           text=True, env=env, timeout=300)
 
 

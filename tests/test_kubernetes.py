@@ -17,8 +17,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from batchserve.config import parse_models
 
-from server.config import parse_models
 from tests.support import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batchserve.cli import main
+from batchserve_planning.client import build_request
+from batchserve_planning.inputs import InputError, build_requests, load_samples
+from batchserve_planning.loadgen import LoadSpec, run_load
+from batchserve_planning.results import summarize
 
-from server.cli import main
-from server.planning.client import build_request
-from server.planning.inputs import InputError, build_requests, load_samples
-from server.planning.loadgen import LoadSpec, run_load
-from server.planning.results import summarize
 from tests.support import ServerProcess, running_server, write_models
 
 PNG = base64.b64decode(  # a 1x1 PNG

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batchserve.app import create_app
+from batchserve.config import load_models
+from batchserve.settings import ServerSettings
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from server.app import create_app
-from server.config import load_models
-from server.settings import ServerSettings
 from tests.conftest import make_client, wait_ready
 from tests.support import write_models
 

@@ -1,4 +1,4 @@
-"""`import server` must stay light: no torch, no side effects."""
+"""`import batchserve` must stay light: no torch, no side effects."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 def test_importing_the_server_does_not_import_torch() -> None:
     code = (
-        "import sys, server, server.app, server.cli, server.backends.sklearn\n"
-        "from server.backends import backend_class\n"
+        "import sys, batchserve, batchserve.app, batchserve.cli, batchserve.backends.sklearn\n"
+        "from batchserve.backends import backend_class\n"
         "backend_class('sklearn')\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'transformers') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
@@ -21,7 +21,7 @@ def test_importing_the_server_does_not_import_torch() -> None:
 
 
 def test_console_script_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "server", "serve", "--help"],
+    result = subprocess.run([sys.executable, "-m", "batchserve", "serve", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--config" in result.stdout and "--shutdown-grace-s" in result.stdout
 
@@ -33,7 +33,7 @@ def test_sha256_command_pins_files_and_folders(tmp_path: Path) -> None:
     (folder / "sub" / "weights.bin").write_bytes(b"\x00\x01")
 
     def digest(path: Path) -> str:
-        result = subprocess.run([sys.executable, "-m", "server", "sha256", str(path)],
+        result = subprocess.run([sys.executable, "-m", "batchserve", "sha256", str(path)],
                                 capture_output=True, text=True, check=True)
         return result.stdout.strip()
 

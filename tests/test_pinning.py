@@ -1,12 +1,12 @@
-"""server.pinning: the container's pinned demo repository, checked on a small one here."""
+"""batchserve.pinning: the container's pinned demo repository, checked on a small one here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from server.config import load_models
-from server.pinning import pin
-from server.registry import artifact_sha256
+from batchserve.config import load_models
+from batchserve.pinning import pin
+from batchserve.registry import artifact_sha256
 
 
 def test_pin_adds_every_digest_and_requires_them(tmp_path: Path) -> None:

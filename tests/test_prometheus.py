@@ -22,9 +22,9 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import yaml
+from batchserve_planning.serverproc import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.planning.serverproc import free_port
 from tests.support import ROOT, ServerProcess, running_server, write_models
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from batchserve.cli import main
+from batchserve.config import parse_models
+from batchserve_planning.sweep import Candidate, batch_sizes
 
-from server.cli import main
-from server.config import parse_models
-from server.planning.sweep import Candidate, batch_sizes
 from tests.support import write_models
 
 SLO_MS = 1000.0
@@ -125,7 +125,7 @@ def test_candidates_and_their_configuration() -> None:
 
 
 def test_instances_on_cpu_split_the_cores_between_them() -> None:
-    from server.planning.recommend import threads_per_instance
+    from batchserve_planning.recommend import threads_per_instance
 
     text = {"name": "m", "backend": "transformer", "path": "t"}
     assert threads_per_instance(text, {0, 1, 2, 3}, "cpu", 2) == 2

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from batchserve.settings import ServerSettings
 from pydantic import ValidationError
-
-from server.settings import ServerSettings
 
 
 def test_defaults_bind_loopback() -> None:

@@ -17,12 +17,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from batchserve.backends.base import LoadError
+from batchserve.backends.transformer import TransformerBackend
+from batchserve.config import ModelConfig
+from batchserve.metrics import Metrics
 from fastapi.testclient import TestClient
 
-from server.backends.base import LoadError
-from server.backends.transformer import TransformerBackend
-from server.config import ModelConfig
-from server.metrics import Metrics
 from tests.conftest import make_client, wait_ready
 from tests.support import ROOT
 
@@ -293,7 +293,7 @@ def test_a_file_instead_of_a_folder_is_a_load_error(tmp_path: Path) -> None:
 
 
 def test_importing_the_backend_does_not_import_torch() -> None:
-    code = ("import sys, server.backends.transformer; "
+    code = ("import sys, batchserve.backends.transformer; "
             "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

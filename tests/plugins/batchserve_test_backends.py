@@ -13,10 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from batchserve.backends.base import Backend, LoadError
+from batchserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict
-
-from server.backends.base import Backend, LoadError
-from server.errors import InvalidInput
 
 
 class EchoOptions(BaseModel):

@@ -1,0 +1,43 @@
+"""Backends by short name; third-party ones register in the ``batchserve.backends`` group.
+
+Resolving a name imports only the backend's module, never its framework:
+torch and friends are imported inside ``load``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchserve.backends.base import Backend
+
+ENTRY_POINT_GROUP = "batchserve.backends"
+
+BUILTIN: dict[str, str] = {
+    "sklearn": "batchserve.backends.sklearn:SklearnBackend",
+    "resnet50": "batchserve.backends.resnet50:ResNet50Backend",
+    "transformer": "batchserve.backends.transformer:TransformerBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class called ``name``: built in, or from an installed entry point."""
+    from batchserve.backends.base import Backend
+
+    target = BUILTIN.get(name)
+    if target is None:
+        found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+        if not found:
+            installed = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+            raise LookupError(
+                f"unknown backend {name!r}; built in: {sorted(BUILTIN)}; "
+                f"installed through the '{ENTRY_POINT_GROUP}' entry point group: {installed}"
+            )
+        target = next(iter(found)).value
+    module_name, _, attribute = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attribute)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise LookupError(f"backend {name!r} ({target}) is not a subclass of {Backend.__module__}.Backend")
+    return cls

@@ -1,0 +1,274 @@
+"""torchvision's ResNet50 image classifier.
+
+An item is a base64 string of a JPEG, PNG or WebP image (``{"b64": ...}`` and
+data URLs too); ``POST /predict/{model}`` also takes the raw image as the body
+(``Content-Type: image/*``) or ``multipart/form-data`` with one or more files.
+Each image is decoded and given the standard ImageNet eval transform (RGB,
+resize 256, center crop 224, normalize): decoding, resizing and cropping on a
+worker thread, off the event loop and alongside inference of the previous
+batch, in PIL alone (no torch ops, so request threads don't each start a torch
+thread pool); the crop travels as 8-bit pixels and is normalized per batch on
+the model's device, the same arithmetic as torchvision's ToTensor + Normalize.
+The output per item is the top-k classes with ImageNet labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.multipart import files_from_multipart
+from batchserve.backends.torch_common import (
+    TorchOptions,
+    load_state_dict,
+    resolve_device,
+    resolve_dtype,
+    set_threads,
+    warmup_sizes,
+    weights_note,
+)
+from batchserve.errors import InvalidInput, UnsupportedMediaType
+from batchserve.v2.tensors import Tensor
+
+if TYPE_CHECKING:
+    import torch
+
+    from batchserve.config import ModelConfig
+    from batchserve.metrics import ModelMetrics
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_FORMATS = ("JPEG", "PNG", "WEBP")
+_PRETRAINED = ("IMAGENET1K_V1", "IMAGENET1K_V2")
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
+
+
+class ResNet50Options(TorchOptions):
+    weights: str = "file"
+    """``file``: the state_dict at ``path`` (.safetensors, or .pt/.pth read weights-only);
+    ``IMAGENET1K_V1``/``IMAGENET1K_V2``: torchvision's download and cache; ``random``: demo only."""
+    top_k: int = Field(default=5, ge=1, le=1000)
+    """Classes returned per image unless the request's ``parameters.top_k`` says otherwise."""
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    """Larger images are refused (400) before they are decoded: decompression bombs."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    pixels: torch.Tensor  # uint8, 224 x 224 x 3 (the center crop, as PIL gives it)
+    top_k: int
+
+
+class ResNet50Backend(Backend):
+    Options = ResNet50Options
+    preprocess_in_thread = True  # JPEG decode + resize: ~5 ms per image
+
+    def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
+        super().__init__(config, metrics)
+        self._model: Any = None
+        self._device: Any = None
+        self._dtype: Any = None
+        self._transform: Any = None
+        self._mean: Any = None
+        self._std: Any = None
+        self._categories: list[str] = []
+        self.weights_note = "not loaded"
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, device: str) -> None:
+        import torch
+        from torchvision import transforms
+        from torchvision.models import ResNet50_Weights, resnet50
+
+        self._device = resolve_device(device)
+        self._dtype = resolve_dtype(self.options.dtype, self._device)
+        set_threads(self.options, self._device)
+        model = resnet50(weights=None)
+        weights = self.options.weights
+        if weights == "file":
+            model.load_state_dict(load_state_dict(self.config.path))
+            self.weights_note = weights_note(self.config.path)
+        elif weights in _PRETRAINED:
+            model.load_state_dict(_pretrained_state(weights))
+            self.weights_note = f"torchvision ResNet50_Weights.{weights}"
+        elif weights == "random":
+            log.warning("model %s: resnet50 with RANDOM weights (demo only); its labels mean "
+                        "nothing", self.config.name)
+            self.weights_note = "random (demo only: predictions are meaningless)"
+        else:
+            raise LoadError(f"options.weights must be 'file', 'random', 'IMAGENET1K_V1' or "
+                            f"'IMAGENET1K_V2', not {weights!r}")
+        self._model = model.eval().to(self._device, self._dtype, memory_format=torch.channels_last)
+        self._categories = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+        self._transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self._device).view(1, 3, 1, 1)
+
+    def warmup(self) -> None:
+        import torch
+
+        for size in warmup_sizes(self.config.max_batch_size):
+            self.predict_batch([ImageRow(torch.zeros(224, 224, 3, dtype=torch.uint8), 1)] * size)
+
+    def unload(self) -> None:
+        on_cuda = self._device is not None and self._device.type == "cuda"
+        self._model = None
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def parse_parameters(self, parameters: Mapping[str, Any]) -> int:
+        unknown = sorted(set(parameters) - {"top_k"})
+        if unknown:
+            raise InvalidInput(f"unknown parameters {unknown}; this model takes top_k")
+        top_k = parameters.get("top_k", self.options.top_k)
+        if isinstance(top_k, str) and top_k.isdigit():  # from a query string
+            top_k = int(top_k)
+        if type(top_k) is not int or not 1 <= top_k <= len(self._categories):
+            raise InvalidInput(f"parameter top_k must be an integer from 1 to {len(self._categories)}")
+        return top_k
+
+    def decode_body(self, content_type: str, body: bytes) -> list[Any]:
+        media_type = content_type.partition(";")[0].strip().lower()
+        if media_type.startswith("image/") or media_type == "application/octet-stream":
+            return [body]
+        if media_type == "multipart/form-data":
+            return files_from_multipart(content_type, body)
+        raise UnsupportedMediaType(f"model '{self.config.name}' reads JSON, image/* or "
+                                   f"multipart/form-data bodies, not {media_type!r}")
+
+    def preprocess(self, item: Any, parameters: Any) -> ImageRow:
+        data = _image_bytes(item)
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(f"image exceeds the cap of {self.options.max_pixels} pixels") from None
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
+        with image:
+            if image.format not in _FORMATS:
+                raise InvalidInput(f"image format {image.format} not accepted; send JPEG, PNG or WebP")
+            width, height = image.size
+            if width * height > self.options.max_pixels:
+                raise InvalidInput(f"image of {width}x{height} pixels exceeds the cap of "
+                                   f"{self.options.max_pixels} pixels")
+            try:
+                rgb = image.convert("RGB")
+            except (OSError, ValueError, SyntaxError):
+                raise InvalidInput("image data is corrupt or truncated") from None
+        import numpy
+        import torch
+
+        return ImageRow(torch.from_numpy(numpy.array(self._transform(rgb))), parameters)
+
+    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+        import torch
+
+        with torch.inference_mode():
+            pixels = torch.stack([row.pixels for row in rows])  # N x H x W x 3, uint8
+            if self._device.type == "cuda":
+                pixels = pixels.pin_memory().to(self._device, non_blocking=True)
+            # NHWC seen as NCHW is channels_last already; ToTensor + Normalize's arithmetic:
+            batch = pixels.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+            batch = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
+            probabilities = self._model(batch).float().softmax(dim=1)
+            top = probabilities.topk(max(row.top_k for row in rows), dim=1)
+        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        return [
+            [{"label": self._categories[i], "index": i, "probability": p}
+             for p, i in zip(values[n][: row.top_k], indices[n][: row.top_k], strict=True)]
+            for n, row in enumerate(rows)
+        ]
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        k = self.options.top_k
+        return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
+                            {"name": "indices", "datatype": "INT64", "shape": [-1, k]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}]}
+
+    def items_from_v2(self, inputs: Mapping[str, Tensor]) -> list[Any]:
+        """BYTES elements: raw image bytes (binary data extension) or base64 text (JSON)."""
+        if set(inputs) != {"image"} or inputs["image"].datatype != "BYTES":
+            raise InvalidInput("this model takes one BYTES input tensor named 'image'")
+        return [e if e.startswith(_IMAGE_MAGIC) or e[8:12] == b"WEBP" else e.decode("latin-1")
+                for e in inputs["image"].array.reshape(-1).tolist()]
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        import numpy
+
+        from batchserve.v2.tensors import bytes_tensor
+
+        shape = (len(outputs), len(outputs[0]))
+        return [
+            bytes_tensor("labels", [c["label"] for o in outputs for c in o], shape),
+            Tensor("indices", "INT64", numpy.array([[c["index"] for c in o] for o in outputs],
+                                                   dtype=numpy.int64)),
+            Tensor("probabilities", "FP32", numpy.array([[c["probability"] for c in o] for o in outputs],
+                                                        dtype=numpy.float32)),
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "input": {
+                "type": "image: base64 string, {\"b64\": ...}, or the raw body (image/*, multipart)",
+                "formats": list(_FORMATS), "max_pixels": self.options.max_pixels,
+                "transform": "RGB, resize 256, center crop 224, ImageNet normalization",
+            },
+            "output": {"type": "top-k list of {label, index, probability}",
+                       "top_k": self.options.top_k, "labels": "ImageNet-1k (torchvision)"},
+            "weights": self.weights_note,
+            "parameters": {"top_k": "integer, 1 to 1000"},
+        }
+
+
+def _image_bytes(item: Any) -> bytes:
+    """Raw bytes (from an upload) or base64 text (JSON), as a string or ``{"b64": ...}``."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, dict):
+        if set(item) != {"b64"}:
+            raise InvalidInput(f"expected {{\"b64\": ...}}, got keys {sorted(item)[:5]}")
+        item = item["b64"]
+    if not isinstance(item, str):
+        raise InvalidInput(f"expected a base64 string of an image, got {type(item).__name__}")
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        data = base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("not valid base64") from None
+    if not data:
+        raise InvalidInput("empty image")
+    return data
+
+
+def _pretrained_state(name: str) -> dict[str, Any]:
+    """torchvision's pretrained weights: from its cache, or downloaded where the network allows."""
+    from torchvision.models import ResNet50_Weights
+
+    weights = ResNet50_Weights[name]
+    try:
+        state: dict[str, Any] = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        raise LoadError(
+            f"cannot get ResNet50_Weights.{name} ({type(exc).__name__}: {exc}). Offline? Download "
+            f"{weights.url} where the network allows, then set path to the file and "
+            "options.weights = 'file'") from None
+    return state

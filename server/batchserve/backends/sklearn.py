@@ -1,0 +1,166 @@
+"""scikit-learn estimators saved with joblib.
+
+An item is a list of numbers (one per feature) or, when the estimator was
+fitted with feature names, an object of feature name -> number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from batchserve.backends.base import Backend, LoadError
+from batchserve.errors import InvalidInput
+from batchserve.v2.tensors import Tensor
+
+if TYPE_CHECKING:
+    from batchserve.config import ModelConfig
+    from batchserve.metrics import ModelMetrics
+
+_NUMBER = (int, float)
+
+
+class SklearnOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output: Literal["predict", "proba"] = "predict"
+    """``predict``: the estimator's prediction; ``proba``: class probabilities (classifiers)."""
+
+
+class SklearnBackend(Backend):
+    Options = SklearnOptions
+    loads_pickles = True  # joblib.load runs arbitrary code from the file: trust the repository only
+
+    def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
+        super().__init__(config, metrics)
+        self._estimator: Any = None
+        self._n_features = 0
+        self._feature_names: list[str] | None = None
+        self._feature_index: dict[str, int] = {}
+        self._classes: list[Any] | None = None
+        self._frame: Any = None  # pandas.DataFrame when the estimator was fitted with names
+
+    def load(self, device: str) -> None:
+        if device not in ("cpu", "auto"):
+            raise LoadError(f"the sklearn backend runs on the CPU only, not on {device!r}")
+        import joblib
+
+        try:
+            estimator = joblib.load(self.config.path)
+        except FileNotFoundError:
+            raise LoadError(f"artifact not found: {self.config.path}") from None
+        except Exception as exc:
+            raise LoadError(f"cannot load {self.config.path} with joblib: {exc}") from None
+        if not hasattr(estimator, "predict"):
+            raise LoadError(f"{self.config.path} holds a {type(estimator).__name__}, not an estimator")
+        n_features = getattr(estimator, "n_features_in_", None)
+        if not isinstance(n_features, int):
+            raise LoadError(f"{type(estimator).__name__} is not fitted (no n_features_in_)")
+        names = getattr(estimator, "feature_names_in_", None)
+        self._feature_names = None if names is None else [str(n) for n in names]
+        self._feature_index = {n: i for i, n in enumerate(self._feature_names or [])}
+        self._n_features = n_features
+        if self.options.output == "proba":
+            if not hasattr(estimator, "predict_proba"):
+                raise LoadError(f"options.output = 'proba' but {type(estimator).__name__} "
+                                "has no predict_proba")
+            self._classes = estimator.classes_.tolist()
+        self._estimator = estimator
+        if self._feature_names is not None:
+            # Fitted on a data frame: predict on one too, so sklearn can check the names.
+            try:
+                import pandas
+            except ImportError:
+                raise LoadError("the estimator was fitted with feature names; "
+                                "install pandas to serve it") from None
+            self._frame = pandas.DataFrame
+
+    def warmup(self) -> None:
+        self.predict_batch([[0.0] * self._n_features] * 2)
+
+    def preprocess(self, item: Any, parameters: Any) -> list[float]:
+        if isinstance(item, dict):
+            return self._from_mapping(item)
+        if not isinstance(item, list):
+            raise InvalidInput(f"expected a list of {self._n_features} numbers"
+                               f"{' or an object of feature values' if self._feature_names else ''}"
+                               f", got {type(item).__name__}")
+        if len(item) != self._n_features:
+            raise InvalidInput(f"expected {self._n_features} features, got {len(item)}")
+        for position, value in enumerate(item):
+            if type(value) not in _NUMBER or not math.isfinite(value):
+                raise InvalidInput(f"feature {position} must be a finite number, got {value!r:.40}")
+        return item
+
+    def _from_mapping(self, item: dict[str, Any]) -> list[float]:
+        if self._feature_names is None:
+            raise InvalidInput("this model was fitted without feature names; "
+                               f"send a list of {self._n_features} numbers")
+        unknown = sorted(set(item) - self._feature_index.keys())
+        missing = [n for n in self._feature_names if n not in item]
+        if unknown or missing:
+            raise InvalidInput(f"feature names do not match: missing {missing}, unknown {unknown}")
+        row = [item[name] for name in self._feature_names]
+        for name, value in zip(self._feature_names, row, strict=True):
+            if type(value) not in _NUMBER or not math.isfinite(value):
+                raise InvalidInput(f"feature {name!r} must be a finite number, got {value!r:.40}")
+        return row
+
+    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+        import numpy
+
+        matrix = numpy.asarray(rows, dtype=numpy.float64)
+        features: Any = matrix if self._frame is None else self._frame(
+            matrix, columns=self._feature_names)
+        if self._classes is not None:
+            probabilities = self._estimator.predict_proba(features)
+            return [
+                {"label": self._classes[int(p.argmax())],
+                 "scores": {str(c): float(v) for c, v in zip(self._classes, p, strict=True)}}
+                for p in probabilities
+            ]
+        predictions = self._estimator.predict(features)
+        if predictions.dtype.kind == "f" and not numpy.isfinite(predictions).all():
+            # JSON has no infinities (they would become null): refuse, and bisection in the
+            # batcher narrows it to the rows that caused it.
+            raise InvalidInput("the model's output is not finite: features out of its range?")
+        result: list[Any] = predictions.tolist()
+        return result
+
+    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, self._n_features]}]
+        if self._classes is not None:
+            outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self._classes)]}]
+        else:
+            outputs = [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+        return {"inputs": inputs, "outputs": outputs}
+
+    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
+        import numpy
+
+        from batchserve.v2.tensors import bytes_tensor, numeric_datatype
+
+        if self._classes is not None:
+            labels = [str(o["label"]) for o in outputs]
+            probabilities = numpy.array([list(o["scores"].values()) for o in outputs], dtype=numpy.float64)
+            return [bytes_tensor("label", labels, (len(outputs),)),
+                    Tensor("probabilities", "FP64", probabilities)]
+        array = numpy.asarray(outputs)
+        if array.dtype.kind in "fiub":
+            array = array.astype(numpy.float64) if array.dtype.kind == "f" else array
+            return [Tensor("output", numeric_datatype(array), array)]
+        return [bytes_tensor("output", [str(o) for o in outputs], array.shape)]
+
+    def describe(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": "array of numbers", "length": self._n_features or None}
+        if self._feature_names is not None:
+            item["or"] = {"type": "object", "keys": self._feature_names}
+        output: dict[str, Any] = (
+            {"type": "object", "fields": {"label": "class", "scores": "class -> probability"}}
+            if self.options.output == "proba" else {"type": "prediction (number or label)"}
+        )
+        return {"input": item, "output": output}

@@ -1,0 +1,419 @@
+"""The per-model micro-batcher.
+
+Requests are admitted as *rows* (one per input item) into a FIFO queue. Each of
+``instances`` worker tasks forms a batch whenever it is free, from the rows
+queued at that moment, and runs the backend's ``predict_batch`` on a dedicated
+thread; the event loop never runs model code.
+
+When a batch goes (the ``trigger`` label of ``batchserve_dispatch_total``):
+
+- ``full``: ``max_batch_size`` rows are queued;
+- ``idle``: a worker is free and no company is expected: ``max_wait_ms`` is 0,
+  or the recent mean gap between requests (an exponentially weighted moving
+  average) is longer than ``max_wait_ms``, so waiting would only add latency.
+  A lone request on an idle server therefore goes at once;
+- ``timer``: requests are arriving faster than ``max_wait_ms`` apart, and the
+  oldest queued row has waited ``max_wait_ms``.
+
+Rows that arrive while every worker is busy join the next batch, so batches
+fill under load even with ``max_wait_ms = 0`` (the default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchserve.errors import (
+    BackendContractError,
+    BackendError,
+    BatchserveError,
+    ClientDisconnected,
+    DeadlineExceeded,
+    InvalidInput,
+    QueueFull,
+    ShuttingDown,
+)
+from batchserve.metrics import ModelMetrics
+
+log = logging.getLogger(__name__)
+
+PredictBatch = Callable[[list[Any]], Sequence[Any]]
+WATCH_AFTER_S = 0.05  # see Batcher.infer
+_GAP_EWMA_WEIGHT = 0.25  # weight of the newest inter-arrival gap in the running mean
+_BATCH_EWMA_WEIGHT = 0.25  # weight of the newest batch duration in the running mean
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    """One admitted request: its rows, where they stand, and the future its caller awaits."""
+
+    rows: Sequence[Any]
+    deadline_s: float  # on the time.monotonic() clock
+    enqueued_s: float
+    future: asyncio.Future[list[Any]]
+    outputs: list[Any]
+    unanswered: int  # rows whose outputs have not arrived yet
+    next_row: int = 0  # first row not yet dispatched
+    done: bool = False  # answered, failed, expired or abandoned
+    watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
+    timer: asyncio.TimerHandle | None = None  # the next check of deadline and watch
+
+
+@dataclass(slots=True)
+class _Failed:
+    """What a row produced when ``predict_batch`` raised on it alone."""
+
+    error: BatchserveError
+
+
+@dataclass(slots=True)
+class _Batch:
+    rows: list[Any] = field(default_factory=list)
+    slices: list[tuple[_Request, int, int]] = field(default_factory=list)
+
+
+class Batcher:
+    """Queues rows for one model and runs them in batches on ``instances`` threads."""
+
+    def __init__(
+        self,
+        name: str,
+        predict_batch: PredictBatch,
+        metrics: ModelMetrics,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        instances: int = 1,
+    ) -> None:
+        self.name = name
+        self._predict_batch = predict_batch
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.instances = instances
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._arrival = asyncio.Event()
+        self._last_arrival_s: float | None = None
+        self._gap_ewma_s: float | None = None
+        self._batch_ewma_s = 0.0  # recent time per batch: a row with less time left can't make it
+        self._closing = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        metrics.watch_queue(lambda: self._queued_rows)
+        self.broken: str | None = None
+        """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker tasks; call from the event loop that will submit rows."""
+        self._pool = ThreadPoolExecutor(self.instances, thread_name_prefix=f"batch-{self.name}")
+        for index in range(self.instances):
+            task = asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{index}")
+            task.add_done_callback(self._worker_ended)
+            self._workers.append(task)
+
+    async def close(self, grace_s: float) -> None:
+        """Refuse new rows, finish queued and running batches within ``grace_s``, then stop."""
+        self._closing = True
+        self._arrival.set()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        while self._queue:
+            self._fail(self._queue.popleft(), ShuttingDown("server stopped before the rows ran"),
+                       reason="shutdown")
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reconfigure(self, *, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+        """Apply new limits to a running batcher: they take effect at the next batch formed;
+        rows already admitted stay admitted even if ``max_queue`` shrinks below them."""
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._arrival.set()  # a worker waiting on the old timer re-evaluates
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        rows: Sequence[Any],
+        *,
+        timeout_s: float,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[Any]:
+        """Run ``rows`` through the model and return their outputs, in order.
+
+        Raises ``DeadlineExceeded`` when ``timeout_s`` passes first (rows not yet
+        dispatched are never computed), ``ClientDisconnected`` when the awaitable
+        made by ``disconnected`` completes first, and the row's error when the
+        backend failed on it.
+
+        Watching for a disconnect costs a task per request, more than a small
+        model spends per row; so the watch starts only once the request has
+        waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
+        """
+        request = self.submit(rows, timeout_s=timeout_s)
+        first_s = min(WATCH_AFTER_S, timeout_s) if disconnected is not None else timeout_s
+        request.timer = asyncio.get_running_loop().call_later(
+            first_s, self._on_timer, request, timeout_s, disconnected)
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._fail(request, None, reason="cancelled")
+            raise
+        finally:
+            request.timer.cancel()
+            if request.watcher is not None:
+                request.watcher.cancel()
+
+    def _on_timer(self, request: _Request, timeout_s: float,
+                  disconnected: Callable[[], Awaitable[object]] | None) -> None:
+        """One timer per request: first to start the disconnect watch, then for the deadline."""
+        if request.done:
+            return
+        left_s = request.deadline_s - time.monotonic()
+        if left_s <= 0:
+            self._fail(request, DeadlineExceeded(
+                f"deadline of {timeout_s * 1000:.0f} ms passed before the rows ran"),
+                reason="deadline")
+            return
+        if disconnected is not None:
+            request.watcher = watcher = asyncio.ensure_future(disconnected())
+            watcher.add_done_callback(lambda task: None if task.cancelled() else self._fail(
+                request, ClientDisconnected("client disconnected before its rows ran"),
+                reason="cancelled"))
+        request.timer = asyncio.get_running_loop().call_later(
+            left_s, self._on_timer, request, timeout_s, None)
+
+    def check_admission(self, count: int) -> None:
+        """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
+        so that an overloaded server does not decode inputs only to turn them away."""
+        if self._closing:
+            self._metrics.rejected["shutdown"].inc()
+            raise ShuttingDown(f"model '{self.name}' is shutting down")
+        if count > self.max_queue:
+            raise InvalidInput(
+                f"request has {count} items; model '{self.name}' accepts at most "
+                f"{self.max_queue} per request (max_queue)"
+            )
+        if self._queued_rows + count > self.max_queue:
+            self._metrics.rejected["queue_full"].inc()
+            raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
+                            f"{self.max_queue}); retry later")
+
+    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> _Request:
+        """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""
+        self.check_admission(len(rows))
+        now = time.monotonic()
+        if self._last_arrival_s is not None:
+            gap = now - self._last_arrival_s
+            previous = self._gap_ewma_s
+            self._gap_ewma_s = gap if previous is None else (
+                previous + _GAP_EWMA_WEIGHT * (gap - previous))
+        self._last_arrival_s = now
+        request = _Request(
+            rows=rows, deadline_s=now + timeout_s, enqueued_s=now,
+            future=asyncio.get_running_loop().create_future(),
+            outputs=[None] * len(rows), unanswered=len(rows),
+        )
+        self._queue.append(request)
+        self._queued_rows += len(rows)
+        self._arrival.set()
+        return request
+
+    def _fail(self, request: _Request, error: BatchserveError | None, *, reason: str | None) -> None:
+        """Stop serving ``request``: rows not yet dispatched never run; its caller gets ``error``
+        (``None``: the caller is gone). ``reason`` is counted in ``batchserve_rejected_total``."""
+        if request.done:
+            return
+        request.done = True
+        self._unqueue(request)
+        if reason is not None:
+            self._metrics.rejected[reason].inc()
+        if request.future.done():
+            return
+        if error is None:
+            request.future.cancel()
+        else:
+            request.future.set_exception(error)
+
+    def _unqueue(self, request: _Request) -> None:
+        left = len(request.rows) - request.next_row
+        if left:
+            request.next_row = len(request.rows)
+            self._queued_rows -= left
+
+    # -- batch formation -------------------------------------------------------------------
+
+    def _company_expected(self) -> bool:
+        gap = self._gap_ewma_s
+        return gap is not None and gap < self.max_wait_s
+
+    async def _next_batch(self) -> tuple[_Batch, str] | None:
+        """Wait until a batch should go, then take it; ``None`` once closed and empty."""
+        while True:
+            self._drop_dead_head()
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            if self._queued_rows >= self.max_batch_size:
+                trigger = "full"
+            elif self.max_wait_s <= 0 or self._closing or not self._company_expected():
+                trigger = "idle"
+            else:
+                left_s = self._queue[0].enqueued_s + self.max_wait_s - time.monotonic()
+                if left_s > 0:
+                    self._arrival.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrival.wait(), left_s)
+                    continue
+                trigger = "timer"
+            batch = self._take()
+            if batch.rows:
+                return batch, trigger
+
+    def _drop_dead_head(self) -> None:
+        while self._queue and self._queue[0].done:
+            self._queue.popleft()
+
+    def _take(self) -> _Batch:
+        batch = _Batch()
+        now = time.monotonic()
+        while self._queue and len(batch.rows) < self.max_batch_size:
+            request = self._queue[0]
+            if request.done:
+                self._queue.popleft()
+                continue
+            if now + self._batch_ewma_s >= request.deadline_s:
+                # Past its deadline, or would pass it while the batch runs: computing it would
+                # only take the executor from requests that can still be answered in time.
+                self._queue.popleft()
+                self._fail(request, DeadlineExceeded(
+                    "deadline passed, or would pass before a batch could finish "
+                    f"(batches take ~{self._batch_ewma_s * 1000:.0f} ms), before the rows ran"),
+                    reason="deadline")
+                continue
+            start = request.next_row
+            stop = min(len(request.rows), start + self.max_batch_size - len(batch.rows))
+            if start == 0:
+                self._metrics.queue_wait.observe(now - request.enqueued_s)
+            batch.rows.extend(request.rows[start:stop])
+            batch.slices.append((request, start, stop))
+            request.next_row = stop
+            self._queued_rows -= stop - start
+            if stop == len(request.rows):
+                self._queue.popleft()
+        return batch
+
+    # -- execution -------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            taken = await self._next_batch()
+            if taken is None:
+                return
+            batch, trigger = taken
+            self._metrics.dispatch[trigger].inc()
+            self._metrics.batch_size.observe(len(batch.rows))
+            started = time.perf_counter()
+            try:
+                outcomes = await loop.run_in_executor(self._pool, self._compute, batch.rows)
+            except asyncio.CancelledError:
+                self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
+                raise
+            except BatchserveError as exc:
+                log.error("model %s: %s", self.name, exc.message)
+                self._fail_batch(batch, exc)
+                continue
+            except BaseException as exc:  # keep the loop alive whatever the backend does
+                log.exception("model %s: batch of %d rows failed", self.name, len(batch.rows))
+                self._fail_batch(batch, BackendError(
+                    f"model '{self.name}' failed on this batch: {type(exc).__name__}"))
+                continue
+            finally:
+                elapsed = time.perf_counter() - started
+                self._metrics.batch_duration.observe(elapsed)
+                self._batch_ewma_s += _BATCH_EWMA_WEIGHT * (elapsed - self._batch_ewma_s)
+            self._deliver(batch, outcomes)
+
+    def _compute(self, rows: list[Any]) -> list[Any]:
+        """Run on an executor thread: predict, bisecting to isolate rows that raise."""
+        try:
+            outputs = self._predict_batch(rows)
+        except Exception as exc:
+            if len(rows) > 1:
+                middle = len(rows) // 2
+                return self._compute(rows[:middle]) + self._compute(rows[middle:])
+            if isinstance(exc, BatchserveError):
+                return [_Failed(exc)]
+            log.error("model %s: predict_batch raised on a row", self.name, exc_info=exc)
+            return [_Failed(BackendError(f"model '{self.name}' failed: {type(exc).__name__}"))]
+        if len(outputs) != len(rows):
+            backend = getattr(self._predict_batch, "__qualname__", type(self._predict_batch).__qualname__)
+            raise BackendContractError(
+                f"{backend} (model '{self.name}') returned {len(outputs)} outputs for "
+                f"{len(rows)} rows; predict_batch must return exactly one output per row"
+            )
+        return list(outputs)
+
+    def _deliver(self, batch: _Batch, outcomes: list[Any]) -> None:
+        offset = 0
+        for request, start, stop in batch.slices:
+            part = outcomes[offset : offset + stop - start]
+            offset += stop - start
+            if request.done:
+                continue
+            for index, outcome in enumerate(part, start):
+                if isinstance(outcome, _Failed):
+                    self._fail(request, _for_item(outcome.error, index), reason=None)
+                    break
+                request.outputs[index] = outcome
+            else:
+                request.unanswered -= stop - start
+                if request.unanswered == 0:
+                    request.done = True
+                    request.future.set_result(request.outputs)
+
+    def _fail_batch(self, batch: _Batch, error: BatchserveError) -> None:
+        for request, _, _ in batch.slices:
+            self._fail(request, error, reason=None)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        self.broken = f"batching loop stopped: {exc!r}" if exc else "batching loop stopped"
+        log.error("model %s: %s", self.name, self.broken)
+        for request in list(self._queue):
+            self._fail(request, BackendError(f"model '{self.name}' is broken: {self.broken}"),
+                       reason=None)
+        self._queue.clear()
+
+
+def _for_item(error: BatchserveError, index: int) -> BatchserveError:
+    """The same error, its message naming the request's item."""
+    return type(error)(f"item {index}: {error.message}")

@@ -1,0 +1,103 @@
+"""The management API: load, reload and unload models of the configured repository, and tune
+a running model's batcher, without a restart and without dropping admitted requests.
+
+Off unless ``BATCHSERVE_MANAGEMENT_TOKEN`` is set; then every call needs ``Authorization:
+Bearer <token>`` (compared in constant time). Models are named, never given as paths or URLs:
+a load re-reads the repository file the server started with and takes that model's table, so
+nothing from a request is ever unpickled or fetched. Paths follow Triton's model repository
+extension (``/v2/repository/...``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batchserve.config import ConfigError, load_models
+from batchserve.errors import LoadFailed, MalformedRequest, ManagementDisabled, ModelNotFound, Unauthorized
+from batchserve.state import AppState
+
+
+class BatcherSettings(BaseModel):
+    """What can change on a running model (PATCH /models/{name}/config)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    max_wait_ms: float | None = Field(default=None, ge=0, le=60_000)
+    max_queue: int | None = Field(default=None, ge=1)
+    timeout_ms: float | None = Field(default=None, gt=0)
+
+
+def add_management_routes(router: APIRouter, state: AppState) -> None:
+    registry = state.registry
+    grace_s = state.settings.shutdown_grace_s
+
+    def authorize(request: Request) -> None:
+        token = state.settings.management_token
+        if token is None:
+            raise ManagementDisabled("the management API is off; set BATCHSERVE_MANAGEMENT_TOKEN to use it")
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                sent.encode(), token.get_secret_value().encode()):
+            raise Unauthorized("missing or wrong bearer token")
+
+    @router.post("/v2/repository/index", tags=["management"], summary="Models of the repository")
+    async def index(request: Request) -> list[dict[str, Any]]:
+        authorize(request)
+        served = {m.config.name: m for m in registry}
+        names = [c.name for c in _repository(state)]
+        return [{"name": name, "version": "1", **_state(served.get(name))}
+                for name in dict.fromkeys([*names, *served])]
+
+    @router.post("/v2/repository/models/{name}/load", tags=["management"],
+                 summary="Load or reload a model from the repository file")
+    async def load(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        config = next((c for c in _repository(state) if c.name == name), None)
+        if config is None:
+            raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
+        model = await registry.load(config, grace_s)
+        if model.state != "ready":
+            raise LoadFailed(f"model '{name}' failed to load: {model.reason}; the previous version, "
+                             "if any, still serves")
+        return {"name": name, **_state(model)}
+
+    @router.post("/v2/repository/models/{name}/unload", tags=["management"], summary="Unload a model")
+    async def unload(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {"name": name, **_state(await registry.unload(name, grace_s))}
+
+    @router.patch("/models/{name}/config", tags=["management"],
+                  summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live")
+    async def configure(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        model = registry.get(name)
+        try:
+            changes = BatcherSettings.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise MalformedRequest("; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+        update = changes.model_dump(exclude_none=True)
+        model.config = model.config.model_copy(update=update)
+        model.batcher.reconfigure(max_batch_size=model.config.max_batch_size,
+                                  max_wait_ms=model.config.max_wait_ms, max_queue=model.config.max_queue)
+        return {"name": name, "config": model.config.model_dump(mode="json")}
+
+
+def _repository(state: AppState) -> list[Any]:
+    try:
+        return load_models(state.settings.config)
+    except ConfigError as exc:
+        raise LoadFailed(f"the repository file cannot be used: {exc}") from None
+
+
+def _state(model: Any) -> dict[str, Any]:
+    if model is None:
+        return {"state": "UNAVAILABLE", "reason": "not loaded"}
+    status = model.status()
+    return {"state": "READY" if model.ready else status["state"].upper(), "reason": status["reason"]}
+
+

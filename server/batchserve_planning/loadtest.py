@@ -1,0 +1,171 @@
+"""``batchserve loadtest``: load against a running server from the user's sample inputs.
+
+Closed loop (``--concurrency`` clients) or open loop (``--rate`` Poisson arrivals per
+second); a duration or a request count after a warm-up. Writes ``report.json`` and
+``report.md`` to ``--out`` (default: a new folder under ``reports/``) and prints the
+markdown; the mean batch size comes from the server's ``/metrics`` over the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchserve_planning.loadgen import LoadSpec
+    from batchserve_planning.progress import Bars
+    from batchserve_planning.results import Summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (http://127.0.0.1:8000)")
+    parser.add_argument("--model", required=True, help="model name, as in /predict/{model}")
+    parser.add_argument("--inputs", type=Path, required=True,
+                        help="sample inputs: .json/.jsonl items, .txt lines, images, or a folder of them")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="closed loop: concurrent clients; open loop: most connections (16)")
+    parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--duration-s", type=float, help="measure this long (10)")
+    length.add_argument("--requests", type=int, help="measure this many requests instead")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="load before measuring (2)")
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="a request's client timeout (30)")
+    parser.add_argument("--rows-per-request", type=int, default=1, help="items per request (1)")
+    parser.add_argument("--image-mode", choices=["raw", "base64"], default="raw",
+                        help="images as the raw body (one per request) or base64 in JSON (raw)")
+    parser.add_argument("--parameters", type=json.loads, help="JSON object sent as the request parameters")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="load generator processes (1; more where cores are spare)")
+    parser.add_argument("--load-cpus", type=_cpus, help="cores the load generator may use, e.g. 1 or 2-3")
+    parser.add_argument("--seed", type=int, default=0, help="open loop arrivals (0)")
+    parser.add_argument("--out", type=Path, help="report folder (a new one under reports/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cpus(text: str) -> set[int]:
+    cores: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def run(args: argparse.Namespace) -> int:
+    from batchserve_planning.inputs import InputError, build_requests, load_samples
+    from batchserve_planning.loadgen import LoadSpec
+    from batchserve_planning.metrics import ServerError, model_state
+
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        print(f"batchserve loadtest: --url must be http://HOST:PORT, not {args.url!r}", file=sys.stderr)
+        return 2
+    base_url = f"http://{url.hostname}:{url.port or 80}"
+    try:
+        state = model_state(base_url, args.model)
+        if state.get("state") != "ready":
+            raise ServerError(f"model {args.model!r} is {state.get('state')}: {state.get('error', '')}")
+        requests = build_requests(load_samples(args.inputs), host=url.hostname, port=url.port or 80,
+                                  model=args.model, rows_per_request=args.rows_per_request,
+                                  image_mode=args.image_mode, parameters=args.parameters)
+    except (InputError, ServerError) as exc:
+        print(f"batchserve loadtest: {exc}", file=sys.stderr)
+        return 2
+    duration_s = None if args.requests else (args.duration_s or 10.0)
+    spec = LoadSpec(url.hostname, url.port or 80, requests.requests,
+                    mode="open" if args.rate else "closed", concurrency=args.concurrency,
+                    rate=args.rate or 0.0, duration_s=duration_s, count=args.requests,
+                    warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed)
+    try:
+        summary = measure(spec, base_url, args.model, requests.rows_per_request,
+                          processes=args.processes, cpus=args.load_cpus, progress=not args.no_progress)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"batchserve loadtest: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or Path("reports") / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": machine(), "url": base_url, "model": args.model,
+        "inputs": {"path": str(args.inputs), "description": requests.description},
+        "settings": {"warmup_s": spec.warmup_s, "duration_s": spec.duration_s, "requests": spec.count,
+                     "timeout_s": spec.timeout_s, "seed": spec.seed},
+        "result": summary.to_dict(),
+    }
+    markdown = write_report(out, report)
+    print(markdown)
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *, processes: int = 1,
+            cpus: set[int] | None = None, progress: bool = True, bars: Bars | None = None,
+            label: str | None = None) -> Summary:
+    """Run ``spec`` with a progress bar (on ``bars`` if given) and return its ``Summary``,
+    with the mean batch size read from ``/metrics`` over the window."""
+    from batchserve_planning.loadgen import run_load
+    from batchserve_planning.metrics import batch_counters, mean_batch
+    from batchserve_planning.progress import Bars
+    from batchserve_planning.results import summarize
+
+    before: list[tuple[float, float]] = []
+    with contextlib.ExitStack() as stack:
+        if bars is None:
+            bars = stack.enter_context(Bars(progress))
+        what = f"{spec.concurrency} clients" if spec.mode == "closed" else f"{spec.rate:g}/s"
+        task = bars.add(label or f"{model} @ {what}", spec.count or spec.duration_s)
+        stack.callback(bars.remove, task)
+        run = run_load(spec, processes=processes, cpus=cpus,
+                       on_progress=bars.load_callback(task, spec.duration_s, spec.count),
+                       on_measure_start=lambda: before.append(batch_counters(base_url, model)))
+    after = batch_counters(base_url, model)
+    return summarize(run, rows_per_request).with_batch(mean_batch(before[0] if before else None, after))
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def write_report(out: Path, report: dict[str, Any]) -> str:
+    from batchserve_planning.results import Summary, markdown_table
+
+    result = report["result"]
+    summary = Summary(**result)
+    if summary.mode == "closed":
+        load = f"closed loop, {summary.concurrency} concurrent clients"
+    else:
+        load = (f"open loop, Poisson arrivals at {summary.rate:g}/s over at most "
+                f"{summary.concurrency} connections")
+    settings = report["settings"]
+    length = (f"{summary.requests:,} requests" if settings["requests"]
+              else f"{summary.window_s:.1f} s")
+    lines = [
+        f"# Load test: `{report['model']}` at {report['url']}", "",
+        f"{report['date']}; {report['machine']}.",
+        f"Load: {load}, {length} measured after {settings['warmup_s']:g} s of warm-up, "
+        f"{summary.processes} load process(es). Inputs: `{report['inputs']['path']}`, "
+        f"{report['inputs']['description']}.", "",
+        markdown_table(summary), "",
+    ]
+    if summary.mode == "open":
+        lag = summary.send_lag_ms
+        lines += [f"Requests were sent {lag['p50']:.2f} ms (p50) / {lag['p99']:.2f} ms (p99) after their "
+                  f"arrival time; at most {summary.max_backlog} arrivals waited for a free connection. "
+                  "Latency counts from the arrival.", ""]
+    if summary.error_examples:
+        lines += ["Error examples (first response body of each status):", ""]
+        lines += [f"- `{status}`: `{body.strip()[:300]}`" for status, body in summary.error_examples.items()]
+        lines.append("")
+    markdown = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown)
+    return markdown

@@ -1,0 +1,235 @@
+"""The report of ``batchserve recommend``: report.md, frontier.png, results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from batchserve_planning.results import format_ms
+from batchserve_planning.serverproc import toml_table
+from batchserve_planning.sweep import Candidate
+
+X = "\N{MULTIPLICATION SIGN}"
+
+
+def write(out: Path, results: dict[str, Any]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_frontier(out / "frontier.png", results)
+    markdown = render(results)
+    (out / "report.md").write_text(markdown)
+    return markdown
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    from batchserve_planning.loadtest import machine
+
+    candidates = results["candidates"]
+    pick = None if results["pick"] is None else candidates[results["pick"]]
+    slo = results["slo_p99_ms"]
+    lines = [
+        f"# batchserve recommend: `{results['model']}`", "",
+        f"{results['date']}; {machine()}. SLO: p99 ≤ {slo:g} ms. Inputs: `{results['inputs']}`. "
+        f"{len(candidates)} candidates measured in {results['elapsed_s']:.0f} s "
+        f"(budget {results['budget_s']:.0f} s)"
+        + (f"; not run for lack of budget: {', '.join(results['skipped'])}" if results["skipped"] else "")
+        + ".", "",
+    ]
+    if pick is None:
+        lines += ["## No recommendation", "",
+                  f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
+                  "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
+    else:
+        lines += _recommendation(results, pick)
+    lines += _size(results.get("model_size") or {})
+    lines += _candidates_table(candidates, results["pick"])
+    lines += ["![throughput against p99 per candidate](frontier.png)", ""]
+    lines += _steps_table(candidates)
+    return "\n".join(lines)
+
+
+def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
+    best = results["predicted"] or pick["best"]
+    slo = results["slo_p99_ms"]
+    table = Candidate(**pick["candidate"]).table(results["model_table"])
+    lines = [
+        "## Recommendation", "",
+        f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
+        f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
+        f"{best['mean_batch_size'] or 0:.1f}, server peak memory {_mib(pick['peak_rss_bytes'])}"
+        + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        "```toml", toml_table(table).rstrip(), "```", "",
+    ]
+    if results["final_round"]:
+        lines += ["### Final round", "",
+                  "The best of a sweep is the luckiest of many short measurements, so the two best "
+                  "candidates were measured again on fresh servers, three times longer, at their best "
+                  "load; the better one within the SLO is the pick, and its figures are the prediction.",
+                  "", "| candidate | clients | sweep inferences/s | final round inferences/s | p99 |",
+                  "|---|---|---|---|---|"]
+        for final in results["final_round"]:
+            outcome, step = results["candidates"][final["candidate"]], final["step"]
+            lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
+                         f"{_rate(outcome['best']['rows_per_s'])} | {_rate(step['rows_per_s'])} | "
+                         f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
+        lines.append("")
+    check = results.get("verification") or {}
+    lines += ["### Checked by starting it again", ""]
+    if "error" in check or not check:
+        lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
+    else:
+        verdict = "holds" if check["throughput_within_10pct"] and check["p99_within_slo"] else "does NOT hold"
+        lines += [
+            "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
+            f"| inferences/s at {check['concurrency']} clients | {_rate(check['predicted_rows_per_s'])} | "
+            f"{_rate(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
+            f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
+            f"The prediction {verdict}: throughput within 10%: "
+            f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
+            f"{'yes' if check['p99_within_slo'] else 'no'}.", "",
+        ]
+    price = results.get("price_per_hour")
+    if price:
+        per_hour = best["rows_per_s"] * 3600
+        lines += ["## Cost", "",
+                  f"At {price:g} per hour for this machine, the pick serves {per_hour:,.0f} inferences per "
+                  f"hour: **{price / per_hour * 1e6:,.4g} per million inferences**, {price:g} per hour, "
+                  "with the machine kept at the recommended load.", ""]
+        for other in results["candidates"]:
+            if other["candidate"]["max_batch_size"] == 1 and other["best"] and other is not pick:
+                rate = other["best"]["rows_per_s"] * 3600
+                lines += [f"Without batching ({other['label']}): {price / rate * 1e6:,.4g} per million.", ""]
+                break
+    lines += ["## Trade-off", "", *_tradeoff(results, pick), ""]
+    return lines
+
+
+def _tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
+    slo = results["slo_p99_ms"]
+    best = pick["best"]  # sweep figures, comparable with the other candidates' sweep figures
+    sentences = []
+    measured = [o for o in results["candidates"] if o["steps"]]
+    fastest = max((s["rows_per_s"], s["p99_ms"], o["label"]) for o in measured for s in o["steps"])
+    if fastest[0] > best["rows_per_s"] * 1.02 and fastest[1] > slo:
+        sentences.append(
+            f"- More throughput costs latency: the most measured at any latency was {_rate(fastest[0])}/s "
+            f"({fastest[2]}) at p99 {format_ms(fastest[1])}, "
+            f"{fastest[0] / best['rows_per_s']:.2f}{X} the pick, "
+            f"outside the SLO of {slo:g} ms.")
+    elif fastest[0] > best["rows_per_s"] * 1.02:
+        sentences.append(
+            f"- The fastest sweep step, {_rate(fastest[0])}/s ({fastest[2]}) at p99 "
+            f"{format_ms(fastest[1])}, was within the SLO but did not hold up when measured again in "
+            "the final round; the pick is what held up.")
+    else:
+        sentences.append("- No candidate went meaningfully faster at any latency: the pick is at the "
+                         "throughput limit of this machine for this model, not held back by the SLO.")
+    singles = [s for o in measured for s in o["steps"] if s["concurrency"] == 1]
+    if singles:
+        low = min(singles, key=lambda s: s["p50_ms"])
+        sentences.append(f"- Latency floor: one client at a time saw p50 {format_ms(low['p50_ms'])} "
+                         f"(p99 {format_ms(low['p99_ms'])}) at best; under the recommended load p50 is "
+                         f"{format_ms(best['p50_ms'])}: the rest is queueing and batching.")
+    unbatched = [o for o in measured if o["candidate"]["max_batch_size"] == 1 and o["best"]]
+    if unbatched and pick["candidate"]["max_batch_size"] > 1:
+        rate = unbatched[0]["best"]["rows_per_s"]
+        sentences.append(f"- Batching: max_batch_size 1 reached {_rate(rate)}/s within the SLO; the pick "
+                         f"is {best['rows_per_s'] / rate:.2f}{X} that.")
+    for key, name in (("max_wait_ms", "max_wait_ms"), ("instances", "instances")):
+        same = [o for o in measured if o["best"] and all(
+            o["candidate"][k] == pick["candidate"][k] for k in pick["candidate"] if k != key)
+            and o is not pick]
+        for other in same:
+            ratio = other["best"]["rows_per_s"] / best["rows_per_s"]
+            sentences.append(f"- {name} {other['candidate'][key]:g} instead of {pick['candidate'][key]:g}: "
+                             f"{ratio:.2f}{X} the throughput, p99 {format_ms(other['best']['p99_ms'])}.")
+    return sentences
+
+
+def _size(size: dict[str, Any]) -> list[str]:
+    if not size or "error" in size:
+        return ["## Model size", "", f"Not measured: {size.get('error', 'unknown')}", ""]
+    lines = ["## Model size", ""]
+    if size.get("kind") == "torch":
+        lines.append(f"{size['parameters']:,} parameters; weights: " + ", ".join(
+            f"{dtype} {_mib(n)}" for dtype, n in size["weight_bytes"].items()) + ".")
+    elif size.get("kind") == "estimator":
+        lines.append(f"{size['estimator']} with {size['parameters']:,} fitted values; "
+                     f"pickled {size['pickled_bytes']:,} bytes.")
+    lines += [f"Artifact on disk: {size.get('artifact_bytes') or 0:,} bytes. "
+              "Activation memory per batch size: `batchserve inspect`.", ""]
+    return lines
+
+
+def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> list[str]:
+    lines = ["## All candidates", "",
+             "| # | candidate | inferences/s within SLO | p50 | p99 | clients | mean batch | peak RSS | "
+             "time | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for index, outcome in enumerate(candidates):
+        best = outcome["best"]
+        mark = " **(pick)**" if index == pick else ""
+        if best is None:
+            note = outcome["error"] or "p99 over the SLO even at 1 client"
+            lines.append(f"| {index + 1} | {outcome['label']}{mark} | — | — | — | — | — | "
+                         f"{_mib(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
+                         f"{note.splitlines()[0][:80]} |")
+            continue
+        lines.append(f"| {index + 1} | {outcome['label']}{mark} | {_rate(best['rows_per_s'])} | "
+                     f"{format_ms(best['p50_ms'])} | {format_ms(best['p99_ms'])} | {best['concurrency']} | "
+                     f"{best['mean_batch_size'] or 0:.1f} | {_mib(outcome['peak_rss_bytes'])} | "
+                     f"{outcome['seconds']:.0f} s | |")
+    return [*lines, ""]
+
+
+def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Every ramp step", "",
+             "| # | clients | inferences/s | p50 | p99 | max | non-2xx | mean batch | within SLO |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for index, outcome in enumerate(candidates):
+        for step in outcome["steps"]:
+            batch = "—" if step["mean_batch_size"] is None else f"{step['mean_batch_size']:.1f}"
+            lines.append(f"| {index + 1} | {step['concurrency']} | {_rate(step['rows_per_s'])} | "
+                         f"{format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} | "
+                         f"{format_ms(step['max_ms'])} | {step['error_rate']:.2%} | {batch} | "
+                         f"{'yes' if step['within_slo'] else 'no'} |")
+    return [*lines, ""]
+
+
+def plot_frontier(path: Path, results: dict[str, Any]) -> None:
+    """Throughput against p99 for every step of every candidate; the SLO and the pick marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 6), dpi=110)
+    for index, outcome in enumerate(results["candidates"]):
+        steps = outcome["steps"]
+        if steps:
+            axes.plot([s["rows_per_s"] for s in steps], [s["p99_ms"] for s in steps], marker="o",
+                      markersize=3, linewidth=1, label=f"#{index + 1} {outcome['label']}")
+    axes.axhline(results["slo_p99_ms"], color="red", linestyle="--", linewidth=1,
+                 label=f"SLO p99 {results['slo_p99_ms']:g} ms")
+    if results["pick"] is not None:
+        best = results["predicted"] or results["candidates"][results["pick"]]["best"]
+        axes.plot([best["rows_per_s"]], [best["p99_ms"]], marker="*", markersize=18, color="gold",
+                  markeredgecolor="black", linestyle="none",
+                  label=f"recommended: #{results['pick'] + 1} (its final-round measurement)")
+    axes.set_yscale("log")
+    axes.set_xlabel("throughput (inferences/s)")
+    axes.set_ylabel("p99 latency (ms, log scale)")
+    axes.set_title(f"{results['model']}: throughput vs p99 per candidate (each point: one ramp step)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,125 @@
+"""From a run's records to figures: throughput, latency percentiles, counts by status."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batchserve_planning.client import describe_status
+from batchserve_planning.loadgen import Run
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a load run measured. Latency counts from a request's arrival (open loop) or send."""
+
+    mode: str
+    concurrency: int
+    rate: float
+    processes: int
+    rows_per_request: int
+    window_s: float
+    """Length of the measurement window (warm-up excluded)."""
+    requests: int
+    """Requests that started in the window (their answers may come after it)."""
+    throughput_rps: float
+    """Responses of any status received in the window, per second."""
+    ok_rps: float
+    """2xx responses received in the window, per second."""
+    rows_per_s: float
+    latency_ms: dict[str, float]
+    """p50, p90, p99, max and mean over the requests that started in the window."""
+    status_counts: dict[str, int]
+    error_rate: float
+    """Share of the window's requests not answered 2xx (errors and timeouts included)."""
+    error_examples: dict[str, str]
+    send_lag_ms: dict[str, float]
+    """Open loop: how late requests were sent after their arrival (the generator keeping up)."""
+    max_backlog: int
+    """Open loop: most arrivals waiting for a free connection at once."""
+    mean_batch_size: float | None = None
+    """From the server's ``/metrics`` over the window, when the caller read them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_batch(self, mean_batch_size: float | None) -> Summary:
+        return Summary(**{**asdict(self), "mean_batch_size": mean_batch_size})
+
+
+def summarize(run: Run, rows_per_request: int = 1) -> Summary:
+    import numpy as np
+
+    records = run.records
+    intended = np.frombuffer(records.intended, dtype=np.float64)
+    sent = np.frombuffer(records.sent, dtype=np.float64)
+    end = np.frombuffer(records.end, dtype=np.float64)
+    status = np.frombuffer(records.status, dtype=np.uint16)
+    start = run.measure_start
+    measured = intended >= start
+    if run.stop_at > 0:
+        window_end = run.stop_at
+        measured &= intended < window_end
+    else:
+        window_end = float(end[measured].max()) if measured.any() else start
+    window_s = max(window_end - start, 1e-9)
+    in_window = (end >= start) & (end <= window_end)
+    ok = (status >= 200) & (status < 300)
+    latency = (end[measured] - intended[measured]) * 1000
+    lag = (sent[measured] - intended[measured]) * 1000
+    codes, counts = np.unique(status[measured], return_counts=True)
+    requests = int(measured.sum())
+    rps = float(in_window.sum()) / window_s
+    return Summary(
+        mode=run.spec.mode, concurrency=run.spec.concurrency, rate=run.spec.rate,
+        processes=run.processes, rows_per_request=rows_per_request, window_s=window_s,
+        requests=requests, throughput_rps=rps, ok_rps=float((in_window & ok).sum()) / window_s,
+        rows_per_s=float((in_window & ok).sum()) / window_s * rows_per_request,
+        latency_ms=_percentiles(latency),
+        status_counts={describe_status(int(c)): int(n) for c, n in zip(codes, counts, strict=True)},
+        error_rate=float((~ok[measured]).sum()) / requests if requests else 0.0,
+        error_examples={describe_status(s): body.decode("utf-8", "replace")
+                        for s, body in sorted(records.error_examples.items())},
+        send_lag_ms=_percentiles(lag) if run.spec.mode == "open" else {},
+        max_backlog=records.max_backlog,
+    )
+
+
+def _percentiles(values: Any) -> dict[str, float]:
+    import numpy as np
+
+    if len(values) == 0:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan"),
+                "mean": float("nan")}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max()),
+            "mean": float(values.mean())}
+
+
+def format_ms(value: float) -> str:
+    """Milliseconds with sensible precision: 0.42 ms, 12.3 ms, 1,234 ms."""
+    if value != value:  # NaN: nothing measured
+        return "—"
+    if value < 10:
+        return f"{value:.2f} ms"
+    if value < 100:
+        return f"{value:.1f} ms"
+    return f"{value:,.0f} ms"
+
+
+def markdown_table(summary: Summary) -> str:
+    """The headline figures of one run as a markdown table, and its statuses."""
+    latency = summary.latency_ms
+    batch = "—" if summary.mean_batch_size is None else f"{summary.mean_batch_size:.1f}"
+    lines = [
+        "| throughput (req/s) | rows/s | p50 | p90 | p99 | max | errors | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary.throughput_rps:,.1f} | {summary.rows_per_s:,.1f} | {format_ms(latency['p50'])} | "
+        f"{format_ms(latency['p90'])} | {format_ms(latency['p99'])} | {format_ms(latency['max'])} | "
+        f"{summary.error_rate:.2%} | {batch} |",
+        "",
+        "| status | requests |",
+        "|---|---|",
+        *(f"| {status} | {count:,} |" for status, count in summary.status_counts.items()),
+    ]
+    return "\n".join(lines)
