@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class BatchserveError(Exception):
     """Base error: ``status`` and ``type`` become the JSON error body."""
@@ -118,3 +120,12 @@ class BackendContractError(BackendError):
     """The backend broke the contract (e.g. returned the wrong number of outputs)."""
 
     type = "backend_contract_error"
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """What ``predict_batch`` returns in place of a row's output when that row alone failed
+    (a non-finite prediction, an undecodable text): a value, not an exception, so the rest of
+    the batch is answered and nothing is bisected. The row's request gets ``error``."""
+
+    error: BatchserveError
