@@ -250,12 +250,10 @@ class Batcher:
         self._unqueue(request)
         if reason is not None:
             self._metrics.rejected[reason].inc()
-        if request.future.done():
-            return
         if error is None:
             request.future.cancel()
         else:
-            request.future.set_exception(error)
+            _settle(request.future, error)
 
     def _unqueue(self, request: _Request) -> None:
         left = len(request.rows) - request.next_row
@@ -385,7 +383,10 @@ class Batcher:
         for request, start, stop in batch.slices:
             part = outcomes[offset : offset + stop - start]
             offset += stop - start
-            if request.done:
+            if request.done or request.future.done():
+                # Cancelled in this loop turn (its caller's task was cancelled and has not run
+                # its cleanup yet): nobody waits for these outputs.
+                self._fail(request, None, reason=None)
                 continue
             for index, outcome in enumerate(part, start):
                 if isinstance(outcome, _Failed):
@@ -396,7 +397,7 @@ class Batcher:
                 request.unanswered -= stop - start
                 if request.unanswered == 0:
                     request.done = True
-                    request.future.set_result(request.outputs)
+                    _settle(request.future, request.outputs)
 
     def _fail_batch(self, batch: _Batch, error: BatchserveError) -> None:
         for request, _, _ in batch.slices:
@@ -412,6 +413,17 @@ class Batcher:
             self._fail(request, BackendError(f"model '{self.name}' is broken: {self.broken}"),
                        reason=None)
         self._queue.clear()
+
+
+def _settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException) -> None:
+    """Answer ``future`` unless its caller is already gone (cancelled): a caller's state must
+    never raise out of a worker loop."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _for_item(error: BatchserveError, index: int) -> BatchserveError:

@@ -90,6 +90,11 @@ class ModelRegistry:
         """Every model an operator wants served is ready (unloaded ones don't count)."""
         return all(model.ready for model in self._models.values() if model.state != "unloaded")
 
+    def broken(self) -> dict[str, str]:
+        """Served models whose batching loop stopped, and why: only a restart mends them."""
+        return {name: model.batcher.broken for name, model in self._models.items()
+                if model.batcher.broken is not None and model.state != "unloaded"}
+
     async def load_all(self) -> None:
         """Load every model, one at a time; a failure leaves the others serving."""
         for model in list(self._models.values()):

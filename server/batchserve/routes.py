@@ -90,9 +90,13 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     async def get_model(name: str) -> dict[str, Any]:
         return _model_info(registry.get(name))
 
-    @router.get("/healthz", summary="Liveness: the process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    @router.get("/healthz", summary="Liveness: 200 while the process answers and no model's "
+                "batching loop has stopped (503 names the broken ones: restart the process)")
+    async def healthz() -> JSONResponse:
+        broken = registry.broken()
+        if broken:
+            return JSONResponse({"status": "broken", "models": broken}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed")
     async def readyz() -> JSONResponse:
