@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from batchserve.batcher import Batcher
+from batchserve.errors import InvalidInput
 from batchserve.metrics import Metrics
 from fastapi.testclient import TestClient
 
@@ -69,3 +70,20 @@ def test_a_broken_batching_loop_fails_liveness_naming_the_model(diabetes_client:
     assert live.status_code == 503
     assert live.json() == {"status": "broken", "models": {"echo": "batching loop stopped: test"}}
     assert diabetes_client.get("/readyz").status_code == 503
+
+
+async def _no_rows() -> None:
+    batcher = make(lambda rows: [row * 2 for row in rows], max_wait_ms=50)
+    with pytest.raises(InvalidInput, match="no items"):
+        batcher.check_admission(0)
+    empty = asyncio.ensure_future(batcher.infer([], timeout_s=5))
+    other = asyncio.ensure_future(batcher.infer([1], timeout_s=5))
+    with pytest.raises(InvalidInput, match="no items"):
+        await empty
+    assert await other == [2]
+    assert batcher.queued_rows == 0
+    await batcher.close(1)
+
+
+def test_a_request_of_no_rows_is_refused_at_once() -> None:
+    asyncio.run(asyncio.wait_for(_no_rows(), 30))

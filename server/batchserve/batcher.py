@@ -211,6 +211,10 @@ class Batcher:
         if self._closing:
             self._metrics.rejected["shutdown"].inc()
             raise ShuttingDown(f"model '{self.name}' is shutting down")
+        if count == 0:
+            # Nothing to compute: refused at once (a request with no rows would never be
+            # dispatched, and would wait out its deadline).
+            raise InvalidInput("request has no items; send at least one")
         if count > self.max_queue:
             raise InvalidInput(
                 f"request has {count} items; model '{self.name}' accepts at most "
