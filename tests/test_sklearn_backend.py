@@ -85,3 +85,21 @@ def test_not_an_estimator_fails_to_load(tmp_path: Path) -> None:
         states = client.get("/readyz").json()["models"]
         assert "holds a dict, not an estimator" in states["dict"]["reason"]
         assert "cannot load" in states["junk"]["reason"]
+
+
+def test_a_non_finite_output_fails_its_row_alone(tmp_path: Path) -> None:
+    from batchserve.errors import RowError
+
+    estimator = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+    estimator.coef_[:] = 1e308  # finite features, but x = 10 overflows to inf
+    joblib.dump(estimator, tmp_path / "overflow.joblib")
+    with make_client(tmp_path, [{"name": "overflow", "backend": "sklearn",
+                                 "path": str(tmp_path / "overflow.joblib")}]) as client:
+        wait_ready(client)
+        backend = client.app.state.batchserve.registry.get("overflow").backend  # type: ignore[attr-defined]
+        outputs = backend.predict_batch([[0.0], [10.0], [0.0]])
+        assert isinstance(outputs[1], RowError) and "not finite" in outputs[1].error.message
+        assert [outputs[0], outputs[2]] == pytest.approx([estimator.intercept_] * 2)
+        response = client.post("/predict", json={"model": "overflow", "inputs": [[0.0], [10.0]]})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"].startswith("item 1: the model's output is not finite")

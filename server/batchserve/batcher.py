@@ -28,7 +28,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from batchserve.errors import (
@@ -39,45 +38,17 @@ from batchserve.errors import (
     DeadlineExceeded,
     InvalidInput,
     QueueFull,
+    RowError,
     ShuttingDown,
 )
+from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, for_item, run_batch, settle
 from batchserve.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
-PredictBatch = Callable[[list[Any]], Sequence[Any]]
 WATCH_AFTER_S = 0.05  # see Batcher.infer
 _GAP_EWMA_WEIGHT = 0.25  # weight of the newest inter-arrival gap in the running mean
 _BATCH_EWMA_WEIGHT = 0.25  # weight of the newest batch duration in the running mean
-
-
-@dataclass(eq=False, slots=True)
-class _Request:
-    """One admitted request: its rows, where they stand, and the future its caller awaits."""
-
-    rows: Sequence[Any]
-    deadline_s: float  # on the time.monotonic() clock
-    enqueued_s: float
-    future: asyncio.Future[list[Any]]
-    outputs: list[Any]
-    unanswered: int  # rows whose outputs have not arrived yet
-    next_row: int = 0  # first row not yet dispatched
-    done: bool = False  # answered, failed, expired or abandoned
-    watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
-    timer: asyncio.TimerHandle | None = None  # the next check of deadline and watch
-
-
-@dataclass(slots=True)
-class _Failed:
-    """What a row produced when ``predict_batch`` raised on it alone."""
-
-    error: BatchserveError
-
-
-@dataclass(slots=True)
-class _Batch:
-    rows: list[Any] = field(default_factory=list)
-    slices: list[tuple[_Request, int, int]] = field(default_factory=list)
 
 
 class Batcher:
@@ -101,7 +72,7 @@ class Batcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.instances = instances
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[Request] = deque()
         self._queued_rows = 0
         self._arrival = asyncio.Event()
         self._last_arrival_s: float | None = None
@@ -186,7 +157,7 @@ class Batcher:
             if request.watcher is not None:
                 request.watcher.cancel()
 
-    def _on_timer(self, request: _Request, timeout_s: float,
+    def _on_timer(self, request: Request, timeout_s: float,
                   disconnected: Callable[[], Awaitable[object]] | None) -> None:
         """One timer per request: first to start the disconnect watch, then for the deadline."""
         if request.done:
@@ -225,7 +196,7 @@ class Batcher:
             raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
                             f"{self.max_queue}); retry later")
 
-    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> _Request:
+    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> Request:
         """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""
         self.check_admission(len(rows))
         now = time.monotonic()
@@ -235,7 +206,7 @@ class Batcher:
             self._gap_ewma_s = gap if previous is None else (
                 previous + _GAP_EWMA_WEIGHT * (gap - previous))
         self._last_arrival_s = now
-        request = _Request(
+        request = Request(
             rows=rows, deadline_s=now + timeout_s, enqueued_s=now,
             future=asyncio.get_running_loop().create_future(),
             outputs=[None] * len(rows), unanswered=len(rows),
@@ -245,7 +216,7 @@ class Batcher:
         self._arrival.set()
         return request
 
-    def _fail(self, request: _Request, error: BatchserveError | None, *, reason: str | None) -> None:
+    def _fail(self, request: Request, error: BatchserveError | None, *, reason: str | None) -> None:
         """Stop serving ``request``: rows not yet dispatched never run; its caller gets ``error``
         (``None``: the caller is gone). ``reason`` is counted in ``batchserve_rejected_total``."""
         if request.done:
@@ -257,9 +228,9 @@ class Batcher:
         if error is None:
             request.future.cancel()
         else:
-            _settle(request.future, error)
+            settle(request.future, error)
 
-    def _unqueue(self, request: _Request) -> None:
+    def _unqueue(self, request: Request) -> None:
         left = len(request.rows) - request.next_row
         if left:
             request.next_row = len(request.rows)
@@ -271,7 +242,7 @@ class Batcher:
         gap = self._gap_ewma_s
         return gap is not None and gap < self.max_wait_s
 
-    async def _next_batch(self) -> tuple[_Batch, str] | None:
+    async def _next_batch(self) -> tuple[Batch, str] | None:
         """Wait until a batch should go, then take it; ``None`` once closed and empty."""
         while True:
             self._drop_dead_head()
@@ -301,8 +272,8 @@ class Batcher:
         while self._queue and self._queue[0].done:
             self._queue.popleft()
 
-    def _take(self) -> _Batch:
-        batch = _Batch()
+    def _take(self) -> Batch:
+        batch = Batch()
         now = time.monotonic()
         while self._queue and len(batch.rows) < self.max_batch_size:
             request = self._queue[0]
@@ -343,13 +314,13 @@ class Batcher:
             self._metrics.batch_size.observe(len(batch.rows))
             started = time.perf_counter()
             try:
-                outcomes = await loop.run_in_executor(self._pool, self._compute, batch.rows)
+                outcomes = await loop.run_in_executor(
+                    self._pool, run_batch, self._predict_batch, batch.rows, self.name)
             except asyncio.CancelledError:
                 self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
                 raise
-            except BatchserveError as exc:
-                log.error("model %s: %s", self.name, exc.message)
-                self._fail_batch(batch, exc)
+            except BatchFailed as failed:  # logged where it was raised
+                self._fail_batch(batch, failed.error)
                 continue
             except BaseException as exc:  # keep the loop alive whatever the backend does
                 log.exception("model %s: batch of %d rows failed", self.name, len(batch.rows))
@@ -362,27 +333,7 @@ class Batcher:
                 self._batch_ewma_s += _BATCH_EWMA_WEIGHT * (elapsed - self._batch_ewma_s)
             self._deliver(batch, outcomes)
 
-    def _compute(self, rows: list[Any]) -> list[Any]:
-        """Run on an executor thread: predict, bisecting to isolate rows that raise."""
-        try:
-            outputs = self._predict_batch(rows)
-        except Exception as exc:
-            if len(rows) > 1:
-                middle = len(rows) // 2
-                return self._compute(rows[:middle]) + self._compute(rows[middle:])
-            if isinstance(exc, BatchserveError):
-                return [_Failed(exc)]
-            log.error("model %s: predict_batch raised on a row", self.name, exc_info=exc)
-            return [_Failed(BackendError(f"model '{self.name}' failed: {type(exc).__name__}"))]
-        if len(outputs) != len(rows):
-            backend = getattr(self._predict_batch, "__qualname__", type(self._predict_batch).__qualname__)
-            raise BackendContractError(
-                f"{backend} (model '{self.name}') returned {len(outputs)} outputs for "
-                f"{len(rows)} rows; predict_batch must return exactly one output per row"
-            )
-        return list(outputs)
-
-    def _deliver(self, batch: _Batch, outcomes: list[Any]) -> None:
+    def _deliver(self, batch: Batch, outcomes: list[Any]) -> None:
         offset = 0
         for request, start, stop in batch.slices:
             part = outcomes[offset : offset + stop - start]
@@ -393,17 +344,20 @@ class Batcher:
                 self._fail(request, None, reason=None)
                 continue
             for index, outcome in enumerate(part, start):
-                if isinstance(outcome, _Failed):
-                    self._fail(request, _for_item(outcome.error, index), reason=None)
+                if isinstance(outcome, RowError):
+                    error = outcome.error if isinstance(outcome.error, BatchserveError) else (
+                        BackendContractError(f"model '{self.name}': RowError must hold a "
+                                             f"BatchserveError, not {type(outcome.error).__name__}"))
+                    self._fail(request, for_item(error, index), reason=None)
                     break
                 request.outputs[index] = outcome
             else:
                 request.unanswered -= stop - start
                 if request.unanswered == 0:
                     request.done = True
-                    _settle(request.future, request.outputs)
+                    settle(request.future, request.outputs)
 
-    def _fail_batch(self, batch: _Batch, error: BatchserveError) -> None:
+    def _fail_batch(self, batch: Batch, error: BatchserveError) -> None:
         for request, _, _ in batch.slices:
             self._fail(request, error, reason=None)
 
@@ -417,19 +371,3 @@ class Batcher:
             self._fail(request, BackendError(f"model '{self.name}' is broken: {self.broken}"),
                        reason=None)
         self._queue.clear()
-
-
-def _settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException) -> None:
-    """Answer ``future`` unless its caller is already gone (cancelled): a caller's state must
-    never raise out of a worker loop."""
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
-
-
-def _for_item(error: BatchserveError, index: int) -> BatchserveError:
-    """The same error, its message naming the request's item."""
-    return type(error)(f"item {index}: {error.message}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from batchserve.backends.base import Backend, LoadError
-from batchserve.errors import InvalidInput
+from batchserve.errors import InvalidInput, RowError
 from batchserve.v2.tensors import Tensor
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from batchserve.metrics import ModelMetrics
 
 _NUMBER = (int, float)
+_NOT_FINITE = RowError(InvalidInput("the model's output is not finite: features out of its range?"))
 
 
 class SklearnOptions(BaseModel):
@@ -117,17 +118,24 @@ class SklearnBackend(Backend):
             matrix, columns=self._feature_names)
         if self._classes is not None:
             probabilities = self._estimator.predict_proba(features)
+            finite = numpy.isfinite(probabilities).all(axis=1)
             return [
                 {"label": self._classes[int(p.argmax())],
                  "scores": {str(c): float(v) for c, v in zip(self._classes, p, strict=True)}}
-                for p in probabilities
+                if ok else _NOT_FINITE
+                for p, ok in zip(probabilities, finite.tolist(), strict=True)
             ]
-        predictions = self._estimator.predict(features)
-        if predictions.dtype.kind == "f" and not numpy.isfinite(predictions).all():
-            # JSON has no infinities (they would become null): refuse, and bisection in the
-            # batcher narrows it to the rows that caused it.
-            raise InvalidInput("the model's output is not finite: features out of its range?")
+        with numpy.errstate(over="ignore", invalid="ignore"):  # non-finite rows are checked below
+            predictions = self._estimator.predict(features)
         result: list[Any] = predictions.tolist()
+        if predictions.dtype.kind == "f":
+            # JSON has no infinities (they would become null): those rows alone fail.
+            finite = numpy.isfinite(predictions)
+            if predictions.ndim > 1:
+                finite = finite.reshape(len(predictions), -1).all(axis=1)
+            if not finite.all():
+                for index in numpy.flatnonzero(~finite).tolist():
+                    result[index] = _NOT_FINITE
         return result
 
     def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
