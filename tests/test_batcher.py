@@ -372,7 +372,7 @@ async def test_instances_run_batches_concurrently() -> None:
 async def test_rows_that_cannot_finish_before_their_deadline_are_not_started() -> None:
     fake = Fake()
     batcher, metrics = make(fake)
-    batcher._batch_ewma_s = 1.0  # as if recent batches took a second each
+    batcher.load.batch_s = 1.0  # as if recent batches took a second each
     started = asyncio.get_running_loop().time()
     with pytest.raises(DeadlineExceeded, match="would pass before a batch could finish"):
         await batcher.infer([99], timeout_s=0.5)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,18 +38,18 @@ from batchserve.errors import (
     ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
+    Overloaded,
     QueueFull,
     RowError,
     ShuttingDown,
 )
 from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, for_item, run_batch, settle
+from batchserve.load import RecentLoad
 from batchserve.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
 WATCH_AFTER_S = 0.05  # see Batcher.infer
-_GAP_EWMA_WEIGHT = 0.25  # weight of the newest inter-arrival gap in the running mean
-_BATCH_EWMA_WEIGHT = 0.25  # weight of the newest batch duration in the running mean
 
 
 class Batcher:
@@ -75,9 +76,7 @@ class Batcher:
         self._queue: deque[Request] = deque()
         self._queued_rows = 0
         self._arrival = asyncio.Event()
-        self._last_arrival_s: float | None = None
-        self._gap_ewma_s: float | None = None
-        self._batch_ewma_s = 0.0  # recent time per batch: a row with less time left can't make it
+        self.load = RecentLoad()
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -130,11 +129,14 @@ class Batcher:
         rows: Sequence[Any],
         *,
         timeout_s: float,
+        deadline_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> list[Any]:
         """Run ``rows`` through the model and return their outputs, in order.
 
-        Raises ``DeadlineExceeded`` when ``timeout_s`` passes first (rows not yet
+        The deadline is ``deadline_s`` (on the ``time.monotonic()`` clock) when given, else
+        ``timeout_s`` from now. Raises what ``check_admission`` raises, at once;
+        ``DeadlineExceeded`` when the deadline passes first (rows not yet
         dispatched are never computed), ``ClientDisconnected`` when the awaitable
         made by ``disconnected`` completes first, and the row's error when the
         backend failed on it.
@@ -143,10 +145,11 @@ class Batcher:
         model spends per row; so the watch starts only once the request has
         waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
         """
-        request = self.submit(rows, timeout_s=timeout_s)
-        first_s = min(WATCH_AFTER_S, timeout_s) if disconnected is not None else timeout_s
+        request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
+        left_s = request.deadline_s - request.enqueued_s
+        first_s = min(WATCH_AFTER_S, left_s) if disconnected is not None else left_s
         request.timer = asyncio.get_running_loop().call_later(
-            first_s, self._on_timer, request, timeout_s, disconnected)
+            first_s, self._on_timer, request, left_s, disconnected)
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -165,7 +168,7 @@ class Batcher:
         left_s = request.deadline_s - time.monotonic()
         if left_s <= 0:
             self._fail(request, DeadlineExceeded(
-                f"deadline of {timeout_s * 1000:.0f} ms passed before the rows ran"),
+                f"deadline ({timeout_s * 1000:.0f} ms after admission) passed before the rows ran"),
                 reason="deadline")
             return
         if disconnected is not None:
@@ -176,9 +179,13 @@ class Batcher:
         request.timer = asyncio.get_running_loop().call_later(
             left_s, self._on_timer, request, timeout_s, None)
 
-    def check_admission(self, count: int) -> None:
+    def check_admission(self, count: int, deadline_s: float | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
-        so that an overloaded server does not decode inputs only to turn them away."""
+        so that an overloaded server does not decode inputs only to turn them away.
+
+        With ``deadline_s`` (``time.monotonic()`` clock), a request whose rows could not start
+        before it, at the model's recent rate, is refused (``Overloaded``) rather than left
+        to wait out its deadline for a 504."""
         if self._closing:
             self._metrics.rejected["shutdown"].inc()
             raise ShuttingDown(f"model '{self.name}' is shutting down")
@@ -195,19 +202,39 @@ class Batcher:
             self._metrics.rejected["queue_full"].inc()
             raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
                             f"{self.max_queue}); retry later")
+        if deadline_s is not None:
+            self._check_wait(deadline_s)
 
-    def submit(self, rows: Sequence[Any], *, timeout_s: float) -> Request:
-        """Admit ``rows`` or refuse at once (503 when closing or the queue is full)."""
-        self.check_admission(len(rows))
+    def predicted_wait_s(self) -> float | None:
+        """How long the rows queued now would take to dispatch, at the best rate the model
+        showed recently (optimistic, so that it refuses only what surely can't start in
+        time); ``None`` before any batch has run (cold start), 0 with nothing queued."""
+        if not self._queued_rows:
+            return 0.0
+        rate = self.load.best_rate()
+        return None if rate is None else self._queued_rows / (self.instances * rate)
+
+    def _check_wait(self, deadline_s: float) -> None:
+        wait_s = self.predicted_wait_s()
+        if not wait_s:  # a lone request on an idle server, or no estimate yet: never refused
+            return
+        left_s = deadline_s - time.monotonic()
+        if wait_s < left_s:
+            return
+        self._metrics.rejected["overloaded"].inc()
+        raise Overloaded(
+            f"model '{self.name}' has {self._queued_rows} rows queued; at its recent rate they "
+            f"take ~{wait_s:.2f} s to start, past this request's deadline ({max(left_s, 0):.2f} s "
+            "left); retry later", retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
+    def submit(self, rows: Sequence[Any], *, timeout_s: float,
+               deadline_s: float | None = None) -> Request:
+        """Admit ``rows`` or refuse at once, as ``check_admission`` does."""
         now = time.monotonic()
-        if self._last_arrival_s is not None:
-            gap = now - self._last_arrival_s
-            previous = self._gap_ewma_s
-            self._gap_ewma_s = gap if previous is None else (
-                previous + _GAP_EWMA_WEIGHT * (gap - previous))
-        self._last_arrival_s = now
+        deadline_s = now + timeout_s if deadline_s is None else deadline_s
+        self.check_admission(len(rows), deadline_s)
+        self.load.arrived(now)
         request = Request(
-            rows=rows, deadline_s=now + timeout_s, enqueued_s=now,
+            rows=rows, deadline_s=deadline_s, enqueued_s=now,
             future=asyncio.get_running_loop().create_future(),
             outputs=[None] * len(rows), unanswered=len(rows),
         )
@@ -238,10 +265,6 @@ class Batcher:
 
     # -- batch formation -------------------------------------------------------------------
 
-    def _company_expected(self) -> bool:
-        gap = self._gap_ewma_s
-        return gap is not None and gap < self.max_wait_s
-
     async def _next_batch(self) -> tuple[Batch, str] | None:
         """Wait until a batch should go, then take it; ``None`` once closed and empty."""
         while True:
@@ -254,7 +277,7 @@ class Batcher:
                 continue
             if self._queued_rows >= self.max_batch_size:
                 trigger = "full"
-            elif self.max_wait_s <= 0 or self._closing or not self._company_expected():
+            elif self.max_wait_s <= 0 or self._closing or not self.load.company_expected(self.max_wait_s):
                 trigger = "idle"
             else:
                 left_s = self._queue[0].enqueued_s + self.max_wait_s - time.monotonic()
@@ -280,13 +303,13 @@ class Batcher:
             if request.done:
                 self._queue.popleft()
                 continue
-            if now + self._batch_ewma_s >= request.deadline_s:
+            if now + self.load.batch_s >= request.deadline_s:
                 # Past its deadline, or would pass it while the batch runs: computing it would
                 # only take the executor from requests that can still be answered in time.
                 self._queue.popleft()
                 self._fail(request, DeadlineExceeded(
                     "deadline passed, or would pass before a batch could finish "
-                    f"(batches take ~{self._batch_ewma_s * 1000:.0f} ms), before the rows ran"),
+                    f"(batches take ~{self.load.batch_s * 1000:.0f} ms), before the rows ran"),
                     reason="deadline")
                 continue
             start = request.next_row
@@ -330,7 +353,7 @@ class Batcher:
             finally:
                 elapsed = time.perf_counter() - started
                 self._metrics.batch_duration.observe(elapsed)
-                self._batch_ewma_s += _BATCH_EWMA_WEIGHT * (elapsed - self._batch_ewma_s)
+                self.load.batch_ran(len(batch.rows), elapsed)
             self._deliver(batch, outcomes)
 
     def _deliver(self, batch: Batch, outcomes: list[Any]) -> None:

@@ -89,6 +89,13 @@ class QueueFull(Unavailable):
     type = "queue_full"
 
 
+class Overloaded(Unavailable):
+    """The rows queued ahead would not let this request start before its deadline at the
+    model's recent rate; ``Retry-After`` says when they would."""
+
+    type = "overloaded"
+
+
 class ShuttingDown(Unavailable):
     type = "shutting_down"
 

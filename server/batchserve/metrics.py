@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
-REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
+REJECT_REASONS = ("queue_full", "overloaded", "deadline", "cancelled", "shutdown")
 DISPATCH_TRIGGERS = ("full", "timer", "idle")
 
 

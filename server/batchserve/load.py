@@ -1,0 +1,45 @@
+"""What a batcher knows of its recent traffic and speed: running means it decides by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GAP_WEIGHT = 0.25  # weight of the newest inter-arrival gap in its running mean
+BATCH_WEIGHT = 0.25  # weight of the newest batch in the running means of duration and rate
+
+
+def _mean(previous: float | None, value: float, weight: float) -> float:
+    """An exponentially weighted moving average; the first value starts it."""
+    return value if previous is None else previous + weight * (value - previous)
+
+
+@dataclass(slots=True)
+class RecentLoad:
+    gap_s: float | None = None
+    """Mean gap between arrivals; ``None`` until two requests arrived."""
+    batch_s: float = 0.0
+    """Mean time per batch: a row with less time left than this can't make its deadline."""
+    rates: dict[int, float] = field(default_factory=dict)
+    """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
+    _last_arrival_s: float | None = None
+
+    def arrived(self, now_s: float) -> None:
+        if self._last_arrival_s is not None:
+            self.gap_s = _mean(self.gap_s, now_s - self._last_arrival_s, GAP_WEIGHT)
+        self._last_arrival_s = now_s
+
+    def company_expected(self, max_wait_s: float) -> bool:
+        """Requests arrive faster than ``max_wait_s`` apart: waiting for company pays."""
+        return self.gap_s is not None and self.gap_s < max_wait_s
+
+    def batch_ran(self, rows: int, elapsed_s: float) -> None:
+        self.batch_s += BATCH_WEIGHT * (elapsed_s - self.batch_s)
+        if elapsed_s > 0 and rows > 0:
+            # By size class, so that small batches (low load) don't hide the rate that full
+            # ones reach, which is the rate a long queue drains at.
+            size_class = rows.bit_length()
+            self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
+
+    def best_rate(self) -> float | None:
+        """The best recent rows/s of one instance; ``None`` before any batch ran."""
+        return max(self.rates.values()) if self.rates else None
