@@ -80,7 +80,6 @@ class Batcher:
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
-        metrics.watch_queue(lambda: self._queued_rows)
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
 
@@ -121,6 +120,11 @@ class Batcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def closing(self) -> bool:
+        """``close`` was called: new rows are refused."""
+        return self._closing
 
     # -- admission -------------------------------------------------------------------------
 

@@ -80,10 +80,7 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
         except ValidationError as exc:
             raise MalformedRequest("; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
-        update = changes.model_dump(exclude_none=True)
-        model.config = model.config.model_copy(update=update)
-        model.batcher.reconfigure(max_batch_size=model.config.max_batch_size,
-                                  max_wait_ms=model.config.max_wait_ms, max_queue=model.config.max_queue)
+        model = registry.configure(name, changes.model_dump(exclude_none=True))  # outlives reloads
         return {"name": name, "config": model.config.model_dump(mode="json")}
 
 

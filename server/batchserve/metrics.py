@@ -31,6 +31,7 @@ class Metrics:
 
     def __init__(self, *, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._models: dict[str, ModelMetrics] = {}
         r = self.registry
         self.requests = Counter(
             "batchserve_requests", "Requests answered, by HTTP status code.",
@@ -73,7 +74,11 @@ class Metrics:
         )
 
     def for_model(self, model: str) -> ModelMetrics:
-        return ModelMetrics(self, model)
+        """The children of ``model``, bound once: every version of a model shares them."""
+        children = self._models.get(model)
+        if children is None:
+            children = self._models[model] = ModelMetrics(self, model)
+        return children
 
 
 class ModelMetrics:
@@ -94,7 +99,8 @@ class ModelMetrics:
         self.model_ready.set(0)
 
     def watch_queue(self, rows: Callable[[], float]) -> None:
-        """Report ``rows()`` as the queued-rows gauge, read at scrape time (free on the hot path)."""
+        """Report ``rows()`` as the queued-rows gauge, read at scrape time (free on the hot path);
+        the registry binds it to the version that serves the model."""
         self._metrics.queue_rows.labels(self._model).set_function(rows)
 
     def count_request(self, code: int) -> None:

@@ -60,11 +60,20 @@ def artifact_sha256(path: Path) -> str:
 
 class ModelRegistry:
     """The served models: built from their configs, loaded in the background, and loaded,
-    reloaded or unloaded by name at run time (``server/management.py``)."""
+    reloaded or unloaded by name at run time (``batchserve/management.py``).
+
+    A name's metrics (its ``model_ready`` and queue gauges) tell the version that serves it:
+    they are bound when a version is installed, not when it is built, so they stay true while
+    a new version loads and after one fails to. Loads, reloads and unloads of one name run one
+    at a time (a lock per name), the startup load included."""
 
     def __init__(self, configs: list[ModelConfig], metrics: Metrics) -> None:
         self._metrics = metrics
-        self._models = {config.name: self._build(config) for config in configs}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, ServedModel] = {}
+        for config in configs:
+            self._install(self._build(config))
 
     def _build(self, config: ModelConfig) -> ServedModel:
         model_metrics = self._metrics.for_model(config.name)
@@ -76,6 +85,20 @@ class ModelRegistry:
         )
         return ServedModel(config, backend, batcher, model_metrics)
 
+    def _install(self, model: ServedModel) -> None:
+        """Make ``model`` the version serving its name, settings changed by PATCH applied, and
+        bind its name's gauges to it (read at scrape time)."""
+        name = model.config.name
+        self._models[name] = model
+        if name in self._overrides:
+            _apply(model, self._overrides[name])
+        batcher = model.batcher
+        model.metrics.watch_queue(lambda: batcher.queued_rows)
+        model.metrics.model_ready.set_function(lambda: 1.0 if model.ready else 0.0)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(list(self._models.values()))
 
@@ -83,6 +106,29 @@ class ModelRegistry:
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"unknown model {name!r:.80}; known models: {sorted(self._models)}")
+        return model
+
+    def current(self, model: ServedModel) -> ServedModel | None:
+        """The ready version now serving ``model``'s name, when a reload replaced ``model``;
+        else ``None``. A request that found ``model`` before the swap moves to it."""
+        current = self._models.get(model.config.name)
+        return current if current is not None and current is not model and current.ready else None
+
+    def admit(self, model: ServedModel, count: int, deadline_s: float | None = None) -> ServedModel:
+        """``check_admission`` of ``count`` rows, on the version that serves ``model``'s name
+        now: one that a reload is retiring hands its requests to its successor (as the
+        pipeline retries after preprocessing) rather than refusing them with a 503."""
+        while model.batcher.closing and (successor := self.current(model)) is not None:
+            model = successor
+        model.batcher.check_admission(count, deadline_s)
+        return model
+
+    def configure(self, name: str, changes: dict[str, Any]) -> ServedModel:
+        """Change a running model's batcher settings (PATCH); they outlive reloads of ``name``
+        (over the repository file's values) until the process restarts."""
+        model = self.get(name)
+        self._overrides[name] = {**self._overrides.get(name, {}), **changes}
+        _apply(model, changes)
         return model
 
     @property
@@ -98,7 +144,10 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load every model, one at a time; a failure leaves the others serving."""
         for model in list(self._models.values()):
-            await self._load(model)
+            async with self._lock(model.config.name):
+                # A management load or unload of this name may have come first.
+                if self._models.get(model.config.name) is model and model.state == "loading":
+                    await self._load(model)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic
         # GC's full collections, which otherwise stall the event loop for tens of ms.
         gc.freeze()
@@ -116,35 +165,35 @@ class ModelRegistry:
             return
         model.batcher.start()
         model.state, model.reason = "ready", None
-        model.metrics.model_ready.set(1)
         log.info("model %s ready", model.config.name)
 
     async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
         """Load (or reload) a model; the old one, if any, keeps serving until the new one is
-        ready, then drains what it admitted within ``grace_s`` and is unloaded."""
-        model = self._build(config)
-        await self._load(model)
-        if model.state != "ready":
+        ready, then drains what it admitted within ``grace_s`` and is unloaded. A failed load
+        leaves the old one serving (and is returned, not installed)."""
+        async with self._lock(config.name):
+            model = self._build(config.model_copy(update=self._overrides.get(config.name, {})))
+            await self._load(model)
+            if model.state != "ready":
+                return model
+            old = self._models.get(config.name)
+            self._install(model)
+            if old is not None:
+                await self._retire(old, grace_s)
             return model
-        old = self._models.get(config.name)
-        self._models[config.name] = model
-        if old is not None:
-            await self._retire(old, grace_s)
-            model.metrics.model_ready.set(1)
-        return model
 
     async def unload(self, name: str, grace_s: float) -> ServedModel:
         """Stop serving ``name``: new requests get 503, admitted ones finish within ``grace_s``."""
-        model = self.get(name)
-        await self._retire(model, grace_s)
-        model.state, model.reason = "unloaded", "unloaded by the management API"
-        return model
+        async with self._lock(name):
+            model = self.get(name)
+            await self._retire(model, grace_s)
+            model.reason = "unloaded by the management API"
+            return model
 
     async def _retire(self, model: ServedModel, grace_s: float) -> None:
         was_ready = model.state == "ready"
         model.state = "unloaded"  # refuse new requests at once
         await model.batcher.close(grace_s)
-        model.metrics.model_ready.set(0)
         if was_ready:
             await asyncio.to_thread(model.backend.unload)
 
@@ -152,9 +201,15 @@ class ModelRegistry:
         """Drain every batcher within ``grace_s`` (together), then unload the backends."""
         await asyncio.gather(*(m.batcher.close(grace_s) for m in self._models.values()))
         for model in self._models.values():
-            model.metrics.model_ready.set(0)
+            model.metrics.model_ready.set_function(lambda: 0.0)
             if model.state == "ready":
                 await asyncio.to_thread(model.backend.unload)
+
+
+def _apply(model: ServedModel, changes: dict[str, Any]) -> None:
+    model.config = model.config.model_copy(update=changes)
+    model.batcher.reconfigure(max_batch_size=model.config.max_batch_size,
+                              max_wait_ms=model.config.max_wait_ms, max_queue=model.config.max_queue)
 
 
 def _load(model: ServedModel) -> None:

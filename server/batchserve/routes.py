@@ -146,7 +146,7 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
 
 
 async def run_items(state: AppState, model: ServedModel, items: list[Any], parameters: Mapping[str, Any],
-                    headers: RequestHeaders, receive: Receive) -> list[Any]:
+                    headers: RequestHeaders, receive: Receive, deadline_s: float | None = None) -> list[Any]:
     """Validate and preprocess ``items``, run them through the model's batcher, return the outputs.
 
     Every protocol (/predict, v2) ends here, so their rows share one batcher per model.
@@ -154,23 +154,24 @@ async def run_items(state: AppState, model: ServedModel, items: list[Any], param
     if len(items) > state.settings.max_items:
         raise TooManyItems(f"request has {len(items)} items; at most {state.settings.max_items} "
                            "per request (BATCHSERVE_MAX_ITEMS)")
+    if deadline_s is None:
+        deadline_s = time.monotonic() + _timeout_s(headers.timeout_ms, model)
+    # Admitted (or refused, 503) before preprocessing: don't decode what the queue would refuse.
+    # A request that found a version being swapped out by a reload is admitted by the new one.
+    model = state.registry.admit(model, len(items), deadline_s)
     backend = model.backend
     parsed = backend.parse_parameters(parameters)
     if backend.preprocess_in_thread:
-        model.batcher.check_admission(len(items))  # don't decode what the queue would refuse
         rows = await run_in_threadpool(_preprocess, backend, items, parsed)
     else:
         rows = _preprocess(backend, items, parsed)
-    try:
-        return await model.batcher.infer(rows, timeout_s=_timeout_s(headers.timeout_ms, model),
-                                         disconnected=_disconnect_waiter(receive))
-    except ShuttingDown:
+    current = state.registry.current(model) if model.batcher.closing else None
+    if current is not None and not state.draining:
         # Reloaded (management API) while this request was being preprocessed: the new model
-        # serves it, rather than a 503.
-        current = state.registry.get(model.config.name)
-        if current is model or not current.ready or state.draining:
-            raise
-        return await run_items(state, current, items, parameters, headers, receive)
+        # preprocesses and serves it, rather than a 503.
+        return await run_items(state, current, items, parameters, headers, receive, deadline_s)
+    return await model.batcher.infer(rows, timeout_s=max(deadline_s - time.monotonic(), 0.0),
+                                     deadline_s=deadline_s, disconnected=_disconnect_waiter(receive))
 
 
 class RequestHeaders:

@@ -9,6 +9,7 @@ or make it fail on chosen inputs or at load.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,22 +27,38 @@ class EchoOptions(BaseModel):
     load_delay_ms: float = 0.0
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
+    hold_until: str | None = None
+    """A file: ``predict_batch`` waits (up to 30 s) until it exists."""
+
+
+LOADED: dict[str, int] = {}
+"""Copies of each model (by name) loaded or loading and not yet unloaded, in this process."""
+PEAK: dict[str, int] = {}
+"""The most copies of each model that were loaded or loading at once."""
 
 
 class EchoBackend(Backend):
     Options = EchoOptions
 
     def load(self, device: str) -> None:
+        name = self.config.name
+        LOADED[name] = LOADED.get(name, 0) + 1
+        PEAK[name] = max(PEAK.get(name, 0), LOADED[name])
         time.sleep(self.options.load_delay_ms / 1000)
         if self.options.fail_load:
+            LOADED[name] -= 1
             raise LoadError("told to fail at load")
         self.calls: list[list[float]] = []
 
     def warmup(self) -> None:
         record, self.options.record = self.options.record, None
+        hold, self.options.hold_until = self.options.hold_until, None
         self.predict_batch([0.0])
-        self.options.record = record
+        self.options.record, self.options.hold_until = record, hold
         self.calls.clear()
+
+    def unload(self) -> None:
+        LOADED[self.config.name] -= 1
 
     def preprocess(self, item: Any, parameters: Any) -> float:
         if type(item) not in (int, float) or not math.isfinite(item):
@@ -52,6 +69,10 @@ class EchoBackend(Backend):
         self.calls.append(list(rows))
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
+        if self.options.hold_until is not None:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(self.options.hold_until) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if self.options.delay_ms:
             time.sleep(self.options.delay_ms / 1000)
         if self.options.record:
