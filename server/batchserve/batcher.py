@@ -17,6 +17,10 @@ When a batch goes (the ``trigger`` label of ``batchserve_dispatch_total``):
 
 Rows that arrive while every worker is busy join the next batch, so batches
 fill under load even with ``max_wait_ms = 0`` (the default).
+
+Admission refuses at once (503) when closing, when the queue is full, or when the rows
+queued ahead, at the model's best recent rate (``load.py``), would not let a request
+start before its deadline. Running a batch and its per-row errors: ``execution.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from batchserve.errors import (
-    BackendContractError,
     BackendError,
     BatchserveError,
     ClientDisconnected,
@@ -43,7 +46,7 @@ from batchserve.errors import (
     RowError,
     ShuttingDown,
 )
-from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, for_item, run_batch, settle
+from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, row_failure, run_batch, settle
 from batchserve.load import RecentLoad
 from batchserve.metrics import ModelMetrics
 
@@ -193,15 +196,11 @@ class Batcher:
         if self._closing:
             self._metrics.rejected["shutdown"].inc()
             raise ShuttingDown(f"model '{self.name}' is shutting down")
-        if count == 0:
-            # Nothing to compute: refused at once (a request with no rows would never be
-            # dispatched, and would wait out its deadline).
+        if count == 0:  # would never be dispatched, and would wait out its deadline
             raise InvalidInput("request has no items; send at least one")
         if count > self.max_queue:
-            raise InvalidInput(
-                f"request has {count} items; model '{self.name}' accepts at most "
-                f"{self.max_queue} per request (max_queue)"
-            )
+            raise InvalidInput(f"request has {count} items; model '{self.name}' accepts at most "
+                               f"{self.max_queue} per request (max_queue)")
         if self._queued_rows + count > self.max_queue:
             self._metrics.rejected["queue_full"].inc()
             raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
@@ -230,6 +229,7 @@ class Batcher:
             f"model '{self.name}' has {self._queued_rows} rows queued; at its recent rate they "
             f"take ~{wait_s:.2f} s to start, past this request's deadline ({max(left_s, 0):.2f} s "
             "left); retry later", retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
+
     def submit(self, rows: Sequence[Any], *, timeout_s: float,
                deadline_s: float | None = None) -> Request:
         """Admit ``rows`` or refuse at once, as ``check_admission`` does."""
@@ -372,10 +372,7 @@ class Batcher:
                 continue
             for index, outcome in enumerate(part, start):
                 if isinstance(outcome, RowError):
-                    error = outcome.error if isinstance(outcome.error, BatchserveError) else (
-                        BackendContractError(f"model '{self.name}': RowError must hold a "
-                                             f"BatchserveError, not {type(outcome.error).__name__}"))
-                    self._fail(request, for_item(error, index), reason=None)
+                    self._fail(request, row_failure(outcome, index, self.name), reason=None)
                     break
                 request.outputs[index] = outcome
             else:

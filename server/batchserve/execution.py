@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 PredictBatch = Callable[[list[Any]], Sequence[Any]]
 
-_DEVICE_MARKERS = ("CUDA", "cuDNN", "CUBLAS", "out of memory", "device-side")
+_DEVICE_MARKERS = ("CUDA", "cuDNN", "CUBLAS", "out of memory", "can't allocate memory", "device-side")
 
 
 @dataclass(eq=False, slots=True)
@@ -153,6 +153,15 @@ def settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+def row_failure(outcome: RowError, index: int, model: str) -> BatchserveError:
+    """The error a request gets for its item ``index``, which failed as ``outcome``."""
+    error = outcome.error
+    if not isinstance(error, BatchserveError):  # a backend that broke the contract
+        error = BackendContractError(f"model '{model}': RowError must hold a BatchserveError, "
+                                     f"not {type(error).__name__}")
+    return for_item(error, index)
 
 
 def for_item(error: BatchserveError, index: int) -> BatchserveError:
