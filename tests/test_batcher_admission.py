@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from batchserve.batcher import Batcher
 from batchserve.errors import DeadlineExceeded, Overloaded
+from batchserve.load import RATE_AFTER_BATCHES
 from batchserve.metrics import Metrics
 
 SLEEP_S = 0.05  # each batch sleeps at least this: batches of 4 run at most 80 rows/s
@@ -67,7 +68,8 @@ def test_rows_that_cannot_start_before_their_deadline_are_refused_at_once() -> N
     async def main() -> None:
         backend = Slow()
         batcher, metrics = make(backend)
-        assert await batcher.infer([1, 2, 3, 4], timeout_s=30) == [2, 4, 6, 8]  # a rate: <= 80 rows/s
+        for _ in range(RATE_AFTER_BATCHES):  # a rate: <= 80 rows/s
+            assert await batcher.infer([1, 2, 3, 4], timeout_s=30) == [2, 4, 6, 8]
         waiting = await hold_and_queue(batcher, backend, 400)  # >= 5 s of work queued
         wait_s = batcher.predicted_wait_s()
         assert wait_s is not None and wait_s >= 400 / (4 / SLEEP_S)
@@ -90,11 +92,13 @@ def test_rows_that_cannot_start_before_their_deadline_are_refused_at_once() -> N
     run(main())
 
 
-def test_no_refusal_on_a_cold_start() -> None:
+def test_no_refusal_on_a_cold_start_or_from_too_few_batches() -> None:
     async def main() -> None:
         backend = Slow()
         batcher, metrics = make(backend)
-        waiting = await hold_and_queue(batcher, backend, 400)  # no batch has finished yet
+        for _ in range(RATE_AFTER_BATCHES - 1):  # too few batches to claim a rate from
+            await batcher.infer([1, 2, 3, 4], timeout_s=30)
+        waiting = await hold_and_queue(batcher, backend, 400)
         assert batcher.predicted_wait_s() is None
         with pytest.raises(DeadlineExceeded):  # admitted; then its deadline passes in the queue
             await batcher.infer([-99], timeout_s=0.1)
@@ -110,7 +114,7 @@ def test_a_lone_request_on_an_idle_server_is_never_refused() -> None:
     async def main() -> None:
         backend = Slow()
         batcher, metrics = make(backend)
-        for _ in range(3):
+        for _ in range(RATE_AFTER_BATCHES):
             await batcher.infer([1, 2, 3, 4], timeout_s=30)
         assert batcher.predicted_wait_s() == 0.0
         batcher.check_admission(4, time.monotonic() + 1e-6)

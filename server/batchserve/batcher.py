@@ -211,7 +211,7 @@ class Batcher:
     def predicted_wait_s(self) -> float | None:
         """How long the rows queued now would take to dispatch, at the best rate the model
         showed recently (optimistic, so that it refuses only what surely can't start in
-        time); ``None`` before any batch has run (cold start), 0 with nothing queued."""
+        time); ``None`` before a few batches have run (cold start), 0 with nothing queued."""
         if not self._queued_rows:
             return 0.0
         rate = self.load.best_rate()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 GAP_WEIGHT = 0.25  # weight of the newest inter-arrival gap in its running mean
 BATCH_WEIGHT = 0.25  # weight of the newest batch in the running means of duration and rate
+RATE_AFTER_BATCHES = 4  # no rate is claimed from fewer batches (the first ones can be slow)
 
 
 def _mean(previous: float | None, value: float, weight: float) -> float:
@@ -21,6 +22,7 @@ class RecentLoad:
     """Mean time per batch: a row with less time left than this can't make its deadline."""
     rates: dict[int, float] = field(default_factory=dict)
     """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
+    batches: int = 0
     _last_arrival_s: float | None = None
 
     def arrived(self, now_s: float) -> None:
@@ -34,6 +36,7 @@ class RecentLoad:
 
     def batch_ran(self, rows: int, elapsed_s: float) -> None:
         self.batch_s += BATCH_WEIGHT * (elapsed_s - self.batch_s)
+        self.batches += 1
         if elapsed_s > 0 and rows > 0:
             # By size class, so that small batches (low load) don't hide the rate that full
             # ones reach, which is the rate a long queue drains at.
@@ -41,5 +44,7 @@ class RecentLoad:
             self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
 
     def best_rate(self) -> float | None:
-        """The best recent rows/s of one instance; ``None`` before any batch ran."""
-        return max(self.rates.values()) if self.rates else None
+        """The best recent rows/s of one instance; ``None`` until ``RATE_AFTER_BATCHES`` ran."""
+        if self.batches < RATE_AFTER_BATCHES or not self.rates:
+            return None
+        return max(self.rates.values())
