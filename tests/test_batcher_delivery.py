@@ -15,9 +15,10 @@ from batchserve.metrics import Metrics
 from fastapi.testclient import TestClient
 
 
-def make(predict: Any, **settings: Any) -> Batcher:
+def make(predict: Any, metrics: Metrics | None = None, **settings: Any) -> Batcher:
     settings = {"max_batch_size": 4, "max_wait_ms": 0, "max_queue": 64, **settings}
-    batcher = Batcher("m", predict, Metrics(max_batch_size=4).for_model("m"), **settings)
+    metrics = metrics or Metrics(max_batch_size=4)
+    batcher = Batcher("m", predict, metrics.for_model("m"), **settings)
     batcher.start()
     return batcher
 
@@ -48,13 +49,16 @@ async def _cancelled_in_the_turn_its_outputs_arrive() -> None:
             loop.call_soon(loop.call_soon, cancel_victim)
         return [f"{row}!" for row in rows]
 
-    batcher = make(predict)
+    metrics = Metrics(max_batch_size=4)
+    batcher = make(predict, metrics=metrics)
     batcher._pool = InlineExecutor()  # type: ignore[assignment]
     victim = asyncio.ensure_future(batcher.infer(["victim"], timeout_s=5))
     with pytest.raises(asyncio.CancelledError):
         await victim
     assert await batcher.infer(["next"], timeout_s=2) == ["next!"]
     assert batcher.broken is None
+    assert metrics.registry.get_sample_value(
+        "batchserve_rejected_total", {"model": "m", "reason": "cancelled"}) == 1
     await batcher.close(1)
 
 

@@ -368,7 +368,7 @@ class Batcher:
             if request.done or request.future.done():
                 # Cancelled in this loop turn (its caller's task was cancelled and has not run
                 # its cleanup yet): nobody waits for these outputs.
-                self._fail(request, None, reason=None)
+                self._fail(request, None, reason="cancelled")
                 continue
             for index, outcome in enumerate(part, start):
                 if isinstance(outcome, RowError):
