@@ -74,6 +74,8 @@ def test_a_broken_batching_loop_fails_liveness_naming_the_model(diabetes_client:
     assert live.status_code == 503
     assert live.json() == {"status": "broken", "models": {"echo": "batching loop stopped: test"}}
     assert diabetes_client.get("/readyz").status_code == 503
+    v2_live = diabetes_client.get("/v2/health/live")  # what the KServe runtime probes
+    assert v2_live.status_code == 503 and v2_live.json() == {"live": False}
 
 
 async def _no_rows() -> None:

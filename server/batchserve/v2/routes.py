@@ -48,9 +48,11 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
         return {"name": "batchserve", "version": batchserve.__version__,
                 "extensions": ["binary_tensor_data"]}
 
-    @router.get("/v2/health/live", tags=["v2"], summary="Server liveness")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
+    @router.get("/v2/health/live", tags=["v2"], summary="Server liveness (503 when a model's "
+                "batching loop stopped: restart the process)")
+    async def live() -> JSONResponse:
+        is_live = not registry.broken()
+        return JSONResponse({"live": is_live}, status_code=200 if is_live else 503)
 
     @router.get("/v2/health/ready", tags=["v2"], summary="Server readiness (503 until ready)")
     async def ready() -> JSONResponse:
