@@ -83,9 +83,10 @@ def _loadgen(port: int) -> dict[str, float]:
 def client(port: int) -> None:
     """Run one measurement with the load generator and print its figures as JSON."""
     sys.path.insert(0, str(ROOT))
-    from batchserve_planning.client import build_request
-    from batchserve_planning.loadgen import LoadSpec, run_load
-    from batchserve_planning.results import summarize
+    from batchserve_planning.load.client import build_request
+    from batchserve_planning.load.generator import run_load
+    from batchserve_planning.load.results import summarize
+    from batchserve_planning.load.shared import LoadSpec
 
     started = resource.getrusage(resource.RUSAGE_SELF)
     request = build_request("127.0.0.1", port, "/predict", BODY, "application/json")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends.base import LoadError
     from batchserve.config import ConfigError, load_models
 
-    from batchserve_planning.inputs import InputError
+    from batchserve_planning.load.inputs import InputError
 
     try:
         configs = {c.name: c for c in load_models(args.config)}
@@ -78,7 +78,7 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
 
 
 def _sample_items(backend: Any, inputs: Path | None) -> tuple[list[Any], str]:
-    from batchserve_planning.inputs import InputError, load_samples
+    from batchserve_planning.load.inputs import InputError, load_samples
 
     if inputs is not None:
         samples = load_samples(inputs)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchserve_planning.inputs import Requests
-    from batchserve_planning.progress import Bars
+    from batchserve_planning.load.inputs import Requests
+    from batchserve_planning.load.progress import Bars
     from batchserve_planning.sweep import Candidate, Outcome, RampSettings, Step
 
 VERIFY_TOLERANCE = 0.10
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends import backend_class
     from batchserve.config import ConfigError, load_models
 
-    from batchserve_planning.inputs import InputError, load_samples
+    from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.sweep import RampSettings
 
     try:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / f"recommend-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     sweep = Sweep(args, base, samples, settings, out)
-    from batchserve_planning.progress import Bars
+    from batchserve_planning.load.progress import Bars
 
     with Bars(not args.no_progress) as bars:
         sweep.bars = bars
@@ -265,7 +265,7 @@ class Sweep:
         return elapsed + mean_s * 2.5 > budget_s
 
     def measure(self, candidate: Candidate) -> Outcome:
-        from batchserve_planning.metrics import ServerError
+        from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.sweep import Outcome, ramp
 
         assert self.bars is not None
@@ -310,7 +310,7 @@ class Sweep:
         return finals
 
     def _long_step(self, outcome: Outcome, label: str, name: str) -> Step | None:
-        from batchserve_planning.metrics import ServerError
+        from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.sweep import measure_step
 
         assert self.bars is not None and outcome.best is not None
@@ -357,7 +357,7 @@ class Sweep:
         return server
 
     def _requests(self, url: str) -> Requests:
-        from batchserve_planning.inputs import build_requests
+        from batchserve_planning.load.inputs import build_requests
 
         host, _, port = url.removeprefix("http://").partition(":")
         return build_requests(self.samples, host=host, port=int(port), model=self.args.model,

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from batchserve_planning.metrics import ServerError, wait_ready
+from batchserve_planning.load.scrape import ServerError, wait_ready
 
 
 def toml_value(value: Any) -> str:

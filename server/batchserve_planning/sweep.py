@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchserve_planning.inputs import Requests
-    from batchserve_planning.progress import Bars
-    from batchserve_planning.results import Summary
+    from batchserve_planning.load.inputs import Requests
+    from batchserve_planning.load.progress import Bars
+    from batchserve_planning.load.results import Summary
 
 PLATEAU = 0.03
 """A step that adds less than this share of throughput ends the ramp."""
@@ -120,8 +120,8 @@ class RampSettings:
 def measure_step(url: str, model: str, requests: Requests, concurrency: int, settings: RampSettings,
                  bars: Bars | None, label: str, *, duration_s: float | None = None,
                  min_responses: int | None = None) -> Step:
-    from batchserve_planning.loadgen import LoadSpec
-    from batchserve_planning.loadtest import measure
+    from batchserve_planning.load.measure import measure
+    from batchserve_planning.load.shared import LoadSpec
 
     host, _, port = url.removeprefix("http://").partition(":")
     spec = LoadSpec(host, int(port), requests.requests, mode="closed", concurrency=concurrency,
