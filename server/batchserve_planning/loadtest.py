@@ -37,13 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parameters", type=json.loads, help="JSON object sent as the request parameters")
     parser.add_argument("--processes", type=int, default=1,
                         help="load generator processes (1; more where cores are spare)")
-    parser.add_argument("--load-cpus", type=_cpus, help="cores the load generator may use, e.g. 1 or 2-3")
+    parser.add_argument("--load-cpus", type=cpu_set, help="cores the load generator may use, e.g. 1 or 2-3")
     parser.add_argument("--seed", type=int, default=0, help="open loop arrivals (0)")
     parser.add_argument("--out", type=Path, help="report folder (a new one under reports/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _cpus(text: str) -> set[int]:
+def cpu_set(text: str) -> set[int]:
+    """Cores in taskset's notation: ``0``, ``2-3``, ``0,2-3``."""
     cores: set[int] = set()
     for part in text.split(","):
         first, _, last = part.partition("-")
