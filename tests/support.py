@@ -1,19 +1,19 @@
-"""Helpers shared by the tests: model configs on disk, and a real server process."""
+"""Helpers shared by the tests: model configs on disk, and real server processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-from batchserve_planning.serverproc import free_port, toml_value
+from batchserve_planning.load.scrape import ServerError, wait_ready
+from batchserve_planning.serverproc import ManagedServer, toml_value
+
+__all__ = ["PLUGINS", "ROOT", "ManagedServer", "ServerError", "free_port", "running_server", "start_server",
+           "wait_ready", "write_models"]
 
 PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).parent.parent
@@ -34,52 +34,30 @@ def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None 
     return path
 
 
-class ServerProcess:
-    """A real ``batchserve serve`` process on a free loopback port."""
+def free_port() -> int:
+    """A loopback port for a service the tests start themselves (Docker, Prometheus); batchserve
+    servers get theirs from their launcher (``start_server``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
-    def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "batchserve", "serve", "--config", str(config),
-             "--port", str(self.port), "--shutdown-grace-s", str(grace_s), "--log-level", "info"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.output()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready in {timeout_s} s:\n{self.output()}")
+SERVER_ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
+"""A test server imports this checkout's code and the test backends (tests/plugins)."""
 
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
 
-    def output(self) -> str:
-        if self.process.poll() is None:
-            return "(still running)"
-        assert self.process.stdout is not None
-        return self.process.stdout.read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+def start_server(config: Path, *, grace_s: float = 10.0) -> ManagedServer:
+    """A real ``batchserve serve`` process on a free loopback port (the planner's launcher), logging
+    at info (``output()`` has uvicorn's lines); ``wait_ready()`` before use, ``close()`` after."""
+    return ManagedServer(config, grace_s=grace_s, log_level="info", env=SERVER_ENV)
 
 
 @contextlib.contextmanager
-def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, grace_s=grace_s)
+def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ManagedServer]:
+    server = start_server(config, grace_s=grace_s)
     try:
-        server.wait_ready()
+        server.wait_ready(timeout_s=120)
         yield server
     finally:
         server.close()

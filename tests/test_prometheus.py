@@ -8,7 +8,6 @@ unless BATCHSERVE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,10 +21,17 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import yaml
-from batchserve_planning.serverproc import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT, ServerProcess, running_server, write_models
+from tests.support import (
+    ROOT,
+    ManagedServer,
+    ServerError,
+    free_port,
+    running_server,
+    wait_ready,
+    write_models,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +72,11 @@ class Prometheus:
                 stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"prometheus exited:\n{self.log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready in {timeout_s} s:\n{self.log.read_text()}")
+        try:
+            wait_ready(f"{self.url}/-/ready", timeout_s, alive=lambda: self.process.poll() is None,
+                       interval_s=0.2)
+        except ServerError as exc:
+            raise AssertionError(f"prometheus: {exc}\n{self.log.read_text()}") from None
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
@@ -100,7 +103,7 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Iterator[ManagedServer]:
     folder = tmp_path_factory.mktemp("prometheus-server")
     config = write_models(folder / "models.toml", [
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path), "max_batch_size": 8},
@@ -114,7 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Ite
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory, server: ServerProcess) -> Iterator[Prometheus]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory, server: ManagedServer) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         unavailable("no prometheus binary (Debian's `prometheus` package)")
@@ -143,7 +146,7 @@ def dashboard_queries() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
-def test_every_metric_the_dashboard_queries_is_exported(server: ServerProcess) -> None:
+def test_every_metric_the_dashboard_queries_is_exported(server: ManagedServer) -> None:
     scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
     exported = {sample.name for family in text_string_to_metric_families(scrape) for sample in family.samples}
     queried = {name for expr in dashboard_queries() for name in re.findall(r"\bbatchserve_\w+", expr)}
