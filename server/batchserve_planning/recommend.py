@@ -128,9 +128,18 @@ def _model_table(config: Path, name: str) -> dict[str, Any]:
 
 def _device_dtypes(args: argparse.Namespace, base: dict[str, Any],
                    has_dtype: bool) -> list[tuple[str, str | None]]:
+    from batchserve.backends import backend_class
+    from batchserve.backends.capabilities import DeviceSupport
+
     devices = (args.devices or base.get("device", "cpu")).split(",")
-    if base["backend"] == "sklearn" and any(d != "cpu" for d in devices):
-        raise ValueError("the sklearn backend runs on the CPU only: use --devices cpu")
+    cls = backend_class(base["backend"])
+    if issubclass(cls, DeviceSupport):
+        kinds = cls.supported_devices()
+        allowed = (*kinds, "auto") if "cuda" in kinds else kinds  # auto: cuda when there is one
+        if any(d.partition(":")[0] not in allowed for d in devices):
+            where = "the CPU only" if kinds == ("cpu",) else ", ".join(kinds)
+            raise ValueError(f"the {base['backend']} backend runs on {where}: use --devices "
+                             f"{','.join(kinds)}")
     combos: list[tuple[str, str | None]] = []
     for device in devices:
         if not has_dtype:
