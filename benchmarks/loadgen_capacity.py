@@ -8,7 +8,7 @@ CONNECTIONS keep-alive connections POSTing one diabetes row per request:
 - the wire floor (benchmarks/wire_floor.py): frames requests and answers a constant,
   the cheapest server there is, to find the generator's own ceiling on one core.
 
-For each server, wrk and our generator (server/batchserve_planning/loadgen.py, run as
+For each server, wrk and our generator (server/batchserve_planning/load/generator.py, run as
 `batchserve loadtest` runs it, in a process pinned to LOAD_CORE) alternate, ROUNDS
 times. The generator's CPU time per request (user + system, whole process, warm-up
 and start-up included) gives its capacity per core independently of any server.
