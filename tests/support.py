@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batchserve_planning.load.scrape import ServerError, wait_ready
 from batchserve_planning.serverproc import ManagedServer, toml_value
 
-__all__ = ["PLUGINS", "ROOT", "ManagedServer", "ServerError", "free_port", "running_server", "start_server",
-           "wait_ready", "write_models"]
+__all__ = ["PLUGINS", "ROOT", "ServerProcess", "free_port", "running_server", "write_models"]
 
 PLUGINS = Path(__file__).parent / "plugins"
 ROOT = Path(__file__).parent.parent
@@ -36,7 +34,7 @@ def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None 
 
 def free_port() -> int:
     """A loopback port for a service the tests start themselves (Docker, Prometheus); batchserve
-    servers get theirs from their launcher (``start_server``)."""
+    servers get theirs from their launcher (``ServerProcess``)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -47,17 +45,23 @@ SERVER_ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"),
 """A test server imports this checkout's code and the test backends (tests/plugins)."""
 
 
-def start_server(config: Path, *, grace_s: float = 10.0) -> ManagedServer:
-    """A real ``batchserve serve`` process on a free loopback port (the planner's launcher), logging
-    at info (``output()`` has uvicorn's lines); ``wait_ready()`` before use, ``close()`` after."""
-    return ManagedServer(config, grace_s=grace_s, log_level="info", env=SERVER_ENV)
+class ServerProcess(ManagedServer):
+    """A real ``batchserve serve`` process on a free loopback port: the planner's launcher with the
+    tests' environment, logging at info (``output()`` has uvicorn's lines); ``wait_ready()``
+    before use, ``close()`` after."""
+
+    def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
+        super().__init__(config, grace_s=grace_s, log_level="info", env=SERVER_ENV)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        super().wait_ready(timeout_s)
 
 
 @contextlib.contextmanager
-def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ManagedServer]:
-    server = start_server(config, grace_s=grace_s)
+def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, grace_s=grace_s)
     try:
-        server.wait_ready(timeout_s=120)
+        server.wait_ready()
         yield server
     finally:
         server.close()

@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import yaml
+from batchserve_planning.load.scrape import ServerError, wait_ready
 from sklearn.linear_model import LinearRegression
 
-from tests.support import ROOT, ServerError, free_port, wait_ready
+from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 

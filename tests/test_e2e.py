@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from tests.support import running_server, start_server, write_models
+from tests.support import ServerProcess, running_server, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
         "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 2,
         "options": {"delay_ms": 150},
     }])
-    server = start_server(config, grace_s=20)
+    server = ServerProcess(config, grace_s=20)
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client, ThreadPoolExecutor(8) as pool:

@@ -18,14 +18,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from tests.support import ManagedServer, running_server, write_models
+from tests.support import ServerProcess, running_server, write_models
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path, resnet_weights: Path,
-           transformer_dir: Path) -> Iterator[ManagedServer]:
+           transformer_dir: Path) -> Iterator[ServerProcess]:
     config = write_models(tmp_path_factory.mktemp("hostile") / "models.toml", [
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)},
         {"name": "resnet50", "backend": "resnet50", "path": str(resnet_weights), "max_batch_size": 2,
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path, resnet
         yield process
 
 
-def test_fuzzing_from_the_openapi_document_finds_no_5xx(server: ManagedServer) -> None:
+def test_fuzzing_from_the_openapi_document_finds_no_5xx(server: ServerProcess) -> None:
     """Every operation of /openapi.json, with schemathesis's generated cases (valid and not)."""
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     # an invalid operation (Err) has no .ok(): the test fails, as it should
@@ -80,7 +80,7 @@ def raw_http(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_hand_written_nasties(server: ManagedServer) -> None:
+def test_hand_written_nasties(server: ServerProcess) -> None:
     row = [0.0] * 10
     json_type = {"content-type": "application/json"}
     bomb = base64.b64encode(png_claiming(100_000, 100_000)).decode()

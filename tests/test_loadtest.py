@@ -16,14 +16,14 @@ from batchserve_planning.load.inputs import InputError, build_requests, load_sam
 from batchserve_planning.load.results import summarize
 from batchserve_planning.load.shared import LoadSpec
 
-from tests.support import ManagedServer, running_server, write_models
+from tests.support import ServerProcess, running_server, write_models
 
 PNG = base64.b64decode(  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
 
 @pytest.fixture(scope="module")
-def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """echo (2 ms per batch, batches of up to 8) and poison (400 for the item 13)."""
     config = write_models(tmp_path_factory.mktemp("loadtest") / "models.toml", [
         {"name": "echo", "backend": "echo", "path": "unused", "max_batch_size": 8,
@@ -41,7 +41,7 @@ def _numbers(tmp_path: Path, values: list[float]) -> Path:
     return path
 
 
-def _loadtest(server: ManagedServer, tmp_path: Path, *args: str) -> dict[str, Any]:
+def _loadtest(server: ServerProcess, tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "report"
     assert main(["loadtest", "--url", server.url, "--out", str(out), "--no-progress", *args]) == 0
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
@@ -50,7 +50,7 @@ def _loadtest(server: ManagedServer, tmp_path: Path, *args: str) -> dict[str, An
 
 
 def test_closed_loop_counts_every_request_and_reads_the_batch_size(
-        echo_server: ManagedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        echo_server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inputs = _numbers(tmp_path, [1.0, 2.0, 3.0])
     report = _loadtest(echo_server, tmp_path, "--model", "echo", "--inputs", str(inputs),
                        "--concurrency", "8", "--requests", "300", "--warmup-s", "0.2")
@@ -69,7 +69,7 @@ def test_closed_loop_counts_every_request_and_reads_the_batch_size(
     assert "| throughput (req/s) |" in capsys.readouterr().out
 
 
-def test_open_loop_sends_the_arrivals_it_was_asked_for(echo_server: ManagedServer, tmp_path: Path) -> None:
+def test_open_loop_sends_the_arrivals_it_was_asked_for(echo_server: ServerProcess, tmp_path: Path) -> None:
     inputs = _numbers(tmp_path, [1.0, 2.0])
     report = _loadtest(echo_server, tmp_path, "--model", "echo", "--inputs", str(inputs),
                        "--rate", "300", "--concurrency", "4", "--requests", "120", "--warmup-s", "0.1")
@@ -81,7 +81,7 @@ def test_open_loop_sends_the_arrivals_it_was_asked_for(echo_server: ManagedServe
     assert "open loop, Poisson arrivals at 300/s" in report["markdown"]
 
 
-def test_counts_by_status_with_an_example_of_each_error(echo_server: ManagedServer, tmp_path: Path) -> None:
+def test_counts_by_status_with_an_example_of_each_error(echo_server: ServerProcess, tmp_path: Path) -> None:
     # Requests cycle through the four inputs, so any 100 consecutive ones hold 25 poisoned items.
     inputs = _numbers(tmp_path, [1.0, 2.0, 13.0, 4.0])
     report = _loadtest(echo_server, tmp_path, "--model", "poison", "--inputs", str(inputs),
@@ -93,14 +93,14 @@ def test_counts_by_status_with_an_example_of_each_error(echo_server: ManagedServ
     assert "Error examples" in report["markdown"]
 
 
-def test_client_timeouts_are_counted_as_timeouts(echo_server: ManagedServer, tmp_path: Path) -> None:
+def test_client_timeouts_are_counted_as_timeouts(echo_server: ServerProcess, tmp_path: Path) -> None:
     inputs = _numbers(tmp_path, [1.0])
     report = _loadtest(echo_server, tmp_path, "--model", "slow", "--inputs", str(inputs),
                        "--concurrency", "2", "--requests", "2", "--warmup-s", "0", "--timeout-s", "0.1")
     assert report["result"]["status_counts"] == {"timeout": 2}
 
 
-def test_several_load_processes_share_the_requests(echo_server: ManagedServer) -> None:
+def test_several_load_processes_share_the_requests(echo_server: ServerProcess) -> None:
     host, port = "127.0.0.1", echo_server.port
     request = build_request(host, port, "/predict/echo", b'{"inputs": [1.0, 2.0]}', "application/json")
     spec = LoadSpec(host, port, (request,), concurrency=4, duration_s=None, count=200, warmup_s=0.1)

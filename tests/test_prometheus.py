@@ -21,17 +21,10 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import yaml
+from batchserve_planning.load.scrape import ServerError, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import (
-    ROOT,
-    ManagedServer,
-    ServerError,
-    free_port,
-    running_server,
-    wait_ready,
-    write_models,
-)
+from tests.support import ROOT, ServerProcess, free_port, running_server, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +96,7 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Iterator[ManagedServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("prometheus-server")
     config = write_models(folder / "models.toml", [
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path), "max_batch_size": 8},
@@ -117,7 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Ite
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory, server: ManagedServer) -> Iterator[Prometheus]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory, server: ServerProcess) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         unavailable("no prometheus binary (Debian's `prometheus` package)")
@@ -146,7 +139,7 @@ def dashboard_queries() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
-def test_every_metric_the_dashboard_queries_is_exported(server: ManagedServer) -> None:
+def test_every_metric_the_dashboard_queries_is_exported(server: ServerProcess) -> None:
     scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
     exported = {sample.name for family in text_string_to_metric_families(scrape) for sample in family.samples}
     queried = {name for expr in dashboard_queries() for name in re.findall(r"\bbatchserve_\w+", expr)}

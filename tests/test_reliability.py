@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import start_server, write_models
+from tests.support import ServerProcess, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_open_loop_overload_at_twice_capacity(tmp_path: Path) -> None:
     config = write_models(tmp_path / "models.toml", [{
         "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 4, "max_queue": 20,
         "timeout_ms": 1000, "options": {"delay_ms": 40, "record": str(record)}}])
-    server = start_server(config)
+    server = ServerProcess(config)
     try:
         server.wait_ready()
         baseline = rss_kib(server.process.pid)
@@ -84,7 +84,7 @@ def test_faults_disconnects_and_sigterm_under_load(tmp_path: Path) -> None:
     config = write_models(tmp_path / "models.toml", [{
         "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 4,
         "options": {"delay_ms": 60, "fail_on": 13.0, "record": str(record)}}])
-    server = start_server(config, grace_s=20)
+    server = ServerProcess(config, grace_s=20)
     try:
         server.wait_ready()
         answers: dict[int, list[int | str]] = {}
