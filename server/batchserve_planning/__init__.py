@@ -6,7 +6,6 @@ registers its commands when it builds its parser). ``load`` is the HTTP client h
 nothing from ``batchserve``. ``loadtest`` is the command around it; ``recommend`` sweeps
 configurations (``sweep``, each candidate measured by a load ``ramp``) on servers it
 starts itself (``serverproc``) and writes a report (``report``); ``inspection`` (the
-``inspect`` command) measures a
-model's size and activation memory (``modelsize``). Importing these modules imports
-neither torch nor matplotlib.
+``inspect`` command) measures a model's size and activation memory (``modelsize``).
+Importing these modules imports neither torch nor matplotlib.
 """

@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests.support import ROOT
+
 
 def test_importing_the_server_does_not_import_torch() -> None:
     code = (
@@ -53,12 +55,11 @@ def test_sha256_command_pins_files_and_folders(tmp_path: Path) -> None:
 def test_the_wheel_installs_batchserve_and_batchserve_planning_only(tmp_path: Path) -> None:
     """What `pip install batchserve` puts on sys.path: our two packages, no `server`, no tests.
     Built from a copy of what the Dockerfile copies (pyproject.toml, README.md, server/)."""
-    root = Path(__file__).resolve().parent.parent
     source = tmp_path / "source"
-    shutil.copytree(root / "server", source / "server",
+    shutil.copytree(ROOT / "server", source / "server",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, source / name)
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                     "--wheel-dir", str(tmp_path / "wheels"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheels").glob("batchserve-*.whl")

@@ -1,20 +1,28 @@
-"""Helpers shared by the tests: model configs on disk, and real server processes."""
+"""Helpers shared by the tests: model configs on disk, the demo models, the app in-process
+(``make_client``), and real server processes (``ServerProcess``, ``running_server``)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from batchserve.app import create_app
+from batchserve.config import load_models
+from batchserve.settings import ServerSettings
 from batchserve_planning.serverproc import ManagedServer, toml_value
+from fastapi.testclient import TestClient
 
-__all__ = ["PLUGINS", "ROOT", "ServerProcess", "free_port", "running_server", "write_models"]
+__all__ = ["PLUGINS", "ROOT", "ServerProcess", "build_demo", "free_port", "make_client", "running_server",
+           "wait_ready", "write_models"]
 
-PLUGINS = Path(__file__).parent / "plugins"
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "tests" / "plugins"
 
 
 def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None = None,
@@ -65,3 +73,32 @@ def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerPro
         yield server
     finally:
         server.close()
+
+
+def build_demo(script: str, output: Path) -> Path:
+    """Run ``models/<script>``'s ``build(output)``: the demo artifacts `make serve` builds."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / "models" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built: Path = module.build(output)
+    return built
+
+
+def make_client(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> TestClient:
+    config = write_models(tmp_path / "models.toml", models)
+    app = create_app(ServerSettings(config=config, **settings), load_models(config))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
+    """Until the in-process app's models have all finished loading (ready or failed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        body = client.get("/readyz").json()
+        if all(m["state"] != "loading" for m in body["models"].values()):
+            return
+        time.sleep(0.02)
+    raise TimeoutError("models did not finish loading")
