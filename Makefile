@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # KServe's Python client pins versions that clash with ours: it gets its own venv, for the
-# protocol tests (tests/test_v2.py) only.
+# protocol tests (tests/unit/test_v2.py) only.
 KSERVE_VENV := .venv-kserve
 $(KSERVE_VENV)/.installed:
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)

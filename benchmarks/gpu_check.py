@@ -32,9 +32,9 @@ import harness
 import sklearn.datasets
 from batchserve.backends import backend_class
 from batchserve.config import ModelConfig
-from batchserve_planning.inputs import build_requests, load_samples
-from batchserve_planning.loadgen import LoadSpec
-from batchserve_planning.loadtest import measure
+from batchserve_planning.load.inputs import build_requests, load_samples
+from batchserve_planning.load.measure import measure
+from batchserve_planning.load.shared import LoadSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = os.environ.get("DEVICE", "cuda")

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: a server process, wrk, /metrics, the commit."""
+"""What the benchmark scripts share: a server process (the planner's launcher), wrk, /metrics, the commit."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+from batchserve_planning.load.scrape import wait_ready
+from batchserve_planning.loadtest import cpu_set
+from batchserve_planning.serverproc import ManagedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,24 +74,28 @@ def wait_answer(url: str, body: bytes, process: subprocess.Popen[bytes], timeout
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s:g} s")
 
 
-def wait_ready(url: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
+def free_port() -> int:
+    """A loopback port for a peer server (batchserve's own launcher picks its port itself)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cores(core: str | None) -> set[int] | None:
+    """taskset's notation (``0``, ``0-1``, ``0,2``) as a set of cores; None for None."""
+    return None if core is None else cpu_set(core)
 
 
 @contextlib.contextmanager
 def process(command: Sequence[str], ready_url: str, *,
             core: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` (pinned to ``core`` with taskset when given) until the block ends."""
+    """Run ``command`` (a peer server; pinned to ``core`` with taskset when given) until the block
+    ends, once ``ready_url`` answers 200."""
     prefix = ["taskset", "-c", core] if core is not None else []
     child = subprocess.Popen([*prefix, *command], cwd=ROOT)
     try:
-        wait_ready(ready_url)
+        wait_ready(ready_url, 180.0, alive=lambda: child.poll() is None, interval_s=0.2)
         yield child
     finally:
         child.terminate()
@@ -95,17 +103,27 @@ def process(command: Sequence[str], ready_url: str, *,
 
 
 @contextlib.contextmanager
-def batchserve(config_text: str, port: int, *,
+def serve(config: Path, port: int | None = None, *, core: str | None = None,
+          grace_s: float = 30.0) -> Iterator[ManagedServer]:
+    """``batchserve serve`` on ``config`` (the planner's launcher), pinned to ``core`` when given,
+    until the block ends; on ``port``, or a free one."""
+    server = ManagedServer(config, port=port, cpus=cores(core), grace_s=grace_s)
+    try:
+        server.wait_ready(timeout_s=180.0)
+        yield server
+    finally:
+        server.stop(timeout_s=60.0)
+
+
+@contextlib.contextmanager
+def batchserve(config_text: str, port: int | None = None, *,
                core: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``batchserve serve`` on a models.toml holding ``config_text``; yields its URL and process."""
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "models.toml"
         config.write_text(config_text)
-        url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
-                   "--log-level", "warning"]
-        with process(command, f"{url}/readyz", core=core) as child:
-            yield url, child
+        with serve(config, port, core=core) as server:
+            yield server.url, server.process
 
 
 def wrk(url: str, *, connections: int, duration_s: float, script: str | Path, core: str | None = None,

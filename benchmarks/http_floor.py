@@ -11,6 +11,7 @@ Prints a markdown table and writes benchmarks/results/http_floor-<time>.json.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -45,19 +46,18 @@ def _models_toml(directory: Path) -> Path:
     return path
 
 
-def _command(kind: str, config: Path) -> list[str]:
+def _running(kind: str, config: Path) -> contextlib.AbstractContextManager[object]:
     if kind == "batchserve":
-        return [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(PORT),
-                "--log-level", "warning"]
-    return [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
-            "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+        return harness.serve(config, PORT, core=SERVER_CORE)
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
+               "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+    return harness.process(command, f"http://127.0.0.1:{PORT}/docs", core=SERVER_CORE)
 
 
-def measure(kind: str, config: Path) -> dict[int, dict[str, float]]:
+def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
     url = f"http://127.0.0.1:{PORT}"
-    ready = f"{url}/readyz" if kind == "batchserve" else f"{url}/docs"
     results = {}
-    with harness.process(_command(kind, config), ready, core=SERVER_CORE):
+    with _running(kind, config):
         for connections in CONNECTIONS:
             results[connections] = harness.measured_wrk(
                 f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
@@ -73,7 +73,7 @@ def main() -> None:
         runs: dict[str, list[dict[int, dict[str, float]]]] = {"floor": [], "batchserve": []}
         for _ in range(ROUNDS):
             for kind in ("floor", "batchserve"):
-                runs[kind].append(measure(kind, config))
+                runs[kind].append(measure_server(kind, config))
     commit = harness.commit()
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,

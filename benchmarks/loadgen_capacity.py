@@ -8,7 +8,7 @@ CONNECTIONS keep-alive connections POSTing one diabetes row per request:
 - the wire floor (benchmarks/wire_floor.py): frames requests and answers a constant,
   the cheapest server there is, to find the generator's own ceiling on one core.
 
-For each server, wrk and our generator (server/batchserve_planning/loadgen.py, run as
+For each server, wrk and our generator (server/batchserve_planning/load/generator.py, run as
 `batchserve loadtest` runs it, in a process pinned to LOAD_CORE) alternate, ROUNDS
 times. The generator's CPU time per request (user + system, whole process, warm-up
 and start-up included) gives its capacity per core independently of any server.
@@ -19,6 +19,7 @@ Prints a markdown table and writes benchmarks/results/loadgen_capacity-<time>.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -28,11 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import harness
-from batchserve_planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
@@ -49,11 +50,14 @@ BODY = (ROOT / "benchmarks" / "post.lua").read_text().split("wrk.body = '")[1].s
 SERVERS = ("batchserve", "floor", "wire")
 
 
-def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def _running(kind: str, config: Path, port: int) -> Iterator[None]:
+    if kind == "batchserve":
+        with harness.serve(config, port, core=SERVER_CORE):
+            yield
+        return
     python = sys.executable
     command = {
-        "batchserve": [python, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
-                       "--log-level", "warning"],
         "floor": [python, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(port),
                   "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
         "wire": [python, str(ROOT / "benchmarks" / "wire_floor.py"), str(port)],
@@ -61,10 +65,10 @@ def _start(kind: str, config: Path, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command], cwd=ROOT)
     try:
         harness.wait_answer(f"http://127.0.0.1:{port}/predict", BODY, process, 60)
-    except RuntimeError:
-        process.kill()
-        raise
-    return process
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def _wrk(port: int) -> dict[str, float]:
@@ -83,9 +87,10 @@ def _loadgen(port: int) -> dict[str, float]:
 def client(port: int) -> None:
     """Run one measurement with the load generator and print its figures as JSON."""
     sys.path.insert(0, str(ROOT))
-    from batchserve_planning.client import build_request
-    from batchserve_planning.loadgen import LoadSpec, run_load
-    from batchserve_planning.results import summarize
+    from batchserve_planning.load.client import build_request
+    from batchserve_planning.load.generator import run_load
+    from batchserve_planning.load.results import summarize
+    from batchserve_planning.load.shared import LoadSpec
 
     started = resource.getrusage(resource.RUSAGE_SELF)
     request = build_request("127.0.0.1", port, "/predict", BODY, "application/json")
@@ -116,14 +121,10 @@ def main() -> None:
                           "max_batch_size = 64\nmax_queue = 4096\n")
         for _ in range(ROUNDS):
             for kind in SERVERS:
-                port = PORT or free_port()
-                process = _start(kind, config, port)
-                try:
+                port = PORT or harness.free_port()
+                with _running(kind, config, port):
                     runs[kind]["wrk"].append(_wrk(port))
                     runs[kind]["loadgen"].append(_loadgen(port))
-                finally:
-                    process.terminate()
-                    process.wait(timeout=30)
     report(runs)
 
 

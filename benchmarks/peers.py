@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from batchserve_planning.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / "benchmarks" / "results" / "venvs"
@@ -133,19 +132,18 @@ def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
                                 script=lua, core=LOAD_CORE)
 
 
-def measure(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
-    port = PORT or free_port()
+def measure_peer(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
+    port = PORT or harness.free_port()
     if peer == "batchserve":
-        command = [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(port),
-                   "--log-level", "warning"]
-        path, lua, env = "/predict", ROOT / "benchmarks" / "post.lua", dict(os.environ)
-    else:
-        spec = PEERS[peer]
-        ports = [port] if peer != "triton" else [port, free_port(), free_port()]  # http, grpc, metrics
-        command = [str(VENVS / peer / "bin" / "python"), str(APPS / spec["app"]), str(artifact),
-                   *map(str, ports)]
-        path, lua, env = spec["path"], spec["lua"], _env(peer)
-    process = _start(command, env, port, (path, _body(lua)))
+        lua = ROOT / "benchmarks" / "post.lua"
+        with harness.serve(config, port, core=SERVER_CORE):
+            return {c: _wrk(f"http://127.0.0.1:{port}/predict", lua, c) for c in CONNECTIONS}
+    spec = PEERS[peer]
+    # Triton: http, grpc and metrics ports
+    ports = [port] if peer != "triton" else [port, harness.free_port(), harness.free_port()]
+    command = [str(VENVS / peer / "bin" / "python"), str(APPS / spec["app"]), str(artifact), *map(str, ports)]
+    path, lua = spec["path"], spec["lua"]
+    process = _start(command, _env(peer), port, (path, _body(lua)))
     try:
         return {c: _wrk(f"http://127.0.0.1:{port}{path}", lua, c) for c in CONNECTIONS}
     finally:
@@ -179,7 +177,7 @@ def main() -> None:
                 if peer in failures:
                     continue
                 try:
-                    runs[peer].append(measure(peer, artifact, config))
+                    runs[peer].append(measure_peer(peer, artifact, config))
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
                     failures[peer] = str(exc)[-1500:]
                     print(f"{peer}: failed: {failures[peer]}", file=sys.stderr)

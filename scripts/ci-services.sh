@@ -2,7 +2,7 @@
 # Install and start what the service tests need, on Debian as root (CI, or a developer's machine):
 #   - Docker engine: Debian's docker.io, dockerd started when no daemon answers;
 #   - a Debian base image made offline (scripts/debian-base-image.sh), since no registry is reachable;
-#   - Prometheus (Debian's package; tests/test_prometheus.py runs it as a plain process);
+#   - Prometheus (Debian's package; tests/services/test_prometheus.py runs it as a plain process);
 #   - docker-compose (v1) to validate deploy/docker-compose.yml when no `docker compose` plugin exists.
 # Idempotent: a second run installs and starts nothing. .ci/run calls it before `make test`.
 set -euo pipefail

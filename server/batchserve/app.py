@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 import batchserve
 from batchserve.config import ModelConfig
-from batchserve.errors import BatchserveError
+from batchserve.errors import BatchserveError, describe_validation_errors
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
@@ -67,9 +67,7 @@ async def _batchserve_error(request: Request, exc: BatchserveError) -> JSONRespo
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return error_response(422, "malformed_request", problems)
+    return error_response(422, "malformed_request", describe_validation_errors(exc.errors()))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

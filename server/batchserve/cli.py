@@ -27,17 +27,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds queued requests get to finish after SIGTERM (30)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
     digest.add_argument("path", type=Path)
-    # Capacity planning (server/batchserve_planning): their modules import only the standard library
-    # at import time; the load generator, numpy, torch and matplotlib load when a command runs.
-    from batchserve_planning import inspect, loadtest, recommend
+    # Capacity planning (server/batchserve_planning) depends on the server, never the reverse: it
+    # is imported here, when the parser is built, and its modules import only the standard library
+    # at import time (the load generator, numpy, torch and matplotlib load when a command runs).
+    from batchserve_planning import inspection, loadtest, recommend
 
-    for module, summary in (
-        (loadtest, "load a running server from sample inputs; report throughput and latency"),
-        (recommend, "sweep batching configurations; recommend the best within a p99 SLO, and check it"),
-        (inspect, "a model's parameters, weight bytes and activation memory per batch size"),
+    for name, module, summary in (
+        ("loadtest", loadtest, "load a running server from sample inputs; report throughput and latency"),
+        ("recommend", recommend,
+         "sweep batching configurations; recommend the best within a p99 SLO, and check it"),
+        ("inspect", inspection, "a model's parameters, weight bytes and activation memory per batch size"),
     ):
-        command = commands.add_parser(module.__name__.rpartition(".")[2], help=summary,
-                                      description=module.__doc__,
+        command = commands.add_parser(name, help=summary, description=module.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(planning=module.run)

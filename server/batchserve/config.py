@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batchserve.backends import backend_class
+from batchserve.errors import describe_validation_errors
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -91,21 +92,13 @@ class _RepositoryFile(BaseModel):
     models: list[dict[str, Any]] = Field(min_length=1)
 
 
-def _describe(error: ValidationError, prefix: str) -> str:
-    parts = []
-    for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(table)"
-        parts.append(f"field '{prefix}{field}': {item['msg']}")
-    return "; ".join(parts)
-
-
 def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
     """Validate a decoded repository file; relative paths resolve against ``source``'s folder."""
     where = str(source)
     try:
         repo = _RepositoryFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_describe(exc, '')}") from None
+        raise ConfigError(f"{where}: {describe_validation_errors(exc.errors())}") from None
     root = (source.parent / (repo.repository.root or ".")).resolve()
     configs: list[ModelConfig] = []
     seen: set[str] = set()
@@ -114,7 +107,7 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
         try:
             config = ModelConfig.model_validate(table)
         except ValidationError as exc:
-            raise ConfigError(f"{where}: {label}: {_describe(exc, '')}") from None
+            raise ConfigError(f"{where}: {label}: {describe_validation_errors(exc.errors())}") from None
         if config.name in seen:
             raise ConfigError(f"{where}: {label}: field 'name': duplicate model name")
         seen.add(config.name)
@@ -125,7 +118,8 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
         try:
             cls.Options.model_validate(config.options)
         except ValidationError as exc:
-            raise ConfigError(f"{where}: {label}: {_describe(exc, 'options.')}") from None
+            problems = describe_validation_errors(exc.errors(), "options.")
+            raise ConfigError(f"{where}: {label}: {problems}") from None
         if not config.path.is_absolute():
             config = config.model_copy(update={"path": (source.parent / config.path).resolve()})
         if cls.loads_pickles and not config.path.resolve().is_relative_to(root):

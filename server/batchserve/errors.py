@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class BatchserveError(Exception):
@@ -136,3 +138,11 @@ class RowError:
     the batch is answered and nothing is bisected. The row's request gets ``error``."""
 
     error: BatchserveError
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> str:
+    """pydantic's (and FastAPI's) validation errors as one line: ``field 'a.b': message; ...``,
+    each field's path after ``prefix``; ``(table)`` where the error is the whole object's."""
+    return "; ".join(f"field '{prefix}{'.'.join(str(p) for p in error['loc']) or '(table)'}': "
+                     f"{error['msg']}" for error in errors)
+

@@ -17,7 +17,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchserve.config import ConfigError, load_models
-from batchserve.errors import LoadFailed, MalformedRequest, ManagementDisabled, ModelNotFound, Unauthorized
+from batchserve.errors import (
+    LoadFailed,
+    MalformedRequest,
+    ManagementDisabled,
+    ModelNotFound,
+    Unauthorized,
+    describe_validation_errors,
+)
 from batchserve.state import AppState
 
 
@@ -78,8 +85,7 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
         try:
             changes = BatcherSettings.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise MalformedRequest("; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+            raise MalformedRequest(describe_validation_errors(exc.errors())) from None
         model = registry.configure(name, changes.model_dump(exclude_none=True))  # outlives reloads
         return {"name": name, "config": model.config.model_dump(mode="json")}
 

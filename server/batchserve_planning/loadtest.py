@@ -9,19 +9,13 @@ markdown; the mean batch size comes from the server's ``/metrics`` over the wind
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
 import time
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from batchserve_planning.loadgen import LoadSpec
-    from batchserve_planning.progress import Bars
-    from batchserve_planning.results import Summary
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parameters", type=json.loads, help="JSON object sent as the request parameters")
     parser.add_argument("--processes", type=int, default=1,
                         help="load generator processes (1; more where cores are spare)")
-    parser.add_argument("--load-cpus", type=_cpus, help="cores the load generator may use, e.g. 1 or 2-3")
+    parser.add_argument("--load-cpus", type=cpu_set, help="cores the load generator may use, e.g. 1 or 2-3")
     parser.add_argument("--seed", type=int, default=0, help="open loop arrivals (0)")
     parser.add_argument("--out", type=Path, help="report folder (a new one under reports/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _cpus(text: str) -> set[int]:
+def cpu_set(text: str) -> set[int]:
+    """Cores in taskset's notation: ``0``, ``2-3``, ``0,2-3``."""
     cores: set[int] = set()
     for part in text.split(","):
         first, _, last = part.partition("-")
@@ -58,9 +53,10 @@ def _cpus(text: str) -> set[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batchserve_planning.inputs import InputError, build_requests, load_samples
-    from batchserve_planning.loadgen import LoadSpec
-    from batchserve_planning.metrics import ServerError, model_state
+    from batchserve_planning.load.inputs import InputError, build_requests, load_samples
+    from batchserve_planning.load.measure import measure
+    from batchserve_planning.load.scrape import ServerError, model_state
+    from batchserve_planning.load.shared import LoadSpec
 
     url = urllib.parse.urlsplit(args.url)
     if url.scheme != "http" or not url.hostname:
@@ -103,30 +99,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *, processes: int = 1,
-            cpus: set[int] | None = None, progress: bool = True, bars: Bars | None = None,
-            label: str | None = None) -> Summary:
-    """Run ``spec`` with a progress bar (on ``bars`` if given) and return its ``Summary``,
-    with the mean batch size read from ``/metrics`` over the window."""
-    from batchserve_planning.loadgen import run_load
-    from batchserve_planning.metrics import batch_counters, mean_batch
-    from batchserve_planning.progress import Bars
-    from batchserve_planning.results import summarize
-
-    before: list[tuple[float, float]] = []
-    with contextlib.ExitStack() as stack:
-        if bars is None:
-            bars = stack.enter_context(Bars(progress))
-        what = f"{spec.concurrency} clients" if spec.mode == "closed" else f"{spec.rate:g}/s"
-        task = bars.add(label or f"{model} @ {what}", spec.count or spec.duration_s)
-        stack.callback(bars.remove, task)
-        run = run_load(spec, processes=processes, cpus=cpus,
-                       on_progress=bars.load_callback(task, spec.duration_s, spec.count),
-                       on_measure_start=lambda: before.append(batch_counters(base_url, model)))
-    after = batch_counters(base_url, model)
-    return summarize(run, rows_per_request).with_batch(mean_batch(before[0] if before else None, after))
-
-
 def machine() -> str:
     import os
 
@@ -135,7 +107,7 @@ def machine() -> str:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> str:
-    from batchserve_planning.results import Summary, markdown_table
+    from batchserve_planning.load.results import Summary, markdown_table
 
     result = report["result"]
     summary = Summary(**result)

@@ -1,8 +1,8 @@
 """A loaded model's size and its activation memory per batch size, measured in this process.
 
 The backend is built and loaded as the server would (``backend_class(...)(config)``),
-then its model object is found among the backend's attributes: a ``torch.nn.Module``
-(parameters, buffers, bytes per dtype) or a scikit-learn estimator (its fitted
+then asked for its model through its optional capabilities: its ``torch.nn.Module``s
+(parameters, buffers, bytes per dtype) or its scikit-learn estimator (its fitted
 arrays, pickled size). Activation memory is what one ``predict_batch`` call adds
 at its peak: the CUDA allocator's peak on GPU; on CPU the growth of the peak
 resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
@@ -16,7 +16,6 @@ import ctypes
 import gc
 import pickle
 import re
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,15 +30,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def model_objects(backend: Backend) -> tuple[list[Any], Any]:
-    """The backend's torch modules (if any) and its scikit-learn-like estimator (or None)."""
-    torch = sys.modules.get("torch")
-    modules: list[Any] = []
-    estimator = None
-    for value in vars(backend).values():
-        if torch is not None and isinstance(value, torch.nn.Module):
-            modules.append(value)
-        elif estimator is None and hasattr(value, "predict") and hasattr(value, "fit"):
-            estimator = value
+    """The backend's torch modules (if any) and its scikit-learn-like estimator (or None), from
+    its optional capabilities (``batchserve.backends.capabilities``)."""
+    from batchserve.backends.capabilities import FittedEstimator, TorchModules
+
+    modules = backend.torch_modules() if isinstance(backend, TorchModules) else []
+    estimator = backend.fitted_estimator() if isinstance(backend, FittedEstimator) else None
     return modules, estimator
 
 
@@ -75,7 +71,8 @@ def model_size(backend: Backend) -> dict[str, Any]:
                     parameters=sum(int(a.size) for a in arrays), loaded_bytes=by_dtype,
                     pickled_bytes=len(pickle.dumps(estimator)))
     else:
-        size.update(kind="unknown", note="no torch module or estimator found on the backend")
+        size.update(kind="unknown", note="the backend offers no torch modules or estimator "
+                    "(batchserve.backends.capabilities)")
     return size
 
 

@@ -13,9 +13,7 @@ combination instead of searching one setting at a time.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,18 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchserve_planning.inputs import Requests
-    from batchserve_planning.progress import Bars
-    from batchserve_planning.sweep import Candidate, Outcome, RampSettings, Step
-
-VERIFY_TOLERANCE = 0.10
-"""The re-run's throughput must be within this share of the prediction's."""
-FINALISTS = 2
-"""Candidates measured again, longer, before the pick."""
-
+    from batchserve_planning.load.progress import Bars
+    from batchserve_planning.ramp import Step
+    from batchserve_planning.sweep import Outcome
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from batchserve_planning.loadtest import _cpus
+    from batchserve_planning.loadtest import cpu_set
 
     parser.add_argument("--config", type=Path, default=Path("models/models.toml"),
                         help="model repository file (models/models.toml)")
@@ -62,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-request", type=int, default=1, help="items per request (1)")
     parser.add_argument("--image-mode", choices=["raw", "base64"], default="raw")
     parser.add_argument("--parameters", type=json.loads, help="JSON request parameters")
-    parser.add_argument("--server-cpus", type=_cpus, help="pin the servers to these cores, e.g. 0")
-    parser.add_argument("--load-cpus", type=_cpus, help="pin the load generator, e.g. 1")
+    parser.add_argument("--server-cpus", type=cpu_set, help="pin the servers to these cores, e.g. 0")
+    parser.add_argument("--load-cpus", type=cpu_set, help="pin the load generator, e.g. 1")
     parser.add_argument("--processes", type=int, default=1, help="load generator processes (1)")
     parser.add_argument("--out", type=Path, help="report folder (a new one under reports/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -73,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends import backend_class
     from batchserve.config import ConfigError, load_models
 
-    from batchserve_planning.inputs import InputError, load_samples
-    from batchserve_planning.sweep import RampSettings
+    from batchserve_planning.load.inputs import InputError, load_samples
+    from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.sweep import Sweep
 
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
@@ -92,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / f"recommend-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     sweep = Sweep(args, base, samples, settings, out)
-    from batchserve_planning.progress import Bars
+    from batchserve_planning.load.progress import Bars
 
     with Bars(not args.no_progress) as bars:
         sweep.bars = bars
-        size = model_size(args.config, args.model, bars)
+        size = inspect_size(args.config, args.model, bars)
         outcomes, skipped = sweep.search(combos)
         finals = sweep.final_round(outcomes)
         pick, predicted = choose(outcomes, finals)
@@ -133,34 +126,20 @@ def _model_table(config: Path, name: str) -> dict[str, Any]:
     raise ValueError(f"{config}: no model {name!r}")
 
 
-def _repository_table(config: Path) -> dict[str, Any]:
-    """The ``[repository]`` table for a generated config elsewhere: the same root, made absolute
-    (so the artifact is still inside it), and the same rules."""
-    table = dict(tomllib.loads(config.read_text(encoding="utf-8")).get("repository", {}))
-    table["root"] = str((config.parent / table.get("root", ".")).resolve())
-    return table
-
-
-def threads_per_instance(base: dict[str, Any], server_cpus: set[int] | None, device: str,
-                          instances: int) -> int | None:
-    """Torch threads for each of ``instances`` on CPU: the server's cores split between them,
-    for a torch backend whose table leaves ``torch_threads`` to torch (which gives every
-    instance all the cores: N instances would oversubscribe the CPU N times); else None."""
-    from batchserve.backends import backend_class
-
-    if device != "cpu" or instances == 1 or "torch_threads" in base.get("options", {}):
-        return None
-    if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
-        return None
-    cores = len(server_cpus) if server_cpus else len(os.sched_getaffinity(0))
-    return max(1, cores // instances)
-
-
 def _device_dtypes(args: argparse.Namespace, base: dict[str, Any],
                    has_dtype: bool) -> list[tuple[str, str | None]]:
+    from batchserve.backends import backend_class
+    from batchserve.backends.capabilities import DeviceSupport
+
     devices = (args.devices or base.get("device", "cpu")).split(",")
-    if base["backend"] == "sklearn" and any(d != "cpu" for d in devices):
-        raise ValueError("the sklearn backend runs on the CPU only: use --devices cpu")
+    cls = backend_class(base["backend"])
+    if issubclass(cls, DeviceSupport):
+        kinds = cls.supported_devices()
+        allowed = (*kinds, "auto") if "cuda" in kinds else kinds  # auto: cuda when there is one
+        if any(d.partition(":")[0] not in allowed for d in devices):
+            where = "the CPU only" if kinds == ("cpu",) else ", ".join(kinds)
+            raise ValueError(f"the {base['backend']} backend runs on {where}: use --devices "
+                             f"{','.join(kinds)}")
     combos: list[tuple[str, str | None]] = []
     for device in devices:
         if not has_dtype:
@@ -172,7 +151,7 @@ def _device_dtypes(args: argparse.Namespace, base: dict[str, Any],
     return combos
 
 
-def model_size(config: Path, model: str, bars: Bars) -> dict[str, Any]:
+def inspect_size(config: Path, model: str, bars: Bars) -> dict[str, Any]:
     """Parameters and weight bytes, from ``batchserve inspect`` in its own process."""
     bars.print(f"measuring the size of {model} (batchserve inspect)")
     result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", model, "--config", str(config),
@@ -196,175 +175,3 @@ def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]]) -> tuple
     close = [o for o in ranked if o.best is not None and o.best.rows_per_s >= 0.98 * top]
     pick = min(close, key=lambda o: (o.peak_rss_bytes or 0, o.best.p99_ms if o.best else 0))
     return pick, pick.best
-
-
-class Sweep:
-    def __init__(self, args: argparse.Namespace, base: dict[str, Any], samples: list[Any],
-                 settings: RampSettings, out: Path) -> None:
-        self.args = args
-        self.base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
-        self.samples = samples
-        self.settings = settings
-        self.out = out
-        self.bars: Bars | None = None
-        self.started = time.monotonic()
-        self.count = 0
-
-    def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device and dtype: batch sizes, then waits and instances around the best (or the grid)."""
-        from batchserve_planning.sweep import Candidate, batch_sizes
-
-        args = self.args
-        cap = args.max_batch_cap or min(64, max(8, 2 * int(self.base.get("max_batch_size", 32))))
-        sizes = batch_sizes(cap)
-        waits = [float(w) for w in args.max_wait_ms.split(",")]
-        instances = [int(i) for i in args.instances.split(",")]
-        outcomes: list[Outcome] = []
-        skipped: list[Candidate] = []
-        per_combo = len(sizes) * len(waits) * len(instances) if args.full_grid \
-            else len(sizes) + len(waits) + len(instances) - 2
-        assert self.bars is not None
-        self.overall = self.bars.add("sweep", per_combo * len(combos) + FINALISTS + 1)
-
-        def measure(candidates: list[Candidate]) -> list[Outcome]:
-            done = []
-            for candidate in candidates:
-                if self._over_budget(outcomes):
-                    skipped.append(candidate)
-                    continue
-                outcome = self.measure(candidate)
-                outcomes.append(outcome)
-                done.append(outcome)
-            return done
-
-        for device, dtype in combos:
-            def candidate(size: int, wait: float, count: int, device: str = device,
-                          dtype: str | None = dtype) -> Candidate:
-                return Candidate(size, wait, count, device, dtype,
-                                 threads_per_instance(self.base, args.server_cpus, device, count))
-
-            if args.full_grid:
-                measure([candidate(b, w, i) for b, w, i in itertools.product(sizes, waits, instances)])
-                continue
-            best = _best(measure([candidate(b, waits[0], instances[0]) for b in sizes]))
-            if best is None:
-                continue
-            pivot = best.candidate
-            tried = measure([candidate(pivot.max_batch_size, w, pivot.instances) for w in waits[1:]])
-            pivot = (_best([best, *tried]) or best).candidate
-            measure([candidate(pivot.max_batch_size, pivot.max_wait_ms, i) for i in instances[1:]])
-        return outcomes, skipped
-
-    def _over_budget(self, outcomes: list[Outcome]) -> bool:
-        if not outcomes:
-            return False
-        mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
-        elapsed = time.monotonic() - self.started
-        budget_s: float = self.args.budget_s
-        # The next candidate, then the final round and the re-run (about 1.5 candidates).
-        return elapsed + mean_s * 2.5 > budget_s
-
-    def measure(self, candidate: Candidate) -> Outcome:
-        from batchserve_planning.metrics import ServerError
-        from batchserve_planning.sweep import Outcome, ramp
-
-        assert self.bars is not None
-        self.count += 1
-        outcome = Outcome(candidate)
-        started = time.monotonic()
-        label = f"#{self.count} {candidate.label()}"
-        self.bars.update(self.overall, status=f"{label}: starting the server")
-        try:
-            server = self._start(candidate, f"candidate-{self.count:02d}")
-        except ServerError as exc:
-            outcome.error = str(exc)
-            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
-        else:
-            try:
-                outcome.steps = ramp(server.url, self.args.model, self._requests(server.url), self.settings,
-                                     self.bars, label, on_step=lambda _: server.sample_memory())
-            except (OSError, RuntimeError) as exc:
-                outcome.error = f"{type(exc).__name__}: {exc}"
-            finally:
-                outcome.peak_rss_bytes = server.peak_rss_bytes()
-                outcome.gpu_bytes = server.gpu_bytes()
-                server.stop()
-            best = outcome.best
-            self.bars.print(f"{label}: " + (f"{best.rows_per_s:,.1f} rows/s at p99 {best.p99_ms:.1f} ms "
-                                            f"({best.concurrency} clients)" if best else
-                                            outcome.error or "nothing within the SLO"))
-        outcome.seconds = time.monotonic() - started
-        self.bars.update(self.overall, advance=1)
-        return outcome
-
-    def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
-        """The best of a sweep is the luckiest of many short, noisy measurements: the two best
-        candidates are measured again on fresh servers, three steps long, at their best load."""
-        ranked = sorted((o for o in outcomes if o.best is not None),
-                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
-        finals = []
-        for outcome in ranked:
-            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final")
-            if step is not None:
-                finals.append((outcome, step))
-        return finals
-
-    def _long_step(self, outcome: Outcome, label: str, name: str) -> Step | None:
-        from batchserve_planning.metrics import ServerError
-        from batchserve_planning.sweep import measure_step
-
-        assert self.bars is not None and outcome.best is not None
-        self.bars.update(self.overall, status=label)
-        self.count += 1
-        try:
-            server = self._start(outcome.candidate, f"{name}-{self.count:02d}")
-        except ServerError as exc:
-            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
-            return None
-        try:
-            return measure_step(server.url, self.args.model, self._requests(server.url),
-                                outcome.best.concurrency, self.settings, self.bars, label,
-                                duration_s=3 * self.settings.step_s,
-                                min_responses=3 * self.settings.min_responses)
-        except (OSError, RuntimeError) as exc:
-            self.bars.print(f"{label}: {type(exc).__name__}: {exc}")
-            return None
-        finally:
-            server.stop()
-            self.bars.update(self.overall, advance=1)
-
-    def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
-        """Start the pick afresh and measure it as in the final round: measured vs predicted."""
-        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification")
-        if measured is None:
-            return {"error": "the re-run did not complete; see logs/"}
-        ratio = measured.rows_per_s / predicted.rows_per_s
-        return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
-                "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
-                "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
-                "measured_error_rate": measured.error_rate,
-                "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
-                "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
-
-    def _start(self, candidate: Candidate, name: str) -> Any:
-        from batchserve_planning.serverproc import ManagedServer, toml_table
-
-        config = self.out / "logs" / f"{name}.toml"
-        config.write_text(toml_table(_repository_table(self.args.config), "[repository]") + "\n"
-                          + toml_table(candidate.table(self.base)))
-        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus)
-        server.wait_ready()
-        return server
-
-    def _requests(self, url: str) -> Requests:
-        from batchserve_planning.inputs import build_requests
-
-        host, _, port = url.removeprefix("http://").partition(":")
-        return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
-                              rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
-                              parameters=self.args.parameters)
-
-
-def _best(outcomes: list[Outcome]) -> Outcome | None:
-    ranked = [o for o in outcomes if o.best is not None]
-    return max(ranked, key=lambda o: o.best.rows_per_s if o.best else 0.0) if ranked else None

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from batchserve_planning.results import format_ms
+from batchserve_planning.load.results import format_ms
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.sweep import Candidate
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from batchserve_planning.metrics import ServerError, wait_ready
+from batchserve_planning.load.scrape import ServerError, wait_ready
 
 
 def toml_value(value: Any) -> str:
@@ -40,7 +43,11 @@ def toml_table(table: dict[str, Any], header: str = "[[models]]") -> str:
     return f"{header}\n" + "".join(f"{key} = {toml_value(value)}\n" for key, value in table.items())
 
 
-def free_port() -> int:
+def _free_port() -> int:
+    """A loopback port that was free a moment ago. The server could bind port 0 itself, but then
+    the launcher would have to learn the port from the server's log; the window between closing
+    this socket and the server binding the port is a few milliseconds on a port the kernel has
+    just handed out, and a lost race shows as a server that exits before it is ready."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -48,30 +55,46 @@ def free_port() -> int:
 
 
 class ManagedServer:
-    """``python -m batchserve serve`` on a free loopback port, optionally pinned to ``cpus``."""
+    """``python -m batchserve serve`` on a loopback port, optionally pinned to ``cpus``: the one
+    launcher of the planner, the tests and the benchmarks.
 
-    def __init__(self, config: Path, log: Path, *, cpus: set[int] | None = None) -> None:
-        self.port = free_port()
+    ``port``: a free one by default. ``log``: where its output goes (a temporary file, removed
+    on ``stop``/``close``, by default); ``output()`` reads it. ``env`` is added to this process's
+    environment. ``stop()`` is SIGTERM and the drain; ``close()`` kills at once.
+    """
+
+    def __init__(self, config: Path, log: Path | None = None, *, port: int | None = None,
+                 cpus: set[int] | None = None, grace_s: float = 5.0, log_level: str = "warning",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._own_log = log is None
+        if log is None:
+            handle, name = tempfile.mkstemp(prefix="batchserve-", suffix=".log")
+            os.close(handle)
+            log = Path(name)
         self.log_path = log
-        self._log: IO[bytes] = log.open("wb")
+        self._log: IO[bytes] = log.open("ab")
         self._peak_samples = 0
         self._gpu_peak: int | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(self.port),
-             "--log-level", "warning", "--shutdown-grace-s", "5"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+             "--log-level", log_level, "--shutdown-grace-s", f"{grace_s:g}"],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         if cpus:
             # Pinned before the interpreter has started (tens of ms): every thread it creates
             # inherits the mask. (preexec_fn is unsafe when this process has threads.)
             os.sched_setaffinity(self.process.pid, cpus)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Until ``/readyz`` answers 200; on failure the server is stopped and ``ServerError``
+        says why, with the end of its log."""
         try:
-            wait_ready(self.url, timeout_s, alive=lambda: self.process.poll() is None)
+            wait_ready(f"{self.url}/readyz", timeout_s, alive=lambda: self.process.poll() is None)
         except ServerError as exc:
+            tail = self.log_tail(40)
             self.stop()
-            raise ServerError(f"{exc}; its log ends:\n{self.log_tail()}") from None
+            raise ServerError(f"{exc}; its log ends:\n{tail}") from None
 
     def sample_memory(self) -> None:
         """Where there is no exact high-water mark, remember the largest reading so far."""
@@ -96,21 +119,44 @@ class ManagedServer:
     def gpu_bytes(self) -> int | None:
         return self._gpu_peak
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: the server drains and exits (``process.wait()`` for it)."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM and wait for the drain (SIGKILL after ``timeout_s``); release the log."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
-        self._log.close()
+        self._release()
 
-    def log_tail(self, lines: int = 15) -> str:
+    def close(self) -> None:
+        """SIGKILL at once (nothing left to drain: a test's end); release the log."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self._release()
+
+    def output(self) -> str:
+        """Everything the server wrote so far."""
         if not self._log.closed:
             self._log.flush()
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def _release(self) -> None:
+        self._log.close()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
 
 def _status_kib(pid: int, field: str) -> int | None:

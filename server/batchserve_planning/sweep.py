@@ -1,26 +1,33 @@
-"""Candidates of a ``recommend`` sweep, and the load ramp that measures each one.
+"""A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
-The ramp doubles the number of concurrent clients (1, 2, 4, ...) until the p99
-latency leaves the SLO, errors appear, or throughput stops growing for two steps (a
-plateau: more clients then only add queueing), then tries once between the last
-level inside the SLO and the first outside it. A candidate's capacity is the highest
-throughput of a step inside the SLO.
+Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
+cap, then max_wait_ms and instances around the best (or every combination); each
+candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
+best are measured again, longer (``final_round``), and the pick once more (``verify``).
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import os
+import time
+import tomllib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from batchserve_planning.inputs import Requests
-    from batchserve_planning.progress import Bars
-    from batchserve_planning.results import Summary
+from batchserve_planning.ramp import Step
 
-PLATEAU = 0.03
-"""A step that adds less than this share of throughput ends the ramp."""
-MAX_ERROR_RATE = 0.001
-"""Share of non-2xx answers a step may have and still count as within the SLO."""
+if TYPE_CHECKING:
+    from batchserve_planning.load.inputs import Requests
+    from batchserve_planning.load.progress import Bars
+    from batchserve_planning.ramp import RampSettings
+
+VERIFY_TOLERANCE = 0.10
+"""The re-run's throughput must be within this share of the prediction's."""
+FINALISTS = 2
+"""Candidates measured again, longer, before the pick."""
 
 
 @dataclass(frozen=True)
@@ -56,26 +63,6 @@ class Candidate:
         return table
 
 
-@dataclass(frozen=True)
-class Step:
-    concurrency: int
-    rps: float
-    rows_per_s: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    error_rate: float
-    mean_batch_size: float | None
-    within_slo: bool
-
-    @classmethod
-    def of(cls, summary: Summary, slo_ms: float) -> Step:
-        latency = summary.latency_ms
-        within = latency["p99"] <= slo_ms and summary.error_rate <= MAX_ERROR_RATE
-        return cls(summary.concurrency, summary.ok_rps, summary.rows_per_s, latency["p50"], latency["p99"],
-                   latency["max"], summary.error_rate, summary.mean_batch_size, within)
-
-
 @dataclass
 class Outcome:
     """What one candidate measured."""
@@ -100,76 +87,201 @@ class Outcome:
                 "seconds": self.seconds, "error": self.error}
 
 
-@dataclass(frozen=True)
-class RampSettings:
-    slo_ms: float
-    max_concurrency: int = 512
-    step_s: float = 1.0
-    """Shortest measurement of a step..."""
-    min_responses: int = 300
-    """...which goes on until this many answers..."""
-    max_step_s: float = 8.0
-    """...for at most this long."""
-    warmup_s: float = 0.3
-    timeout_s: float = 30.0
-    rows_per_request: int = 1
-    processes: int = 1
-    load_cpus: set[int] | None = None
-
-
-def measure_step(url: str, model: str, requests: Requests, concurrency: int, settings: RampSettings,
-                 bars: Bars | None, label: str, *, duration_s: float | None = None,
-                 min_responses: int | None = None) -> Step:
-    from batchserve_planning.loadgen import LoadSpec
-    from batchserve_planning.loadtest import measure
-
-    host, _, port = url.removeprefix("http://").partition(":")
-    spec = LoadSpec(host, int(port), requests.requests, mode="closed", concurrency=concurrency,
-                    duration_s=duration_s or settings.step_s, warmup_s=settings.warmup_s,
-                    timeout_s=settings.timeout_s,
-                    min_responses=settings.min_responses if min_responses is None else min_responses,
-                    max_duration_s=max(settings.max_step_s, duration_s or 0))
-    summary = measure(spec, url, model, requests.rows_per_request, processes=min(settings.processes,
-                      concurrency), cpus=settings.load_cpus, bars=bars, label=label)
-    return Step.of(summary, settings.slo_ms)
-
-
-def ramp(url: str, model: str, requests: Requests, settings: RampSettings, bars: Bars | None,
-         label: str, on_step: Any = None) -> list[Step]:
-    """Steps of increasing concurrency (see the module's docstring)."""
-    steps: list[Step] = []
-
-    def run(concurrency: int) -> Step:
-        step = measure_step(url, model, requests, concurrency, settings, bars,
-                            f"{label} @ {concurrency} clients")
-        steps.append(step)
-        if on_step is not None:
-            on_step(step)
-        return step
-
-    concurrency, best_rate, last_ok, flat = 1, 0.0, 0, 0
-    while concurrency <= settings.max_concurrency:
-        step = run(concurrency)
-        if not step.within_slo and last_ok and steps[-2].p99_ms < settings.slo_ms / 2:
-            # From well inside the SLO to outside it in one doubling: on a shared machine that is
-            # often a stall elsewhere, so measure that level once more before believing it.
-            step = run(concurrency)
-        if not step.within_slo:
-            break
-        last_ok = concurrency
-        flat = flat + 1 if best_rate and step.rows_per_s < best_rate * (1 + PLATEAU) else 0
-        if flat == 2:
-            return steps
-        best_rate = max(best_rate, step.rows_per_s)
-        concurrency *= 2
-    middle = (last_ok + concurrency) // 2
-    if last_ok and concurrency <= settings.max_concurrency and last_ok < middle < concurrency:
-        run(middle)
-    return steps
-
-
 def batch_sizes(cap: int) -> list[int]:
     sizes = [1]
     while sizes[-1] * 2 <= cap:
         sizes.append(sizes[-1] * 2)
     return sizes
+
+
+def repository_table(config: Path) -> dict[str, Any]:
+    """The ``[repository]`` table for a generated config elsewhere: the same root, made absolute
+    (so the artifact is still inside it), and the same rules."""
+    table = dict(tomllib.loads(config.read_text(encoding="utf-8")).get("repository", {}))
+    table["root"] = str((config.parent / table.get("root", ".")).resolve())
+    return table
+
+
+def threads_per_instance(base: dict[str, Any], server_cpus: set[int] | None, device: str,
+                          instances: int) -> int | None:
+    """Torch threads for each of ``instances`` on CPU: the server's cores split between them,
+    for a torch backend whose table leaves ``torch_threads`` to torch (which gives every
+    instance all the cores: N instances would oversubscribe the CPU N times); else None."""
+    from batchserve.backends import backend_class
+
+    if device != "cpu" or instances == 1 or "torch_threads" in base.get("options", {}):
+        return None
+    if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
+        return None
+    cores = len(server_cpus) if server_cpus else len(os.sched_getaffinity(0))
+    return max(1, cores // instances)
+
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace, base: dict[str, Any], samples: list[Any],
+                 settings: RampSettings, out: Path) -> None:
+        self.args = args
+        self.base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
+        self.samples = samples
+        self.settings = settings
+        self.out = out
+        self.bars: Bars | None = None
+        self.started = time.monotonic()
+        self.count = 0
+
+    def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
+        """Per device and dtype: batch sizes, then waits and instances around the best (or the grid)."""
+        args = self.args
+        cap = args.max_batch_cap or min(64, max(8, 2 * int(self.base.get("max_batch_size", 32))))
+        sizes = batch_sizes(cap)
+        waits = [float(w) for w in args.max_wait_ms.split(",")]
+        instances = [int(i) for i in args.instances.split(",")]
+        outcomes: list[Outcome] = []
+        skipped: list[Candidate] = []
+        per_combo = len(sizes) * len(waits) * len(instances) if args.full_grid \
+            else len(sizes) + len(waits) + len(instances) - 2
+        assert self.bars is not None
+        self.overall = self.bars.add("sweep", per_combo * len(combos) + FINALISTS + 1)
+
+        def evaluate_each(candidates: list[Candidate]) -> list[Outcome]:
+            done = []
+            for candidate in candidates:
+                if self._over_budget(outcomes):
+                    skipped.append(candidate)
+                    continue
+                outcome = self.evaluate(candidate)
+                outcomes.append(outcome)
+                done.append(outcome)
+            return done
+
+        for device, dtype in combos:
+            def candidate(size: int, wait: float, count: int, device: str = device,
+                          dtype: str | None = dtype) -> Candidate:
+                return Candidate(size, wait, count, device, dtype,
+                                 threads_per_instance(self.base, args.server_cpus, device, count))
+
+            if args.full_grid:
+                evaluate_each([candidate(b, w, i) for b, w, i in itertools.product(sizes, waits, instances)])
+                continue
+            best = _best(evaluate_each([candidate(b, waits[0], instances[0]) for b in sizes]))
+            if best is None:
+                continue
+            pivot = best.candidate
+            tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances) for w in waits[1:]])
+            pivot = (_best([best, *tried]) or best).candidate
+            evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i) for i in instances[1:]])
+        return outcomes, skipped
+
+    def _over_budget(self, outcomes: list[Outcome]) -> bool:
+        if not outcomes:
+            return False
+        mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
+        elapsed = time.monotonic() - self.started
+        budget_s: float = self.args.budget_s
+        # The next candidate, then the final round and the re-run (about 1.5 candidates).
+        return elapsed + mean_s * 2.5 > budget_s
+
+    def evaluate(self, candidate: Candidate) -> Outcome:
+        from batchserve_planning.load.scrape import ServerError
+        from batchserve_planning.ramp import ramp
+
+        assert self.bars is not None
+        self.count += 1
+        outcome = Outcome(candidate)
+        started = time.monotonic()
+        label = f"#{self.count} {candidate.label()}"
+        self.bars.update(self.overall, status=f"{label}: starting the server")
+        try:
+            server = self._start(candidate, f"candidate-{self.count:02d}")
+        except ServerError as exc:
+            outcome.error = str(exc)
+            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
+        else:
+            try:
+                outcome.steps = ramp(server.url, self.args.model, self._requests(server.url), self.settings,
+                                     self.bars, label, on_step=lambda _: server.sample_memory())
+            except (OSError, RuntimeError) as exc:
+                outcome.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                outcome.peak_rss_bytes = server.peak_rss_bytes()
+                outcome.gpu_bytes = server.gpu_bytes()
+                server.stop()
+            best = outcome.best
+            self.bars.print(f"{label}: " + (f"{best.rows_per_s:,.1f} rows/s at p99 {best.p99_ms:.1f} ms "
+                                            f"({best.concurrency} clients)" if best else
+                                            outcome.error or "nothing within the SLO"))
+        outcome.seconds = time.monotonic() - started
+        self.bars.update(self.overall, advance=1)
+        return outcome
+
+    def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
+        """The best of a sweep is the luckiest of many short, noisy measurements: the two best
+        candidates are measured again on fresh servers, three steps long, at their best load."""
+        ranked = sorted((o for o in outcomes if o.best is not None),
+                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
+        finals = []
+        for outcome in ranked:
+            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final")
+            if step is not None:
+                finals.append((outcome, step))
+        return finals
+
+    def _long_step(self, outcome: Outcome, label: str, name: str) -> Step | None:
+        from batchserve_planning.load.scrape import ServerError
+        from batchserve_planning.ramp import measure_step
+
+        assert self.bars is not None and outcome.best is not None
+        self.bars.update(self.overall, status=label)
+        self.count += 1
+        try:
+            server = self._start(outcome.candidate, f"{name}-{self.count:02d}")
+        except ServerError as exc:
+            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
+            return None
+        try:
+            return measure_step(server.url, self.args.model, self._requests(server.url),
+                                outcome.best.concurrency, self.settings, self.bars, label,
+                                duration_s=3 * self.settings.step_s,
+                                min_responses=3 * self.settings.min_responses)
+        except (OSError, RuntimeError) as exc:
+            self.bars.print(f"{label}: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            server.stop()
+            self.bars.update(self.overall, advance=1)
+
+    def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
+        """Start the pick afresh and measure it as in the final round: measured vs predicted."""
+        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification")
+        if measured is None:
+            return {"error": "the re-run did not complete; see logs/"}
+        ratio = measured.rows_per_s / predicted.rows_per_s
+        return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
+                "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
+                "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
+                "measured_error_rate": measured.error_rate,
+                "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
+                "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
+
+    def _start(self, candidate: Candidate, name: str) -> Any:
+        from batchserve_planning.serverproc import ManagedServer, toml_table
+
+        config = self.out / "logs" / f"{name}.toml"
+        config.write_text(toml_table(repository_table(self.args.config), "[repository]") + "\n"
+                          + toml_table(candidate.table(self.base)))
+        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus)
+        server.wait_ready()
+        return server
+
+    def _requests(self, url: str) -> Requests:
+        from batchserve_planning.load.inputs import build_requests
+
+        host, _, port = url.removeprefix("http://").partition(":")
+        return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
+                              rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
+                              parameters=self.args.parameters)
+
+
+def _best(outcomes: list[Outcome]) -> Outcome | None:
+    ranked = [o for o in outcomes if o.best is not None]
+    return max(ranked, key=lambda o: o.best.rows_per_s if o.best else 0.0) if ranked else None

@@ -1,7 +1,7 @@
 """Runs KServe's own Python client (in its own virtualenv, see Makefile) against a batchserve URL.
 
 Usage: .venv-kserve/bin/python tests/clients/kserve_client.py URL
-Prints one JSON object with what the client saw; tests/test_v2.py checks it.
+Prints one JSON object with what the client saw; tests/unit/test_v2.py checks it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchserve.backends.base import Backend, LoadError
+from batchserve.backends import Backend, LoadError
 from batchserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict
 

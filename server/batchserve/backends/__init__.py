@@ -1,5 +1,8 @@
 """Backends by short name; third-party ones register in the ``batchserve.backends`` group.
 
+A plugin writes ``from batchserve.backends import Backend, LoadError`` (the contract is
+in ``base``; the planner's optional capabilities in ``capabilities``).
+
 Resolving a name imports only the backend's module, never its framework:
 torch and friends are imported inside ``load``.
 """
@@ -8,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from batchserve.backends.base import Backend
+from batchserve.backends.base import Backend, LoadError
+
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Backend", "LoadError", "backend_class"]
 
 ENTRY_POINT_GROUP = "batchserve.backends"
 
@@ -24,8 +27,6 @@ BUILTIN: dict[str, str] = {
 
 def backend_class(name: str) -> type[Backend]:
     """The backend class called ``name``: built in, or from an installed entry point."""
-    from batchserve.backends.base import Backend
-
     target = BUILTIN.get(name)
     if target is None:
         found = entry_points(group=ENTRY_POINT_GROUP, name=name)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.capabilities import Samples
 from batchserve.backends.multipart import files_from_multipart
 from batchserve.backends.torch_common import (
     TorchOptions,
@@ -236,6 +237,23 @@ class ResNet50Backend(Backend):
             "weights": self.weights_note,
             "parameters": {"top_k": "integer, 1 to 1000"},
         }
+
+    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
+    def torch_modules(self) -> list[Any]:
+        return [self._model] if self._model is not None else []
+
+    def sample_items(self) -> Samples:
+        from pathlib import Path
+
+        import sklearn.datasets
+
+        photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
+        return Samples([photo.read_bytes()], f"{photo.name}, scikit-learn's bundled photo")
 
 
 def _image_bytes(item: Any) -> bytes:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.capabilities import Samples
 from batchserve.errors import InvalidInput, RowError
 from batchserve.v2.tensors import Tensor
 
@@ -172,3 +173,15 @@ class SklearnBackend(Backend):
             if self.options.output == "proba" else {"type": "prediction (number or label)"}
         )
         return {"input": item, "output": output}
+
+    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu",)
+
+    def fitted_estimator(self) -> Any:
+        return self._estimator
+
+    def sample_items(self) -> Samples:
+        return Samples([[0.0] * self._n_features], f"a row of {self._n_features} zeros")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.capabilities import Samples
 from batchserve.backends.torch_common import (
     TorchOptions,
     resolve_device,
@@ -205,6 +206,21 @@ class TransformerBackend(Backend):
             import torch
 
             torch.cuda.empty_cache()
+
+    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
+    def torch_modules(self) -> list[Any]:
+        model = getattr(self, "_model", None)
+        return [model] if model is not None else []
+
+    def sample_items(self) -> Samples:
+        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
+        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
+                               f"({self.options.max_length} tokens)")
 
 
 def _from_pretrained(path: Path) -> tuple[Any, Any]:

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.models import resnet50
 
-from tests.conftest import make_client, wait_ready
+from tests.support import make_client, wait_ready
 
 PHOTOS = Path(os.path.dirname(sklearn.datasets.__file__)) / "images"
 NAMES = ("china.jpg", "flower.jpg")

@@ -17,8 +17,7 @@ import sklearn.datasets
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LinearRegression
 
-from tests.conftest import make_client, wait_ready
-from tests.support import ROOT, running_server, write_models
+from tests.support import ROOT, make_client, running_server, wait_ready, write_models
 
 ROW = [0.038, 0.051, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.020, -0.018]
 CHINA = Path(os.path.dirname(sklearn.datasets.__file__)) / "images" / "china.jpg"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from batchserve.config import ConfigError, load_models
 
-from tests.support import write_models
+from tests.support import ROOT, write_models
 
 BASE: dict[str, Any] = {"name": "m", "backend": "sklearn", "path": "artifacts/m.joblib"}
 
@@ -80,7 +80,7 @@ def test_third_party_backend_is_found_through_its_entry_point(tmp_path: Path) ->
 
 
 def test_shipped_repository_file_is_valid() -> None:
-    configs = load_models(Path(__file__).parent.parent / "models" / "models.toml")
+    configs = load_models(ROOT / "models" / "models.toml")
     assert "diabetes" in [c.name for c in configs]
 
 

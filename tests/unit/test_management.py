@@ -15,8 +15,7 @@ from batchserve.settings import ServerSettings
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from tests.conftest import make_client, wait_ready
-from tests.support import write_models
+from tests.support import make_client, wait_ready, write_models
 
 TOKEN = "correct-horse-battery-staple"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -125,7 +125,7 @@ def test_candidates_and_their_configuration() -> None:
 
 
 def test_instances_on_cpu_split_the_cores_between_them() -> None:
-    from batchserve_planning.recommend import threads_per_instance
+    from batchserve_planning.sweep import threads_per_instance
 
     text = {"name": "m", "backend": "transformer", "path": "t"}
     assert threads_per_instance(text, {0, 1, 2, 3}, "cpu", 2) == 2

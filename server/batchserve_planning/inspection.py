@@ -4,9 +4,9 @@ Loads the model as the server would (from ``--config``), then prints its paramet
 count, its weight bytes in each dtype, and for each batch size the memory of the
 batch's input and what one ``predict_batch`` adds at its peak (activations): the
 CUDA allocator's peak on GPU, the growth of the process's peak resident set on
-CPU. Inputs are ``--inputs`` (as for ``loadtest``) or, for the built-in backends,
-a bundled photo (resnet50), a text long enough to reach ``max_length``
-(transformer) or a row of zeros (sklearn).
+CPU. Inputs are ``--inputs`` (as for ``loadtest``) or the backend's own samples
+(a bundled photo for resnet50, a text long enough to reach ``max_length`` for the
+transformer, a row of zeros for sklearn).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends.base import LoadError
     from batchserve.config import ConfigError, load_models
 
-    from batchserve_planning.inputs import InputError
+    from batchserve_planning.load.inputs import InputError
 
     try:
         configs = {c.name: c for c in load_models(args.config)}
@@ -78,32 +78,17 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
 
 
 def _sample_items(backend: Any, inputs: Path | None) -> tuple[list[Any], str]:
-    from batchserve_planning.inputs import InputError, load_samples
+    from batchserve.backends.capabilities import SampleItems
+
+    from batchserve_planning.load.inputs import InputError, load_samples
 
     if inputs is not None:
         samples = load_samples(inputs)
         return [s.item for s in samples], f"{len(samples)} samples from {inputs}"
-    name = backend.config.backend
-    if name == "resnet50":
-        import sklearn.datasets
-
-        photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
-        return [photo.read_bytes()], f"{photo.name}, scikit-learn's bundled photo"
-    if name == "transformer":
-        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
-        return [text], f"a text of {len(text)} characters, truncated at max_length " \
-                       f"({backend.options.max_length} tokens)"
-    _, estimator = _objects(backend)
-    features = getattr(estimator, "n_features_in_", None)
-    if name == "sklearn" and isinstance(features, int):
-        return [[0.0] * features], f"a row of {features} zeros"
-    raise InputError(f"no default sample for backend {name!r}: give --inputs")
-
-
-def _objects(backend: Any) -> tuple[list[Any], Any]:
-    from batchserve_planning.modelsize import model_objects
-
-    return model_objects(backend)
+    if isinstance(backend, SampleItems):
+        items, description = backend.sample_items()
+        return items, description
+    raise InputError(f"no default sample for backend {backend.config.backend!r}: give --inputs")
 
 
 def _bytes(value: float | None) -> str:

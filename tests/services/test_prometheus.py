@@ -8,7 +8,6 @@ unless BATCHSERVE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,10 +21,10 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import yaml
-from batchserve_planning.serverproc import free_port
+from batchserve_planning.load.scrape import ServerError, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT, ServerProcess, running_server, write_models
+from tests.support import ROOT, ServerProcess, free_port, running_server, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +65,11 @@ class Prometheus:
                 stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"prometheus exited:\n{self.log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready in {timeout_s} s:\n{self.log.read_text()}")
+        try:
+            wait_ready(f"{self.url}/-/ready", timeout_s, alive=lambda: self.process.poll() is None,
+                       interval_s=0.2)
+        except ServerError as exc:
+            raise AssertionError(f"prometheus: {exc}\n{self.log.read_text()}") from None
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)

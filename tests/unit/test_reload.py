@@ -22,8 +22,7 @@ from batchserve.settings import ServerSettings
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from tests.conftest import wait_ready
-from tests.support import write_models
+from tests.support import wait_ready, write_models
 
 echo: Any = importlib.import_module("batchserve_test_backends")  # tests/plugins, on sys.path
 TOKEN = "correct-horse-battery-staple"

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from batchserve.cli import main
-from batchserve_planning.client import build_request
-from batchserve_planning.inputs import InputError, build_requests, load_samples
-from batchserve_planning.loadgen import LoadSpec, run_load
-from batchserve_planning.results import summarize
+from batchserve_planning.load.client import build_request
+from batchserve_planning.load.generator import run_load
+from batchserve_planning.load.inputs import InputError, build_requests, load_samples
+from batchserve_planning.load.results import summarize
+from batchserve_planning.load.shared import LoadSpec
 
 from tests.support import ServerProcess, running_server, write_models
 

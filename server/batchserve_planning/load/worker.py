@@ -16,8 +16,17 @@ from collections import deque
 from collections.abc import Callable, MutableSequence
 from typing import Any
 
-from batchserve_planning.client import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, Connection, connect
-from batchserve_planning.loadgen import PER_WORKER, START, STOP, TICK_S, LoadSpec, Records
+from batchserve_planning.load.client import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, Connection, connect
+from batchserve_planning.load.shared import (
+    START,
+    STOP,
+    TICK_S,
+    LoadSpec,
+    Records,
+    errors_slot,
+    responses_slot,
+    total_responses,
+)
 
 EARLY_S = 0.0005
 """Open loop: an arrival this close is sent at once. Event-loop timers have 1 ms
@@ -25,7 +34,7 @@ resolution; sleeping for less would spin the CPU the server may need."""
 
 
 class Worker:
-    """Worker ``index`` of ``processes``; ``shared`` holds the slots of ``loadgen``."""
+    """Worker ``index`` of ``processes``; ``shared`` holds the slots of ``shared``."""
 
     def __init__(self, spec: LoadSpec, index: int, processes: int, shared: MutableSequence[float]) -> None:
         self.spec = spec
@@ -104,8 +113,7 @@ class Worker:
             return False
         if spec.max_duration_s is not None and elapsed >= spec.max_duration_s:
             return True
-        responses = sum(self.shared[PER_WORKER + 2 * k] for k in range(self.processes))
-        return responses >= spec.min_responses
+        return total_responses(self.shared, self.processes) >= spec.min_responses
 
     def _publish(self) -> None:
         """Responses and errors to requests sent while measuring, for progress and stopping."""
@@ -117,8 +125,8 @@ class Worker:
                 responses += 1
                 errors += not 200 <= status[n] < 300
         self._published = len(intended)
-        self.shared[PER_WORKER + 2 * self.index] += responses
-        self.shared[PER_WORKER + 2 * self.index + 1] += errors
+        self.shared[responses_slot(self.index)] += responses
+        self.shared[errors_slot(self.index)] += errors
 
     # -- sending ---------------------------------------------------------------------------------
 

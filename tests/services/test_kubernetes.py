@@ -3,8 +3,8 @@ against each other, the image and the server.
 
 kubernetes-validate carries the schemas of the built-in kinds only. The ServiceMonitor (a Prometheus
 Operator CRD) is not among them: its links to the Service are checked here instead. The
-prometheus-adapter rule is Helm values, not a resource: tests/test_prometheus.py runs its queries
-against a real Prometheus.
+prometheus-adapter rule is Helm values, not a resource: tests/services/test_prometheus.py runs its
+queries against a real Prometheus.
 """
 
 from __future__ import annotations

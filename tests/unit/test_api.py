@@ -10,7 +10,7 @@ from batchserve.registry import artifact_sha256
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LinearRegression
 
-from tests.conftest import make_client, wait_ready
+from tests.support import make_client, wait_ready
 
 
 def error_of(response: object) -> dict[str, str]:

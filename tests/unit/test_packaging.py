@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+from tests.support import ROOT
 
 
 def test_importing_the_server_does_not_import_torch() -> None:
@@ -46,3 +50,24 @@ def test_sha256_command_pins_files_and_folders(tmp_path: Path) -> None:
     assert digest(folder) == before
     (folder / "extra.txt").write_text("x")
     assert digest(folder) != before
+
+
+def test_the_wheel_installs_batchserve_and_batchserve_planning_only(tmp_path: Path) -> None:
+    """What `pip install batchserve` puts on sys.path: our two packages, no `server`, no tests.
+    Built from a copy of what the Dockerfile copies (pyproject.toml, README.md, server/)."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "server", source / "server",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path / "wheels"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheels").glob("batchserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"batchserve", "batchserve_planning"}
+    assert "batchserve_planning/load/shared.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "batchserve = batchserve.cli:main" in archive.read(entry_points).decode()

@@ -1,4 +1,4 @@
-"""What the planning commands read from a running server: readiness and ``/metrics``."""
+"""What the planning commands read from a running server: readiness, ``/models`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,19 +35,22 @@ def model_state(base_url: str, model: str) -> dict[str, Any]:
     return state
 
 
-def wait_ready(base_url: str, timeout_s: float, alive: Any = None) -> None:
-    """Wait for ``/readyz`` to answer 200; ``alive()`` returning False stops the wait early."""
+def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] | None = None,
+               interval_s: float = 0.05) -> None:
+    """Poll ``url`` (a server's ``/readyz``, say) until it answers 200; raises ``ServerError``
+    after ``timeout_s``, or as soon as ``alive()`` returns False (the process behind it exited).
+    The one readiness poller of the planner, the tests and the benchmarks."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if alive is not None and not alive():
-            raise ServerError("the server exited before it was ready")
+            raise ServerError(f"the server exited before {url} answered 200")
         try:
-            if get(f"{base_url}/readyz", timeout_s=2)[0] == 200:
+            if get(url, timeout_s=2)[0] == 200:
                 return
         except OSError:
             pass
-        time.sleep(0.05)
-    raise ServerError(f"{base_url} not ready within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+    raise ServerError(f"{url} did not answer 200 within {timeout_s:g} s")
 
 
 def batch_counters(base_url: str, model: str) -> tuple[float, float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from batchserve_planning.client import describe_status
-from batchserve_planning.loadgen import Run
+from batchserve_planning.load.client import describe_status
+from batchserve_planning.load.generator import Run
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import yaml
-from batchserve_planning.serverproc import free_port
+from batchserve_planning.load.scrape import ServerError, wait_ready
 from sklearn.linear_model import LinearRegression
 
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -133,15 +133,11 @@ class Container:
         return result.stdout + result.stderr
 
     def wait_ready(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.state()["Running"]:
-                raise AssertionError(f"container exited: {self.state()}\n{self.logs()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"not ready in {timeout_s} s:\n{self.logs()}")
+        try:
+            wait_ready(f"{self.url}/readyz", timeout_s, alive=lambda: bool(self.state()["Running"]),
+                       interval_s=0.5)
+        except ServerError as exc:
+            raise AssertionError(f"{exc}: {self.state()}\n{self.logs()}") from None
 
     def remove(self) -> None:
         docker("rm", "--force", self.name, check=False)

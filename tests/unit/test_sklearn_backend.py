@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from tests.conftest import make_client, wait_ready
+from tests.support import make_client, wait_ready
 
 
 @pytest.fixture

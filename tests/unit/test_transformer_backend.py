@@ -23,8 +23,7 @@ from batchserve.config import ModelConfig
 from batchserve.metrics import Metrics
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_client, wait_ready
-from tests.support import ROOT
+from tests.support import ROOT, make_client, wait_ready
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = [

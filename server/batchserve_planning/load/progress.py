@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
 
-    from batchserve_planning.loadgen import Progress
+    from batchserve_planning.load.generator import Progress
 
 
 class Bars(AbstractContextManager["Bars"]):
@@ -61,7 +61,7 @@ class Bars(AbstractContextManager["Bars"]):
             print(text, file=sys.stderr)
 
     def load_callback(self, task: int, duration_s: float | None, count: int | None) -> Any:
-        """A ``loadgen`` progress callback that moves ``task`` by time (or by requests)."""
+        """A ``generator`` progress callback that moves ``task`` by time (or by requests)."""
 
         def show(progress: Progress) -> None:
             if progress.phase == "warmup":

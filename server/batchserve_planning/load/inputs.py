@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from batchserve_planning.client import build_request
+from batchserve_planning.load.client import build_request
 
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")

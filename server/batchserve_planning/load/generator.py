@@ -22,65 +22,22 @@ import asyncio
 import contextlib
 import os
 import time
-from array import array
 from collections.abc import Callable, MutableSequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-TICK_S = 0.02
-"""How often a worker checks its stop condition, timeouts and progress."""
+from batchserve_planning.load.shared import (
+    START,
+    STOP,
+    LoadSpec,
+    Records,
+    slot_count,
+    total_errors,
+    total_responses,
+)
+from batchserve_planning.load.worker import Worker
 
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """What load to generate against which server."""
-
-    host: str
-    port: int
-    requests: tuple[bytes, ...]
-    """Pre-built HTTP requests (``client.build_request``), sent in turn."""
-    mode: Literal["closed", "open"] = "closed"
-    concurrency: int = 1
-    """Closed loop: concurrent clients. Open loop: most connections in use at once."""
-    rate: float = 0.0
-    """Open loop: mean arrivals per second."""
-    duration_s: float | None = 10.0
-    count: int | None = None
-    """Measure this many requests instead of a duration."""
-    warmup_s: float = 1.0
-    timeout_s: float = 30.0
-    min_responses: int = 0
-    """Measure past ``duration_s`` until this many responses arrived..."""
-    max_duration_s: float | None = None
-    """... but no longer than this."""
-    seed: int = 0
-
-
-@dataclass
-class Records:
-    """Every request one worker made: times are ``time.monotonic()`` seconds."""
-
-    intended: array[float] = field(default_factory=lambda: array("d"))
-    sent: array[float] = field(default_factory=lambda: array("d"))
-    end: array[float] = field(default_factory=lambda: array("d"))
-    status: array[int] = field(default_factory=lambda: array("H"))
-    error_examples: dict[int, bytes] = field(default_factory=dict)
-    max_backlog: int = 0
-
-    def add(self, intended: float, sent: float, end: float, status: int) -> None:
-        self.intended.append(intended)
-        self.sent.append(sent)
-        self.end.append(end)
-        self.status.append(status)
-
-    def extend(self, other: Records) -> None:
-        for mine, theirs in ((self.intended, other.intended), (self.sent, other.sent),
-                             (self.end, other.end)):
-            mine.extend(theirs)
-        self.status.extend(other.status)
-        for status, body in other.error_examples.items():
-            self.error_examples.setdefault(status, body)
-        self.max_backlog = max(self.max_backlog, other.max_backlog)
+__all__ = ["LoadSpec", "Progress", "ProgressCallback", "Records", "Run", "run_load"]
 
 
 @dataclass(frozen=True)
@@ -106,10 +63,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-# Shared slots: start time, stop time, then per worker: responses and errors while measuring.
-START, STOP, PER_WORKER = 0, 1, 2
-
 
 def run_load(spec: LoadSpec, *, processes: int = 1, on_progress: ProgressCallback | None = None,
              on_measure_start: Callable[[], object] | None = None, cpus: set[int] | None = None) -> Run:
@@ -142,9 +95,7 @@ def _run_here(spec: LoadSpec, on_progress: ProgressCallback | None, hook: Callab
               cpus: set[int] | None) -> Run:
     import uvloop
 
-    from batchserve_planning.worker import Worker
-
-    shared = [0.0] * (PER_WORKER + 2)
+    shared = [0.0] * slot_count(1)
     worker = Worker(spec, 0, 1, shared)
 
     async def main() -> Records:
@@ -194,9 +145,8 @@ def _progress(shared: MutableSequence[float], spec: LoadSpec, processes: int) ->
     stop = shared[STOP]
     phase: Literal["warmup", "measure", "drain"] = (
         "warmup" if elapsed < 0 else "drain" if 0 < stop <= now else "measure")
-    responses = sum(shared[PER_WORKER + 2 * k] for k in range(processes))
-    errors = sum(shared[PER_WORKER + 2 * k + 1] for k in range(processes))
-    return Progress(phase, elapsed, int(responses), int(errors))
+    return Progress(phase, elapsed, int(total_responses(shared, processes)),
+                    int(total_errors(shared, processes)))
 
 
 def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback | None,
@@ -206,7 +156,7 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
 
     # spawn, not fork: the caller may have threads (a progress display).
     context = multiprocessing.get_context("spawn")
-    shared = context.RawArray("d", PER_WORKER + 2 * processes)
+    shared = context.RawArray("d", slot_count(processes))
     ready: multiprocessing.Queue[int] = context.Queue()
     results: multiprocessing.Queue[tuple[int, Records | str]] = context.Queue()
     go = context.Event()
@@ -255,8 +205,6 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
 def _worker_main(spec: LoadSpec, index: int, processes: int, shared: MutableSequence[float],
                  ready: Any, go: Any, results: Any, cpus: set[int] | None) -> None:
     import uvloop
-
-    from batchserve_planning.worker import Worker
 
     if cpus:
         os.sched_setaffinity(0, cpus)

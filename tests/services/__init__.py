@@ -1,0 +1,2 @@
+"""The deployment around the server: the Docker image, Prometheus, the Kubernetes manifests
+(they need their services: scripts/ci-services.sh)."""

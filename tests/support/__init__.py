@@ -1,0 +1,104 @@
+"""Helpers shared by the tests: model configs on disk, the demo models, the app in-process
+(``make_client``), and real server processes (``ServerProcess``, ``running_server``)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from batchserve.app import create_app
+from batchserve.config import load_models
+from batchserve.settings import ServerSettings
+from batchserve_planning.serverproc import ManagedServer, toml_value
+from fastapi.testclient import TestClient
+
+__all__ = ["PLUGINS", "ROOT", "ServerProcess", "build_demo", "free_port", "make_client", "running_server",
+           "wait_ready", "write_models"]
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "tests" / "plugins"
+
+
+def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None = None,
+                 require_sha256: bool = False) -> Path:
+    """Write a models.toml with one [[models]] table per dict. The repository root defaults to
+    the folder above the file's: pytest's base temp folder, which holds the session fixtures'
+    artifacts too."""
+    lines = ["[repository]", f"root = {toml_value(root or path.parent.parent)}",
+             f"require_sha256 = {toml_value(require_sha256)}", ""]
+    for model in models:
+        lines.append("[[models]]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in model.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    """A loopback port for a service the tests start themselves (Docker, Prometheus); batchserve
+    servers get theirs from their launcher (``ServerProcess``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+SERVER_ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
+"""A test server imports this checkout's code and the test backends (tests/plugins)."""
+
+
+class ServerProcess(ManagedServer):
+    """A real ``batchserve serve`` process on a free loopback port: the planner's launcher with the
+    tests' environment, logging at info (``output()`` has uvicorn's lines); ``wait_ready()``
+    before use, ``close()`` after."""
+
+    def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
+        super().__init__(config, grace_s=grace_s, log_level="info", env=SERVER_ENV)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        super().wait_ready(timeout_s)
+
+
+@contextlib.contextmanager
+def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, grace_s=grace_s)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()
+
+
+def build_demo(script: str, output: Path) -> Path:
+    """Run ``models/<script>``'s ``build(output)``: the demo artifacts `make serve` builds."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / "models" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built: Path = module.build(output)
+    return built
+
+
+def make_client(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> TestClient:
+    config = write_models(tmp_path / "models.toml", models)
+    app = create_app(ServerSettings(config=config, **settings), load_models(config))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
+    """Until the in-process app's models have all finished loading (ready or failed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        body = client.get("/readyz").json()
+        if all(m["state"] != "loading" for m in body["models"].values()):
+            return
+        time.sleep(0.02)
+    raise TimeoutError("models did not finish loading")
