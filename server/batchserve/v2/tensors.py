@@ -213,7 +213,9 @@ def _bytes_elements(raw: bytes, count: int, shape: list[int], label: str) -> lis
             start = position + 4
             position = start + length
             elements[index] = raw[start:position]
-    except struct.error:  # a length prefix past the end: the data ran out before element ``index``
+    except struct.error:  # no 4 bytes left for element ``index``'s length
+        if position > end:
+            raise InvalidInput(f"input {label}: BYTES element {index - 1} runs past the data") from None
         raise InvalidInput(f"input {label}: the binary data ends before BYTES element {index}") from None
     if position > end:
         raise InvalidInput(f"input {label}: BYTES element {count - 1} runs past the data")
