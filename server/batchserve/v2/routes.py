@@ -95,7 +95,7 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
             require_ready(model)
             headers = RequestHeaders(request.scope["headers"])
             body = await read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
-            parsed = parse_infer(body, headers.header_length)
+            parsed = parse_infer(body, headers.header_length, max_items=state.settings.max_items)
             items = model.backend.items_from_v2(parsed.inputs)
             outputs = await run_items(state, model, items, parsed.parameters, headers, request.receive)
             content, json_length = encode_response(name, parsed, model.backend.outputs_to_v2(outputs))
