@@ -70,6 +70,12 @@ class Backend(ABC):
     def preprocess(self, item: Any, parameters: Any) -> Any:
         """Validate one JSON item and turn it into a row; raise ``InvalidInput`` saying why."""
 
+    def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
+        """Check a request's items together before any is preprocessed (a budget summed over
+        them, say) and return them as ``preprocess`` is to take them; runs where ``preprocess``
+        runs. Raise ``InvalidInput`` naming the item (``"item 3: ..."``)."""
+        return items
+
     @abstractmethod
     def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
         """Return one JSON-serialisable output per row, in order."""

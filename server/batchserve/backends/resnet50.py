@@ -63,8 +63,13 @@ class ResNet50Options(TorchOptions):
     ``IMAGENET1K_V1``/``IMAGENET1K_V2``: torchvision's download and cache; ``random``: demo only."""
     top_k: int = Field(default=5, ge=1, le=1000)
     """Classes returned per image unless the request's ``parameters.top_k`` says otherwise."""
-    max_pixels: int = Field(default=50_000_000, ge=1)
-    """Larger images are refused (400) before they are decoded: decompression bombs."""
+    max_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Larger images are refused (400), from their header, before anything is decoded. A full
+    decode peaks at 4 to 16 bytes a pixel (RGB JPEG or PNG to WebP), so cores x 16 B x max_pixels
+    must fit in the memory the server has to spare (SECURITY.md, "Image memory")."""
+    max_request_pixels: int = Field(default=100_000_000, ge=1)
+    """A request whose images total more pixels (summed from their headers) is refused (400)
+    before any is decoded: it bounds the decoding one request can ask of the server."""
     decode: Literal["draft", "full"] = "draft"
     """``draft``: a JPEG is decoded by libjpeg at the smallest of its 1/8, 1/4, 1/2 scales that
     keeps the short side at least ``RESIZE_SIDE`` (the resize target), then resized and cropped as
@@ -161,6 +166,28 @@ class ResNet50Backend(Backend):
         raise UnsupportedMediaType(f"model '{self.config.name}' reads JSON, image/* or "
                                    f"multipart/form-data bodies, not {media_type!r}")
 
+    def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
+        """Every image's header read before any is decoded: each within ``max_pixels``, all of
+        them within ``max_request_pixels``. The items come back as bytes (base64 decoded once)."""
+        budget = self.options.max_request_pixels
+        images: list[Any] = []
+        total = 0
+        for index, item in enumerate(items):
+            try:
+                data = _image_bytes(item)
+                with _open_image(data, self.options.max_pixels) as image:
+                    width, height = image.size
+            except InvalidInput as exc:
+                raise InvalidInput(f"item {index}: {exc.message}") from None
+            total += width * height
+            if total > budget:
+                raise InvalidInput(
+                    f"item {index}: images 0 to {index} of this request total {total} pixels, over "
+                    f"the budget of {budget} pixels per request (options.max_request_pixels); "
+                    "send fewer or smaller images per request")
+            images.append(data)
+        return images
+
     def preprocess(self, item: Any, parameters: Any) -> ImageRow:
         import numpy
         import torch
@@ -232,6 +259,7 @@ class ResNet50Backend(Backend):
             "input": {
                 "type": "image: base64 string, {\"b64\": ...}, or the raw body (image/*, multipart)",
                 "formats": list(_FORMATS), "max_pixels": self.options.max_pixels,
+                "max_request_pixels": self.options.max_request_pixels,
                 "decode": self.options.decode,
                 "transform": "RGB, resize 256, center crop 224, ImageNet normalization",
             },
@@ -273,6 +301,9 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(f"image exceeds the cap of {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
+    except Exception:  # a hostile header can trip any of PIL's parsers; it is the client's error
+        log.info("PIL could not open an image", exc_info=True)
         raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
     if image.format not in _FORMATS:
         image.close()
