@@ -18,9 +18,9 @@ from tests.support import ServerProcess, running_server, write_models
 
 PHOTOS = Path(os.path.dirname(sklearn.datasets.__file__)) / "images"
 NAMES = ("china.jpg", "flower.jpg")  # 640 x 427 each
-# Measured (benchmarks/jpeg_draft.py): draft vs full differ by at most 0.013 in any of the 1000
-# probabilities on these photos scaled to 1000 and 4000 px wide; a draft that lets the short side
-# fall below the resize target (to 128, say) differs by 0.038 to 0.12.
+# Measured (benchmarks/README.md, "JPEG draft decoding"): draft vs full differ by at most 0.013
+# in any of the 1000 probabilities on these photos scaled to 1000, 2000 and 4000 px wide; a draft
+# that lets the short side fall below the resize target (to 128, say) differs by 0.038 to 0.12.
 PROBABILITY_TOLERANCE = 0.025
 
 
