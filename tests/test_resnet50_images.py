@@ -123,3 +123,12 @@ def test_draft_decoding_of_large_photos_stays_close_to_the_full_decode(
     assert max(range(1000), key=draft.__getitem__) == max(range(1000), key=full.__getitem__)
     difference = max(abs(d - f) for d, f in zip(draft, full, strict=True))
     assert 0 < difference < PROBABILITY_TOLERANCE  # > 0: the draft path did run
+
+
+def test_a_jpeg_with_an_mpf_marker_is_a_jpeg(server: ServerProcess) -> None:
+    photo = Image.open(PHOTOS / "china.jpg")
+    mpo = encode(photo, "MPO", save_all=True, append_images=[photo.resize((160, 107))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"  # what Pillow calls such a file
+    response = httpx.post(f"{server.url}/predict/resnet50", content=mpo, timeout=60,
+                          headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text

@@ -305,7 +305,9 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     except Exception:  # a hostile header can trip any of PIL's parsers; it is the client's error
         log.info("PIL could not open an image", exc_info=True)
         raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
-    if image.format not in _FORMATS:
+    # Pillow names a JPEG with an MPF marker (phone photos with a depth map or a preview) "MPO";
+    # its first picture is the photo, decoded as any JPEG.
+    if image.format not in _FORMATS and image.format != "MPO":
         image.close()
         raise InvalidInput(f"image format {image.format} not accepted; send JPEG, PNG or WebP")
     width, height = image.size
