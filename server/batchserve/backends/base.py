@@ -2,9 +2,10 @@
 
 A backend is constructed with its model's configuration, then ``load`` and
 ``warmup`` run on a worker thread before the model reports ready. For each
-request, ``parse_parameters`` and ``preprocess`` turn the client's JSON into
-rows; rows from many requests are batched and handed to ``predict_batch`` on
-an executor thread, which must return exactly one output per row.
+request, ``parse_parameters``, ``check_items`` (the items together) and
+``preprocess`` (each item) turn the client's JSON into rows; rows from many
+requests are batched and handed to ``predict_batch`` on an executor thread,
+which must return exactly one output per row.
 """
 
 from __future__ import annotations
