@@ -251,6 +251,13 @@ def require_ready(model: ServedModel) -> None:
 
 
 def _preprocess(backend: Backend, items: list[Any], parameters: Any) -> list[Any]:
+    try:
+        items = backend.check_items(items, parameters)  # the request as a whole, before any item
+    except InvalidInput:
+        raise
+    except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
+        log.warning("model %s: check_items raised", backend.config.name, exc_info=True)
+        raise InvalidInput(f"the request's items could not be read ({type(exc).__name__})") from None
     rows = []
     for index, item in enumerate(items):
         try:

@@ -2,9 +2,10 @@
 
 A backend is constructed with its model's configuration, then ``load`` and
 ``warmup`` run on a worker thread before the model reports ready. For each
-request, ``parse_parameters`` and ``preprocess`` turn the client's JSON into
-rows; rows from many requests are batched and handed to ``predict_batch`` on
-an executor thread, which must return exactly one output per row.
+request, ``parse_parameters``, ``check_items`` (the items together) and
+``preprocess`` (each item) turn the client's JSON into rows; rows from many
+requests are batched and handed to ``predict_batch`` on an executor thread,
+which must return exactly one output per row.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class Backend(ABC):
     @abstractmethod
     def preprocess(self, item: Any, parameters: Any) -> Any:
         """Validate one JSON item and turn it into a row; raise ``InvalidInput`` saying why."""
+
+    def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
+        """Check a request's items together before any is preprocessed (a budget summed over
+        them, say) and return them as ``preprocess`` is to take them; runs where ``preprocess``
+        runs. Raise ``InvalidInput`` naming the item (``"item 3: ..."``)."""
+        return items
 
     @abstractmethod
     def predict_batch(self, rows: list[Any]) -> Sequence[Any]:

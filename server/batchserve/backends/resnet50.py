@@ -4,11 +4,13 @@ An item is a base64 string of a JPEG, PNG or WebP image (``{"b64": ...}`` and
 data URLs too); ``POST /predict/{model}`` also takes the raw image as the body
 (``Content-Type: image/*``) or ``multipart/form-data`` with one or more files.
 Each image is decoded and given the standard ImageNet eval transform (RGB,
-resize 256, center crop 224, normalize): decoding, resizing and cropping on a
-worker thread, off the event loop and alongside inference of the previous
-batch, in PIL alone (no torch ops, so request threads don't each start a torch
-thread pool); the crop travels as 8-bit pixels and is normalized per batch on
-the model's device, the same arithmetic as torchvision's ToTensor + Normalize.
+resize 256, center crop 224, normalize); a large JPEG is decoded at a reduced
+DCT scale that still leaves its short side >= 256 (``options.decode``).
+Decoding, resizing and cropping run on a worker thread, off the event loop and
+alongside inference of the previous batch, in PIL alone (no torch ops, so
+request threads don't each start a torch thread pool); the crop travels as
+8-bit pixels and is normalized per batch on the model's device, the same
+arithmetic as torchvision's ToTensor + Normalize.
 The output per item is the top-k classes with ImageNet labels.
 """
 
@@ -20,7 +22,7 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -41,6 +43,7 @@ from batchserve.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from batchserve.config import ModelConfig
     from batchserve.metrics import ModelMetrics
@@ -52,6 +55,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _FORMATS = ("JPEG", "PNG", "WEBP")
 _PRETRAINED = ("IMAGENET1K_V1", "IMAGENET1K_V2")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
+RESIZE_SIDE = 256  # the eval transform's Resize(256): the short side before the 224 center crop
 
 
 class ResNet50Options(TorchOptions):
@@ -60,8 +64,19 @@ class ResNet50Options(TorchOptions):
     ``IMAGENET1K_V1``/``IMAGENET1K_V2``: torchvision's download and cache; ``random``: demo only."""
     top_k: int = Field(default=5, ge=1, le=1000)
     """Classes returned per image unless the request's ``parameters.top_k`` says otherwise."""
-    max_pixels: int = Field(default=50_000_000, ge=1)
-    """Larger images are refused (400) before they are decoded: decompression bombs."""
+    max_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Larger images are refused (400), from their header, before anything is decoded. A full
+    decode peaks at 4 to 16 bytes a pixel (RGB JPEG or PNG to WebP), so cores x 16 B x max_pixels
+    must fit in the memory the server has to spare (SECURITY.md, "Image memory")."""
+    max_request_pixels: int = Field(default=100_000_000, ge=1)
+    """A request whose images total more pixels (summed from their headers) is refused (400)
+    before any is decoded: it bounds the decoding one request can ask of the server."""
+    decode: Literal["draft", "full"] = "draft"
+    """``draft``: a JPEG is decoded by libjpeg at the smallest of its 1/8, 1/4, 1/2 scales that
+    keeps the short side at least ``RESIZE_SIDE`` (the resize target), then resized and cropped as
+    usual: the same pipeline on a smaller decode, several times faster and lighter on large photos
+    (benchmarks/README.md, "JPEG draft decoding"); images already that small decode unchanged.
+    ``full``: every image decoded at full size, torchvision's eval transform exactly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,31 +167,46 @@ class ResNet50Backend(Backend):
         raise UnsupportedMediaType(f"model '{self.config.name}' reads JSON, image/* or "
                                    f"multipart/form-data bodies, not {media_type!r}")
 
-    def preprocess(self, item: Any, parameters: Any) -> ImageRow:
-        data = _image_bytes(item)
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            image = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InvalidInput(f"image exceeds the cap of {self.options.max_pixels} pixels") from None
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
-        with image:
-            if image.format not in _FORMATS:
-                raise InvalidInput(f"image format {image.format} not accepted; send JPEG, PNG or WebP")
-            width, height = image.size
-            if width * height > self.options.max_pixels:
-                raise InvalidInput(f"image of {width}x{height} pixels exceeds the cap of "
-                                   f"{self.options.max_pixels} pixels")
+    def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
+        """Every image's header read before any is decoded: each within ``max_pixels``, all of
+        them within ``max_request_pixels``. The items come back as bytes (base64 decoded once)."""
+        budget = self.options.max_request_pixels
+        images: list[Any] = []
+        total = 0
+        for index, item in enumerate(items):
             try:
-                rgb = image.convert("RGB")
-            except (OSError, ValueError, SyntaxError):
-                raise InvalidInput("image data is corrupt or truncated") from None
+                data = _image_bytes(item)
+                with _open_image(data, self.options.max_pixels) as image:
+                    width, height = image.size
+            except InvalidInput as exc:
+                raise InvalidInput(f"item {index}: {exc.message}") from None
+            total += width * height
+            if total > budget:
+                raise InvalidInput(
+                    f"item {index}: images 0 to {index} of this request total {total} pixels, over "
+                    f"the budget of {budget} pixels per request (options.max_request_pixels); "
+                    "send fewer or smaller images per request")
+            images.append(data)
+        return images
+
+    def preprocess(self, item: Any, parameters: Any) -> ImageRow:
         import numpy
         import torch
 
-        return ImageRow(torch.from_numpy(numpy.array(self._transform(rgb))), parameters)
+        with _open_image(_image_bytes(item), self.options.max_pixels) as image:
+            if self.options.decode == "draft":
+                # JPEG only (a no-op for other formats): libjpeg's DCT scaling, chosen from the
+                # header so that both sides stay >= RESIZE_SIDE, i.e. the short side stays at or
+                # above the resize target and the resize below still does the last step.
+                image.draft("RGB", (RESIZE_SIDE, RESIZE_SIDE))
+            try:
+                image.load()
+                # An RGB image is used as decoded: convert("RGB") would copy it (4 bytes a pixel).
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                crop = self._transform(rgb)  # inside the with: closing frees the decoded pixels
+            except (OSError, ValueError, SyntaxError):
+                raise InvalidInput("image data is corrupt or truncated") from None
+        return ImageRow(torch.from_numpy(numpy.array(crop)), parameters)
 
     def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
         import torch
@@ -230,6 +260,8 @@ class ResNet50Backend(Backend):
             "input": {
                 "type": "image: base64 string, {\"b64\": ...}, or the raw body (image/*, multipart)",
                 "formats": list(_FORMATS), "max_pixels": self.options.max_pixels,
+                "max_request_pixels": self.options.max_request_pixels,
+                "decode": self.options.decode,
                 "transform": "RGB, resize 256, center crop 224, ImageNet normalization",
             },
             "output": {"type": "top-k list of {label, index, probability}",
@@ -275,6 +307,33 @@ def _image_bytes(item: Any) -> bytes:
     if not data:
         raise InvalidInput("empty image")
     return data
+
+
+def _open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The image opened lazily (its header read, nothing decoded), refused unless it is a JPEG,
+    PNG or WebP of at most ``max_pixels`` pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(f"image exceeds the cap of {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
+    except Exception:  # a hostile header can trip any of PIL's parsers; it is the client's error
+        log.info("PIL could not open an image", exc_info=True)
+        raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
+    # Pillow names a JPEG with an MPF marker (phone photos with a depth map or a preview) "MPO";
+    # its first picture is the photo, decoded as any JPEG.
+    if image.format not in _FORMATS and image.format != "MPO":
+        image.close()
+        raise InvalidInput(f"image format {image.format} not accepted; send JPEG, PNG or WebP")
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise InvalidInput(f"image of {width}x{height} pixels exceeds the cap of {max_pixels} pixels "
+                           "(options.max_pixels)")
+    return image
 
 
 def _pretrained_state(name: str) -> dict[str, Any]:
