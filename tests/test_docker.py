@@ -292,6 +292,18 @@ def test_compose_files_are_valid_and_mount_files_that_exist() -> None:
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             if source.startswith("/"):
                 assert Path(source).exists(), (name, source)
+        # No capabilities beyond what nginx's master needs, no privilege gain, read-only roots.
+        assert service.get("cap_drop") == ["ALL"], name
+        needed = {"CHOWN", "SETGID", "SETUID"} if name == "nginx" else set()
+        assert set(service.get("cap_add", [])) <= needed, name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        if name != "grafana":  # Grafana's image was never run here: not made read-only blind
+            assert service.get("read_only") is True, name
+    # The management port is not published, and nginx proxies the API's port only.
+    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8001"
+               for s in services.values() for p in s.get("ports", []))
+    nginx = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    assert re.findall(r"server batchserve:(\d+)", nginx) == ["8000"]
 
 
 def test_compose_stack_balances_replicas_and_prometheus_scrapes_each(image: str) -> None:
