@@ -1,10 +1,12 @@
 # batchserve container image: the server, its three demo models built in, served on 0.0.0.0:8000.
 #
-#   docker build -t batchserve .                                    CPU torch (the default)
-#   docker build --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t batchserve:cuda .
-#                                                                    CUDA torch, for `docker run --gpus all`
+#   docker build -t batchserve .                     torch from pip's index: on PyPI, the CUDA build,
+#                                                    for `docker run --gpus all` (it runs on CPUs too)
+#   docker build --build-arg TORCH_INDEX_URL=URL --build-arg REQUIREMENTS=requirements/image-cpu.txt ...
+#                                                    torch from another index (PyTorch's CPU wheels,
+#                                                    a mirror), with a lock made against it
 #   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt ...
-#                                                                    behind a TLS-inspecting proxy
+#                                                    behind a TLS-inspecting proxy
 #
 # Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 on 20.10). There is no
 # `# syntax=` line on purpose: it would pull a frontend image, which an offline builder cannot.
@@ -23,14 +25,6 @@ RUN if ! command -v python3 >/dev/null; then \
     && python3 -c 'import sys; assert sys.version_info >= (3, 11), "batchserve needs Python 3.11+"'
 
 
-# The runtime requirements, from pyproject.toml: copied by content into the next stage, so that an
-# edit of pyproject.toml that leaves them alone (the dev extra, tool settings) reuses the big layer.
-FROM python AS requirements
-WORKDIR /src
-COPY pyproject.toml scripts/requirements.py ./
-RUN python3 requirements.py pyproject.toml > requirements.txt
-
-
 FROM python AS deps
 RUN if ! python3 -c 'import ensurepip' 2>/dev/null; then \
         apt-get update \
@@ -42,20 +36,29 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore
-# Where torch comes from. PyPI's Linux torch is the CUDA build (several GB), so the default is
-# PyTorch's CPU index; https://pypi.org/simple gives the CUDA image. An index of your own works too.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Optional: a PyPI mirror for everything else (pip reads it from the environment).
+# What is installed: a lock of exact versions, each with the SHA-256 of its files
+# (scripts/lock-requirements.sh writes it from pyproject.toml); pip refuses any file whose hash
+# differs (--require-hashes) and any requirement the lock does not pin. Copied by content, so an
+# edit of pyproject.toml that leaves the lock alone (the dev extra, tool settings) reuses the big
+# layer. The lock is resolved for Python 3.11 on Linux x86_64, like debian:bookworm-slim.
+ARG REQUIREMENTS=requirements/image.txt
+# Where torch comes from, besides pip's index: empty (the default) adds no index. PyPI's Linux
+# torch is the CUDA build (several GB); for PyTorch's CPU wheels, pass the URL of their index and
+# a lock made against it (deploy/README.md, "CPU image"). An index of your own works too.
+ARG TORCH_INDEX_URL=
+# Optional: a mirror of pip's index for everything (pip reads it from the environment).
 ARG PIP_INDEX_URL
 WORKDIR /src
-# Dependencies only: this layer (torch, most of the image) is reused until the requirements or
+# Dependencies only: this layer (torch, most of the image) is reused until the lock or
 # TORCH_INDEX_URL change. No pip cache is kept: with the CUDA build it would be 4 GB more disk.
 # The optional secret `ca-bundle` is a PEM bundle that pip trusts instead of its own (PIP_CERT):
 # the way through a TLS-inspecting proxy. A secret is never stored in a layer.
-COPY --from=requirements /src/requirements.txt ./
+COPY ${REQUIREMENTS} ./requirements.txt
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
-    && pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "setuptools>=68" -r requirements.txt
+    && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi \
+    && pip install --no-cache-dir --require-hashes -r requirements.txt \
+    && pip check
 
 
 # The demo models; models/build_*.py need only the dependencies. Rebuilt when models/ changes.

@@ -59,14 +59,23 @@ bench: $(STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (nee
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: image image-cuda services
+.PHONY: image image-cuda lock services
 
 IMAGE ?= batchserve
-image:  ## build the CPU image (torch from PyTorch's CPU index); CA_BUNDLE=file behind a TLS proxy
-	scripts/build-image.sh --tag $(IMAGE):latest
+# Empty: torch from pip's index (PyPI's Linux torch is the CUDA build). For another index (PyTorch's
+# CPU wheels, a mirror) give its URL and a lock made against it (`make lock LOCK_ARGS=...`).
+TORCH_INDEX_URL ?=
+REQUIREMENTS ?= requirements/image.txt
+image:  ## build the image; TORCH_INDEX_URL=url REQUIREMENTS=lock for another torch; CA_BUNDLE=file behind a TLS proxy
+	scripts/build-image.sh --tag $(IMAGE):latest --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
+		--build-arg REQUIREMENTS=$(REQUIREMENTS)
 
-image-cuda:  ## build the CUDA image (PyPI's torch), for `docker run --gpus all`
-	scripts/build-image.sh --tag $(IMAGE):cuda --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+image-cuda:  ## build the CUDA image (pip's index: PyPI's torch), for `docker run --gpus all`
+	scripts/build-image.sh --tag $(IMAGE):cuda
+
+LOCK_ARGS ?=
+lock:  ## re-pin requirements/image.txt with hashes from pyproject.toml (needs pip-tools)
+	scripts/lock-requirements.sh $(REQUIREMENTS) $(LOCK_ARGS)
 
 services:  ## as root: install and start Docker and Prometheus for the service tests
 	bash scripts/ci-services.sh

@@ -2,8 +2,9 @@
 # Build the batchserve image from the repository root with BuildKit, passing a CA bundle when set.
 #
 # Usage: scripts/build-image.sh [docker build options...]
-#   scripts/build-image.sh -t batchserve                                        CPU image
-#   scripts/build-image.sh -t batchserve:cuda --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+#   scripts/build-image.sh -t batchserve                       torch from pip's index (PyPI: CUDA)
+#   scripts/build-image.sh -t batchserve --build-arg TORCH_INDEX_URL=URL \
+#       --build-arg REQUIREMENTS=requirements/image-cpu.txt      torch from another index, its lock
 #   CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt scripts/build-image.sh ...     TLS-inspecting proxy
 #
 # CA_BUNDLE: a PEM bundle that pip inside the build trusts instead of its own (the build secret

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sha256":
-        from batchserve.registry import artifact_sha256
+        from batchserve.artifacts import artifact_sha256
 
         print(artifact_sha256(args.path))
         return 0

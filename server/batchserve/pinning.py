@@ -13,8 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from batchserve.artifacts import artifact_sha256
 from batchserve.config import load_models
-from batchserve.registry import artifact_sha256
 
 _NAME = re.compile(r'^\s*name\s*=\s*"([^"]+)"')
 

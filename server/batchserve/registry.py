@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from batchserve.artifacts import artifact_sha256 as artifact_sha256  # re-exported: its old home
+from batchserve.artifacts import pinned
 from batchserve.backends import backend_class
 from batchserve.backends.base import Backend, LoadError
 from batchserve.batcher import Batcher
@@ -40,22 +41,6 @@ class ServedModel:
         reason = self.reason if self.batcher.broken is None else self.batcher.broken
         state = self.state if self.batcher.broken is None else "failed"
         return {"state": state, "reason": reason}
-
-
-def artifact_sha256(path: Path) -> str:
-    """The digest ``sha256`` pins: a file's own SHA-256; for a folder (a ``save_pretrained``
-    layout), the SHA-256 of its sorted ``relative/path<TAB>file-sha256`` lines, so that any
-    changed, added or removed file changes it. ``batchserve sha256 PATH`` prints it."""
-    if path.is_dir():
-        lines = "".join(
-            f"{child.relative_to(path).as_posix()}\t{artifact_sha256(child)}\n"
-            for child in sorted(path.rglob("*")) if child.is_file())
-        return hashlib.sha256(lines.encode()).hexdigest()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelRegistry:
@@ -214,14 +199,23 @@ def _apply(model: ServedModel, changes: dict[str, Any]) -> None:
 
 def _load(model: ServedModel) -> None:
     config = model.config
-    if config.sha256 is not None:
-        try:
-            actual = artifact_sha256(config.path)
-        except OSError as exc:
-            raise LoadError(f"cannot read {config.path}: {exc.strerror}") from None
-        if actual != config.sha256:
-            raise LoadError(f"sha256 of {config.path} is {actual}, but models.toml pins "
-                            f"{config.sha256}; refusing to load it")
-    model.backend.load(config.device)
+    if config.sha256 is None:
+        model.backend.load(config.device)
+    else:
+        # The backend reads the files that were hashed, through a path of their own
+        # (server/batchserve/artifacts.py), not the configured path a second time.
+        with pinned(config.path, config.sha256) as path:
+            _load_from(model.backend, path)
     model.backend.warmup()
 
+
+def _load_from(backend: Backend, path: Path) -> None:
+    """``backend.load`` reading ``path`` as its ``config.path``; messages name the configured one."""
+    config = backend.config
+    backend.config = config.model_copy(update={"path": path})
+    try:
+        backend.load(config.device)
+    except LoadError as exc:
+        raise LoadError(str(exc).replace(str(path), str(config.path))) from None
+    finally:
+        backend.config = config

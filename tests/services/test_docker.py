@@ -4,9 +4,10 @@ Needs a Docker engine whose builder is BuildKit, and a base image (scripts/ci-se
 and starts both, as root). Without them these tests skip, saying why, unless
 BATCHSERVE_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
 
-The image is built with PyPI's torch (the CUDA build: the CPU index is unreachable here), from a
-Debian base made offline; the rest of the Dockerfile is the one users build. Containers use the
-host's network and bind 127.0.0.1 only.
+The image is built as the Dockerfile's defaults build it: from requirements/image.txt (hashed),
+torch from pip's index (PyPI's CUDA build), on a Debian base made offline.
+BATCHSERVE_TEST_TORCH_INDEX_URL and BATCHSERVE_TEST_REQUIREMENTS build another torch.
+Containers use the host's network and bind 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.slow
 
 IMAGE = os.environ.get("BATCHSERVE_TEST_IMAGE", "batchserve:test")
 BASE_IMAGE = os.environ.get("BATCHSERVE_BASE_IMAGE", "batchserve/debian-base:bookworm")
-TORCH_INDEX_URL = os.environ.get("BATCHSERVE_TEST_TORCH_INDEX_URL", "https://pypi.org/simple")
+TORCH_INDEX_URL = os.environ.get("BATCHSERVE_TEST_TORCH_INDEX_URL", "")  # "": pip's own index
+REQUIREMENTS = os.environ.get("BATCHSERVE_TEST_REQUIREMENTS", "requirements/image.txt")
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_TIMEOUT_S = 45 * 60
 GRACE_S = 60
@@ -104,7 +106,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
         result = subprocess.run(
             [str(ROOT / "scripts" / "build-image.sh"), "--progress=plain", "--network=host",
              "--tag", IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-             "--build-arg", f"TORCH_INDEX_URL={TORCH_INDEX_URL}"],
+             "--build-arg", f"TORCH_INDEX_URL={TORCH_INDEX_URL}",
+             "--build-arg", f"REQUIREMENTS={REQUIREMENTS}"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-60:])
@@ -285,6 +288,18 @@ def test_compose_files_are_valid_and_mount_files_that_exist() -> None:
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             if source.startswith("/"):
                 assert Path(source).exists(), (name, source)
+        # No capabilities beyond what nginx's master needs, no privilege gain, read-only roots.
+        assert service.get("cap_drop") == ["ALL"], name
+        needed = {"CHOWN", "SETGID", "SETUID"} if name == "nginx" else set()
+        assert set(service.get("cap_add", [])) <= needed, name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        if name != "grafana":  # Grafana's image was never run here: not made read-only blind
+            assert service.get("read_only") is True, name
+    # The management port is not published, and nginx proxies the API's port only.
+    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8001"
+               for s in services.values() for p in s.get("ports", []))
+    nginx = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    assert re.findall(r"server batchserve:(\d+)", nginx) == ["8000"]
 
 
 def test_compose_stack_balances_replicas_and_prometheus_scrapes_each(image: str) -> None:

@@ -64,7 +64,18 @@ def container(deployment: Resource) -> Resource:
 
 
 def env(deployment: Resource) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container(deployment).get("env", [])}
+    return {e["name"]: e["value"] for e in container(deployment).get("env", []) if "value" in e}
+
+
+def pod_security(deployment: Resource) -> Resource:
+    """The security context the server's container runs with: the pod's, then the container's."""
+    pod: Resource = deployment["spec"]["template"]["spec"]["securityContext"]
+    merged = {k: v for k, v in pod.items() if k not in ("fsGroup", "supplementalGroups")}
+    return {**merged, **container(deployment)["securityContext"]}
+
+
+MANAGEMENT_PORT = 8001
+"""Where the manifests serve the management API (BATCHSERVE_MANAGEMENT_PORT), apart from the API."""
 
 
 def test_the_expected_resources_are_there() -> None:
@@ -74,6 +85,7 @@ def test_the_expected_resources_are_there() -> None:
         ("Deployment", "batchserve-gpu"), ("ConfigMap", "batchserve-gpu-models"),
         ("HorizontalPodAutoscaler", "batchserve-gpu"),
         ("ServingRuntime", "batchserve"), ("InferenceService", "batchserve-demo"),
+        ("NetworkPolicy", "batchserve"),
     }
 
 
@@ -98,7 +110,8 @@ def test_deployment_probes_drain_and_resources(deployment: Resource) -> None:
     main = container(deployment)
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     expose = re.search(r"^EXPOSE (\d+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
-    assert expose and ports == {"http": int(expose.group(1))}
+    assert expose and ports == {"http": int(expose.group(1)), "management": MANAGEMENT_PORT}
+    assert env(deployment)["BATCHSERVE_MANAGEMENT_PORT"] == str(MANAGEMENT_PORT)
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     # Drain: endpoints drop the pod during preStop, then SIGTERM gives the server its grace, and
@@ -110,9 +123,15 @@ def test_deployment_probes_drain_and_resources(deployment: Resource) -> None:
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(main["resources"][kind])
         assert all(QUANTITY.match(str(q)) for q in main["resources"][kind].values()), main["resources"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert main["securityContext"]["readOnlyRootFilesystem"] is True
     assert any(m["mountPath"] == "/tmp" for m in main["volumeMounts"])
+    assert pod["automountServiceAccountToken"] is False  # the server never calls the API server
+    assert pod_security(deployment) == HARDENED
+
+
+HARDENED = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"}, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+"""What every batchserve container runs with, wherever it is deployed."""
 
 
 def test_gpu_variant_asks_for_a_gpu_and_serves_the_torch_models_on_cuda() -> None:
@@ -143,6 +162,8 @@ def test_service_pdb_and_servicemonitor_select_every_batchserve_pod() -> None:
         assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
         named_ports = {p["name"] for p in container(deployment)["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= named_ports
+    # The management port stays out of the Service (and so of any ingress in front of it).
+    assert all(p["targetPort"] not in ("management", MANAGEMENT_PORT) for p in service["spec"]["ports"])
     assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -186,3 +207,42 @@ def test_kserve_runtime_serves_the_v2_protocol_from_the_mounted_repository() -> 
     formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["modelFormat"]["name"] in formats
     assert model["storageUri"].startswith(("pvc://", "s3://", "gs://", "https://"))
+
+
+def test_network_policy_admits_the_api_from_the_cluster_and_management_from_admin_pods_only() -> None:
+    policy = RESOURCES[("NetworkPolicy", "batchserve")]["spec"]
+    for deployment in DEPLOYMENTS:
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert matches(policy["podSelector"]["matchLabels"], labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and policy["egress"] == []
+    allowed: dict[str, list[Resource]] = {}
+    for rule in policy["ingress"]:
+        assert rule.get("from"), f"a rule without `from` admits every source: {rule}"
+        for port in rule["ports"]:
+            allowed.setdefault(port["port"], []).extend(rule["from"])
+    assert set(allowed) == {"http", "management"}
+    assert allowed["http"] == [{"namespaceSelector": {}}]  # any pod of the cluster: clients, Prometheus
+    # Management: pods of this namespace with the admin label, nothing else.
+    assert allowed["management"] == [{"podSelector": {"matchLabels": {"batchserve-admin": "true"}}}]
+    monitor = RESOURCES[("ServiceMonitor", "batchserve")]
+    [endpoint] = monitor["spec"]["endpoints"]
+    service = RESOURCES[("Service", "batchserve")]
+    service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert service_ports[endpoint["port"]] == "http"  # Prometheus scrapes the port the policy admits
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kserve_runtime_runs_as_hardened_as_the_deployment(version: str) -> None:
+    """The ServingRuntime's containers and volumes, as the Pod KServe makes of them, against the
+    Pod schema (KServe's CRD schema is not available offline)."""
+    runtime = RESOURCES[("ServingRuntime", "batchserve")]["spec"]
+    [server] = runtime["containers"]
+    assert server["securityContext"] == HARDENED == pod_security(RESOURCES[("Deployment", "batchserve")])
+    [tmp] = [m for m in server["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert any(v["name"] == tmp["name"] and "emptyDir" in v for v in runtime["volumes"])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "batchserve-kserve"},
+           "spec": {"containers": runtime["containers"], "volumes": runtime["volumes"]}}
+    kubernetes_validate.validate(pod, version, strict=True)
+    # KServe leaves the pod Kubernetes' default of 30 s before SIGKILL: the drain must end before.
+    grace_s = float({e["name"]: e["value"] for e in server["env"]}["BATCHSERVE_SHUTDOWN_GRACE_S"])
+    assert grace_s < 30

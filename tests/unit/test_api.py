@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batchserve.registry import artifact_sha256
+from batchserve.artifacts import artifact_sha256
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LinearRegression
 

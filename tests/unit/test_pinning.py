@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batchserve.artifacts import artifact_sha256
 from batchserve.config import load_models
 from batchserve.pinning import pin
-from batchserve.registry import artifact_sha256
 
 
 def test_pin_adds_every_digest_and_requires_them(tmp_path: Path) -> None:

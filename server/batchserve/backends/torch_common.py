@@ -84,15 +84,17 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 
 def weights_note(path: Path) -> str:
-    """Where weights came from, with the safetensors header's ``weights`` note when it has one."""
+    """Where weights came from, with the safetensors header's ``weights`` note when it has one.
+    The file's name only: a pinned artifact is read through a path of its own (artifacts.py),
+    and ``/models`` shows the configured path beside this."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
             note = (handle.metadata() or {}).get("weights")
         if note:
-            return f"{path} ({note})"
-    return str(path)
+            return f"{path.name} ({note})"
+    return path.name
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
