@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,17 @@ def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None 
 class ServerProcess:
     """A real ``batchserve serve`` process on a free loopback port."""
 
-    def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
+    def __init__(self, config: Path, *, grace_s: float = 10.0, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
+        """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
+        environment = {**os.environ, **(env or {}),
+                       "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchserve", "serve", "--config", str(config),
-             "--port", str(self.port), "--shutdown-grace-s", str(grace_s), "--log-level", "info"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+             "--port", str(self.port), "--shutdown-grace-s", str(grace_s), "--log-level", "info", *args],
+            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -76,8 +79,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, grace_s=grace_s)
+def running_server(config: Path, *, grace_s: float = 10.0, args: Sequence[str] = (),
+                   env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, grace_s=grace_s, args=args, env=env)
     try:
         server.wait_ready()
         yield server

@@ -81,7 +81,7 @@ def serve(settings: ServerSettings) -> int:
 
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools",
+        access_log=False, loop="uvloop", http="httptools", limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) or None,
     )
     server = Server(config)

@@ -56,6 +56,13 @@ class LoadFailed(BatchserveError):
     type = "load_failed"
 
 
+class RequestTimeout(BatchserveError):
+    """408: the request body was not complete by the request's deadline."""
+
+    status = 408
+    type = "request_timeout"
+
+
 class BodyTooLarge(BatchserveError):
     status = 413
     type = "body_too_large"
@@ -87,6 +94,17 @@ class Unavailable(BatchserveError):
 
 class QueueFull(Unavailable):
     type = "queue_full"
+
+
+class BodyBudgetFull(Unavailable):
+    """503: the bodies being read hold the server's whole budget of body bytes; refused unread."""
+
+    type = "body_budget_full"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.headers.update(headers or {})
 
 
 class ShuttingDown(Unavailable):
