@@ -18,9 +18,13 @@ class ServerSettings(BaseSettings):
     """TCP port; 0 picks a free one."""
     config: Path = Path("models/models.toml")
     """The model repository file."""
+    management_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the management API on this port only (same host), so that a Service or an ingress
+    can leave it out; the main port then answers 404 for it. Unset: on the main port."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    """On SIGTERM, how long queued and running requests get to finish before the exit."""
+    """On SIGTERM, how long queued and running requests get to finish before the exit: one grace
+    for the whole drain, from the signal to the exit. 0 means no wait: they are dropped at once."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Larger request bodies are refused with 413 without being read."""
     max_inflight_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
@@ -37,6 +41,9 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
+        if self.management_port is not None and self.management_port == self.port:
+            raise ValueError(f"management_port must differ from port ({self.port}); leave it unset "
+                             "to serve the management API on the main port")
         if self.max_inflight_body_bytes < self.max_body_bytes:
             raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be at least "
                              f"max_body_bytes ({self.max_body_bytes}), or no body of the largest size "

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict
 class EchoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay_ms: float = 0.0
+    slow_on: float | None = None
+    """When set, only a batch holding this row takes ``delay_ms`` (so warmup is quick)."""
     fail_on: float | None = None
     fail_load: bool = False
     load_delay_ms: float = 0.0
@@ -52,7 +54,7 @@ class EchoBackend(Backend):
         self.calls.append(list(rows))
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
-        if self.options.delay_ms:
+        if self.options.delay_ms and self.options.slow_on in (None, *rows):
             time.sleep(self.options.delay_ms / 1000)
         if self.options.record:
             with open(self.options.record, "a", encoding="utf-8") as handle:
