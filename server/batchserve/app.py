@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 import batchserve
 from batchserve.config import ModelConfig
+from batchserve.docs import add_docs
 from batchserve.errors import BatchserveError
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
@@ -49,7 +50,10 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
         version=batchserve.__version__,
         description="Model inference with dynamic batching.",
         lifespan=lifespan,
+        docs_url=None,  # add_docs serves them, with their assets from this server, not a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.batchserve = state
     add_routes(app.router, state)
     add_v2_routes(app.router, state)
