@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Literal
@@ -42,6 +43,7 @@ def run_servers(servers: list[DrainingServer], state: AppState) -> None:
     """
     def on_signal(sig: int, frame: FrameType | None) -> None:
         if state.drain_deadline_s is not None and sig == signal.SIGINT:
+            state.drain_deadline_s = time.monotonic()  # a second Ctrl+C: nothing left to wait for
             for server in servers:
                 server.force_exit = True
         if state.drain_deadline_s is None:
