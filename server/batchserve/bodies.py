@@ -25,7 +25,10 @@ from batchserve.errors import (
 CHUNKED_STEP_BYTES = 64 * 1024
 """What a body without a Content-Length (chunked) reserves up front, and grows by."""
 
-_CLOSE = {"Connection": "close"}  # the rest of the body is not read: don't reuse the connection
+# A 408 closes the connection: the client is stalled in the middle of a body. Other refusals
+# keep it, and the server discards the rest of the body as it arrives (closing with unread
+# bytes would reset the connection, and the client would often not see the answer).
+_CLOSE = {"Connection": "close"}
 
 
 class BodyBudget:
@@ -44,7 +47,7 @@ class BodyBudget:
             raise BodyBudgetFull(
                 f"the server is reading {self.reserved} bytes of other request bodies; "
                 f"{size} more would pass its budget of {self.capacity} "
-                "(BATCHSERVE_MAX_INFLIGHT_BODY_BYTES); retry later", headers=_CLOSE)
+                "(BATCHSERVE_MAX_INFLIGHT_BODY_BYTES); retry later")
         self.reserved += size
 
     def release(self, size: int) -> None:
@@ -58,11 +61,11 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
     value = declared.strip()
     if not value.isdigit():  # bytes.isdigit() is ASCII only: no '²', no sign, no spaces inside
         raise MalformedRequest(f"header Content-Length must be a non-negative integer, "
-                               f"got {declared.decode('latin-1')!r:.40}", headers=_CLOSE)
+                               f"got {declared.decode('latin-1')!r:.40}")
     # Compare lengths first: int() of thousands of digits is slow (and refused past 4300).
     if len(value.lstrip(b"0")) > len(str(limit)) or int(value) > limit:
         raise BodyTooLarge(f"body of {value.decode()[:40]} bytes exceeds the limit of {limit} bytes "
-                           "(BATCHSERVE_MAX_BODY_BYTES)", headers=_CLOSE)
+                           "(BATCHSERVE_MAX_BODY_BYTES)")
     return int(value)
 
 
@@ -90,7 +93,7 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(f"body exceeds the limit of {limit} bytes "
-                                       "(BATCHSERVE_MAX_BODY_BYTES)", headers=_CLOSE)
+                                       "(BATCHSERVE_MAX_BODY_BYTES)")
                 if size > reserved:  # chunked, or more than declared (the server's parser forbids it)
                     grow = min(max(size - reserved, CHUNKED_STEP_BYTES), limit - reserved)
                     budget.reserve(grow)

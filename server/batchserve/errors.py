@@ -101,11 +101,6 @@ class BodyBudgetFull(Unavailable):
 
     type = "body_budget_full"
 
-    def __init__(self, message: str, *, retry_after_s: int = 1,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
-        self.headers.update(headers or {})
-
 
 class ShuttingDown(Unavailable):
     type = "shutting_down"
