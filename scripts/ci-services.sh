@@ -3,14 +3,15 @@
 #   - Docker engine: Debian's docker.io, dockerd started when no daemon answers;
 #   - a Debian base image made offline (scripts/debian-base-image.sh), since no registry is reachable;
 #   - Prometheus (Debian's package; tests/services/test_prometheus.py runs it as a plain process);
-#   - docker-compose (v1) to validate deploy/docker-compose.yml when no `docker compose` plugin exists.
+#   - docker-compose (v1) to validate deploy/docker-compose.yml when no `docker compose` plugin exists;
+#   - Chromium (headless) to render /docs with no network (tests/e2e/test_docs.py).
 # Idempotent: a second run installs and starts nothing. .ci/run calls it before `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=${BATCHSERVE_BASE_IMAGE:-batchserve/debian-base:bookworm}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/batchserve-dockerd.log}
-packages=(docker.io debootstrap prometheus docker-compose)
+packages=(docker.io debootstrap prometheus docker-compose chromium)
 
 log() { echo "ci-services: $*" >&2; }
 

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 import batchserve
 from batchserve.config import ModelConfig
+from batchserve.docs import add_docs
 from batchserve.errors import BatchserveError, describe_validation_errors
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
@@ -39,27 +40,45 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
         try:
             yield
         finally:
-            state.draining = True
+            state.begin_drain()  # already begun on SIGTERM; its deadline stands
             if not loading.done():
-                await asyncio.wait({loading}, timeout=settings.shutdown_grace_s)
-            await state.registry.close(settings.shutdown_grace_s)
+                await asyncio.wait({loading}, timeout=state.drain_left_s())
+            await state.registry.close(state.drain_left_s())
 
     app = FastAPI(
         title="batchserve",
         version=batchserve.__version__,
         description="Model inference with dynamic batching.",
         lifespan=lifespan,
+        docs_url=None,  # add_docs serves them, with their assets from this server, not a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.batchserve = state
     add_routes(app.router, state)
     add_v2_routes(app.router, state)
-    add_management_routes(app.router, state)
+    if settings.management_port is None:
+        add_management_routes(app.router, state)
     app.add_middleware(PredictFastPath, state=state)
+    _add_error_handlers(app)
+    return app
+
+
+def create_management_app(state: AppState) -> FastAPI:
+    """The management API alone, for its own port (``--management-port``), over the same state
+    as the app ``create_app`` built; that app's lifespan loads and closes the models."""
+    app = FastAPI(title="batchserve management", version=batchserve.__version__,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    add_management_routes(app.router, state)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchserveError, _batchserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
 
 
 async def _batchserve_error(request: Request, exc: BatchserveError) -> JSONResponse:

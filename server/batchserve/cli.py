@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 from batchserve.config import ConfigError, load_models
 from batchserve.settings import ServerSettings
@@ -23,8 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (8000; 0 picks a free one)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--management-port", type=int,
+                       help="serve the management API on this port only (default: on --port)")
     serve.add_argument("--shutdown-grace-s", type=float,
-                       help="seconds queued requests get to finish after SIGTERM (30)")
+                       help="seconds queued requests get to finish after SIGTERM, all told (30; 0: none)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
     digest.add_argument("path", type=Path)
     # Capacity planning (server/batchserve_planning) depends on the server, never the reverse: it
@@ -60,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: ServerSettings) -> int:
-    import uvicorn
-
-    from batchserve.app import create_app
+    from batchserve.app import create_app, create_management_app
+    from batchserve.serving import make_server, run_servers
+    from batchserve.state import AppState
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,29 +71,10 @@ def serve(settings: ServerSettings) -> int:
         print(f"batchserve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, configs)
-    state = app.state.batchserve
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Refuse new requests (503) at once; uvicorn then waits for the in-flight ones.
-            state.draining = True
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools",
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) or None,
-    )
-    server = Server(config)
-    # uvicorn re-raises the signal it drained on, to its previous handler. A drained
-    # SIGTERM/SIGINT is a clean stop (exit 0, as `docker stop` and Kubernetes expect),
-    # so that previous handler does nothing.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _already_drained)
-    server.run()
+    state: AppState = app.state.batchserve
+    servers = [make_server(app, settings.port, state, lifespan="on")]
+    if settings.management_port is not None:  # the main app's lifespan loads and closes the models
+        servers.append(make_server(create_management_app(state), settings.management_port, state,
+                                   lifespan="off"))
+    run_servers(servers, state)
     return 0
-
-
-def _already_drained(sig: int, frame: FrameType | None) -> None:
-    """Called once uvicorn has shut down gracefully on ``sig``: nothing is left to do."""
-

@@ -58,6 +58,13 @@ class LoadFailed(BatchserveError):
     type = "load_failed"
 
 
+class RequestTimeout(BatchserveError):
+    """408: the request body was not complete by the request's deadline."""
+
+    status = 408
+    type = "request_timeout"
+
+
 class BodyTooLarge(BatchserveError):
     status = 413
     type = "body_too_large"
@@ -96,6 +103,12 @@ class Overloaded(Unavailable):
     model's recent rate; ``Retry-After`` says when they would."""
 
     type = "overloaded"
+
+
+class BodyBudgetFull(Unavailable):
+    """503: the bodies being read hold the server's whole budget of body bytes; refused unread."""
+
+    type = "body_budget_full"
 
 
 class ShuttingDown(Unavailable):

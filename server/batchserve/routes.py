@@ -15,10 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from batchserve.backends.base import Backend
+from batchserve.bodies import read_body
 from batchserve.errors import (
     BatchserveError,
-    BodyTooLarge,
-    ClientDisconnected,
     InvalidInput,
     MalformedRequest,
     ModelNotReady,
@@ -121,7 +120,8 @@ async def predict(state: AppState, request: Request, path_model: str | None) -> 
         if state.draining:
             raise ShuttingDown("server is shutting down")
         headers = RequestHeaders(request.scope["headers"])
-        body = await read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
+        body = await read_body(request.receive, headers.content_length, limit=state.settings.max_body_bytes,
+                               deadline_s=body_deadline_s(state, path_model), budget=state.bodies)
         if headers.content_type in _JSON_TYPES or headers.content_type.endswith("+json"):
             name, items, parameters = _parse_predict(body, path_model)
             model = state.registry.get(name)
@@ -197,26 +197,14 @@ class RequestHeaders:
                 self.header_length = value
 
 
-async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    """The body, refused (413) without reading past ``limit`` bytes, chunked bodies included."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnected("client disconnected while sending the body")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk
-            chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
+def body_deadline_s(state: AppState, name: str | None) -> float:
+    """When reading the body must end: the named model's timeout_ms from now (the longest of
+    all the models' while the body itself names the model)."""
+    if name is not None:
+        timeout_ms = state.registry.get(name).config.timeout_ms
+    else:
+        timeout_ms = max((m.config.timeout_ms for m in state.registry), default=10_000.0)
+    return time.monotonic() + timeout_ms / 1000.0
 
 
 def _parse_predict(body: bytes, path_model: str | None) -> tuple[str, list[Any], dict[str, Any]]:

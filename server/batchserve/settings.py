@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,13 +18,34 @@ class ServerSettings(BaseSettings):
     """TCP port; 0 picks a free one."""
     config: Path = Path("models/models.toml")
     """The model repository file."""
+    management_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the management API on this port only (same host), so that a Service or an ingress
+    can leave it out; the main port then answers 404 for it. Unset: on the main port."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    """On SIGTERM, how long queued and running requests get to finish before the exit."""
+    """On SIGTERM, how long queued and running requests get to finish before the exit: one grace
+    for the whole drain, from the signal to the exit. 0 means no wait: they are dropped at once."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Larger request bodies are refused with 413 without being read."""
+    max_inflight_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Bytes all request bodies being read may hold together (each reserves its Content-Length,
+    a chunked one what it has sent). A body that would pass it is refused with 503 and
+    Retry-After before it is read. The default leaves most of a 4 GiB pod to the models."""
+    limit_concurrency: int = Field(default=2048, ge=1)
+    """Most connections (and requests in flight) at once; past it uvicorn answers 503 at once."""
     max_items: int = Field(default=4096, ge=1)
     """Most items (rows) in one request; more are refused with 413."""
     management_token: SecretStr | None = Field(default=None, min_length=16)
     """Turns the management API on; every call must send ``Authorization: Bearer <token>``.
     From the environment only (BATCHSERVE_MANAGEMENT_TOKEN): a flag would show in ``ps``."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        if self.management_port is not None and self.management_port == self.port:
+            raise ValueError(f"management_port must differ from port ({self.port}); leave it unset "
+                             "to serve the management API on the main port")
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be at least "
+                             f"max_body_bytes ({self.max_body_bytes}), or no body of the largest size "
+                             "allowed could ever be read")
+        return self

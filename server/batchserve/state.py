@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from batchserve.bodies import BodyBudget
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
 from batchserve.settings import ServerSettings
@@ -16,3 +18,25 @@ class AppState:
     metrics: Metrics
     draining: bool = False
     """Set on SIGTERM: new requests get 503 while admitted ones finish."""
+    drain_deadline_s: float | None = None
+    """When the drain must be over (``time.monotonic()``), fixed when it begins."""
+    bodies: BodyBudget = field(init=False)
+    """Bytes reserved by the request bodies being read (``settings.max_inflight_body_bytes``)."""
+
+    def __post_init__(self) -> None:
+        self.bodies = BodyBudget(self.settings.max_inflight_body_bytes)
+
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on. The first call fixes the deadline of the whole drain,
+        ``shutdown_grace_s`` from now: every stage after it (the servers' wait for in-flight
+        requests, the batchers' queues) gets what is left of that one grace, not a grace each."""
+        self.draining = True
+        if self.drain_deadline_s is None:
+            self.drain_deadline_s = time.monotonic() + self.settings.shutdown_grace_s
+
+    def drain_left_s(self) -> float:
+        """Seconds left of the drain's grace (0 once it is spent; the whole grace before it began)."""
+        if self.drain_deadline_s is None:
+            return self.settings.shutdown_grace_s
+        return max(0.0, self.drain_deadline_s - time.monotonic())

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,7 +65,8 @@ class ManagedServer:
 
     def __init__(self, config: Path, log: Path | None = None, *, port: int | None = None,
                  cpus: set[int] | None = None, grace_s: float = 5.0, log_level: str = "warning",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings)."""
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._own_log = log is None
@@ -79,7 +80,7 @@ class ManagedServer:
         self._gpu_peak: int | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(self.port),
-             "--log-level", log_level, "--shutdown-grace-s", f"{grace_s:g}"],
+             "--log-level", log_level, "--shutdown-grace-s", f"{grace_s:g}", *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         if cpus:
             # Pinned before the interpreter has started (tens of ms): every thread it creates

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 class EchoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay_ms: float = 0.0
+    slow_on: float | None = None
+    """When set, only a batch holding this row takes ``delay_ms`` (so warmup is quick)."""
     fail_on: float | None = None
     fail_load: bool = False
     load_delay_ms: float = 0.0
@@ -73,7 +75,7 @@ class EchoBackend(Backend):
             deadline = time.monotonic() + 30
             while not os.path.exists(self.options.hold_until) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        if self.options.delay_ms:
+        if self.options.delay_ms and self.options.slow_on in (None, *rows):
             time.sleep(self.options.delay_ms / 1000)
         if self.options.record:
             with open(self.options.record, "a", encoding="utf-8") as handle:

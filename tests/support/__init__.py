@@ -8,7 +8,7 @@ import importlib.util
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +58,19 @@ class ServerProcess(ManagedServer):
     tests' environment, logging at info (``output()`` has uvicorn's lines); ``wait_ready()``
     before use, ``close()`` after."""
 
-    def __init__(self, config: Path, *, grace_s: float = 10.0) -> None:
-        super().__init__(config, grace_s=grace_s, log_level="info", env=SERVER_ENV)
+    def __init__(self, config: Path, *, grace_s: float = 10.0, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
+        super().__init__(config, grace_s=grace_s, log_level="info", env={**(env or {}), **SERVER_ENV},
+                         args=args)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         super().wait_ready(timeout_s)
 
 
 @contextlib.contextmanager
-def running_server(config: Path, *, grace_s: float = 10.0) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, grace_s=grace_s)
+def running_server(config: Path, *, grace_s: float = 10.0, args: Sequence[str] = (),
+                   env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, grace_s=grace_s, args=args, env=env)
     try:
         server.wait_ready()
         yield server

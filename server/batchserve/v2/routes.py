@@ -13,9 +13,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 import batchserve
+from batchserve.bodies import read_body
 from batchserve.errors import BatchserveError, ModelVersionNotFound, ShuttingDown
 from batchserve.registry import ServedModel
-from batchserve.routes import RequestHeaders, read_body, require_ready, run_items
+from batchserve.routes import RequestHeaders, require_ready, run_items
 from batchserve.state import AppState
 from batchserve.v2.tensors import HEADER_LENGTH, encode_response, parse_infer
 
@@ -94,7 +95,9 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
             model = lookup(name, version)
             require_ready(model)
             headers = RequestHeaders(request.scope["headers"])
-            body = await read_body(request.receive, headers.content_length, state.settings.max_body_bytes)
+            body = await read_body(request.receive, headers.content_length,
+                                   limit=state.settings.max_body_bytes, budget=state.bodies,
+                                   deadline_s=time.monotonic() + model.config.timeout_ms / 1000.0)
             parsed = parse_infer(body, headers.header_length, max_items=state.settings.max_items)
             items = model.backend.items_from_v2(parsed.inputs)
             outputs = await run_items(state, model, items, parsed.parameters, headers, request.receive)

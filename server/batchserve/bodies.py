@@ -1,0 +1,111 @@
+"""Reading request bodies: a size limit, a deadline, and a budget of bytes for all of them.
+
+A client that declares a large body and sends it slowly (or stops) holds the server's memory
+for as long as the read lasts. Three bounds keep that finite: each body is refused (413)
+without reading past ``limit``; its read ends at ``deadline_s`` (408); and every body being
+read reserves its bytes in one process-wide :class:`BodyBudget`, so that when the budget is
+spent new bodies are refused with 503 and a Retry-After *before* any of their bytes is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.types import Receive
+
+from batchserve.errors import (
+    BodyBudgetFull,
+    BodyTooLarge,
+    ClientDisconnected,
+    MalformedRequest,
+    RequestTimeout,
+)
+
+CHUNKED_STEP_BYTES = 64 * 1024
+"""What a body without a Content-Length (chunked) reserves up front, and grows by."""
+
+# A 408 closes the connection: the client is stalled in the middle of a body. Other refusals
+# keep it, and the server discards the rest of the body as it arrives (closing with unread
+# bytes would reset the connection, and the client would often not see the answer).
+_CLOSE = {"Connection": "close"}
+
+
+class BodyBudget:
+    """Bytes reserved by the bodies being read, at most ``capacity`` in all.
+
+    Used from the event loop only (no lock): a reservation is a counter, not an allocation.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.reserved = 0
+
+    def reserve(self, size: int) -> None:
+        """Reserve ``size`` more bytes, or raise :class:`BodyBudgetFull` (503) reserving none."""
+        if self.reserved + size > self.capacity:
+            raise BodyBudgetFull(
+                f"the server is reading {self.reserved} bytes of other request bodies; "
+                f"{size} more would pass its budget of {self.capacity} "
+                "(BATCHSERVE_MAX_INFLIGHT_BODY_BYTES); retry later")
+        self.reserved += size
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+
+def declared_length(declared: bytes | None, limit: int) -> int | None:
+    """The Content-Length as a number (``None`` when absent), 413 past ``limit``, 422 if malformed."""
+    if declared is None:
+        return None
+    value = declared.strip()
+    if not value.isdigit():  # bytes.isdigit() is ASCII only: no '²', no sign, no spaces inside
+        raise MalformedRequest(f"header Content-Length must be a non-negative integer, "
+                               f"got {declared.decode('latin-1')!r:.40}")
+    # Compare lengths first: int() of thousands of digits is slow (and refused past 4300).
+    if len(value.lstrip(b"0")) > len(str(limit)) or int(value) > limit:
+        raise BodyTooLarge(f"body of {value.decode()[:40]} bytes exceeds the limit of {limit} bytes "
+                           "(BATCHSERVE_MAX_BODY_BYTES)")
+    return int(value)
+
+
+async def read_body(receive: Receive, declared: bytes | None, *, limit: int, deadline_s: float,
+                    budget: BodyBudget) -> bytes:
+    """The whole body, read by ``deadline_s`` (a ``time.monotonic()`` instant).
+
+    Raises 413 (over ``limit``, from the Content-Length or while reading chunks, never reading
+    past it), 422 (a malformed Content-Length), 503 (the budget is spent; nothing read), 408
+    (not complete by the deadline), 499 (the client went away). The reservation is released
+    when this returns or raises: the caller owns the bytes it got.
+    """
+    length = declared_length(declared, limit)
+    reserved = length if length is not None else min(CHUNKED_STEP_BYTES, limit)
+    budget.reserve(reserved)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(deadline_s - time.monotonic()):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnected("client disconnected while sending the body")
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"body exceeds the limit of {limit} bytes "
+                                       "(BATCHSERVE_MAX_BODY_BYTES)")
+                if size > reserved:  # chunked, or more than declared (the server's parser forbids it)
+                    grow = min(max(size - reserved, CHUNKED_STEP_BYTES), limit - reserved)
+                    budget.reserve(grow)
+                    reserved += grow
+                if not message.get("more_body", False):
+                    if not chunks:
+                        return chunk
+                    chunks.append(chunk)
+                    return b"".join(chunks)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body was not complete by the request's deadline "
+                             f"({size} bytes received)", headers=_CLOSE) from None
+    finally:
+        budget.release(reserved)
