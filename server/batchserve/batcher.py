@@ -159,6 +159,7 @@ class Batcher:
         rows: Sequence[Any],
         *,
         timeout_s: float,
+        deadline_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> list[Any]:
         """Run ``rows`` through the model and return their outputs, in order.
@@ -172,6 +173,8 @@ class Batcher:
         model spends per row; so the watch starts only once the request has
         waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
         """
+        if deadline_s is not None:  # shim until h/batcher lands: the deadline wins
+            timeout_s = max(0.0, deadline_s - time.monotonic())
         request = self.submit(rows, timeout_s=timeout_s)
         first_s = min(WATCH_AFTER_S, timeout_s) if disconnected is not None else timeout_s
         request.timer = asyncio.get_running_loop().call_later(
@@ -205,7 +208,7 @@ class Batcher:
         request.timer = asyncio.get_running_loop().call_later(
             left_s, self._on_timer, request, timeout_s, None)
 
-    def check_admission(self, count: int) -> None:
+    def check_admission(self, count: int, deadline_s: float | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
         so that an overloaded server does not decode inputs only to turn them away."""
         if self._closing:
