@@ -18,6 +18,8 @@ from batchserve.errors import BatchserveError
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
+from batchserve.pipeline import Pipeline
+from batchserve.predict import add_predict_routes
 from batchserve.registry import ModelRegistry
 from batchserve.responses import error_response
 from batchserve.routes import add_routes
@@ -51,10 +53,12 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.batchserve = state
+    pipeline = Pipeline(state)
+    add_predict_routes(app.router, pipeline)
     add_routes(app.router, state)
-    add_v2_routes(app.router, state)
+    add_v2_routes(app.router, pipeline)
     add_management_routes(app.router, state)
-    app.add_middleware(PredictFastPath, state=state)
+    app.add_middleware(PredictFastPath, pipeline=pipeline)
     app.add_exception_handler(BatchserveError, _batchserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

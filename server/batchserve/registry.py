@@ -26,7 +26,7 @@ State = Literal["loading", "ready", "failed", "unloaded"]
 @dataclass(eq=False)
 class ServedModel:
     config: ModelConfig
-    backend: Backend
+    backend: Backend[Any, Any]
     batcher: Batcher
     metrics: ModelMetrics
     state: State = "loading"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from batchserve.backends.base import Backend, LoadError
@@ -26,9 +25,11 @@ class EchoOptions(BaseModel):
     load_delay_ms: float = 0.0
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
+    complex_output: bool = False
+    """Answer complex numbers, which JSON cannot encode: a backend that breaks the contract."""
 
 
-class EchoBackend(Backend):
+class EchoBackend(Backend[float, float | complex]):
     Options = EchoOptions
 
     def load(self, device: str) -> None:
@@ -48,7 +49,7 @@ class EchoBackend(Backend):
             raise InvalidInput(f"expected a finite number, got {type(item).__name__}")
         return float(item)
 
-    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+    def predict_batch(self, rows: list[float]) -> list[float | complex]:
         self.calls.append(list(rows))
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
@@ -57,6 +58,8 @@ class EchoBackend(Backend):
         if self.options.record:
             with open(self.options.record, "a", encoding="utf-8") as handle:
                 handle.writelines(f"{row}\n" for row in rows)
+        if self.options.complex_output:
+            return [complex(2 * row) for row in rows]
         return [2 * row for row in rows]
 
     def describe(self) -> dict[str, Any]:

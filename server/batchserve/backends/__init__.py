@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchserve.backends.base import Backend
@@ -22,7 +22,7 @@ BUILTIN: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str) -> type[Backend[Any, Any]]:
     """The backend class called ``name``: built in, or from an installed entry point."""
     from batchserve.backends.base import Backend
 

@@ -1,0 +1,359 @@
+"""The request path every protocol shares, in this order:
+
+1. arrival: the deadline is fixed now, from ``X-Request-Timeout-Ms`` (a malformed one is a 422
+   before anything is read) and the model's ``timeout_ms``;
+2. admission: draining, the model (lookup, readiness) as soon as it is known;
+3. the body, read under that deadline and the size limit;
+4. the protocol's decoding into items (the adapter), then the item count, the parameters, and
+   the queue's admission (capacity, and whether the rows could start before the deadline);
+5. preprocessing: inline when light; heavy (``preprocess_in_thread``: image decoding) on worker
+   threads, a bounded number of requests per model at a time, stopping between items once the
+   deadline passes or the client goes away;
+6. the model's batcher; 7. the adapter's encoding;
+
+with the outcome counted once in ``batchserve_requests_total``, whatever it is: an error that is
+not a ``BatchserveError`` is logged and answered as a 500.
+
+The protocols are adapters (``Adapter``) that only turn their wire format into items and outputs
+into their wire format: ``/predict`` (``batchserve/predict.py``), v2 REST (``batchserve/v2``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+from starlette.types import Receive, Scope
+
+from batchserve.backends.base import Backend
+from batchserve.errors import (
+    BatchserveError,
+    BodyTooLarge,
+    ClientDisconnected,
+    DeadlineExceeded,
+    InvalidInput,
+    MalformedRequest,
+    ModelNotReady,
+    ShuttingDown,
+    TooManyItems,
+)
+from batchserve.registry import ServedModel
+from batchserve.state import AppState
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_BYTES = 64 * 1024
+"""Bodies larger than this are decoded, and light preprocessing runs, on a worker thread: that
+work grows with the body, and the event loop must not wait on it (~1 ms per 64 KiB at most)."""
+TIMEOUT_HEADER = b"x-request-timeout-ms"
+
+
+class RequestHeaders:
+    """The request headers the inference routes read, found in one pass over the raw list."""
+
+    __slots__ = ("content_length", "content_type", "content_type_raw", "header_length", "timeout_ms")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: bytes | None = None
+        self.content_type = ""  # the media type, lower case, without parameters
+        self.content_type_raw = ""  # with parameters (a multipart boundary, say)
+        self.timeout_ms: bytes | None = None
+        self.header_length: bytes | None = None  # v2's Inference-Header-Content-Length
+        for key, value in raw:  # ASGI servers give lower-case names
+            if key == b"content-type":
+                self.content_type_raw = value.decode("latin-1")
+                self.content_type = self.content_type_raw.partition(";")[0].strip().lower()
+            elif key == b"content-length":
+                self.content_length = value
+            elif key == TIMEOUT_HEADER:
+                self.timeout_ms = value
+            elif key == b"inference-header-content-length":
+                self.header_length = value
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A request as its protocol's adapter decoded it."""
+
+    items: list[Any]
+    parameters: Mapping[str, Any]
+    model: str | None = None
+    """The model the body names; needed only when the path names none."""
+    context: Any = None
+    """What the adapter needs back to encode the outputs (v2: the parsed request)."""
+
+
+class Adapter(ABC):
+    """A protocol's wire format: request bodies to items, outputs and errors to responses."""
+
+    def check(self, headers: RequestHeaders, model: str | None) -> None:  # noqa: B027 - optional
+        """Refuse, before the body is read, what the headers already show cannot be served."""
+
+    @abstractmethod
+    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+                     model: ServedModel | None) -> Decoded:
+        """The items of ``body``; ``model`` is the one the path names, if it does. Work that grows
+        with the body runs off the event loop above ``OFFLOAD_BYTES``."""
+
+    @abstractmethod
+    def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
+        """The response to a request whose rows all ran."""
+
+    @abstractmethod
+    def error(self, exc: BatchserveError) -> Response:
+        """The response to a request that failed."""
+
+
+class Pipeline:
+    """Serves one inference request through an adapter; one per app."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
+        self._slot_counts: dict[str, int] = {}
+
+    async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None) -> Response:
+        """Answer the request in ``scope``; ``name`` is the model the path names, if any."""
+        arrived_s = time.monotonic()
+        model: ServedModel | None = None
+        try:
+            if self.state.draining:
+                raise ShuttingDown("server is shutting down")
+            headers = RequestHeaders(scope["headers"])
+            requested_ms = requested_timeout_ms(headers.timeout_ms)
+            adapter.check(headers, name)
+            if name is not None:
+                model = self._admit(name)
+                timeout_ms = _timeout_ms(model, requested_ms)
+            else:  # the body names the model: read it within the longest deadline it could have
+                timeout_ms = requested_ms or max(m.config.timeout_ms for m in self.state.registry)
+            body = await read_body(receive, headers.content_length,
+                                   limit=self.state.settings.max_body_bytes,
+                                   deadline_s=arrived_s + timeout_ms / 1000.0)
+            decoded = await adapter.decode(body, headers, scope, model)
+            if model is None:
+                model = self._admit(_named(decoded))
+                timeout_ms = _timeout_ms(model, requested_ms)
+            model, outputs = await self._infer(model, decoded, timeout_ms, arrived_s, receive,
+                                               large=len(body) > OFFLOAD_BYTES)
+            response = adapter.encode(model, decoded, outputs)
+        except BatchserveError as exc:
+            if model is not None:
+                model.metrics.count_request(exc.status)
+            return adapter.error(exc)
+        except Exception:
+            log.exception("unexpected error serving %s %s (model %s)", scope["method"], scope["path"],
+                          None if model is None else model.config.name)
+            if model is not None:
+                model.metrics.count_request(500)
+            return adapter.error(BatchserveError("internal error; see the server log"))
+        model.metrics.count_request(200)
+        model.metrics.request_duration.observe(time.monotonic() - arrived_s)
+        return response
+
+    def _admit(self, name: str) -> ServedModel:
+        model = self.state.registry.get(name)
+        require_ready(model)
+        return model
+
+    async def _infer(self, model: ServedModel, decoded: Decoded, timeout_ms: float, arrived_s: float,
+                     receive: Receive, *, large: bool) -> tuple[ServedModel, list[Any]]:
+        """Admit, preprocess and run the items; the model that ran them, and their outputs."""
+        items = decoded.items
+        if not items:
+            raise InvalidInput("the request has no items (a tensor with 0 rows?)")
+        max_items = self.state.settings.max_items
+        if len(items) > max_items:
+            raise TooManyItems(f"request has {len(items)} items; at most {max_items} "
+                               "per request (BATCHSERVE_MAX_ITEMS)")
+        timeout_s = timeout_ms / 1000.0
+        deadline_s = arrived_s + timeout_s
+        while True:
+            try:
+                backend = model.backend
+                parameters = backend.parse_parameters(decoded.parameters)
+                model.batcher.check_admission(len(items), deadline_s=deadline_s)
+                if backend.preprocess_in_thread or large:
+                    rows = await self._preprocess_off_loop(model, items, parameters, deadline_s,
+                                                           receive)
+                else:
+                    rows = preprocess_items(backend, items, parameters, None)
+                return model, await model.batcher.infer(
+                    rows, timeout_s=timeout_s, deadline_s=deadline_s,
+                    disconnected=_disconnect_waiter(receive))
+            except ShuttingDown:
+                # Reloaded (management API) while this request was being admitted or
+                # preprocessed: the new model serves it, rather than a 503.
+                current = self.state.registry.get(model.config.name)
+                if current is model or not current.ready or self.state.draining:
+                    raise
+                model = current
+
+    async def _preprocess_off_loop(self, model: ServedModel, items: list[Any], parameters: Any,
+                                   deadline_s: float, receive: Receive) -> list[Any]:
+        """On a worker thread: many light items, or heavy ones (a bounded number of requests
+        per model at once, honouring the deadline and the client's disconnect)."""
+        backend = model.backend
+        if not backend.preprocess_in_thread:
+            return await run_in_threadpool(preprocess_items, backend, items, parameters, None)
+        stop = Stop(deadline_s)
+        watch = asyncio.ensure_future(_disconnect_waiter(receive)())
+        watch.add_done_callback(stop.on_disconnect)
+        slots = self._slots_for(model)
+        try:
+            try:
+                async with asyncio.timeout(deadline_s - time.monotonic()):
+                    await slots.acquire()
+            except TimeoutError:
+                raise DeadlineExceeded("deadline passed while waiting to preprocess "
+                                       f"(model '{model.config.name}' is busy decoding)") from None
+            try:
+                stop.check(0)
+                return await run_in_threadpool(preprocess_items, backend, items, parameters, stop)
+            finally:
+                slots.release()
+        except DeadlineExceeded:
+            model.metrics.rejected["deadline"].inc()
+            raise
+        except ClientDisconnected:
+            model.metrics.rejected["cancelled"].inc()
+            raise
+        finally:
+            watch.cancel()
+
+    def _slots_for(self, model: ServedModel) -> asyncio.Semaphore:
+        """The model's heavy-preprocessing slots: ``preprocess_concurrency``, default the cores."""
+        name = model.config.name
+        count = model.config.preprocess_concurrency or _cores()
+        if self._slot_counts.get(name) != count:  # first use, or reloaded with another count
+            self._slots[name] = asyncio.Semaphore(count)
+            self._slot_counts[name] = count
+        return self._slots[name]
+
+
+class Stop:
+    """When preprocessing on a worker thread stops: at the deadline, or once the client is gone.
+    Checked between items on that thread; ``gone`` is set from the event loop."""
+
+    __slots__ = ("deadline_s", "gone")
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.gone = False
+
+    def on_disconnect(self, watch: asyncio.Future[None]) -> None:
+        if not watch.cancelled() and watch.exception() is None:
+            self.gone = True
+
+    def check(self, index: int) -> None:
+        if self.gone:
+            raise ClientDisconnected("client disconnected while its items were preprocessed")
+        if time.monotonic() >= self.deadline_s:
+            raise DeadlineExceeded(f"deadline passed while preprocessing, before item {index}")
+
+
+def preprocess_items(backend: Backend[Any, Any], items: list[Any], parameters: Any,
+                     stop: Stop | None) -> list[Any]:
+    """Every item's row; whatever an item makes ``preprocess`` raise is that item's 400."""
+    rows = []
+    for index, item in enumerate(items):
+        if stop is not None:
+            stop.check(index)
+        try:
+            rows.append(backend.preprocess(item, parameters))
+        except InvalidInput as exc:
+            raise InvalidInput(f"item {index}: {exc.message}") from None
+        except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
+            log.warning("model %s: preprocess raised on item %d", backend.config.name, index,
+                        exc_info=True)
+            raise InvalidInput(f"item {index}: could not be read ({type(exc).__name__})") from None
+    return rows
+
+
+async def read_body(receive: Receive, declared: bytes | None, *, limit: int, deadline_s: float) -> bytes:
+    """The body, refused (413) without reading past ``limit`` bytes, chunked bodies included,
+    and given up on (504) when it has not all arrived by ``deadline_s`` (``time.monotonic()``).
+
+    Stands in for ``batchserve.bodies.read_body`` until that lands (same keywords)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    message = await receive()  # most bodies come whole in the first message: no timer for them
+    if message["type"] != "http.request":
+        raise ClientDisconnected("client disconnected while sending the body")
+    first: bytes = message.get("body", b"")
+    if len(first) > limit:
+        raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+    if not message.get("more_body", False):
+        return first
+    chunks = [first]
+    size = len(first)
+    try:
+        async with asyncio.timeout(deadline_s - time.monotonic()):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnected("client disconnected while sending the body")
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise DeadlineExceeded("the request's deadline passed before its body arrived") from None
+
+
+def requested_timeout_ms(header: bytes | None) -> float | None:
+    """``X-Request-Timeout-Ms``, which must be a positive number (422 otherwise)."""
+    if header is None:
+        return None
+    try:
+        requested = float(header)
+    except ValueError:
+        requested = float("nan")
+    if not requested > 0:
+        raise MalformedRequest(f"header X-Request-Timeout-Ms must be a positive number, "
+                               f"got {header.decode('latin-1')!r:.40}")
+    return requested
+
+
+def require_ready(model: ServedModel) -> None:
+    if not model.ready:
+        status = model.status()
+        raise ModelNotReady(f"model '{model.config.name}' is {status['state']}"
+                            + (f": {status['reason']}" if status["reason"] else ""))
+
+
+def _timeout_ms(model: ServedModel, requested_ms: float | None) -> float:
+    """The request's timeout: the model's, or the header's where that is shorter."""
+    timeout_ms = model.config.timeout_ms
+    return timeout_ms if requested_ms is None else min(timeout_ms, requested_ms)
+
+
+def _named(decoded: Decoded) -> str:
+    if decoded.model is None:  # an adapter's bug, not the client's
+        raise RuntimeError("the adapter decoded a request that names no model")
+    return decoded.model
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _disconnect_waiter(receive: Receive) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    return wait
