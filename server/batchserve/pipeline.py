@@ -5,7 +5,8 @@
 2. admission: draining, the model (lookup, readiness) as soon as it is known;
 3. the body, read under that deadline and the size limit;
 4. the protocol's decoding into items (the adapter), then the item count, the parameters, and
-   the queue's admission (capacity, and whether the rows could start before the deadline);
+   the queue's admission (capacity, and whether the rows could start before the deadline:
+   before preprocessing that is heavy or large, else as the batcher admits the rows);
 5. preprocessing: inline when light; heavy (``preprocess_in_thread``: image decoding) on worker
    threads, a bounded number of requests per model at a time, stopping between items once the
    deadline passes or the client goes away;
@@ -119,6 +120,8 @@ class Pipeline:
         self.state = state
         self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
         self._slot_counts: dict[str, int] = {}
+        self._longest_ms = 0.0  # the longest timeout_ms of the models, as of _longest_at_s
+        self._longest_at_s = float("-inf")
 
     async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None) -> Response:
         """Answer the request in ``scope``; ``name`` is the model the path names, if any."""
@@ -128,21 +131,26 @@ class Pipeline:
             if self.state.draining:
                 raise ShuttingDown("server is shutting down")
             headers = RequestHeaders(scope["headers"])
-            requested_ms = requested_timeout_ms(headers.timeout_ms)
+            requested_ms = None if headers.timeout_ms is None else requested_timeout_ms(headers.timeout_ms)
             adapter.check(headers, name)
             if name is not None:
                 model = self._admit(name)
-                timeout_ms = _timeout_ms(model, requested_ms)
-            else:  # the body names the model: read it within the longest deadline it could have
-                timeout_ms = requested_ms or max(m.config.timeout_ms for m in self.state.registry)
+                read_ms = model.config.timeout_ms
+            elif arrived_s - self._longest_at_s < 1.0:  # the body names the model: read it
+                read_ms = self._longest_ms              # within the longest deadline it could have
+            else:
+                read_ms = self._longest_timeout_ms(arrived_s)
+            if requested_ms is not None and requested_ms < read_ms:
+                read_ms = requested_ms
             body = await read_body(receive, headers.content_length,
                                    limit=self.state.settings.max_body_bytes,
-                                   deadline_s=arrived_s + timeout_ms / 1000.0)
+                                   deadline_s=arrived_s + read_ms / 1000.0)
             decoded = await adapter.decode(body, headers, scope, model)
             if model is None:
-                model = self._admit(_named(decoded))
-                timeout_ms = _timeout_ms(model, requested_ms)
-            model, outputs = await self._infer(model, decoded, timeout_ms, arrived_s, receive,
+                if decoded.model is None:  # an adapter's bug, not the client's
+                    raise RuntimeError(f"{type(adapter).__name__} decoded a request naming no model")
+                model = self._admit(decoded.model)
+            model, outputs = await self._infer(model, decoded, requested_ms, arrived_s, receive,
                                                large=len(body) > OFFLOAD_BYTES)
             response = adapter.encode(model, decoded, outputs)
         except BatchserveError as exc:
@@ -159,13 +167,21 @@ class Pipeline:
         model.metrics.request_duration.observe(time.monotonic() - arrived_s)
         return response
 
+    def _longest_timeout_ms(self, now_s: float) -> float:
+        """The longest ``timeout_ms`` of the models, looked up at most once a second (a change by
+        the management API shows within that second)."""
+        self._longest_ms = max((m.config.timeout_ms for m in self.state.registry), default=0.0)
+        self._longest_at_s = now_s
+        return self._longest_ms
+
     def _admit(self, name: str) -> ServedModel:
         model = self.state.registry.get(name)
-        require_ready(model)
+        if not model.ready:
+            raise not_ready(model)
         return model
 
-    async def _infer(self, model: ServedModel, decoded: Decoded, timeout_ms: float, arrived_s: float,
-                     receive: Receive, *, large: bool) -> tuple[ServedModel, list[Any]]:
+    async def _infer(self, model: ServedModel, decoded: Decoded, requested_ms: float | None,
+                     arrived_s: float, receive: Receive, *, large: bool) -> tuple[ServedModel, list[Any]]:
         """Admit, preprocess and run the items; the model that ran them, and their outputs."""
         items = decoded.items
         if not items:
@@ -174,14 +190,20 @@ class Pipeline:
         if len(items) > max_items:
             raise TooManyItems(f"request has {len(items)} items; at most {max_items} "
                                "per request (BATCHSERVE_MAX_ITEMS)")
-        timeout_s = timeout_ms / 1000.0
-        deadline_s = arrived_s + timeout_s
         while True:
+            # the model's timeout, or the header's where that is shorter, from the arrival
+            timeout_ms = model.config.timeout_ms
+            if requested_ms is not None and requested_ms < timeout_ms:
+                timeout_ms = requested_ms
+            timeout_s = timeout_ms / 1000.0
+            deadline_s = arrived_s + timeout_s
             try:
                 backend = model.backend
                 parameters = backend.parse_parameters(decoded.parameters)
-                model.batcher.check_admission(len(items), deadline_s=deadline_s)
                 if backend.preprocess_in_thread or large:
+                    # don't decode what the queue would refuse (the batcher checks again, as
+                    # it admits the rows: light, small requests are checked there only)
+                    model.batcher.check_admission(len(items), deadline_s=deadline_s)
                     rows = await self._preprocess_off_loop(model, items, parameters, deadline_s,
                                                            receive)
                 else:
@@ -312,10 +334,8 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
         raise DeadlineExceeded("the request's deadline passed before its body arrived") from None
 
 
-def requested_timeout_ms(header: bytes | None) -> float | None:
+def requested_timeout_ms(header: bytes) -> float:
     """``X-Request-Timeout-Ms``, which must be a positive number (422 otherwise)."""
-    if header is None:
-        return None
     try:
         requested = float(header)
     except ValueError:
@@ -326,23 +346,11 @@ def requested_timeout_ms(header: bytes | None) -> float | None:
     return requested
 
 
-def require_ready(model: ServedModel) -> None:
-    if not model.ready:
-        status = model.status()
-        raise ModelNotReady(f"model '{model.config.name}' is {status['state']}"
-                            + (f": {status['reason']}" if status["reason"] else ""))
-
-
-def _timeout_ms(model: ServedModel, requested_ms: float | None) -> float:
-    """The request's timeout: the model's, or the header's where that is shorter."""
-    timeout_ms = model.config.timeout_ms
-    return timeout_ms if requested_ms is None else min(timeout_ms, requested_ms)
-
-
-def _named(decoded: Decoded) -> str:
-    if decoded.model is None:  # an adapter's bug, not the client's
-        raise RuntimeError("the adapter decoded a request that names no model")
-    return decoded.model
+def not_ready(model: ServedModel) -> ModelNotReady:
+    """The 503 for a model that is not ready, saying why."""
+    status = model.status()
+    return ModelNotReady(f"model '{model.config.name}' is {status['state']}"
+                         + (f": {status['reason']}" if status["reason"] else ""))
 
 
 def _cores() -> int:

@@ -67,6 +67,8 @@ def is_json(media_type: str) -> bool:
 class PredictAdapter(Adapter):
     def check(self, headers: RequestHeaders, model: str | None) -> None:
         media_type = headers.content_type
+        if media_type == "application/json":
+            return
         if media_type in _NEVER_UPLOADS:
             raise UnsupportedMediaType(f"{media_type!r} bodies are not accepted (an HTML form on "
                                        "any site can send them); send application/json")
@@ -77,7 +79,7 @@ class PredictAdapter(Adapter):
     async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
                      model: ServedModel | None) -> Decoded:
         path_model = None if model is None else model.config.name
-        if is_json(headers.content_type):
+        if headers.content_type == "application/json" or is_json(headers.content_type):
             if len(body) > OFFLOAD_BYTES:
                 return await run_in_threadpool(_parse_predict, body, path_model)
             return _parse_predict(body, path_model)
