@@ -3,6 +3,7 @@ before the body is read, what is never read as JSON, and outcomes counted once."
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -27,6 +28,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path,
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path), "timeout_ms": 1000},
         {"name": "resnet50", "backend": "resnet50", "path": str(resnet_weights), "max_batch_size": 1},
         {"name": "complex", "backend": "echo", "path": "x", "options": {"complex_output": True}},
+        # heavy preprocessing (as image decoding is), 50 or 100 ms per item
+        {"name": "one-at-a-time", "backend": "slow-decode", "path": "x", "preprocess_concurrency": 1,
+         "options": {"preprocess_ms": 50}},
+        {"name": "deadline", "backend": "slow-decode", "path": "x", "options": {"preprocess_ms": 100}},
+        {"name": "hang-up", "backend": "slow-decode", "path": "x", "options": {"preprocess_ms": 100}},
     ])
     with running_server(config) as process:
         yield process
@@ -117,6 +123,61 @@ def test_an_unexpected_error_is_a_500_counted_once(server: ServerProcess) -> Non
     assert after.get("500", 0) - before.get("500", 0) == 2
     assert set(after) == {"500"}  # and under no other code
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+# -- heavy preprocessing: bounded, and stopped between items ------------------------------
+
+def described(server: ServerProcess, model: str) -> dict[str, Any]:
+    info: dict[str, Any] = httpx.get(f"{server.url}/models/{model}").json()
+    return info
+
+
+def test_heavy_preprocessing_runs_within_the_models_concurrency(server: ServerProcess) -> None:
+    async def six_at_once() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            responses = await asyncio.gather(*(
+                client.post("/predict", json={"model": "one-at-a-time", "inputs": [value, value]})
+                for value in range(6)))
+        return [response.status_code for response in responses]
+
+    assert asyncio.run(six_at_once()) == [200] * 6
+    info = described(server, "one-at-a-time")
+    assert info["preprocessed"] == 12
+    assert info["peak"] == 1  # preprocess_concurrency = 1: one request's items at a time
+
+
+def test_preprocessing_stops_at_the_deadline(server: ServerProcess) -> None:
+    # ten items of 100 ms each, and a deadline of 250 ms from arrival
+    response = httpx.post(f"{server.url}/predict", json={"model": "deadline", "inputs": [1] * 10},
+                          headers={"X-Request-Timeout-Ms": "250"}, timeout=30)
+    assert response.status_code == 504, response.text
+    assert "while preprocessing" in response.json()["error"]["message"]
+    assert described(server, "deadline")["preprocessed"] <= 3  # the rest never started
+
+
+def rejected(server: ServerProcess, model: str, reason: str) -> float:
+    wanted = f'batchserve_rejected_total{{model="{model}",reason="{reason}"}} '
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(wanted):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_preprocessing_stops_when_the_client_hangs_up(server: ServerProcess) -> None:
+    body = b'{"model": "hang-up", "inputs": [' + b", ".join([b"1"] * 20) + b"]}"  # 20 x 100 ms
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for _ in range(1500):  # until its preprocessing has started (bounded: 30 s)
+            if described(server, "hang-up")["preprocessed"] > 0:
+                break
+            time.sleep(0.02)
+    for _ in range(1500):  # until the server has given up on it (bounded: 30 s)
+        if rejected(server, "hang-up", "cancelled") == 1:
+            break
+        time.sleep(0.02)
+    assert rejected(server, "hang-up", "cancelled") == 1
+    assert described(server, "hang-up")["preprocessed"] < 20
 
 
 # -- preprocessing on a worker thread stops between items ----------------------------------

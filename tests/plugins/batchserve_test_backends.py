@@ -9,6 +9,7 @@ or make it fail on chosen inputs or at load.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ class EchoOptions(BaseModel):
     """A file to append every row that was computed and answered (one per line)."""
     complex_output: bool = False
     """Answer complex numbers, which JSON cannot encode: a backend that breaks the contract."""
+    preprocess_ms: float = 0.0
+    """How long ``preprocess`` takes per item (``slow-decode`` only)."""
 
 
 class EchoBackend(Backend[float, float | complex]):
@@ -64,3 +67,32 @@ class EchoBackend(Backend[float, float | complex]):
 
     def describe(self) -> dict[str, Any]:
         return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"}}
+
+
+class SlowDecodeBackend(EchoBackend):
+    """The echo backend with heavy preprocessing, as image decoding is: on worker threads,
+    ``preprocess_ms`` per item. ``describe`` tells how many items were preprocessed and the
+    most requests preprocessing at once."""
+
+    preprocess_in_thread = True
+
+    def load(self, device: str) -> None:
+        super().load(device)
+        self._lock = threading.Lock()
+        self._running = self.peak = self.preprocessed = 0
+
+    def preprocess(self, item: Any, parameters: Any) -> float:
+        with self._lock:  # a request's items run one after the other: running = requests
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        try:
+            time.sleep(self.options.preprocess_ms / 1000)
+            with self._lock:
+                self.preprocessed += 1
+            return super().preprocess(item, parameters)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "preprocessed": self.preprocessed, "peak": self.peak}
