@@ -56,6 +56,18 @@ def test_bodies_a_cross_site_form_can_send_are_not_read_as_json(
         assert httpx.post(server.url + path, content=body, headers=sent).status_code == 200
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain",
+                                          "multipart/form-data; boundary=x"])
+def test_v2_refuses_what_a_cross_site_form_can_send(server: ServerProcess, content_type: str) -> None:
+    body = b'{"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP64", "data": ' + \
+        str(ROW).encode() + b"}]}"
+    url = f"{server.url}/v2/models/diabetes/infer"
+    response = httpx.post(url, content=body, headers={"content-type": content_type})
+    assert response.status_code == 415, response.text
+    for sent in ({}, {"content-type": "application/json"}, {"content-type": "application/octet-stream"}):
+        assert httpx.post(url, content=body, headers=sent).status_code == 200
+
+
 def test_a_query_parameter_of_unicode_digits_is_a_400(server: ServerProcess) -> None:
     for top_k in ("²", "¹²", "①"):  # str.isdigit() is True for these, int() refuses them
         response = httpx.post(f"{server.url}/predict/resnet50", params={"top_k": top_k},

@@ -15,7 +15,7 @@ from starlette.types import Scope
 
 import batchserve
 from batchserve.backends.base import Backend
-from batchserve.errors import BatchserveError, ModelVersionNotFound
+from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
 from batchserve.v2.codecs import Codec, codec_for
@@ -36,8 +36,20 @@ def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+"""What an HTML form on another site can send without a CORS preflight: never an infer request."""
+
+
 class V2Adapter(Adapter):
-    """Tensors in, tensors out, through the model's codec (``batchserve/v2/codecs.py``)."""
+    """Tensors in, tensors out, through the model's codec (``batchserve/v2/codecs.py``). A body
+    is JSON, optionally followed by binary tensor data, whatever its Content-Type (Triton's
+    client sends none), except the types of an HTML form."""
+
+    def check(self, headers: RequestHeaders, model: str | None) -> None:
+        if headers.content_type in _FORM_TYPES:
+            raise UnsupportedMediaType(f"{headers.content_type!r} bodies are not accepted (an HTML "
+                                       "form on any site can send them); send application/json or "
+                                       "application/octet-stream")
 
     async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
                      model: ServedModel | None) -> Decoded:
