@@ -19,6 +19,8 @@ from batchserve.errors import BatchserveError, describe_validation_errors
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
+from batchserve.pipeline import Pipeline
+from batchserve.predict import add_predict_routes
 from batchserve.registry import ModelRegistry
 from batchserve.responses import error_response
 from batchserve.routes import add_routes
@@ -55,11 +57,13 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     )
     add_docs(app)
     app.state.batchserve = state
+    pipeline = Pipeline(state)
+    add_predict_routes(app.router, pipeline)
     add_routes(app.router, state)
-    add_v2_routes(app.router, state)
+    add_v2_routes(app.router, pipeline)
     if settings.management_port is None:
         add_management_routes(app.router, state)
-    app.add_middleware(PredictFastPath, state=state)
+    app.add_middleware(PredictFastPath, pipeline=pipeline)
     _add_error_handlers(app)
     return app
 

@@ -49,6 +49,9 @@ class ModelConfig(BaseModel):
     """Default deadline of a request; ``X-Request-Timeout-Ms`` can only lower it."""
     instances: int = Field(default=1, ge=1, le=64)
     """Batches that may run at once (each on its own thread)."""
+    preprocess_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    """Requests whose items may be preprocessed at once, for backends whose preprocessing is
+    heavy (image decoding, on worker threads); default: the CPUs this process may use."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific settings, validated by the backend's ``Options`` model."""
 

@@ -27,7 +27,7 @@ State = Literal["loading", "ready", "failed", "unloaded"]
 @dataclass(eq=False)
 class ServedModel:
     config: ModelConfig
-    backend: Backend
+    backend: Backend[Any, Any]
     batcher: Batcher
     metrics: ModelMetrics
     state: State = "loading"
@@ -209,7 +209,7 @@ def _load(model: ServedModel) -> None:
     model.backend.warmup()
 
 
-def _load_from(backend: Backend, path: Path) -> None:
+def _load_from(backend: Backend[Any, Any], path: Path) -> None:
     """``backend.load`` reading ``path`` as its ``config.path``; messages name the configured one."""
     config = backend.config
     backend.config = config.model_copy(update={"path": path})

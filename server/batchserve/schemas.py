@@ -2,7 +2,7 @@
 
 ``/predict`` parses its body with orjson rather than through these models (the
 framework's per-request validation costs more than the model on small inputs;
-see benchmarks/README.md); ``server/routes.py`` enforces the same shape.
+see benchmarks/README.md); ``batchserve/predict.py`` enforces the same shape.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def model_objects(backend: Backend) -> tuple[list[Any], Any]:
+def model_objects(backend: Backend[Any, Any]) -> tuple[list[Any], Any]:
     """The backend's torch modules (if any) and its scikit-learn-like estimator (or None), from
     its optional capabilities (``batchserve.backends.capabilities``)."""
     from batchserve.backends.capabilities import FittedEstimator, TorchModules
@@ -39,7 +39,7 @@ def model_objects(backend: Backend) -> tuple[list[Any], Any]:
     return modules, estimator
 
 
-def model_size(backend: Backend) -> dict[str, Any]:
+def model_size(backend: Backend[Any, Any]) -> dict[str, Any]:
     """Parameter count and bytes: per dtype for torch modules, fitted arrays for estimators."""
     modules, estimator = model_objects(backend)
     size: dict[str, Any] = {"artifact_bytes": artifact_bytes(backend.config.path)}
@@ -136,7 +136,7 @@ def _settle(libc: Any) -> None:
         libc.malloc_trim(0)
 
 
-def activation_memory(backend: Backend, rows_for: Any, batch_sizes: list[int],
+def activation_memory(backend: Backend[Any, Any], rows_for: Any, batch_sizes: list[int],
                       device: str) -> list[dict[str, Any]]:
     """For each batch size: input bytes, peak bytes one ``predict_batch`` adds, and its time.
 

@@ -298,6 +298,11 @@ def test_hand_written_nasties(server: ServerProcess) -> None:
         ("/v2/models/diabetes/infer", framed("9" * 40)),
         ("/v2/models/sentiment/infer", {"json": {"inputs": [{"name": "text", "shape": [1],
                                                              "datatype": "BYTES", "data": [5]}]}}),
+        ("/v2/models/diabetes/infer", {"json": {"inputs": [{"name": "input", "shape": [0, 10],
+                                                            "datatype": "FP64", "data": []}]}}),
+        ("/predict/resnet50?top_k=²", upload(jpeg((64, 64)), "image/jpeg")),
+        ("/predict", upload(b'{"model": "diabetes", "inputs": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}',
+                            "application/x-www-form-urlencoded")),
     ]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for path, kwargs in cases:

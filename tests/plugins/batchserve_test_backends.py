@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from batchserve.backends import Backend, LoadError
@@ -29,6 +29,10 @@ class EchoOptions(BaseModel):
     load_delay_ms: float = 0.0
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
+    complex_output: bool = False
+    """Answer complex numbers, which JSON cannot encode: a backend that breaks the contract."""
+    preprocess_ms: float = 0.0
+    """How long ``preprocess`` takes per item (``slow-decode`` only)."""
     hold_until: str | None = None
     """A file: ``predict_batch`` waits (up to 30 s) until it exists."""
 
@@ -39,7 +43,7 @@ PEAK: dict[str, int] = {}
 """The most copies of each model that were loaded or loading at once."""
 
 
-class EchoBackend(Backend):
+class EchoBackend(Backend[float, float | complex]):
     Options = EchoOptions
 
     def load(self, device: str) -> None:
@@ -67,7 +71,7 @@ class EchoBackend(Backend):
             raise InvalidInput(f"expected a finite number, got {type(item).__name__}")
         return float(item)
 
-    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+    def predict_batch(self, rows: list[float]) -> list[float | complex]:
         self.calls.append(list(rows))
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
@@ -80,7 +84,38 @@ class EchoBackend(Backend):
         if self.options.record:
             with open(self.options.record, "a", encoding="utf-8") as handle:
                 handle.writelines(f"{row}\n" for row in rows)
+        if self.options.complex_output:
+            return [complex(2 * row) for row in rows]
         return [2 * row for row in rows]
 
     def describe(self) -> dict[str, Any]:
         return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"}}
+
+
+class SlowDecodeBackend(EchoBackend):
+    """The echo backend with heavy preprocessing, as image decoding is: on worker threads,
+    ``preprocess_ms`` per item. ``describe`` tells how many items were preprocessed and the
+    most requests preprocessing at once."""
+
+    preprocess_in_thread = True
+
+    def load(self, device: str) -> None:
+        super().load(device)
+        self._lock = threading.Lock()
+        self._running = self.peak = self.preprocessed = 0
+
+    def preprocess(self, item: Any, parameters: Any) -> float:
+        with self._lock:  # a request's items run one after the other: running = requests
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        try:
+            time.sleep(self.options.preprocess_ms / 1000)
+            with self._lock:
+                self.preprocessed += 1
+            return super().preprocess(item, parameters)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "preprocessed": self.preprocessed, "peak": self.peak}

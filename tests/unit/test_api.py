@@ -38,10 +38,11 @@ def test_predict_with_the_model_in_the_path(diabetes_client: TestClient) -> None
     assert response.status_code == 200
 
 
-def test_curl_default_content_type_is_read_as_json(diabetes_client: TestClient) -> None:
-    response = diabetes_client.post(
-        "/predict", content=b'{"model": "echo", "inputs": [3]}',
-        headers={"content-type": "application/x-www-form-urlencoded"})
+def test_a_body_without_content_type_is_read_as_json(diabetes_client: TestClient) -> None:
+    response = diabetes_client.post("/predict", content=b'{"model": "echo", "inputs": [3]}')
+    assert response.json()["outputs"] == [6.0]
+    response = diabetes_client.post("/predict", content=b'{"model": "echo", "inputs": [3]}',
+                                    headers={"content-type": "application/vnd.api+json"})
     assert response.json()["outputs"] == [6.0]
 
 

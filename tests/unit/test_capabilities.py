@@ -15,7 +15,7 @@ from batchserve.config import ModelConfig
 from batchserve_planning.modelsize import model_size
 
 
-class _Held(Backend):
+class _Held(Backend[Any, Any]):
     """A backend that holds a torch module without offering it as a capability."""
 
     def load(self, device: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import Any
 
 from batchserve.backends.base import Backend, LoadError
 
@@ -25,7 +26,7 @@ BUILTIN: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str) -> type[Backend[Any, Any]]:
     """The backend class called ``name``: built in, or from an installed entry point."""
     target = BUILTIN.get(name)
     if target is None:

@@ -3,25 +3,34 @@
 A backend is constructed with its model's configuration, then ``load`` and
 ``warmup`` run on a worker thread before the model reports ready. For each
 request, ``parse_parameters``, ``check_items`` (the items together) and
-``preprocess`` (each item) turn the client's JSON into rows; rows from many
-requests are batched and handed to ``predict_batch`` on an executor thread,
-which must return exactly one output per row.
+``preprocess`` (each item) turn the client's items into rows (``Row``); rows
+from many requests are batched and handed to
+``predict_batch`` on an executor thread, which returns exactly one ``Output``
+per row, or a ``RowError`` in place of the output of a row that alone failed.
+
+Outputs are JSON-serialisable (``/predict`` sends them as they are). Wire
+formats other than JSON (the Open Inference Protocol's tensors) are converted
+by codecs beside each protocol (``batchserve/v2/codecs.py``), not here.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from batchserve.errors import InvalidInput, UnsupportedMediaType
+from batchserve.errors import InvalidInput, RowError, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from batchserve.config import ModelConfig
     from batchserve.metrics import ModelMetrics
-    from batchserve.v2.tensors import Tensor
+
+Row = TypeVar("Row")
+"""What ``preprocess`` makes of one item, and ``predict_batch`` takes a list of."""
+Output = TypeVar("Output")
+"""What ``predict_batch`` answers for one row: JSON-serialisable."""
 
 
 class LoadError(Exception):
@@ -34,7 +43,7 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Backend(ABC):
+class Backend(ABC, Generic[Row, Output]):
     """Base class of every backend; subclasses are found by short name or entry point."""
 
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -44,7 +53,8 @@ class Backend(ABC):
     """True when ``load`` unpickles (joblib): such artifacts load only from inside the repository."""
 
     preprocess_in_thread: ClassVar[bool] = False
-    """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop."""
+    """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop, a
+    bounded number of requests at a time (``preprocess_concurrency`` in ``models.toml``)."""
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         self.config = config
@@ -61,15 +71,16 @@ class Backend(ABC):
         """Run representative batches so the first request pays no one-time costs."""
 
     def parse_parameters(self, parameters: Mapping[str, Any]) -> Any:
-        """Validate the request's ``parameters``; the result is passed to ``preprocess``."""
+        """Validate the request's ``parameters``; the result is passed to ``preprocess``.
+        Raise ``InvalidInput`` for anything a client may send wrong."""
         if parameters:
             raise InvalidInput(
                 f"unknown parameters {sorted(parameters)}; this model takes no parameters")
         return None
 
     @abstractmethod
-    def preprocess(self, item: Any, parameters: Any) -> Any:
-        """Validate one JSON item and turn it into a row; raise ``InvalidInput`` saying why."""
+    def preprocess(self, item: Any, parameters: Any) -> Row:
+        """Validate one item and turn it into a row; raise ``InvalidInput`` saying why."""
 
     def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
         """Check a request's items together before any is preprocessed (a budget summed over
@@ -78,8 +89,8 @@ class Backend(ABC):
         return items
 
     @abstractmethod
-    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
-        """Return one JSON-serialisable output per row, in order."""
+    def predict_batch(self, rows: list[Row]) -> Sequence[Output | RowError]:
+        """One output per row, in order; a ``RowError`` for a row that alone failed."""
 
     def decode_body(self, content_type: str, body: bytes) -> list[Any]:
         """Turn a non-JSON request body (an image upload, say) into items; ``content_type`` is the
@@ -88,45 +99,9 @@ class Backend(ABC):
             f"model '{self.config.name}' accepts application/json bodies only, not {content_type!r}"
         )
 
-    def unload(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+    def unload(self) -> None:  # optional hook: nothing to release by default
         """Release what ``load`` took (device memory, file handles)."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What an input item and an output look like, for ``GET /models/{name}``."""
-
-    # -- Open Inference Protocol (v2); the defaults serve any backend, generically ----------
-
-    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
-        """Input and output tensors (name, datatype, shape with -1 for the batch axis)."""
-        return {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}]}
-
-    def items_from_v2(self, inputs: Mapping[str, Tensor]) -> list[Any]:
-        """Items from the request's tensors: by default one tensor, each slice along its first
-        axis an item (numbers as lists, BYTES as UTF-8 text); ``preprocess`` validates them."""
-        if len(inputs) != 1:
-            raise InvalidInput(f"this model takes one input tensor, got {sorted(inputs)}")
-        tensor = next(iter(inputs.values()))
-        if tensor.datatype != "BYTES":
-            items: list[Any] = tensor.array.tolist()
-            return items
-        return [_text(element, index) for index, element in enumerate(tensor.array.tolist())]
-
-    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
-        """Output tensors: by default ``output``, BYTES, each row's output as JSON text."""
-        import orjson
-
-        from batchserve.v2.tensors import bytes_tensor
-
-        return [bytes_tensor("output", [orjson.dumps(o) for o in outputs], (len(outputs),))]
-
-
-def _text(element: Any, index: int) -> Any:
-    """A BYTES element as text (nested lists element-wise); invalid UTF-8 is the client's error."""
-    if isinstance(element, list):
-        return [_text(e, index) for e in element]
-    try:
-        return element.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"item {index}: BYTES element is not valid UTF-8") from None

@@ -20,9 +20,9 @@ import base64
 import binascii
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import Field
 
@@ -39,7 +39,6 @@ from batchserve.backends.torch_common import (
     weights_note,
 )
 from batchserve.errors import InvalidInput, UnsupportedMediaType
-from batchserve.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     import torch
@@ -79,13 +78,17 @@ class ResNet50Options(TorchOptions):
     ``full``: every image decoded at full size, torchvision's eval transform exactly."""
 
 
+Classes: TypeAlias = list[dict[str, Any]]
+"""The top-k classes of one image, most likely first: ``{"label", "index", "probability"}``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageRow:
     pixels: torch.Tensor  # uint8, 224 x 224 x 3 (the center crop, as PIL gives it)
     top_k: int
 
 
-class ResNet50Backend(Backend):
+class ResNet50Backend(Backend[ImageRow, Classes]):
     Options = ResNet50Options
     preprocess_in_thread = True  # JPEG decode + resize: ~5 ms per image
 
@@ -152,7 +155,7 @@ class ResNet50Backend(Backend):
         if unknown:
             raise InvalidInput(f"unknown parameters {unknown}; this model takes top_k")
         top_k = parameters.get("top_k", self.options.top_k)
-        if isinstance(top_k, str) and top_k.isdigit():  # from a query string
+        if isinstance(top_k, str) and top_k.isascii() and top_k.isdigit():  # from a query string
             top_k = int(top_k)
         if type(top_k) is not int or not 1 <= top_k <= len(self._categories):
             raise InvalidInput(f"parameter top_k must be an integer from 1 to {len(self._categories)}")
@@ -208,7 +211,7 @@ class ResNet50Backend(Backend):
                 raise InvalidInput("image data is corrupt or truncated") from None
         return ImageRow(torch.from_numpy(numpy.array(crop)), parameters)
 
-    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+    def predict_batch(self, rows: list[ImageRow]) -> list[Classes]:
         import torch
 
         with torch.inference_mode():
@@ -225,34 +228,6 @@ class ResNet50Backend(Backend):
             [{"label": self._categories[i], "index": i, "probability": p}
              for p, i in zip(values[n][: row.top_k], indices[n][: row.top_k], strict=True)]
             for n, row in enumerate(rows)
-        ]
-
-    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
-        k = self.options.top_k
-        return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
-                            {"name": "indices", "datatype": "INT64", "shape": [-1, k]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}]}
-
-    def items_from_v2(self, inputs: Mapping[str, Tensor]) -> list[Any]:
-        """BYTES elements: raw image bytes (binary data extension) or base64 text (JSON)."""
-        if set(inputs) != {"image"} or inputs["image"].datatype != "BYTES":
-            raise InvalidInput("this model takes one BYTES input tensor named 'image'")
-        return [e if e.startswith(_IMAGE_MAGIC) or e[8:12] == b"WEBP" else e.decode("latin-1")
-                for e in inputs["image"].array.reshape(-1).tolist()]
-
-    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
-        import numpy
-
-        from batchserve.v2.tensors import bytes_tensor
-
-        shape = (len(outputs), len(outputs[0]))
-        return [
-            bytes_tensor("labels", [c["label"] for o in outputs for c in o], shape),
-            Tensor("indices", "INT64", numpy.array([[c["index"] for c in o] for o in outputs],
-                                                   dtype=numpy.int64)),
-            Tensor("probabilities", "FP32", numpy.array([[c["probability"] for c in o] for o in outputs],
-                                                        dtype=numpy.float32)),
         ]
 
     def describe(self) -> dict[str, Any]:

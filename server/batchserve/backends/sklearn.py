@@ -7,15 +7,13 @@ fitted with feature names, an object of feature name -> number.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
 from batchserve.backends.base import Backend, LoadError
 from batchserve.backends.capabilities import Samples
 from batchserve.errors import InvalidInput, RowError
-from batchserve.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     from batchserve.config import ModelConfig
@@ -23,6 +21,9 @@ if TYPE_CHECKING:
 
 _NUMBER = (int, float)
 _NOT_FINITE = RowError(InvalidInput("the model's output is not finite: features out of its range?"))
+
+Prediction: TypeAlias = float | int | str | bool | dict[str, Any]
+"""The estimator's prediction for a row, or ``{"label", "scores"}`` with ``output = "proba"``."""
 
 
 class SklearnOptions(BaseModel):
@@ -32,7 +33,7 @@ class SklearnOptions(BaseModel):
     """``predict``: the estimator's prediction; ``proba``: class probabilities (classifiers)."""
 
 
-class SklearnBackend(Backend):
+class SklearnBackend(Backend[list[float], Prediction]):
     Options = SklearnOptions
     loads_pickles = True  # joblib.load runs arbitrary code from the file: trust the repository only
 
@@ -111,7 +112,7 @@ class SklearnBackend(Backend):
                 raise InvalidInput(f"feature {name!r} must be a finite number, got {value!r:.40}")
         return row
 
-    def predict_batch(self, rows: list[Any]) -> Sequence[Any]:
+    def predict_batch(self, rows: list[list[float]]) -> list[Prediction | RowError]:
         import numpy
 
         matrix = numpy.asarray(rows, dtype=numpy.float64)
@@ -128,7 +129,7 @@ class SklearnBackend(Backend):
             ]
         with numpy.errstate(over="ignore", invalid="ignore"):  # non-finite rows are checked below
             predictions = self._estimator.predict(features)
-        result: list[Any] = predictions.tolist()
+        result: list[Prediction | RowError] = predictions.tolist()
         if predictions.dtype.kind == "f":
             # JSON has no infinities (they would become null): those rows alone fail.
             finite = numpy.isfinite(predictions)
@@ -139,30 +140,15 @@ class SklearnBackend(Backend):
                     result[index] = _NOT_FINITE
         return result
 
-    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
-        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, self._n_features]}]
-        if self._classes is not None:
-            outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self._classes)]}]
-        else:
-            outputs = [{"name": "output", "datatype": "FP64", "shape": [-1]}]
-        return {"inputs": inputs, "outputs": outputs}
+    @property
+    def n_features(self) -> int:
+        """Features per row (0 until loaded)."""
+        return self._n_features
 
-    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
-        import numpy
-
-        from batchserve.v2.tensors import bytes_tensor, numeric_datatype
-
-        if self._classes is not None:
-            labels = [str(o["label"]) for o in outputs]
-            probabilities = numpy.array([list(o["scores"].values()) for o in outputs], dtype=numpy.float64)
-            return [bytes_tensor("label", labels, (len(outputs),)),
-                    Tensor("probabilities", "FP64", probabilities)]
-        array = numpy.asarray(outputs)
-        if array.dtype.kind in "fiub":
-            array = array.astype(numpy.float64) if array.dtype.kind == "f" else array
-            return [Tensor("output", numeric_datatype(array), array)]
-        return [bytes_tensor("output", [str(o) for o in outputs], array.shape)]
+    @property
+    def classes(self) -> list[Any] | None:
+        """The classifier's classes when ``options.output`` is ``proba``, else ``None``."""
+        return self._classes
 
     def describe(self) -> dict[str, Any]:
         item: dict[str, Any] = {"type": "array of numbers", "length": self._n_features or None}

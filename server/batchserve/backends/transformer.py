@@ -15,7 +15,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import Field
 
@@ -29,7 +29,6 @@ from batchserve.backends.torch_common import (
     warmup_sizes,
 )
 from batchserve.errors import InvalidInput
-from batchserve.v2.tensors import Tensor
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +40,9 @@ padding 0.13 in benchmarks/transformer_server.py, against 0.05 with 1.15)"""
 GROUP_SLACK_TOKENS = 16
 """...or at most this many tokens longer: padding a few tokens costs less than another forward call."""
 _ITEM_FORM = 'a string or {"text": string}'
+
+Scores: TypeAlias = dict[str, Any]
+"""One text's output: ``{"label": the most likely label, "scores": label -> probability}``."""
 
 
 class TransformerOptions(TorchOptions):
@@ -54,7 +56,7 @@ class TransformerOptions(TorchOptions):
     """``int8``: dynamic int8 quantisation of the linear layers (CPU only)."""
 
 
-class TransformerBackend(Backend):
+class TransformerBackend(Backend[str, Scores]):
     Options = TransformerOptions
 
     def load(self, device: str) -> None:
@@ -108,7 +110,7 @@ class TransformerBackend(Backend):
         """Token ids of each text: special tokens added, truncated to ``max_length``, unpadded."""
         return self._encode(texts)
 
-    def predict_batch(self, rows: list[Any]) -> list[dict[str, Any]]:
+    def predict_batch(self, rows: list[str]) -> list[Scores]:
         outputs, padding, total = self._predict(rows)
         if self.metrics is not None and total:
             self.metrics.padding_ratio.observe(padding / total)
@@ -172,21 +174,11 @@ class TransformerBackend(Backend):
         return {"label": self._labels[best],
                 "scores": dict(zip(self._labels, scores, strict=True))}
 
-    def v2_metadata(self) -> dict[str, list[dict[str, Any]]]:
-        labels = len(getattr(self, "_labels", [])) or -1
-        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]}]}
-
-    def outputs_to_v2(self, outputs: list[Any]) -> list[Tensor]:
-        import numpy
-
-        from batchserve.v2.tensors import bytes_tensor
-
-        probabilities = numpy.array([[o["scores"][label] for label in self._labels] for o in outputs],
-                                    dtype=numpy.float32)
-        return [bytes_tensor("label", [o["label"] for o in outputs], (len(outputs),)),
-                Tensor("probabilities", "FP32", probabilities)]
+    @property
+    def labels(self) -> list[str]:
+        """Label names by class index (empty until loaded)."""
+        labels: list[str] = getattr(self, "_labels", [])
+        return labels
 
     def describe(self) -> dict[str, Any]:
         options = self.options

@@ -6,19 +6,20 @@ are ``{"error": "message"}`` as the protocol says; readiness endpoints answer 50
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 import batchserve
-from batchserve.bodies import read_body
-from batchserve.errors import BatchserveError, ModelVersionNotFound, ShuttingDown
+from batchserve.backends.base import Backend
+from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
+from batchserve.pipeline import Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
-from batchserve.routes import RequestHeaders, require_ready, run_items
-from batchserve.state import AppState
-from batchserve.v2.tensors import HEADER_LENGTH, encode_response, parse_infer
+from batchserve.v2.codecs import Codec, codec_for
+from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
 VERSION = "1"
 _INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -35,8 +36,59 @@ def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def add_v2_routes(router: APIRouter, state: AppState) -> None:
+OFFLOAD_BYTES = 16 * 1024
+"""v2 bodies larger than this are decoded on a worker thread: decoding tensors costs ~100-300 ns
+per element (benchmarks/v2_parse_cost.py), so 16 KiB is about the event loop's 1 ms."""
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+"""What an HTML form on another site can send without a CORS preflight: never an infer request."""
+
+
+class V2Adapter(Adapter):
+    """Tensors in, tensors out, through the model's codec (``batchserve/v2/codecs.py``). A body
+    is JSON, optionally followed by binary tensor data, whatever its Content-Type (Triton's
+    client sends none), except the types of an HTML form."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+
+    def check(self, headers: RequestHeaders, model: str | None) -> None:
+        if headers.content_type in _FORM_TYPES:
+            raise UnsupportedMediaType(f"{headers.content_type!r} bodies are not accepted (an HTML "
+                                       "form on any site can send them); send application/json or "
+                                       "application/octet-stream")
+
+    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+                     model: ServedModel | None) -> Decoded:
+        assert model is not None  # the path names the model
+        codec = codec_for(model.backend)
+        if len(body) > OFFLOAD_BYTES:
+            return await run_in_threadpool(_decode, codec, model.backend, body, headers.header_length,
+                                           self.max_items)
+        return _decode(codec, model.backend, body, headers.header_length, self.max_items)
+
+    def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
+        request: InferRequest = decoded.context
+        tensors = codec_for(model.backend).outputs(model.backend, outputs)
+        content, json_length = encode_response(model.config.name, request, tensors)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(json_length)})
+
+    def error(self, exc: BatchserveError) -> Response:
+        return v2_error(exc.status, exc.message, exc.headers)
+
+
+def _decode(codec: Codec[Any], backend: Backend[Any, Any], body: bytes,
+            header_length: bytes | None, max_items: int) -> Decoded:
+    request = parse_infer(body, header_length, max_items=max_items)
+    return Decoded(codec.items(backend, request.inputs), request.parameters, context=request)
+
+
+def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> None:
+    state = pipeline.state
     registry = state.registry
+    adapter = V2Adapter(state.settings.max_items)
 
     def lookup(name: str, version: str | None) -> ServedModel:
         model = registry.get(name)
@@ -65,8 +117,8 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
     async def model_metadata(name: str, version: str | None = None) -> Response:
         try:
             model = lookup(name, version)
-            metadata = model.backend.v2_metadata() if model.state == "ready" else {"inputs": [],
-                                                                                   "outputs": []}
+            metadata = (codec_for(model.backend).metadata(model.backend) if model.state == "ready"
+                        else {"inputs": [], "outputs": []})
         except BatchserveError as exc:
             return v2_error(exc.status, exc.message)
         return JSONResponse({"name": name, "versions": [VERSION],
@@ -87,28 +139,6 @@ def add_v2_routes(router: APIRouter, state: AppState) -> None:
     @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], summary="Inference",
                  openapi_extra=_INFER_DOC)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        started = time.perf_counter()
-        model: ServedModel | None = None
-        try:
-            if state.draining:
-                raise ShuttingDown("server is shutting down")
-            model = lookup(name, version)
-            require_ready(model)
-            headers = RequestHeaders(request.scope["headers"])
-            body = await read_body(request.receive, headers.content_length,
-                                   limit=state.settings.max_body_bytes, budget=state.bodies,
-                                   deadline_s=time.monotonic() + model.config.timeout_ms / 1000.0)
-            parsed = parse_infer(body, headers.header_length, max_items=state.settings.max_items)
-            items = model.backend.items_from_v2(parsed.inputs)
-            outputs = await run_items(state, model, items, parsed.parameters, headers, request.receive)
-            content, json_length = encode_response(name, parsed, model.backend.outputs_to_v2(outputs))
-        except BatchserveError as exc:
-            if model is not None:
-                model.metrics.count_request(exc.status)
-            return v2_error(exc.status, exc.message, exc.headers)
-        model.metrics.count_request(200)
-        model.metrics.request_duration.observe(time.perf_counter() - started)
-        if json_length is None:
-            return Response(content, media_type="application/json")
-        return Response(content, media_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(json_length)})
+        if version is not None and version != VERSION:
+            return v2_error(404, f"model '{name}' has version {VERSION} only, not {version!r}")
+        return await pipeline.serve(adapter, request.scope, request.receive, name)
