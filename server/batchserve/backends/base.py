@@ -10,7 +10,7 @@ per row, or a ``RowError`` in place of the output of a row that alone failed.
 
 Outputs are JSON-serialisable (``/predict`` sends them as they are). Wire
 formats other than JSON (the Open Inference Protocol's tensors) are converted
-by codecs beside each protocol (``batchserve/v2/codecs.py``), not here.
+by codecs beside each protocol (``batchserve/v2/codec.py``), not here.
 """
 
 from __future__ import annotations

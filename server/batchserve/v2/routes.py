@@ -18,7 +18,7 @@ from batchserve.backends.base import Backend
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.pipeline import Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
-from batchserve.v2.codecs import Codec, codec_for
+from batchserve.v2.codec import Codec, codec_for
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
 VERSION = "1"
@@ -44,7 +44,7 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text
 
 
 class V2Adapter(Adapter):
-    """Tensors in, tensors out, through the model's codec (``batchserve/v2/codecs.py``). A body
+    """Tensors in, tensors out, through the model's codec (``batchserve/v2/codec.py``). A body
     is JSON, optionally followed by binary tensor data, whatever its Content-Type (Triton's
     client sends none), except the types of an HTML form."""
 
