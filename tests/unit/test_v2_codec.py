@@ -11,7 +11,7 @@ import numpy as np
 from batchserve.backends import backend_class
 from batchserve.backends.sklearn import SklearnBackend
 from batchserve.config import ModelConfig
-from batchserve.v2 import codecs
+from batchserve.v2 import codec as codecs
 from batchserve.v2.tensors import Tensor, bytes_tensor
 
 from tests.support import PLUGINS, ROOT
