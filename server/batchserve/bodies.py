@@ -59,11 +59,13 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
     if declared is None:
         return None
     value = declared.strip()
-    if not value.isdigit():  # bytes.isdigit() is ASCII only: no '²', no sign, no spaces inside
+    if value.isdigit():
+        value = value.lstrip(b"0") or b"0"  # int() refuses over 4,300 digits, zeros included
+    else:  # bytes.isdigit() is ASCII only: no '²', no sign, no spaces inside
         raise MalformedRequest(f"header Content-Length must be a non-negative integer, "
                                f"got {declared.decode('latin-1')!r:.40}")
     # Compare lengths first: int() of thousands of digits is slow (and refused past 4300).
-    if len(value.lstrip(b"0")) > len(str(limit)) or int(value) > limit:
+    if len(value) > len(str(limit)) or int(value) > limit:
         raise BodyTooLarge(f"body of {value.decode()[:40]} bytes exceeds the limit of {limit} bytes "
                            "(BATCHSERVE_MAX_BODY_BYTES)")
     return int(value)

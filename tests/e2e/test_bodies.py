@@ -63,6 +63,12 @@ def test_a_declared_length_over_the_limit_is_a_413_before_reading(declared: byte
     assert sender.calls == 0 and budget.reserved == 0
 
 
+def test_a_length_padded_with_thousands_of_zeros_is_read_as_its_value() -> None:
+    # int() refuses more than 4,300 digits (a ValueError, so a 500) even when most are zeros.
+    budget = BodyBudget(10_000)
+    assert read(Sender(b"ab"), b"0" * 4301 + b"2", budget) == b"ab"
+
+
 def test_a_chunked_body_over_the_limit_is_a_413_without_reading_further() -> None:
     sender, budget = Sender(b"x" * 600, b"x" * 600, b"never read"), BodyBudget(10_000)
     with pytest.raises(BodyTooLarge):

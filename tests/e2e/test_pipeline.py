@@ -201,6 +201,9 @@ class Counting:
         self.calls = 0
         self.config = type("Config", (), {"name": "counting"})()
 
+    def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
+        return items
+
     def preprocess(self, item: Any, parameters: Any) -> Any:
         self.calls += 1
         if item == "bad":
