@@ -267,3 +267,27 @@ def test_connections_past_limit_concurrency_are_refused(tmp_path: Path) -> None:
                     writer.close()
 
         assert asyncio.run(crowd()) == 503
+
+
+@pytest.mark.slow
+def test_a_content_length_of_thousands_of_digits_is_answered_over_http(tmp_path: Path) -> None:
+    # Zero-padded past int()'s 4,300 digits: a ValueError (500) before; now read as its value.
+    body = b'{"inputs": [1]}'
+    process = server(tmp_path, timeout_ms=10_000)
+    try:
+        async def send(length: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+            try:
+                writer.write(b"POST /predict/echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                             b"\r\ncontent-length: " + length + b"\r\n\r\n" + body)
+                await writer.drain()
+                return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            finally:
+                writer.close()
+
+        padded = asyncio.run(send(b"0" * 4301 + str(len(body)).encode()))
+        huge = asyncio.run(send(b"9" * 4400))
+    finally:
+        process.close()
+    assert status(padded) == 200, padded
+    assert status(huge) in (400, 413), huge  # uvicorn's parser refuses it (400) before we see it
