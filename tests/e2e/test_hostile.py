@@ -110,7 +110,7 @@ def test_management_fuzzing_with_the_token_finds_no_5xx(tmp_path: Path) -> None:
                                          headers={"Authorization": f"Bearer {TOKEN}"})
                     context = (case.method, case.formatted_path, str(case.body)[:200])
                     assert response.status_code < 500, (context, response.text[:300])
-                    seen.setdefault(f"{case.method} {operation.path}", set()).add(response.status_code)
+                    seen.setdefault(f"{case.method} {case.operation.path}", set()).add(response.status_code)
 
                 no_server_error()
         # every operation was answered past the token check, and did its work at least once

@@ -189,8 +189,10 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     assert [s["within_slo"] for s in waited["steps"]] == [False]
     assert waited["steps"][0]["p99_ms"] > KNOWN_SLO_MS
     for (size, _), outcome in outcomes.items():
-        for step in outcome["steps"]:  # no step can beat the model's capacity
-            assert step["rows_per_s"] <= 1.05 * size * 1000 / BATCH_MS, (size, step)
+        for step in outcome["steps"]:  # no step beats the model's capacity (but for a batch
+            # more or less at the edges of a step of 0.3 s or more: 30%)
+            assert step["rows_per_s"] <= 1.3 * size * 1000 / BATCH_MS, (size, step)
+            assert step["mean_batch_size"] is None or step["mean_batch_size"] <= size
         if outcome is not waited:
             assert outcome["best"] is not None and outcome["best"]["p99_ms"] <= KNOWN_SLO_MS
     pick = results["candidates"][results["pick"]]["candidate"]

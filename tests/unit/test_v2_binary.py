@@ -75,7 +75,7 @@ def test_numeric_binary_data_must_be_the_shapes_size(client: TestClient, size: i
 
 def test_binary_and_json_inputs_in_one_request() -> None:
     ints = np.array([7, -8, 9], dtype="<i4").tobytes()
-    texts = elements(b"first", b"", "zweite".encode())
+    texts = elements(b"first", b"", "zwölf".encode())
     body, headers = framed([
         {"name": "a", "shape": [2], "datatype": "FP32", "data": [1.5, 2.5]},
         {"name": "b", "shape": [3], "datatype": "INT32", "parameters": {"binary_data_size": len(ints)}},
@@ -87,7 +87,7 @@ def test_binary_and_json_inputs_in_one_request() -> None:
     assert request.inputs["a"].array.tolist() == [1.5, 2.5]
     assert request.inputs["b"].array.tolist() == [7, -8, 9]  # the binary data's first part
     assert request.inputs["c"].array.tolist() == [b"json text"]
-    assert request.inputs["d"].array.tolist() == [b"first", b"", "zweite".encode()]  # the rest
+    assert request.inputs["d"].array.tolist() == [b"first", b"", "zwölf".encode()]  # the rest
 
 
 def split(response: Any) -> tuple[dict[str, Any], bytes]:
