@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import threading
 import time
@@ -78,11 +79,13 @@ def test_open_loop_overload_at_twice_capacity(tmp_path: Path) -> None:
 
 
 def sample(url: str, name: str, **labels: str) -> float:
-    """A sample of /metrics (0 when absent); ``labels`` in the family's order."""
-    wanted = name + "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "} "
+    """A sample of /metrics, whatever the order of its labels; 0 when the series is absent (a
+    counter not yet incremented)."""
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(wanted):
-            return float(line.rsplit(" ", 1)[1])
+        series, _, value = line.rpartition(" ")
+        found, _, rest = series.partition("{")
+        if found == name and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == labels:
+            return float(value)
     return 0.0
 
 
