@@ -105,12 +105,17 @@ async def open_loop(client: httpx.AsyncClient, rate: float, seconds: float, pid:
             "503_without_retry_after": missing_retry_after}
 
 
-def served_by_code(url: str) -> Counter[str]:
+def served_by_code(url: str, model: str = "resnet50") -> Counter[str]:
     """The server's own count of the requests it answered, by status code (all of them, whatever
     the client made of them)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return Counter({code: round(float(value)) for code, value in re.findall(
-        r'^batchserve_requests_total\{model="resnet50",code="(\d+)"\} (\S+)$', text, re.MULTILINE)})
+    served: Counter[str] = Counter()
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if name == "batchserve_requests_total" and found.get("model") == model:
+            served[found["code"]] = round(float(value))
+    return served
 
 
 def reconcile(result: dict[str, Any], served: Counter[str]) -> dict[str, Any]:
