@@ -146,10 +146,24 @@ def wrk(url: str, *, connections: int, duration_s: float, script: str | Path, co
     if not rps:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    connect, read, write, timeouts = (float(n) for n in errors.groups()) if errors else (0.0,) * 4
     return {"rps": float(rps.group(1)), "p50_ms": latency_ms("50%"), "p99_ms": latency_ms("99%"),
-            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
-            "timeouts": float(timeouts.group(1)) if timeouts else 0.0}
+            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0, "timeouts": timeouts,
+            "socket_errors": connect + read + write + timeouts}
+
+
+class UncleanRun(RuntimeError):
+    """A wrk run counted answers that were not 2xx, or socket errors: its RPS is not a rate of
+    served requests."""
+
+
+def check_clean(result: dict[str, float], label: str) -> None:
+    """Raise ``UncleanRun`` unless every request of the wrk run ``result`` got a 2xx answer."""
+    if result["non_2xx"] or result["socket_errors"]:
+        raise UncleanRun(f"{label}: {result['non_2xx']:.0f} non-2xx answers and "
+                         f"{result['socket_errors']:.0f} socket errors (of them "
+                         f"{result['timeouts']:.0f} timeouts); RPS {result['rps']:,.0f} is not all served")
 
 
 def measured_wrk(target: str, *, warmup_s: float, duration_s: float, connections: int,

@@ -6,7 +6,9 @@ the same JSON and returns a constant (benchmarks/floor_app.py). Servers are
 measured in alternation, ROUNDS times, so drift on a shared machine hits both.
 
 Usage: .venv/bin/python benchmarks/http_floor.py   (needs wrk: apt-get install wrk)
-Prints a markdown table and writes benchmarks/results/http_floor-<time>.json.
+Prints a markdown table and writes benchmarks/results/http_floor-<time>.json. A run in which
+either server answered anything but 2xx, or wrk counted a socket error, fails (exit 1) rather
+than report a rate that includes them.
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
     results = {}
     with _running(kind, config):
         for connections in CONNECTIONS:
-            results[connections] = harness.measured_wrk(
+            result = harness.measured_wrk(
                 f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
                 script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE)
+            harness.check_clean(result, f"{kind}, {connections} connections")  # else RPS counts errors
+            results[connections] = result
     return results
 
 
@@ -71,9 +75,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         config = _models_toml(Path(directory))
         runs: dict[str, list[dict[int, dict[str, float]]]] = {"floor": [], "batchserve": []}
-        for _ in range(ROUNDS):
-            for kind in ("floor", "batchserve"):
-                runs[kind].append(measure_server(kind, config))
+        try:
+            for _ in range(ROUNDS):
+                for kind in ("floor", "batchserve"):
+                    runs[kind].append(measure_server(kind, config))
+        except harness.UncleanRun as exc:
+            sys.exit(f"http_floor: {exc}")
     commit = harness.commit()
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,

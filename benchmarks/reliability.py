@@ -5,7 +5,10 @@ overload: measure the model's capacity (closed loop, CONCURRENCY clients, 15 s),
   503 with Retry-After, or 504, none after its deadline; RSS is compared before and after.
 soak: offer 70% of capacity for DURATION_S (default 600 s), sampling the server's RSS every
   10 s; prints the samples and the drift.
-Counts: tried, answered by status, transport errors, lost (tried - answered - errors) = 0.
+Counts: tried, answered by status and transport errors as the client saw them, reconciled with
+the server's own count of what it answered (batchserve_requests_total by code, over the open
+loop): both must agree code by code, with no transport error, and "lost" (tried - what the
+server counted) must be 0; else the run exits 1 after printing its report.
 
 Usage: .venv/bin/python benchmarks/reliability.py overload|soak   (MODEL=resnet50 by default)
 """
@@ -16,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -97,8 +101,32 @@ async def open_loop(client: httpx.AsyncClient, rate: float, seconds: float, pid:
     answered = sum(v for k, v in statuses.items() if k.isdigit())
     errors = sum(v for k, v in statuses.items() if not k.isdigit())
     return {"tried": len(tasks), "statuses": dict(statuses), "answered": answered,
-            "transport_errors": errors, "lost": len(tasks) - answered - errors,
-            "late_past_deadline": late, "503_without_retry_after": missing_retry_after}
+            "transport_errors": errors, "late_past_deadline": late,
+            "503_without_retry_after": missing_retry_after}
+
+
+def served_by_code(url: str, model: str = "resnet50") -> Counter[str]:
+    """The server's own count of the requests it answered, by status code (all of them, whatever
+    the client made of them)."""
+    served: Counter[str] = Counter()
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if name == "batchserve_requests_total" and found.get("model") == model:
+            served[found["code"]] = round(float(value))
+    return served
+
+
+def reconcile(result: dict[str, Any], served: Counter[str]) -> dict[str, Any]:
+    """The client's counts against the server's: what differs, code by code, and what the server
+    never counted (``lost``); ``reconciled`` when nothing does and no request hit a transport error."""
+    seen = Counter({code: count for code, count in result["statuses"].items() if code.isdigit()})
+    differences = {code: seen[code] - served[code] for code in sorted(set(seen) | set(served))
+                   if seen[code] != served[code]}
+    lost = result["tried"] - sum(served.values())
+    return {"server_statuses": dict(served), "client_minus_server": differences, "lost": lost,
+            "reconciled": not differences and lost == 0 and result["transport_errors"] == 0}
 
 
 async def main() -> None:
@@ -109,7 +137,9 @@ async def main() -> None:
             rss_before = rss_mib(process.pid)
             rate = capacity * (2.0 if MODE == "overload" else 0.7)
             samples: list[tuple[float, float]] = []
+            before = served_by_code(url)
             result = await open_loop(client, rate, DURATION_S, process.pid, samples)
+            result.update(reconcile(result, served_by_code(url) - before))
             await asyncio.sleep(10)  # idle: what the server keeps once the storm is over
             rss_after = rss_mib(process.pid)
     commit = harness.commit()
@@ -118,6 +148,10 @@ async def main() -> None:
               "rss_mib_before": rss_before, "rss_mib_after": rss_after, "rss_samples": samples, **result}
     print(json.dumps(report, indent=2))
     harness.save_results(f"reliability-{MODE}", report)
+    if not report["reconciled"]:
+        sys.exit(f"reliability: the client's counts and the server's differ: "
+                 f"{report['client_minus_server']}, lost {report['lost']}, "
+                 f"transport errors {report['transport_errors']}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ class Pipeline:
             requested_ms = None if headers.timeout_ms is None else requested_timeout_ms(headers.timeout_ms)
             adapter.check(headers, name)
             if name is not None:
-                model = self._admit(name)
+                model = self.state.registry.get(name)  # known from here on: its outcome counts
+                check_ready(model)
                 read_ms = model.config.timeout_ms
             elif arrived_s - self._longest_at_s < 1.0:  # the body names the model: read it
                 read_ms = self._longest_ms              # within the longest deadline it could have
@@ -149,7 +150,8 @@ class Pipeline:
             if model is None:
                 if decoded.model is None:  # an adapter's bug, not the client's
                     raise RuntimeError(f"{type(adapter).__name__} decoded a request naming no model")
-                model = self._admit(decoded.model)
+                model = self.state.registry.get(decoded.model)
+                check_ready(model)
             model, outputs = await self._infer(model, decoded, requested_ms, arrived_s, receive,
                                                large=len(body) > OFFLOAD_BYTES)
             response = adapter.encode(model, decoded, outputs)
@@ -173,12 +175,6 @@ class Pipeline:
         self._longest_ms = max((m.config.timeout_ms for m in self.state.registry), default=0.0)
         self._longest_at_s = now_s
         return self._longest_ms
-
-    def _admit(self, name: str) -> ServedModel:
-        model = self.state.registry.get(name)
-        if not model.ready:
-            raise not_ready(model)
-        return model
 
     async def _infer(self, model: ServedModel, decoded: Decoded, requested_ms: float | None,
                      arrived_s: float, receive: Receive, *, large: bool) -> tuple[ServedModel, list[Any]]:
@@ -320,6 +316,12 @@ def requested_timeout_ms(header: bytes) -> float:
         raise MalformedRequest(f"header X-Request-Timeout-Ms must be a positive number, "
                                f"got {header.decode('latin-1')!r:.40}")
     return requested
+
+
+def check_ready(model: ServedModel) -> None:
+    """Refuse (503) a model that is not ready: loading, failed or unloaded."""
+    if not model.ready:
+        raise not_ready(model)
 
 
 def not_ready(model: ServedModel) -> ModelNotReady:

@@ -55,9 +55,10 @@ def test_concurrent_requests_are_batched_and_answered_exactly(
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    go = tmp_path / "go"
     config = write_models(tmp_path / "models.toml", [{
         "name": "slow", "backend": "echo", "path": "x", "max_batch_size": 2,
-        "options": {"delay_ms": 150},
+        "options": {"hold_until": str(go)},  # every batch waits for the file go
     }])
     server = ServerProcess(config, grace_s=20)
     try:
@@ -65,14 +66,33 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, timeout=30) as client, ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(client.post, "/predict", json={"model": "slow", "inputs": [i]})
                        for i in range(8)]
-            time.sleep(0.3)  # all admitted; the batches take 4 x 150 ms
+            # SIGTERM once every row is admitted, one batch running (held) and the rest queued
+            give_up = time.monotonic() + 30
+            while True:
+                text = client.get("/metrics").text
+                running = metric(text, "batchserve_batch_size_sum", model="slow")
+                queued = metric(text, "batchserve_queue_rows", model="slow")
+                if running >= 1 and running + queued == 8:
+                    break
+                assert time.monotonic() < give_up, (running, queued)
+                time.sleep(0.02)
             server.terminate()
+            # let the batches go only once uvicorn waits for the requests in flight (or, with no
+            # grace, has cancelled them): then the answers show the drain, not a race with it
+            while not re.search("Waiting for connections to close|Cancel .* running task",
+                                server.output()):
+                assert time.monotonic() < give_up, server.output()
+                time.sleep(0.02)
+            with pytest.raises(httpx.ConnectError):  # and new connections are refused
+                httpx.get(f"{server.url}/healthz", timeout=5)
+            go.touch()
             answers = [f.result() for f in futures]
         assert [a.status_code for a in answers] == [200] * 8
         assert [a.json()["outputs"] for a in answers] == [[2.0 * i] for i in range(8)]
         assert server.process.wait(timeout=20) == 0
         assert "Application shutdown complete" in server.output()
     finally:
+        go.touch()
         server.close()
 
 

@@ -62,6 +62,75 @@ def test_fuzzing_from_the_openapi_document_finds_no_5xx(server: ServerProcess) -
         no_server_error()
 
 
+# -- the management API, with its token: past the 401s and 403s ----------------------------
+
+TOKEN = "correct-horse-battery-staple"
+MANAGED = ["alpha", "beta"]
+
+
+def management_schema(document: dict[str, Any]) -> dict[str, Any]:
+    """The management operations of the server's document, with the served models' names and
+    the PATCH body (which the route reads itself, so the document does not show it)."""
+    from batchserve.management import BatcherSettings
+
+    document = copy.deepcopy(document)
+    document["paths"] = {
+        path: {method: operation for method, operation in operations.items()
+               if "management" in operation.get("tags", [])}
+        for path, operations in document["paths"].items()}
+    document["paths"] = {path: operations for path, operations in document["paths"].items() if operations}
+    for operations in document["paths"].values():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "name":  # the served models, and names that are not
+                    parameter["schema"] = {"enum": [*MANAGED, "gamma", "alpha/../beta", "%00",
+                                                    "http://evil.example/m.joblib"]}
+            if method == "patch":
+                operation["requestBody"] = {"required": True, "content": {
+                    "application/json": {"schema": BatcherSettings.model_json_schema()}}}
+    return document
+
+
+def test_management_fuzzing_with_the_token_finds_no_5xx(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": name, "backend": "echo", "path": "x"} for name in MANAGED])
+    with running_server(config, env={"BATCHSERVE_MANAGEMENT_TOKEN": TOKEN}) as managed:
+        document = httpx.get(f"{managed.url}/openapi.json", timeout=30).json()
+        schema = schemathesis.openapi.from_dict(management_schema(document))
+        operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+        assert len(operations) == 4  # index, load, unload, and PATCH config
+        seen: dict[str, set[int]] = {}
+
+        for operation in operations:
+            # only PATCH has a body: for the others (a name, or nothing) nothing is negative
+            modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+            for mode in modes[: 2 if operation.method.upper() == "PATCH" else 1]:
+                @given(case=operation.as_strategy(generation_mode=mode))
+                @settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=list(HealthCheck))
+                def no_server_error(case: Any) -> None:
+                    response = case.call(base_url=managed.url, timeout=60,
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+                    context = (case.method, case.formatted_path, str(case.body)[:200])
+                    assert response.status_code < 500, (context, response.text[:300])
+                    seen.setdefault(f"{case.method} {case.operation.path}", set()).add(response.status_code)
+
+                no_server_error()
+        # every operation was answered past the token check, and did its work at least once
+        assert all(200 in codes and not codes & {401, 403} for codes in seen.values()), seen
+        assert len(seen) == 4, seen
+        with httpx.Client(base_url=managed.url, timeout=30) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            sane = {"max_batch_size": 8, "max_wait_ms": 0, "max_queue": 1000, "timeout_ms": 30_000}
+            for name in MANAGED:  # whatever was unloaded or reconfigured, it loads and serves
+                assert client.patch(f"/models/{name}/config", headers=auth, json=sane).status_code == 200
+                load = client.post(f"/v2/repository/models/{name}/load", headers=auth)
+                assert load.status_code == 200, load.text
+                answer = client.post("/predict", json={"model": name, "inputs": [1]})
+                assert answer.status_code == 200 and answer.json()["outputs"] == [2.0], answer.text
+        assert managed.process.poll() is None
+
+
 # -- the v2 endpoints, with the protocol's tensors and framing ------------------------------
 
 V2_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

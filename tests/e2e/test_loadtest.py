@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from batchserve.cli import main
 from batchserve_planning.load.client import build_request
@@ -69,7 +70,7 @@ def test_closed_loop_counts_every_request_and_reads_the_batch_size(
     assert "| throughput (req/s) |" in capsys.readouterr().out
 
 
-def test_open_loop_sends_the_arrivals_it_was_asked_for(echo_server: ServerProcess, tmp_path: Path) -> None:
+def test_open_loop_reports_its_rate_and_send_lag(echo_server: ServerProcess, tmp_path: Path) -> None:
     inputs = _numbers(tmp_path, [1.0, 2.0])
     report = _loadtest(echo_server, tmp_path, "--model", "echo", "--inputs", str(inputs),
                        "--rate", "300", "--concurrency", "4", "--requests", "120", "--warmup-s", "0.1")
@@ -79,6 +80,30 @@ def test_open_loop_sends_the_arrivals_it_was_asked_for(echo_server: ServerProces
     assert sum(result["status_counts"].values()) == 120
     assert set(result["send_lag_ms"]) == {"p50", "p90", "p99", "max", "mean"}
     assert "open loop, Poisson arrivals at 300/s" in report["markdown"]
+
+
+def test_open_loop_sends_at_poisson_arrival_times(echo_server: ServerProcess) -> None:
+    rate, count = 300.0, 150
+    request = build_request("127.0.0.1", echo_server.port, "/predict/echo", b'{"inputs": [1.0]}',
+                            "application/json")
+    spec = LoadSpec("127.0.0.1", echo_server.port, (request,), mode="open", rate=rate, concurrency=8,
+                    duration_s=None, count=count, warmup_s=0.1)
+    run = run_load(spec)
+    intended = np.frombuffer(run.records.intended, dtype=np.float64)
+    sent = np.frombuffer(run.records.sent, dtype=np.float64)
+    measured = intended >= run.measure_start
+    assert measured.sum() == count
+    arrivals = np.sort(intended[measured])
+    gaps = np.diff(arrivals)
+    # Poisson at 300/s: gaps of mean 1/300 s (the mean of 149 gaps is within 25% of it at
+    # 3 sigma), spread as an exponential's (coefficient of variation 1), not all at once
+    assert gaps.mean() == pytest.approx(1 / rate, rel=0.25)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.3)
+    # and they went out over that span, not in one burst (one-sided: a busy machine only
+    # delays sends)
+    sends = np.sort(sent[measured])
+    assert sends[-1] - sends[0] >= 0.5 * (arrivals[-1] - arrivals[0])
+    assert summarize(run).status_counts == {"200": count}
 
 
 def test_counts_by_status_with_an_example_of_each_error(echo_server: ServerProcess, tmp_path: Path) -> None:

@@ -153,3 +153,55 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
     assert results["skipped"] == ["batch 2, wait 0 ms, 1 inst", "batch 4, wait 0 ms, 1 inst"]
     assert results["pick"] == 0 and "ratio" in results["verification"]
     assert "not run for lack of budget: batch 2, wait 0 ms, 1 inst" in (out / "report.md").read_text()
+
+
+BATCH_MS = 40.0
+"""The echo model's time per batch, whatever its size: a batch of B rows is B rows per 40 ms."""
+KNOWN_SLO_MS = 150.0
+"""Met by every max_batch_size with max_wait_ms = 0 (one or two batches: ~40-80 ms), missed by
+max_wait_ms = 200 (a lone client's row waits the 200 ms for company: ~240 ms)."""
+
+
+def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support import SERVER_ENV
+
+    monkeypatch.setenv("PYTHONPATH", SERVER_ENV["PYTHONPATH"])  # the candidates' servers find echo
+    root = tmp_path / "repo"
+    root.mkdir()
+    config = write_models(root / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": 4,
+         "options": {"delay_ms": BATCH_MS}}], root=root)
+    inputs = tmp_path / "numbers.json"
+    inputs.write_text(json.dumps([1.0, 2.0, 3.0]))
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(config), "--model", "echo", "--inputs", str(inputs),
+                 "--slo-p99-ms", str(KNOWN_SLO_MS), "--max-batch-cap", "4", "--max-wait-ms", "0,200",
+                 "--instances", "1", "--max-concurrency", "32", "--step-s", "0.3", "--max-step-s", "0.6",
+                 "--min-responses", "20", "--no-progress", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    outcomes = {(c["candidate"]["max_batch_size"], c["candidate"]["max_wait_ms"]): c
+                for c in results["candidates"]}
+    assert sorted(outcomes) == [(1, 0.0), (2, 0.0), (4, 0.0), (4, 200.0)]
+    waited = outcomes[(4, 200.0)]
+    assert waited["best"] is None  # ruled out: its first step already missed the SLO
+    assert [s["within_slo"] for s in waited["steps"]] == [False]
+    assert waited["steps"][0]["p99_ms"] > KNOWN_SLO_MS
+    for (size, _), outcome in outcomes.items():
+        for step in outcome["steps"]:  # no step beats the model's capacity (but for a batch
+            # more or less at the edges of a step of 0.3 s or more: 30%)
+            assert step["rows_per_s"] <= 1.3 * size * 1000 / BATCH_MS, (size, step)
+            assert step["mean_batch_size"] is None or step["mean_batch_size"] <= size
+        if outcome is not waited:
+            assert outcome["best"] is not None and outcome["best"]["p99_ms"] <= KNOWN_SLO_MS
+    pick = results["candidates"][results["pick"]]["candidate"]
+    assert (pick["max_batch_size"], pick["max_wait_ms"]) == (4, 0.0)  # the most capacity
+    check = results["verification"]
+    assert check["p99_within_slo"] and check["measured_p99_ms"] <= KNOWN_SLO_MS
+    assert check["measured_error_rate"] == 0
+    # the re-run started the pick's configuration
+    (rerun,) = (out / "logs").glob("verification-*.toml")
+    (model,) = tomllib.loads(rerun.read_text())["models"]
+    assert (model["max_batch_size"], model["max_wait_ms"], model["instances"]) == (4, 0.0, 1)
+    assert model["options"]["delay_ms"] == BATCH_MS

@@ -35,6 +35,9 @@ class EchoOptions(BaseModel):
     """How long ``preprocess`` takes per item (``slow-decode`` only)."""
     hold_until: str | None = None
     """A file: ``predict_batch`` waits (up to 30 s) until it exists."""
+    holds: dict[str, str] = {}
+    """Row (as text: ``"1"``) -> file: a batch holding that row waits (up to 30 s) until the file
+    exists; so that one batch can be held while the next one is, or is not."""
 
 
 LOADED: dict[str, int] = {}
@@ -59,8 +62,9 @@ class EchoBackend(Backend[float, float | complex]):
     def warmup(self) -> None:
         record, self.options.record = self.options.record, None
         hold, self.options.hold_until = self.options.hold_until, None
+        holds, self.options.holds = self.options.holds, {}
         self.predict_batch([0.0])
-        self.options.record, self.options.hold_until = record, hold
+        self.options.record, self.options.hold_until, self.options.holds = record, hold, holds
         self.calls.clear()
 
     def unload(self) -> None:
@@ -75,9 +79,11 @@ class EchoBackend(Backend[float, float | complex]):
         self.calls.append(list(rows))
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
-        if self.options.hold_until is not None:
-            deadline = time.monotonic() + 30
-            while not os.path.exists(self.options.hold_until) and time.monotonic() < deadline:
+        held = [self.options.hold_until] if self.options.hold_until is not None else []
+        held += [path for row, path in self.options.holds.items() if float(row) in rows]
+        deadline = time.monotonic() + 30
+        for path in held:
+            while not os.path.exists(path) and time.monotonic() < deadline:
                 time.sleep(0.01)
         if self.options.delay_ms and self.options.slow_on in (None, *rows):
             time.sleep(self.options.delay_ms / 1000)

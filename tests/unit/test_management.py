@@ -3,8 +3,10 @@ repository file, tunes a running batcher, and drops no admitted request."""
 
 from __future__ import annotations
 
-import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,38 @@ def test_off_by_default(diabetes_client: TestClient) -> None:
     assert response.json()["error"]["type"] == "management_disabled"
 
 
-def test_token_is_required(managed: tuple[TestClient, Path]) -> None:
+ROUTES = [("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/{name}/load"),
+          ("POST", "/v2/repository/models/{name}/unload"), ("PATCH", "/models/{name}/config")]
+"""Every route of the management API (checked against the app's, below)."""
+
+
+def test_the_management_routes_are_the_ones_tested(managed: tuple[TestClient, Path]) -> None:
     client, _ = managed
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        response = client.post("/v2/repository/index", headers=headers)
-        assert response.status_code == 401
+    found = {(method, route.path) for route in client.app.routes  # type: ignore[attr-defined]
+             if "management" in getattr(route, "tags", ()) for method in route.methods}
+    assert found == set(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_the_token(managed: tuple[TestClient, Path], method: str, path: str) -> None:
+    client, _ = managed
+    url = path.format(name="echo")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"}):
+        response = client.request(method, url, headers=headers, json={"max_batch_size": 1})
+        assert response.status_code == 401, (method, url, headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
-    assert client.post("/v2/repository/index", headers=AUTH).status_code == 200
+    echo = client.get("/models/echo").json()
+    assert echo["state"] == "ready" and echo["config"]["max_batch_size"] == 8  # nothing changed
+    assert client.request(method, url, headers=AUTH, json={"max_batch_size": 1}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_is_off_without_a_token(diabetes_client: TestClient, method: str, path: str) -> None:
+    response = diabetes_client.request(method, path.format(name="echo"), headers=AUTH, json={})
+    assert response.status_code == 403, (method, path, response.text)
+    assert response.json()["error"]["type"] == "management_disabled"
+    assert diabetes_client.get("/models/echo").json()["state"] == "ready"
 
 
 def test_short_token_is_refused_at_start() -> None:
@@ -74,6 +101,12 @@ def test_change_batcher_settings_live(managed: tuple[TestClient, Path]) -> None:
     rows, batches = (a - b for a, b in zip(batch_sizes(client), before, strict=True))
     assert (rows, batches) == (5, 3)  # 2 + 2 + 1
     assert client.get("/models/echo").json()["config"]["timeout_ms"] == 5000
+    # and a new timeout_ms is the deadline of the next request: 50 ms, on a batch of 200 ms
+    assert client.patch("/models/slow/config", headers=AUTH, json={"timeout_ms": 50}).status_code == 200
+    late = client.post("/predict", json={"model": "slow", "inputs": [1]})
+    assert late.status_code == 504, late.text
+    assert client.patch("/models/slow/config", headers=AUTH, json={"timeout_ms": 5000}).status_code == 200
+    assert client.post("/predict", json={"model": "slow", "inputs": [1]}).json()["outputs"] == [2.0]
     for bad in ({"max_batch_size": 0}, {"colour": 1}, {"max_wait_ms": "soon"}):
         assert client.patch("/models/echo/config", headers=AUTH, json=bad).status_code == 422
 
@@ -112,23 +145,51 @@ def test_failed_reload_keeps_the_old_model_serving(managed: tuple[TestClient, Pa
     assert client.post("/predict", json={"model": "echo", "inputs": [1]}).status_code == 200
 
 
-def test_reload_and_reconfigure_drop_no_admitted_request(managed: tuple[TestClient, Path]) -> None:
-    client, _ = managed
-    results: list[int] = []
+def test_reload_and_reconfigure_drop_no_admitted_request(tmp_path: Path) -> None:
+    # The row 1 runs (held) on the old version, 2-6 wait in its queue, when the reload comes:
+    # the old version must finish them (its drain grace), not fail them over to the new one,
+    # which would answer 200 too, having computed the running row a second time.
+    go, record = tmp_path / "go", tmp_path / "computed.txt"
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "reloaded", "backend": "echo", "path": "x", "max_batch_size": 2,
+         "options": {"holds": {"1": str(go)}, "record": str(record)}}])
+    app = create_app(ServerSettings(config=config, management_token=SecretStr(TOKEN), shutdown_grace_s=10),
+                     load_models(config))
+    with TestClient(app, raise_server_exceptions=False) as client, ThreadPoolExecutor(8) as pool:
+        wait_ready(client)
 
-    def ask(value: int) -> None:
-        response = client.post("/predict", json={"model": "slow", "inputs": [value]})
-        results.append(response.status_code)
+        def ask(value: int) -> tuple[int, Any]:
+            response = client.post("/predict", json={"model": "reloaded", "inputs": [value]})
+            return response.status_code, response.json().get("outputs")
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    reload = client.post("/v2/repository/models/slow/load", headers=AUTH)
-    patch = client.patch("/models/slow/config", headers=AUTH, json={"max_batch_size": 1})
-    for thread in threads:
-        thread.join(30)
-    assert reload.status_code == 200 and patch.status_code == 200
-    assert results == [200] * 6
+        def until(condition: Any) -> None:
+            give_up = time.monotonic() + 20
+            while not condition():
+                assert time.monotonic() < give_up
+                time.sleep(0.01)
+
+        def batches() -> float:
+            return batch_count(client, "reloaded")
+
+        answers = [pool.submit(ask, 1)]
+        until(lambda: batches() == 1)
+        answers += [pool.submit(ask, value) for value in range(2, 7)]
+        until(lambda: client.get("/models/reloaded").json()["queued_rows"] == 5)
+        reload = pool.submit(client.post, "/v2/repository/models/reloaded/load", headers=AUTH)
+        # the new version serves the name (the old one's rows are still queued, and held)
+        until(lambda: client.get("/models/reloaded").json()["queued_rows"] == 0)
+        patch = client.patch("/models/reloaded/config", headers=AUTH, json={"max_batch_size": 1})
+        go.touch()
+        assert reload.result(30).status_code == 200 and patch.status_code == 200
+        assert [answer.result(30) for answer in answers] == [(200, [2.0 * v]) for v in range(1, 7)]
+    computed = Counter(float(line) for line in record.read_text().split())
+    assert computed == Counter(float(v) for v in range(1, 7))  # each row ran once
+
+
+def batch_count(client: TestClient, model: str) -> float:
+    prefix = f'batchserve_batch_size_count{{model="{model}"}} '
+    line = next((x for x in client.get("/metrics").text.splitlines() if x.startswith(prefix)), None)
+    return 0.0 if line is None else float(line.split()[-1])
 
 
 def test_disabled_in_plain_settings(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import joblib
 import pandas as pd
@@ -103,3 +104,48 @@ def test_a_non_finite_output_fails_its_row_alone(tmp_path: Path) -> None:
         response = client.post("/predict", json={"model": "overflow", "inputs": [[0.0], [10.0]]})
         assert response.status_code == 400
         assert response.json()["error"]["message"].startswith("item 1: the model's output is not finite")
+
+
+def test_a_non_finite_output_fails_its_request_alone_among_its_batch_mates(tmp_path: Path) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    estimator = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+    estimator.coef_[:] = 1e308  # x = 10 overflows to inf; 0.5 and 0.25 do not
+    joblib.dump(estimator, tmp_path / "overflow.joblib")
+    with make_client(tmp_path, [{"name": "overflow", "backend": "sklearn", "max_batch_size": 8,
+                                 "path": str(tmp_path / "overflow.joblib")}]) as client:
+        wait_ready(client)
+        batcher = client.app.state.batchserve.registry.get("overflow").batcher  # type: ignore[attr-defined]
+        real, calls = batcher._predict_batch, []
+        entered, gate = threading.Event(), threading.Event()
+
+        def held(rows: list[Any]) -> list[Any]:  # the real backend, its first batch held
+            calls.append([list(row) for row in rows])
+            entered.set()
+            gate.wait(10)
+            outputs: list[Any] = real(rows)
+            return outputs
+
+        batcher._predict_batch = held
+
+        def ask(value: float) -> Any:
+            return client.post("/predict", json={"model": "overflow", "inputs": [[value]]})
+
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(ask, 0.0)
+            assert entered.wait(10)
+            mates = [pool.submit(ask, value) for value in (0.5, 10.0, 0.25)]
+            give_up = time.monotonic() + 10
+            while batcher.queued_rows < 3:
+                assert time.monotonic() < give_up
+                time.sleep(0.01)
+            gate.set()
+            answers = [future.result(10) for future in (first, *mates)]
+        assert len(calls) == 2 and calls[0] == [[0.0]]  # the three shared one batch, in any order,
+        assert sorted(calls[1]) == [[0.25], [0.5], [10.0]]  # that ran once (nothing bisected)
+        assert [a.status_code for a in answers] == [200, 200, 400, 200]
+        assert "not finite" in answers[2].json()["error"]["message"]
+        for answer, value in zip([answers[1], answers[3]], (0.5, 0.25), strict=True):
+            assert answer.json()["outputs"] == pytest.approx(estimator.predict([[value]]).tolist())

@@ -263,7 +263,12 @@ def test_int8_quantized_model_mostly_agrees_with_float32(demo_path: Path, build_
     texts = list(build_script.sentences(60, seed=7))
     expected = full.predict_batch([full.preprocess(text, None) for text in texts])
     actual = quantized.predict_batch([quantized.preprocess(text, None) for text in texts])
-    assert_close(scores_of(actual), scores_of(expected), 0.05)  # measured: at most 0.016
+    assert_close(scores_of(actual), scores_of(expected), 0.02)  # measured: at most 0.0157
+    # a bound that tells texts apart: the next text's scores are off by more on most texts
+    # (by more than 0.02 on 38 of the 60, measured)
+    shifted = scores_of(expected[1:] + expected[:1])
+    assert sum(max(abs(a - b) for a, b in zip(got, other, strict=True)) > 0.02
+               for got, other in zip(scores_of(actual), shifted, strict=True)) >= 30
     agreed = sum(a["label"] == e["label"] for a, e in zip(actual, expected, strict=True))
     assert agreed >= 0.8 * len(texts)  # measured: 57 of 60
     clear = 0

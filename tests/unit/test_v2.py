@@ -7,7 +7,9 @@ import json
 import os
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,17 +176,41 @@ def test_bad_binary_framing(client: TestClient) -> None:
     assert response.status_code == 400 and "not valid UTF-8" in response.json()["error"]
 
 
-def test_v2_and_predict_rows_share_the_batcher(client: TestClient) -> None:
-    before = client.get("/metrics").text
-    infer(client, "echo", {"inputs": [{"name": "input", "shape": [2], "datatype": "FP64", "data": [1, 2]}]})
-    client.post("/predict", json={"model": "echo", "inputs": [3]})
-    after = client.get("/metrics").text
+def test_v2_and_predict_rows_share_the_batcher(tmp_path: Path) -> None:
+    # Behind a held batch, a v2 request's two rows and a /predict request's one row queue in
+    # the same batcher, and go together in the next batch.
+    go = tmp_path / "go"
+    with make_client(tmp_path, [{"name": "shared", "backend": "echo", "path": "x",
+                                 "options": {"holds": {"1": str(go)}}}]) as client, \
+            ThreadPoolExecutor(3) as pool:
+        wait_ready(client)
 
-    def rows(text: str) -> float:
-        line = next(x for x in text.splitlines() if x.startswith('batchserve_batch_size_sum{model="echo"}'))
-        return float(line.split()[-1])
+        def sizes() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            def value(name: str) -> float:
+                line = next(x for x in text.splitlines() if x.startswith(f'{name}{{model="shared"}}'))
+                return float(line.split()[-1])
+            return value("batchserve_batch_size_count"), value("batchserve_batch_size_sum")
 
-    assert rows(after) - rows(before) == 3
+        def until(condition: Any) -> None:
+            give_up = time.monotonic() + 20
+            while not condition():
+                assert time.monotonic() < give_up
+                time.sleep(0.01)
+
+        try:
+            held = pool.submit(client.post, "/predict", json={"model": "shared", "inputs": [1]})
+            until(lambda: sizes() == (1, 1))
+            v2 = pool.submit(infer, client, "shared", {"inputs": [
+                {"name": "input", "shape": [2], "datatype": "FP64", "data": [2, 3]}]})
+            predict = pool.submit(client.post, "/predict", json={"model": "shared", "inputs": [4]})
+            until(lambda: client.get("/models/shared").json()["queued_rows"] == 3)
+        finally:
+            go.touch()
+        assert held.result(20).json()["outputs"] == [2.0]
+        assert v2.result(20).json()["outputs"][0]["data"] == ["4.0", "6.0"]
+        assert predict.result(20).json()["outputs"] == [8.0]
+        assert sizes() == (2, 4)  # the held batch, then one batch of the three rows
 
 
 # -- the official clients against a real server --------------------------------------------
