@@ -174,8 +174,9 @@ class Batcher:
             return
         left_s = request.deadline_s - time.monotonic()
         if left_s <= 0:
+            when = "while its rows ran" if request.next_row else "before the rows ran"
             self._fail(request, DeadlineExceeded(
-                f"deadline ({timeout_s * 1000:.0f} ms after admission) passed before the rows ran"),
+                f"deadline ({timeout_s * 1000:.0f} ms after admission) passed {when}"),
                 reason="deadline")
             return
         if disconnected is not None:

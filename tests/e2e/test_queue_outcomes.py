@@ -158,6 +158,7 @@ def test_a_deadline_that_passes_while_its_batch_runs(served: Served, pool: Threa
     assert batches(url, "deadline") == 2
     response = short.result(WAIT_S)  # at its deadline, not once the batch is done: it still runs
     assert response.status_code == 504, response.text
+    assert "while its rows ran" in response.json()["error"]["message"]
     assert not any(mate.done() for mate in mates)
     served.go("deadline-second.go")
     assert [mate.result(WAIT_S).json()["outputs"] for mate in mates] == [[12.0], [14.0]]
