@@ -1,4 +1,4 @@
-# batchserve container image: the server, its three demo models built in, served on 0.0.0.0:8000.
+# batchserve container image: the server, its four demo models built in, served on 0.0.0.0:8000.
 #
 #   docker build -t batchserve .                     torch from pip's index: on PyPI, the CUDA build,
 #                                                    for `docker run --gpus all` (it runs on CPUs too)
@@ -69,6 +69,7 @@ RUN mkdir -p /models/artifacts \
     && python3 models/build_diabetes.py /models/artifacts/diabetes.joblib \
     && python3 models/build_resnet50.py /models/artifacts/resnet50.safetensors \
     && python3 models/build_transformer.py /models/artifacts/transformer \
+    && python3 models/build_xgboost.py /models/artifacts/cancer.json \
     && cp models/models.toml /models/models.toml \
     && chmod -R a+rX,go-w /models
 

@@ -30,11 +30,12 @@ import httpx
 import numpy as np
 import pytest
 import sklearn.datasets
+import xgboost
 import yaml
 from batchserve_planning.load.scrape import ServerError, wait_ready
 from sklearn.linear_model import LinearRegression
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, build_demo, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +173,7 @@ def test_image_runs_as_pid_1_non_root_and_reports_healthy(served: Container) -> 
         time.sleep(1)
 
 
-def test_every_demo_model_answers(served: Container) -> None:
+def test_every_demo_model_answers(served: Container, tmp_path: Path) -> None:
     with httpx.Client(base_url=served.url, timeout=60) as client:
         response = client.post("/predict", json={"model": "diabetes", "inputs": [DIABETES_ROW]})
         assert response.status_code == 200, response.text
@@ -188,6 +189,16 @@ def test_every_demo_model_answers(served: Container) -> None:
         assert all(isinstance(c["label"], str) and 0 <= c["index"] < 1000 for c in top)
         probabilities = [c["probability"] for c in top]
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+
+        features, target = sklearn.datasets.load_breast_cancer(return_X_y=True)
+        rows = features[[0, 19]]  # a malignant and a benign tumour
+        response = client.post("/predict/cancer", json={"inputs": rows.tolist()})
+        assert response.status_code == 200, response.text
+        booster = xgboost.Booster(model_file=str(build_demo("build_xgboost.py", tmp_path / "cancer.json")))
+        probabilities = booster.predict(xgboost.DMatrix(rows), validate_features=False)
+        assert [o["label"] for o in response.json()["outputs"]] == ["malignant", "benign"]
+        assert [o["scores"]["benign"] for o in response.json()["outputs"]] == pytest.approx(
+            probabilities.tolist(), rel=1e-6)  # the same deterministic model, built here
 
         response = client.post("/predict/sentiment", json={"inputs": ["the battery is fantastic",
                                                                       "the zipper broke after a week"]})
