@@ -79,6 +79,13 @@ def test_dockerfile_runs_the_server_as_pid_1_as_a_non_root_user() -> None:
     assert re.search(r"^ARG BASE_IMAGE=", text, re.MULTILINE)
 
 
+def test_dockerfile_installs_the_openmp_runtime_lightgbm_links() -> None:
+    """LightGBM's wheel needs the system's libgomp.so.1, which slim Debian images lack."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    python_stage = text[text.index("AS python"):text.index("AS deps")]
+    assert "libgomp1" in python_stage and "libgomp\\.so\\.1" in python_stage
+
+
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", ".venv", "models/artifacts", ".pytest_cache", ".mypy_cache", ".ruff_cache",

@@ -79,6 +79,10 @@ class LightGBMBackend(TreeBackend):
         return TreeSummary(f"lightgbm {lightgbm.__version__}", self.objective, len(trees), deepest,
                            leaves, self.n_features)
 
+    def unload(self) -> None:
+        self._boosters = queue.SimpleQueue()
+        self._one = None
+
     @classmethod
     def supported_devices(cls) -> tuple[str, ...]:
         return ("cpu",)

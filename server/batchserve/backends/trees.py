@@ -166,9 +166,9 @@ class TreeBackend(Backend[list[float], TreeOutput]):
         result: list[TreeOutput | RowError]
         if self._labels is not None:
             labels, keys = self._labels, self._keys
-            result = [
-                {"label": labels[int(p.argmax())], "scores": dict(zip(keys, p.tolist(), strict=True))}
-                for p in predicted]
+            winners = predicted.argmax(axis=1).tolist()
+            result = [{"label": labels[winner], "scores": dict(zip(keys, row, strict=True))}
+                      for winner, row in zip(winners, predicted.tolist(), strict=True)]
         else:
             result = predicted.tolist()
         if not finite.all():  # JSON has no infinities: those rows alone fail

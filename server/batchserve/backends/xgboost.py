@@ -35,6 +35,7 @@ class XGBoostBackend(TreeBackend):
     _booster: Any = None
     _margins = False  # the objective stores no probabilities: they come from the margins
     _device = "cpu"
+    _linear = False  # a gblinear booster: no trees
 
     def open_model(self, path: Path, device: str) -> TreeModel:
         if path.suffix not in SUFFIXES:
@@ -51,6 +52,7 @@ class XGBoostBackend(TreeBackend):
         self._device = _device(device, xgboost)
         booster.set_param({"nthread": self.threads, "device": self._device})
         learner = config["learner"]
+        self._linear = learner["gradient_booster"]["name"] == "gblinear"
         objective = str(learner["objective"]["name"])
         classes = 0
         if objective in CLASSIFIERS:
@@ -106,12 +108,15 @@ class XGBoostBackend(TreeBackend):
         import xgboost
 
         deepest = leaves = 0
-        dumps = self._booster.get_dump(dump_format="json")
+        dumps = [] if self._linear else self._booster.get_dump(dump_format="json")
         for dump in dumps:
             depth, count = tree_shape(json.loads(dump), lambda node: node.get("children", []))
             deepest, leaves = max(deepest, depth), leaves + count
         return TreeSummary(f"xgboost {xgboost.__version__}", self.objective, len(dumps), deepest,
                            leaves, self.n_features)
+
+    def unload(self) -> None:
+        self._booster = None
 
     @classmethod
     def supported_devices(cls) -> tuple[str, ...]:
