@@ -18,12 +18,12 @@ import pytest
 from batchserve.backends import backend_class
 from batchserve.backends.capabilities import DeviceSupport, SampleItems, TreeEnsemble
 from batchserve.backends.trees import TreeBackend
-from batchserve.config import ModelConfig
+from batchserve.config import ConfigError, ModelConfig, load_models
 from batchserve.errors import InvalidInput, RowError
 from batchserve_planning.modelsize import model_size
 from fastapi.testclient import TestClient
 
-from tests.support import ROOT, make_client, wait_ready
+from tests.support import ROOT, make_client, wait_ready, write_models
 from tests.support.trees import TreeCase, json_rows, train_lightgbm, train_xgboost
 
 
@@ -212,3 +212,18 @@ def test_tree_backends_share_the_base_and_the_v2_codec() -> None:
         assert issubclass(cls, TreeBackend) and not cls.loads_pickles
         instance = cls(ModelConfig(name="m", backend=name, path=Path("unused")))
         assert isinstance(codec.codec_for(instance), codec.TreesCodec)
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"classes": ["a", "a"]}, "field 'options.classes': Value error, class names must be distinct"),
+    ({"classes": ["a"]}, "field 'options.classes': List should have at least 2 items"),
+    ({"threads": 0}, "field 'options.threads': Input should be greater than or equal to 1"),
+    ({"output": "proba"}, "field 'options.output': Extra inputs are not permitted"),
+])
+def test_options_are_checked_at_start(tmp_path: Path, options: dict[str, Any], problem: str) -> None:
+    for backend in ("xgboost", "lightgbm"):
+        path = write_models(tmp_path / "models.toml", [
+            {"name": "m", "backend": backend, "path": "m.json", "options": options}])
+        with pytest.raises(ConfigError) as caught:
+            load_models(path)
+        assert str(caught.value).endswith(f"model 'm': {problem}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchserve.backends.base import Backend, LoadError
 from batchserve.backends.capabilities import Samples, TreeSummary
@@ -51,6 +51,13 @@ class TreeOptions(BaseModel):
     cores this process may use divided by ``instances``."""
     classes: list[str] | None = Field(default=None, min_length=2)
     """A classifier's class names, in the order of its class indices; default: the indices."""
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("class names must be distinct")
+        return value
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,10 @@ class TreeBackend(Backend[list[float], TreeOutput]):
 
     def load(self, device: str) -> None:
         path = self.config.path
-        if not path.is_file():
+        if not path.exists():
             raise LoadError(f"model file not found: {path}")
+        if not path.is_file():
+            raise LoadError(f"{path} is not a regular file")
         self.threads = self.options.threads or default_threads(self.config.instances)
         model = self.open_model(path, device)
         names = model.feature_names
