@@ -151,7 +151,8 @@ def test_a_corrupt_or_truncated_model_file_fails_that_model_only(tmp_path: Path,
     good = cases[0]
     lgb = next(c for c in cases if c.backend == "lightgbm")
     xgb_json, lgb_text = good.path.read_bytes(), lgb.path.read_bytes()
-    ubj = train_xgboost(tmp_path, "binary", "binary:logistic", suffix=".ubj").path.read_bytes()
+    ubj_case = train_xgboost(tmp_path, "binary", "binary:logistic", suffix=".ubj")
+    ubj = ubj_case.path.read_bytes()
     broken = {
         "xgb-truncated.json": xgb_json[: len(xgb_json) // 2],
         "xgb-garbage.json": b"\x00\x01 not a model",
@@ -166,6 +167,10 @@ def test_a_corrupt_or_truncated_model_file_fails_that_model_only(tmp_path: Path,
         {"name": "good", "backend": good.backend, "path": str(good.path)},
         {"name": "good-pinned", "backend": good.backend, "path": str(good.path),
          "sha256": hashlib.sha256(xgb_json).hexdigest()},
+        {"name": "lgb-pinned", "backend": "lightgbm", "path": str(lgb.path),
+         "sha256": hashlib.sha256(lgb_text).hexdigest()},
+        {"name": "ubj-pinned", "backend": "xgboost", "path": str(ubj_case.path),  # read as UBJSON
+         "sha256": hashlib.sha256(ubj).hexdigest()},
     ]
     for filename, content in broken.items():
         (tmp_path / filename).write_bytes(content)
@@ -180,7 +185,8 @@ def test_a_corrupt_or_truncated_model_file_fails_that_model_only(tmp_path: Path,
     server = ServerProcess(config)
     try:
         states = wait_loaded(server)
-        assert states["good"]["state"] == states["good-pinned"]["state"] == "ready"
+        assert {states[name]["state"] for name in ("good", "good-pinned", "lgb-pinned", "ubj-pinned")} == {
+            "ready"}
         for name in [*broken, "pinned-truncated"]:
             state = states[name]
             assert state["state"] == "failed", (name, state)
@@ -190,10 +196,11 @@ def test_a_corrupt_or_truncated_model_file_fails_that_model_only(tmp_path: Path,
         assert ".json or .ubj" in states["xgb-binary.model"]["reason"]
         assert "batchserve-pinned" not in states["pinned-truncated"]["reason"]
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            for name in ("good", "good-pinned"):
-                response = client.post(f"/predict/{name}", json={"inputs": json_rows(good.features)})
+            for name, case in (("good", good), ("good-pinned", good), ("lgb-pinned", lgb),
+                               ("ubj-pinned", ubj_case)):
+                response = client.post(f"/predict/{name}", json={"inputs": json_rows(case.features)})
                 assert response.status_code == 200, response.text
-                assert_outputs(response.json()["outputs"], good.expected, name)
+                assert_outputs(response.json()["outputs"], case.expected, name)
             refused = client.post("/predict/lgb-truncated.txt", json={"inputs": [[0.0] * 10]})
             assert refused.status_code == 503
     finally:
