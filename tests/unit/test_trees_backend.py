@@ -79,7 +79,11 @@ def test_infinity_is_refused_but_null_and_nan_are_missing_values(models: dict[st
     with_nan = backend.preprocess([math.nan, *row[1:]], None)
     assert math.isnan(with_null[0]) and math.isnan(with_nan[0])
     assert backend.predict_batch([with_null]) == backend.predict_batch([with_nan])
-    assert backend.predict_batch([with_null]) != backend.predict_batch([[0.5] * 10])
+    import xgboost
+
+    booster = xgboost.Booster(model_file=str(models["reg"].path))
+    expected = booster.predict(xgboost.DMatrix(np.array([with_nan]), missing=np.nan), validate_features=False)
+    assert backend.predict_batch([with_null]) == expected.tolist()  # missing, as the library has it
 
 
 def test_objects_by_feature_name_must_name_every_feature(client: TestClient,
@@ -107,7 +111,7 @@ def test_class_names_label_the_scores(client: TestClient, models: dict[str, Tree
     response = client.post("/predict/lgb", json={"inputs": json_rows(case.features[:5])})
     assert response.status_code == 200
     names = ["setosa", "versicolor", "virginica"]
-    for output, expected in zip(response.json()["outputs"], case.expected, strict=True):
+    for output, expected in zip(response.json()["outputs"], case.expected[:5], strict=True):
         assert output["label"] == names[expected["label"]]
         assert list(output["scores"]) == names
         assert list(output["scores"].values()) == pytest.approx(list(expected["scores"].values()))
@@ -216,7 +220,7 @@ def test_tree_backends_share_the_base_and_the_v2_codec() -> None:
 
 @pytest.mark.parametrize(("options", "problem"), [
     ({"classes": ["a", "a"]}, "field 'options.classes': Value error, class names must be distinct"),
-    ({"classes": ["a"]}, "field 'options.classes': List should have at least 2 items"),
+    ({"classes": ["a"]}, "field 'options.classes': List should have at least 2 items after validation, not 1"),
     ({"threads": 0}, "field 'options.threads': Input should be greater than or equal to 1"),
     ({"output": "proba"}, "field 'options.output': Extra inputs are not permitted"),
 ])

@@ -28,24 +28,32 @@ if TYPE_CHECKING:
 
 CLASSIFIERS = ("binary", "multiclass", "multiclassova")
 """Classifier objectives, as LightGBM writes them into its model files (aliases resolved)."""
+PROBE = """
+import sys, numpy, lightgbm
+booster = lightgbm.Booster(model_str=sys.stdin.buffer.read().decode("utf-8"))
+rows = numpy.zeros((2, booster.num_feature()))
+rows[1] = numpy.nan
+booster.predict(rows)
+"""
 
 
 class LightGBMBackend(TreeBackend):
     library = "LightGBM"
+    probe_code = PROBE
 
     _boosters: queue.SimpleQueue[Any]
     _one: Any = None  # a booster to read the trees of
 
-    def open_model(self, path: Path, device: str) -> TreeModel:
+    def open_model(self, path: Path, data: bytes, device: str) -> TreeModel:
         if device not in ("cpu", "auto"):
             raise LoadError(f"the lightgbm backend runs on the CPU only, not on {device!r}")
         import lightgbm
 
         boosters: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(self.config.instances):
-            try:
-                booster = lightgbm.Booster(model_file=str(path))
-            except (lightgbm.basic.LightGBMError, ValueError) as exc:
+            try:  # from the bytes probed: the text model file, as Booster(model_file=) reads it
+                booster = lightgbm.Booster(model_str=data.decode("utf-8"))
+            except Exception as exc:  # LightGBMError, or a decoding error on a damaged file
                 raise load_failure(path, "LightGBM", exc) from None
             boosters.put(booster)
         self._boosters = boosters

@@ -11,12 +11,21 @@ feature value here (so is NaN, which only v2's binary tensors can carry); any ot
 non-finite number is refused, naming the feature. Each batch runs on ``options.threads`` CPU
 threads of the library's own pool; by default the cores this process may use, split between
 the model's ``instances``.
+
+Both libraries can take the whole process down on some damaged files: LightGBM aborts
+(``std::terminate``) on a truncated text model, XGBoost segfaults predicting with a JSON
+model whose node indices are out of range. So the file's bytes are read once, loaded and
+tried on two rows (zeros, and all missing) in a child process first (``probe``), and only
+bytes that passed are loaded here: a bad file fails its own model's load, never the server.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
+import sys
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +91,32 @@ def default_threads(instances: int) -> int:
     return max(1, cores // instances)
 
 
+PROBE_TIMEOUT_S = 300.0
+"""Longest the child process may take to load and try a model file."""
+
+
+def probe(path: Path, library: str, code: str, data: bytes) -> None:
+    """Run ``code`` (which loads the model from its stdin and predicts two rows) in a child
+    process on ``data``; ``LoadError`` naming ``path`` if it fails, crashes or hangs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
+                              timeout=PROBE_TIMEOUT_S, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise LoadError(f"cannot load {path} as a {library} model file: loading and trying it "
+                        f"took over {PROBE_TIMEOUT_S:g} s") from None
+    if done.returncode == 0:
+        return
+    lines = [line.strip() for line in (done.stdout + done.stderr).decode(errors="replace").splitlines()
+             if line.strip()]
+    fatal = [line for line in lines if "[Fatal]" in line or "Error" in line]
+    said = (fatal or lines or [""])[-1]
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else ""
+        said = f"{library} crashed on it ({name or done.returncode})" + (f" after: {said}" if said else "")
+    raise LoadError(f"cannot load {path} as a {library} model file: {said[:300]}")
+
+
 def load_failure(path: Path, library: str, exc: Exception) -> LoadError:
     """The LoadError for a model file its library refused (corrupt, truncated, not a model)."""
     reason = " ".join(str(exc).split())[:300] or type(exc).__name__
@@ -94,6 +129,9 @@ class TreeBackend(Backend[list[float], TreeOutput]):
     Options = TreeOptions
     library: ClassVar[str]
     """The library's name, for messages."""
+    probe_code: ClassVar[str]
+    """Python code that loads a model from its stdin's bytes with the library and predicts a
+    row of zeros and a row of NaN (``probe``)."""
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         super().__init__(config, metrics)
@@ -104,9 +142,10 @@ class TreeBackend(Backend[list[float], TreeOutput]):
         self._keys: list[str] = []
 
     @abstractmethod
-    def open_model(self, path: Path, device: str) -> TreeModel:
-        """Load the model file at ``path`` with the library's loader, set to ``self.threads``;
-        ``LoadError`` naming the file if the library refuses it."""
+    def open_model(self, path: Path, data: bytes, device: str) -> TreeModel:
+        """Load the model file ``data`` (read from ``path``, and already tried by ``probe``)
+        with the library's loader, set to ``self.threads``; ``LoadError`` naming ``path`` if
+        the library refuses it."""
 
     @abstractmethod
     def scores(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -121,7 +160,9 @@ class TreeBackend(Backend[list[float], TreeOutput]):
         if not path.is_file():
             raise LoadError(f"{path} is not a regular file")
         self.threads = self.options.threads or default_threads(self.config.instances)
-        model = self.open_model(path, device)
+        data = self.read(path)
+        probe(path, self.library, self.probe_code, data)
+        model = self.open_model(path, data, device)
         names = model.feature_names
         self._index = {name: i for i, name in enumerate(names or [])}
         classes = self.options.classes
@@ -135,6 +176,10 @@ class TreeBackend(Backend[list[float], TreeOutput]):
             raise LoadError(f"options.classes is for classifiers; {path} has the objective "
                             f"{model.objective!r}")
         self._model = model
+
+    def read(self, path: Path) -> bytes:
+        """The model file's bytes (a subclass refuses what its library does not read)."""
+        return path.read_bytes()
 
     def warmup(self) -> None:
         n = self._model.n_features

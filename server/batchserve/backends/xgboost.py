@@ -27,27 +27,38 @@ if TYPE_CHECKING:
 
 SUFFIXES = (".json", ".ubj")
 CLASSIFIERS = ("binary:logistic", "binary:logitraw", "multi:softprob", "multi:softmax")
+PROBE = """
+import sys, numpy, xgboost
+booster = xgboost.Booster(model_file=bytearray(sys.stdin.buffer.read()))
+rows = numpy.zeros((2, booster.num_features()))
+rows[1] = numpy.nan
+booster.inplace_predict(rows)
+"""
 
 
 class XGBoostBackend(TreeBackend):
     library = "XGBoost"
+    probe_code = PROBE
 
     _booster: Any = None
     _margins = False  # the objective stores no probabilities: they come from the margins
     _device = "cpu"
     _linear = False  # a gblinear booster: no trees
 
-    def open_model(self, path: Path, device: str) -> TreeModel:
+    def read(self, path: Path) -> bytes:
         if path.suffix not in SUFFIXES:
             raise LoadError(f"{path}: the xgboost backend reads XGBoost's own model files, "
                             f"{' or '.join(SUFFIXES)} (Booster.save_model), not "
                             f"{path.suffix or 'a file without a suffix'}")
+        return path.read_bytes()
+
+    def open_model(self, path: Path, data: bytes, device: str) -> TreeModel:
         import xgboost
 
-        try:
-            booster = xgboost.Booster(model_file=str(path))
+        try:  # from the bytes probed; XGBoost tells JSON from UBJSON by their first bytes
+            booster = xgboost.Booster(model_file=bytearray(data))
             config = json.loads(booster.save_config())
-        except (xgboost.core.XGBoostError, ValueError) as exc:
+        except Exception as exc:  # XGBoostError, or a decoding error on a damaged file
             raise load_failure(path, "XGBoost", exc) from None
         self._device = _device(device, xgboost)
         booster.set_param({"nthread": self.threads, "device": self._device})
