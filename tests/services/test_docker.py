@@ -197,15 +197,15 @@ def test_every_demo_model_answers(served: Container, tmp_path: Path) -> None:
         probabilities = [c["probability"] for c in top]
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
 
-        features, target = sklearn.datasets.load_breast_cancer(return_X_y=True)
-        rows = features[[0, 19]]  # a malignant and a benign tumour
-        response = client.post("/predict/cancer", json={"inputs": rows.tolist()})
+        tumours = sklearn.datasets.load_breast_cancer().data[[0, 19]]  # a malignant and a benign one
+        rows: list[list[float]] = tumours.tolist()
+        response = client.post("/predict/cancer", json={"inputs": rows})
         assert response.status_code == 200, response.text
         booster = xgboost.Booster(model_file=str(build_demo("build_xgboost.py", tmp_path / "cancer.json")))
-        probabilities = booster.predict(xgboost.DMatrix(rows), validate_features=False)
+        benign = booster.predict(xgboost.DMatrix(tumours), validate_features=False).tolist()
         assert [o["label"] for o in response.json()["outputs"]] == ["malignant", "benign"]
         assert [o["scores"]["benign"] for o in response.json()["outputs"]] == pytest.approx(
-            probabilities.tolist(), rel=1e-6)  # the same deterministic model, built here
+            benign, rel=1e-6)  # the same deterministic model, built here
 
         response = client.post("/predict/sentiment", json={"inputs": ["the battery is fantastic",
                                                                       "the zipper broke after a week"]})

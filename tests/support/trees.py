@@ -108,7 +108,7 @@ def train_lightgbm(folder: Path, kind: str) -> TreeCase:
     path = folder / f"lgb-{objective}.txt"
     lightgbm.train(params, train, num_boost_round=ROUNDS).save_model(str(path))
     rows = ask_rows(features)
-    predicted = lightgbm.Booster(model_file=str(path)).predict(rows)
+    predicted = np.asarray(lightgbm.Booster(model_file=str(path)).predict(rows))
     expected = predicted.tolist() if kind == "regression" else classifier_outputs(predicted)
     return TreeCase(path.stem, "lightgbm", path, rows, expected, names)
 

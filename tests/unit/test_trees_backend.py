@@ -182,7 +182,8 @@ def test_the_planner_reads_the_trees_through_a_capability(
     cls = backend_class(backend)
     assert issubclass(cls, DeviceSupport) and cls.supported_devices() == devices
     instance: Any = cls(ModelConfig(name="m", backend=backend, path=models[case].path))
-    assert isinstance(instance, TreeEnsemble) and isinstance(instance, SampleItems)
+    offered: object = instance
+    assert isinstance(offered, TreeEnsemble) and isinstance(offered, SampleItems)
     instance.load("cpu")
     size = model_size(instance)
     assert size["kind"] == "trees" and size["artifact_bytes"] == models[case].path.stat().st_size
@@ -220,7 +221,8 @@ def test_tree_backends_share_the_base_and_the_v2_codec() -> None:
 
 @pytest.mark.parametrize(("options", "problem"), [
     ({"classes": ["a", "a"]}, "field 'options.classes': Value error, class names must be distinct"),
-    ({"classes": ["a"]}, "field 'options.classes': List should have at least 2 items after validation, not 1"),
+    ({"classes": ["a"]},
+     "field 'options.classes': List should have at least 2 items after validation, not 1"),
     ({"threads": 0}, "field 'options.threads': Input should be greater than or equal to 1"),
     ({"output": "proba"}, "field 'options.output': Extra inputs are not permitted"),
 ])

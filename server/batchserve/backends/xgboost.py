@@ -97,13 +97,15 @@ class XGBoostBackend(TreeBackend):
             return numpy.stack([1.0 - positive, positive], axis=1)
         if self._margins:  # multi:softmax keeps only the winning class: softmax of the margins
             shifted = numpy.exp(predicted - predicted.max(axis=1, keepdims=True))
-            return shifted / shifted.sum(axis=1, keepdims=True)
+            probabilities: np.ndarray[Any, Any] = shifted / shifted.sum(axis=1, keepdims=True)
+            return probabilities
         return predicted
 
     def _predict(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """The booster's values, ``(rows,)`` for one output per row, else ``(rows, outputs)``;
         margins where the objective's own output is no probability."""
         kind = "margin" if self._margins else "value"
+        out: np.ndarray[Any, Any]
         if self._device == "cpu":
             out = self._booster.inplace_predict(matrix, predict_type=kind, missing=math.nan,
                                                 validate_features=False, strict_shape=True)

@@ -152,7 +152,7 @@ _CODECS: dict[type[Backend[Any, Any]], Codec[Any]] = {
     SklearnBackend: SklearnCodec(),
     ResNet50Backend: ResNet50Codec(),
     TransformerBackend: TransformerCodec(),
-    TreeBackend: TreesCodec(),
+    TreeBackend: TreesCodec(),  # type: ignore[type-abstract]  # the base of xgboost and lightgbm
 }
 
 
