@@ -37,8 +37,7 @@ def commit() -> str:
 
 _DEMO = {"diabetes": ("diabetes.joblib", "build_diabetes.py"),
          "resnet50": ("resnet50.safetensors", "build_resnet50.py"),
-         "transformer": ("transformer", "build_transformer.py"),
-         "cancer": ("cancer.json", "build_xgboost.py")}
+         "transformer": ("transformer", "build_transformer.py")}
 
 
 def demo_artifact(name: str) -> Path:

@@ -1,6 +1,7 @@
 """LightGBM boosters from their own text model files (``Booster.save_model``, usually ``.txt``).
 
-Loaded with ``lightgbm.Booster(model_file=...)``, never unpickled. The objective stored in the
+Loaded with LightGBM's own loader (``lightgbm.Booster(model_str=...)``, from the file's bytes
+once a child process has loaded and tried them: ``trees.probe``), never unpickled. The objective stored in the
 file decides the outputs: ``binary``, ``multiclass`` and ``multiclassova`` are classifiers
 (``{"label", "scores"}``, the scores being what ``Booster.predict`` gives: class probabilities,
 one-vs-all ones for ``multiclassova``); any other objective answers the prediction, a number

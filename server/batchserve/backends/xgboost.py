@@ -1,6 +1,7 @@
 """XGBoost boosters from their own model files: ``.json`` or ``.ubj`` (``Booster.save_model``).
 
-Loaded with ``xgboost.Booster(model_file=...)``, never unpickled. The objective stored in the
+Loaded with XGBoost's own loader (``xgboost.Booster``, from the file's bytes once a child
+process has loaded and tried them: ``trees.probe``), never unpickled. The objective stored in the
 file decides the outputs: ``binary:logistic``, ``binary:logitraw``, ``multi:softprob`` and
 ``multi:softmax`` are classifiers (``{"label", "scores"}``, the scores being class
 probabilities, from the margins for the last two of those that store none); any other
