@@ -44,7 +44,8 @@ def xgboost_model(folder: Path) -> Path:
     """The demo model, built by models/build_xgboost.py into ``folder``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("build_xgboost", harness.ROOT / "models" / "build_xgboost.py")
+    script = harness.ROOT / "models" / "build_xgboost.py"
+    spec = importlib.util.spec_from_file_location("build_xgboost", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
