@@ -233,3 +233,22 @@ def test_options_are_checked_at_start(tmp_path: Path, options: dict[str, Any], p
         with pytest.raises(ConfigError) as caught:
             load_models(path)
         assert str(caught.value).endswith(f"model 'm': {problem}")
+
+
+def test_a_categorical_feature_is_its_integer_code(tmp_path: Path) -> None:
+    import pandas as pd
+    import xgboost
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"size": rng.random(300), "colour": pd.Categorical(rng.integers(0, 5, 300))})
+    target = frame["size"] + (frame["colour"].cat.codes == 3) * 2
+    train = xgboost.DMatrix(frame, label=target, enable_categorical=True)
+    booster = xgboost.train({"max_depth": 3, "nthread": 1, "max_cat_to_onehot": 1}, train, num_boost_round=5)
+    booster.save_model(str(tmp_path / "categorical.json"))
+    backend = backend_class("xgboost")(ModelConfig(name="m", backend="xgboost",
+                                                   path=tmp_path / "categorical.json"))
+    backend.load("cpu")
+    codes = frame["colour"].cat.codes[:20]
+    rows = [[float(s), int(c)] for s, c in zip(frame["size"][:20], codes, strict=True)]
+    expected = booster.predict(xgboost.DMatrix(frame[:20], enable_categorical=True))
+    assert backend.predict_batch([backend.preprocess(row, None) for row in rows]) == expected.tolist()

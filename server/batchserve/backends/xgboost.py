@@ -6,7 +6,8 @@ file decides the outputs: ``binary:logistic``, ``binary:logitraw``, ``multi:soft
 ``multi:softmax`` are classifiers (``{"label", "scores"}``, the scores being class
 probabilities, from the margins for the last two of those that store none); any other
 objective answers the prediction, a number per row, or a list for several targets or
-quantiles. Every tree is used, as ``Booster.predict`` does. Predictions run through
+quantiles. Every tree is used, as ``Booster.predict`` does. A categorical feature is sent as
+its integer code. Predictions run through
 ``inplace_predict`` (no ``DMatrix`` per batch), which XGBoost documents as thread-safe, so
 ``instances`` share one booster. ``device = "cuda"`` needs an XGBoost built with CUDA (the
 ``xgboost`` wheel, not ``xgboost-cpu``).
@@ -70,9 +71,6 @@ class XGBoostBackend(TreeBackend):
         if objective in CLASSIFIERS:
             classes = max(2, int(learner["learner_model_param"].get("num_class", "0")))
             self._margins = objective in ("binary:logitraw", "multi:softmax")
-        if any(kind == "c" for kind in booster.feature_types or []):
-            raise LoadError(f"{path} has categorical features, which the xgboost backend does "
-                            "not serve yet (rows are numbers only)")
         self._booster = booster
         n_features = booster.num_features()
         try:
