@@ -1,4 +1,4 @@
-# batchserve container image: the server, its three demo models built in, served on 0.0.0.0:8000.
+# batchserve container image: the server, its four demo models built in, served on 0.0.0.0:8000.
 #
 #   docker build -t batchserve .                     torch from pip's index: on PyPI, the CUDA build,
 #                                                    for `docker run --gpus all` (it runs on CPUs too)
@@ -17,9 +17,14 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS python
-RUN if ! command -v python3 >/dev/null; then \
+# libgomp1 too: LightGBM's wheel links the system's OpenMP runtime instead of bundling one
+# (lightgbm-org/LightGBM#7141); without it `import lightgbm` fails.
+RUN missing=""; \
+    command -v python3 >/dev/null || missing="python3"; \
+    ldconfig -p | grep -q 'libgomp\.so\.1 ' || missing="$missing libgomp1"; \
+    if [ -n "$missing" ]; then \
         apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && python3 -c 'import sys; assert sys.version_info >= (3, 11), "batchserve needs Python 3.11+"'
@@ -58,7 +63,8 @@ RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
     && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi \
     && pip install --no-cache-dir --require-hashes -r requirements.txt \
-    && pip check
+    && pip check \
+    && python3 -c 'import lightgbm, xgboost'
 
 
 # The demo models; models/build_*.py need only the dependencies. Rebuilt when models/ changes.
@@ -69,6 +75,7 @@ RUN mkdir -p /models/artifacts \
     && python3 models/build_diabetes.py /models/artifacts/diabetes.joblib \
     && python3 models/build_resnet50.py /models/artifacts/resnet50.safetensors \
     && python3 models/build_transformer.py /models/artifacts/transformer \
+    && python3 models/build_xgboost.py /models/artifacts/cancer.json \
     && cp models/models.toml /models/models.toml \
     && chmod -R a+rX,go-w /models
 

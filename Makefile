@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
-	models/artifacts/transformer/config.json
+	models/artifacts/transformer/config.json models/artifacts/cancer.json
 
 .PHONY: install serve test lint typecheck pytest artifacts bench clean
 
@@ -28,6 +28,9 @@ models/artifacts/resnet50.safetensors: models/build_resnet50.py | $(STAMP)
 
 models/artifacts/transformer/config.json: models/build_transformer.py | $(STAMP)
 	$(BIN)/python models/build_transformer.py models/artifacts/transformer
+
+models/artifacts/cancer.json: models/build_xgboost.py | $(STAMP)
+	$(BIN)/python models/build_xgboost.py $@
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 

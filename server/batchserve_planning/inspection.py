@@ -6,7 +6,7 @@ batch's input and what one ``predict_batch`` adds at its peak (activations): the
 CUDA allocator's peak on GPU, the growth of the process's peak resident set on
 CPU. Inputs are ``--inputs`` (as for ``loadtest``) or the backend's own samples
 (a bundled photo for resnet50, a text long enough to reach ``max_length`` for the
-transformer, a row of zeros for sklearn).
+transformer, a row of zeros for sklearn and the tree backends).
 """
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"parameters: {size['parameters']:,} (+ {size['buffer_elements']:,} buffer elements)")
         lines.append("weights by dtype: " + ", ".join(
             f"{dtype} {_bytes(n)}" for dtype, n in size["weight_bytes"].items()))
+    elif size["kind"] == "trees":
+        lines.append(f"trees: {size['trees']:,} ({size['library']}, objective {size['objective']}), "
+                     f"max depth {size['max_depth']}, {size['leaves']:,} leaves, "
+                     f"{size['features']:,} features")
     elif size["kind"] == "estimator":
         lines.append(f"estimator: {size['estimator']}, {size['parameters']:,} fitted values")
         lines.append(f"pickled: {_bytes(size['pickled_bytes'])}")

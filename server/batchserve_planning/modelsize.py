@@ -2,12 +2,13 @@
 
 The backend is built and loaded as the server would (``backend_class(...)(config)``),
 then asked for its model through its optional capabilities: its ``torch.nn.Module``s
-(parameters, buffers, bytes per dtype) or its scikit-learn estimator (its fitted
-arrays, pickled size). Activation memory is what one ``predict_batch`` call adds
-at its peak: the CUDA allocator's peak on GPU; on CPU the growth of the peak
-resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
-set before the call, with glibc told to map large blocks directly and trim freed
-memory, so that each measurement starts from what the model itself holds.
+(parameters, buffers, bytes per dtype), its scikit-learn estimator (its fitted
+arrays, pickled size) or its tree ensemble's summary (trees, depth, leaves).
+Activation memory is what one ``predict_batch`` call adds at its peak: the CUDA
+allocator's peak on GPU; on CPU the growth of the peak resident set (``VmHWM``, reset
+through ``/proc/self/clear_refs``) over the resident set before the call, with glibc
+told to map large blocks directly and trim freed memory, so that each measurement
+starts from what the model itself holds.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ def model_objects(backend: Backend[Any, Any]) -> tuple[list[Any], Any]:
 
 
 def model_size(backend: Backend[Any, Any]) -> dict[str, Any]:
-    """Parameter count and bytes: per dtype for torch modules, fitted arrays for estimators."""
+    """Parameter count and bytes: per dtype for torch modules, fitted arrays for estimators;
+    trees, depth and leaves for tree ensembles."""
+    from batchserve.backends.capabilities import TreeEnsemble
+
     modules, estimator = model_objects(backend)
     size: dict[str, Any] = {"artifact_bytes": artifact_bytes(backend.config.path)}
-    if modules:
+    if isinstance(backend, TreeEnsemble):
+        size.update(kind="trees", **backend.tree_summary()._asdict())
+    elif modules:
         seen: set[int] = set()
         parameters = buffers = 0
         loaded: dict[str, int] = {}

@@ -30,11 +30,12 @@ import httpx
 import numpy as np
 import pytest
 import sklearn.datasets
+import xgboost
 import yaml
 from batchserve_planning.load.scrape import ServerError, wait_ready
 from sklearn.linear_model import LinearRegression
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, build_demo, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +77,13 @@ def test_dockerfile_runs_the_server_as_pid_1_as_a_non_root_user() -> None:
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert re.search(r"^HEALTHCHECK .*\n.*CMD \[\"python3\".*/healthz", text, re.MULTILINE)
     assert re.search(r"^ARG BASE_IMAGE=", text, re.MULTILINE)
+
+
+def test_dockerfile_installs_the_openmp_runtime_lightgbm_links() -> None:
+    """LightGBM's wheel needs the system's libgomp.so.1, which slim Debian images lack."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    python_stage = text[text.index("AS python"):text.index("AS deps")]
+    assert "libgomp1" in python_stage and "libgomp\\.so\\.1" in python_stage
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
@@ -172,7 +180,7 @@ def test_image_runs_as_pid_1_non_root_and_reports_healthy(served: Container) -> 
         time.sleep(1)
 
 
-def test_every_demo_model_answers(served: Container) -> None:
+def test_every_demo_model_answers(served: Container, tmp_path: Path) -> None:
     with httpx.Client(base_url=served.url, timeout=60) as client:
         response = client.post("/predict", json={"model": "diabetes", "inputs": [DIABETES_ROW]})
         assert response.status_code == 200, response.text
@@ -188,6 +196,16 @@ def test_every_demo_model_answers(served: Container) -> None:
         assert all(isinstance(c["label"], str) and 0 <= c["index"] < 1000 for c in top)
         probabilities = [c["probability"] for c in top]
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+
+        tumours = sklearn.datasets.load_breast_cancer().data[[0, 19]]  # a malignant and a benign one
+        rows: list[list[float]] = tumours.tolist()
+        response = client.post("/predict/cancer", json={"inputs": rows})
+        assert response.status_code == 200, response.text
+        booster = xgboost.Booster(model_file=str(build_demo("build_xgboost.py", tmp_path / "cancer.json")))
+        benign = booster.predict(xgboost.DMatrix(tumours), validate_features=False).tolist()
+        assert [o["label"] for o in response.json()["outputs"]] == ["malignant", "benign"]
+        assert [o["scores"]["benign"] for o in response.json()["outputs"]] == pytest.approx(
+            benign, rel=1e-6)  # the same deterministic model, built here
 
         response = client.post("/predict/sentiment", json={"inputs": ["the battery is fantastic",
                                                                       "the zipper broke after a week"]})

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from batchserve.backends import backend_class
 from batchserve.backends.base import Backend
-from batchserve.backends.capabilities import DeviceSupport, FittedEstimator, SampleItems, TorchModules
+from batchserve.backends.capabilities import (
+    DeviceSupport,
+    FittedEstimator,
+    SampleItems,
+    TorchModules,
+    TreeEnsemble,
+)
 from batchserve.config import ModelConfig
 from batchserve_planning.modelsize import model_size
 
@@ -49,12 +55,15 @@ def _config(backend: str, path: Path) -> ModelConfig:
     ("sklearn", ("cpu",), {SampleItems, FittedEstimator}),
     ("resnet50", ("cpu", "cuda"), {SampleItems, TorchModules}),
     ("transformer", ("cpu", "cuda"), {SampleItems, TorchModules}),
+    ("xgboost", ("cpu", "cuda"), {SampleItems, TreeEnsemble}),
+    ("lightgbm", ("cpu",), {SampleItems, TreeEnsemble}),
 ])
 def test_the_builtin_backends_offer_their_capabilities(name: str, devices: tuple[str, ...],
                                                        capabilities: set[type]) -> None:
     cls = backend_class(name)
     assert issubclass(cls, DeviceSupport) and cls.supported_devices() == devices
-    assert {c for c in (SampleItems, TorchModules, FittedEstimator) if issubclass(cls, c)} == capabilities
+    assert {c for c in (SampleItems, TorchModules, FittedEstimator, TreeEnsemble)
+            if issubclass(cls, c)} == capabilities
 
 
 def test_a_backend_without_them_offers_none() -> None:

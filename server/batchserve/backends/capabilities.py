@@ -41,6 +41,27 @@ class FittedEstimator(Protocol):
         ...
 
 
+class TreeSummary(NamedTuple):
+    library: str
+    """The library and its version: ``xgboost 3.1.2``."""
+    objective: str
+    """The objective the model file names: ``binary:logistic``, ``multiclass``, ..."""
+    trees: int
+    """Trees in the ensemble (a multi-class model has one per class and round)."""
+    max_depth: int
+    """The deepest leaf's depth (a lone leaf: 0)."""
+    leaves: int
+    """Leaves over all trees."""
+    features: int
+
+
+@runtime_checkable
+class TreeEnsemble(Protocol):
+    def tree_summary(self) -> TreeSummary:
+        """The loaded tree ensemble's size: trees, depth, leaves, features."""
+        ...
+
+
 @runtime_checkable
 class DeviceSupport(Protocol):
     @classmethod

@@ -17,6 +17,7 @@ from batchserve.backends.base import Backend
 from batchserve.backends.resnet50 import ResNet50Backend
 from batchserve.backends.sklearn import SklearnBackend
 from batchserve.backends.transformer import TransformerBackend
+from batchserve.backends.trees import TreeBackend
 from batchserve.errors import InvalidInput
 from batchserve.v2.tensors import Tensor, bytes_tensor, numeric_datatype
 
@@ -78,6 +79,29 @@ class SklearnCodec(Codec[SklearnBackend]):
         return [bytes_tensor("output", [str(o) for o in outputs], array.shape)]
 
 
+class TreesCodec(Codec[TreeBackend]):
+    """FP64 (or FP32) features in, NaN for a missing value; the prediction out (FP64 ``[-1]``,
+    or ``[-1, outputs]``), or for a classifier the label and the class probabilities."""
+
+    def metadata(self, backend: TreeBackend) -> Metadata:
+        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, backend.n_features]}]
+        labels = backend.labels
+        if labels is not None:
+            outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(labels)]}]
+        else:
+            shape = [-1] if backend.n_outputs == 1 else [-1, backend.n_outputs]
+            outputs = [{"name": "output", "datatype": "FP64", "shape": shape}]
+        return {"inputs": inputs, "outputs": outputs}
+
+    def outputs(self, backend: TreeBackend, outputs: list[Any]) -> list[Tensor]:
+        if backend.labels is not None:
+            probabilities = np.array([list(o["scores"].values()) for o in outputs], dtype=np.float64)
+            return [bytes_tensor("label", [str(o["label"]) for o in outputs], (len(outputs),)),
+                    Tensor("probabilities", "FP64", probabilities)]
+        return [Tensor("output", "FP64", np.asarray(outputs, dtype=np.float64))]
+
+
 class ResNet50Codec(Codec[ResNet50Backend]):
     """BYTES images in (raw, through the binary extension, or base64 text in JSON); the top-k
     labels, class indices and probabilities out."""
@@ -128,6 +152,7 @@ _CODECS: dict[type[Backend[Any, Any]], Codec[Any]] = {
     SklearnBackend: SklearnCodec(),
     ResNet50Backend: ResNet50Codec(),
     TransformerBackend: TransformerCodec(),
+    TreeBackend: TreesCodec(),  # type: ignore[type-abstract]  # the base of xgboost and lightgbm
 }
 
 
