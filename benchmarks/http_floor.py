@@ -1,9 +1,11 @@
 """batchserve's diabetes model against the HTTP floor, in one run.
 
 The server under test is pinned to one core and wrk to the other; each POST
-carries one 10-feature row. The floor is a bare FastAPI endpoint that parses
-the same JSON and returns a constant (benchmarks/floor_app.py). Servers are
-measured in alternation, ROUNDS times, so drift on a shared machine hits both.
+carries one 10-feature row. Two floors parse the same JSON and return a constant:
+a bare FastAPI endpoint (benchmarks/floor_app.py, "floor") and a raw ASGI app with
+no framework on the same uvicorn (benchmarks/raw_floor_app.py, "raw"), the most
+any Python server on uvicorn can do. Servers are measured in alternation, ROUNDS
+times, so drift on a shared machine hits them all.
 
 Usage: .venv/bin/python benchmarks/http_floor.py   (needs wrk: apt-get install wrk)
 Prints a markdown table and writes benchmarks/results/http_floor-<time>.json. A run in which
@@ -48,12 +50,17 @@ def _models_toml(directory: Path) -> Path:
     return path
 
 
+KINDS = ("raw", "floor", "batchserve")
+_FLOOR_APPS = {"floor": ("benchmarks.floor_app:app", "/docs"), "raw": ("benchmarks.raw_floor_app:app", "/")}
+
+
 def _running(kind: str, config: Path) -> contextlib.AbstractContextManager[object]:
     if kind == "batchserve":
         return harness.serve(config, PORT, core=SERVER_CORE)
-    command = [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(PORT),
+    target, probe = _FLOOR_APPS[kind]
+    command = [sys.executable, "-m", "uvicorn", target, "--port", str(PORT),
                "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
-    return harness.process(command, f"http://127.0.0.1:{PORT}/docs", core=SERVER_CORE)
+    return harness.process(command, f"http://127.0.0.1:{PORT}{probe}", core=SERVER_CORE)
 
 
 def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
@@ -74,10 +81,10 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as directory:
         config = _models_toml(Path(directory))
-        runs: dict[str, list[dict[int, dict[str, float]]]] = {"floor": [], "batchserve": []}
+        runs: dict[str, list[dict[int, dict[str, float]]]] = {kind: [] for kind in KINDS}
         try:
             for _ in range(ROUNDS):
-                for kind in ("floor", "batchserve"):
+                for kind in KINDS:
                     runs[kind].append(measure_server(kind, config))
         except harness.UncleanRun as exc:
             sys.exit(f"http_floor: {exc}")
@@ -91,26 +98,31 @@ def main() -> None:
     }
     print(f"\n{summary['date']}, commit {commit}, {summary['machine']}; "
           f"server on core {SERVER_CORE}, wrk on core {LOAD_CORE}, {ROUNDS} rounds of {DURATION_S} s\n")
-    print("| connections | server | RPS | p50 ms | p99 ms | mean batch | RPS / floor |")
-    print("|---|---|---|---|---|---|---|")
+    print("| connections | server | RPS | p50 ms | p99 ms | mean batch | RPS / FastAPI floor | "
+          "RPS / raw floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for connections in CONNECTIONS:
         for round_index in range(ROUNDS):
             floor = runs["floor"][round_index][connections]
-            ours = runs["batchserve"][round_index][connections]
-            for kind, result in (("floor", floor), ("batchserve", ours)):
+            raw = runs["raw"][round_index][connections]
+            for kind in KINDS:
+                result = runs[kind][round_index][connections]
                 batch = f"{result['mean_batch']:.1f}" if "mean_batch" in result else "—"
                 print(f"| {connections} | {kind} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | "
-                      f"{result['p99_ms']:.2f} | {batch} | {result['rps'] / floor['rps']:.2f} |")
-        ratio = statistics.mean(
-            runs["batchserve"][r][connections]["rps"] / runs["floor"][r][connections]["rps"]
-            for r in range(ROUNDS))
-        p50_gap = statistics.mean(
-            runs["batchserve"][r][connections]["p50_ms"] - runs["floor"][r][connections]["p50_ms"]
-            for r in range(ROUNDS))
-        print(f"\n{connections} connections: batchserve/floor RPS = {ratio:.2f}, "
-              f"p50 gap = {p50_gap:+.2f} ms\n")
-        summary[f"ratio_{connections}"] = ratio
-        summary[f"p50_gap_ms_{connections}"] = p50_gap
+                      f"{result['p99_ms']:.2f} | {batch} | {result['rps'] / floor['rps']:.2f} | "
+                      f"{result['rps'] / raw['rps']:.2f} |")
+        for floor_kind, suffix in (("floor", ""), ("raw", "_raw")):
+            ratio = statistics.mean(
+                runs["batchserve"][r][connections]["rps"] / runs[floor_kind][r][connections]["rps"]
+                for r in range(ROUNDS))
+            p50_gap = statistics.mean(
+                runs["batchserve"][r][connections]["p50_ms"] - runs[floor_kind][r][connections]["p50_ms"]
+                for r in range(ROUNDS))
+            print(f"{connections} connections: batchserve / {floor_kind} floor RPS = {ratio:.2f}, "
+                  f"p50 gap = {p50_gap:+.2f} ms")
+            summary[f"ratio{suffix}_{connections}"] = ratio
+            summary[f"p50_gap_ms{suffix}_{connections}"] = p50_gap
+        print()
     print(f"wrote {harness.save_results('http_floor', summary)}")
 
 

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -339,8 +340,10 @@ def test_compose_stack_balances_replicas_and_prometheus_scrapes_each(image: str)
         # Both replicas up, every model ready in each, as Prometheus sees them through DNS discovery.
         deadline = time.monotonic() + 240
         ready = 'sum(batchserve_model_ready) and count(up{job="batchserve"} == 1) == 2'
-        while prometheus_value(prometheus_url, ready) != 6:
-            assert time.monotonic() < deadline, "Prometheus did not see 2 replicas with 3 ready models each"
+        models = len(tomllib.loads((ROOT / "models" / "models.toml").read_text())["models"])
+        while prometheus_value(prometheus_url, ready) != 2 * models:
+            assert time.monotonic() < deadline, (f"Prometheus did not see 2 replicas with {models} "
+                                                 "ready models each")
             time.sleep(1)
         with httpx.Client(base_url=http_url, timeout=60) as client:
             for _ in range(10):
