@@ -111,14 +111,14 @@ def main() -> None:
                 print(f"| {connections} | {kind} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | "
                       f"{result['p99_ms']:.2f} | {batch} | {result['rps'] / floor['rps']:.2f} | "
                       f"{result['rps'] / raw['rps']:.2f} |")
-        for floor_kind, suffix in (("floor", ""), ("raw", "_raw")):
+        for floor_kind, suffix, label in (("floor", "", "FastAPI"), ("raw", "_raw", "raw")):
             ratio = statistics.mean(
                 runs["batchserve"][r][connections]["rps"] / runs[floor_kind][r][connections]["rps"]
                 for r in range(ROUNDS))
             p50_gap = statistics.mean(
                 runs["batchserve"][r][connections]["p50_ms"] - runs[floor_kind][r][connections]["p50_ms"]
                 for r in range(ROUNDS))
-            print(f"{connections} connections: batchserve / {floor_kind} floor RPS = {ratio:.2f}, "
+            print(f"{connections} connections: batchserve / {label} floor RPS = {ratio:.2f}, "
                   f"p50 gap = {p50_gap:+.2f} ms")
             summary[f"ratio{suffix}_{connections}"] = ratio
             summary[f"p50_gap_ms{suffix}_{connections}"] = p50_gap
