@@ -9,7 +9,6 @@ exists) rather than slowed, so that what a test sees does not depend on the mach
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ServerProcess, running_server, write_models
+from tests.support import ServerProcess, running_server, sample, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -66,17 +65,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     ])
     with running_server(config, env={"BATCHSERVE_MANAGEMENT_TOKEN": TOKEN}) as process:
         yield Served(process, folder)
-
-
-def sample(url: str, name: str, **labels: str) -> float:
-    """A sample of /metrics, whatever the order of its labels; 0 when the series is absent (a
-    counter not yet incremented)."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        series, _, value = line.rpartition(" ")
-        found, _, rest = series.partition("{")
-        if found == name and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == labels:
-            return float(value)
-    return 0.0
 
 
 def answered(url: str, model: str, code: int) -> float:

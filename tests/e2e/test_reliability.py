@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess, write_models
+from tests.support import ServerProcess, sample, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -76,17 +76,6 @@ def test_open_loop_overload_at_twice_capacity(tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}/readyz").status_code == 200
     finally:
         server.close()
-
-
-def sample(url: str, name: str, **labels: str) -> float:
-    """A sample of /metrics, whatever the order of its labels; 0 when the series is absent (a
-    counter not yet incremented)."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        series, _, value = line.rpartition(" ")
-        found, _, rest = series.partition("{")
-        if found == name and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == labels:
-            return float(value)
-    return 0.0
 
 
 def until(condition: Callable[[], bool], what: str) -> None:

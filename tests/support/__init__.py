@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from batchserve.app import create_app
 from batchserve.config import load_models
 from batchserve.settings import ServerSettings
@@ -105,3 +107,14 @@ def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.02)
     raise TimeoutError("models did not finish loading")
+
+
+def sample(url: str, name: str, **labels: str) -> float:
+    """A sample of /metrics, whatever the order of its labels; 0 when the series is absent (a
+    counter not yet incremented)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        found, _, rest = series.partition("{")
+        if found == name and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == labels:
+            return float(value)
+    return 0.0
