@@ -136,13 +136,9 @@ class Pipeline:
             if name is not None:
                 model = self.state.registry.get(name)  # known from here on: its outcome counts
                 check_ready(model)
-                read_ms = model.config.timeout_ms
-            elif arrived_s - self._longest_at_s < 1.0:  # the body names the model: read it
-                read_ms = self._longest_ms              # within the longest deadline it could have
-            else:
-                read_ms = self._longest_timeout_ms(arrived_s)
-            if requested_ms is not None and requested_ms < read_ms:
-                read_ms = requested_ms
+                read_ms = _timeout_ms(model.config.timeout_ms, requested_ms)
+            else:  # the body names the model: read it within the longest deadline it could have
+                read_ms = _timeout_ms(self._longest_timeout_ms(arrived_s), requested_ms)
             body = await read_body(receive, headers.content_length,
                                    limit=self.state.settings.max_body_bytes,
                                    deadline_s=arrived_s + read_ms / 1000.0, budget=self.state.bodies)
@@ -172,8 +168,9 @@ class Pipeline:
     def _longest_timeout_ms(self, now_s: float) -> float:
         """The longest ``timeout_ms`` of the models, looked up at most once a second (a change by
         the management API shows within that second)."""
-        self._longest_ms = max((m.config.timeout_ms for m in self.state.registry), default=0.0)
-        self._longest_at_s = now_s
+        if now_s - self._longest_at_s >= 1.0:
+            self._longest_ms = max((m.config.timeout_ms for m in self.state.registry), default=0.0)
+            self._longest_at_s = now_s
         return self._longest_ms
 
     async def _infer(self, model: ServedModel, decoded: Decoded, requested_ms: float | None,
@@ -187,11 +184,7 @@ class Pipeline:
             raise TooManyItems(f"request has {len(items)} items; at most {max_items} "
                                "per request (BATCHSERVE_MAX_ITEMS)")
         while True:
-            # the model's timeout, or the header's where that is shorter, from the arrival
-            timeout_ms = model.config.timeout_ms
-            if requested_ms is not None and requested_ms < timeout_ms:
-                timeout_ms = requested_ms
-            timeout_s = timeout_ms / 1000.0
+            timeout_s = _timeout_ms(model.config.timeout_ms, requested_ms) / 1000.0
             deadline_s = arrived_s + timeout_s
             try:
                 heavy = model.backend.preprocess_in_thread or large
@@ -329,6 +322,12 @@ def not_ready(model: ServedModel) -> ModelNotReady:
     status = model.status()
     return ModelNotReady(f"model '{model.config.name}' is {status['state']}"
                          + (f": {status['reason']}" if status["reason"] else ""))
+
+
+def _timeout_ms(model_ms: float, requested_ms: float | None) -> float:
+    """A request's time from its arrival: the model's ``timeout_ms``, or the header's where that
+    is shorter (the header can't lengthen it)."""
+    return model_ms if requested_ms is None or requested_ms >= model_ms else requested_ms
 
 
 def _cores() -> int:

@@ -36,7 +36,7 @@ def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-OFFLOAD_BYTES = 16 * 1024
+V2_OFFLOAD_BYTES = 16 * 1024
 """v2 bodies larger than this are decoded on a worker thread: decoding tensors costs ~100-300 ns
 per element (benchmarks/v2_parse_cost.py), so 16 KiB is about the event loop's 1 ms."""
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
@@ -61,7 +61,7 @@ class V2Adapter(Adapter):
                      model: ServedModel | None) -> Decoded:
         assert model is not None  # the path names the model
         codec = codec_for(model.backend)
-        if len(body) > OFFLOAD_BYTES:
+        if len(body) > V2_OFFLOAD_BYTES:
             return await run_in_threadpool(_decode, codec, model.backend, body, headers.header_length,
                                            self.max_items)
         return _decode(codec, model.backend, body, headers.header_length, self.max_items)
