@@ -45,6 +45,14 @@ class LightGBMBackend(TreeBackend):
     _boosters: queue.SimpleQueue[Any]
     _one: Any = None  # a booster to read the trees of
 
+    def structure_problem(self, data: bytes, probed: bytes) -> str | None:
+        from batchserve.backends.tree_checks import lightgbm_problem
+
+        try:
+            return lightgbm_problem(data.decode("utf-8"))
+        except UnicodeDecodeError:  # the child's load says why
+            return None
+
     def open_model(self, path: Path, data: bytes, device: str) -> TreeModel:
         if device not in ("cpu", "auto"):
             raise LoadError(f"the lightgbm backend runs on the CPU only, not on {device!r}")

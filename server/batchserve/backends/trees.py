@@ -13,10 +13,12 @@ threads of the library's own pool; by default the cores this process may use, sp
 the model's ``instances``.
 
 Both libraries can take the whole process down on some damaged files: LightGBM aborts
-(``std::terminate``) on a truncated text model, XGBoost segfaults predicting with a JSON
-model whose node indices are out of range. So the file's bytes are read once, loaded and
-tried on two rows (zeros, and all missing) in a child process first (``probe``), and only
-bytes that passed are loaded here: a bad file fails its own model's load, never the server.
+(``std::terminate``) on a truncated text model, and neither checks a tree's indices, so a
+node index out of range may segfault a prediction, or not, depending on the memory it reads.
+So the file's bytes are read once, loaded and tried on two rows (zeros, and all missing) in a
+child process first (``probe``), their trees are checked to be trees over the model's features
+(``tree_checks``: a crash in the child is no proof either way), and only bytes that passed
+are loaded here: a bad file fails its own model's load, never the server.
 """
 
 from __future__ import annotations
@@ -95,9 +97,11 @@ PROBE_TIMEOUT_S = 300.0
 """Longest the child process may take to load and try a model file."""
 
 
-def probe(path: Path, library: str, code: str, data: bytes) -> None:
+def probe(path: Path, library: str, code: str, data: bytes,
+          check: Callable[[bytes], str | None]) -> None:
     """Run ``code`` (which loads the model from its stdin and predicts two rows) in a child
-    process on ``data``; ``LoadError`` naming ``path`` if it fails, crashes or hangs."""
+    process on ``data``; ``LoadError`` naming ``path`` if ``check`` finds the trees malformed
+    (given what the child wrote to its stdout), or if the child fails, crashes or hangs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         done = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
@@ -105,6 +109,9 @@ def probe(path: Path, library: str, code: str, data: bytes) -> None:
     except subprocess.TimeoutExpired:
         raise LoadError(f"cannot load {path} as a {library} model file: loading and trying it "
                         f"took over {PROBE_TIMEOUT_S:g} s") from None
+    problem = check(done.stdout)  # first: it says more than a crash on a malformed tree
+    if problem:
+        raise LoadError(f"cannot load {path} as a {library} model file: {problem[:300]}")
     if done.returncode == 0:
         return
     lines = [line.strip() for line in (done.stdout + done.stderr).decode(errors="replace").splitlines()
@@ -161,7 +168,7 @@ class TreeBackend(Backend[list[float], TreeOutput]):
             raise LoadError(f"{path} is not a regular file")
         self.threads = self.options.threads or default_threads(self.config.instances)
         data = self.read(path)
-        probe(path, self.library, self.probe_code, data)
+        probe(path, self.library, self.probe_code, data, lambda out: self.structure_problem(data, out))
         model = self.open_model(path, data, device)
         names = model.feature_names
         self._index = {name: i for i, name in enumerate(names or [])}
@@ -176,6 +183,11 @@ class TreeBackend(Backend[list[float], TreeOutput]):
             raise LoadError(f"options.classes is for classifiers; {path} has the objective "
                             f"{model.objective!r}")
         self._model = model
+
+    @abstractmethod
+    def structure_problem(self, data: bytes, probed: bytes) -> str | None:
+        """What is wrong with the trees of the model file ``data`` (``tree_checks``), given what
+        ``probe_code`` wrote to its stdout (``probed``), or ``None``."""
 
     def read(self, path: Path) -> bytes:
         """The model file's bytes (a subclass refuses what its library does not read)."""

@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 SUFFIXES = (".json", ".ubj")
 CLASSIFIERS = ("binary:logistic", "binary:logitraw", "multi:softprob", "multi:softmax")
 PROBE = """
-import sys, numpy, xgboost
+import os, sys, numpy, xgboost
+out = os.fdopen(os.dup(1), "wb")  # the model as JSON, for tree_checks; logs go to stderr
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 booster = xgboost.Booster(model_file=bytearray(sys.stdin.buffer.read()))
+out.write(booster.save_raw("json"))
+out.close()
 rows = numpy.zeros((2, booster.num_features()))
 rows[1] = numpy.nan
 booster.inplace_predict(rows)
@@ -53,6 +58,17 @@ class XGBoostBackend(TreeBackend):
                             f"{' or '.join(SUFFIXES)} (Booster.save_model), not "
                             f"{path.suffix or 'a file without a suffix'}")
         return path.read_bytes()
+
+    def structure_problem(self, data: bytes, probed: bytes) -> str | None:
+        from batchserve.backends.tree_checks import xgboost_problem
+
+        if not probed:  # the child could not load it: its exit says why
+            return None
+        try:
+            model = json.loads(probed)
+        except ValueError:  # cut short by a crash after loading: its exit says why
+            return None
+        return xgboost_problem(model)
 
     def open_model(self, path: Path, data: bytes, device: str) -> TreeModel:
         import xgboost
