@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--management-port", type=int,
                        help="serve the management API on this port only (default: on --port)")
+    serve.add_argument("--workers", type=_workers,
+                       help="server processes behind the port (1; 'auto': from the cores and the models)")
     serve.add_argument("--shutdown-grace-s", type=float,
                        help="seconds queued requests get to finish after SIGTERM, all told (30; 0: none)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
@@ -42,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         module.add_arguments(command)
         command.set_defaults(planning=module.run)
     return parser
+
+
+def _workers(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,10 @@ class ServerSettings(BaseSettings):
     management_port: int | None = Field(default=None, ge=1, le=65535)
     """Serve the management API on this port only (same host), so that a Service or an ingress
     can leave it out; the main port then answers 404 for it. Unset: on the main port."""
+    workers: int | Literal["auto"] = Field(default=1)
+    """Server processes behind the port, each with its own event loop, batchers and model
+    copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
+    models' instances and threads (``workers/cores.py``)."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit: one grace
@@ -44,6 +48,8 @@ class ServerSettings(BaseSettings):
         if self.management_port is not None and self.management_port == self.port:
             raise ValueError(f"management_port must differ from port ({self.port}); leave it unset "
                              "to serve the management API on the main port")
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
+            raise ValueError(f"workers must be 1 to 256 or 'auto', not {self.workers}")
         if self.max_inflight_body_bytes < self.max_body_bytes:
             raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be at least "
                              f"max_body_bytes ({self.max_body_bytes}), or no body of the largest size "

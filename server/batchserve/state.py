@@ -9,6 +9,7 @@ from batchserve.bodies import BodyBudget
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
 from batchserve.settings import ServerSettings
+from batchserve.workers.cluster import Cluster
 
 
 @dataclass(eq=False)
@@ -20,6 +21,8 @@ class AppState:
     """Set on SIGTERM: new requests get 503 while admitted ones finish."""
     drain_deadline_s: float | None = None
     """When the drain must be over (``time.monotonic()``), fixed when it begins."""
+    cluster: Cluster | None = None
+    """The other worker processes of this server (``--workers N``); ``None`` when it is one."""
     bodies: BodyBudget = field(init=False)
     """Bytes reserved by the request bodies being read (``settings.max_inflight_body_bytes``)."""
 
