@@ -6,6 +6,9 @@ Bearer <token>`` (compared in constant time). Models are named, never given as p
 a load re-reads the repository file the server started with and takes that model's table, so
 nothing from a request is ever unpickled or fetched. Paths follow Triton's model repository
 extension (``/v2/repository/...``).
+
+With worker processes (``--workers N``), a call reaching any worker applies to every worker
+(``batchserve/workers/fanout.py``); its answer says which it reached (``workers``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from batchserve.errors import (
     describe_validation_errors,
 )
 from batchserve.state import AppState
+from batchserve.workers import fanout
 
 
 class BatcherSettings(BaseModel):
@@ -66,6 +70,9 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
         config = next((c for c in _repository(state) if c.name == name), None)
         if config is None:
             raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
+        if state.cluster is not None:
+            report = await fanout.load_all(state, state.cluster, name)
+            return {"name": name, **_state(registry.get(name)), "workers": report}
         model = await registry.load(config, grace_s)
         if model.state != "ready":
             raise LoadFailed(f"model '{name}' failed to load: {model.reason}; the previous version, "
@@ -75,6 +82,10 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
     @router.post("/v2/repository/models/{name}/unload", tags=["management"], summary="Unload a model")
     async def unload(name: str, request: Request) -> dict[str, Any]:
         authorize(request)
+        if state.cluster is not None:
+            registry.get(name)  # 404 before any work
+            report = await fanout.unload_all(state, state.cluster, name)
+            return {"name": name, **_state(registry.get(name)), "workers": report}
         return {"name": name, **_state(await registry.unload(name, grace_s))}
 
     @router.patch("/models/{name}/config", tags=["management"],
@@ -86,6 +97,11 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
             changes = BatcherSettings.model_validate_json(await request.body())
         except ValidationError as exc:
             raise MalformedRequest(describe_validation_errors(exc.errors())) from None
+        if state.cluster is not None:
+            report = await fanout.configure_all(state, state.cluster, name,
+                                                changes.model_dump(exclude_none=True))
+            return {"name": name, "config": registry.get(name).config.model_dump(mode="json"),
+                    "workers": report}
         model = registry.configure(name, changes.model_dump(exclude_none=True))  # outlives reloads
         return {"name": name, "config": model.config.model_dump(mode="json")}
 

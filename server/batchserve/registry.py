@@ -155,17 +155,50 @@ class ModelRegistry:
     async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
         """Load (or reload) a model; the old one, if any, keeps serving until the new one is
         ready, then drains what it admitted within ``grace_s`` and is unloaded. A failed load
-        leaves the old one serving (and is returned, not installed)."""
+        leaves the old one serving (and is returned, not installed). ``stage`` then ``commit``,
+        under one hold of the name's lock."""
         async with self._lock(config.name):
-            model = self._build(config.model_copy(update=self._overrides.get(config.name, {})))
-            await self._load(model)
-            if model.state != "ready":
-                return model
-            old = self._models.get(config.name)
-            self._install(model)
-            if old is not None:
-                await self._retire(old, grace_s)
+            model = await self._stage(config)
+            if model.state == "ready":
+                await self._commit(model, grace_s)
             return model
+
+    async def stage(self, config: ModelConfig) -> ServedModel:
+        """The first half of a load, for a load that must succeed on every worker before any
+        serves it (``batchserve/workers/fanout.py``): build, load and warm a new version of
+        ``config.name`` (settings changed by PATCH applied), but do not install it; the old one
+        serves on. Returned ``ready`` (then ``commit`` or ``abort`` it) or ``failed``."""
+        async with self._lock(config.name):
+            return await self._stage(config)
+
+    async def commit(self, model: ServedModel, grace_s: float) -> ServedModel:
+        """Install a version ``stage`` made ready: it serves from now on, and the one it
+        replaces drains within ``grace_s`` and is unloaded."""
+        async with self._lock(model.config.name):
+            await self._commit(model, grace_s)
+            return model
+
+    async def abort(self, model: ServedModel) -> None:
+        """Unload a staged version that will not be installed; the serving one is untouched."""
+        async with self._lock(model.config.name):
+            if self._models.get(model.config.name) is not model and model.state != "unloaded":
+                await self._retire(model, 0)
+                model.reason = "staged, then aborted: another worker failed to load it"
+
+    async def _stage(self, config: ModelConfig) -> ServedModel:
+        model = self._build(config.model_copy(update=self._overrides.get(config.name, {})))
+        await self._load(model)
+        return model
+
+    async def _commit(self, model: ServedModel, grace_s: float) -> None:
+        if model.state != "ready":
+            raise ValueError(f"only a ready version can be installed, not a {model.state} one")
+        old = self._models.get(model.config.name)
+        if old is model:
+            return
+        self._install(model)
+        if old is not None:
+            await self._retire(old, grace_s)
 
     async def unload(self, name: str, grace_s: float) -> ServedModel:
         """Stop serving ``name``: new requests get 503, admitted ones finish within ``grace_s``."""

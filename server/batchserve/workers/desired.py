@@ -1,0 +1,129 @@
+"""What management made of the models, for a worker that (re)starts: ``desired.json`` in the
+run directory (``workers/cluster.py``).
+
+One record per model name::
+
+    {"models": {"echo": {"config": {...}, "served": true, "overrides": {"max_batch_size": 4}}}}
+
+``config`` is the repository table the workers serve (as ``ModelConfig`` dumps it), ``served``
+false once it was unloaded, ``overrides`` what PATCH changed (applied over ``config``, and over
+every later reload). The first worker to start records the configs it read from the repository
+file; each management change that went through records its result. A restarted worker takes
+its models from here, not from the repository file, so that it serves what the others serve
+even when the file changed since (the others read the file again only when told to load).
+
+Writes are whole-file (a temporary file, then ``os.replace``) under a lock of their own
+(``flock(2)`` on ``desired.lock``): a reader never sees half a file, and two changes to
+different models never lose one another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from batchserve.config import ModelConfig
+from batchserve.workers.cluster import Cluster
+
+Desired = dict[str, dict[str, Any]]
+"""Model name -> its record (``config``, ``served``, ``overrides``)."""
+
+
+def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> list[ModelConfig]:
+    """The models a (re)starting worker serves: ``configs`` (read from the repository file)
+    where nothing is recorded yet (and recorded now, for the workers that start after), else
+    what is recorded: the recorded version, with its PATCHed settings, and none that were
+    unloaded. Models loaded by management since the start come after the file's."""
+    def merge(models: Desired) -> None:
+        for config in configs:
+            models.setdefault(config.name, {"config": config.model_dump(mode="json"),
+                                            "served": True, "overrides": {}})
+
+    models = _update(cluster, merge)
+    return [ModelConfig.model_validate(record["config"]).model_copy(update=record["overrides"])
+            for record in models.values() if record["served"]]
+
+
+def record_overrides(cluster: Cluster, name: str, changes: dict[str, Any]) -> None:
+    """A PATCH of ``name``: its settings outlive restarts of a worker as they outlive reloads."""
+    def change(models: Desired) -> None:
+        record = models.get(name)
+        if record is not None:
+            record["overrides"] = {**record["overrides"], **changes}
+
+    _update(cluster, change)
+
+
+def record_load(cluster: Cluster, config: ModelConfig) -> None:
+    """Every worker staged ``config``: it is the version served from now on."""
+    def change(models: Desired) -> None:
+        overrides = models.get(config.name, {}).get("overrides", {})
+        models[config.name] = {"config": config.model_dump(mode="json"), "served": True,
+                               "overrides": overrides}
+
+    _update(cluster, change)
+
+
+def record_unload(cluster: Cluster, name: str) -> None:
+    """``name`` is no longer served (a restarted worker does not load it)."""
+    def change(models: Desired) -> None:
+        if name in models:
+            models[name]["served"] = False
+
+    _update(cluster, change)
+
+
+def overrides(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The settings PATCH changed on ``name``, cluster-wide (a restarted worker's registry
+    knows of none, so a reload there applies these)."""
+    record = read_desired(cluster).get(name)
+    return dict(record["overrides"]) if record is not None else {}
+
+
+def read_desired(cluster: Cluster) -> Desired:
+    """The records as they stand (none before the first worker started)."""
+    try:
+        data = json.loads(cluster.desired_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    models: Desired = data["models"]
+    return models
+
+
+def _update(cluster: Cluster, change: Callable[[Desired], None]) -> Desired:
+    """Read, change and write the records under their lock; the records as written."""
+    with _locked(cluster.run_dir / "desired.lock"):
+        models = read_desired(cluster)
+        change(models)
+        _write_atomically(cluster.desired_path, {"models": models})
+        return models
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise

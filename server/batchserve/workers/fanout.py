@@ -1,0 +1,259 @@
+"""Management through any worker applies to all of them (``--workers N``).
+
+The worker that a management call reaches coordinates it: it holds the model name's lock
+(``flock(2)`` on ``locks/<name>.lock``, so changes to one name from different workers run one
+at a time), applies the change to itself (``LocalWorker``) and to every other worker over its
+peer socket (``RemoteWorker``, the API of ``peers.py``), each call bounded by a timeout.
+
+- PATCH: recorded in ``desired.json``, then applied on every worker.
+- load / reload: two phases. Every worker stages the new version (builds, loads and warms it
+  while the old one serves); only if all did does each commit it (install it and retire the
+  old one within the grace). If any failed, or could not be reached, or did not answer in
+  time, every worker aborts it (unloads the staged copy) and the old version serves on
+  everywhere: the call fails naming the worker and why.
+- unload: recorded, then applied on every worker.
+
+A worker that is down (restarting) cannot answer. A PATCH or an unload goes through on the
+others and is reported (``workers.missed``); the restarted worker applies it when it starts,
+from ``desired.json`` (``desired.apply_desired``). A load refuses to go through without every
+worker (retry once ``/readyz`` is 200): otherwise the workers would serve different versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from batchserve.config import ConfigError, ModelConfig, load_models
+from batchserve.errors import BatchserveError, LoadFailed, ModelNotFound
+from batchserve.registry import ServedModel
+from batchserve.state import AppState
+from batchserve.workers import desired
+from batchserve.workers.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+CONFIGURE_TIMEOUT_S = 10.0
+"""A PATCH on one worker (it only changes settings)."""
+LOAD_TIMEOUT_S = 600.0
+"""Staging a version on one worker: reading, loading and warming a model can take minutes."""
+SETTLE_TIMEOUT_S = 30.0
+"""Beyond the shutdown grace: a commit or an unload drains the old version within the grace,
+then unloads it; an abort unloads a staged copy."""
+
+
+class Worker(Protocol):
+    """One worker's management operations, each applied there alone."""
+
+    async def configure(self, name: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    async def stage(self, name: str, stage_id: str) -> dict[str, Any]: ...
+    async def commit(self, name: str, stage_id: str) -> dict[str, Any]: ...
+    async def abort(self, name: str, stage_id: str) -> dict[str, Any]: ...
+    async def unload(self, name: str) -> dict[str, Any]: ...
+
+
+class Unreachable(Exception):
+    """The worker's peer socket is not there or refuses: it is down or restarting."""
+
+
+class LocalWorker:
+    """The operations on this process's registry (what the peer API serves; the coordinator's
+    own part). A staged version waits here, by name, for its commit or abort."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._staged: dict[str, tuple[str, ServedModel]] = {}
+        self._aborted: deque[str] = deque(maxlen=64)
+        """Stages aborted (maybe before they ended: a coordinator that gave up waiting)."""
+
+    async def configure(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        model = self.state.registry.configure(name, changes)
+        return {"config": model.config.model_dump(mode="json")}
+
+    async def stage(self, name: str, stage_id: str) -> dict[str, Any]:
+        registry = self.state.registry
+        stale = self._staged.pop(name, None)
+        if stale is not None:  # its coordinator never came back: don't keep the copy
+            await registry.abort(stale[1])
+        config = await asyncio.to_thread(repository_config, self.state, name)
+        if self.state.cluster is not None:  # a restarted worker knows of no PATCH but this
+            update = await asyncio.to_thread(desired.overrides, self.state.cluster, name)
+            config = config.model_copy(update=update)
+        model = await registry.stage(config)
+        if model.state != "ready":
+            raise LoadFailed(f"{model.reason}")
+        if stage_id in self._aborted:
+            await registry.abort(model)
+            raise LoadFailed("aborted while it loaded")
+        self._staged[name] = (stage_id, model)
+        return {"state": model.state}
+
+    async def commit(self, name: str, stage_id: str) -> dict[str, Any]:
+        staged = self._staged.get(name)
+        if staged is None or staged[0] != stage_id:
+            raise LoadFailed(f"no version of '{name}' staged as {stage_id!r:.40}")
+        del self._staged[name]
+        model = await self.state.registry.commit(staged[1], self.state.settings.shutdown_grace_s)
+        return {"state": model.state}
+
+    async def abort(self, name: str, stage_id: str) -> dict[str, Any]:
+        self._aborted.append(stage_id)
+        staged = self._staged.get(name)
+        if staged is not None and staged[0] == stage_id:
+            del self._staged[name]
+            await self.state.registry.abort(staged[1])
+        return {"state": "aborted"}
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        model = await self.state.registry.unload(name, self.state.settings.shutdown_grace_s)
+        return {"state": model.state}
+
+
+class RemoteWorker:
+    """Another worker, over its peer socket (``peers.py``); every call bounded by a timeout."""
+
+    def __init__(self, cluster: Cluster, index: int, grace_s: float) -> None:
+        self.socket = cluster.socket_path(index)
+        self.settle_s = grace_s + SETTLE_TIMEOUT_S
+
+    async def configure(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/config", changes, CONFIGURE_TIMEOUT_S)
+
+    async def stage(self, name: str, stage_id: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/stage", {"id": stage_id}, LOAD_TIMEOUT_S)
+
+    async def commit(self, name: str, stage_id: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/commit", {"id": stage_id}, self.settle_s)
+
+    async def abort(self, name: str, stage_id: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/abort", {"id": stage_id}, self.settle_s)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/unload", {}, self.settle_s)
+
+    async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://worker",
+                                         timeout=timeout_s) as client:
+                response = await client.post(path, json=body)
+        except httpx.ConnectError as exc:
+            raise Unreachable(f"not reachable (down or restarting): {exc}") from None
+        except httpx.TimeoutException:
+            raise TimeoutError(f"no answer within {timeout_s:.0f} s") from None
+        except httpx.HTTPError as exc:  # it died while answering, say
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        answer: dict[str, Any] = response.json()
+        if response.is_error:
+            raise _PeerError(answer.get("error", {}).get("message", response.text))
+        return answer
+
+
+class _PeerError(Exception):
+    """The worker answered with an error (its message)."""
+
+
+def workers(state: AppState, cluster: Cluster) -> dict[int, Worker]:
+    """Every worker, by index: this one local, the others over their sockets."""
+    grace_s = state.settings.shutdown_grace_s
+    found: dict[int, Worker] = {i: RemoteWorker(cluster, i, grace_s) for i in cluster.others}
+    found[cluster.index] = LocalWorker(state)
+    return dict(sorted(found.items()))
+
+
+def repository_config(state: AppState, name: str) -> ModelConfig:
+    """``name``'s table in the repository file, read again now."""
+    try:
+        configs = load_models(state.settings.config)
+    except ConfigError as exc:
+        raise LoadFailed(f"the repository file cannot be used: {exc}") from None
+    config = next((c for c in configs if c.name == name), None)
+    if config is None:
+        raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
+    return config
+
+
+@contextlib.asynccontextmanager
+async def name_lock(cluster: Cluster, name: str) -> AsyncIterator[None]:
+    """Hold ``name``'s lock across the workers (waiting for it off the event loop)."""
+    fd = os.open(cluster.lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    acquired = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+    try:
+        await asyncio.shield(acquired)
+    except BaseException:
+        # Cancelled while waiting: the thread still takes the lock; closing the file frees it.
+        acquired.add_done_callback(lambda _: os.close(fd))
+        raise
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+Report = dict[str, Any]
+"""``{"applied": [indices], "missed": {index: why}}``: which workers a change reached."""
+
+
+async def configure_all(state: AppState, cluster: Cluster, name: str,
+                        changes: dict[str, Any]) -> Report:
+    async with name_lock(cluster, name):
+        await asyncio.to_thread(desired.record_overrides, cluster, name, changes)
+        return _report(await _each(workers(state, cluster), lambda w: w.configure(name, changes)))
+
+
+async def unload_all(state: AppState, cluster: Cluster, name: str) -> Report:
+    async with name_lock(cluster, name):
+        await asyncio.to_thread(desired.record_unload, cluster, name)
+        return _report(await _each(workers(state, cluster), lambda w: w.unload(name)))
+
+
+async def load_all(state: AppState, cluster: Cluster, name: str) -> Report:
+    """Stage ``name`` on every worker, then commit it on every worker; or abort it on every
+    worker (``LoadFailed``, naming who failed) and leave the old version serving."""
+    config = await asyncio.to_thread(repository_config, state, name)  # 404 before any work
+    every = workers(state, cluster)
+    stage_id = uuid.uuid4().hex
+    async with name_lock(cluster, name):
+        staged = await _each(every, lambda w: w.stage(name, stage_id))
+        failed = {i: why for i, why in staged.items() if why is not None}
+        if failed:
+            await _each(every, lambda w: w.abort(name, stage_id))
+            reasons = "; ".join(f"worker {i}: {why}" for i, why in failed.items())
+            raise LoadFailed(f"model '{name}' failed to load on {len(failed)} of {len(every)} "
+                             f"workers ({reasons}); every worker still serves the previous "
+                             "version, if any")
+        await asyncio.to_thread(desired.record_load, cluster, config)
+        return _report(await _each(every, lambda w: w.commit(name, stage_id)))
+
+
+async def _each(every: dict[int, Worker],
+                call: Callable[[Worker], Awaitable[dict[str, Any]]]) -> dict[int, str | None]:
+    """``call(worker)`` on every worker at once; for each, ``None`` or why it failed."""
+    async def one(index: int, worker: Worker) -> str | None:
+        try:
+            await call(worker)
+        except BatchserveError as exc:  # this worker's own refusal
+            return exc.message
+        except (Unreachable, TimeoutError, ConnectionError, _PeerError) as exc:
+            return str(exc)
+        except Exception as exc:  # a bug here must not leave the others half-changed
+            log.exception("management on worker %d failed", index)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    outcomes = await asyncio.gather(*(one(i, worker) for i, worker in every.items()))
+    return dict(zip(every, outcomes, strict=True))
+
+
+def _report(outcomes: dict[int, str | None]) -> Report:
+    return {"applied": [i for i, why in outcomes.items() if why is None],
+            "missed": {str(i): why for i, why in outcomes.items() if why is not None}}
