@@ -26,6 +26,9 @@ class EchoOptions(BaseModel):
     """When set, only a batch holding this row takes ``delay_ms`` (so warmup is quick)."""
     fail_on: float | None = None
     fail_load: bool = False
+    fail_load_in_env: str | None = None
+    """Fail at load in a process whose environment sets this variable: one worker of several,
+    as when only one of them runs out of memory or cannot open the device."""
     load_delay_ms: float = 0.0
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
@@ -57,6 +60,9 @@ class EchoBackend(Backend[float, float | complex]):
         if self.options.fail_load:
             LOADED[name] -= 1
             raise LoadError("told to fail at load")
+        if self.options.fail_load_in_env is not None and self.options.fail_load_in_env in os.environ:
+            LOADED[name] -= 1
+            raise LoadError(f"told to fail at load where {self.options.fail_load_in_env} is set")
         self.calls: list[list[float]] = []
 
     def warmup(self) -> None:
@@ -95,7 +101,8 @@ class EchoBackend(Backend[float, float | complex]):
         return [2 * row for row in rows]
 
     def describe(self) -> dict[str, Any]:
-        return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"}}
+        return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"},
+                "copies_loaded": LOADED.get(self.config.name, 0)}
 
 
 class SlowDecodeBackend(EchoBackend):

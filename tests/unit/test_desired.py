@@ -1,0 +1,82 @@
+"""desired.json: what management made of the models, so that a restarted worker serves what
+the others serve (PATCHed settings, no unloaded model, the version loaded last)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from batchserve.config import ModelConfig, load_models
+from batchserve.workers import desired
+from batchserve.workers.cluster import Cluster
+
+from tests.support import write_models
+
+
+def _cluster(tmp_path: Path) -> Cluster:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    cluster = Cluster(run, 0, 2)
+    cluster.create_dirs()
+    return cluster
+
+
+def _configs(tmp_path: Path, **options: float) -> list[ModelConfig]:
+    return load_models(write_models(tmp_path / "models.toml", [
+        {"name": "a", "backend": "echo", "path": "x", "max_batch_size": 8, "options": options},
+        {"name": "b", "backend": "echo", "path": "x"}]))
+
+
+def test_the_first_start_records_the_repository_and_serves_it(tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path)
+    configs = _configs(tmp_path)
+    assert desired.apply_desired(cluster, configs) == configs
+    assert set(json.loads(cluster.desired_path.read_text())["models"]) == {"a", "b"}
+
+
+def test_a_restarted_worker_gets_the_patched_settings_and_not_the_unloaded_models(
+        tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path)
+    desired.apply_desired(cluster, _configs(tmp_path))
+    desired.record_overrides(cluster, "a", {"max_batch_size": 3})
+    desired.record_overrides(cluster, "a", {"max_wait_ms": 2.0})
+    desired.record_unload(cluster, "b")
+    restarted = desired.apply_desired(cluster, _configs(tmp_path))
+    assert [c.name for c in restarted] == ["a"]
+    assert (restarted[0].max_batch_size, restarted[0].max_wait_ms) == (3, 2.0)
+    assert desired.overrides(cluster, "a") == {"max_batch_size": 3, "max_wait_ms": 2.0}
+
+
+def test_a_restarted_worker_serves_the_version_loaded_last_not_the_files(tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path)
+    desired.apply_desired(cluster, _configs(tmp_path))
+    desired.record_overrides(cluster, "a", {"max_batch_size": 3})
+    desired.record_unload(cluster, "b")
+    loaded = _configs(tmp_path, delay_ms=1)  # a reload of "a" and of "b" (loaded again)
+    desired.record_load(cluster, loaded[0])
+    desired.record_load(cluster, loaded[1])
+    # The file changed since, but no worker was told to load it: the restarted one doesn't.
+    restarted = desired.apply_desired(cluster, _configs(tmp_path, delay_ms=7))
+    assert [c.name for c in restarted] == ["a", "b"]
+    assert restarted[0].options == {"delay_ms": 1} and restarted[0].max_batch_size == 3
+
+
+def test_concurrent_changes_lose_none_and_leave_no_temporary_file(tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path)
+    desired.apply_desired(cluster, _configs(tmp_path))
+
+    def patch(name: str, field: str) -> None:
+        for value in range(1, 41):
+            desired.record_overrides(cluster, name, {field: value})
+
+    threads = [threading.Thread(target=patch, args=(name, field)) for name in ("a", "b")
+               for field in ("max_batch_size", "max_queue")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in ("a", "b"):
+        assert desired.overrides(cluster, name) == {"max_batch_size": 40, "max_queue": 40}
+    assert sorted(p.name for p in cluster.run_dir.iterdir()) == [
+        "desired.json", "desired.lock", "locks", "metrics", "workers"]
