@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", action="append", default=[],
                         help="NAME=FD: a listening socket shared by the supervisor (main, management)")
     args = parser.parse_args(argv)
+    _end_with_the_supervisor()
     cluster = Cluster(args.run_dir, args.index, args.count)
     settings = ServerSettings.model_validate_json(cluster.settings_path.read_text())
     logging.basicConfig(level=settings.log_level.upper(),
@@ -52,6 +54,20 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
                                    lifespan="off", sock=sock("management", settings.management_port)))
     run_servers(servers, state)
     return 0
+
+
+def _end_with_the_supervisor() -> None:
+    """SIGTERM this worker when its supervisor dies (Linux's PR_SET_PDEATHSIG), so that a
+    supervisor killed outright leaves no worker behind; elsewhere the status writer's check of
+    the parent pid does it, within half a second."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
 
 
 def _shared(specs: list[str]) -> dict[str, socket.socket]:
