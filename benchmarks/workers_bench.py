@@ -66,8 +66,9 @@ def models_toml(directory: Path, model: str, layout: Layout) -> Path:
                  "max_batch_size = 64\nmax_wait_ms = 0\nmax_queue = 4096\n")
     else:
         table = (f'name = "transformer"\nbackend = "transformer"\npath = "{artifact}"\n'
-                 f"max_batch_size = 32\nmax_wait_ms = 2\nmax_queue = 4096\ninstances = {layout.instances}\n"
-                 f"timeout_ms = 60000\noptions = {{ max_length = {MAX_LENGTH}, torch_threads = {layout.threads} }}\n")
+                 f"max_batch_size = 32\nmax_wait_ms = 2\nmax_queue = 4096\ntimeout_ms = 60000\n"
+                 f"instances = {layout.instances}\noptions = {{ max_length = {MAX_LENGTH}, "
+                 f"torch_threads = {layout.threads} }}\n")
     path = directory / f"{model}.toml"
     path.write_text(f'[repository]\nroot = "{artifact.parent}"\n\n[[models]]\n{table}')
     return path
