@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
-from tests.support import write_models
+from tests.support import running_server, write_models
 from tests.support.cluster import running_workers
 
 pytestmark = pytest.mark.slow
@@ -141,3 +142,26 @@ def test_every_worker_still_requires_the_token(tmp_path: Path, headers: dict[str
                 assert response.status_code == 401, (url, path, response.text)
         for url in workers.urls:  # nothing changed anywhere
             assert _config(url)["max_batch_size"] == 8
+
+
+def test_through_the_one_port_of_a_real_server_a_patch_shows_on_every_worker(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", _echo())
+    with running_server(config, args=["--workers", "2"],
+                        env={"BATCHSERVE_MANAGEMENT_TOKEN": TOKEN}) as server:
+        patched = httpx.patch(f"{server.url}/models/echo/config", headers=AUTH,
+                              json={"max_batch_size": 3}, timeout=30)
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["workers"] == {"applied": [0, 1], "missed": {}}
+        for _ in range(40):  # a connection each: the kernel spreads them over both workers
+            assert _config(server.url)["max_batch_size"] == 3
+        # Each worker, asked on its own peer socket (the run directory is on its command line).
+        cmdline = psutil.Process(server.process.pid).children()[0].cmdline()
+        run_dir = Path(cmdline[cmdline.index("--run-dir") + 1])
+        for index in (0, 1):
+            peer = httpx.HTTPTransport(uds=str(run_dir / "workers" / f"{index}.sock"))
+            with httpx.Client(transport=peer) as worker:
+                status = worker.get("http://worker/peer/status").json()
+            assert status["index"] == index
+            assert status["models"]["echo"]["config"]["max_batch_size"] == 3
+        reloaded = httpx.post(f"{server.url}/v2/repository/models/echo/load", headers=AUTH, timeout=60)
+        assert reloaded.status_code == 200 and reloaded.json()["workers"]["applied"] == [0, 1]

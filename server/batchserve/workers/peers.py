@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batchserve.errors import BatchserveError, MalformedRequest, describe_validation_errors
 from batchserve.management import BatcherSettings
 from batchserve.responses import error_response
-from batchserve.serving import DrainingServer
+from batchserve.serving import DrainingServer, make_server
 from batchserve.state import AppState
 from batchserve.workers import desired
 from batchserve.workers.fanout import LocalWorker
@@ -102,9 +101,7 @@ def make_peer_server(state: AppState) -> DrainingServer:
     assert state.cluster is not None, "the peer API belongs to a worker of a cluster"
     path = state.cluster.socket_path(state.cluster.index)
     path.unlink(missing_ok=True)  # a worker that died left its socket: this one takes its index
-    config = uvicorn.Config(create_peer_app(state), uds=str(path), log_level=state.settings.log_level,
-                            lifespan="on", access_log=False, loop="uvloop", http="h11")
-    return DrainingServer(config, state)
+    return make_server(create_peer_app(state), 0, state, lifespan="on", uds=str(path))
 
 
 async def reapply_desired(state: AppState) -> None:

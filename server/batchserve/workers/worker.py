@@ -42,13 +42,16 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
     from batchserve.app import create_app, create_management_app
     from batchserve.serving import listening_socket, make_server, run_servers
     from batchserve.state import AppState
+    from batchserve.workers.desired import apply_desired
+    from batchserve.workers.peers import make_peer_server
 
     def sock(name: str, port: int) -> socket.socket:
         return shared.get(name) or listening_socket(settings.host, port, reuse_port=True)
 
-    app = create_app(settings, configs, cluster=cluster)
+    app = create_app(settings, apply_desired(cluster, configs), cluster=cluster)
     state: AppState = app.state.batchserve
-    servers = [make_server(app, settings.port, state, lifespan="on", sock=sock("main", settings.port))]
+    servers = [make_server(app, settings.port, state, lifespan="on", sock=sock("main", settings.port)),
+               make_peer_server(state)]  # management through any worker applies to all
     if settings.management_port is not None:
         servers.append(make_server(create_management_app(state), settings.management_port, state,
                                    lifespan="off", sock=sock("management", settings.management_port)))
