@@ -149,7 +149,7 @@ class RemoteWorker:
         except httpx.ConnectError as exc:
             raise Unreachable(f"not reachable (down or restarting): {exc}") from None
         except httpx.TimeoutException:
-            raise TimeoutError(f"no answer within {timeout_s:.0f} s") from None
+            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
         except httpx.HTTPError as exc:  # it died while answering, say
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
         answer: dict[str, Any] = response.json()
