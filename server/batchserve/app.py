@@ -19,6 +19,7 @@ from batchserve.errors import BatchserveError, describe_validation_errors
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
+from batchserve.metrics_multiprocess import start_refreshing
 from batchserve.pipeline import Pipeline
 from batchserve.predict import add_predict_routes
 from batchserve.registry import ModelRegistry
@@ -39,6 +40,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models load in the background so /healthz answers at once; /readyz says when done.
         loading = asyncio.create_task(state.registry.load_all(), name="load-models")
+        refreshing = start_refreshing(state.metrics)  # a worker's state gauges, into its files
         try:
             yield
         finally:
@@ -46,6 +48,8 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
             if not loading.done():
                 await asyncio.wait({loading}, timeout=state.drain_left_s())
             await state.registry.close(state.drain_left_s())
+            if refreshing is not None:
+                refreshing.cancel()
 
     app = FastAPI(
         title="batchserve",
