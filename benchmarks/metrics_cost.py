@@ -5,6 +5,9 @@ histogram; per batch: the dispatch counter and two histograms. Compare with
 the per-request CPU time at the floor (benchmarks/README.md, ~100 us here).
 
 Usage: .venv/bin/python benchmarks/metrics_cost.py
+A worker of a multi-process server writes every value to an mmap file instead
+(prometheus-client's multiprocess mode); measure that with
+PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) .venv/bin/python benchmarks/metrics_cost.py
 """
 
 from __future__ import annotations

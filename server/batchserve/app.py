@@ -19,6 +19,7 @@ from batchserve.errors import BatchserveError, describe_validation_errors
 from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
+from batchserve.metrics_multiprocess import start_refreshing
 from batchserve.pipeline import Pipeline
 from batchserve.predict import add_predict_routes
 from batchserve.registry import ModelRegistry
@@ -47,15 +48,17 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
         status = None
         if cluster is not None:  # the other workers read this one's state from its file
             status = asyncio.create_task(keep_writing_status(state), name="worker-status")
+        refreshing = start_refreshing(state.metrics)  # a worker's state gauges, into its files
         try:
             yield
         finally:
-            if status is not None:
-                status.cancel()
             state.begin_drain()  # already begun on SIGTERM; its deadline stands
             if not loading.done():
                 await asyncio.wait({loading}, timeout=state.drain_left_s())
             await state.registry.close(state.drain_left_s())
+            for task in (status, refreshing):  # the others see this worker draining until here
+                if task is not None:
+                    task.cancel()
 
     app = FastAPI(
         title="batchserve",

@@ -3,19 +3,54 @@
 Every series is labelled by ``model``. Hot-path cost is kept small by binding
 each model's children once (``ModelMetrics``) instead of calling ``.labels()``
 per request.
+
+Two modes, fixed when the process starts:
+
+- one process (``PROMETHEUS_MULTIPROC_DIR`` unset): the values live in this
+  process and the gauges that describe state (queued rows, readiness) are read
+  from it at scrape time (``set_function``);
+- a worker of a multi-process server (the supervisor sets
+  ``PROMETHEUS_MULTIPROC_DIR`` in its environment): prometheus-client writes
+  every value to this process's mmap files in that directory, and a scrape of
+  any worker merges every worker's files (``batchserve/metrics_multiprocess.py``).
+  Files hold values, not functions, so the state gauges are written by
+  ``Metrics.refresh`` instead: at each scrape of the worker that answers, and
+  every ``REFRESH_INTERVAL_S`` (the other workers' values are that stale at most).
+  One ``Metrics`` per process in this mode: two would write the same keys.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 REJECT_REASONS = ("queue_full", "overloaded", "deadline", "cancelled", "shutdown")
 DISPATCH_TRIGGERS = ("full", "timer", "idle")
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess directory: set in a worker's environment before it starts."""
+REFRESH_INTERVAL_S = 0.25
+"""How often a worker writes its state gauges to its files (multi-process mode)."""
+
+
+def multiprocess_dir() -> Path | None:
+    """The multiprocess directory when this process writes its metrics there, else ``None``.
+
+    prometheus-client picks where values live once, when it is first imported: a variable set
+    after that would leave this process's values out of every scrape, so it is refused."""
+    path = os.environ.get(MULTIPROC_DIR_ENV)
+    if not path:
+        return None
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(
+            f"{MULTIPROC_DIR_ENV} was set after prometheus_client was imported, so this process's "
+            "metrics would not be written there; set it in the environment the process starts with")
+    return Path(path)
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -31,6 +66,8 @@ class Metrics:
 
     def __init__(self, *, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir()
+        """Where this process's values are written (multi-process mode), else ``None``."""
         self._models: dict[str, ModelMetrics] = {}
         r = self.registry
         self.requests = Counter(
@@ -55,6 +92,7 @@ class Metrics:
         )
         self.queue_rows = Gauge(
             "batchserve_queue_rows", "Rows admitted and not yet dispatched.", ["model"], registry=r,
+            multiprocess_mode="livesum",  # the server's queue: every live worker's rows
         )
         self.rejected = Counter(
             "batchserve_rejected", "Requests refused or dropped before their rows ran, by reason.",
@@ -71,6 +109,7 @@ class Metrics:
         self.model_ready = Gauge(
             "batchserve_model_ready", "1 when the model is loaded, warmed and its loop healthy.",
             ["model"], registry=r,
+            multiprocess_mode="livemin",  # ready only when ready in every live worker
         )
 
     def for_model(self, model: str) -> ModelMetrics:
@@ -79,6 +118,12 @@ class Metrics:
         if children is None:
             children = self._models[model] = ModelMetrics(self, model)
         return children
+
+    def refresh(self) -> None:
+        """Write every model's state gauges to this process's files (multi-process mode; a
+        no-op otherwise, where they are read at scrape time)."""
+        for children in self._models.values():
+            children.refresh()
 
 
 class ModelMetrics:
@@ -96,12 +141,31 @@ class ModelMetrics:
         self.padding_ratio = metrics.padding_ratio.labels(model)
         self.rejected = {r: metrics.rejected.labels(model, r) for r in REJECT_REASONS}
         self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
+        self.queue_rows = metrics.queue_rows.labels(model)
+        self._watched: list[tuple[Gauge, Callable[[], float]]] = []
         self.model_ready.set(0)
 
     def watch_queue(self, rows: Callable[[], float]) -> None:
         """Report ``rows()`` as the queued-rows gauge, read at scrape time (free on the hot path);
         the registry binds it to the version that serves the model."""
-        self._metrics.queue_rows.labels(self._model).set_function(rows)
+        self._watch(self.queue_rows, rows)
+
+    def watch_ready(self, ready: Callable[[], float]) -> None:
+        """Report ``ready()`` (1 or 0) as the model's readiness gauge, read at scrape time."""
+        self._watch(self.model_ready, ready)
+
+    def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        if self._metrics.multiprocess_dir is None:
+            gauge.set_function(read)
+            return
+        # A file holds a value, not a function: refresh() writes it (and now, so it is true at once).
+        self._watched = [(g, f) for g, f in self._watched if g is not gauge] + [(gauge, read)]
+        gauge.set(read())
+
+    def refresh(self) -> None:
+        """Write the watched gauges' values now (multi-process mode only watches this way)."""
+        for gauge, read in self._watched:
+            gauge.set(read())
 
     def count_request(self, code: int) -> None:
         child = self._codes.get(code)

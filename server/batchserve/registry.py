@@ -79,7 +79,7 @@ class ModelRegistry:
             _apply(model, self._overrides[name])
         batcher = model.batcher
         model.metrics.watch_queue(lambda: batcher.queued_rows)
-        model.metrics.model_ready.set_function(lambda: 1.0 if model.ready else 0.0)
+        model.metrics.watch_ready(lambda: 1.0 if model.ready else 0.0)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -219,7 +219,7 @@ class ModelRegistry:
         """Drain every batcher within ``grace_s`` (together), then unload the backends."""
         await asyncio.gather(*(m.batcher.close(grace_s) for m in self._models.values()))
         for model in self._models.values():
-            model.metrics.model_ready.set_function(lambda: 0.0)
+            model.metrics.watch_ready(lambda: 0.0)
             if model.state == "ready":
                 await asyncio.to_thread(model.backend.unload)
 

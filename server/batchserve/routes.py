@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from batchserve.metrics_multiprocess import scrape_metrics
 from batchserve.registry import ServedModel
 from batchserve.schemas import ERROR_RESPONSES
 from batchserve.state import AppState
@@ -61,9 +61,11 @@ def add_routes(router: APIRouter, state: AppState) -> None:
             body["ready"] = ready = ready and all(w.ready for w in workers.values())
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @router.get("/metrics", summary="Prometheus metrics (text format)")
-    async def metrics() -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    @router.get("/metrics", summary="Prometheus metrics (text format): the whole server's, whichever "
+                "worker answers; ?per_worker=true labels each worker's own series worker=\"<index>\"")
+    async def metrics(per_worker: bool = False) -> Response:
+        body, media_type = await scrape_metrics(state, per_worker=per_worker)
+        return Response(body, media_type=media_type)
 
 
 def _model_info(model: ServedModel) -> dict[str, Any]:
