@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support import ServerProcess, running_server, write_models
+from tests.support import ServerProcess, running_server, sample, write_models
 
 
 def echo(tmp_path: Path, **options: Any) -> Path:
@@ -153,3 +153,24 @@ def test_both_ways_of_sharing_the_port_reach_every_worker(tmp_path: Path, socket
 
         poll(both, what="requests on both workers")
         assert f"({sockets} sockets" in server.output()
+
+
+def test_metrics_after_k_requests_over_the_workers_show_exactly_k(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    with running_server(echo(tmp_path, started=str(started)), args=["--workers", "2"]) as server:
+        for value in range(40):  # a new connection each: the kernel spreads them
+            assert httpx.post(f"{server.url}/predict/echo", json={"inputs": [value]}).status_code == 200
+        per_pid = Counter(line.split()[0] for line in started.read_text().splitlines())
+        assert len(per_pid) == 2, per_pid  # both workers served some (all on one: 2 ** -39)
+        for _ in range(6):  # whichever worker answers the scrape
+            assert sample(server.url, "batchserve_requests_total", model="echo", code="200") == 40
+            assert sample(server.url, "batchserve_batch_size_count", model="echo") == 40
+            assert sample(server.url, "batchserve_model_ready", model="echo") == 1
+        per_worker = httpx.get(f"{server.url}/metrics", params={"per_worker": "true"}).text
+        values = {}
+        for line in per_worker.splitlines():
+            if line.startswith("batchserve_requests_total{") and 'model="echo"' in line:
+                values[line.split('worker="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        # each worker's own count: the rows its batches started (warmup is not recorded)
+        assert sorted(values.values()) == sorted(per_pid.values()), (values, per_pid)
+        assert set(values) == {"0", "1"}  # labelled by worker index
