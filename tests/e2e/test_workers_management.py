@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support import running_server, write_models
+from tests.support import running_server, sample, write_models
 from tests.support.cluster import running_workers
 
 pytestmark = pytest.mark.slow
@@ -154,6 +154,14 @@ def test_through_the_one_port_of_a_real_server_a_patch_shows_on_every_worker(tmp
         assert patched.json()["workers"] == {"applied": [0, 1], "missed": {}}
         for _ in range(40):  # a connection each: the kernel spreads them over both workers
             assert _config(server.url)["max_batch_size"] == 3
+        for _ in range(20):  # 8 rows each, over both workers: every batch now holds at most 3
+            answer = httpx.post(f"{server.url}/predict/echo", json={"inputs": list(range(8))}, timeout=30)
+            assert answer.status_code == 200
+        batches = sample(server.url, "batchserve_batch_size_count", model="echo")
+        assert sample(server.url, "batchserve_batch_size_sum", model="echo") == 160  # warmups aside
+        assert batches >= 160 / 3
+        assert sample(server.url, "batchserve_batch_size_bucket", model="echo", le="4.0") == batches
+        assert sample(server.url, "batchserve_batch_size_bucket", model="echo", le="2.0") < batches
         # Each worker, asked on its own peer socket (the run directory is on its command line).
         cmdline = psutil.Process(server.process.pid).children()[0].cmdline()
         run_dir = Path(cmdline[cmdline.index("--run-dir") + 1])
