@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
-
 from batchserve.app import create_app
 from batchserve.config import load_models
 from batchserve.settings import ServerSettings
 from batchserve.workers.cluster import Cluster
 from batchserve.workers.status import STUCK_S
+from fastapi.testclient import TestClient
+
 from tests.support import wait_ready, write_models
 
 
