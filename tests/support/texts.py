@@ -13,16 +13,17 @@ QUERIES = [
 NON_ASCII = [
     "Où est la gare la plus proche ?", "Straße, Mädchen und Größe", "¿Dónde está la biblioteca?",
     "東京は日本の首都です", "Москва — столица России", "naïve café façade coöperate",
-    "Ελληνικά κείμενα για δοκιμή", "مرحبا بالعالم", "한국어 문장입니다", "Zürich ist schön im Frühling",
+    "Ελληνικά κείμενα για δοκιμή", "مرحبا بالعالم", "한국어 문장입니다", "Zürich ist schön im Frühling",  # noqa: RUF001 - Greek on purpose
 ]
 EMOJI = [
     "I love this 😍🔥", "🚀 launch day 🎉🎉", "the cat 🐈 sat on the mat 🧶", "👍", "rain ☔ again ☹️",
     "family: 👨‍👩‍👧‍👦 and flags 🇯🇵🇫🇷", "math ∑ ∫ ≠ ≈ and arrows → ⇒",
 ]
-_WORDS = ("the committee reviewed quarterly results and concluded that revenue growth in the "
+_PROSE = ("the committee reviewed quarterly results and concluded that revenue growth in the "
           "northern region was driven by new contracts while costs rose due to supply chain delays "
           "engineers proposed a redesign of the cooling system to reduce energy use and the board "
-          "approved funding for a pilot in two factories next spring").split()
+          "approved funding for a pilot in two factories next spring")
+_WORDS = _PROSE.split(" ")
 
 
 def passages(count: int, seed: int = 0) -> list[str]:

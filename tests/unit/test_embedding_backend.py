@@ -138,7 +138,7 @@ def test_plain_transformers_folder_needs_pooling(minilm_dir: Path, tmp_path: Pat
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir / name, plain / name)
-    with pytest.raises(LoadError, match="no modules.json.*options.pooling"):
+    with pytest.raises(LoadError, match=r"no modules.json.*options.pooling"):
         load(plain)
     backend = load(plain, pooling="mean", normalize=True, max_length=256)
     texts = list(expected)[:20]
@@ -152,12 +152,12 @@ def test_folders_it_cannot_embed_like_sentence_transformers_are_refused(minilm_d
     modules = json.loads((folder / "modules.json").read_text())
     (folder / "modules.json").write_text(json.dumps(
         [*modules, {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}]))
-    with pytest.raises(LoadError, match="Dense.* not supported"):
+    with pytest.raises(LoadError, match=r"Dense.* not supported"):
         load(folder)
     (folder / "modules.json").write_text(json.dumps(modules))
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "pooling_mode_cls_token": True}))
-    with pytest.raises(LoadError, match="pooling .* is not supported"):
+    with pytest.raises(LoadError, match=r"pooling .* is not supported"):
         load(folder)
     with pytest.raises(LoadError, match="max_batch_tokens = 100 is less than one text"):
         load(minilm_dir, max_batch_tokens=100)
