@@ -115,17 +115,19 @@ def test_paraphrases_score_above_every_unrelated_pair(minilm: EmbeddingBackend, 
     random_dir = tmp_path / "random"
     shutil.copytree(minilm_dir, random_dir)
     torch.manual_seed(0)
-    AutoModel.from_config(AutoConfig.from_pretrained(minilm_dir)).save_pretrained(random_dir)
+    model = AutoModel.from_config(AutoConfig.from_pretrained(minilm_dir))  # type: ignore[no-untyped-call]
+    model.save_pretrained(random_dir)
     assert margin(load(random_dir)) < 0
 
 
 @pytest.mark.parametrize("mode", ["cls", "max"])
 def test_other_pooling_modes_match_sentence_transformers(minilm_dir: Path, mode: str) -> None:
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     texts = mixed_texts()[:24]
-    word = models.Transformer(str(minilm_dir), max_seq_length=256)
-    reference = SentenceTransformer(modules=[word, models.Pooling(384, pooling_mode=mode)],
+    word = Transformer(str(minilm_dir), max_seq_length=256)
+    reference = SentenceTransformer(modules=[word, Pooling(384, pooling_mode=mode)],
                                     device="cpu")
     got = embed(load(minilm_dir, pooling=mode, normalize=False), texts)
     assert cosines(got, reference.encode(texts)).min() >= PARITY
