@@ -48,7 +48,7 @@ def openai_error(exc: BatchserveError) -> Response:
     """``exc`` in OpenAI's error shape, with its status and headers (Retry-After)."""
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     message = exc.message
-    param = next((p for p in ("dimensions", "encoding_format", "model") if message.startswith(p)),
+    param = next((p for p in ("dimensions", "encoding_format", "model", "input") if message.startswith(p)),
                  "input" if message.startswith("item ") else None)
     body = {"error": {"message": message, "type": kind, "param": param, "code": exc.type}}
     return Response(orjson.dumps(body), status_code=exc.status, headers=exc.headers,
