@@ -1,4 +1,4 @@
-# batchserve container image: the server, its four demo models built in, served on 0.0.0.0:8000.
+# batchserve container image: the server, its five demo models built in, served on 0.0.0.0:8000.
 #
 #   docker build -t batchserve .                     torch from pip's index: on PyPI, the CUDA build,
 #                                                    for `docker run --gpus all` (it runs on CPUs too)
@@ -76,6 +76,7 @@ RUN mkdir -p /models/artifacts \
     && python3 models/build_resnet50.py /models/artifacts/resnet50.safetensors \
     && python3 models/build_transformer.py /models/artifacts/transformer \
     && python3 models/build_xgboost.py /models/artifacts/cancer.json \
+    && python3 models/build_minilm.py /models/artifacts/minilm \
     && cp models/models.toml /models/models.toml \
     && chmod -R a+rX,go-w /models
 

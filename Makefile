@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
-	models/artifacts/transformer/config.json models/artifacts/cancer.json
+	models/artifacts/transformer/config.json models/artifacts/cancer.json \
+	models/artifacts/minilm/modules.json
 
 .PHONY: install serve test lint typecheck pytest artifacts bench clean
 
@@ -31,6 +32,9 @@ models/artifacts/transformer/config.json: models/build_transformer.py | $(STAMP)
 
 models/artifacts/cancer.json: models/build_xgboost.py | $(STAMP)
 	$(BIN)/python models/build_xgboost.py $@
+
+models/artifacts/minilm/modules.json: models/build_minilm.py | $(STAMP)
+	$(BIN)/python models/build_minilm.py models/artifacts/minilm
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 

@@ -37,7 +37,8 @@ def commit() -> str:
 
 _DEMO = {"diabetes": ("diabetes.joblib", "build_diabetes.py"),
          "resnet50": ("resnet50.safetensors", "build_resnet50.py"),
-         "transformer": ("transformer", "build_transformer.py")}
+         "transformer": ("transformer", "build_transformer.py"),
+         "minilm": ("minilm", "build_minilm.py")}
 
 
 def demo_artifact(name: str) -> Path:

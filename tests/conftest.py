@@ -45,6 +45,12 @@ def transformer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo("build_transformer.py", tmp_path_factory.mktemp("transformer"))
 
 
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 copied out of its package, as `make serve` builds it."""
+    return build_demo("build_minilm.py", tmp_path_factory.mktemp("minilm") / "minilm")
+
+
 @pytest.fixture
 def diabetes_client(tmp_path: Path, diabetes_path: Path) -> Iterator[TestClient]:
     with make_client(tmp_path, [

@@ -20,6 +20,7 @@ from batchserve.fastpath import PredictFastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
 from batchserve.metrics_multiprocess import start_refreshing
+from batchserve.openai_api import add_openai_routes
 from batchserve.pipeline import Pipeline
 from batchserve.predict import add_predict_routes
 from batchserve.registry import ModelRegistry
@@ -74,6 +75,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
     add_predict_routes(app.router, pipeline)
     add_routes(app.router, state)
     add_v2_routes(app.router, pipeline)
+    add_openai_routes(app.router, pipeline)
     if settings.management_port is None:
         add_management_routes(app.router, state)
     app.add_middleware(PredictFastPath, pipeline=pipeline)

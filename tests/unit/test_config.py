@@ -81,8 +81,9 @@ def test_third_party_backend_is_found_through_its_entry_point(tmp_path: Path) ->
 
 def test_shipped_repository_file_is_valid() -> None:
     configs = {c.name: c for c in load_models(ROOT / "models" / "models.toml")}
-    assert {"diabetes", "resnet50", "sentiment", "cancer"} <= configs.keys()
+    assert {"diabetes", "resnet50", "sentiment", "cancer", "minilm"} <= configs.keys()
     assert configs["cancer"].backend == "xgboost" and configs["cancer"].path.suffix == ".json"
+    assert configs["minilm"].backend == "embedding" and configs["minilm"].sha256 is not None
 
 
 def test_pickle_artifacts_load_only_from_inside_the_repository(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "sklearn": "batchserve.backends.sklearn:SklearnBackend",
     "resnet50": "batchserve.backends.resnet50:ResNet50Backend",
     "transformer": "batchserve.backends.transformer:TransformerBackend",
+    "embedding": "batchserve.backends.embedding:EmbeddingBackend",
     "xgboost": "batchserve.backends.xgboost:XGBoostBackend",
     "lightgbm": "batchserve.backends.lightgbm:LightGBMBackend",
 }

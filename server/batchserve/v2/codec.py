@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from batchserve.backends.base import Backend
+from batchserve.backends.embedding import EmbeddingBackend
 from batchserve.backends.resnet50 import ResNet50Backend
 from batchserve.backends.sklearn import SklearnBackend
 from batchserve.backends.transformer import TransformerBackend
@@ -147,11 +148,24 @@ class TransformerCodec(Codec[TransformerBackend]):
                 Tensor("probabilities", "FP32", probabilities)]
 
 
+class EmbeddingCodec(Codec[EmbeddingBackend]):
+    """BYTES texts in (the generic items); each text's vector out, ``embedding`` FP32
+    ``[-1, size]`` (``size``: ``parameters.dimensions`` when the request asks for fewer)."""
+
+    def metadata(self, backend: EmbeddingBackend) -> Metadata:
+        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, backend.size or -1]}]}
+
+    def outputs(self, backend: EmbeddingBackend, outputs: list[Any]) -> list[Tensor]:
+        return [Tensor("embedding", "FP32", np.array(outputs, dtype=np.float32))]
+
+
 _GENERIC: Codec[Any] = Codec()
 _CODECS: dict[type[Backend[Any, Any]], Codec[Any]] = {
     SklearnBackend: SklearnCodec(),
     ResNet50Backend: ResNet50Codec(),
     TransformerBackend: TransformerCodec(),
+    EmbeddingBackend: EmbeddingCodec(),
     TreeBackend: TreesCodec(),  # type: ignore[type-abstract]  # the base of xgboost and lightgbm
 }
 

@@ -1,0 +1,347 @@
+"""Sentence embeddings from a Hugging Face encoder (``AutoModel``), pooled the way
+sentence-transformers pools them.
+
+``path`` is a sentence-transformers folder (``modules.json``: Transformer, Pooling, optionally
+Normalize; the pooling mode from ``1_Pooling/config.json``, ``max_seq_length`` and
+``do_lower_case`` from ``sentence_bert_config.json``), or a plain ``save_pretrained`` folder with
+``options.pooling`` given. Options given override what the folder says. Nothing is downloaded.
+
+An item is a string, ``{"text": string}`` or ``{"tokens": [ids]}`` (the model's own token ids,
+special tokens included, as its tokenizer gives them); the output is the item's vector, a plain
+JSON array of floats (an ``Embedding``, which also carries how many tokens the item took).
+``parameters = {"dimensions": n}`` cuts each vector to its first ``n`` values (renormalised when
+the model normalises), for models trained for it (``options.dimensions`` lists the sizes
+allowed). Texts are tokenised, grouped by length and bounded by ``max_batch_tokens`` per
+forward call as the classifier's are (``backends/text.py``); pooling and normalisation run in
+float32 whatever the dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from pydantic import Field
+
+from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.capabilities import Samples
+from batchserve.backends.text import (
+    TextOptions,
+    check_folder,
+    check_max_length,
+    check_quantize,
+    check_token_budget,
+    encoder,
+    load_tokenizer,
+    pad,
+    pad_id,
+    quantize_int8,
+    read_text,
+    run_groups,
+)
+from batchserve.backends.torch_common import resolve_device, resolve_dtype, set_threads, warmup_sizes
+from batchserve.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
+
+Pooling = Literal["mean", "cls", "max"]
+_ITEM_FORM = 'a string, {"text": string} or {"tokens": [token ids]}'
+_POOLING_KEYS: dict[str, Pooling | None] = {
+    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": None,
+    "pooling_mode_weightedmean_tokens": None, "pooling_mode_lasttoken": None,
+}
+"""sentence-transformers' pooling flags; ``None``: a mode this backend does not implement."""
+
+
+class EmbeddingOptions(TextOptions):
+    max_length: int | None = Field(None, ge=2, le=65536)
+    """Tokens per text, special tokens included; longer texts are truncated. Default: the
+    folder's ``max_seq_length``, else the model's positions."""
+    pooling: Pooling | None = None
+    """How token vectors become one: ``mean`` (over the real tokens), ``cls`` (the first token),
+    ``max``. Default: the folder's ``1_Pooling/config.json``; a plain folder must give it."""
+    normalize: bool | None = None
+    """Scale each vector to length 1. Default: whether ``modules.json`` has a Normalize module."""
+    dimensions: list[int] = Field(default_factory=list)
+    """Shorter sizes a request may ask for (``dimensions``), for models trained to be cut
+    (Matryoshka); the full size is always allowed."""
+
+
+class Embedding(list[float]):
+    """One item's vector: serialised as a plain JSON array; ``tokens`` is how many tokens the item
+    took (special tokens included, after truncation), for usage counts."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, values: list[float], tokens: int) -> None:
+        super().__init__(values)
+        self.tokens = tokens
+
+
+class Passage(NamedTuple):
+    """A row: a text or the model's token ids, and the size its vector is cut to (``None``: full)."""
+
+    content: str | list[int]
+    dimensions: int | None
+
+
+class Layout(NamedTuple):
+    """What a model folder says about how to embed with it."""
+
+    transformer: Path
+    pooling: Pooling
+    normalize: bool
+    max_length: int | None
+    lower_case: bool
+
+
+class EmbeddingBackend(Backend[Passage, Embedding]):
+    Options = EmbeddingOptions
+
+    def load(self, device: str) -> None:
+        options: EmbeddingOptions = self.options
+        target = resolve_device(device)
+        dtype = resolve_dtype(options.dtype, target)
+        check_quantize(options, target)
+        set_threads(options, target, self.config.instances)
+        root = Path(self.config.path)
+        check_folder(root, "embedding")
+        layout = read_layout(root, options)
+        tokenizer = load_tokenizer(layout.transformer)
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(layout.transformer, local_files_only=True)
+        except Exception as exc:
+            raise LoadError(f"cannot load an encoder model from {layout.transformer}: {exc}") from None
+        positions = getattr(model.config, "max_position_embeddings", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        fallbacks = [n for n in (positions, limit) if isinstance(n, int) and n < 1_000_000]
+        max_length = layout.max_length or min(fallbacks, default=512)
+        check_max_length(model.config, max_length)
+        check_token_budget(options, max_length)
+        size = int(model.config.hidden_size)
+        wrong = [d for d in options.dimensions if not 1 <= d < size]
+        if wrong:
+            raise LoadError(f"options.dimensions {wrong}: each must be between 1 and {size - 1} "
+                            f"(the model's vectors have {size} values)")
+        pad_token = pad_id(tokenizer, model.config)
+        model.eval()
+        model.to(device=target, dtype=dtype)
+        if options.quantize == "int8":
+            model = quantize_int8(model)
+        self._layout = layout._replace(max_length=max_length)
+        self._size = size
+        self._vocab = int(model.config.vocab_size)
+        self._pad_id = pad_token
+        self._pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+        self._encode = encoder(tokenizer, max_length)
+        self._device = target
+        self._model: Any = model
+
+    def warmup(self) -> None:
+        """Both ends of the length range at every batch size the batcher is likely to form."""
+        long = Passage("warm up " * self.max_length, None)
+        for size in warmup_sizes(self.config.max_batch_size):
+            self._predict([Passage("warm up", None)] * size)
+            self._predict([long] * size)
+
+    @property
+    def size(self) -> int:
+        """Values per vector at full size (0 until loaded)."""
+        size: int = getattr(self, "_size", 0)
+        return size
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per item, special tokens included (as configured until loaded)."""
+        layout: Layout | None = getattr(self, "_layout", None)
+        return (layout.max_length if layout else None) or self.options.max_length or 512
+
+    def parse_parameters(self, parameters: Any) -> int | None:
+        """``{"dimensions": n}`` or nothing; ``n`` must be the full size or one the model allows."""
+        unknown = sorted(set(parameters) - {"dimensions"})
+        if unknown:
+            raise InvalidInput(f"unknown parameters {unknown}; this model takes 'dimensions' only")
+        wanted = parameters.get("dimensions")
+        if wanted is None or wanted == self.size:
+            return None
+        allowed = sorted({self.size, *self.options.dimensions})
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted not in allowed:
+            raise InvalidInput(f"dimensions = {wanted!r:.40}: model '{self.config.name}' gives "
+                               f"vectors of {allowed} values only (options.dimensions lists the "
+                               "shorter sizes it was trained for)")
+        return wanted
+
+    def preprocess(self, item: Any, parameters: Any) -> Passage:
+        """The item's text or token ids, validated; texts are tokenised with their batch."""
+        if isinstance(item, dict) and "tokens" in item:
+            if len(item) != 1:
+                raise InvalidInput(f"unknown keys {sorted(set(item) - {'tokens'})}; an item is {_ITEM_FORM}")
+            return Passage(self._check_tokens(item["tokens"]), parameters)
+        return Passage(read_text(item, self.options.max_chars, _ITEM_FORM), parameters)
+
+    def _check_tokens(self, tokens: Any) -> list[int]:
+        if not isinstance(tokens, list) or not tokens:
+            raise InvalidInput("'tokens' must be a non-empty list of token ids")
+        if len(tokens) > self.max_length:
+            raise InvalidInput(f"{len(tokens)} tokens; this model takes at most {self.max_length} "
+                               "(max_length), special tokens included")
+        for index, token in enumerate(tokens):
+            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self._vocab:
+                raise InvalidInput(f"token {index} is {token!r:.40}; token ids are integers from 0 "
+                                   f"to {self._vocab - 1} (the model's vocabulary)")
+        return tokens
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text: stripped (and lower-cased where the folder says so) as
+        sentence-transformers does, special tokens added, truncated to ``max_length``, unpadded."""
+        lower = self._layout.lower_case
+        return self._encode([text.strip().lower() if lower else text.strip() for text in texts])
+
+    def predict_batch(self, rows: list[Passage]) -> list[Embedding]:
+        outputs, padding, total = self._predict(rows)
+        if self.metrics is not None and total:
+            self.metrics.padding_ratio.observe(padding / total)
+        return outputs
+
+    def _predict(self, rows: list[Passage]) -> tuple[list[Embedding], int, int]:
+        """Vectors in row order, with the padding and total token counts of the batch."""
+        import torch
+        from torch.nn.functional import normalize
+
+        texts = [row.content for row in rows if isinstance(row.content, str)]
+        encoded = iter(self.tokenize(texts) if texts else [])
+        ids = [next(encoded) if isinstance(row.content, str) else row.content for row in rows]
+        with torch.inference_mode():
+            pooled, padding, total = run_groups(ids, self.options, self._forward)
+            vectors = torch.stack(pooled)
+            unit = self._layout.normalize
+            if unit:
+                vectors = normalize(vectors, p=2, dim=1)
+            values: list[list[float]] = vectors.cpu().tolist()
+        outputs = []
+        for row, tokens, vector in zip(rows, ids, values, strict=True):
+            if row.dimensions is not None:
+                vector = vector[:row.dimensions]
+                if unit:
+                    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+                    vector = [v / norm for v in vector]
+            outputs.append(Embedding(vector, len(tokens)))
+        return outputs, padding, total
+
+    def _forward(self, batch: list[list[int]]) -> tuple[list[torch.Tensor], int]:
+        """The pooled vectors (float32) of one padded group, and its padded width."""
+        input_ids, attention_mask, width = pad(batch, self._pad_id, self._pad_left, self._device)
+        hidden = self._model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return list(pool(hidden.float(), attention_mask, self._layout.pooling).unbind(0)), width
+
+    def describe(self) -> dict[str, Any]:
+        layout: Layout | None = getattr(self, "_layout", None)
+        item: dict[str, Any] = {
+            "type": "string", "or": [{"type": "object", "keys": ["text"]},
+                                     {"type": "object", "keys": ["tokens"]}],
+            "max_chars": self.options.max_chars, "max_length": self.max_length,
+            "truncation": f"texts longer than {self.max_length} tokens are cut to that length",
+            "parameters": {"dimensions": sorted({self.size, *self.options.dimensions})},
+        }
+        output = {"type": "array", "items": "number", "length": self.size or None,
+                  "pooling": layout.pooling if layout else self.options.pooling,
+                  "normalized": layout.normalize if layout else self.options.normalize}
+        return {"input": item, "output": output}
+
+    def unload(self) -> None:
+        on_cuda = getattr(self, "_device", None) is not None and self._device.type == "cuda"
+        self._model = None
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
+    def torch_modules(self) -> list[Any]:
+        model = getattr(self, "_model", None)
+        return [model] if model is not None else []
+
+    def sample_items(self) -> Samples:
+        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
+        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
+                               f"({self.max_length} tokens)")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:
+    """One vector per row of ``hidden`` ([rows, tokens, size]) over the tokens ``mask`` keeps,
+    as sentence-transformers' Pooling module computes it."""
+    import torch
+
+    if mode == "cls":  # the first real token, wherever the padding is
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.argmax(dim=1)]
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(keep == 0, -1e9).max(dim=1).values
+    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1e-9)
+
+
+def read_layout(root: Path, options: EmbeddingOptions) -> Layout:
+    """How to embed with the folder at ``root``: from its sentence-transformers files when it has
+    them, with ``options`` overriding them; a plain folder needs ``options.pooling``."""
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        if options.pooling is None:
+            raise LoadError(f"{root} has no modules.json (it is not a sentence-transformers folder): "
+                            "set options.pooling ('mean', 'cls' or 'max') to embed with it")
+        return Layout(root, options.pooling, bool(options.normalize), options.max_length, False)
+    modules = _read_json(modules_file)
+    transformer, pooling_dir, normalize = None, None, False
+    for module in modules if isinstance(modules, list) else []:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = root / str(module.get("path", ""))
+        if kind == "Transformer" and transformer is None:
+            transformer = path
+        elif kind == "Pooling" and pooling_dir is None:
+            pooling_dir = path
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise LoadError(f"{modules_file}: module {module.get('type')!r} is not supported (the "
+                            "embedding backend runs Transformer, Pooling and Normalize only)")
+    if transformer is None:
+        raise LoadError(f"{modules_file} names no Transformer module")
+    pooling = options.pooling or _pooling_mode(pooling_dir)
+    config_file = transformer / "sentence_bert_config.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    seq = config.get("max_seq_length")
+    max_length = options.max_length or (seq if isinstance(seq, int) else None)
+    lower = bool(config.get("do_lower_case", False))
+    return Layout(transformer, pooling, normalize if options.normalize is None else options.normalize,
+                  max_length, lower)
+
+
+def _pooling_mode(folder: Path | None) -> Pooling:
+    if folder is None:
+        raise LoadError("modules.json names no Pooling module: set options.pooling")
+    config = _read_json(folder / "config.json")
+    if not isinstance(config, dict):
+        raise LoadError(f"{folder / 'config.json'} is not a JSON object")
+    modes = [key for key, on in config.items() if key in _POOLING_KEYS and on is True]
+    if len(modes) != 1 or _POOLING_KEYS[modes[0]] is None:
+        raise LoadError(f"{folder / 'config.json'}: pooling {modes or 'none'} is not supported; "
+                        "the embedding backend pools by exactly one of mean, cls or max tokens")
+    mode = _POOLING_KEYS[modes[0]]
+    assert mode is not None
+    return mode
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"cannot read {path}: {exc}") from None
