@@ -146,7 +146,8 @@ def test_gpu_variant_asks_for_a_gpu_and_serves_the_torch_models_on_cuda() -> Non
     # The server's own loader validates it, as it would at start in the pod.
     configs = parse_models(tomllib.loads(text), source=Path("/models/models.toml"))
     devices = {c.name: c.device for c in configs}
-    assert devices == {"diabetes": "cpu", "resnet50": "cuda", "sentiment": "cuda", "cancer": "cpu"}
+    assert devices == {"diabetes": "cpu", "resnet50": "cuda", "sentiment": "cuda", "cancer": "cpu",
+                       "minilm": "cuda"}
     # The same artifacts as the image's models.toml (built by the Dockerfile from models/).
     image = tomllib.loads((ROOT / "models" / "models.toml").read_text())["models"]
     assert {c.name: str(c.path) for c in configs} == {m["name"]: f"/models/{m['path']}" for m in image}
