@@ -38,8 +38,8 @@ def rows(tmp_path: Path, diabetes: tuple[np.ndarray, Any]) -> Path:
     return path
 
 
-SMALL = ["--max-wait-ms", "0", "--instances", "1", "--max-concurrency", "4", "--step-s", "0.3",
-         "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
+SMALL = ["--max-wait-ms", "0", "--instances", "1", "--workers", "1", "--max-concurrency", "4",
+         "--step-s", "0.3", "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
 
 
 def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path, rows: Path,
@@ -120,7 +120,7 @@ def test_candidates_and_their_configuration() -> None:
                              "options": {"top_k": 3}})
     assert table["max_batch_size"] == 8 and table["max_wait_ms"] == 2.0 and table["instances"] == 2
     assert table["device"] == "cuda" and table["options"] == {"top_k": 3, "dtype": "float16"}
-    assert candidate.label() == "batch 8, wait 2 ms, 2 inst, cuda float16"
+    assert candidate.label() == "batch 8, wait 2 ms, 1 worker x 2 inst, cuda float16"
     assert Candidate(1, 0, 1).table({"name": "m", "options": {"a": 1}})["options"] == {"a": 1}
 
 
@@ -137,7 +137,7 @@ def test_instances_on_cpu_split_the_cores_between_them() -> None:
     candidate = Candidate(16, 0.0, 2, "cpu", "float32", torch_threads=1)
     assert candidate.table({**text, "options": {"max_length": 64}})["options"] == {
         "max_length": 64, "torch_threads": 1}
-    assert candidate.label() == "batch 16, wait 0 ms, 2 inst x 1 thread"
+    assert candidate.label() == "batch 16, wait 0 ms, 1 worker x 2 inst x 1 thread"
 
 
 def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: Path, rows: Path,
@@ -149,10 +149,12 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     # The first candidate always runs; after it, no other fits in one second.
-    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 inst"]
-    assert results["skipped"] == ["batch 2, wait 0 ms, 1 inst", "batch 4, wait 0 ms, 1 inst"]
+    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 worker x 1 inst"]
+    assert results["skipped"] == ["batch 2, wait 0 ms, 1 worker x 1 inst",
+                                  "batch 4, wait 0 ms, 1 worker x 1 inst"]
     assert results["pick"] == 0 and "ratio" in results["verification"]
-    assert "not run for lack of budget: batch 2, wait 0 ms, 1 inst" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "not run for lack of budget: batch 2, wait 0 ms, 1 worker x 1 inst" in report
 
 
 BATCH_MS = 40.0
