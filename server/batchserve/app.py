@@ -27,21 +27,31 @@ from batchserve.routes import add_routes
 from batchserve.settings import ServerSettings
 from batchserve.state import AppState
 from batchserve.v2.routes import add_v2_routes
+from batchserve.workers.cluster import Cluster
+from batchserve.workers.status import keep_writing_status
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
+def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
+               cluster: Cluster | None = None) -> FastAPI:
+    """The app of a server, or of one of its workers (``cluster``)."""
     metrics = Metrics(max_batch_size=max((c.max_batch_size for c in configs), default=1))
-    state = AppState(settings=settings, registry=ModelRegistry(configs, metrics), metrics=metrics)
+    state = AppState(settings=settings, registry=ModelRegistry(configs, metrics), metrics=metrics,
+                     cluster=cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models load in the background so /healthz answers at once; /readyz says when done.
         loading = asyncio.create_task(state.registry.load_all(), name="load-models")
+        status = None
+        if cluster is not None:  # the other workers read this one's state from its file
+            status = asyncio.create_task(keep_writing_status(state), name="worker-status")
         try:
             yield
         finally:
+            if status is not None:
+                status.cancel()
             state.begin_drain()  # already begun on SIGTERM; its deadline stands
             if not loading.done():
                 await asyncio.wait({loading}, timeout=state.drain_left_s())

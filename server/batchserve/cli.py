@@ -76,6 +76,15 @@ def serve(settings: ServerSettings) -> int:
     except ConfigError as exc:
         print(f"batchserve: {exc}", file=sys.stderr)
         return 2
+    if settings.workers != 1:
+        from batchserve.workers.cores import auto_workers, available_cores
+        from batchserve.workers.supervisor import Supervisor
+
+        cores = available_cores()
+        count = auto_workers(configs, cores) if settings.workers == "auto" else settings.workers
+        if count > 1:
+            return Supervisor(settings, count, cores).run()
+        settings = settings.model_copy(update={"workers": 1})
     app = create_app(settings, configs)
     state: AppState = app.state.batchserve
     servers = [make_server(app, settings.port, state, lifespan="on")]

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from batchserve.registry import ServedModel
 from batchserve.schemas import ERROR_RESPONSES
 from batchserve.state import AppState
+from batchserve.workers.status import read_workers
 
 
 def add_routes(router: APIRouter, state: AppState) -> None:
@@ -27,22 +28,37 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     async def get_model(name: str) -> dict[str, Any]:
         return _model_info(registry.get(name))
 
-    @router.get("/healthz", summary="Liveness: 200 while the process answers and no model's "
-                "batching loop has stopped (503 names the broken ones: restart the process)")
+    @router.get("/healthz", summary="Liveness: 200 while the server answers and no model's "
+                "batching loop has stopped, in any worker (503 names the broken ones or a stuck "
+                "worker: restart the server)")
     async def healthz() -> JSONResponse:
         broken = registry.broken()
+        body: dict[str, Any] = {"status": "alive"}
+        if state.cluster is not None:
+            workers = [w for w in read_workers(state.cluster) if w.index != state.cluster.index]
+            broken.update({f"{name} (worker {w.index})": why for w in workers if w.status
+                           for name, why in w.status.get("broken", {}).items()})
+            stuck = {str(w.index): w.reason() for w in workers if w.stuck}
+            if stuck:
+                body = {"status": "stuck", "workers": stuck}
         if broken:
-            return JSONResponse({"status": "broken", "models": broken}, status_code=503)
-        return JSONResponse({"status": "alive"})
+            body = {**body, "status": "broken", "models": broken}
+        return JSONResponse(body, status_code=200 if body["status"] == "alive" else 503)
 
-    @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed")
+    @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed (in "
+                "every worker)")
     async def readyz() -> JSONResponse:
         ready = registry.ready and not state.draining
-        body = {
+        body: dict[str, Any] = {
             "ready": ready,
             "draining": state.draining,
             "models": {m.config.name: m.status() for m in registry},
         }
+        if state.cluster is not None:
+            workers = {w.index: w for w in read_workers(state.cluster)}
+            workers.pop(state.cluster.index)  # this one's own state is live, not its last file
+            body["workers"] = {str(i): w.reason() or "ready" for i, w in sorted(workers.items())}
+            body["ready"] = ready = ready and all(w.ready for w in workers.values())
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", summary="Prometheus metrics (text format)")

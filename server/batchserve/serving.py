@@ -25,13 +25,35 @@ from batchserve.state import AppState
 log = logging.getLogger(__name__)
 
 
-def make_server(app: ASGIApp, port: int, state: AppState, *,
-                lifespan: Literal["on", "off"]) -> DrainingServer:
+def make_server(app: ASGIApp, port: int, state: AppState, *, lifespan: Literal["on", "off"],
+                sock: socket.socket | None = None, uds: str | None = None) -> DrainingServer:
+    """A server of ``app`` on ``settings.host:port``, or on ``sock`` (a worker's listening
+    socket: shared from the supervisor, or its own SO_REUSEPORT one), or on the Unix socket
+    ``uds``."""
     settings = state.settings
     config = uvicorn.Config(
-        app, host=settings.host, port=port, log_level=settings.log_level, lifespan=lifespan,
-        access_log=False, loop="uvloop", http="httptools", limit_concurrency=settings.limit_concurrency)
-    return DrainingServer(config, state)
+        app, host=settings.host, port=port, uds=uds, log_level=settings.log_level,
+        lifespan=lifespan, access_log=False, loop="uvloop", http="httptools",
+        limit_concurrency=settings.limit_concurrency, backlog=LISTEN_BACKLOG)
+    return DrainingServer(config, state, sock)
+
+
+LISTEN_BACKLOG = 2048
+"""Connections the kernel may queue before they are accepted (uvicorn's default)."""
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one), listening unless ``listen`` is
+    false; with ``reuse_port``, one of a group the kernel spreads connections over."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(LISTEN_BACKLOG)
+    return sock
 
 
 def run_servers(servers: list[DrainingServer], state: AppState) -> None:
@@ -74,15 +96,17 @@ def run_servers(servers: list[DrainingServer], state: AppState) -> None:
 
 
 async def _serve_all(servers: list[DrainingServer]) -> None:
-    await asyncio.gather(*(server.serve() for server in servers))
+    await asyncio.gather(*(server.serve([server.sock] if server.sock else None) for server in servers))
 
 
 class DrainingServer(uvicorn.Server):
     """A uvicorn server whose signals and graceful-shutdown timeout come from the shared drain."""
 
-    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+    def __init__(self, config: uvicorn.Config, state: AppState,
+                 sock: socket.socket | None = None) -> None:
         super().__init__(config)
         self.state = state
+        self.sock = sock
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

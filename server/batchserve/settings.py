@@ -25,6 +25,11 @@ class ServerSettings(BaseSettings):
     """Server processes behind the port, each with its own event loop, batchers and model
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
     models' instances and threads (``workers/cores.py``)."""
+    worker_sockets: Literal["reuseport", "shared"] = "reuseport"
+    """With several workers, how connections reach them: ``reuseport``, each worker listens on
+    the port with SO_REUSEPORT and the kernel spreads new connections evenly over them;
+    ``shared``, they accept from one socket the supervisor opened (a busy worker accepts less).
+    benchmarks/README.md ("Worker processes") has the measurement behind the default."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit: one grace

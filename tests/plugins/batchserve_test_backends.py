@@ -27,6 +27,10 @@ class EchoOptions(BaseModel):
     fail_on: float | None = None
     fail_load: bool = False
     load_delay_ms: float = 0.0
+    exit_on_load: int | None = None
+    """End the process with this status as the model loads (a worker that crashes at start)."""
+    started: str | None = None
+    """A file to append ``<pid> <row>`` to as each row's batch starts (warmup's excepted)."""
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
     complex_output: bool = False
@@ -54,6 +58,8 @@ class EchoBackend(Backend[float, float | complex]):
         LOADED[name] = LOADED.get(name, 0) + 1
         PEAK[name] = max(PEAK.get(name, 0), LOADED[name])
         time.sleep(self.options.load_delay_ms / 1000)
+        if self.options.exit_on_load is not None:
+            os._exit(self.options.exit_on_load)
         if self.options.fail_load:
             LOADED[name] -= 1
             raise LoadError("told to fail at load")
@@ -63,8 +69,10 @@ class EchoBackend(Backend[float, float | complex]):
         record, self.options.record = self.options.record, None
         hold, self.options.hold_until = self.options.hold_until, None
         holds, self.options.holds = self.options.holds, {}
+        started, self.options.started = self.options.started, None
         self.predict_batch([0.0])
         self.options.record, self.options.hold_until, self.options.holds = record, hold, holds
+        self.options.started = started
         self.calls.clear()
 
     def unload(self) -> None:
@@ -77,6 +85,9 @@ class EchoBackend(Backend[float, float | complex]):
 
     def predict_batch(self, rows: list[float]) -> list[float | complex]:
         self.calls.append(list(rows))
+        if self.options.started:
+            with open(self.options.started, "a", encoding="utf-8") as handle:
+                handle.writelines(f"{os.getpid()} {row}\n" for row in rows)
         if self.options.fail_on is not None and self.options.fail_on in rows:
             raise InvalidInput(f"{self.options.fail_on} is poison")
         held = [self.options.hold_until] if self.options.hold_until is not None else []

@@ -112,7 +112,7 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
 
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(self.options.dtype, self._device)
-        set_threads(self.options, self._device)
+        set_threads(self.options, self._device, self.config.instances)
         model = resnet50(weights=None)
         weights = self.options.weights
         if weights == "file":

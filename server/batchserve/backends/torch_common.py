@@ -54,11 +54,20 @@ def resolve_dtype(name: DType, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def set_threads(options: TorchOptions, device: torch.device) -> None:
+def set_threads(options: TorchOptions, device: torch.device, instances: int = 1) -> None:
+    """``options.torch_threads``; by default, in one of several workers, this worker's share of
+    the cores split between the model's instances (torch's own default, every core of the
+    machine in every worker, would oversubscribe them ``workers`` times over)."""
     import torch
 
-    if options.torch_threads is not None and device.type == "cpu":
-        torch.set_num_threads(options.torch_threads)
+    from batchserve.workers.cores import worker_cores
+
+    threads = options.torch_threads
+    share = worker_cores()
+    if threads is None and share is not None:
+        threads = max(1, share // instances)
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class TransformerBackend(Backend[str, Scores]):
         if self.options.quantize == "int8" and target.type != "cpu":
             raise LoadError(f"options.quantize = 'int8' (dynamic quantisation) runs on the CPU only, "
                             f"not on {target}; use dtype = 'float16' or 'bfloat16' on a GPU")
-        set_threads(self.options, target)
+        set_threads(self.options, target, self.config.instances)
         tokenizer, model = _from_pretrained(Path(self.config.path))
         labels = _labels(model.config)
         _check_max_length(model.config, self.options.max_length)

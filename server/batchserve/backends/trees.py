@@ -85,11 +85,11 @@ class TreeModel:
 
 
 def default_threads(instances: int) -> int:
-    """The cores this process may use (its affinity), shared between ``instances``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    """The cores this process may use (its affinity; in one of several workers, this worker's
+    share of the server's cores), shared between ``instances``."""
+    from batchserve.workers.cores import available_cores, worker_cores
+
+    cores = worker_cores() or available_cores()
     return max(1, cores // instances)
 
 

@@ -1,0 +1,82 @@
+"""One worker process of a multi-worker server (``python -m batchserve.workers.worker``,
+started by the supervisor, never by hand): the same app as a single-process server, with its
+``cluster``, on the supervisor's sockets (or its own SO_REUSEPORT ones)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from batchserve.config import ConfigError, ModelConfig, load_models
+from batchserve.settings import ServerSettings
+from batchserve.workers.cluster import Cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batchserve.workers.worker", description=__doc__)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--fd", action="append", default=[],
+                        help="NAME=FD: a listening socket shared by the supervisor (main, management)")
+    args = parser.parse_args(argv)
+    _end_with_the_supervisor()
+    cluster = Cluster(args.run_dir, args.index, args.count)
+    settings = ServerSettings.model_validate_json(cluster.settings_path.read_text())
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s [worker {cluster.index}] %(name)s: %(message)s")
+    try:
+        configs = load_models(settings.config)
+    except ConfigError as exc:
+        print(f"batchserve worker {cluster.index}: {exc}", file=sys.stderr)
+        return 2
+    return serve_worker(settings, configs, cluster, _shared(args.fd))
+
+
+def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: Cluster,
+                 shared: dict[str, socket.socket]) -> int:
+    from batchserve.app import create_app, create_management_app
+    from batchserve.serving import listening_socket, make_server, run_servers
+    from batchserve.state import AppState
+
+    def sock(name: str, port: int) -> socket.socket:
+        return shared.get(name) or listening_socket(settings.host, port, reuse_port=True)
+
+    app = create_app(settings, configs, cluster=cluster)
+    state: AppState = app.state.batchserve
+    servers = [make_server(app, settings.port, state, lifespan="on", sock=sock("main", settings.port))]
+    if settings.management_port is not None:
+        servers.append(make_server(create_management_app(state), settings.management_port, state,
+                                   lifespan="off", sock=sock("management", settings.management_port)))
+    run_servers(servers, state)
+    return 0
+
+
+def _end_with_the_supervisor() -> None:
+    """SIGTERM this worker when its supervisor dies (Linux's PR_SET_PDEATHSIG), so that a
+    supervisor killed outright leaves no worker behind; elsewhere the status writer's check of
+    the parent pid does it, within half a second."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def _shared(specs: list[str]) -> dict[str, socket.socket]:
+    sockets = {}
+    for spec in specs:
+        name, _, fd = spec.partition("=")
+        sockets[name] = socket.socket(fileno=int(fd))
+    return sockets
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The parts of --workers that need no server: the cores a server may use (affinity and the
+cgroup quota), the ``auto`` rule, and how a worker reads another's status file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from batchserve.config import ModelConfig
+from batchserve.workers.cluster import Cluster
+from batchserve.workers.cores import auto_workers, available_cores
+from batchserve.workers.status import STUCK_S, read_workers
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({}, AFFINITY),  # no cgroup files: the affinity mask
+    ({"cpu.max": "max 100000\n"}, AFFINITY),  # v2, no limit
+    ({"cpu.max": "100000 100000\n"}, 1),  # v2, one CPU
+    ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU still runs one thread
+    ({"cpu.max": "150000 100000\n"}, min(AFFINITY, 2)),  # 1.5 CPUs: two threads, each part-time
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, AFFINITY),  # v1, none
+])
+def test_the_cores_are_the_affinity_capped_by_the_cgroup_quota(tmp_path: Path, files: dict[str, str],
+                                                               expected: int) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert available_cores(tmp_path) == expected
+
+
+def config(instances: int = 1, **options: int) -> ModelConfig:
+    return ModelConfig(name="m", backend="sklearn", path=Path("m.joblib"), instances=instances,
+                       options=options)
+
+
+def test_auto_divides_the_cores_by_what_one_worker_keeps_busy() -> None:
+    assert auto_workers([config()], 16) == 16
+    assert auto_workers([config(instances=2)], 16) == 8
+    assert auto_workers([config(instances=2, torch_threads=4), config()], 16) == 2
+    assert auto_workers([config(threads=32)], 16) == 1  # never 0
+    assert auto_workers([], 4) == 4
+
+
+def write(cluster: Cluster, index: int, **status: object) -> None:
+    cluster.status_path(index).write_text(json.dumps(status))
+
+
+def test_a_worker_is_ready_stuck_or_not_running_from_its_status_file(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 0, 4)
+    cluster.create_dirs()
+    now = time.time()
+    write(cluster, 0, pid=os.getpid(), written=now, ready=True)
+    write(cluster, 1, pid=os.getpid(), written=now - STUCK_S - 1, ready=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    write(cluster, 2, pid=int(gone.stdout), written=now, ready=True)  # its process has ended
+    views = read_workers(cluster, now)  # worker 3 never wrote one
+    assert [v.ready for v in views] == [True, False, False, False]
+    assert [v.stuck for v in views] == [False, True, False, False]
+    assert views[1].reason() == f"stuck: no status for {STUCK_S + 1:.0f} s"
+    assert views[2].reason() == views[3].reason() == "not running (starting, or being restarted)"
+    write(cluster, 0, pid=os.getpid(), written=now, ready=False,
+          models={"a": {"state": "loading"}, "b": {"state": "ready"}, "c": {"state": "unloaded"}})
+    assert read_workers(cluster, now)[0].reason() == "models not ready: ['a']"
