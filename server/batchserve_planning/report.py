@@ -26,6 +26,11 @@ def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _batch(value: float | None) -> str:
+    """A mean batch size; None where the server's /metrics did not give one."""
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _rate(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
@@ -77,7 +82,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         "## Recommendation", "",
         f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
-        f"{best['mean_batch_size'] or 0:.1f}, server peak memory {_memory(pick)}"
+        f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
         f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
@@ -204,7 +209,7 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
             continue
         lines.append(f"| {index + 1} | {outcome['label']}{mark} | {_rate(best['rows_per_s'])} | "
                      f"{format_ms(best['p50_ms'])} | {format_ms(best['p99_ms'])} | {best['concurrency']} | "
-                     f"{best['mean_batch_size'] or 0:.1f} | {_mib(outcome['peak_rss_bytes'])} | "
+                     f"{_batch(best['mean_batch_size'])} | {_mib(outcome['peak_rss_bytes'])} | "
                      f"{outcome['seconds']:.0f} s | |")
     if any((o.get("processes") or 1) > 1 for o in candidates):
         lines += ["", "Server peak RSS with more than one worker: the supervisor's and each worker's peak "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -119,8 +118,13 @@ def repository_table(config: Path) -> dict[str, Any]:
 
 
 def server_cores(server_cpus: set[int] | None) -> int:
-    """The cores the candidates' servers may use: ``--server-cpus``, else this process's."""
-    return len(server_cpus) if server_cpus else len(os.sched_getaffinity(0))
+    """The cores the candidates' servers may use: this process's (its affinity, capped by a
+    cgroup CPU quota: ``available_cores``, the rule ``serve --workers auto`` follows), and of
+    them only ``--server-cpus`` when given."""
+    from batchserve.workers.cores import available_cores
+
+    cores = available_cores()
+    return min(cores, len(server_cpus)) if server_cpus else cores
 
 
 def worker_counts(text: str, cores: int) -> list[int]:
@@ -147,19 +151,18 @@ def layout_fits(workers: int, instances: int, cores: int) -> bool:
     return workers == 1 or workers * instances <= cores
 
 
-def threads_per_instance(base: dict[str, Any], server_cpus: set[int] | None, device: str,
-                          instances: int, workers: int = 1) -> int | None:
-    """Torch threads for each of ``instances`` in each of ``workers`` on CPU: the server's cores
-    split between them, for a torch backend whose table leaves ``torch_threads`` to torch (which
-    gives every instance all the cores: N instances would oversubscribe the CPU N times); else
-    None."""
+def threads_per_instance(base: dict[str, Any], cores: int, device: str, instances: int,
+                         workers: int = 1) -> int | None:
+    """Torch threads for each of ``instances`` in each of ``workers`` on CPU: the server's
+    ``cores`` (``server_cores``) split between them, for a torch backend whose table leaves
+    ``torch_threads`` unset; else None (one instance in one worker: the server's own choice)."""
     from batchserve.backends import backend_class
 
     if device != "cpu" or instances * workers == 1 or "torch_threads" in base.get("options", {}):
         return None
     if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
         return None
-    return max(1, server_cores(server_cpus) // (instances * workers))
+    return max(1, cores // (instances * workers))
 
 
 class Sweep:
@@ -209,7 +212,7 @@ class Sweep:
             def candidate(size: int, wait: float, count: int, processes: int, device: str = device,
                           dtype: str | None = dtype) -> Candidate:
                 return Candidate(size, wait, count, device, dtype,
-                                 threads_per_instance(self.base, args.server_cpus, device, count, processes),
+                                 threads_per_instance(self.base, cores, device, count, processes),
                                  processes)
 
             if args.full_grid:

@@ -36,12 +36,12 @@ def test_more_workers_than_one_leave_every_instance_a_core() -> None:
 
 
 def test_torch_threads_split_the_cores_between_workers_and_instances() -> None:
-    assert threads_per_instance(TEXT, {0, 1, 2, 3}, "cpu", 1, workers=2) == 2
-    assert threads_per_instance(TEXT, {0, 1, 2, 3}, "cpu", 2, workers=2) == 1
-    assert threads_per_instance(TEXT, {0, 1, 2, 3, 4, 5, 6, 7}, "cpu", 2, workers=2) == 2
-    assert threads_per_instance(TEXT, {0, 1}, "cpu", 1, workers=1) is None  # torch's own choice
-    assert threads_per_instance(TEXT, {0, 1}, "cuda", 1, workers=2) is None
-    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, {0, 1}, "cpu", 1,
+    assert threads_per_instance(TEXT, 4, "cpu", 1, workers=2) == 2
+    assert threads_per_instance(TEXT, 4, "cpu", 2, workers=2) == 1
+    assert threads_per_instance(TEXT, 8, "cpu", 2, workers=2) == 2
+    assert threads_per_instance(TEXT, 2, "cpu", 1, workers=1) is None  # torch's own choice
+    assert threads_per_instance(TEXT, 2, "cuda", 1, workers=2) is None
+    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, 2, "cpu", 1,
                                 workers=2) is None
 
 
