@@ -179,7 +179,8 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     out = tmp_path / "report"
     code = main(["recommend", "--config", str(config), "--model", "echo", "--inputs", str(inputs),
                  "--slo-p99-ms", str(KNOWN_SLO_MS), "--max-batch-cap", "4", "--max-wait-ms", "0,200",
-                 "--instances", "1", "--max-concurrency", "32", "--step-s", "0.3", "--max-step-s", "0.6",
+                 "--instances", "1", "--workers", "1", "--max-concurrency", "32", "--step-s", "0.3",
+                 "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
