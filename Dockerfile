@@ -103,6 +103,10 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 # ^ pins the demo artifacts and sets [repository] require_sha256 = true: the container refuses
 #   unpinned models by default (SECURITY.md); pin yours with `batchserve sha256 PATH`.
 # The server writes nothing outside /tmp, so it runs on a read-only root file system too.
+# BATCHSERVE_WORKERS=auto: as many worker processes as the container's CPU limit allows (the cgroup
+# quota, `docker run --cpus N`, a Kubernetes limits.cpu; else the CPU affinity), divided by the
+# cores one worker's models keep busy (README, "Worker processes"). Every worker loads every model:
+# give the container a CPU limit and memory for that many copies (deploy/README.md, "Workers").
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2 \
@@ -110,7 +114,8 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     BATCHSERVE_HOST=0.0.0.0 \
     BATCHSERVE_PORT=8000 \
-    BATCHSERVE_CONFIG=/models/models.toml
+    BATCHSERVE_CONFIG=/models/models.toml \
+    BATCHSERVE_WORKERS=auto
 # The numeric user lets Kubernetes check runAsNonRoot.
 USER 10001:10001
 WORKDIR /models

@@ -7,12 +7,20 @@ CUDA allocator's peak on GPU, the growth of the process's peak resident set on
 CPU. Inputs are ``--inputs`` (as for ``loadtest``) or the backend's own samples
 (a bundled photo for resnet50, a text long enough to reach ``max_length`` for the
 transformer, a row of zeros for sklearn and the tree backends).
+
+Memory is per worker: with ``serve --workers N`` every worker process loads its own copy of
+every model, so the server holds N times what one worker does (the supervisor holds no
+model). ``--workers N`` shows that product: per worker, this process's resident set once
+the model is loaded (interpreter and libraries included, as in a worker) plus the input and
+activations of the largest batch measured; on GPU the allocator's bytes, and what
+``nvidia-smi`` shows for this process (its CUDA context included: every worker has one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch sizes to measure, comma-separated, or 'none' (1,2,4,8,16)")
     parser.add_argument("--inputs", type=Path, help="sample inputs (default: one per built-in backend)")
     parser.add_argument("--device", help="device to load on (the config's)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="show the memory of a server with this many workers (1): each holds a copy")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -40,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
         if args.name not in configs:
             raise ConfigError(f"{args.config}: no model {args.name!r}; models: {sorted(configs)}")
         sizes = [] if args.batch_sizes == "none" else [int(s) for s in args.batch_sizes.split(",")]
-        report = inspect_model(configs[args.name], sizes, inputs=args.inputs, device=args.device)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {args.workers}")
+        report = inspect_model(configs[args.name], sizes, inputs=args.inputs, device=args.device,
+                               workers=args.workers)
     except (ConfigError, LoadError, InputError, ValueError, RuntimeError) as exc:
         print(f"batchserve inspect: {exc}", file=sys.stderr)
         return 2
@@ -49,19 +62,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = None,
-                  device: str | None = None) -> dict[str, Any]:
+                  device: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Load ``config``'s model here and measure it (see the module's docstring)."""
     from batchserve.backends import backend_class
 
-    from batchserve_planning.modelsize import activation_memory, model_size
+    from batchserve_planning.modelsize import activation_memory, model_size, resident_bytes
 
     device = device or config.device
     backend = backend_class(config.backend)(config)
+    before = resident_bytes(device)
     backend.load(device)
+    loaded = resident_bytes(device)
     try:
         report: dict[str, Any] = {
             "name": config.name, "backend": config.backend, "path": str(config.path), "device": device,
             "dtype": getattr(backend.options, "dtype", None), "size": model_size(backend)}
+        report["loaded"] = {"bytes": loaded, "growth_bytes": loaded - before,
+                            "method": _loaded_method(device)}
         if batch_sizes:
             items, described = _sample_items(backend, inputs)
             parameters = backend.parse_parameters({})
@@ -72,9 +89,33 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
             report["memory_method"] = ("CUDA allocator peak (torch.cuda.max_memory_allocated)"
                                        if device.startswith("cuda") else
                                        "growth of the peak resident set (VmHWM) during predict_batch")
+        report["per_worker"] = per_worker(report, workers)
         return report
     finally:
         backend.unload()
+
+
+def _loaded_method(device: str) -> str:
+    if device.startswith("cuda"):
+        return "CUDA allocator bytes (torch.cuda.memory_allocated) once loaded"
+    return "this process's resident set (VmRSS) once loaded: interpreter, libraries and the model"
+
+
+def per_worker(report: dict[str, Any], workers: int) -> dict[str, Any]:
+    """What one worker holds for this model at the largest batch measured, and ``workers`` times
+    that: every worker loads its own copy (the module's docstring)."""
+    from batchserve_planning.serverproc import process_gpu_bytes
+
+    largest = max(report.get("memory") or [], key=lambda row: row["batch_size"], default=None)
+    batch = 0 if largest is None else largest["input_bytes"] + largest["activation_bytes"]
+    one = report["loaded"]["bytes"] + batch
+    result: dict[str, Any] = {"workers": workers, "bytes": one, "server_bytes": workers * one,
+                              "batch_size": None if largest is None else largest["batch_size"]}
+    if report["device"].startswith("cuda"):
+        gpu = process_gpu_bytes(os.getpid())
+        result["gpu_process_bytes"] = gpu
+        result["server_gpu_process_bytes"] = None if gpu is None else workers * gpu
+    return result
 
 
 def _sample_items(backend: Any, inputs: Path | None) -> tuple[list[Any], str]:
@@ -121,6 +162,7 @@ def format_report(report: dict[str, Any]) -> str:
     if size.get("loaded_bytes"):
         lines.append("as loaded: " + ", ".join(
             f"{dtype} {_bytes(n)}" for dtype, n in size["loaded_bytes"].items()))
+    lines += _per_worker_lines(report)
     if report.get("memory"):
         lines += ["", f"memory per batch ({report['memory_method']}; inputs: {report['inputs']}):",
                   "| batch | input | activations (peak) | per row | time | rows/s |",
@@ -132,3 +174,20 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{_bytes(row['activation_bytes'] / row['batch_size'])} | "
                          f"{row['seconds'] * 1000:.2f} ms | {rate} |")
     return "\n".join(lines)
+
+
+def _per_worker_lines(report: dict[str, Any]) -> list[str]:
+    worker, loaded = report["per_worker"], report["loaded"]
+    count = worker["workers"]
+    batch = (f" + {_bytes(worker['bytes'] - loaded['bytes'])} (input and activations of a batch of "
+             f"{worker['batch_size']})" if worker["batch_size"] else "")
+    lines = [f"memory per worker: {_bytes(loaded['bytes'])} once loaded ({loaded['method']}; loading "
+             f"added {_bytes(loaded['growth_bytes'])}){batch} = {_bytes(worker['bytes'])}",
+             f"every worker loads its own copy: {count} worker{'s' if count > 1 else ''} x "
+             f"{_bytes(worker['bytes'])} = {_bytes(worker['server_bytes'])} (--workers N to see N; "
+             "the supervisor holds no model)"]
+    if worker.get("gpu_process_bytes"):
+        lines.append(f"GPU per worker (nvidia-smi, CUDA context included): "
+                     f"{_bytes(worker['gpu_process_bytes'])}; {count} x = "
+                     f"{_bytes(worker['server_gpu_process_bytes'])}")
+    return lines

@@ -16,10 +16,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import pickle
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from batchserve_planning.proctree import status_kib
 
 if TYPE_CHECKING:
     from batchserve.backends.base import Backend
@@ -128,12 +129,7 @@ def _libc(mmap_threshold: int) -> Any:
 
 
 def _status_kib(field: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
+    return status_kib("self", field)
 
 
 def _settle(libc: Any) -> None:
@@ -184,6 +180,11 @@ def activation_memory(backend: Backend[Any, Any], rows_for: Any, batch_sizes: li
         result["seconds"] = seconds
         result["rows_per_s"] = result["batch_size"] / seconds
     return results
+
+
+def resident_bytes(device: str) -> int:
+    """What this process holds now: the CUDA allocator's bytes on GPU, the resident set on CPU."""
+    return _resident(device.startswith("cuda") or (device == "auto" and _cuda_available()))
 
 
 def _cuda_available() -> bool:

@@ -1,13 +1,15 @@
 """``batchserve recommend``: the configuration with the most throughput within a p99 SLO, checked.
 
-For each candidate (max_batch_size over powers of two up to a cap, then max_wait_ms
-and instances around the best, per device and dtype) it starts ``batchserve serve``
-with a generated models.toml, ramps closed-loop load from the sample inputs until
-p99 leaves the SLO, and records the best throughput inside it and the server's peak
-memory. Then it starts the pick again, measures it once more, and reports measured
-against predicted. Output: ``report.md``, ``frontier.png`` and ``results.json`` in
-``--out`` (default: a new folder under ``reports/``). ``--full-grid`` measures every
-combination instead of searching one setting at a time.
+For each candidate (max_batch_size over powers of two up to a cap, then max_wait_ms,
+workers and instances around the best, per device and dtype) it starts ``batchserve
+serve --workers N`` with a generated models.toml, ramps closed-loop load from the sample
+inputs until p99 leaves the SLO, and records the best throughput inside it and the
+server's peak memory, all its workers together. Workers x instances stay within the cores
+the servers may use (``--server-cpus``, else this process's). Then it starts the pick
+again, measures it once more, and reports measured against predicted. Output:
+``report.md``, ``frontier.png`` and ``results.json`` in ``--out`` (default: a new folder
+under ``reports/``). ``--full-grid`` measures every combination instead of searching one
+setting at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest max_batch_size tried (2x the config's, 8 to 64)")
     parser.add_argument("--max-wait-ms", default="0,2,5", help="waits tried (0,2,5)")
     parser.add_argument("--instances", default="1,2", help="instances tried (1,2)")
+    parser.add_argument("--workers", default="auto",
+                        help="server processes tried, within the servers' cores (auto: 1, 2, 4, ... "
+                             "up to them; more only while throughput grows)")
     parser.add_argument("--full-grid", action="store_true", help="every combination, not a search")
     parser.add_argument("--budget-s", type=float, default=600.0,
                         help="start no candidate that would not leave time for the final round and "
@@ -67,13 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
-    from batchserve_planning.sweep import Sweep
+    from batchserve_planning.sweep import Sweep, server_cores, worker_counts
 
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
         base = _model_table(args.config, args.model)
         has_dtype = "dtype" in backend_class(base["backend"]).Options.model_fields
         combos = _device_dtypes(args, base, has_dtype)
+        workers = worker_counts(args.workers, server_cores(args.server_cpus))
         samples = load_samples(args.inputs)
     except (ConfigError, InputError, ValueError, LookupError) as exc:
         print(f"batchserve recommend: {exc}", file=sys.stderr)
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                      "max_concurrency": settings.max_concurrency, "full_grid": args.full_grid,
                      "rows_per_request": settings.rows_per_request,
                      "server_cpus": sorted(args.server_cpus or []),
+                     "server_cores": server_cores(args.server_cpus), "workers": workers,
                      "load_cpus": sorted(args.load_cpus or [])},
         "candidates": [o.to_dict() for o in outcomes], "skipped": [c.label() for c in skipped],
         "final_round": [{"candidate": outcomes.index(o), "step": asdict(step)} for o, step in finals],

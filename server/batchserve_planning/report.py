@@ -26,6 +26,11 @@ def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
+def _batch(value: float | None) -> str:
+    """A mean batch size; None where the server's /metrics did not give one."""
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _rate(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
@@ -57,16 +62,32 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _memory(outcome: dict[str, Any]) -> str:
+    """The server's peak memory, and what it covers."""
+    text = _mib(outcome["peak_rss_bytes"])
+    processes = outcome.get("processes") or 1
+    if processes > 1:
+        text += (f" ({processes} processes: the supervisor and its workers, each one's peak, summed: "
+                 "an upper bound)")
+    return text
+
+
 def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     best = results["predicted"] or pick["best"]
     slo = results["slo_p99_ms"]
-    table = Candidate(**pick["candidate"]).table(results["model_table"])
+    candidate = Candidate(**pick["candidate"])
+    table = candidate.table(results["model_table"])
+    workers = candidate.workers
     lines = [
         "## Recommendation", "",
         f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
-        f"{best['mean_batch_size'] or 0:.1f}, server peak memory {_mib(pick['peak_rss_bytes'])}"
+        f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
+        f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
+        f"{results['settings'].get('server_cores', '?')} cores; each worker holds its own copy of the "
+        "model, and this `[[models]]` table:", "",
         "```toml", toml_table(table).rstrip(), "```", "",
     ]
     if results["final_round"]:
@@ -144,14 +165,17 @@ def _tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         rate = unbatched[0]["best"]["rows_per_s"]
         sentences.append(f"- Batching: max_batch_size 1 reached {_rate(rate)}/s within the SLO; the pick "
                          f"is {best['rows_per_s'] / rate:.2f}{X} that.")
-    for key, name in (("max_wait_ms", "max_wait_ms"), ("instances", "instances")):
+    for key, name in (("max_wait_ms", "max_wait_ms"), ("workers", "workers"), ("instances", "instances")):
         same = [o for o in measured if o["best"] and all(
-            o["candidate"][k] == pick["candidate"][k] for k in pick["candidate"] if k != key)
+            o["candidate"].get(k) == pick["candidate"].get(k) for k in pick["candidate"]
+            if k not in (key, "torch_threads"))
             and o is not pick]
         for other in same:
             ratio = other["best"]["rows_per_s"] / best["rows_per_s"]
             sentences.append(f"- {name} {other['candidate'][key]:g} instead of {pick['candidate'][key]:g}: "
-                             f"{ratio:.2f}{X} the throughput, p99 {format_ms(other['best']['p99_ms'])}.")
+                             f"{ratio:.2f}{X} the throughput, p99 {format_ms(other['best']['p99_ms'])}, "
+                             f"server peak memory {_mib(other['peak_rss_bytes'])} against "
+                             f"{_mib(pick['peak_rss_bytes'])}.")
     return sentences
 
 
@@ -172,8 +196,8 @@ def _size(size: dict[str, Any]) -> list[str]:
 
 def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> list[str]:
     lines = ["## All candidates", "",
-             "| # | candidate | inferences/s within SLO | p50 | p99 | clients | mean batch | peak RSS | "
-             "time | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| # | candidate | inferences/s within SLO | p50 | p99 | clients | mean batch | "
+             "server peak RSS | time | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for index, outcome in enumerate(candidates):
         best = outcome["best"]
         mark = " **(pick)**" if index == pick else ""
@@ -185,8 +209,12 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
             continue
         lines.append(f"| {index + 1} | {outcome['label']}{mark} | {_rate(best['rows_per_s'])} | "
                      f"{format_ms(best['p50_ms'])} | {format_ms(best['p99_ms'])} | {best['concurrency']} | "
-                     f"{best['mean_batch_size'] or 0:.1f} | {_mib(outcome['peak_rss_bytes'])} | "
+                     f"{_batch(best['mean_batch_size'])} | {_mib(outcome['peak_rss_bytes'])} | "
                      f"{outcome['seconds']:.0f} s | |")
+    if any((o.get("processes") or 1) > 1 for o in candidates):
+        lines += ["", "Server peak RSS with more than one worker: the supervisor's and each worker's peak "
+                  "resident set, summed (they need not peak at once: an upper bound, the safe side for "
+                  "a memory limit). Every worker holds its own copy of the model."]
     return [*lines, ""]
 
 

@@ -1,16 +1,16 @@
 """A ``batchserve serve`` process started for one measurement, and what it used.
 
-Peak memory is the process's high-water mark of resident memory (``VmHWM`` in
-``/proc/PID/status``, exact, no sampling), or psutil samples where there is no
-``/proc``. GPU memory is what ``nvidia-smi`` reports for the process (CUDA context
-included) when the model runs on a GPU; the allocator's own peak
-(``torch.cuda.max_memory_allocated``) is only visible inside the server.
+Peak memory is the whole server's: the process's high-water mark of resident memory
+(``VmHWM`` in ``/proc/PID/status``, exact, no sampling) and, with ``--workers N``, its
+workers' too, summed (``proctree``: an upper bound of the peak of the sum), or psutil
+samples where there is no ``/proc``. GPU memory is what ``nvidia-smi`` reports for those
+processes (a CUDA context per worker included) when the model runs on a GPU; the allocator's
+own peak (``torch.cuda.max_memory_allocated``) is only visible inside the server.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchserve_planning.load.scrape import ServerError, wait_ready
+from batchserve_planning.proctree import TreeMemory, status_kib, tree_peak_rss, tree_pids, tree_rss
 
 
 def toml_value(value: Any) -> str:
@@ -76,7 +77,7 @@ class ManagedServer:
             log = Path(name)
         self.log_path = log
         self._log: IO[bytes] = log.open("ab")
-        self._peak_samples = 0
+        self._peak_samples: TreeMemory | None = None
         self._gpu_peak: int | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(self.port),
@@ -98,24 +99,23 @@ class ManagedServer:
             raise ServerError(f"{exc}; its log ends:\n{tail}") from None
 
     def sample_memory(self) -> None:
-        """Where there is no exact high-water mark, remember the largest reading so far."""
-        if _status_kib(self.process.pid, "VmHWM") is None:
-            try:
-                import psutil
-
-                rss = int(psutil.Process(self.process.pid).memory_info().rss)
-                self._peak_samples = max(self._peak_samples, rss)
-            except (ImportError, OSError):
-                pass
-        used = _gpu_bytes(self.process.pid)
+        """Where there is no exact high-water mark, remember the largest reading so far (of the
+        whole process tree); the GPU memory of the tree, likewise."""
+        if status_kib(self.process.pid, "VmHWM") is None:
+            now = tree_rss(self.process.pid)
+            if now is not None and (self._peak_samples is None or now.bytes > self._peak_samples.bytes):
+                self._peak_samples = now
+        used = _gpu_bytes(tree_pids(self.process.pid))
         if used is not None:
             self._gpu_peak = max(self._gpu_peak or 0, used)
 
+    def peak_memory(self) -> TreeMemory | None:
+        """The server's peak resident memory, its workers' included (read it before ``stop``)."""
+        return tree_peak_rss(self.process.pid) or self._peak_samples
+
     def peak_rss_bytes(self) -> int | None:
-        peak = _status_kib(self.process.pid, "VmHWM")
-        if peak is not None:
-            return peak * 1024
-        return self._peak_samples or None
+        peak = self.peak_memory()
+        return None if peak is None else peak.bytes
 
     def gpu_bytes(self) -> int | None:
         return self._gpu_peak
@@ -160,17 +160,14 @@ class ManagedServer:
             self.log_path.unlink(missing_ok=True)
 
 
-def _status_kib(pid: int, field: str) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else None
+def process_gpu_bytes(pid: int) -> int | None:
+    """GPU memory ``nvidia-smi`` shows for one process (its CUDA context included)."""
+    return _gpu_bytes([pid])
 
 
-def _gpu_bytes(pid: int) -> int | None:
-    """GPU memory ``nvidia-smi`` attributes to ``pid``; None without a GPU."""
+def _gpu_bytes(pids: list[int]) -> int | None:
+    """GPU memory ``nvidia-smi`` attributes to ``pids``, summed; None without a GPU or when
+    none of them holds any."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
@@ -179,8 +176,8 @@ def _gpu_bytes(pid: int) -> int | None:
                              capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
-            return int(fields[1]) * 2**20
-    return None
+    wanted = {str(pid) for pid in pids}
+    used = [int(fields[1]) * 2**20 for fields in ([f.strip() for f in line.split(",")]
+                                                 for line in out.splitlines())
+            if len(fields) == 2 and fields[0] in wanted and fields[1].isdigit()]
+    return sum(used) if used else None

@@ -1,16 +1,19 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
 Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
-cap, then max_wait_ms and instances around the best (or every combination); each
+cap, then max_wait_ms, workers and instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer (``final_round``), and the pick once more (``verify``).
+
+Workers and instances share the cores given to the servers (``--server-cpus``, else this
+process's affinity): with more than one worker, workers x instances stays within them
+(``layout_fits``), and a torch model's threads split what is left (``threads_per_instance``).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -40,9 +43,12 @@ class Candidate:
     """None: the backend has no ``dtype`` option."""
     torch_threads: int | None = None
     """Set where the instances share the CPU's cores (``options.torch_threads``); None: as configured."""
+    workers: int = 1
+    """Server processes (``batchserve serve --workers``), each with its own copy of the model."""
 
     def label(self) -> str:
-        text = f"batch {self.max_batch_size}, wait {self.max_wait_ms:g} ms, {self.instances} inst"
+        text = (f"batch {self.max_batch_size}, wait {self.max_wait_ms:g} ms, "
+                f"{self.workers} worker{'s' if self.workers > 1 else ''} x {self.instances} inst")
         if self.torch_threads is not None:
             text += f" x {self.torch_threads} thread{'s' if self.torch_threads > 1 else ''}"
         if self.device != "cpu" or self.dtype not in (None, "float32"):
@@ -62,6 +68,11 @@ class Candidate:
             table["options"] = options
         return table
 
+    def serve_args(self) -> list[str]:
+        """The server's flags for this candidate (always given: a ``BATCHSERVE_WORKERS`` in the
+        environment must not change what is measured)."""
+        return ["--workers", str(self.workers)]
+
 
 @dataclass
 class Outcome:
@@ -70,6 +81,9 @@ class Outcome:
     candidate: Candidate
     steps: list[Step] = field(default_factory=list)
     peak_rss_bytes: int | None = None
+    """The whole server's: the supervisor's and every worker's peaks, summed (``proctree``)."""
+    processes: int | None = None
+    """How many processes ``peak_rss_bytes`` covers (1, or 1 + the workers)."""
     gpu_bytes: int | None = None
     seconds: float = 0.0
     error: str | None = None
@@ -83,7 +97,8 @@ class Outcome:
         best = self.best
         return {"candidate": asdict(self.candidate), "label": self.candidate.label(),
                 "steps": [asdict(s) for s in self.steps], "best": asdict(best) if best else None,
-                "peak_rss_bytes": self.peak_rss_bytes, "gpu_bytes": self.gpu_bytes,
+                "peak_rss_bytes": self.peak_rss_bytes, "processes": self.processes,
+                "gpu_bytes": self.gpu_bytes,
                 "seconds": self.seconds, "error": self.error}
 
 
@@ -102,19 +117,52 @@ def repository_table(config: Path) -> dict[str, Any]:
     return table
 
 
-def threads_per_instance(base: dict[str, Any], server_cpus: set[int] | None, device: str,
-                          instances: int) -> int | None:
-    """Torch threads for each of ``instances`` on CPU: the server's cores split between them,
-    for a torch backend whose table leaves ``torch_threads`` to torch (which gives every
-    instance all the cores: N instances would oversubscribe the CPU N times); else None."""
+def server_cores(server_cpus: set[int] | None) -> int:
+    """The cores the candidates' servers may use: this process's (its affinity, capped by a
+    cgroup CPU quota: ``available_cores``, the rule ``serve --workers auto`` follows), and of
+    them only ``--server-cpus`` when given."""
+    from batchserve.workers.cores import available_cores
+
+    cores = available_cores()
+    return min(cores, len(server_cpus)) if server_cpus else cores
+
+
+def worker_counts(text: str, cores: int) -> list[int]:
+    """``--workers``: ``auto`` is 1, 2, 4, ... up to the cores, and the cores themselves
+    (1, 2, 4, 8, 12 on 12 cores); or a comma-separated list, each within the cores."""
+    if text == "auto":
+        counts = batch_sizes(cores)
+        return counts if counts[-1] == cores else [*counts, cores]
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--workers: 'auto' or comma-separated counts, not {text!r}") from None
+    for count in counts:
+        if not 1 <= count <= cores:
+            raise ValueError(f"--workers {count}: the servers may use {cores} core{'s' if cores > 1 else ''} "
+                             "(--server-cpus, else this process's affinity); more workers than cores "
+                             "only take turns on them")
+    return counts
+
+
+def layout_fits(workers: int, instances: int, cores: int) -> bool:
+    """Whether ``workers`` x ``instances`` may run at once on ``cores``. One worker: any of the
+    instances asked for (as before there were workers); more: every instance gets a core."""
+    return workers == 1 or workers * instances <= cores
+
+
+def threads_per_instance(base: dict[str, Any], cores: int, device: str, instances: int,
+                         workers: int = 1) -> int | None:
+    """Torch threads for each of ``instances`` in each of ``workers`` on CPU: the server's
+    ``cores`` (``server_cores``) split between them, for a torch backend whose table leaves
+    ``torch_threads`` unset; else None (one instance in one worker: the server's own choice)."""
     from batchserve.backends import backend_class
 
-    if device != "cpu" or instances == 1 or "torch_threads" in base.get("options", {}):
+    if device != "cpu" or instances * workers == 1 or "torch_threads" in base.get("options", {}):
         return None
     if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
         return None
-    cores = len(server_cpus) if server_cpus else len(os.sched_getaffinity(0))
-    return max(1, cores // instances)
+    return max(1, cores // (instances * workers))
 
 
 class Sweep:
@@ -130,16 +178,22 @@ class Sweep:
         self.count = 0
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device and dtype: batch sizes, then waits and instances around the best (or the grid)."""
+        """Per device and dtype: batch sizes, then waits, workers and instances around the best
+        (or the grid). Workers go up until a count brings no more throughput than the best so
+        far (more would only cost memory); workers x instances stay within the cores."""
         args = self.args
         cap = args.max_batch_cap or min(64, max(8, 2 * int(self.base.get("max_batch_size", 32))))
         sizes = batch_sizes(cap)
         waits = [float(w) for w in args.max_wait_ms.split(",")]
         instances = [int(i) for i in args.instances.split(",")]
+        cores = server_cores(args.server_cpus)
+        workers = worker_counts(args.workers, cores)
+        grid = [(b, w, i, n) for b, w, i, n in itertools.product(sizes, waits, instances, workers)
+                if layout_fits(n, i, cores)]
         outcomes: list[Outcome] = []
         skipped: list[Candidate] = []
-        per_combo = len(sizes) * len(waits) * len(instances) if args.full_grid \
-            else len(sizes) + len(waits) + len(instances) - 2
+        per_combo = len(grid) if args.full_grid \
+            else len(sizes) + len(waits) + len(instances) + len(workers) - 3
         assert self.bars is not None
         self.overall = self.bars.add("sweep", per_combo * len(combos) + FINALISTS + 1)
 
@@ -155,21 +209,34 @@ class Sweep:
             return done
 
         for device, dtype in combos:
-            def candidate(size: int, wait: float, count: int, device: str = device,
+            def candidate(size: int, wait: float, count: int, processes: int, device: str = device,
                           dtype: str | None = dtype) -> Candidate:
                 return Candidate(size, wait, count, device, dtype,
-                                 threads_per_instance(self.base, args.server_cpus, device, count))
+                                 threads_per_instance(self.base, cores, device, count, processes),
+                                 processes)
 
             if args.full_grid:
-                evaluate_each([candidate(b, w, i) for b, w, i in itertools.product(sizes, waits, instances)])
+                evaluate_each([candidate(*point) for point in grid])
                 continue
-            best = _best(evaluate_each([candidate(b, waits[0], instances[0]) for b in sizes]))
+            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]))
             if best is None:
                 continue
             pivot = best.candidate
-            tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances) for w in waits[1:]])
-            pivot = (_best([best, *tried]) or best).candidate
-            evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i) for i in instances[1:]])
+            tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
+                                   for w in waits[1:]])
+            best = _best([best, *tried]) or best
+            for count in workers[1:]:
+                if not layout_fits(count, best.candidate.instances, cores):
+                    break
+                pivot = best.candidate
+                more = _best([best, *evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms,
+                                                              pivot.instances, count)])])
+                if more is None or more is best:
+                    break  # no more throughput from more workers: stop adding them
+                best = more
+            pivot = best.candidate
+            evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i, pivot.workers)
+                           for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
         return outcomes, skipped
 
     def _over_budget(self, outcomes: list[Outcome]) -> bool:
@@ -203,7 +270,9 @@ class Sweep:
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
-                outcome.peak_rss_bytes = server.peak_rss_bytes()
+                memory = server.peak_memory()
+                if memory is not None:
+                    outcome.peak_rss_bytes, outcome.processes = memory.bytes, memory.processes
                 outcome.gpu_bytes = server.gpu_bytes()
                 server.stop()
             best = outcome.best
@@ -269,7 +338,8 @@ class Sweep:
         config = self.out / "logs" / f"{name}.toml"
         config.write_text(toml_table(repository_table(self.args.config), "[repository]") + "\n"
                           + toml_table(candidate.table(self.base)))
-        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus)
+        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus,
+                               args=candidate.serve_args())
         server.wait_ready()
         return server
 

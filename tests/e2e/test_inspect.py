@@ -98,3 +98,20 @@ def test_unknown_model(tmp_path: Path) -> None:
     result = _inspect("nope", "--config", str(config))
     assert result.returncode == 2
     assert "no model 'nope'" in result.stderr
+
+
+def test_memory_is_reported_per_worker_and_for_n_workers(tmp_path: Path, diabetes_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)}])
+    report = _json("diabetes", "--config", str(config), "--batch-sizes", "1,4", "--workers", "3")
+    loaded, worker = report["loaded"], report["per_worker"]
+    # This process once the model is loaded: the interpreter, scikit-learn and the model.
+    assert loaded["bytes"] > loaded["growth_bytes"] > 0
+    largest = report["memory"][-1]
+    assert worker["batch_size"] == largest["batch_size"] == 4
+    assert worker["bytes"] == loaded["bytes"] + largest["input_bytes"] + largest["activation_bytes"]
+    assert worker["workers"] == 3 and worker["server_bytes"] == 3 * worker["bytes"]
+    text = _inspect("diabetes", "--config", str(config), "--batch-sizes", "1", "--workers", "2")
+    assert text.returncode == 0, text.stderr
+    assert "every worker loads its own copy: 2 workers x " in text.stdout
+    assert _inspect("diabetes", "--config", str(config), "--workers", "0").returncode == 2

@@ -38,8 +38,8 @@ def rows(tmp_path: Path, diabetes: tuple[np.ndarray, Any]) -> Path:
     return path
 
 
-SMALL = ["--max-wait-ms", "0", "--instances", "1", "--max-concurrency", "4", "--step-s", "0.3",
-         "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
+SMALL = ["--max-wait-ms", "0", "--instances", "1", "--workers", "1", "--max-concurrency", "4",
+         "--step-s", "0.3", "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
 
 
 def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path, rows: Path,
@@ -120,7 +120,7 @@ def test_candidates_and_their_configuration() -> None:
                              "options": {"top_k": 3}})
     assert table["max_batch_size"] == 8 and table["max_wait_ms"] == 2.0 and table["instances"] == 2
     assert table["device"] == "cuda" and table["options"] == {"top_k": 3, "dtype": "float16"}
-    assert candidate.label() == "batch 8, wait 2 ms, 2 inst, cuda float16"
+    assert candidate.label() == "batch 8, wait 2 ms, 1 worker x 2 inst, cuda float16"
     assert Candidate(1, 0, 1).table({"name": "m", "options": {"a": 1}})["options"] == {"a": 1}
 
 
@@ -128,16 +128,16 @@ def test_instances_on_cpu_split_the_cores_between_them() -> None:
     from batchserve_planning.sweep import threads_per_instance
 
     text = {"name": "m", "backend": "transformer", "path": "t"}
-    assert threads_per_instance(text, {0, 1, 2, 3}, "cpu", 2) == 2
-    assert threads_per_instance(text, {0, 1, 2}, "cpu", 4) == 1
-    assert threads_per_instance(text, {0, 1}, "cpu", 1) is None  # one instance: torch's own choice
-    assert threads_per_instance(text, {0, 1}, "cuda", 2) is None
-    assert threads_per_instance({**text, "options": {"torch_threads": 2}}, {0, 1}, "cpu", 2) is None
-    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, {0, 1}, "cpu", 2) is None
+    assert threads_per_instance(text, 4, "cpu", 2) == 2
+    assert threads_per_instance(text, 3, "cpu", 4) == 1
+    assert threads_per_instance(text, 2, "cpu", 1) is None  # one instance: torch's own choice
+    assert threads_per_instance(text, 2, "cuda", 2) is None
+    assert threads_per_instance({**text, "options": {"torch_threads": 2}}, 2, "cpu", 2) is None
+    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, 2, "cpu", 2) is None
     candidate = Candidate(16, 0.0, 2, "cpu", "float32", torch_threads=1)
     assert candidate.table({**text, "options": {"max_length": 64}})["options"] == {
         "max_length": 64, "torch_threads": 1}
-    assert candidate.label() == "batch 16, wait 0 ms, 2 inst x 1 thread"
+    assert candidate.label() == "batch 16, wait 0 ms, 1 worker x 2 inst x 1 thread"
 
 
 def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: Path, rows: Path,
@@ -149,10 +149,12 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     # The first candidate always runs; after it, no other fits in one second.
-    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 inst"]
-    assert results["skipped"] == ["batch 2, wait 0 ms, 1 inst", "batch 4, wait 0 ms, 1 inst"]
+    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 worker x 1 inst"]
+    assert results["skipped"] == ["batch 2, wait 0 ms, 1 worker x 1 inst",
+                                  "batch 4, wait 0 ms, 1 worker x 1 inst"]
     assert results["pick"] == 0 and "ratio" in results["verification"]
-    assert "not run for lack of budget: batch 2, wait 0 ms, 1 inst" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "not run for lack of budget: batch 2, wait 0 ms, 1 worker x 1 inst" in report
 
 
 BATCH_MS = 40.0
@@ -177,7 +179,8 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     out = tmp_path / "report"
     code = main(["recommend", "--config", str(config), "--model", "echo", "--inputs", str(inputs),
                  "--slo-p99-ms", str(KNOWN_SLO_MS), "--max-batch-cap", "4", "--max-wait-ms", "0,200",
-                 "--instances", "1", "--max-concurrency", "32", "--step-s", "0.3", "--max-step-s", "0.6",
+                 "--instances", "1", "--workers", "1", "--max-concurrency", "32", "--step-s", "0.3",
+                 "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -205,3 +208,66 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     (model,) = tomllib.loads(rerun.read_text())["models"]
     assert (model["max_batch_size"], model["max_wait_ms"], model["instances"]) == (4, 0.0, 1)
     assert model["options"]["delay_ms"] == BATCH_MS
+
+
+def _two_cores() -> None:
+    from batchserve.workers.cores import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("two workers need two cores")
+
+
+def test_workers_are_searched_and_the_report_names_the_picks(repository: Path, rows: Path,
+                                                             tmp_path: Path) -> None:
+    _two_cores()
+    out = tmp_path / "report"
+    at = SMALL.index("--workers")
+    small = SMALL[:at] + SMALL[at + 2:]
+    code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "1", "--workers", "1,2",
+                 "--server-cpus", "0,1", "--out", str(out), *small])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["workers"] == [1, 2] and results["settings"]["server_cores"] == 2
+    one, two = results["candidates"]
+    assert (one["candidate"]["workers"], two["candidate"]["workers"]) == (1, 2)
+    assert one["error"] is None and two["error"] is None and two["best"] is not None
+    # The whole server's memory: the supervisor and both workers, each with its copy of the model.
+    assert one["processes"] == 1 and two["processes"] == 3
+    assert two["peak_rss_bytes"] > 1.5 * one["peak_rss_bytes"]
+    pick = results["candidates"][results["pick"]]["candidate"]["workers"]
+    report = (out / "report.md").read_text()
+    assert f"`batchserve serve --workers {pick}`" in report
+    assert f"**batch 1, wait 0 ms, {pick} worker{'s' if pick > 1 else ''} x 1 inst**" in report
+    assert "3 processes: the supervisor and its workers" in report or pick == 1
+    assert "the supervisor's and each worker's peak resident set, summed" in report
+
+
+def test_more_workers_are_picked_where_they_add_capacity(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The echo model sleeps per batch (no CPU): two workers serve two batches at once, twice one
+    worker's capacity. Two instances in each would need four cores: not tried on two."""
+    from tests.support import SERVER_ENV
+
+    _two_cores()
+    monkeypatch.setenv("PYTHONPATH", SERVER_ENV["PYTHONPATH"])
+    root = tmp_path / "repo"
+    root.mkdir()
+    config = write_models(root / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": 1,
+         "options": {"delay_ms": BATCH_MS}}], root=root)
+    inputs = tmp_path / "numbers.json"
+    inputs.write_text(json.dumps([1.0, 2.0, 3.0]))
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(config), "--model", "echo", "--inputs", str(inputs),
+                 "--slo-p99-ms", "2000", "--max-batch-cap", "1", "--max-wait-ms", "0",
+                 "--instances", "1,2", "--workers", "auto", "--server-cpus", "0,1",
+                 "--max-concurrency", "16", "--step-s", "0.3", "--max-step-s", "0.6",
+                 "--min-responses", "20", "--no-progress", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    layouts = [(c["candidate"]["workers"], c["candidate"]["instances"]) for c in results["candidates"]]
+    assert layouts == [(1, 1), (2, 1)]
+    assert results["candidates"][results["pick"]]["candidate"]["workers"] == 2
+    (rerun,) = (out / "logs").glob("verification-*.toml")
+    assert tomllib.loads(rerun.read_text())["models"][0]["instances"] == 1

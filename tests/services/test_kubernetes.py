@@ -247,3 +247,58 @@ def test_kserve_runtime_runs_as_hardened_as_the_deployment(version: str) -> None
     # KServe leaves the pod Kubernetes' default of 30 s before SIGKILL: the drain must end before.
     grace_s = float({e["name"]: e["value"] for e in server["env"]}["BATCHSERVE_SHUTDOWN_GRACE_S"])
     assert grace_s < 30
+
+
+DEMO_WORKER_BYTES = 3 * 2**29
+"""1.5 GiB: what one worker serving the image's four demo models may hold. Measured: 1.1-1.2 GiB
+resident per worker once warm on CPU, the supervisor 62 MiB (deploy/README.md, "Workers"); the rest
+is a batch's activations. With CUDA loaded a worker holds more: this is a floor for the GPU pod."""
+SUPERVISOR_BYTES = 2**27
+UNITS = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity_bytes(text: str) -> int:
+    match = re.fullmatch(r"([0-9]+)([A-Za-z]*)", text)
+    assert match and match.group(2) in UNITS, text
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def pod_models(deployment: Resource) -> str:
+    """The models.toml the pod serves: a ConfigMap mounted over the image's, else the image's."""
+    mounts = [m for m in container(deployment)["volumeMounts"] if m["mountPath"] == "/models/models.toml"]
+    if not mounts:
+        return (ROOT / "models" / "models.toml").read_text()
+    [mount] = mounts
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    text: str = RESOURCES[("ConfigMap", volume["configMap"]["name"])]["data"][mount["subPath"]]
+    return text
+
+
+SERVERS = [*((d["metadata"]["name"], container(d)) for d in DEPLOYMENTS),
+           ("kserve", RESOURCES[("ServingRuntime", "batchserve")]["spec"]["containers"][0])]
+
+
+@pytest.mark.parametrize(("name", "server"), SERVERS, ids=[name for name, _ in SERVERS])
+def test_workers_come_from_the_cpu_limit_which_the_pod_is_guaranteed(name: str, server: Resource) -> None:
+    dockerfile = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    assert re.search(r"^ENV .*\bBATCHSERVE_WORKERS=auto\b", dockerfile, re.MULTILINE)
+    variables = {e["name"]: e for e in server["env"]}
+    # auto, the image's default: from the cgroup quota Kubernetes makes of limits.cpu.
+    assert variables.get("BATCHSERVE_WORKERS", {"value": "auto"}) == {"name": "BATCHSERVE_WORKERS",
+                                                                       "value": "auto"}
+    resources = server["resources"]
+    # The workers are sized to the limit: the request guarantees those cores, whole ones.
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
+    assert re.fullmatch(r"[1-9][0-9]*", resources["limits"]["cpu"])
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
+def test_memory_holds_a_copy_of_the_models_per_worker(deployment: Resource) -> None:
+    from batchserve.workers.cores import auto_workers
+
+    configs = parse_models(tomllib.loads(pod_models(deployment)), source=Path("/models/models.toml"))
+    limits = container(deployment)["resources"]["limits"]
+    workers = auto_workers(configs, int(limits["cpu"]))  # what the image's auto runs in this pod
+    assert workers >= 2  # the point of the cores: more than one worker
+    assert quantity_bytes(limits["memory"]) >= workers * DEMO_WORKER_BYTES + SUPERVISOR_BYTES

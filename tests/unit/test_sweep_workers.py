@@ -1,0 +1,55 @@
+"""recommend's workers dimension: the counts it tries, within the servers' cores, and how the
+cores are shared between workers, instances and torch threads."""
+
+from __future__ import annotations
+
+import pytest
+from batchserve_planning.sweep import Candidate, layout_fits, threads_per_instance, worker_counts
+
+TEXT = {"name": "m", "backend": "transformer", "path": "t"}
+"""A torch backend whose table leaves torch_threads to torch."""
+
+
+def test_auto_tries_powers_of_two_up_to_the_cores_and_the_cores() -> None:
+    assert worker_counts("auto", 1) == [1]
+    assert worker_counts("auto", 2) == [1, 2]
+    assert worker_counts("auto", 4) == [1, 2, 4]
+    assert worker_counts("auto", 12) == [1, 2, 4, 8, 12]
+
+
+def test_counts_given_stay_within_the_cores() -> None:
+    assert worker_counts("1,2", 2) == [1, 2]
+    with pytest.raises(ValueError, match="--workers 3: the servers may use 2 cores"):
+        worker_counts("1,3", 2)
+    with pytest.raises(ValueError, match="--workers 0"):
+        worker_counts("0", 2)
+    with pytest.raises(ValueError, match="'auto' or comma-separated counts, not 'many'"):
+        worker_counts("many", 2)
+
+
+def test_more_workers_than_one_leave_every_instance_a_core() -> None:
+    assert layout_fits(1, 2, 1)  # one worker: the instances asked for, as before workers
+    assert layout_fits(2, 1, 2)
+    assert not layout_fits(2, 2, 2)
+    assert layout_fits(2, 2, 4)
+    assert not layout_fits(4, 2, 4)
+
+
+def test_torch_threads_split_the_cores_between_workers_and_instances() -> None:
+    assert threads_per_instance(TEXT, 4, "cpu", 1, workers=2) == 2
+    assert threads_per_instance(TEXT, 4, "cpu", 2, workers=2) == 1
+    assert threads_per_instance(TEXT, 8, "cpu", 2, workers=2) == 2
+    assert threads_per_instance(TEXT, 2, "cpu", 1, workers=1) is None  # torch's own choice
+    assert threads_per_instance(TEXT, 2, "cuda", 1, workers=2) is None
+    assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, 2, "cpu", 1,
+                                workers=2) is None
+
+
+def test_a_candidates_workers_are_a_server_flag_not_model_configuration() -> None:
+    candidate = Candidate(8, 0.0, 1, workers=2)
+    assert candidate.serve_args() == ["--workers", "2"]
+    assert Candidate(8, 0.0, 1).serve_args() == ["--workers", "1"]  # whatever BATCHSERVE_WORKERS says
+    assert "workers" not in candidate.table({"name": "m", "backend": "sklearn", "path": "d"})
+    assert candidate.label() == "batch 8, wait 0 ms, 2 workers x 1 inst"
+    threaded = Candidate(16, 2.0, 2, torch_threads=1)
+    assert threaded.label() == "batch 16, wait 2 ms, 1 worker x 2 inst x 1 thread"
