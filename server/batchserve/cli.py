@@ -77,11 +77,12 @@ def serve(settings: ServerSettings) -> int:
         print(f"batchserve: {exc}", file=sys.stderr)
         return 2
     if settings.workers != 1:
-        from batchserve.workers.cores import auto_workers, available_cores
+        from batchserve.workers.cores import auto_workers, available_cores, available_memory
         from batchserve.workers.supervisor import Supervisor
 
         cores = available_cores()
-        count = auto_workers(configs, cores) if settings.workers == "auto" else settings.workers
+        count = (auto_workers(configs, cores, available_memory()) if settings.workers == "auto"
+                 else settings.workers)
         if count > 1:
             return Supervisor(settings, count, cores).run()
         settings = settings.model_copy(update={"workers": 1})

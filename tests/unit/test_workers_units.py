@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from batchserve.config import ModelConfig
 from batchserve.workers.cluster import Cluster
-from batchserve.workers.cores import auto_workers, available_cores
+from batchserve.workers.cores import (
+    TORCH_BASE_BYTES,
+    WORKER_BASE_BYTES,
+    auto_workers,
+    available_cores,
+    available_memory,
+    worker_memory_estimate,
+)
 from batchserve.workers.status import STUCK_S, read_workers
 
 AFFINITY = len(os.sched_getaffinity(0))
@@ -70,3 +77,31 @@ def test_a_worker_is_ready_stuck_or_not_running_from_its_status_file(tmp_path: P
     write(cluster, 0, pid=os.getpid(), written=now, ready=False,
           models={"a": {"state": "loading"}, "b": {"state": "ready"}, "c": {"state": "unloaded"}})
     assert read_workers(cluster, now)[0].reason() == "models not ready: ['a']"
+
+
+def test_auto_is_capped_by_the_memory_the_workers_would_take(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\0" * (50 * 2**20))
+    torch_model = ModelConfig(name="r", backend="resnet50", path=weights)
+    estimate = worker_memory_estimate([torch_model])
+    assert estimate == WORKER_BASE_BYTES + TORCH_BASE_BYTES + 2 * 50 * 2**20
+    assert auto_workers([torch_model], 64, memory_bytes=4 * estimate) == 3  # 80% of 4 workers' worth
+    assert auto_workers([torch_model], 2, memory_bytes=100 * estimate) == 2  # the cores decide
+    assert auto_workers([torch_model], 64, memory_bytes=estimate // 2) == 1  # never 0
+    assert worker_memory_estimate([config()]) == WORKER_BASE_BYTES  # no torch, no artifact
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"memory.max": "4294967296\n"}, 4 * 2**30),  # v2 limit
+    ({"memory.max": "max\n"}, 16 * 2**30),  # v2, none: the machine's
+    ({"memory/memory.limit_in_bytes": "1073741824\n"}, 2**30),  # v1
+    ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 16 * 2**30),  # v1, none
+])
+def test_the_memory_is_the_cgroup_limit_else_the_machines(tmp_path: Path, files: dict[str, str],
+                                                          expected: int) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {16 * 2**20} kB\nMemFree:        1 kB\n")
+    assert available_memory(tmp_path, meminfo) == expected
