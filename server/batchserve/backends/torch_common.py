@@ -26,7 +26,8 @@ class TorchOptions(BaseModel):
     dtype: DType = "float32"
     """Weights and activations; float16 and bfloat16 on GPU only."""
     torch_threads: int | None = Field(default=None, ge=1, le=256)
-    """Intra-op threads on CPU (torch.set_num_threads); default: torch's own choice."""
+    """Intra-op threads on CPU (torch.set_num_threads); default: the server's cores (a worker's
+    share of them) over the model's instances."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,18 +56,16 @@ def resolve_dtype(name: DType, device: torch.device) -> torch.dtype:
 
 
 def set_threads(options: TorchOptions, device: torch.device, instances: int = 1) -> None:
-    """``options.torch_threads``; by default, in one of several workers, this worker's share of
-    the cores split between the model's instances (torch's own default, every core of the
-    machine in every worker, would oversubscribe them ``workers`` times over)."""
+    """``options.torch_threads``; by default the cores this server may use (its affinity and
+    cgroup quota; in one of several workers, that worker's share), split between the model's
+    ``instances``. torch's own default, every physical core of the host, oversubscribes a
+    container's CPU limit, and does so again in every worker and every instance."""
     import torch
 
-    from batchserve.workers.cores import worker_cores
+    from batchserve.workers.cores import available_cores, worker_cores
 
-    threads = options.torch_threads
-    share = worker_cores()
-    if threads is None and share is not None:
-        threads = max(1, share // instances)
-    if threads is not None and device.type == "cpu":
+    threads = options.torch_threads or max(1, (worker_cores() or available_cores()) // instances)
+    if device.type == "cpu":
         torch.set_num_threads(threads)
 
 
