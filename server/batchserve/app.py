@@ -16,13 +16,13 @@ import batchserve
 from batchserve.config import ModelConfig
 from batchserve.docs import add_docs
 from batchserve.errors import BatchserveError, describe_validation_errors
-from batchserve.fastpath import PredictFastPath
+from batchserve.fastpath import BatchserveApp, FastPath
 from batchserve.management import add_management_routes
 from batchserve.metrics import Metrics
 from batchserve.metrics_multiprocess import start_refreshing
 from batchserve.openai_api import add_openai_routes
 from batchserve.pipeline import Pipeline
-from batchserve.predict import add_predict_routes
+from batchserve.predict import PREDICT, add_predict_routes
 from batchserve.registry import ModelRegistry
 from batchserve.responses import error_response
 from batchserve.routes import add_routes
@@ -61,7 +61,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
                 if task is not None:
                     task.cancel()
 
-    app = FastAPI(
+    app = BatchserveApp(
         title="batchserve",
         version=batchserve.__version__,
         description="Model inference with dynamic batching.",
@@ -74,11 +74,11 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
     pipeline = Pipeline(state)
     add_predict_routes(app.router, pipeline)
     add_routes(app.router, state)
-    add_v2_routes(app.router, pipeline)
+    v2 = add_v2_routes(app.router, pipeline)
     add_openai_routes(app.router, pipeline)
     if settings.management_port is None:
         add_management_routes(app.router, state)
-    app.add_middleware(PredictFastPath, pipeline=pipeline)
+    app.fast_path = FastPath(pipeline, PREDICT, v2)
     _add_error_handlers(app)
     return app
 

@@ -1,39 +1,59 @@
-"""Serves ``POST /predict`` and ``POST /predict/{model}`` ahead of the framework's routing.
+"""Serves the inference routes ahead of FastAPI's middleware stack and routing.
 
-On a small model the per-request framework work, not the model, decides
-throughput: every await of a batch suspends and resumes the whole chain of
-FastAPI's middleware and routing layers. This ASGI middleware sits just inside
-FastAPI's outermost error handling and calls the same handler as the
-documented routes (``batchserve/predict.py``), skipping ~15 layers; the OpenAPI
-document still comes from those routes. Measured in benchmarks/README.md.
+On a small model the per-request framework work, not the model, decides throughput: every
+send of a response passes through each middleware layer, and FastAPI's outer layers (error
+handling, its exception telemetry and body limit) run for every request. ``BatchserveApp`` is
+the FastAPI app with one difference: a POST to ``/predict``, ``/predict/{model}`` or v2's
+``/v2/models/{name}/infer`` goes straight to the request pipeline (``batchserve/pipeline.py``),
+which reads the body, answers every outcome, errors included, and counts it; everything else
+(and a v2 infer of a version, for its 404) goes through FastAPI as before. The OpenAPI
+document still comes from the documented routes, which call the same pipeline.
+Measured in benchmarks/README.md ("HTTP floor").
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
-from batchserve.pipeline import Pipeline
-from batchserve.predict import PREDICT
+from batchserve.pipeline import Adapter, Pipeline
 
-_PREFIX = "/predict/"
+_PREDICT = "/predict/"
+_V2 = "/v2/models/"
+_INFER = "/infer"
 
 
-class PredictFastPath:
-    def __init__(self, app: ASGIApp, pipeline: Pipeline) -> None:
-        self.app = app
+class FastPath:
+    """Which inference route a path is, and the adapter that serves it."""
+
+    def __init__(self, pipeline: Pipeline, predict: Adapter, v2: Adapter) -> None:
         self.pipeline = pipeline
+        self.predict = predict
+        self.v2 = v2
+
+    def match(self, path: str) -> tuple[Adapter, str | None] | None:
+        if path == "/predict":
+            return self.predict, None
+        if path.startswith(_PREDICT):
+            model = path[len(_PREDICT):]
+            return (self.predict, model) if model and "/" not in model else None
+        if path.startswith(_V2) and path.endswith(_INFER):
+            model = path[len(_V2):-len(_INFER)]
+            return (self.v2, model) if model and "/" not in model else None
+        return None
+
+
+class BatchserveApp(FastAPI):
+    """FastAPI, with the inference routes served ahead of its middleware (``fast_path``)."""
+
+    fast_path: FastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path == "/predict":
-                return await self._serve(scope, receive, send, None)
-            if path.startswith(_PREFIX) and "/" not in path[len(_PREFIX):] and len(path) > len(_PREFIX):
-                return await self._serve(scope, receive, send, path[len(_PREFIX):])
-        await self.app(scope, receive, send)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, model: str | None) -> None:
-        # The pipeline answers every outcome, errors included; to a client that has gone
-        # (499), the server drops what is sent.
-        response = await self.pipeline.serve(PREDICT, scope, receive, model)
-        await response(scope, receive, send)
+        fast = self.fast_path
+        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            target = fast.match(scope["path"])
+            if target is not None:
+                response = await fast.pipeline.serve(target[0], scope, receive, target[1])
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

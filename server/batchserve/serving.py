@@ -34,7 +34,8 @@ def make_server(app: ASGIApp, port: int, state: AppState, *, lifespan: Literal["
     config = uvicorn.Config(
         app, host=settings.host, port=port, uds=uds, log_level=settings.log_level,
         lifespan=lifespan, access_log=False, loop="uvloop", http="httptools",
-        limit_concurrency=settings.limit_concurrency, backlog=LISTEN_BACKLOG)
+        limit_concurrency=settings.limit_concurrency, backlog=LISTEN_BACKLOG,
+        proxy_headers=False)  # no client address is used: no X-Forwarded-For to parse per request
     return DrainingServer(config, state, sock)
 
 

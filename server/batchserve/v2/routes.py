@@ -85,7 +85,8 @@ def _decode(codec: Codec[Any], backend: Backend[Any, Any], body: bytes,
     return Decoded(codec.items(backend, request.inputs), request.parameters, context=request)
 
 
-def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> None:
+def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
+    """Register the v2 routes; the adapter they serve inference with (the fast path's too)."""
     state = pipeline.state
     registry = state.registry
     adapter = V2Adapter(state.settings.max_items)
@@ -142,3 +143,5 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> None:
         if version is not None and version != VERSION:
             return v2_error(404, f"model '{name}' has version {VERSION} only, not {version!r}")
         return await pipeline.serve(adapter, request.scope, request.receive, name)
+
+    return adapter
