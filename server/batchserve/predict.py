@@ -22,7 +22,7 @@ from starlette.types import Scope
 from batchserve.errors import BatchserveError, MalformedRequest, UnsupportedMediaType
 from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
-from batchserve.responses import error_response
+from batchserve.responses import JSONBytes, error_response
 from batchserve.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
 
 _TIMEOUT_DOC = {
@@ -89,8 +89,7 @@ class PredictAdapter(Adapter):
         return Decoded(items, dict(parse_qsl(query, keep_blank_values=True)))
 
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
-        return Response(orjson.dumps({"model": model.config.name, "outputs": outputs}),
-                        media_type="application/json")
+        return JSONBytes(orjson.dumps({"model": model.config.name, "outputs": outputs}))
 
     def error(self, exc: BatchserveError) -> Response:
         return error_response(exc.status, exc.type, exc.message, exc.headers)

@@ -18,6 +18,7 @@ from batchserve.backends.base import Backend
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.pipeline import Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
+from batchserve.responses import JSONBytes
 from batchserve.v2.codec import Codec, codec_for
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
@@ -71,7 +72,7 @@ class V2Adapter(Adapter):
         tensors = codec_for(model.backend).outputs(model.backend, outputs)
         content, json_length = encode_response(model.config.name, request, tensors)
         if json_length is None:
-            return Response(content, media_type="application/json")
+            return JSONBytes(content)
         return Response(content, media_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(json_length)})
 
