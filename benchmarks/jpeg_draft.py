@@ -20,8 +20,10 @@ from typing import Any
 
 import sklearn.datasets
 import torch
-from batchserve.backends.resnet50 import IMAGENET_MEAN, IMAGENET_STD, ResNet50Backend
+from batchserve.backends.device_decode import IMAGENET_MEAN, IMAGENET_STD
+from batchserve.backends.resnet50 import ResNet50Backend
 from batchserve.config import ModelConfig
+from batchserve.errors import RowError
 from harness import commit, demo_artifact, save_results
 from PIL import Image
 
@@ -59,13 +61,16 @@ def images_per_s(model: ResNet50Backend, jpeg: bytes) -> float:
 
 
 def model_input(model: ResNet50Backend, jpeg: bytes) -> torch.Tensor:
-    pixels = model.preprocess(jpeg, 1).pixels.permute(2, 0, 1).float().div(255)
+    crop = model.preprocess(jpeg, 1).image
+    assert isinstance(crop, torch.Tensor), "a CPU model's rows are crops"
+    pixels = crop.permute(2, 0, 1).float().div(255)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (pixels - mean) / std
 
 
 def softmax(model: ResNet50Backend, jpeg: bytes) -> torch.Tensor:
     [output] = model.predict_batch([model.preprocess(jpeg, 1000)])
+    assert not isinstance(output, RowError), output
     return torch.tensor([c["probability"] for c in sorted(output, key=lambda c: c["index"])])
 
 

@@ -111,6 +111,13 @@ class Metrics:
             ["model"], registry=r,
             multiprocess_mode="livemin",  # ready only when ready in every live worker
         )
+        self.device_memory_peak = Gauge(
+            "batchserve_device_memory_peak_bytes",
+            "torch.cuda.max_memory_allocated on the model's GPU after its latest batch: the peak of "
+            "this process's tensors on that device (models sharing it share the figure).",
+            ["model"], registry=r,
+            multiprocess_mode="livemax",  # each worker holds its own copy: the largest one's peak
+        )
 
     def for_model(self, model: str) -> ModelMetrics:
         """The children of ``model``, bound once: every version of a model shares them."""
@@ -143,7 +150,14 @@ class ModelMetrics:
         self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
         self.queue_rows = metrics.queue_rows.labels(model)
         self._watched: list[tuple[Gauge, Callable[[], float]]] = []
+        self._device_memory_peak: Gauge | None = None  # bound on a GPU model's first batch
         self.model_ready.set(0)
+
+    def set_device_memory_peak(self, peak_bytes: int) -> None:
+        """A GPU model's device memory peak so far (models on a CPU never show the series)."""
+        if self._device_memory_peak is None:
+            self._device_memory_peak = self._metrics.device_memory_peak.labels(self._model)
+        self._device_memory_peak.set(peak_bytes)
 
     def watch_queue(self, rows: Callable[[], float]) -> None:
         """Report ``rows()`` as the queued-rows gauge, read at scrape time (free on the hot path);

@@ -39,6 +39,8 @@ for code, count in spec.get("codes", {}).items():
         model.count_request(int(code))
 for seconds in spec.get("durations", []):
     model.request_duration.observe(seconds)
+if "device_peak" in spec:
+    model.set_device_memory_peak(spec["device_peak"])
 state = {"queue": spec.get("queue", 0), "ready": spec.get("ready", 1)}
 model.watch_queue(lambda: state["queue"])
 model.watch_ready(lambda: state["ready"])
@@ -157,6 +159,21 @@ def test_queue_rows_are_summed_and_readiness_is_the_minimum_over_live_workers(
     assert value(samples, "batchserve_queue_rows", model="m") == 3
     assert value(samples, "batchserve_model_ready", model="m") == 1
     a.stop()
+
+
+def test_the_device_memory_peak_is_the_largest_live_workers(
+        metrics_dir: Path, writers: list[Writer]) -> None:
+    writers.append(a := Writer(metrics_dir, device_peak=3_000, stay=True))
+    writers.append(b := Writer(metrics_dir, device_peak=5_000, stay=True))
+    writers.append(c := Writer(metrics_dir, stay=True))  # a CPU model: no series at all
+    assert value(scrape(metrics_dir), "batchserve_device_memory_peak_bytes", model="m") == 5_000
+    b.kill()
+    retire_worker(metrics_dir, b.pid)
+    assert value(scrape(metrics_dir), "batchserve_device_memory_peak_bytes", model="m") == 3_000
+    a.kill()
+    retire_worker(metrics_dir, a.pid)
+    assert value(scrape(metrics_dir), "batchserve_device_memory_peak_bytes", model="m") is None
+    c.stop()
 
 
 def test_a_workers_refresh_task_writes_its_state_gauges_as_they_change(

@@ -6,11 +6,14 @@ data URLs too); ``POST /predict/{model}`` also takes the raw image as the body
 Each image is decoded and given the standard ImageNet eval transform (RGB,
 resize 256, center crop 224, normalize); a large JPEG is decoded at a reduced
 DCT scale that still leaves its short side >= 256 (``options.decode``).
-Decoding, resizing and cropping run on a worker thread, off the event loop and
-alongside inference of the previous batch, in PIL alone (no torch ops, so
-request threads don't each start a torch thread pool); the crop travels as
-8-bit pixels and is normalized per batch on the model's device, the same
-arithmetic as torchvision's ToTensor + Normalize.
+On the CPU path, decoding, resizing and cropping run on a worker thread, off
+the event loop and alongside inference of the previous batch, in PIL alone (no
+torch ops, so request threads don't each start a torch thread pool); the crop
+travels as 8-bit pixels and is normalized per batch on the model's device, the
+same arithmetic as torchvision's ToTensor + Normalize. On a GPU
+(``options.decode_on``), a JPEG travels as its bytes once its header is
+checked and is decoded, resized and cropped with its batch on the device
+(``backends/device_decode.py``).
 The output per item is the top-k classes with ImageNet labels.
 """
 
@@ -28,6 +31,12 @@ from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
 from batchserve.backends.capabilities import Samples
+from batchserve.backends.device_decode import (
+    RESIZE_SIDE,
+    BatchInputs,
+    Jpeg,
+    goes_to_device,
+)
 from batchserve.backends.multipart import files_from_multipart
 from batchserve.backends.torch_common import (
     TorchOptions,
@@ -38,7 +47,7 @@ from batchserve.backends.torch_common import (
     warmup_sizes,
     weights_note,
 )
-from batchserve.errors import InvalidInput, UnsupportedMediaType
+from batchserve.errors import InvalidInput, RowError, UnsupportedMediaType
 
 if TYPE_CHECKING:
     import torch
@@ -49,12 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _FORMATS = ("JPEG", "PNG", "WEBP")
 _PRETRAINED = ("IMAGENET1K_V1", "IMAGENET1K_V2")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
-RESIZE_SIDE = 256  # the eval transform's Resize(256): the short side before the 224 center crop
 
 
 class ResNet50Options(TorchOptions):
@@ -75,7 +81,19 @@ class ResNet50Options(TorchOptions):
     keeps the short side at least ``RESIZE_SIDE`` (the resize target), then resized and cropped as
     usual: the same pipeline on a smaller decode, several times faster and lighter on large photos
     (benchmarks/README.md, "JPEG draft decoding"); images already that small decode unchanged.
-    ``full``: every image decoded at full size, torchvision's eval transform exactly."""
+    ``full``: every image decoded at full size, torchvision's eval transform exactly.
+    Applies to the images decoded on the CPU (``decode_on``)."""
+    decode_on: Literal["auto", "cpu", "device"] = "auto"
+    """Where JPEGs are decoded. ``cpu``: by Pillow on the request threads (``decode``), the crop
+    sent to the model. ``device``: the JPEG's bytes travel to the batch (once its header passes
+    the checks above) and the batch's JPEGs are decoded together on the model's device (nvJPEG on
+    a GPU), resized and cropped there at full resolution; PNG, WebP, CMYK JPEGs and any JPEG the
+    device refuses take the CPU path, that row alone. On a CPU model ``device`` decodes with
+    torchvision in the batch's thread: for tests, slower than ``cpu``. ``auto``: ``device`` on
+    CUDA, ``cpu`` otherwise."""
+    device_decode_pixels: int = Field(default=64_000_000, ge=1)
+    """The most header pixels of one device decode call (3 bytes a pixel of device memory held at
+    once); a batch with more is decoded in several calls, an image larger than this alone."""
 
 
 Classes: TypeAlias = list[dict[str, Any]]
@@ -84,8 +102,8 @@ Classes: TypeAlias = list[dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class ImageRow:
-    pixels: torch.Tensor  # uint8, 224 x 224 x 3 (the center crop, as PIL gives it)
-    top_k: int
+    image: torch.Tensor | Jpeg  # the CPU path's crop (224 x 224 x 3 uint8, as PIL gives it),
+    top_k: int  # or a JPEG decoded with its batch on the device
 
 
 class ResNet50Backend(Backend[ImageRow, Classes]):
@@ -98,8 +116,8 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
         self._device: Any = None
         self._dtype: Any = None
         self._transform: Any = None
-        self._mean: Any = None
-        self._std: Any = None
+        self._inputs: BatchInputs | None = None
+        self._on_device = False
         self._categories: list[str] = []
         self.weights_note = "not loaded"
 
@@ -131,14 +149,21 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
         self._model = model.eval().to(self._device, self._dtype, memory_format=torch.channels_last)
         self._categories = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
         self._transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self._device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self._device).view(1, 3, 1, 1)
+        decode_on = self.options.decode_on
+        self._on_device = decode_on == "device" or (decode_on == "auto" and self._device.type == "cuda")
+        self._inputs = BatchInputs(self._device, self._dtype, cpu_crop=self._crop_bytes,
+                                   max_pixels_per_call=self.options.device_decode_pixels)
+        if self._device.type == "cuda":  # the weights' copies done before other streams read them
+            torch.cuda.synchronize(self._device)
 
     def warmup(self) -> None:
         import torch
 
+        row = ImageRow(torch.zeros(224, 224, 3, dtype=torch.uint8), 1)
+        if self._on_device:  # and the device's decoder (nvJPEG's first call sets it up)
+            row = self.preprocess(_black_jpeg(), 1)
         for size in warmup_sizes(self.config.max_batch_size):
-            self.predict_batch([ImageRow(torch.zeros(224, 224, 3, dtype=torch.uint8), 1)] * size)
+            self.predict_batch([row] * size)
 
     def unload(self) -> None:
         on_cuda = self._device is not None and self._device.type == "cuda"
@@ -193,42 +218,59 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
         return images
 
     def preprocess(self, item: Any, parameters: Any) -> ImageRow:
+        data = _image_bytes(item)
+        with _open_image(data, self.options.max_pixels) as image:
+            if self._on_device and goes_to_device(image.format, image.mode, data):
+                width, height = image.size
+                return ImageRow(Jpeg(data, width * height), parameters)
+            return ImageRow(self._crop(image), parameters)
+
+    def _crop_bytes(self, data: bytes) -> torch.Tensor:
+        """The CPU path for an image the device's decoder refused (in the batch's thread)."""
+        with _open_image(data, self.options.max_pixels) as image:
+            return self._crop(image)
+
+    def _crop(self, image: Image.Image) -> torch.Tensor:
+        """The CPU path: decode (``options.decode``), resize, center crop; 224 x 224 x 3 uint8."""
         import numpy
         import torch
 
-        with _open_image(_image_bytes(item), self.options.max_pixels) as image:
-            if self.options.decode == "draft":
-                # JPEG only (a no-op for other formats): libjpeg's DCT scaling, chosen from the
-                # header so that both sides stay >= RESIZE_SIDE, i.e. the short side stays at or
-                # above the resize target and the resize below still does the last step.
-                image.draft("RGB", (RESIZE_SIDE, RESIZE_SIDE))
-            try:
-                image.load()
-                # An RGB image is used as decoded: convert("RGB") would copy it (4 bytes a pixel).
-                rgb = image if image.mode == "RGB" else image.convert("RGB")
-                crop = self._transform(rgb)  # inside the with: closing frees the decoded pixels
-            except (OSError, ValueError, SyntaxError):
-                raise InvalidInput("image data is corrupt or truncated") from None
-        return ImageRow(torch.from_numpy(numpy.array(crop)), parameters)
+        if self.options.decode == "draft":
+            # JPEG only (a no-op for other formats): libjpeg's DCT scaling, chosen from the
+            # header so that both sides stay >= RESIZE_SIDE, i.e. the short side stays at or
+            # above the resize target and the resize below still does the last step.
+            image.draft("RGB", (RESIZE_SIDE, RESIZE_SIDE))
+        try:
+            image.load()
+            # An RGB image is used as decoded: convert("RGB") would copy it (4 bytes a pixel).
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            crop = self._transform(rgb)  # before the caller closes the image and its pixels
+        except (OSError, ValueError, SyntaxError):
+            raise InvalidInput("image data is corrupt or truncated") from None
+        return torch.from_numpy(numpy.array(crop))
 
-    def predict_batch(self, rows: list[ImageRow]) -> list[Classes]:
+    def predict_batch(self, rows: list[ImageRow]) -> list[Classes | RowError]:
         import torch
 
-        with torch.inference_mode():
-            pixels = torch.stack([row.pixels for row in rows])  # N x H x W x 3, uint8
-            if self._device.type == "cuda":
-                pixels = pixels.pin_memory().to(self._device, non_blocking=True)
-            # NHWC seen as NCHW is channels_last already; ToTensor + Normalize's arithmetic:
-            batch = pixels.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-            batch = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
-            probabilities = self._model(batch).float().softmax(dim=1)
-            top = probabilities.topk(max(row.top_k for row in rows), dim=1)
-        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
-        return [
+        assert self._inputs is not None, "predict_batch before load"
+        values: list[list[float]] = []
+        indices: list[list[int]] = []
+        with torch.inference_mode(), self._inputs.stream():
+            prepared = self._inputs.prepare([row.image for row in rows])
+            kept = [row for n, row in enumerate(rows) if n not in prepared.failures]
+            if prepared.batch is not None:
+                probabilities = self._model(prepared.batch).float().softmax(dim=1)
+                top = probabilities.topk(max(row.top_k for row in kept), dim=1)
+                values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        if self.metrics is not None and self._device.type == "cuda":
+            self.metrics.set_device_memory_peak(torch.cuda.max_memory_allocated(self._device))
+        outputs = iter([
             [{"label": self._categories[i], "index": i, "probability": p}
              for p, i in zip(values[n][: row.top_k], indices[n][: row.top_k], strict=True)]
-            for n, row in enumerate(rows)
-        ]
+            for n, row in enumerate(kept)
+        ])
+        return [RowError(prepared.failures[n]) if n in prepared.failures else next(outputs)
+                for n in range(len(rows))]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -237,6 +279,7 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
                 "formats": list(_FORMATS), "max_pixels": self.options.max_pixels,
                 "max_request_pixels": self.options.max_request_pixels,
                 "decode": self.options.decode,
+                "decode_on": "device" if self._on_device else "cpu",
                 "transform": "RGB, resize 256, center crop 224, ImageNet normalization",
             },
             "output": {"type": "top-k list of {label, index, probability}",
@@ -309,6 +352,15 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"image of {width}x{height} pixels exceeds the cap of {max_pixels} pixels "
                            "(options.max_pixels)")
     return image
+
+
+def _black_jpeg() -> bytes:
+    """A small JPEG, to warm up the device's decoder."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def _pretrained_state(name: str) -> dict[str, Any]:
