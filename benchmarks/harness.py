@@ -169,12 +169,27 @@ def check_clean(result: dict[str, float], label: str) -> None:
 
 def measured_wrk(target: str, *, warmup_s: float, duration_s: float, connections: int,
                  script: str | Path, model: str | None = None, core: str | None = None,
-                 env: dict[str, str] | None = None) -> dict[str, float]:
+                 env: dict[str, str] | None = None, pid: int | None = None) -> dict[str, float]:
     """A warm-up wrk run, then the measured one (its result, as ``wrk`` gives it). With ``model``
     (a batchserve model at ``target``'s server), also its ``mean_batch`` and ``padding`` (mean
-    padding ratio; 0 for models without one) over the measured run, from /metrics."""
+    padding ratio; 0 for models without one) over the measured run, from /metrics. With ``pid``
+    (the server's process), also ``cpu_us_per_request``: its CPU time (user + system, all
+    threads) over the measured run, over the requests answered — less sensitive than RPS to
+    other work on the machine."""
     def load(seconds: float) -> dict[str, float]:
-        return wrk(target, connections=connections, duration_s=seconds, script=script, core=core, env=env)
+        if pid is None:
+            return wrk(target, connections=connections, duration_s=seconds, script=script, core=core,
+                       env=env)
+        import psutil
+
+        process = psutil.Process(pid)
+        before = process.cpu_times()
+        result = wrk(target, connections=connections, duration_s=seconds, script=script, core=core,
+                     env=env)
+        after = process.cpu_times()
+        used = after.user + after.system - before.user - before.system
+        result["cpu_us_per_request"] = 1e6 * used / max(1.0, result["rps"] * seconds)
+        return result
 
     load(warmup_s)
     if model is None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from batchserve_planning.serverproc import ManagedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
@@ -66,11 +67,13 @@ def _running(kind: str, config: Path) -> contextlib.AbstractContextManager[objec
 def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
     url = f"http://127.0.0.1:{PORT}"
     results = {}
-    with _running(kind, config):
+    with _running(kind, config) as server:
+        pid = server.process.pid if isinstance(server, ManagedServer) else server.pid  # type: ignore[attr-defined]
         for connections in CONNECTIONS:
             result = harness.measured_wrk(
                 f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
-                script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE)
+                script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE,
+                pid=pid)
             harness.check_clean(result, f"{kind}, {connections} connections")  # else RPS counts errors
             results[connections] = result
     return results
@@ -98,9 +101,9 @@ def main() -> None:
     }
     print(f"\n{summary['date']}, commit {commit}, {summary['machine']}; "
           f"server on core {SERVER_CORE}, wrk on core {LOAD_CORE}, {ROUNDS} rounds of {DURATION_S} s\n")
-    print("| connections | server | RPS | p50 ms | p99 ms | mean batch | RPS / FastAPI floor | "
-          "RPS / raw floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| connections | server | RPS | p50 ms | p99 ms | mean batch | CPU µs / request | "
+          "RPS / FastAPI floor | RPS / raw floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for connections in CONNECTIONS:
         for round_index in range(ROUNDS):
             floor = runs["floor"][round_index][connections]
@@ -109,7 +112,8 @@ def main() -> None:
                 result = runs[kind][round_index][connections]
                 batch = f"{result['mean_batch']:.1f}" if "mean_batch" in result else "—"
                 print(f"| {connections} | {kind} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | "
-                      f"{result['p99_ms']:.2f} | {batch} | {result['rps'] / floor['rps']:.2f} | "
+                      f"{result['p99_ms']:.2f} | {batch} | {result['cpu_us_per_request']:.1f} | "
+                      f"{result['rps'] / floor['rps']:.2f} | "
                       f"{result['rps'] / raw['rps']:.2f} |")
         for floor_kind, suffix, label in (("floor", "", "FastAPI"), ("raw", "_raw", "raw")):
             ratio = statistics.mean(
@@ -118,8 +122,13 @@ def main() -> None:
             p50_gap = statistics.mean(
                 runs["batchserve"][r][connections]["p50_ms"] - runs[floor_kind][r][connections]["p50_ms"]
                 for r in range(ROUNDS))
+            cost = statistics.mean(
+                runs[floor_kind][r][connections]["cpu_us_per_request"]
+                / runs["batchserve"][r][connections]["cpu_us_per_request"] for r in range(ROUNDS))
             print(f"{connections} connections: batchserve / {label} floor RPS = {ratio:.2f}, "
-                  f"p50 gap = {p50_gap:+.2f} ms")
+                  f"p50 gap = {p50_gap:+.2f} ms, {label} floor CPU / batchserve CPU per request "
+                  f"= {cost:.2f}")
+            summary[f"cpu_ratio{suffix}_{connections}"] = cost
             summary[f"ratio{suffix}_{connections}"] = ratio
             summary[f"p50_gap_ms{suffix}_{connections}"] = p50_gap
         print()
