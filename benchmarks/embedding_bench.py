@@ -32,7 +32,8 @@ and Infinity give for it are compared (cosine).
 Usage: .venv/bin/python benchmarks/embedding_bench.py [--setup-only]   (needs wrk)
   settings by environment: TEXTS (512), SEED, ROUNDS (3), DURATION_S (20), WARMUP_S (5),
   CONNECTIONS (64), LAYOUTS, ST_BATCHES (16,32,64), INFINITY_BATCHES (16,32,64), PASSES (2),
-  SERVER_LAYOUT, SERVER_CORES, LOAD_CORES, ENCODING, INFINITY_TORCH (infinity_peer.py)
+  SERVER_LAYOUT, SERVER_CORES, LOAD_CORES, ENCODING, INFINITY_TORCH and INFINITY_ARGS
+  (infinity_peer.py)
 Prints a markdown table and writes benchmarks/results/embedding-<time>.json.
 """
 
@@ -126,6 +127,9 @@ def load(url: str, bodies: Path, model: str | None, label: str) -> dict[str, flo
                                   connections=CONNECTIONS, script="bodies.lua", model=model,
                                   core=LOAD_CORES, env={**os.environ, "BODIES": str(bodies)})
     harness.check_clean(result, label)
+    if result["rps"] <= 0:  # wrk counts neither errors nor timeouts for requests still in flight
+        raise harness.UncleanRun(f"{label}: no answer within the {DURATION_S:g} s measured: make "
+                                 "DURATION_S and WARMUP_S longer than the server's latency")
     return result
 
 
@@ -312,7 +316,7 @@ def report(runs: dict[str, list[dict[str, Any]]], sweeps: dict[str, Any], failur
         "settings": {"texts": TEXTS, "seed": SEED, "rounds": ROUNDS, "duration_s": DURATION_S,
                      "warmup_s": WARMUP_S, "connections": CONNECTIONS, "encoding": ENCODING,
                      "server_layout": list(bench.server_layout), "infinity_batch": bench.infinity_batch,
-                     "infinity_torch": infinity_peer.TORCH},
+                     "infinity_torch": infinity_peer.TORCH, "infinity_args": infinity_peer.ARGS},
         "infinity_versions": peer_versions, "sweeps": sweeps, "runs": runs, "summary": summary,
         "failures": failures})
     print(f"\nwrote {path}")

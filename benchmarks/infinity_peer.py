@@ -19,6 +19,7 @@ Its server runs as ``infinity_emb v2`` with its defaults (the torch engine, its 
 the same path on both servers), log level ``warning`` (no per-request access log, as
 batchserve's launcher), and ``--no-vector-disk-cache``: on by default, it answers a text it has
 seen from an SQLite cache, and the benchmark sends the same texts over and over.
+``INFINITY_ARGS`` adds flags (e.g. ``--no-compile``), to check what a default costs it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "benchmarks" / "results" / "venvs" / "infinity"
 PACKAGES = ["infinity-emb[server,torch]==0.0.78"]
 TORCH = os.environ.get("INFINITY_TORCH", "project")
+ARGS = shlex.split(os.environ.get("INFINITY_ARGS", ""))
 OWN_TORCH_BYTES = 6 * 2**30
 """Free disk the ``own`` install wants (torch and its CUDA wheels unpack to ~4.5 GB)."""
 
@@ -87,7 +90,7 @@ def command(folder: Path, port: int, batch_size: int) -> list[str]:
     return [str(VENV / "bin" / "infinity_emb"), "v2", "--model-id", str(folder),
             "--served-model-name", "minilm", "--host", "127.0.0.1", "--port", str(port),
             "--device", "cpu", "--engine", "torch", "--batch-size", str(batch_size),
-            "--url-prefix", "/v1", "--log-level", "warning", "--no-vector-disk-cache"]
+            "--url-prefix", "/v1", "--log-level", "warning", "--no-vector-disk-cache", *ARGS]
 
 
 @contextlib.contextmanager
