@@ -1,0 +1,112 @@
+"""``batchserve inspect`` and ``batchserve recommend`` on the embedding model (all-MiniLM-L6-v2),
+with texts from a file, one per line, as a user sizing a RAG embedding service would give them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from batchserve.cli import main
+
+from tests.support import PLUGINS, ROOT, running_server, write_models
+from tests.support.texts import NON_ASCII, QUERIES, passages
+
+MINILM_PARAMETERS = 22.7e6
+"""all-MiniLM-L6-v2's size as sentence-transformers' model card gives it (22.7 M)."""
+TEXTS = [*QUERIES[:4], *NON_ASCII[:2], *passages(2)]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return write_models(tmp_path_factory.mktemp("minilm-planning") / "models.toml", [
+        {"name": "minilm", "backend": "embedding", "path": str(minilm_dir), "max_batch_size": 4,
+         "max_wait_ms": 0, "timeout_ms": 30000, "options": {"max_batch_tokens": 1024, "torch_threads": 1}},
+    ])
+
+
+@pytest.fixture(scope="module")
+def texts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One text per line, with a blank line among them (skipped, not an empty text)."""
+    assert all("\n" not in text for text in TEXTS)
+    path = tmp_path_factory.mktemp("texts") / "texts.txt"
+    path.write_text("\n".join([*TEXTS[:3], "", *TEXTS[3:]]) + "\n", encoding="utf-8")
+    return path
+
+
+def _inspect(*args: str) -> dict[str, Any]:
+    # Its own process: inspect tunes the allocator and resets the peak RSS of the process it runs in.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", *args, "--json"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def _check_size(size: dict[str, Any]) -> None:
+    assert size["kind"] == "torch"
+    assert size["parameters"] == pytest.approx(MINILM_PARAMETERS, rel=0.005)
+    assert size["weight_bytes"]["float32"] == 4 * size["parameters"]
+    assert size["weight_bytes"]["float16"] == 2 * size["parameters"]
+
+
+def test_inspect_with_texts_from_a_file(repository: Path, texts_file: Path) -> None:
+    report = _inspect("minilm", "--config", str(repository), "--inputs", str(texts_file),
+                      "--batch-sizes", "1,4")
+    _check_size(report["size"])
+    assert report["backend"] == "embedding" and report["device"] == "cpu"
+    assert report["inputs"] == f"{len(TEXTS)} samples from {texts_file}"  # the blank line is skipped
+    assert [row["batch_size"] for row in report["memory"]] == [1, 4]
+    for row in report["memory"]:
+        assert row["activation_bytes"] > 0 and row["rows_per_s"] > 0
+
+
+def test_inspect_with_the_backends_own_sample(repository: Path) -> None:
+    report = _inspect("minilm", "--config", str(repository), "--batch-sizes", "2")
+    _check_size(report["size"])
+    assert "truncated at max_length (256 tokens)" in report["inputs"]  # sentence_bert_config.json's
+    assert [row["batch_size"] for row in report["memory"]] == [2]
+
+
+def test_a_tiny_recommend_picks_a_configuration_that_answers_vectors(repository: Path, texts_file: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(repository), "--model", "minilm", "--inputs", str(texts_file),
+                 "--slo-p99-ms", "5000", "--max-batch-cap", "2", "--max-wait-ms", "0", "--instances", "1",
+                 "--budget-s", "120", "--max-concurrency", "4", "--step-s", "0.3", "--max-step-s", "1",
+                 "--min-responses", "20", "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    _check_size(results["model_size"])
+    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [1, 2]
+    for outcome in results["candidates"]:
+        assert outcome["error"] is None
+        assert outcome["steps"] and all(step["error_rate"] == 0 for step in outcome["steps"])
+    assert results["pick"] is not None
+    assert results["verification"]["measured_error_rate"] == 0
+    assert "22,713,216 parameters" in (out / "report.md").read_text()
+
+    # The pick, served, answers each text of the file with a unit vector of 384 values, on the
+    # route sizing measured and on the OpenAI route.
+    chosen = results["candidates"][results["pick"]]["candidate"]
+    table = {**results["model_table"], **{key: chosen[key] for key in ("max_batch_size", "max_wait_ms",
+                                                                       "instances")}}
+    (tmp_path / "picked").mkdir()
+    config = write_models(tmp_path / "picked" / "models.toml", [table], root=repository.parent.parent)
+    with running_server(config) as server:
+        predicted = httpx.post(f"{server.url}/predict/minilm", json={"inputs": TEXTS}, timeout=60)
+        openai = httpx.post(f"{server.url}/v1/embeddings", json={"model": "minilm", "input": TEXTS},
+                            timeout=60)
+    assert predicted.status_code == 200 and openai.status_code == 200, (predicted.text, openai.text)
+    vectors = np.array(predicted.json()["outputs"])
+    assert vectors.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    same = np.array([item["embedding"] for item in openai.json()["data"]])
+    np.testing.assert_allclose(same, vectors, atol=1e-5)
