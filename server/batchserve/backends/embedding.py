@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
-from batchserve.backends.capabilities import Samples
 from batchserve.backends.text import (
+    TextModelParts,
     TextOptions,
     check_folder,
     check_max_length,
@@ -98,7 +98,7 @@ class Layout(NamedTuple):
     lower_case: bool
 
 
-class EmbeddingBackend(Backend[Passage, Embedding]):
+class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
     Options = EmbeddingOptions
 
     def load(self, device: str) -> None:
@@ -253,28 +253,6 @@ class EmbeddingBackend(Backend[Passage, Embedding]):
                   "normalized": layout.normalize if layout else self.options.normalize}
         return {"input": item, "output": output}
 
-    def unload(self) -> None:
-        on_cuda = getattr(self, "_device", None) is not None and self._device.type == "cuda"
-        self._model = None
-        if on_cuda:
-            import torch
-
-            torch.cuda.empty_cache()
-
-    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
-
-    @classmethod
-    def supported_devices(cls) -> tuple[str, ...]:
-        return ("cpu", "cuda")
-
-    def torch_modules(self) -> list[Any]:
-        model = getattr(self, "_model", None)
-        return [model] if model is not None else []
-
-    def sample_items(self) -> Samples:
-        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
-        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
-                               f"({self.max_length} tokens)")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field
 
 from batchserve.backends.base import LoadError
+from batchserve.backends.capabilities import Samples
 from batchserve.backends.torch_common import TorchOptions
 from batchserve.errors import InvalidInput
 
@@ -239,3 +240,37 @@ def check_quantize(options: TextOptions, device: torch.device) -> None:
     if options.quantize == "int8" and device.type != "cpu":
         raise LoadError(f"options.quantize = 'int8' (dynamic quantisation) runs on the CPU only, "
                         f"not on {device}; use dtype = 'float16' or 'bfloat16' on a GPU")
+
+
+class TextModelParts:
+    """What the torch text backends (``transformer``, ``embedding``) share beyond their rows:
+    the unload, and the planner's capabilities (``backends/capabilities.py``). Listed before
+    ``Backend`` in a backend's bases; the backend sets ``_model`` and ``_device`` as it loads."""
+
+    _model: Any = None
+    _device: Any = None
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per item, special tokens included."""
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        on_cuda = self._device is not None and self._device.type == "cuda"
+        self._model = None
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
+    def torch_modules(self) -> list[Any]:
+        return [self._model] if self._model is not None else []
+
+    def sample_items(self) -> Samples:
+        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
+        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
+                               f"({self.max_length} tokens)")

@@ -17,8 +17,8 @@ from typing import Any, TypeAlias
 from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
-from batchserve.backends.capabilities import Samples
 from batchserve.backends.text import (
+    TextModelParts,
     TextOptions,
     check_folder,
     check_max_length,
@@ -43,7 +43,7 @@ class TransformerOptions(TextOptions):
     """Tokens per text, special tokens included; longer texts are truncated."""
 
 
-class TransformerBackend(Backend[str, Scores]):
+class TransformerBackend(TextModelParts, Backend[str, Scores]):
     Options = TransformerOptions
 
     def load(self, device: str) -> None:
@@ -115,6 +115,11 @@ class TransformerBackend(Backend[str, Scores]):
         labels: list[str] = getattr(self, "_labels", [])
         return labels
 
+    @property
+    def max_length(self) -> int:
+        limit: int = self.options.max_length
+        return limit
+
     def describe(self) -> dict[str, Any]:
         options = self.options
         item: dict[str, Any] = {
@@ -126,28 +131,6 @@ class TransformerBackend(Backend[str, Scores]):
                   "labels": getattr(self, "_labels", None)}
         return {"input": item, "output": output}
 
-    def unload(self) -> None:
-        on_cuda = getattr(self, "_device", None) is not None and self._device.type == "cuda"
-        self._model = None
-        if on_cuda:
-            import torch
-
-            torch.cuda.empty_cache()
-
-    # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
-
-    @classmethod
-    def supported_devices(cls) -> tuple[str, ...]:
-        return ("cpu", "cuda")
-
-    def torch_modules(self) -> list[Any]:
-        model = getattr(self, "_model", None)
-        return [model] if model is not None else []
-
-    def sample_items(self) -> Samples:
-        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
-        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
-                               f"({self.options.max_length} tokens)")
 
 
 def _from_pretrained(path: Path) -> tuple[Any, Any]:
