@@ -80,6 +80,7 @@ def test_a_tiny_recommend_picks_a_configuration_that_answers_vectors(repository:
     out = tmp_path / "report"
     code = main(["recommend", "--config", str(repository), "--model", "minilm", "--inputs", str(texts_file),
                  "--slo-p99-ms", "5000", "--max-batch-cap", "2", "--max-wait-ms", "0", "--instances", "1",
+                     "--workers", "1",
                  "--budget-s", "120", "--max-concurrency", "4", "--step-s", "0.3", "--max-step-s", "1",
                  "--min-responses", "20", "--out", str(out), "--no-progress"])
     assert code == 0
