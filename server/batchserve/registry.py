@@ -150,6 +150,7 @@ class ModelRegistry:
             return
         model.batcher.start()
         model.state, model.reason = "ready", None
+        model.metrics.refresh()  # in a worker, the gauge's file says so now, not at the next tick
         log.info("model %s ready", model.config.name)
 
     async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
@@ -211,6 +212,7 @@ class ModelRegistry:
     async def _retire(self, model: ServedModel, grace_s: float) -> None:
         was_ready = model.state == "ready"
         model.state = "unloaded"  # refuse new requests at once
+        model.metrics.refresh()
         await model.batcher.close(grace_s)
         if was_ready:
             await asyncio.to_thread(model.backend.unload)
