@@ -26,6 +26,7 @@ from starlette.types import Scope
 from batchserve.backends.embedding import Embedding, EmbeddingBackend
 from batchserve.errors import BatchserveError, InvalidInput, MalformedRequest, UnsupportedMediaType
 from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline, RequestHeaders
+from batchserve.predict import json_object
 from batchserve.registry import ModelRegistry, ServedModel
 
 FORMATS = ("float", "base64")
@@ -93,12 +94,7 @@ class EmbeddingsAdapter(Adapter):
 def parse_embeddings(body: bytes) -> Decoded:
     """An embeddings request as items (texts, or ``{"tokens": ids}``) and parameters
     (``dimensions``); the context is the ``encoding_format``."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise MalformedRequest(f"body must be a JSON object, got {type(payload).__name__}")
+    payload = json_object(body)
     unknown = payload.keys() - _FIELDS
     if unknown:
         raise MalformedRequest(f"unknown fields {sorted(unknown)}; expected {sorted(_FIELDS)}")

@@ -113,13 +113,19 @@ def add_predict_routes(router: APIRouter, pipeline: Pipeline) -> None:
         return await pipeline.serve(PREDICT, request.scope, request.receive, model)
 
 
-def _parse_predict(body: bytes, path_model: str | None) -> Decoded:
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 422 if it is not JSON, or not an object."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise MalformedRequest(f"body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _parse_predict(body: bytes, path_model: str | None) -> Decoded:
+    payload = json_object(body)
     unknown = payload.keys() - {"model", "inputs", "parameters"}
     if unknown:
         raise MalformedRequest(f"unknown fields {sorted(unknown)}; expected model, inputs, parameters")
