@@ -39,6 +39,7 @@ from batchserve.backends.device_decode import (
 )
 from batchserve.backends.multipart import files_from_multipart
 from batchserve.backends.torch_common import (
+    TorchModelParts,
     TorchOptions,
     load_state_dict,
     resolve_device,
@@ -106,7 +107,7 @@ class ImageRow:
     top_k: int  # or a JPEG decoded with its batch on the device
 
 
-class ResNet50Backend(Backend[ImageRow, Classes]):
+class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
     Options = ResNet50Options
     preprocess_in_thread = True  # JPEG decode + resize: ~5 ms per image
 
@@ -289,13 +290,6 @@ class ResNet50Backend(Backend[ImageRow, Classes]):
         }
 
     # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
-
-    @classmethod
-    def supported_devices(cls) -> tuple[str, ...]:
-        return ("cpu", "cuda")
-
-    def torch_modules(self) -> list[Any]:
-        return [self._model] if self._model is not None else []
 
     def sample_items(self) -> Samples:
         from pathlib import Path

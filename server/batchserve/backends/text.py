@@ -21,7 +21,7 @@ from pydantic import Field
 
 from batchserve.backends.base import LoadError
 from batchserve.backends.capabilities import Samples
-from batchserve.backends.torch_common import TorchOptions
+from batchserve.backends.torch_common import TorchModelParts, TorchOptions
 from batchserve.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -242,12 +242,12 @@ def check_quantize(options: TextOptions, device: torch.device) -> None:
                         f"not on {device}; use dtype = 'float16' or 'bfloat16' on a GPU")
 
 
-class TextModelParts:
+class TextModelParts(TorchModelParts):
     """What the torch text backends (``transformer``, ``embedding``) share beyond their rows:
-    the unload, and the planner's capabilities (``backends/capabilities.py``). Listed before
-    ``Backend`` in a backend's bases; the backend sets ``_model`` and ``_device`` as it loads."""
+    the unload, and the planner's sample texts (with ``TorchModelParts``' capabilities). Listed
+    before ``Backend`` in a backend's bases; the backend sets ``_model`` and ``_device`` as it
+    loads."""
 
-    _model: Any = None
     _device: Any = None
 
     @property
@@ -262,13 +262,6 @@ class TextModelParts:
             import torch
 
             torch.cuda.empty_cache()
-
-    @classmethod
-    def supported_devices(cls) -> tuple[str, ...]:
-        return ("cpu", "cuda")
-
-    def torch_modules(self) -> list[Any]:
-        return [self._model] if self._model is not None else []
 
     def sample_items(self) -> Samples:
         text = " ".join(["the battery life is great and the screen is sharp"] * 64)

@@ -114,3 +114,18 @@ def warmup_sizes(max_batch_size: int) -> list[int]:
         size *= 2
     sizes.append(max_batch_size)
     return sizes
+
+
+class TorchModelParts:
+    """The planner's capabilities (``backends/capabilities.py``) every torch backend has the
+    same way: it runs on CPU or CUDA, and its one module is ``_model`` once loaded. Listed
+    before ``Backend`` in a backend's bases."""
+
+    _model: Any = None
+
+    @classmethod
+    def supported_devices(cls) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
+    def torch_modules(self) -> list[Any]:
+        return [self._model] if self._model is not None else []
