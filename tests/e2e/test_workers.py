@@ -153,6 +153,10 @@ def test_both_ways_of_sharing_the_port_reach_every_worker(tmp_path: Path, socket
 
         poll(both, what="requests on both workers")
         assert f"({sockets} sockets" in server.output()
+        # shared: the workers accept from the supervisor's socket, handed down as a descriptor;
+        # reuseport: each binds the port itself (the log line alone would not tell them apart)
+        handed = [any(arg.startswith("main=") for arg in w.cmdline()) for w in workers(server)]
+        assert handed == [sockets == "shared"] * 2
 
 
 def test_metrics_after_k_requests_over_the_workers_show_exactly_k(tmp_path: Path) -> None:
