@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=Path, required=True, help="sample inputs, as for loadtest")
     parser.add_argument("--slo-p99-ms", type=float, required=True, help="latency target: p99 in ms")
     parser.add_argument("--price-per-hour", type=float, help="machine price per hour, for costs")
+    parser.add_argument("--hardware", type=Path,
+                        help="candidate machines (TOML [[profiles]]: models/hardware.example.toml): "
+                             "each measured on its share of this machine, sized and priced")
+    parser.add_argument("--target-rps", type=float, help="with --hardware: requests/s to carry (arrivals)")
+    parser.add_argument("--concurrency", type=int, help="with --hardware: concurrent clients to carry")
+    parser.add_argument("--headroom", type=float, default=0.2,
+                        help="with --hardware: share of a replica's peak kept free (0.2)")
+    parser.add_argument("--max-replicas", type=int, default=64,
+                        help="with --hardware: most replicas of one profile (64)")
     parser.add_argument("--devices", default=None, help="comma-separated: cpu, cuda, cuda:N (the config's)")
     parser.add_argument("--dtypes", help="torch backends on GPU: comma-separated (float32,float16)")
     parser.add_argument("--max-batch-cap", type=int,
@@ -48,9 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server processes tried, within the servers' cores (auto: 1, 2, 4, ... "
                              "up to them; more only while throughput grows)")
     parser.add_argument("--full-grid", action="store_true", help="every combination, not a search")
-    parser.add_argument("--budget-s", type=float, default=600.0,
+    parser.add_argument("--budget-s", type=float, default=300.0,
                         help="start no candidate that would not leave time for the final round and "
-                             "the re-run within this many seconds (600)")
+                             "the checks within this many seconds, all profiles together (300)")
     parser.add_argument("--max-concurrency", type=int, default=512, help="most clients in a ramp (512)")
     parser.add_argument("--step-s", type=float, default=1.0, help="shortest step of a ramp (1)")
     parser.add_argument("--max-step-s", type=float, default=8.0, help="longest step of a ramp (8)")
@@ -74,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from batchserve_planning.ramp import RampSettings
     from batchserve_planning.sweep import Sweep, server_cores, worker_counts
 
+    if args.hardware is None and (args.target_rps is not None or args.concurrency is not None):
+        print("batchserve recommend: --target-rps and --concurrency size a fleet: give the candidate "
+              "machines with --hardware", file=sys.stderr)
+        return 2
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
         base = _model_table(args.config, args.model)
@@ -90,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
                             processes=args.processes, load_cpus=args.load_cpus)
     out = args.out or Path("reports") / f"recommend-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    if args.hardware is not None:
+        from batchserve_planning.profiles_run import run_profiles
+
+        return run_profiles(args, base, samples, settings, out)
     sweep = Sweep(args, base, samples, settings, out)
     from batchserve_planning.load.progress import Bars
 

@@ -167,8 +167,11 @@ def threads_per_instance(base: dict[str, Any], cores: int, device: str, instance
 
 class Sweep:
     def __init__(self, args: argparse.Namespace, base: dict[str, Any], samples: list[Any],
-                 settings: RampSettings, out: Path) -> None:
+                 settings: RampSettings, out: Path, *, quota_cpus: float | None = None) -> None:
+        """``quota_cpus``: a cgroup CPU quota for every server (a fractional profile), on top of
+        ``args.server_cpus``."""
         self.args = args
+        self.quota_cpus = quota_cpus
         self.base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
         self.samples = samples
         self.settings = settings
@@ -259,14 +262,15 @@ class Sweep:
         label = f"#{self.count} {candidate.label()}"
         self.bars.update(self.overall, status=f"{label}: starting the server")
         try:
-            server = self._start(candidate, f"candidate-{self.count:02d}")
+            server = self.start_server(candidate, f"candidate-{self.count:02d}")
         except ServerError as exc:
             outcome.error = str(exc)
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
         else:
             try:
-                outcome.steps = ramp(server.url, self.args.model, self._requests(server.url), self.settings,
-                                     self.bars, label, on_step=lambda _: server.sample_memory())
+                outcome.steps = ramp(server.url, self.args.model, self.requests_for(server.url),
+                                     self.settings, self.bars, label,
+                                     on_step=lambda _: server.sample_memory())
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -303,12 +307,12 @@ class Sweep:
         self.bars.update(self.overall, status=label)
         self.count += 1
         try:
-            server = self._start(outcome.candidate, f"{name}-{self.count:02d}")
+            server = self.start_server(outcome.candidate, f"{name}-{self.count:02d}")
         except ServerError as exc:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
             return None
         try:
-            return measure_step(server.url, self.args.model, self._requests(server.url),
+            return measure_step(server.url, self.args.model, self.requests_for(server.url),
                                 outcome.best.concurrency, self.settings, self.bars, label,
                                 duration_s=3 * self.settings.step_s,
                                 min_responses=3 * self.settings.min_responses)
@@ -332,18 +336,25 @@ class Sweep:
                 "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
                 "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
 
-    def _start(self, candidate: Candidate, name: str) -> Any:
-        from batchserve_planning.serverproc import ManagedServer, toml_table
+    def start_server(self, candidate: Candidate, name: str) -> Any:
+        from batchserve_planning.serverproc import ManagedServer
+
+        config = self.write_config(candidate, name)
+        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus,
+                               quota_cpus=self.quota_cpus, args=candidate.serve_args())
+        server.wait_ready()
+        return server
+
+    def write_config(self, candidate: Candidate, name: str) -> Path:
+        """The models.toml a server of ``candidate`` runs, in logs/ as ``name``.toml."""
+        from batchserve_planning.serverproc import toml_table
 
         config = self.out / "logs" / f"{name}.toml"
         config.write_text(toml_table(repository_table(self.args.config), "[repository]") + "\n"
                           + toml_table(candidate.table(self.base)))
-        server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus,
-                               args=candidate.serve_args())
-        server.wait_ready()
-        return server
+        return config
 
-    def _requests(self, url: str) -> Requests:
+    def requests_for(self, url: str) -> Requests:
         from batchserve_planning.load.inputs import build_requests
 
         host, _, port = url.removeprefix("http://").partition(":")
