@@ -14,6 +14,10 @@ model). ``--workers N`` shows that product: per worker, this process's resident 
 the model is loaded (interpreter and libraries included, as in a worker) plus the input and
 activations of the largest batch measured; on GPU the allocator's bytes, and what
 ``nvidia-smi`` shows for this process (its CUDA context included: every worker has one).
+
+Memory by input size (``memory_by_input``, ``input_memory.py``): for image and text models, the
+peak of one batch, preprocessing included, by source resolution or tokens per item and batch
+size (``--input-sizes``, ``--input-batch-sizes``; ``--input-sizes none`` skips it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from batchserve_planning.modelsize import format_bytes as _bytes
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="model name in the config")
@@ -32,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model repository file (models/models.toml)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16",
                         help="batch sizes to measure, comma-separated, or 'none' (1,2,4,8,16)")
+    parser.add_argument("--input-sizes", default="auto",
+                        help="memory by input size: image sources' px or text tokens per item, "
+                             "comma-separated; 'auto': the backend's (224,512,1024 px; 16,64,256 "
+                             "tokens and max_length); 'none' to skip")
+    parser.add_argument("--input-batch-sizes", default="auto",
+                        help="batch sizes for memory by input size, comma-separated; 'auto': 1, 8 "
+                             "and the config's max_batch_size")
     parser.add_argument("--inputs", type=Path, help="sample inputs (default: one per built-in backend)")
     parser.add_argument("--device", help="device to load on (the config's)")
     parser.add_argument("--workers", type=int, default=1,
@@ -43,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends.base import LoadError
     from batchserve.config import ConfigError, load_models
 
+    from batchserve_planning.input_memory import parse_sizes
     from batchserve_planning.load.inputs import InputError
 
     try:
@@ -52,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
         sizes = [] if args.batch_sizes == "none" else [int(s) for s in args.batch_sizes.split(",")]
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, not {args.workers}")
+        input_sizes = parse_sizes(args.input_sizes)
+        input_batches = parse_sizes(args.input_batch_sizes)
+        if input_batches == []:
+            raise ValueError("--input-batch-sizes: give batch sizes or 'auto' (--input-sizes none "
+                             "skips the measurement)")
         report = inspect_model(configs[args.name], sizes, inputs=args.inputs, device=args.device,
-                               workers=args.workers)
+                               workers=args.workers, input_sizes=input_sizes,
+                               input_batch_sizes=input_batches)
     except (ConfigError, LoadError, InputError, ValueError, RuntimeError) as exc:
         print(f"batchserve inspect: {exc}", file=sys.stderr)
         return 2
@@ -62,10 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = None,
-                  device: str | None = None, workers: int = 1) -> dict[str, Any]:
-    """Load ``config``'s model here and measure it (see the module's docstring)."""
+                  device: str | None = None, workers: int = 1, input_sizes: list[int] | None = None,
+                  input_batch_sizes: list[int] | None = None) -> dict[str, Any]:
+    """Load ``config``'s model here and measure it (see the module's docstring). ``input_sizes``
+    None: the backend's own sizes, []: no memory by input size; ``input_batch_sizes`` None: 1, 8
+    and the config's ``max_batch_size``."""
     from batchserve.backends import backend_class
 
+    from batchserve_planning.input_memory import default_batch_sizes, memory_by_input
     from batchserve_planning.modelsize import activation_memory, model_size, resident_bytes
 
     device = device or config.device
@@ -89,6 +113,10 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
             report["memory_method"] = ("CUDA allocator peak (torch.cuda.max_memory_allocated)"
                                        if device.startswith("cuda") else
                                        "growth of the peak resident set (VmHWM) during predict_batch")
+        if input_sizes != []:
+            report["memory_by_input"] = memory_by_input(
+                backend, device, input_sizes,
+                input_batch_sizes or default_batch_sizes(config.max_batch_size))
         report["per_worker"] = per_worker(report, workers)
         return report
     finally:
@@ -132,15 +160,6 @@ def _sample_items(backend: Any, inputs: Path | None) -> tuple[list[Any], str]:
     raise InputError(f"no default sample for backend {backend.config.backend!r}: give --inputs")
 
 
-def _bytes(value: float | None) -> str:
-    if value is None:
-        return "—"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= scale:
-            return f"{value / scale:,.1f} {unit}"
-    return f"{value:,.0f} B"
-
-
 def format_report(report: dict[str, Any]) -> str:
     size = report["size"]
     dtype = f", {report['dtype']}" if report.get("dtype") else ""
@@ -173,6 +192,11 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{_bytes(row['activation_bytes'])} | "
                          f"{_bytes(row['activation_bytes'] / row['batch_size'])} | "
                          f"{row['seconds'] * 1000:.2f} ms | {rate} |")
+    if report.get("memory_by_input"):
+        from batchserve_planning.input_memory import memory_by_input_caption, memory_by_input_lines
+
+        table = report["memory_by_input"]
+        lines += ["", *memory_by_input_caption(table), "", *memory_by_input_lines(table)]
     return "\n".join(lines)
 
 

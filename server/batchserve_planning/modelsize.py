@@ -114,6 +114,16 @@ def artifact_bytes(path: Path) -> int | None:
     return None
 
 
+def format_bytes(value: float | None) -> str:
+    """``48.7 MiB``: binary units, one decimal; ``—`` for None."""
+    if value is None:
+        return "—"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.1f} {unit}"
+    return f"{value:,.0f} B"
+
+
 # -- activation memory -------------------------------------------------------------------------
 
 
@@ -180,6 +190,33 @@ def activation_memory(backend: Backend[Any, Any], rows_for: Any, batch_sizes: li
         result["seconds"] = seconds
         result["rows_per_s"] = result["batch_size"] / seconds
     return results
+
+
+class PeakMeter:
+    """The peak memory above a starting level, measured as ``activation_memory`` does: the CUDA
+    allocator's peak on GPU; on CPU the growth of ``VmHWM`` over the resident set at ``start``,
+    glibc mapping blocks from 64 KiB directly (so that freed memory leaves the resident set)
+    until ``close``."""
+
+    def __init__(self, device: str) -> None:
+        self.on_cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
+        if not self.on_cuda and _status_kib("VmHWM") is None:
+            raise RuntimeError("measuring CPU memory needs Linux's /proc/self/status")
+        self._libc = None if self.on_cuda else _libc(64 * 1024)
+        self._base = 0
+
+    def start(self) -> None:
+        _settle(self._libc)
+        self._base = _reset_peak(self.on_cuda)
+
+    def peak(self) -> int:
+        """Bytes above the level at ``start`` at the highest point since."""
+        _sync(self.on_cuda)
+        return max(0, _peak(self.on_cuda) - self._base)
+
+    def close(self) -> None:
+        if self._libc is not None:
+            _libc(32 * 2**20)  # glibc's largest dynamic threshold: blocks are reused again
 
 
 def resident_bytes(device: str) -> int:

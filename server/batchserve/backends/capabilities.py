@@ -68,3 +68,25 @@ class DeviceSupport(Protocol):
     def supported_devices(cls) -> tuple[str, ...]:
         """Device kinds the backend runs on (``cpu``, ``cuda``); ``cuda:1`` is of kind ``cuda``."""
         ...
+
+
+class InputSizes(NamedTuple):
+    kind: str
+    """What the model takes: ``image`` or ``text``."""
+    unit: str
+    """What a size counts: ``px`` (an image source's longer side) or ``tokens`` (per item,
+    special tokens included)."""
+    sizes: list[int]
+    """The sizes measured unless asked for others, smallest first."""
+
+
+@runtime_checkable
+class SizedInputs(Protocol):
+    def input_sizes(self) -> InputSizes:
+        """The loaded model's kind of input and the sizes worth measuring its memory at."""
+        ...
+
+    def sized_items(self, size: int) -> Samples:
+        """Inputs as a client sends them, each of ``size`` (in ``input_sizes().unit``); a
+        ``ValueError`` for a size the model cannot take."""
+        ...

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import Field
 
+from batchserve.backends import sized_samples
 from batchserve.backends.base import Backend, LoadError
-from batchserve.backends.capabilities import Samples
+from batchserve.backends.capabilities import InputSizes, Samples
 from batchserve.backends.device_decode import (
     RESIZE_SIDE,
     BatchInputs,
@@ -298,6 +299,12 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
 
         photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
         return Samples([photo.read_bytes()], f"{photo.name}, scikit-learn's bundled photo")
+
+    def input_sizes(self) -> InputSizes:
+        return InputSizes("image", "px", list(sized_samples.IMAGE_SIDES))
+
+    def sized_items(self, size: int) -> Samples:
+        return sized_samples.photos(size)
 
 
 def _image_bytes(item: Any) -> bytes:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field
 
+from batchserve.backends import sized_samples
 from batchserve.backends.base import LoadError
-from batchserve.backends.capabilities import Samples
+from batchserve.backends.capabilities import InputSizes, Samples
 from batchserve.backends.torch_common import TorchModelParts, TorchOptions
 from batchserve.errors import InvalidInput
 
@@ -255,6 +256,10 @@ class TextModelParts(TorchModelParts):
         """Tokens per item, special tokens included."""
         raise NotImplementedError
 
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text as the backend encodes a batch (special tokens, truncation)."""
+        raise NotImplementedError
+
     def unload(self) -> None:
         on_cuda = self._device is not None and self._device.type == "cuda"
         self._model = None
@@ -267,3 +272,9 @@ class TextModelParts(TorchModelParts):
         text = " ".join(["the battery life is great and the screen is sharp"] * 64)
         return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
                                f"({self.max_length} tokens)")
+
+    def input_sizes(self) -> InputSizes:
+        return InputSizes("text", "tokens", sized_samples.text_sizes(self.max_length))
+
+    def sized_items(self, size: int) -> Samples:
+        return sized_samples.text_of_tokens(self.tokenize, size, self.max_length)
