@@ -75,5 +75,6 @@ def _model_info(model: ServedModel) -> dict[str, Any]:
         **model.status(),
         "config": config,
         "queued_rows": model.batcher.queued_rows,
+        "input_kind": model.backend.input_kind,
         **model.backend.describe(),
     }

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (http://127.0.0.1:8000)")
     parser.add_argument("--model", required=True, help="model name, as in /predict/{model}")
     parser.add_argument("--inputs", type=Path, required=True,
-                        help="sample inputs: .json/.jsonl items, .txt lines, images, or a folder of them")
+                        help="sample inputs: .json/.jsonl items, .txt lines, images, or a folder of them "
+                             "(from a folder: the files of the model's input kind, as /models/{model} says)")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="closed loop: concurrent clients; open loop: most connections (16)")
     parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
@@ -53,7 +54,7 @@ def cpu_set(text: str) -> set[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batchserve_planning.load.inputs import InputError, build_requests, load_samples
+    from batchserve_planning.load.inputs import InputError, build_requests, load_samples, server_input_kind
     from batchserve_planning.load.measure import measure
     from batchserve_planning.load.scrape import ServerError, model_state
     from batchserve_planning.load.shared import LoadSpec
@@ -67,12 +68,21 @@ def run(args: argparse.Namespace) -> int:
         state = model_state(base_url, args.model)
         if state.get("state") != "ready":
             raise ServerError(f"model {args.model!r} is {state.get('state')}: {state.get('error', '')}")
-        requests = build_requests(load_samples(args.inputs), host=url.hostname, port=url.port or 80,
-                                  model=args.model, rows_per_request=args.rows_per_request,
-                                  image_mode=args.image_mode, parameters=args.parameters)
-    except (InputError, ServerError) as exc:
+        kind = server_input_kind(base_url, args.model)
+    except ServerError as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
         return 2
+    skipped: list[str] = []
+    try:
+        samples = load_samples(args.inputs, kind, on_skip=skipped.append)
+        requests = build_requests(samples, host=url.hostname, port=url.port or 80,
+                                  model=args.model, rows_per_request=args.rows_per_request,
+                                  image_mode=args.image_mode, parameters=args.parameters)
+    except InputError as exc:
+        print(f"batchserve loadtest: model {args.model!r} takes {kind} input: {exc}", file=sys.stderr)
+        return 2
+    for note in skipped:
+        print(f"batchserve loadtest: {note}", file=sys.stderr)
     duration_s = None if args.requests else (args.duration_s or 10.0)
     spec = LoadSpec(url.hostname, url.port or 80, requests.requests,
                     mode="open" if args.rate else "closed", concurrency=args.concurrency,
@@ -88,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(), "url": base_url, "model": args.model,
-        "inputs": {"path": str(args.inputs), "description": requests.description},
+        "inputs": {"path": str(args.inputs), "kind": kind, "description": requests.description,
+                   "skipped": skipped},
         "settings": {"warmup_s": spec.warmup_s, "duration_s": spec.duration_s, "requests": spec.count,
                      "timeout_s": spec.timeout_s, "seed": spec.seed},
         "result": summary.to_dict(),
@@ -124,7 +135,7 @@ def write_report(out: Path, report: dict[str, Any]) -> str:
         f"{report['date']}; {report['machine']}.",
         f"Load: {load}, {length} measured after {settings['warmup_s']:g} s of warm-up, "
         f"{summary.processes} load process(es). Inputs: `{report['inputs']['path']}`, "
-        f"{report['inputs']['description']}.", "",
+        f"{report['inputs']['description']}.", *report['inputs'].get('skipped', []), "",
         markdown_table(summary), "",
     ]
     if summary.mode == "open":

@@ -52,6 +52,12 @@ class Backend(ABC, Generic[Row, Output]):
     loads_pickles: ClassVar[bool] = False
     """True when ``load`` unpickles (joblib): such artifacts load only from inside the repository."""
 
+    input_kind: ClassVar[str] = "json"
+    """What an item is, for the planner's sample inputs and ``GET /models/{name}``: ``"image"``
+    (image files, or ``{"b64": ...}``), ``"text"`` (strings, or ``{"text": ...}``), ``"rows"``
+    (arrays of numbers, or objects of named features), or ``"json"`` (JSON items of the backend's
+    own shape)."""
+
     preprocess_in_thread: ClassVar[bool] = False
     """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop, a
     bounded number of requests at a time (``preprocess_concurrency`` in ``models.toml``)."""

@@ -100,6 +100,7 @@ class Layout(NamedTuple):
 
 class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
     Options = EmbeddingOptions
+    input_kind = "text"
 
     def load(self, device: str) -> None:
         options: EmbeddingOptions = self.options

@@ -110,6 +110,7 @@ class ImageRow:
 
 class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
     Options = ResNet50Options
+    input_kind = "image"
     preprocess_in_thread = True  # JPEG decode + resize: ~5 ms per image
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:

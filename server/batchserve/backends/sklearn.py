@@ -35,6 +35,7 @@ class SklearnOptions(BaseModel):
 
 class SklearnBackend(Backend[list[float], Prediction]):
     Options = SklearnOptions
+    input_kind = "rows"
     loads_pickles = True  # joblib.load runs arbitrary code from the file: trust the repository only
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:

@@ -45,6 +45,7 @@ class TransformerOptions(TextOptions):
 
 class TransformerBackend(TextModelParts, Backend[str, Scores]):
     Options = TransformerOptions
+    input_kind = "text"
 
     def load(self, device: str) -> None:
         target = resolve_device(device)

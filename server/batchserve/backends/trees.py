@@ -134,6 +134,7 @@ class TreeBackend(Backend[list[float], TreeOutput]):
     """A tree ensemble from its library's model file; subclasses open the file and predict."""
 
     Options = TreeOptions
+    input_kind = "rows"
     library: ClassVar[str]
     """The library's name, for messages."""
     probe_code: ClassVar[str]

@@ -8,6 +8,9 @@ A file or a folder of files (not recursive):
 - ``.jpg``, ``.jpeg``, ``.png``, ``.webp``: one image per file, sent as the raw body
   (``image_mode="raw"``, one image per request) or base64 in JSON (``"base64"``).
 
+Given the model's input kind (``Backend.input_kind``, published at ``GET /models/{name}``), only
+the files of that kind are taken from a folder, and inputs of another kind are refused up front.
+
 Items are what ``POST /predict/{model}`` takes in ``inputs`` (README, "HTTP API").
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,28 +52,145 @@ class Requests:
     """Where the samples came from and how they are sent, for reports."""
 
 
-def load_samples(path: Path) -> list[Sample]:
-    """Every sample in ``path`` (a file, or the supported files of a folder, by name)."""
+KINDS = {
+    "image": "image files (.jpg, .jpeg, .png, .webp), or JSON items {\"b64\": ...}",
+    "text": ".txt lines, or .json/.jsonl items that are strings or {\"text\": ...}",
+    "rows": ".json/.jsonl items that are arrays of numbers or objects of named features",
+    "json": ".json or .jsonl items",
+}
+"""The input kinds a backend declares (``Backend.input_kind``), and the sample files of each;
+a repository file's model: ``batchserve_planning.input_kinds.input_kind_of_table``."""
+_OTHER_FILES = {".py": "Python file", ".md": "Markdown file", ".csv": "CSV file"}
+
+
+def server_input_kind(base_url: str, model: str) -> str:
+    """``input_kind`` of ``GET /models/{model}`` on a running server; raises ``ServerError``."""
+    from batchserve_planning.load.scrape import ServerError, model_state
+
+    kind = model_state(base_url, model).get("input_kind")
+    if not isinstance(kind, str):
+        raise ServerError(f"{base_url}/models/{model} does not say the model's input kind "
+                          "('input_kind'): a server older than this client")
+    return kind
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One entry of the inputs: what it is (for messages) and, for a sample file, its kind."""
+    path: Path
+    noun: str
+    """Singular, pluralised with an "s": "JPEG image", "JSON file"."""
+    detail: str = ""
+    """After the noun: " of rows"."""
+    kind: str | None = None
+    """"image", "text", "rows", "json" (JSON items of no other kind), "mixed"; None: no samples."""
+    samples: tuple[Sample, ...] | None = None
+    """JSON and text files' samples, read to know their kind; images are read once chosen."""
+    kinds: tuple[str, ...] = ()
+    """The item kinds of a JSON file that mixes them."""
+
+
+def load_samples(path: Path, kind: str | None = None, *,
+                 on_skip: Callable[[str], object] | None = None) -> list[Sample]:
+    """The samples in ``path``: a file, or a folder's files (by name, not recursive).
+
+    ``kind`` (the model's input kind, ``KINDS``) given: only the folder's files of that kind are
+    taken, and ``on_skip`` is told what was left out; a file of another kind, a JSON file mixing
+    kinds, or a folder with nothing of the kind raise ``InputError`` saying what was found.
+    ``kind`` None: every .json, .jsonl, .txt and image file."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in (*IMAGE_TYPES, *JSON_SUFFIXES, ".txt"))
-        if not files:
-            raise InputError(f"{path}: no .json, .jsonl, .txt or image files in this folder")
+        found = [_inspect(entry) for entry in sorted(path.iterdir())]
     elif path.is_file():
-        files = [path]
+        found = [_inspect(path)]
     else:
         raise InputError(f"{path}: no such file or folder")
-    samples = [sample for file in files for sample in _read(file)]
+    chosen: list[_Found] = []
+    skipped: list[_Found] = []
+    for entry in found:
+        taken = entry.kind is not None if kind is None else _takes(kind, entry)
+        (chosen if taken else skipped).append(entry)
+    if kind is None:
+        if not chosen and path.is_dir():
+            raise InputError(f"{path}: no .json, .jsonl, .txt or image files in this folder")
+        if not chosen:
+            raise InputError(f"{path}: unsupported file type {path.suffix.lower()!r} "
+                             "(json, jsonl, txt, jpg, png, webp)")
+    else:
+        if not chosen:
+            wanted = f"{kind} input ({KINDS.get(kind, 'a kind this client cannot read from files')})"
+            if not path.is_dir():
+                raise InputError(f"{path}: a {found[0].noun}{found[0].detail}, not {wanted}")
+            raise InputError(f"{path}: nothing in this folder is {wanted}; "
+                             f"found {_describe(found) if found else 'nothing'}")
+        if skipped and on_skip is not None:
+            on_skip(f"{path}: took {_describe(chosen)}; skipped, as not {kind} input: "
+                    f"{_describe(skipped)}")
+    samples = [s for f in chosen for s in (f.samples if f.samples is not None else _read(f.path))]
     if not samples:
         raise InputError(f"{path}: no samples found")
     return samples
+
+
+def _takes(kind: str, found: _Found) -> bool:
+    """True when ``found`` is input of ``kind``; raises for a JSON file mixing it with others."""
+    if found.kind == "mixed" and kind in found.kinds:
+        raise InputError(f"{found.path}: mixes {', '.join(found.kinds)} items; the model takes {kind} "
+                         "items only")
+    if kind == "json":
+        return found.samples is not None and found.path.suffix.lower() in JSON_SUFFIXES
+    return found.kind == kind
+
+
+def _inspect(path: Path) -> _Found:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return _Found(path, "folder")
+    if suffix in IMAGE_TYPES:
+        return _Found(path, f"{IMAGE_TYPES[suffix].partition('/')[2].upper()} image", kind="image")
+    if suffix == ".txt":
+        return _Found(path, "text file", kind="text", samples=tuple(_read(path)))
+    if suffix in JSON_SUFFIXES:
+        samples = tuple(_read(path))
+        kinds = tuple(sorted({_item_kind(s.item) for s in samples}))
+        noun = "JSON file" if suffix == ".json" else "JSON lines file"
+        if len(kinds) > 1:
+            return _Found(path, noun, f" of mixed items ({', '.join(kinds)})", "mixed", samples, kinds)
+        item_kind = kinds[0] if kinds else "json"
+        other = " of other values" if kinds else " without items"
+        detail = other if item_kind == "json" else f" of {item_kind}"
+        return _Found(path, noun, detail, item_kind, samples)
+    noun = _OTHER_FILES.get(suffix, f"{suffix} file" if suffix else "file without an extension")
+    return _Found(path, noun)
+
+
+def _item_kind(item: Any) -> str:
+    if isinstance(item, str):
+        return "text"
+    if isinstance(item, dict):
+        return "image" if "b64" in item else "text" if {"text", "tokens"} & item.keys() else "rows"
+    return "rows" if isinstance(item, list) else "json"
+
+
+def _describe(found: list[_Found]) -> str:
+    """"2 JPEG images (china.jpg, flower.jpg), 1 text file (README.txt)", in order of first sight."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for entry in found:
+        groups.setdefault((entry.noun, entry.detail), []).append(entry.path.name)
+    parts = []
+    for (noun, detail), names in groups.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{len(names)} {noun}{'s' if len(names) > 1 else ''}{detail} ({shown})")
+    return ", ".join(parts)
 
 
 def _read(path: Path) -> list[Sample]:
     suffix = path.suffix.lower()
     if suffix in IMAGE_TYPES:
         return [Sample(path.read_bytes(), IMAGE_TYPES[suffix])]
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text: {exc}") from None
     if suffix == ".txt":
         return [Sample(line) for line in text.splitlines() if line.strip()]
     if suffix == ".json":
