@@ -152,7 +152,7 @@ def _sample_items(backend: Any, inputs: Path | None) -> tuple[list[Any], str]:
     from batchserve_planning.load.inputs import InputError, load_samples
 
     if inputs is not None:
-        samples = load_samples(inputs)
+        samples = load_samples(inputs, type(backend).input_kind)
         return [s.item for s in samples], f"{len(samples)} samples from {inputs}"
     if isinstance(backend, SampleItems):
         items, description = backend.sample_items()

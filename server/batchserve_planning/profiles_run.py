@@ -22,7 +22,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     from batchserve_planning.fleet import Fleet, closest
     from batchserve_planning.hardware import HardwareError, gpu_count, load_profiles
     from batchserve_planning.load.progress import Bars
-    from batchserve_planning.recommend import inspect_size
+    from batchserve_planning.recommend import batch_cap, inspect_size
     from batchserve_planning.report_profiles import write
 
     try:
@@ -36,7 +36,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     checks: dict[str, Any] = {}
     with Bars(not args.no_progress) as bars:
         fleet.bars = bars
-        model_size = inspect_size(args.config, args.model, bars)
+        model_size, memory_by_input = inspect_size(args.config, args.model, bars, batch_cap(args, base))
         gpus = gpu_count()
         quota_problem = quota_support()
         entries = fleet.measure(profiles, gpus, quota_problem)
@@ -47,7 +47,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
             checks["replicas"] = fleet.replica_check(entries, chosen.name)
     results = {
         "mode": "profiles", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "model": args.model, "config": str(args.config), "inputs": str(args.inputs),
+        "model": args.model, "config": str(args.config), "inputs": str(args.inputs), "input_notes": args.input_notes,
         "hardware": str(args.hardware), "slo_p99_ms": args.slo_p99_ms,
         "load": {"target_rps": load.target_rps, "concurrency": load.concurrency,
                  "rows_per_request": load.rows_per_request, "headroom": load.headroom,
@@ -57,7 +57,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
         "settings": {"step_s": settings.step_s, "max_step_s": settings.max_step_s,
                      "min_responses": settings.min_responses, "max_concurrency": settings.max_concurrency},
         "model_table": base, "model_size": model_size,
-        "memory_by_input": (model_size or {}).get("memory_by_input"),
+        "memory_by_input": memory_by_input,
         "profiles": entries, "verdicts": [{"name": v.name, "ok": v.ok, "reason": v.reason} for v in verdicts],
         "pick_profile": chosen.name if chosen else None,
         "losers": explain_losers(verdicts, chosen) if chosen else {v.name: v.reason for v in verdicts},

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.backends import backend_class
     from batchserve.config import ConfigError, load_models
 
+    from batchserve_planning.input_kinds import input_kind_of_table
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
     from batchserve_planning.sweep import Sweep, server_cores, worker_counts
@@ -87,16 +88,20 @@ def run(args: argparse.Namespace) -> int:
         print("batchserve recommend: --target-rps and --concurrency size a fleet: give the candidate "
               "machines with --hardware", file=sys.stderr)
         return 2
+    skipped_inputs: list[str] = []
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
         base = _model_table(args.config, args.model)
         has_dtype = "dtype" in backend_class(base["backend"]).Options.model_fields
         combos = _device_dtypes(args, base, has_dtype)
         workers = worker_counts(args.workers, server_cores(args.server_cpus))
-        samples = load_samples(args.inputs)
+        samples = load_samples(args.inputs, input_kind_of_table(base), on_skip=skipped_inputs.append)
     except (ConfigError, InputError, ValueError, LookupError) as exc:
         print(f"batchserve recommend: {exc}", file=sys.stderr)
         return 2
+    for note in skipped_inputs:
+        print(f"batchserve recommend: {note}", file=sys.stderr)
+    args.input_notes = skipped_inputs
     settings = RampSettings(slo_ms=args.slo_p99_ms, max_concurrency=args.max_concurrency,
                             step_s=args.step_s, max_step_s=args.max_step_s,
                             min_responses=args.min_responses, rows_per_request=args.rows_per_request,
@@ -112,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     with Bars(not args.no_progress) as bars:
         sweep.bars = bars
-        size = inspect_size(args.config, args.model, bars)
+        size, memory_by_input = inspect_size(args.config, args.model, bars, batch_cap(args, base))
         outcomes, skipped = sweep.search(combos)
         finals = sweep.final_round(outcomes)
         pick, predicted = choose(outcomes, finals)
@@ -121,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
 
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model": args.model,
-        "config": str(args.config), "inputs": str(args.inputs), "slo_p99_ms": args.slo_p99_ms,
+        "config": str(args.config), "inputs": str(args.inputs),
+        "input_notes": skipped_inputs, "slo_p99_ms": args.slo_p99_ms,
         "price_per_hour": args.price_per_hour, "budget_s": args.budget_s,
         "elapsed_s": time.monotonic() - sweep.started, "model_table": base, "model_size": size,
+        "memory_by_input": memory_by_input,
         "settings": {"step_s": settings.step_s, "max_step_s": settings.max_step_s,
                      "min_responses": settings.min_responses, "warmup_s": settings.warmup_s,
                      "max_concurrency": settings.max_concurrency, "full_grid": args.full_grid,
@@ -175,15 +182,25 @@ def _device_dtypes(args: argparse.Namespace, base: dict[str, Any],
     return combos
 
 
-def inspect_size(config: Path, model: str, bars: Bars) -> dict[str, Any]:
-    """Parameters and weight bytes, from ``batchserve inspect`` in its own process."""
-    bars.print(f"measuring the size of {model} (batchserve inspect)")
+def inspect_size(config: Path, model: str, bars: Bars, batch_cap: int) -> tuple[dict[str, Any], Any]:
+    """Parameters and weight bytes, and peak memory by input size at batch sizes 1, 8 and
+    ``batch_cap`` (the largest the sweep may try), from ``batchserve inspect`` in its own process."""
+    bars.print(f"measuring the size of {model} and its memory by input size (batchserve inspect)")
+    batches = ",".join(str(b) for b in sorted({1, min(8, batch_cap), batch_cap}))
     result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", model, "--config", str(config),
-                             "--batch-sizes", "none", "--json"], capture_output=True, text=True, timeout=600)
+                             "--batch-sizes", "none", "--input-batch-sizes", batches, "--json"],
+                            capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        return {"error": result.stderr.strip()[-500:]}
-    size: dict[str, Any] = json.loads(result.stdout)["size"]
-    return size
+        return {"error": result.stderr.strip()[-500:]}, None
+    report = json.loads(result.stdout)
+    size: dict[str, Any] = report["size"]
+    return size, report.get("memory_by_input")
+
+
+def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
+    """The largest max_batch_size a sweep tries: ``--max-batch-cap``, else 2x the configured one, 8 to 64."""
+    cap: int = args.max_batch_cap or min(64, max(8, 2 * int(base.get("max_batch_size", 32))))
+    return cap
 
 
 def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]]) -> tuple[Outcome | None, Step | None]:

@@ -56,6 +56,7 @@ def render(results: dict[str, Any]) -> str:
     else:
         lines += _recommendation(results, pick)
     lines += _size(results.get("model_size") or {})
+    lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _candidates_table(candidates, results["pick"])
     lines += ["![throughput against p99 per candidate](frontier.png)", ""]
     lines += _steps_table(candidates)
@@ -192,6 +193,16 @@ def _size(size: dict[str, Any]) -> list[str]:
     lines += [f"Artifact on disk: {size.get('artifact_bytes') or 0:,} bytes. "
               "Activation memory per batch size: `batchserve inspect`.", ""]
     return lines
+
+
+def memory_by_input_section(table: dict[str, Any] | None) -> list[str]:
+    """Peak memory by input size and batch size, as ``inspect`` measured it (none for row models)."""
+    if not table:
+        return []
+    from batchserve_planning.input_memory import memory_by_input_caption, memory_by_input_lines
+
+    return ["## Memory by input size", "", *memory_by_input_caption(table), "",
+            *memory_by_input_lines(table), ""]
 
 
 def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> list[str]:

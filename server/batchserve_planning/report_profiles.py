@@ -8,7 +8,15 @@ from typing import Any
 
 from batchserve_planning.capacity import GIB, MEMORY_HEADROOM
 from batchserve_planning.load.results import format_ms
-from batchserve_planning.report import X, _candidates_table, _mib, _rate, _size, _tradeoff
+from batchserve_planning.report import (
+    X,
+    _candidates_table,
+    _mib,
+    _rate,
+    _size,
+    _tradeoff,
+    memory_by_input_section,
+)
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.sweep import Candidate
 
@@ -65,11 +73,7 @@ def render(results: dict[str, Any]) -> str:
         profile_results = {"slo_p99_ms": slo, "candidates": chosen["candidates"]}
         lines += ["## Trade-off (on the pick's profile)", "",
                   *_tradeoff(profile_results, chosen["candidates"][chosen["pick"]]), ""]
-    memory = results.get("memory_by_input")
-    if memory:
-        from batchserve_planning.input_memory import memory_by_input_lines
-
-        lines += ["## Memory by input size", "", *memory_by_input_lines(memory), ""]
+    lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _size(results.get("model_size") or {})
     for entry in entries:
         if entry.get("candidates") is not None:

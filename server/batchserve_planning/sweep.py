@@ -185,8 +185,9 @@ class Sweep:
         (or the grid). Workers go up until a count brings no more throughput than the best so
         far (more would only cost memory); workers x instances stay within the cores."""
         args = self.args
-        cap = args.max_batch_cap or min(64, max(8, 2 * int(self.base.get("max_batch_size", 32))))
-        sizes = batch_sizes(cap)
+        from batchserve_planning.recommend import batch_cap
+
+        sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
         instances = [int(i) for i in args.instances.split(",")]
         cores = server_cores(args.server_cpus)
