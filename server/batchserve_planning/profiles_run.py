@@ -47,7 +47,8 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
             checks["replicas"] = fleet.replica_check(entries, chosen.name)
     results = {
         "mode": "profiles", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "model": args.model, "config": str(args.config), "inputs": str(args.inputs), "input_notes": args.input_notes,
+        "model": args.model, "config": str(args.config), "inputs": str(args.inputs),
+        "input_notes": args.input_notes,
         "hardware": str(args.hardware), "slo_p99_ms": args.slo_p99_ms,
         "load": {"target_rps": load.target_rps, "concurrency": load.concurrency,
                  "rows_per_request": load.rows_per_request, "headroom": load.headroom,
