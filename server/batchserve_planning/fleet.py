@@ -87,19 +87,19 @@ class Fleet:
 
     def _runs_here(self, placement: Placement | Refusal) -> Placement | Refusal:
         """A placement the model's backend can't use (a GPU for a CPU-only backend) is refused."""
-        from batchserve_planning.recommend import _device_dtypes
+        from batchserve_planning.choices import device_dtypes
 
         if isinstance(placement, Refusal):
             return placement
         try:
-            _device_dtypes(argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes), self.base,
+            device_dtypes(argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes), self.base,
                            "dtype" in self._options_fields())
         except ValueError as exc:
             return Refusal(placement.profile, str(exc).split(": use")[0])
         return placement
 
     def _measure_one(self, placement: Placement, budget_s: float) -> dict[str, Any]:
-        from batchserve_planning.recommend import _device_dtypes, choose
+        from batchserve_planning.choices import choose, device_dtypes
 
         profile = placement.profile
         assert self.bars is not None
@@ -108,7 +108,7 @@ class Fleet:
         self.sweeps[profile.name] = sweep
         devices = argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes)
         has_dtype = "dtype" in self._options_fields()
-        outcomes, skipped = sweep.search(_device_dtypes(devices, self.base, has_dtype))
+        outcomes, skipped = sweep.search(device_dtypes(devices, self.base, has_dtype))
         finals = sweep.final_round(outcomes)
         chosen, predicted = choose(outcomes, finals)
         entry: dict[str, Any] = {

@@ -18,12 +18,13 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     """0: a profile carries the load and the report says which; 1: none does (the message says
     what came closest); 2: a hardware file or load that can't be used."""
     from batchserve_planning.capacity import explain_losers
+    from batchserve_planning.choices import inspect_size
     from batchserve_planning.confine import quota_support
     from batchserve_planning.fleet import Fleet, closest
     from batchserve_planning.hardware import HardwareError, gpu_count, load_profiles
     from batchserve_planning.load.progress import Bars
-    from batchserve_planning.recommend import batch_cap, inspect_size
     from batchserve_planning.report_profiles import write
+    from batchserve_planning.sweep import batch_cap
 
     try:
         profiles = load_profiles(args.hardware)

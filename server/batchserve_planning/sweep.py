@@ -109,6 +109,12 @@ def batch_sizes(cap: int) -> list[int]:
     return sizes
 
 
+def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
+    """The largest max_batch_size a sweep tries: ``--max-batch-cap``, else 2x the configured one, 8 to 64."""
+    cap: int = args.max_batch_cap or min(64, max(8, 2 * int(base.get("max_batch_size", 32))))
+    return cap
+
+
 def repository_table(config: Path) -> dict[str, Any]:
     """The ``[repository]`` table for a generated config elsewhere: the same root, made absolute
     (so the artifact is still inside it), and the same rules."""
@@ -185,8 +191,6 @@ class Sweep:
         (or the grid). Workers go up until a count brings no more throughput than the best so
         far (more would only cost memory); workers x instances stay within the cores."""
         args = self.args
-        from batchserve_planning.recommend import batch_cap
-
         sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
         instances = [int(i) for i in args.instances.split(",")]

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from batchserve_planning.hardware import GIB, HardwareError, Placement, Refusal, load_profiles, place
+from batchserve_planning.hardware import (
+    GIB,
+    HardwareError,
+    Placement,
+    Profile,
+    Refusal,
+    load_profiles,
+    place,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -48,21 +56,21 @@ def test_a_bad_file_is_refused_naming_the_profile_and_the_problem(tmp_path: Path
         load_profiles(write(tmp_path, body))
 
 
-def profile(tmp_path: Path, line: str) -> object:
+def profile(tmp_path: Path, line: str) -> Profile:
     (only,) = load_profiles(write(tmp_path, f'[[profiles]]\nname = "p"\nmemory_gib = 1\n{line}\n' + PRICED))
     return only
 
 
 def test_a_profile_smaller_than_the_machine_leaves_the_rest_to_the_generator(tmp_path: Path) -> None:
-    placed = place(profile(tmp_path, "cpus = 1"), [0, 1], 0, None)  # type: ignore[arg-type]
+    placed = place(profile(tmp_path, "cpus = 1"), [0, 1], 0, None)
     assert isinstance(placed, Placement)
-    assert placed.server_cpus == {0} and placed.load_cpus == {1} and placed.isolated
+    assert placed.server_cpus == {0} and placed.load_cpus == frozenset({1}) and placed.isolated
     assert placed.quota_cpus is None and placed.device == "cpu"
     assert "isolated" in placed.how()
 
 
 def test_a_profile_of_every_cpu_shares_them_with_the_generator(tmp_path: Path) -> None:
-    placed = place(profile(tmp_path, "cpus = 2"), [0, 1], 0, None)  # type: ignore[arg-type]
+    placed = place(profile(tmp_path, "cpus = 2"), [0, 1], 0, None)
     assert isinstance(placed, Placement)
     assert placed.server_cpus == {0, 1} and placed.load_cpus is None and not placed.isolated
     assert "lower bound" in placed.how()
@@ -71,13 +79,14 @@ def test_a_profile_of_every_cpu_shares_them_with_the_generator(tmp_path: Path) -
 def test_what_the_machine_cannot_host_is_refused(tmp_path: Path) -> None:
     for line, why in (("cpus = 4", "needs 4 CPUs"), ("cpus = 1\ngpu = 0", "no GPU"),
                       ("cpuset = [5]", "may not use"), ("cpus = 0.5", "quota")):
-        refused = place(profile(tmp_path, line), [0, 1], 0, "no cpu controller")  # type: ignore[arg-type]
+        refused = place(profile(tmp_path, line), [0, 1], 0, "no cpu controller")
         assert isinstance(refused, Refusal) and why in refused.reason, (line, refused)
 
 
 def test_a_fractional_count_is_a_quota_on_whole_cpus(tmp_path: Path) -> None:
-    placed = place(profile(tmp_path, "cpus = 1.5"), [2, 3, 5], 0, None)  # type: ignore[arg-type]
+    placed = place(profile(tmp_path, "cpus = 1.5"), [2, 3, 5], 0, None)
     assert isinstance(placed, Placement)
-    assert placed.server_cpus == {2, 3} and placed.quota_cpus == 1.5 and placed.load_cpus == {5}
-    explicit = place(profile(tmp_path, "cpuset = [1]"), [0, 1], 0, None)  # type: ignore[arg-type]
-    assert isinstance(explicit, Placement) and explicit.server_cpus == {1} and explicit.load_cpus == {0}
+    assert placed.server_cpus == {2, 3} and placed.quota_cpus == 1.5 and placed.load_cpus == frozenset({5})
+    explicit = place(profile(tmp_path, "cpuset = [1]"), [0, 1], 0, None)
+    assert isinstance(explicit, Placement) and explicit.server_cpus == {1}
+    assert explicit.load_cpus == frozenset({0})
