@@ -73,3 +73,22 @@ def test_a_rate_twice_the_capacity_is_outside_the_slo_and_carried_at_most_at_cap
     # what arrived: the queue, which latency from arrival counts.
     assert step.carried_rps <= 1.2 * CAPACITY_RPS
     assert step.carried_rps < 0.95 * step.arrived_rps
+
+
+def test_a_service_time_longer_than_the_slo_has_no_peak(server: ServerProcess) -> None:
+    # Every answer takes at least the 20 ms sleep: a 10 ms p99 is out of reach at any rate, though
+    # the server carries what arrives at these low rates.
+    settings = RampSettings(slo_ms=DELAY_MS / 2, max_concurrency=16, step_s=1.0, min_responses=10,
+                            max_step_s=2.0, warmup_s=0.2)
+    requests = build_requests([Sample(4.0)], host="127.0.0.1", port=server.port, model="echo")
+    with Bars(False) as bars:
+        peak = peak_rate(server.url, "echo", requests, settings, 0.2 * CAPACITY_RPS, bars, "echo",
+                         max_steps=3)
+    assert peak.rate_rps is None
+    rates = [step.offered_rps for step in peak.steps]
+    assert rates == pytest.approx([10.0, 6.0, 3.6])  # down x0.6 while outside, within its 3 steps
+    assert peak.limit_rps == pytest.approx(3.6)
+    for step in peak.steps:
+        assert step.p99_ms >= DELAY_MS and not step.within_slo
+        assert step.error_rate == 0
+    assert peak.to_dict()["rate_rps"] is None
