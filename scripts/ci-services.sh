@@ -4,14 +4,16 @@
 #   - a Debian base image made offline (scripts/debian-base-image.sh), since no registry is reachable;
 #   - Prometheus (Debian's package; tests/services/test_prometheus.py runs it as a plain process);
 #   - docker-compose (v1) to validate deploy/docker-compose.yml when no `docker compose` plugin exists;
-#   - Chromium (headless) to render /docs with no network (tests/e2e/test_docs.py).
+#   - Chromium (headless) to render /docs with no network (tests/e2e/test_docs.py);
+#   - nginx (Debian's nginx-light; its service is not started): the replica check of `recommend`
+#     (batchserve_planning/replicas.py, tests/e2e/test_replicas.py) runs it as a plain process.
 # Idempotent: a second run installs and starts nothing. .ci/run calls it before `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=${BATCHSERVE_BASE_IMAGE:-batchserve/debian-base:bookworm}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/batchserve-dockerd.log}
-packages=(docker.io debootstrap prometheus docker-compose chromium)
+packages=(docker.io debootstrap prometheus docker-compose chromium nginx-light)
 
 log() { echo "ci-services: $*" >&2; }
 
@@ -23,7 +25,7 @@ for package in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    # Packages must not start their services (prometheus would listen on every interface):
+    # Packages must not start their services (prometheus and nginx would listen on every interface):
     # this script starts what the tests need, the way they need it.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from batchserve_planning.confine import CpuQuota
 from batchserve_planning.load.scrape import ServerError, wait_ready
 from batchserve_planning.proctree import TreeMemory, status_kib, tree_peak_rss, tree_pids, tree_rss
 
@@ -60,13 +61,16 @@ class ManagedServer:
     launcher of the planner, the tests and the benchmarks.
 
     ``port``: a free one by default. ``log``: where its output goes (a temporary file, removed
-    on ``stop``/``close``, by default); ``output()`` reads it. ``env`` is added to this process's
-    environment. ``stop()`` is SIGTERM and the drain; ``close()`` kills at once.
+    on ``stop``/``close``, by default); ``output()`` reads it. ``quota_cpus``: a CFS quota of
+    that many CPUs for the server and its workers (``confine.CpuQuota``, ``quota`` while it runs;
+    ``OSError`` where quotas are unsupported), released on ``stop``/``close``. ``env`` is added
+    to this process's environment. ``stop()`` is SIGTERM and the drain; ``close()`` kills at once.
     """
 
     def __init__(self, config: Path, log: Path | None = None, *, port: int | None = None,
                  cpus: set[int] | None = None, grace_s: float = 5.0, log_level: str = "warning",
-                 env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
+                 env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+                 quota_cpus: float | None = None) -> None:
         """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings)."""
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,6 +83,7 @@ class ManagedServer:
         self._log: IO[bytes] = log.open("ab")
         self._peak_samples: TreeMemory | None = None
         self._gpu_peak: int | None = None
+        self.quota: CpuQuota | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "batchserve", "serve", "--config", str(config), "--port", str(self.port),
              "--log-level", log_level, "--shutdown-grace-s", f"{grace_s:g}", *args],
@@ -87,6 +92,14 @@ class ManagedServer:
             # Pinned before the interpreter has started (tens of ms): every thread it creates
             # inherits the mask. (preexec_fn is unsafe when this process has threads.)
             os.sched_setaffinity(self.process.pid, cpus)
+        if quota_cpus is not None:
+            # Likewise before any worker starts: they inherit the group.
+            try:
+                self.quota = CpuQuota(quota_cpus, f"server-{self.process.pid}")
+                self.quota.add(self.process.pid)
+            except BaseException:
+                self.close()
+                raise
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Until ``/readyz`` answers 200; on failure the server is stopped and ``ServerError``
@@ -155,6 +168,8 @@ class ManagedServer:
         return "\n".join(self.output().splitlines()[-lines:])
 
     def _release(self) -> None:
+        if self.quota is not None:
+            self.quota.release()
         self._log.close()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
