@@ -60,11 +60,13 @@ class OpenStep:
 
 
 def measure_open(url: str, model: str, requests: Requests, rate_rps: float, settings: RampSettings,
-                 bars: Bars | None, label: str, *, duration_s: float | None = None) -> OpenStep:
+                 bars: Bars | None, label: str, *, duration_s: float | None = None,
+                 seed: int = 0) -> OpenStep:
     """One step at ``rate_rps`` arrivals per second, as long as a ramp step (``settings.step_s``,
     longer until ``min_responses`` answers, at most ``max_step_s``; or ``duration_s``), over at
     most ``settings.max_concurrency`` connections (arrivals beyond wait client-side, and that
-    wait counts in their latency)."""
+    wait counts in their latency). ``seed``: the Poisson draw's (a search gives each step its own,
+    so that one draw's luck is not every step's)."""
     from batchserve_planning.load.measure import measure
     from batchserve_planning.load.shared import LoadSpec
 
@@ -75,7 +77,7 @@ def measure_open(url: str, model: str, requests: Requests, rate_rps: float, sett
     spec = LoadSpec(host, int(port), requests.requests, mode="open", rate=rate_rps, concurrency=concurrency,
                     duration_s=duration_s or settings.step_s, warmup_s=settings.warmup_s,
                     timeout_s=settings.timeout_s, min_responses=settings.min_responses,
-                    max_duration_s=max(settings.max_step_s, duration_s or 0))
+                    max_duration_s=max(settings.max_step_s, duration_s or 0), seed=seed)
     summary = measure(spec, url, model, requests.rows_per_request,
                       processes=min(settings.processes, concurrency), cpus=settings.load_cpus,
                       bars=bars, label=label)
@@ -108,7 +110,8 @@ def peak_rate(url: str, model: str, requests: Requests, settings: RampSettings, 
     outside: float | None = None
     rate = start_rps
     while len(steps) < max_steps:
-        step = measure_open(url, model, requests, rate, settings, bars, f"{label} @ {rate:.3g}/s")
+        step = measure_open(url, model, requests, rate, settings, bars, f"{label} @ {rate:.3g}/s",
+                            seed=len(steps) + 1)
         steps.append(step)
         if on_step is not None:
             on_step(step)

@@ -160,13 +160,14 @@ def _checks(results: dict[str, Any]) -> list[str]:
             "The pick's configuration, started again on its profile and sent one replica's share of the "
             "load open-loop:", "",
             "| | predicted | measured |", "|---|---|---|",
-            f"| requests/s carried | {rerun['offered_rps']:,.1f} (offered) | {rerun['carried_rps']:,.1f} "
-            f"({rerun['ratio']:.2f}{X}) |",
+            f"| requests/s answered | {rerun['arrived_rps']:,.1f} (arrived; "
+            f"{rerun['offered_rps']:,.1f} offered) | "
+            f"{rerun['carried_rps']:,.1f} ({rerun['ratio']:.2f}{X}) |",
             f"| p99 | ≤ {slo:g} ms (the SLO) | {format_ms(rerun['p99_ms'])} |", "",
             ("It holds: throughput within 10% and p99 within the SLO." if holds else
              "**It does NOT hold**: " + "; ".join(
                  ([] if rerun["throughput_within_10pct"] else
-                  [f"it carried {rerun['ratio']:.2f}{X} of the offered rate (more than 10% off)"])
+                  [f"it answered {rerun['ratio']:.2f}{X} of what arrived (more than 10% off)"])
                  + ([] if rerun["p99_within_slo"] else
                     [f"p99 {format_ms(rerun['p99_ms'])} left the SLO of {slo:g} ms"])) + "."), ""]
     replicas = checks.get("replicas") or {}
@@ -224,8 +225,10 @@ def plot_profiles(path: Path, results: dict[str, Any]) -> None:
         color = "tab:green" if picked else "tab:blue"
         if sizing is None:
             why = "refused" if entry["refused"] else "misses the SLO"
-            cost_axes.text(index, 0, why, ha="center", va="bottom", rotation=90, fontsize=8)
-            p99_axes.text(index, 0, why, ha="center", va="bottom", rotation=90, fontsize=8)
+            for axes in (cost_axes, p99_axes):
+                axes.bar(index, 0)
+                axes.annotate(why, (index, 0), xytext=(0, 4), textcoords="offset points", ha="center",
+                              fontsize=7)
             continue
         cost_axes.bar(index, sizing["dollars_per_million"], color=color)
         cost_axes.text(index, sizing["dollars_per_million"], f"{sizing['replicas']} x", ha="center",
