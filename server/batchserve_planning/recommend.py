@@ -1,7 +1,7 @@
 """``batchserve recommend``: the configuration with the most throughput within a p99 SLO, checked.
 
-For each candidate (max_batch_size over powers of two up to a cap, then max_wait_ms,
-workers and instances around the best, per device and dtype) it starts ``batchserve
+For each candidate (max_batch_size over powers of two up to a cap, then workers,
+max_wait_ms and instances around the best, per device and dtype) it starts ``batchserve
 serve --workers N`` with a generated models.toml, ramps closed-loop load from the sample
 inputs until p99 leaves the SLO, and records the best throughput inside it and the
 server's peak memory, all its workers together. Workers x instances stay within the cores
@@ -9,7 +9,8 @@ the servers may use (``--server-cpus``, else this process's). Then it starts the
 again, measures it once more, and reports measured against predicted. Output:
 ``report.md``, ``frontier.png`` and ``results.json`` in ``--out`` (default: a new folder
 under ``reports/``). ``--full-grid`` measures every combination instead of searching one
-setting at a time.
+setting at a time. With ``--hardware``, every profile of the file is measured so on its share
+of this machine and sized to ``--target-rps`` / ``--concurrency`` (``profiles_run``, ``fleet``).
 """
 
 from __future__ import annotations

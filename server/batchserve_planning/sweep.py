@@ -1,7 +1,7 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
 Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
-cap, then max_wait_ms, workers and instances around the best (or every combination); each
+cap, then workers, max_wait_ms and instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer (``final_round``), and the pick once more (``verify``).
 
@@ -187,7 +187,7 @@ class Sweep:
         self.count = 0
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device and dtype: batch sizes, then waits, workers and instances around the best
+        """Per device and dtype: batch sizes, then workers, waits and instances around the best
         (or the grid). Workers go up until a count brings no more throughput than the best so
         far (more would only cost memory); workers x instances stay within the cores."""
         args = self.args
@@ -229,11 +229,7 @@ class Sweep:
             best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]))
             if best is None:
                 continue
-            pivot = best.candidate
-            tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
-                                   for w in waits[1:]])
-            best = _best([best, *tried]) or best
-            for count in workers[1:]:
+            for count in workers[1:]:  # before the waits: what more cores buy comes first
                 if not layout_fits(count, best.candidate.instances, cores):
                     break
                 pivot = best.candidate
@@ -242,6 +238,10 @@ class Sweep:
                 if more is None or more is best:
                     break  # no more throughput from more workers: stop adding them
                 best = more
+            pivot = best.candidate
+            tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
+                                   for w in waits[1:]])
+            best = _best([best, *tried]) or best
             pivot = best.candidate
             evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i, pivot.workers)
                            for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
