@@ -195,10 +195,11 @@ class Fleet:
         missing = nginx_missing()
         if missing is not None:
             return {"skipped": missing}
-        fits = [e for e in entries if e.get("sizing") and 2 * len(e["placement"]["server_cpus"])
-                <= len(self.machine_cpus)]
+        fits = [e for e in entries if e.get("sizing") and e["profile"]["gpu"] is None
+                and 2 * len(e["placement"]["server_cpus"]) <= len(self.machine_cpus)]
         if not fits:
-            return {"skipped": f"no measured profile fits twice in this run's {len(self.machine_cpus)} CPUs"}
+            return {"skipped": f"no measured CPU profile fits twice in this run's {len(self.machine_cpus)} "
+                               "CPUs (a GPU profile's two replicas would share its one GPU)"}
         entry = next((e for e in fits if e["profile"]["name"] == chosen),
                      min(fits, key=lambda e: len(e["placement"]["server_cpus"])))
         name = entry["profile"]["name"]

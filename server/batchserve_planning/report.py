@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,16 @@ X = "\N{MULTIPLICATION SIGN}"
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
+    return write_folder(out, results, render, {"frontier.png": plot_frontier})
+
+
+def write_folder(out: Path, results: dict[str, Any], render: Callable[[dict[str, Any]], str],
+                 charts: dict[str, Callable[[Path, dict[str, Any]], None]]) -> str:
+    """results.json, each chart by its file name, and report.md (returned) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_frontier(out / "frontier.png", results)
+    for name, plot in charts.items():
+        plot(out / name, results)
     markdown = render(results)
     (out / "report.md").write_text(markdown)
     return markdown
@@ -273,20 +281,31 @@ def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for index, outcome in enumerate(candidates):
         for step in outcome["steps"]:
-            batch = "—" if step["mean_batch_size"] is None else f"{step['mean_batch_size']:.1f}"
             lines.append(f"| {index + 1} | {step['concurrency']} | {_rate(step['rows_per_s'])} | "
                          f"{format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} | "
-                         f"{format_ms(step['max_ms'])} | {step['error_rate']:.2%} | {batch} | "
-                         f"{'yes' if step['within_slo'] else 'no'} |")
+                         f"{format_ms(step['max_ms'])} | {step_tail(step)} |")
     return [*lines, ""]
 
 
-def plot_frontier(path: Path, results: dict[str, Any]) -> None:
-    """Throughput against p99 for every step of every candidate; the SLO and the pick marked."""
+def step_tail(step: dict[str, Any]) -> str:
+    """A step's last cells in a table: non-2xx share, mean batch, within the SLO."""
+    batch = "—" if step["mean_batch_size"] is None else f"{step['mean_batch_size']:.1f}"
+    return f"{step['error_rate']:.2%} | {batch} | {'yes' if step['within_slo'] else 'no'}"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (no display here)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_frontier(path: Path, results: dict[str, Any]) -> None:
+    """Throughput against p99 for every step of every candidate; the SLO and the pick marked."""
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(10, 6), dpi=110)
     for index, outcome in enumerate(results["candidates"]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,16 @@ from batchserve_planning.report import (
     _size,
     _tradeoff,
     memory_by_input_section,
+    pyplot,
+    step_tail,
+    write_folder,
 )
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.sweep import Candidate
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_profiles(out / "profiles.png", results)
-    markdown = render(results)
-    (out / "report.md").write_text(markdown)
-    return markdown
+    return write_folder(out, results, render, {"profiles.png": plot_profiles})
 
 
 def _money(value: float | None) -> str:
@@ -205,21 +202,14 @@ def _open_loop_table(entry: dict[str, Any]) -> list[str]:
              "| offered requests/s | carried | p50 | p99 | non-2xx | mean batch | within SLO |",
              "|---|---|---|---|---|---|---|"]
     for step in peak["steps"]:
-        batch = "—" if step["mean_batch_size"] is None else f"{step['mean_batch_size']:.1f}"
         lines.append(f"| {step['offered_rps']:,.1f} | {step['carried_rps']:,.1f} | "
-                     f"{format_ms(step['p50_ms'])} | "
-                     f"{format_ms(step['p99_ms'])} | {step['error_rate']:.2%} | {batch} | "
-                     f"{'yes' if step['within_slo'] else 'no'} |")
+                     f"{format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} | {step_tail(step)} |")
     return [*lines, ""]
 
 
 def plot_profiles(path: Path, results: dict[str, Any]) -> None:
     """Two panels by profile: $ per 1M inferences at the load, and p99 at one replica's peak."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     entries = results["profiles"]
     names = [e["profile"]["name"] for e in entries]
     figure, (cost_axes, p99_axes) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)

@@ -166,16 +166,10 @@ max_wait_ms = 200 (a lone client's row waits the 200 ms for company: ~240 ms).""
 
 def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.support import SERVER_ENV
+    from tests.support import SERVER_ENV, echo_to_plan
 
     monkeypatch.setenv("PYTHONPATH", SERVER_ENV["PYTHONPATH"])  # the candidates' servers find echo
-    root = tmp_path / "repo"
-    root.mkdir()
-    config = write_models(root / "models.toml", [
-        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": 4,
-         "options": {"delay_ms": BATCH_MS}}], root=root)
-    inputs = tmp_path / "numbers.json"
-    inputs.write_text(json.dumps([1.0, 2.0, 3.0]))
+    config, inputs = echo_to_plan(tmp_path, BATCH_MS)
     out = tmp_path / "report"
     code = main(["recommend", "--config", str(config), "--model", "echo", "--inputs", str(inputs),
                  "--slo-p99-ms", str(KNOWN_SLO_MS), "--max-batch-cap", "4", "--max-wait-ms", "0,200",

@@ -16,7 +16,7 @@ import pytest
 from batchserve.cli import main
 from batchserve_planning.capacity import MEMORY_HEADROOM, MEMORY_SIZES
 
-from tests.support import SERVER_ENV, write_models
+from tests.support import SERVER_ENV, echo_to_plan
 
 BATCH_MS = 20.0
 SLO_MS = 250.0
@@ -51,13 +51,7 @@ price_example = true
 @pytest.fixture
 def echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
     monkeypatch.setenv("PYTHONPATH", SERVER_ENV["PYTHONPATH"])  # the candidates' servers find echo
-    root = tmp_path / "repo"
-    root.mkdir()
-    config = write_models(root / "models.toml", [
-        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": 4,
-         "options": {"delay_ms": BATCH_MS}}], root=root)
-    inputs = tmp_path / "numbers.json"
-    inputs.write_text(json.dumps([1.0, 2.0, 3.0]))
+    config, inputs = echo_to_plan(tmp_path, BATCH_MS)
     hardware = tmp_path / "hardware.toml"
     hardware.write_text(HARDWARE)
     return config, inputs, hardware

@@ -42,6 +42,20 @@ def write_models(path: Path, models: list[dict[str, Any]], *, root: Path | None 
     return path
 
 
+def echo_to_plan(tmp_path: Path, batch_ms: float, max_batch_size: int = 4) -> tuple[Path, Path]:
+    """A repository with the echo test model (``batch_ms`` per batch, whatever its size: a capacity
+    known in advance) and a file of its inputs, for ``recommend`` runs; the servers recommend
+    starts find the echo backend through ``SERVER_ENV``'s PYTHONPATH, which the caller sets."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    config = write_models(root / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": max_batch_size,
+         "options": {"delay_ms": batch_ms}}], root=root)
+    inputs = tmp_path / "numbers.json"
+    inputs.write_text("[1.0, 2.0, 3.0]")
+    return config, inputs
+
+
 def free_port() -> int:
     """A loopback port for a service the tests start themselves (Docker, Prometheus); batchserve
     servers get theirs from their launcher (``ServerProcess``)."""
