@@ -38,7 +38,6 @@ from typing import Any
 from batchserve.errors import (
     BackendError,
     BatchserveError,
-    ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -47,12 +46,11 @@ from batchserve.errors import (
     ShuttingDown,
 )
 from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, row_failure, run_batch, settle
+from batchserve.inflight import InFlight
 from batchserve.load import RecentLoad
 from batchserve.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
-
-WATCH_AFTER_S = 0.05  # see Batcher.infer
 
 
 class Batcher:
@@ -77,6 +75,7 @@ class Batcher:
         self.max_queue = max_queue
         self.instances = instances
         self._queue: deque[Request] = deque()
+        self._inflight = InFlight(self._fail)
         self._queued_rows = 0
         self._arrival = asyncio.Event()
         self.load = RecentLoad()
@@ -148,44 +147,19 @@ class Batcher:
         made by ``disconnected`` completes first, and the row's error when the
         backend failed on it.
 
-        Watching for a disconnect costs a task per request, more than a small
-        model spends per row; so the watch starts only once the request has
-        waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
+        Deadlines and disconnect watches are kept by one timer (``inflight.py``): the watch
+        starts only once the request has waited ``WATCH_AFTER_S``, a client that goes away is
+        noticed then.
         """
         request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
-        left_s = request.deadline_s - request.enqueued_s
-        first_s = min(WATCH_AFTER_S, left_s) if disconnected is not None else left_s
-        request.timer = asyncio.get_running_loop().call_later(
-            first_s, self._on_timer, request, left_s, disconnected)
+        self._inflight.enter(request, disconnected)
         try:
             return await request.future
         except asyncio.CancelledError:
             self._fail(request, None, reason="cancelled")
             raise
         finally:
-            request.timer.cancel()
-            if request.watcher is not None:
-                request.watcher.cancel()
-
-    def _on_timer(self, request: Request, timeout_s: float,
-                  disconnected: Callable[[], Awaitable[object]] | None) -> None:
-        """One timer per request: first to start the disconnect watch, then for the deadline."""
-        if request.done:
-            return
-        left_s = request.deadline_s - time.monotonic()
-        if left_s <= 0:
-            when = "while its rows ran" if request.next_row else "before the rows ran"
-            self._fail(request, DeadlineExceeded(
-                f"deadline ({timeout_s * 1000:.0f} ms after admission) passed {when}"),
-                reason="deadline")
-            return
-        if disconnected is not None:
-            request.watcher = watcher = asyncio.ensure_future(disconnected())
-            watcher.add_done_callback(lambda task: None if task.cancelled() else self._fail(
-                request, ClientDisconnected("client disconnected before its rows ran"),
-                reason="cancelled"))
-        request.timer = asyncio.get_running_loop().call_later(
-            left_s, self._on_timer, request, timeout_s, None)
+            self._inflight.leave(request)
 
     def check_admission(self, count: int, deadline_s: float | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,

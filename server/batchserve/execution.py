@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +41,9 @@ class Request:
     unanswered: int  # rows whose outputs have not arrived yet
     next_row: int = 0  # first row not yet dispatched
     done: bool = False  # answered, failed, expired or abandoned
+    check_s: float = 0.0  # when the batcher's InFlight next looks at it (inflight.py)
+    disconnected: Callable[[], Awaitable[object]] | None = None  # makes the watch's awaitable
     watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
-    timer: asyncio.TimerHandle | None = None  # the next check of deadline and watch
 
 
 @dataclass(slots=True)
