@@ -48,7 +48,7 @@ from batchserve.errors import (
 from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, row_failure, run_batch, settle
 from batchserve.inflight import InFlight
 from batchserve.load import RecentLoad
-from batchserve.metrics import ModelMetrics
+from batchserve.metrics import ModelMetrics, observe_all
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class Batcher:
     def _take(self) -> Batch:
         batch = Batch()
         now = time.monotonic()
+        waits = []  # of the requests whose first row goes: observed at once (observe_all)
         while self._queue and len(batch.rows) < self.max_batch_size:
             request = self._queue[0]
             if request.done:
@@ -294,13 +295,15 @@ class Batcher:
             start = request.next_row
             stop = min(len(request.rows), start + self.max_batch_size - len(batch.rows))
             if start == 0:
-                self._metrics.queue_wait.observe(now - request.enqueued_s)
+                waits.append(now - request.enqueued_s)
             batch.rows.extend(request.rows[start:stop])
             batch.slices.append((request, start, stop))
             request.next_row = stop
             self._queued_rows -= stop - start
             if stop == len(request.rows):
                 self._queue.popleft()
+        if waits:
+            observe_all(self._metrics.queue_wait, waits)
         return batch
 
     # -- execution -------------------------------------------------------------------------
