@@ -3,7 +3,7 @@
 Requests are admitted as *rows* (one per input item) into a FIFO queue. Each of
 ``instances`` worker tasks forms a batch whenever it is free, from the rows
 queued at that moment, and runs the backend's ``predict_batch`` on a dedicated
-thread; the event loop never runs model code.
+thread, or where the backend allows it, on the event loop when cheaper than the hop.
 
 When a batch goes (the ``trigger`` label of ``batchserve_dispatch_total``):
 
@@ -45,9 +45,18 @@ from batchserve.errors import (
     RowError,
     ShuttingDown,
 )
-from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, row_failure, run_batch, settle
+from batchserve.execution import (
+    Batch,
+    BatchFailed,
+    PredictBatch,
+    Request,
+    row_failure,
+    run_batch,
+    settle,
+    timed_run_batch,
+)
 from batchserve.inflight import InFlight
-from batchserve.load import RecentLoad
+from batchserve.load import INLINE_LIMIT_S, RecentLoad
 from batchserve.metrics import ModelMetrics, observe_all
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         instances: int = 1,
+        on_loop_when_cheap: bool = False,
     ) -> None:
         self.name = name
         self._predict_batch = predict_batch
@@ -82,6 +92,8 @@ class Batcher:
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
+        # cheap batches may run on the loop: one instance, and none held it past INLINE_LIMIT_S
+        self._inline = on_loop_when_cheap and instances == 1
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
 
@@ -317,10 +329,15 @@ class Batcher:
             batch, trigger = taken
             self._metrics.dispatch[trigger].inc()
             self._metrics.batch_size.observe(len(batch.rows))
+            inline = self._inline and self.load.cheap(len(batch.rows))
             started = time.perf_counter()
             try:
-                outcomes = await loop.run_in_executor(
-                    self._pool, run_batch, self._predict_batch, batch.rows, self.name)
+                if inline:  # cheaper than the hop to the model's thread (load.INLINE_MAX_S)
+                    outcomes = run_batch(self._predict_batch, batch.rows, self.name)
+                    computed_s = time.perf_counter() - started
+                else:
+                    outcomes, computed_s = await loop.run_in_executor(
+                        self._pool, timed_run_batch, self._predict_batch, batch.rows, self.name)
             except asyncio.CancelledError:
                 self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
                 raise
@@ -336,7 +353,15 @@ class Batcher:
                 elapsed = time.perf_counter() - started
                 self._metrics.batch_duration.observe(elapsed)
                 self.load.batch_ran(len(batch.rows), elapsed)
+                if inline and elapsed > INLINE_LIMIT_S:
+                    self._inline = False
+                    log.warning("model %s: a batch of %d rows held the event loop %.1f ms; its "
+                                "batches run on its thread from now on", self.name, len(batch.rows),
+                                elapsed * 1000)
+            self.load.computed(len(batch.rows), computed_s)
             self._deliver(batch, outcomes)
+            if inline and self._queue:
+                await asyncio.sleep(0)  # the loop's other work, between batches held on it
 
     def _deliver(self, batch: Batch, outcomes: list[Any]) -> None:
         offset = 0
