@@ -13,7 +13,8 @@ INLINE_MAX_S = 0.0002
 on a busy machine, and the loop may be held ~1 ms at most, so there is a 5x margin."""
 INLINE_AFTER_BATCHES = 4  # batches of a size class measured before its cost is trusted
 INLINE_LIMIT_S = 0.001
-"""A batch that held the event loop longer than this stops its model running batches there."""
+"""A batch that held the event loop longer than this (CPU time) stops its model running batches
+there: a backend whose cost is that unpredictable is not cheap."""
 
 
 def _mean(previous: float | None, value: float, weight: float) -> float:
@@ -31,7 +32,7 @@ class RecentLoad:
     """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
     batches: int = 0
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
-    """Mean time of predict_batch itself (no thread hop, no waiting), and the batches measured,
+    """Mean CPU time of predict_batch itself (no thread hop, no waiting), and the batches measured,
     by batch-size class: what running a batch of that class on the event loop would hold it."""
     _last_arrival_s: float | None = None
 
@@ -54,7 +55,7 @@ class RecentLoad:
             self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
 
     def computed(self, rows: int, elapsed_s: float) -> None:
-        """predict_batch took ``elapsed_s`` on ``rows`` rows (timed around the call alone)."""
+        """predict_batch took ``elapsed_s`` of CPU on ``rows`` rows (timed around the call alone)."""
         size_class = rows.bit_length()
         mean, count = self.compute_s.get(size_class, (None, 0))
         self.compute_s[size_class] = (_mean(mean, elapsed_s, BATCH_WEIGHT), count + 1)
