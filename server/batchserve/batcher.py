@@ -3,7 +3,7 @@
 Requests are admitted as *rows* (one per input item) into a FIFO queue. Each of
 ``instances`` worker tasks forms a batch whenever it is free, from the rows
 queued at that moment, and runs the backend's ``predict_batch`` on a dedicated
-thread; the event loop never runs model code.
+thread, or where the backend allows it, on the event loop when cheaper than the hop.
 
 When a batch goes (the ``trigger`` label of ``batchserve_dispatch_total``):
 
@@ -38,7 +38,6 @@ from typing import Any
 from batchserve.errors import (
     BackendError,
     BatchserveError,
-    ClientDisconnected,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -46,13 +45,21 @@ from batchserve.errors import (
     RowError,
     ShuttingDown,
 )
-from batchserve.execution import Batch, BatchFailed, PredictBatch, Request, row_failure, run_batch, settle
-from batchserve.load import RecentLoad
-from batchserve.metrics import ModelMetrics
+from batchserve.execution import (
+    Batch,
+    BatchFailed,
+    PredictBatch,
+    Request,
+    row_failure,
+    run_batch,
+    settle,
+    timed_run_batch,
+)
+from batchserve.inflight import InFlight
+from batchserve.load import INLINE_LIMIT_S, RecentLoad
+from batchserve.metrics import ModelMetrics, observe_all
 
 log = logging.getLogger(__name__)
-
-WATCH_AFTER_S = 0.05  # see Batcher.infer
 
 
 class Batcher:
@@ -68,6 +75,7 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         instances: int = 1,
+        on_loop_when_cheap: bool = False,
     ) -> None:
         self.name = name
         self._predict_batch = predict_batch
@@ -77,12 +85,15 @@ class Batcher:
         self.max_queue = max_queue
         self.instances = instances
         self._queue: deque[Request] = deque()
+        self._inflight = InFlight(self._fail)
         self._queued_rows = 0
         self._arrival = asyncio.Event()
         self.load = RecentLoad()
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
+        # cheap batches may run on the loop: one instance, and none held it past INLINE_LIMIT_S
+        self._inline = on_loop_when_cheap and instances == 1
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
 
@@ -148,44 +159,19 @@ class Batcher:
         made by ``disconnected`` completes first, and the row's error when the
         backend failed on it.
 
-        Watching for a disconnect costs a task per request, more than a small
-        model spends per row; so the watch starts only once the request has
-        waited ``WATCH_AFTER_S``. A client that goes away is noticed then.
+        Deadlines and disconnect watches are kept by one timer (``inflight.py``): the watch
+        starts only once the request has waited ``WATCH_AFTER_S``, a client that goes away is
+        noticed then.
         """
         request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
-        left_s = request.deadline_s - request.enqueued_s
-        first_s = min(WATCH_AFTER_S, left_s) if disconnected is not None else left_s
-        request.timer = asyncio.get_running_loop().call_later(
-            first_s, self._on_timer, request, left_s, disconnected)
+        self._inflight.enter(request, disconnected)
         try:
             return await request.future
         except asyncio.CancelledError:
             self._fail(request, None, reason="cancelled")
             raise
         finally:
-            request.timer.cancel()
-            if request.watcher is not None:
-                request.watcher.cancel()
-
-    def _on_timer(self, request: Request, timeout_s: float,
-                  disconnected: Callable[[], Awaitable[object]] | None) -> None:
-        """One timer per request: first to start the disconnect watch, then for the deadline."""
-        if request.done:
-            return
-        left_s = request.deadline_s - time.monotonic()
-        if left_s <= 0:
-            when = "while its rows ran" if request.next_row else "before the rows ran"
-            self._fail(request, DeadlineExceeded(
-                f"deadline ({timeout_s * 1000:.0f} ms after admission) passed {when}"),
-                reason="deadline")
-            return
-        if disconnected is not None:
-            request.watcher = watcher = asyncio.ensure_future(disconnected())
-            watcher.add_done_callback(lambda task: None if task.cancelled() else self._fail(
-                request, ClientDisconnected("client disconnected before its rows ran"),
-                reason="cancelled"))
-        request.timer = asyncio.get_running_loop().call_later(
-            left_s, self._on_timer, request, timeout_s, None)
+            self._inflight.leave(request)
 
     def check_admission(self, count: int, deadline_s: float | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
@@ -303,6 +289,7 @@ class Batcher:
     def _take(self) -> Batch:
         batch = Batch()
         now = time.monotonic()
+        waits = []  # of the requests whose first row goes: observed at once (observe_all)
         while self._queue and len(batch.rows) < self.max_batch_size:
             request = self._queue[0]
             if request.done:
@@ -320,13 +307,15 @@ class Batcher:
             start = request.next_row
             stop = min(len(request.rows), start + self.max_batch_size - len(batch.rows))
             if start == 0:
-                self._metrics.queue_wait.observe(now - request.enqueued_s)
+                waits.append(now - request.enqueued_s)
             batch.rows.extend(request.rows[start:stop])
             batch.slices.append((request, start, stop))
             request.next_row = stop
             self._queued_rows -= stop - start
             if stop == len(request.rows):
                 self._queue.popleft()
+        if waits:
+            observe_all(self._metrics.queue_wait, waits)
         return batch
 
     # -- execution -------------------------------------------------------------------------
@@ -340,10 +329,14 @@ class Batcher:
             batch, trigger = taken
             self._metrics.dispatch[trigger].inc()
             self._metrics.batch_size.observe(len(batch.rows))
-            started = time.perf_counter()
+            inline = self._inline and self.load.cheap(len(batch.rows))
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
-                outcomes = await loop.run_in_executor(
-                    self._pool, run_batch, self._predict_batch, batch.rows, self.name)
+                if inline:  # cheaper than the hop to the model's thread (load.INLINE_MAX_S)
+                    outcomes = run_batch(self._predict_batch, batch.rows, self.name)
+                else:
+                    outcomes, computed_s = await loop.run_in_executor(
+                        self._pool, timed_run_batch, self._predict_batch, batch.rows, self.name)
             except asyncio.CancelledError:
                 self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
                 raise
@@ -359,7 +352,16 @@ class Batcher:
                 elapsed = time.perf_counter() - started
                 self._metrics.batch_duration.observe(elapsed)
                 self.load.batch_ran(len(batch.rows), elapsed)
+                if inline:  # CPU time: the loop's thread being preempted is not the model's doing
+                    computed_s = time.thread_time() - cpu_started
+                    if computed_s > INLINE_LIMIT_S:
+                        self._inline = False
+                        log.warning("model %s: a batch held the event loop %.1f ms; its batches run "
+                                    "on its thread from now on", self.name, computed_s * 1000)
+            self.load.computed(len(batch.rows), computed_s)
             self._deliver(batch, outcomes)
+            if inline and self._queue:
+                await asyncio.sleep(0)  # the loop's other work, between batches held on it
 
     def _deliver(self, batch: Batch, outcomes: list[Any]) -> None:
         offset = 0

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 GAP_WEIGHT = 0.25  # weight of the newest inter-arrival gap in its running mean
 BATCH_WEIGHT = 0.25  # weight of the newest batch in the running means of duration and rate
 RATE_AFTER_BATCHES = 4  # no rate is claimed from fewer batches (the first ones can be slow)
+INLINE_MAX_S = 0.0002
+"""A batch whose predict_batch is expected to take less than this runs on the event loop itself
+(``Batcher``): the hop to the model's thread and back (two thread wake-ups) costs more than that
+on a busy machine, and the loop may be held ~1 ms at most, so there is a 5x margin."""
+INLINE_AFTER_BATCHES = 4  # batches of a size class measured before its cost is trusted
+INLINE_LIMIT_S = 0.001
+"""A batch that held the event loop longer than this (CPU time) stops its model running batches
+there: a backend whose cost is that unpredictable is not cheap."""
 
 
 def _mean(previous: float | None, value: float, weight: float) -> float:
@@ -23,6 +31,9 @@ class RecentLoad:
     rates: dict[int, float] = field(default_factory=dict)
     """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
     batches: int = 0
+    compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
+    """Mean CPU time of predict_batch itself (no thread hop, no waiting), and the batches measured,
+    by batch-size class: what running a batch of that class on the event loop would hold it."""
     _last_arrival_s: float | None = None
 
     def arrived(self, now_s: float) -> None:
@@ -42,6 +53,20 @@ class RecentLoad:
             # ones reach, which is the rate a long queue drains at.
             size_class = rows.bit_length()
             self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
+
+    def computed(self, rows: int, elapsed_s: float) -> None:
+        """predict_batch took ``elapsed_s`` of CPU on ``rows`` rows (timed around the call alone)."""
+        size_class = rows.bit_length()
+        mean, count = self.compute_s.get(size_class, (None, 0))
+        self.compute_s[size_class] = (_mean(mean, elapsed_s, BATCH_WEIGHT), count + 1)
+
+    def cheap(self, rows: int) -> bool:
+        """A batch of ``rows`` rows is expected to take less than ``INLINE_MAX_S``, measured on
+        ``INLINE_AFTER_BATCHES`` batches of its size class (whose sizes are within 2x: the mean
+        counts double, but for single rows)."""
+        size_class = rows.bit_length()
+        mean, count = self.compute_s.get(size_class, (0.0, 0))
+        return count >= INLINE_AFTER_BATCHES and mean * min(size_class, 2) < INLINE_MAX_S
 
     def best_rate(self) -> float | None:
         """The best recent rows/s of one instance; ``None`` until ``RATE_AFTER_BATCHES`` ran."""

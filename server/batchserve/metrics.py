@@ -21,8 +21,10 @@ Two modes, fixed when the process starts:
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -59,6 +61,20 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     while buckets[-1] < max_batch_size:
         buckets.append(buckets[-1] * 2)
     return tuple(float(b) for b in buckets)
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, each bucket's count added to once:
+    prometheus-client has no bulk observe, and one observe costs ~1.7 us (a lock per bucket and
+    sum written). Needs a labelled child (or an unlabelled histogram); no exemplars."""
+    bounds = histogram._upper_bounds  # the last is +Inf: every amount has a bucket
+    counts = [0] * len(bounds)
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # observe's bucket: the first bound >= amount
+    histogram._sum.inc(sum(amounts))
+    for index, count in enumerate(counts):
+        if count:
+            histogram._buckets[index].inc(count)
 
 
 class Metrics:
@@ -140,6 +156,7 @@ class ModelMetrics:
         self._metrics = metrics
         self._model = model
         self._codes: dict[int, Counter] = {}
+        self._succeeded: list[float] = []  # durations of this loop turn's 200s, not yet counted
         self.request_duration = metrics.request_duration.labels(model)
         self.queue_wait = metrics.queue_wait.labels(model)
         self.batch_size = metrics.batch_size.labels(model)
@@ -181,8 +198,23 @@ class ModelMetrics:
         for gauge, read in self._watched:
             gauge.set(read())
 
-    def count_request(self, code: int) -> None:
+    def request_succeeded(self, duration_s: float) -> None:
+        """A 200 answered ``duration_s`` after its arrival: counted and observed, with every other
+        success of this event loop turn, in a callback at its end (one counter add and one bulk
+        observe for the ~batch of requests a batch's delivery resumes, not one each: ~2.5 us a
+        request). The callback runs before the loop next reads a socket, so a scrape that follows
+        an answer sees it counted."""
+        if not self._succeeded:
+            asyncio.get_running_loop().call_soon(self._count_succeeded)
+        self._succeeded.append(duration_s)
+
+    def _count_succeeded(self) -> None:
+        durations, self._succeeded = self._succeeded, []
+        self.count_request(200, len(durations))
+        observe_all(self.request_duration, durations)
+
+    def count_request(self, code: int, requests: int = 1) -> None:
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = self._metrics.requests.labels(self._model, str(code))
-        child.inc()
+        child.inc(requests)

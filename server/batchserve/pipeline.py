@@ -167,8 +167,7 @@ class Pipeline:
             if model is not None:
                 model.metrics.count_request(500)
             return adapter.error(BatchserveError("internal error; see the server log"))
-        model.metrics.count_request(200)
-        model.metrics.request_duration.observe(time.monotonic() - arrived_s)
+        model.metrics.request_succeeded(time.monotonic() - arrived_s)
         return response
 
     def _longest_timeout_ms(self, now_s: float) -> float:

@@ -67,6 +67,7 @@ class ModelRegistry:
             config.name, backend.predict_batch, model_metrics,
             max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, instances=config.instances,
+            on_loop_when_cheap=backend.predict_on_loop_when_cheap,
         )
         return ServedModel(config, backend, batcher, model_metrics)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from batchserve import batcher as batcher_module
-from batchserve.batcher import WATCH_AFTER_S, Batcher
+from batchserve.batcher import Batcher
 from batchserve.errors import (
     BackendContractError,
     BackendError,
@@ -20,6 +20,7 @@ from batchserve.errors import (
     QueueFull,
     ShuttingDown,
 )
+from batchserve.inflight import WATCH_AFTER_S
 from batchserve.metrics import Metrics
 
 

@@ -5,7 +5,9 @@ A backend is constructed with its model's configuration, then ``load`` and
 request, ``parse_parameters``, ``check_items`` (the items together) and
 ``preprocess`` (each item) turn the client's items into rows (``Row``); rows
 from many requests are batched and handed to
-``predict_batch`` on an executor thread, which returns exactly one ``Output``
+``predict_batch`` on an executor thread (or, for a backend that allows it with
+``predict_on_loop_when_cheap``, on the event loop when a batch is measured to be
+cheaper than the hop), which returns exactly one ``Output``
 per row, or a ``RowError`` in place of the output of a row that alone failed.
 
 Outputs are JSON-serialisable (``/predict`` sends them as they are). Wire
@@ -61,6 +63,12 @@ class Backend(ABC, Generic[Row, Output]):
     preprocess_in_thread: ClassVar[bool] = False
     """True when ``preprocess`` is heavy (image decoding): it then runs off the event loop, a
     bounded number of requests at a time (``preprocess_concurrency`` in ``models.toml``)."""
+
+    predict_on_loop_when_cheap: ClassVar[bool] = False
+    """True when ``predict_batch`` never blocks and keeps no per-thread state: then a batch measured
+    to take under ~0.2 ms (``batchserve/load.py``) runs on the event loop itself, saving the hop to
+    the model's thread and back, which costs more than that (one instance only; a batch that
+    holds the loop over 1 ms stops it for the model)."""
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         self.config = config

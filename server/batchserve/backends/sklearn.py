@@ -37,6 +37,7 @@ class SklearnBackend(Backend[list[float], Prediction]):
     Options = SklearnOptions
     input_kind = "rows"
     loads_pickles = True  # joblib.load runs arbitrary code from the file: trust the repository only
+    predict_on_loop_when_cheap = True  # a small estimator's predict is tens of us, the hop more
 
     def __init__(self, config: ModelConfig, metrics: ModelMetrics | None = None) -> None:
         super().__init__(config, metrics)
