@@ -8,7 +8,8 @@ share of the target, open loop: answered vs arrived, p99 vs the SLO) and the two
 prediction is recommend's own; this script only runs it and tabulates.
 
 Usage: .venv/bin/python benchmarks/recommend_check.py   (needs nginx for the replica check;
-MODELS=diabetes,resnet50; BUDGET_S per model, default 300 for diabetes and 900 for resnet50)
+MODELS=diabetes,resnet50 (also minilm); BUDGET_S per model, default 300 for diabetes, 900 for
+resnet50, 600 for minilm)
 Prints a markdown table and writes benchmarks/results/recommend-check-<time>.json; the report
 folders are kept under benchmarks/results/recommend-<model>-<time>/.
 """
@@ -42,9 +43,18 @@ def _diabetes_rows(folder: Path) -> str:
     return str(path)
 
 
+def _texts(folder: Path) -> str:
+    from embedding_texts import benchmark_texts
+
+    path = folder / "texts.txt"
+    path.write_text("".join(text + "\n" for text in benchmark_texts(200)))
+    return str(path)
+
+
 RUNS: dict[str, dict[str, Any]] = {
     "diabetes": {"slo": 20, "target": 20000, "budget": 300, "inputs": _diabetes_rows},
     "resnet50": {"slo": 2000, "target": 20, "budget": 900, "inputs": lambda _: _sklearn_images()},
+    "minilm": {"slo": 200, "target": 500, "budget": 600, "inputs": _texts},
 }
 
 
@@ -95,10 +105,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     models = os.environ.get("MODELS", "diabetes,resnet50").split(",")
     results = ROOT / "benchmarks" / "results"
+    commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = [run(model, results) for model in models]
-    print(f"commit {harness.commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print(f"commit {commit}, started {started}\n")
     print(table(rows))
-    harness.save_results("recommend-check", {"commit": harness.commit(), "runs": rows})
+    harness.save_results("recommend-check", {"commit": commit, "started": started, "runs": rows})
 
 
 if __name__ == "__main__":
