@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 TOLERANCE = 0.10
 """Measured throughput may differ from the prediction by this share before the report says so."""
+RERUN_ARRIVALS, RERUN_MAX_S = 200, 60.0
+"""The re-run of the pick lasts for about this many arrivals, and no longer than this."""
+RERUN_SEED = 1000
+"""Its Poisson draw: not one of the peak search's."""
 CHECKS_SHARE = 0.2
 """Of the budget, what is kept for the checks after the profiles."""
 
@@ -180,8 +184,11 @@ class Fleet:
         except ServerError as exc:
             return {"error": f"did not start: {str(exc).splitlines()[0]}"}
         try:
+            # Long enough for ~RERUN_ARRIVALS arrivals (a slow model's share of the target is a few
+            # per second), at most RERUN_MAX_S.
+            duration = max(3 * self.settings.step_s, min(RERUN_MAX_S, RERUN_ARRIVALS / rate))
             step = measure_open(server.url, self.args.model, sweep.requests_for(server.url), rate,
-                                sweep.settings, self.bars, label, duration_s=3 * self.settings.step_s)
+                                sweep.settings, self.bars, label, duration_s=duration, seed=RERUN_SEED)
         finally:
             server.stop()
         return _compared(rate, step, self.settings.slo_ms)
