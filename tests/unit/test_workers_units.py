@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from batchserve.config import ModelConfig
-from batchserve.workers.cluster import Cluster
+from batchserve.workers.cluster import Cluster, run_dir_parent
 from batchserve.workers.cores import (
     TORCH_BASE_BYTES,
     WORKER_BASE_BYTES,
@@ -105,3 +105,15 @@ def test_the_memory_is_the_cgroup_limit_else_the_machines(tmp_path: Path, files:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(f"MemTotal:       {16 * 2**20} kB\nMemFree:        1 kB\n")
     assert available_memory(tmp_path, meminfo) == expected
+
+
+def test_the_run_directory_goes_to_a_memory_filesystem_with_room_unless_tmpdir_says_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert run_dir_parent(tmp_path, min_free=1) == str(tmp_path)
+    assert run_dir_parent(tmp_path, min_free=1 << 62) is None  # too little room
+    assert run_dir_parent(tmp_path / "absent", min_free=1) is None
+    (tmp_path / "file").write_text("")
+    assert run_dir_parent(tmp_path / "file", min_free=1) is None
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert run_dir_parent(tmp_path, min_free=1) is None  # the user's choice: tempfile's default

@@ -39,7 +39,7 @@ from types import FrameType
 
 from batchserve.serving import listening_socket
 from batchserve.settings import ServerSettings
-from batchserve.workers.cluster import RUN_DIR_ENV, Cluster
+from batchserve.workers.cluster import RUN_DIR_ENV, Cluster, run_dir_parent
 from batchserve.workers.cores import WORKER_CORES_ENV
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Supervisor:
         self.exit_code = 0
 
     def run(self) -> int:
-        run_dir = Path(tempfile.mkdtemp(prefix="batchserve-run-"))
+        run_dir = Path(tempfile.mkdtemp(prefix="batchserve-run-", dir=run_dir_parent()))
         try:
             return self._run(Cluster(run_dir, 0, self.count))
         finally:
