@@ -179,7 +179,7 @@ def test_a_linear_model_predicts_the_same_bits_without_sklearns_per_call_checks(
 def test_a_linear_model_with_its_own_predict_keeps_it() -> None:
     from batchserve.backends.sklearn import linear_predict
 
-    class Shifted(LinearRegression):
+    class Shifted(LinearRegression):  # type: ignore[misc]  # sklearn is untyped
         def predict(self, X: Any) -> Any:
             return super().predict(X) + 1.0
 
