@@ -149,3 +149,40 @@ def test_a_non_finite_output_fails_its_request_alone_among_its_batch_mates(tmp_p
         assert "not finite" in answers[2].json()["error"]["message"]
         for answer, value in zip([answers[1], answers[3]], (0.5, 0.25), strict=True):
             assert answer.json()["outputs"] == pytest.approx(estimator.predict([[value]]).tolist())
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_a_linear_model_predicts_the_same_bits_without_sklearns_per_call_checks(
+        tmp_path: Path, outputs: int) -> None:
+    import numpy
+
+    features, target = load_diabetes(return_X_y=True)
+    targets = target if outputs == 1 else numpy.stack([target, -target], axis=1)
+    estimator = LinearRegression().fit(features, targets)
+    joblib.dump(estimator, tmp_path / "linear.joblib")
+    with make_client(tmp_path, [{"name": "linear", "backend": "sklearn",
+                                 "path": str(tmp_path / "linear.joblib")}]) as client:
+        wait_ready(client)
+        backend = client.app.state.batchserve.registry.get("linear").backend  # type: ignore[attr-defined]
+        assert backend._predict != backend.fitted_estimator().predict  # the product, not sklearn's
+        for rows in (features[:1], features[:7], features):
+            assert backend.predict_batch(rows.tolist()) == estimator.predict(rows).tolist()
+        # Rows that skipped preprocess still meet sklearn's checks, and its errors.
+        for bad in ([[float("nan")] * 10], [[0.0] * 9], []):
+            with pytest.raises(ValueError):
+                backend.predict_batch(bad)
+        response = client.post("/predict", json={"model": "linear", "inputs": [features[0].tolist()]})
+        assert response.status_code == 200
+        assert response.json()["outputs"] == estimator.predict(features[:1]).tolist()
+
+
+def test_a_linear_model_with_its_own_predict_keeps_it() -> None:
+    from batchserve.backends.sklearn import linear_predict
+
+    class Shifted(LinearRegression):  # type: ignore[misc]  # sklearn is untyped
+        def predict(self, X: Any) -> Any:
+            return super().predict(X) + 1.0
+
+    assert linear_predict(Shifted().fit([[0.0], [1.0]], [0.0, 1.0])) is None
+    assert linear_predict(LogisticRegression().fit([[0.0], [1.0]], [0, 1])) is None
+    assert linear_predict(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])) is not None
