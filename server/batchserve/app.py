@@ -30,7 +30,7 @@ from batchserve.settings import ServerSettings
 from batchserve.state import AppState
 from batchserve.v2.routes import add_v2_routes
 from batchserve.workers.cluster import Cluster
-from batchserve.workers.status import keep_writing_status
+from batchserve.workers.status import keep_writing_status, write_status_quietly
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
         loading = asyncio.create_task(state.registry.load_all(), name="load-models")
         status = None
         if cluster is not None:  # the other workers read this one's state from its file
+            state.registry.on_ready = lambda: write_status_quietly(state)
             status = asyncio.create_task(keep_writing_status(state), name="worker-status")
         refreshing = start_refreshing(state.metrics)  # a worker's state gauges, into its files
         try:

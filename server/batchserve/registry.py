@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,9 @@ class ModelRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         self._models: dict[str, ServedModel] = {}
+        self.on_ready: Callable[[], None] | None = None
+        """Called when a model becomes ready (a worker writes its status file then, so the
+        others' ``/readyz`` never reads it as still loading after this worker said ready)."""
         for config in configs:
             self._install(self._build(config))
 
@@ -152,6 +155,8 @@ class ModelRegistry:
         model.batcher.start()
         model.state, model.reason = "ready", None
         model.metrics.refresh()  # in a worker, the gauge's file says so now, not at the next tick
+        if self.on_ready is not None:
+            self.on_ready()
         log.info("model %s ready", model.config.name)
 
     async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:

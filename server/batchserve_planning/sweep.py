@@ -318,7 +318,7 @@ class Sweep:
             return None
         try:
             return measure_step(server.url, self.args.model, self.requests_for(server.url),
-                                outcome.best.concurrency, self.settings, self.bars, label,
+                                final_clients(outcome), self.settings, self.bars, label,
                                 duration_s=3 * self.settings.step_s,
                                 min_responses=3 * self.settings.min_responses)
         except (OSError, RuntimeError) as exc:
@@ -366,6 +366,24 @@ class Sweep:
         return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
                               rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
                               parameters=self.args.parameters)
+
+
+PLATEAU_SHARE = 0.97
+"""Steps with at least this share of a candidate's best throughput are on its plateau."""
+
+
+def final_clients(outcome: Outcome) -> int:
+    """The clients a candidate is measured again at: its best step's; with more than one worker,
+    the most clients on its plateau (within 3% of its best, inside the SLO). The kernel spreads
+    connections over SO_REUSEPORT workers by a hash of each connection, so with as few as 4 a
+    fresh server has a 1 in 8 chance of getting all of them in one worker of two."""
+    best = outcome.best
+    assert best is not None
+    if outcome.candidate.workers == 1:
+        return best.concurrency
+    plateau = [s.concurrency for s in outcome.steps if s.within_slo
+               and s.rows_per_s >= PLATEAU_SHARE * best.rows_per_s]
+    return max(plateau)
 
 
 def _best(outcomes: list[Outcome]) -> Outcome | None:

@@ -67,3 +67,31 @@ def test_a_broken_loop_or_a_stuck_worker_anywhere_fails_liveness(tmp_path: Path)
         assert stuck.status_code == 503 and stuck.json()["status"] == "stuck"
         assert stuck.json()["workers"]["1"].startswith("stuck: no status for")
         assert client.get("/readyz").status_code == 503  # a stuck worker is not ready either
+
+
+def test_a_worker_writes_its_status_the_moment_its_models_are_ready(tmp_path: Path) -> None:
+    """Not at its next tick (every 0.5 s): the other workers' /readyz would read this one as still
+    loading after it answered ready itself (a readiness that flapped 200 -> 503 at start)."""
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": str(tmp_path), "max_batch_size": 4,
+         "options": {"load_delay_ms": 300}}])
+    cluster = Cluster(tmp_path / "run", 0, 2)
+    cluster.run_dir.mkdir()
+    cluster.create_dirs()
+    app = create_app(ServerSettings(config=config), load_models(config), cluster=cluster)
+    state = app.state.batchserve
+    seen: list[bool] = []
+    ready = state.registry.on_ready
+    with TestClient(app):
+        assert state.registry.on_ready is not None and ready is None  # set by the lifespan
+        hook = state.registry.on_ready
+
+        def check() -> None:  # right after the hook's own write: the file already says ready
+            hook()
+            seen.append(json.loads(cluster.status_path(0).read_text())["ready"])
+
+        state.registry.on_ready = check
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == [True]

@@ -53,15 +53,21 @@ def write_status(state: AppState) -> None:
     os.replace(temporary, path)
 
 
+def write_status_quietly(state: AppState) -> None:
+    """``write_status``, logging rather than raising when the run directory is gone (the
+    supervisor is ending)."""
+    try:
+        write_status(state)
+    except OSError as exc:
+        log.debug("cannot write the worker status: %s", exc)
+
+
 async def keep_writing_status(state: AppState) -> None:
     """Write this worker's status every ``STATUS_INTERVAL_S`` until cancelled; stop the worker
     (SIGTERM to itself) if its supervisor is gone, so no worker outlives its server."""
     parent = os.getppid()
     while True:
-        try:
-            write_status(state)
-        except OSError as exc:  # the run directory went away: the supervisor is ending
-            log.debug("cannot write the worker status: %s", exc)
+        write_status_quietly(state)
         if os.getppid() != parent:
             log.error("the supervisor (pid %d) is gone; stopping", parent)
             os.kill(os.getpid(), 15)
