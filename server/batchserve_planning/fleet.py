@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.openloop import OpenStep, Peak
     from batchserve_planning.ramp import RampSettings
-    from batchserve_planning.sweep import Outcome
+    from batchserve_planning.sweep import Candidate, Outcome
 
 TOLERANCE = 0.10
 """Measured throughput may differ from the prediction by this share before the report says so."""
@@ -175,12 +175,12 @@ class Fleet:
 
         name = entry["profile"]["name"]
         sweep = self.sweeps[name]
-        outcome = _outcome(sweep, entry)
+        candidate = _picked(entry)
         sizing = entry["sizing"]
         rate = sizing["served_rps"] / sizing["replicas"]
         label = f"check: {name} re-run at {rate:,.1f}/s"
         try:
-            server = sweep.start_server(outcome.candidate, "check-rerun")
+            server = sweep.start_server(candidate, "check-rerun")
         except ServerError as exc:
             return {"error": f"did not start: {str(exc).splitlines()[0]}"}
         try:
@@ -211,13 +211,13 @@ class Fleet:
                      min(fits, key=lambda e: len(e["placement"]["server_cpus"])))
         name = entry["profile"]["name"]
         sweep = self.sweeps[name]
-        outcome = _outcome(sweep, entry)
+        candidate = _picked(entry)
         width = len(entry["placement"]["server_cpus"])
         cpus = [set(self.machine_cpus[i * width:(i + 1) * width]) for i in range(2)]
         shared = 2 * width == len(self.machine_cpus)
-        config = sweep.write_config(outcome.candidate, "check-replicas")
+        config = sweep.write_config(candidate, "check-replicas")
         replicas = ReplicaSet(config, cpus, sweep.out / "logs", quota_cpus=entry["placement"]["quota_cpus"],
-                              args=outcome.candidate.serve_args())
+                              args=candidate.serve_args())
         single = entry["sizing"]["peak_rps"]
         try:
             replicas.wait_ready()
@@ -241,10 +241,11 @@ class Fleet:
         return result
 
 
-def _outcome(sweep: Any, entry: dict[str, Any]) -> Outcome:
-    from batchserve_planning.sweep import Candidate, Outcome
+def _picked(entry: dict[str, Any]) -> Candidate:
+    """The configuration a measured profile picked."""
+    from batchserve_planning.sweep import Candidate
 
-    return Outcome(Candidate(**entry["candidates"][entry["pick"]]["candidate"]))
+    return Candidate(**entry["candidates"][entry["pick"]]["candidate"])
 
 
 def _compared(rate: float, step: OpenStep, slo_ms: float) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batchserve_planning.capacity import Load
     from batchserve_planning.ramp import RampSettings
 
 
 def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[Any], settings: RampSettings,
-                 out: Path) -> int:
+                 out: Path, input_notes: list[str]) -> int:
     """0: a profile carries the load and the report says which; 1: none does (the message says
     what came closest); 2: a hardware file or load that can't be used."""
     from batchserve_planning.capacity import explain_losers
@@ -49,7 +50,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     results = {
         "mode": "profiles", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "model": args.model, "config": str(args.config), "inputs": str(args.inputs),
-        "input_notes": args.input_notes,
+        "input_notes": input_notes,
         "hardware": str(args.hardware), "slo_p99_ms": args.slo_p99_ms,
         "load": {"target_rps": load.target_rps, "concurrency": load.concurrency,
                  "rows_per_request": load.rows_per_request, "headroom": load.headroom,
@@ -74,7 +75,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     return 0
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace) -> Load:
     from batchserve_planning.capacity import Load
 
     if args.target_rps is not None and args.target_rps <= 0:

@@ -100,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for note in skipped_inputs:
         print(f"batchserve recommend: {note}", file=sys.stderr)
-    args.input_notes = skipped_inputs
     settings = RampSettings(slo_ms=args.slo_p99_ms, max_concurrency=args.max_concurrency,
                             step_s=args.step_s, max_step_s=args.max_step_s,
                             min_responses=args.min_responses, rows_per_request=args.rows_per_request,
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hardware is not None:
         from batchserve_planning.profiles_run import run_profiles
 
-        return run_profiles(args, base, samples, settings, out)
+        return run_profiles(args, base, samples, settings, out, skipped_inputs)
     sweep = Sweep(args, base, samples, settings, out)
     from batchserve_planning.load.progress import Bars
 
