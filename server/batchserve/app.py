@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
-               cluster: Cluster | None = None) -> FastAPI:
-    """The app of a server, or of one of its workers (``cluster``)."""
+               cluster: Cluster | None = None, unloaded: list[ModelConfig] | None = None) -> FastAPI:
+    """The app of a server, or of one of its workers (``cluster``; ``unloaded``: the models
+    management unloaded before this worker started, ``desired.apply_desired``)."""
     metrics = Metrics(max_batch_size=max((c.max_batch_size for c in configs), default=1))
-    state = AppState(settings=settings, registry=ModelRegistry(configs, metrics), metrics=metrics,
-                     cluster=cluster)
+    state = AppState(settings=settings, registry=ModelRegistry(configs, metrics, unloaded=unloaded),
+                     metrics=metrics, cluster=cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

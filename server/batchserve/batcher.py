@@ -56,7 +56,7 @@ from batchserve.execution import (
     timed_run_batch,
 )
 from batchserve.inflight import InFlight
-from batchserve.load import INLINE_LIMIT_S, RecentLoad
+from batchserve.load import RecentLoad
 from batchserve.metrics import ModelMetrics, observe_all
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Batcher:
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
-        # cheap batches may run on the loop: one instance, and none held it past INLINE_LIMIT_S
+        # with one instance cheap batches may run on the loop (load.RecentLoad.cheap, held_loop)
         self._inline = on_loop_when_cheap and instances == 1
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
@@ -354,10 +354,10 @@ class Batcher:
                 self.load.batch_ran(len(batch.rows), elapsed)
                 if inline:  # CPU time: the loop's thread being preempted is not the model's doing
                     computed_s = time.thread_time() - cpu_started
-                    if computed_s > INLINE_LIMIT_S:
-                        self._inline = False
+                    if (paused := self.load.held_loop(computed_s)) is not None:
                         log.warning("model %s: a batch held the event loop %.1f ms; its batches run "
-                                    "on its thread from now on", self.name, computed_s * 1000)
+                                    "on its thread %s", self.name, computed_s * 1000,
+                                    f"for the next {paused}" if paused else "from now on")
             self.load.computed(len(batch.rows), computed_s)
             self._deliver(batch, outcomes)
             if inline and self._queue:

@@ -13,8 +13,12 @@ INLINE_MAX_S = 0.0002
 on a busy machine, and the loop may be held ~1 ms at most, so there is a 5x margin."""
 INLINE_AFTER_BATCHES = 4  # batches of a size class measured before its cost is trusted
 INLINE_LIMIT_S = 0.001
-"""A batch that held the event loop longer than this (CPU time) stops its model running batches
-there: a backend whose cost is that unpredictable is not cheap."""
+"""A batch that held the event loop longer than this (CPU time) is a strike: its model's batches
+run on its thread for the next ``INLINE_PAUSE_BATCHES`` (doubling with each strike), and after
+``INLINE_STRIKES`` never on the loop again: a backend whose cost is that unpredictable is not
+cheap. One strike alone may be the loop's thread collecting garbage inside the call."""
+INLINE_PAUSE_BATCHES = 256
+INLINE_STRIKES = 3
 
 
 def _mean(previous: float | None, value: float, weight: float) -> float:
@@ -31,6 +35,10 @@ class RecentLoad:
     rates: dict[int, float] = field(default_factory=dict)
     """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
     batches: int = 0
+    loop_strikes: int = 0
+    """Batches that held the event loop past ``INLINE_LIMIT_S``."""
+    loop_paused: int = 0
+    """Batches still to run on the model's thread before the loop is tried again."""
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
     """Mean CPU time of predict_batch itself (no thread hop, no waiting), and the batches measured,
     by batch-size class: what running a batch of that class on the event loop would hold it."""
@@ -46,6 +54,7 @@ class RecentLoad:
         return self.gap_s is not None and self.gap_s < max_wait_s
 
     def batch_ran(self, rows: int, elapsed_s: float) -> None:
+        self.loop_paused = max(0, self.loop_paused - 1)
         self.batch_s += BATCH_WEIGHT * (elapsed_s - self.batch_s)
         self.batches += 1
         if elapsed_s > 0 and rows > 0:
@@ -64,9 +73,22 @@ class RecentLoad:
         """A batch of ``rows`` rows is expected to take less than ``INLINE_MAX_S``, measured on
         ``INLINE_AFTER_BATCHES`` batches of its size class (whose sizes are within 2x: the mean
         counts double, but for single rows)."""
+        if self.loop_paused or self.loop_strikes >= INLINE_STRIKES:
+            return False
         size_class = rows.bit_length()
         mean, count = self.compute_s.get(size_class, (0.0, 0))
         return count >= INLINE_AFTER_BATCHES and mean * min(size_class, 2) < INLINE_MAX_S
+
+    def held_loop(self, cpu_s: float) -> int | None:
+        """A batch on the event loop took ``cpu_s`` of its CPU: past ``INLINE_LIMIT_S`` it is a
+        strike, and the answer is how many batches now go to the thread (0: for good)."""
+        if cpu_s <= INLINE_LIMIT_S:
+            return None
+        self.loop_strikes += 1
+        if self.loop_strikes >= INLINE_STRIKES:
+            return 0
+        self.loop_paused = INLINE_PAUSE_BATCHES << (self.loop_strikes - 1)
+        return self.loop_paused
 
     def best_rate(self) -> float | None:
         """The best recent rows/s of one instance; ``None`` until ``RATE_AFTER_BATCHES`` ran."""

@@ -22,6 +22,7 @@ from batchserve.metrics import Metrics, ModelMetrics
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed", "unloaded"]
+UNLOADED = "unloaded by the management API"
 
 
 @dataclass(eq=False)
@@ -52,7 +53,8 @@ class ModelRegistry:
     a new version loads and after one fails to. Loads, reloads and unloads of one name run one
     at a time (a lock per name), the startup load included."""
 
-    def __init__(self, configs: list[ModelConfig], metrics: Metrics) -> None:
+    def __init__(self, configs: list[ModelConfig], metrics: Metrics, *,
+                 unloaded: list[ModelConfig] | None = None) -> None:
         self._metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
@@ -62,6 +64,10 @@ class ModelRegistry:
         others' ``/readyz`` never reads it as still loading after this worker said ready)."""
         for config in configs:
             self._install(self._build(config))
+        for config in unloaded or []:  # a restarted worker's, unloaded by management before
+            model = self._build(config)
+            model.state, model.reason = "unloaded", UNLOADED
+            self._install(model)
 
     def _build(self, config: ModelConfig) -> ServedModel:
         model_metrics = self._metrics.for_model(config.name)
@@ -212,7 +218,7 @@ class ModelRegistry:
         async with self._lock(name):
             model = self.get(name)
             await self._retire(model, grace_s)
-            model.reason = "unloaded by the management API"
+            model.reason = UNLOADED
             return model
 
     async def _retire(self, model: ServedModel, grace_s: float) -> None:

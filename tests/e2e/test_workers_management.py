@@ -123,7 +123,12 @@ def test_a_worker_restarted_after_changes_comes_up_with_them(tmp_path: Path) -> 
         workers.start(1)
         workers.wait_loaded(1)
         assert _config(workers.urls[1])["max_batch_size"] == 5
-        assert client.get(f"{workers.urls[1]}/models/other").status_code == 404  # not loaded
+        # Known there as unloaded, as on worker 0: the same answers whichever worker serves.
+        for url in workers.urls:
+            shown = client.get(f"{url}/models/other")
+            assert shown.status_code == 200 and shown.json()["state"] == "unloaded", shown.text
+            refused = client.post(f"{url}/predict/other", json={"inputs": [3]})
+            assert refused.status_code == 503 and "unloaded" in refused.text, refused.text
         assert client.post(f"{workers.urls[1]}/predict/echo", json={"inputs": [3]}).json()[
             "outputs"] == [6.0]
 

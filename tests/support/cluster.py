@@ -119,7 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     cluster = Cluster(args.run_dir, args.index, args.count)
     settings = ServerSettings(config=args.config, port=args.port, shutdown_grace_s=10)
-    app = create_app(settings, apply_desired(cluster, load_models(settings.config)), cluster=cluster)
+    served, unloaded = apply_desired(cluster, load_models(settings.config))
+    app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
     state: AppState = app.state.batchserve
     run_servers([make_server(app, args.port, state, lifespan="on"), make_peer_server(state)], state)
 

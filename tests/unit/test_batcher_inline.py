@@ -1,6 +1,7 @@
 """Cheap batches on the event loop (``Backend.predict_on_loop_when_cheap``): only for a backend
-that allows it, one instance, once measured cheap; never again for a model one of whose batches
-held the loop past ``INLINE_LIMIT_S``; and the loop's other work runs between such batches."""
+that allows it, one instance, once measured cheap; a batch that held the loop past
+``INLINE_LIMIT_S`` sends the next ones to the thread for a while, and ``INLINE_STRIKES`` of them
+for good; and the loop's other work runs between such batches."""
 
 from __future__ import annotations
 
@@ -75,15 +76,33 @@ def test_batches_stay_on_threads_unless_the_backend_allows_one_instance(settings
     assert not any(asyncio.run(scenario()))
 
 
-def test_a_batch_that_held_the_loop_too_long_sends_the_rest_to_the_thread() -> None:
-    after = load.INLINE_AFTER_BATCHES
-
+def _placements(slow_on: set[int], requests: int) -> list[bool]:
     async def scenario() -> list[bool]:
-        fake = Recording(slow_on={after + 2})  # the second batch on the loop takes 5 ms
-        await (await _serve(fake, after + 5, on_loop_when_cheap=True)).close(1)
+        fake = Recording(slow_on=slow_on)
+        await (await _serve(fake, requests, on_loop_when_cheap=True)).close(1)
         return fake.on_loop()
 
-    assert asyncio.run(scenario()) == [False] * after + [True, True] + [False] * 3
+    return asyncio.run(scenario())
+
+
+def test_a_batch_that_held_the_loop_too_long_sends_the_next_ones_to_the_thread() -> None:
+    after = load.INLINE_AFTER_BATCHES
+    placed = _placements({after + 2}, after + 5)  # the second batch on the loop takes 5 ms
+    assert placed == [False] * after + [True, True] + [False] * 3
+
+
+def test_after_a_pause_the_loop_is_tried_again_and_strikes_end_it_for_good(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load, "INLINE_PAUSE_BATCHES", 2)
+    after = load.INLINE_AFTER_BATCHES
+    # 1st strike: 2 batches on the thread; 2nd: 4; 3rd (INLINE_STRIKES): never on the loop again.
+    first = after + 1
+    second = first + 2 + 1
+    third = second + 4 + 1
+    placed = _placements({first, second, third}, third + 6)
+    assert load.INLINE_STRIKES == 3
+    assert placed == ([False] * after + [True] + [False] * 2 + [True] + [False] * 4 + [True]
+                      + [False] * 6)
 
 
 def test_the_loop_runs_other_work_between_batches_it_runs() -> None:

@@ -98,3 +98,22 @@ def test_a_staged_version_has_the_patched_settings(tmp_path: Path) -> None:
         await registry.close(1)
 
     asyncio.run(main())
+
+
+def test_a_model_built_as_unloaded_is_known_not_loaded_and_loads_again(tmp_path: Path) -> None:
+    """A restarted worker builds what management unloaded before it started as unloaded (the
+    others' answer for it, 503, not an unknown model's 404), and a later load serves it."""
+    async def main() -> None:
+        config = load_models(write_models(tmp_path / "models.toml", [
+            {"name": "gone", "backend": "echo", "path": "x"}]))[0]
+        registry = ModelRegistry([], Metrics(max_batch_size=8), unloaded=[config])
+        await registry.load_all()
+        model = registry.get("gone")
+        assert (model.state, model.reason) == ("unloaded", "unloaded by the management API")
+        assert echo.LOADED.get("gone", 0) == 0 and registry.ready  # unloaded ones don't count
+        assert _ready_gauge(registry, "gone") == 0
+        reloaded = await registry.load(config, 1)
+        assert registry.get("gone") is reloaded and reloaded.ready and echo.LOADED["gone"] == 1
+        await registry.close(1)
+
+    asyncio.run(main())

@@ -10,7 +10,8 @@ false once it was unloaded, ``overrides`` what PATCH changed (applied over ``con
 every later reload). The first worker to start records the configs it read from the repository
 file; each management change that went through records its result. A restarted worker takes
 its models from here, not from the repository file, so that it serves what the others serve
-even when the file changed since (the others read the file again only when told to load).
+(and knows as unloaded what they unloaded) even when the file changed since (the others read
+the file again only when told to load).
 
 Writes are whole-file (a temporary file, then ``os.replace``) under a lock of their own
 (``flock(2)`` on ``desired.lock``): a reader never sees half a file, and two changes to
@@ -26,7 +27,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchserve.config import ModelConfig
 from batchserve.workers.cluster import Cluster
@@ -35,19 +36,29 @@ Desired = dict[str, dict[str, Any]]
 """Model name -> its record (``config``, ``served``, ``overrides``)."""
 
 
-def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> list[ModelConfig]:
-    """The models a (re)starting worker serves: ``configs`` (read from the repository file)
+class Recorded(NamedTuple):
+    """The models a (re)starting worker builds: those it serves and loads, and those management
+    unloaded (known, so a request for one gets the 503 every other worker gives, not a 404)."""
+
+    served: list[ModelConfig]
+    unloaded: list[ModelConfig]
+
+
+def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> Recorded:
+    """The models a (re)starting worker builds: ``configs`` (read from the repository file)
     where nothing is recorded yet (and recorded now, for the workers that start after), else
-    what is recorded: the recorded version, with its PATCHed settings, and none that were
-    unloaded. Models loaded by management since the start come after the file's."""
+    what is recorded: the recorded version, with its PATCHed settings, served or unloaded.
+    Models loaded by management since the start come after the file's."""
     def merge(models: Desired) -> None:
         for config in configs:
             models.setdefault(config.name, {"config": config.model_dump(mode="json"),
                                             "served": True, "overrides": {}})
 
     models = _update(cluster, merge)
-    return [ModelConfig.model_validate(record["config"]).model_copy(update=record["overrides"])
-            for record in models.values() if record["served"]]
+    built = [(record["served"], ModelConfig.model_validate(record["config"]).model_copy(
+        update=record["overrides"])) for record in models.values()]
+    return Recorded([config for served, config in built if served],
+                    [config for served, config in built if not served])
 
 
 def record_overrides(cluster: Cluster, name: str, changes: dict[str, Any]) -> None:

@@ -12,9 +12,11 @@ operations and nothing else, each applied to this worker alone (never fanned out
     POST /peer/models/{name}/unload
     GET  /peer/status                  this worker's index and models
 
-Its lifespan applies ``desired.json`` once more as the socket opens: a change recorded after
-this worker read the file at its start, but fanned out before its socket listened, is not
-lost (``desired.apply_desired`` read it before the models were built).
+Its lifespan applies ``desired.json`` once more as soon as the socket listens: a change
+recorded after this worker read the file at its start (``desired.apply_desired``, before the
+models were built) but fanned out before its socket listened is read then; one recorded after
+that read is fanned out to a listening socket. (Read before the socket listened, a change
+recorded between the read and the listen would reach neither way.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from batchserve.workers import desired
 from batchserve.workers.fanout import LocalWorker
 
 _Body = TypeVar("_Body", bound=BaseModel)
+LISTEN_POLL_S = 0.01
 
 
 class StageId(BaseModel):
@@ -109,6 +112,9 @@ async def reapply_desired(state: AppState) -> None:
     unloads (idempotent: what is applied already is applied again)."""
     if state.cluster is None:
         return
+    socket = state.cluster.socket_path(state.cluster.index)
+    while not socket.exists():  # made by bind(2), which asyncio follows with listen(2) at once
+        await asyncio.sleep(LISTEN_POLL_S)
     records = await asyncio.to_thread(desired.read_desired, state.cluster)
     served = {model.config.name: model for model in state.registry}
     for name, record in records.items():

@@ -48,7 +48,8 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
     def sock(name: str, port: int) -> socket.socket:
         return shared.get(name) or listening_socket(settings.host, port, reuse_port=True)
 
-    app = create_app(settings, apply_desired(cluster, configs), cluster=cluster)
+    served, unloaded = apply_desired(cluster, configs)
+    app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
     state: AppState = app.state.batchserve
     servers = [make_server(app, settings.port, state, lifespan="on", sock=sock("main", settings.port)),
                make_peer_server(state)]  # management through any worker applies to all
