@@ -4,8 +4,10 @@ The server may use every core of this machine and wrk (one thread) shares them, 
 deployment would; each layout is measured in alternation, ROUNDS times, so drift hits them
 all. For each run: requests/s, p50/p99, the server's CPU time per request (the supervisor and
 every worker, user + system, over the measured seconds, divided by the requests answered),
-and how evenly the work spread over the workers (the busiest worker's CPU time over the
-idlest's; 1.0 is even).
+how evenly the work spread over the workers (the busiest worker's CPU time over the
+idlest's; 1.0 is even), wrk's own CPU time per request, and the machine's idle share (what
+the server and wrk left of the cores: near 0, the cores cap the run, not the server) and steal
+share (time the hypervisor gave other guests).
 
 diabetes: one row per request, 64 keep-alive connections; layouts 1 worker, and 2 workers
 with each way of sharing the port (SO_REUSEPORT, one shared socket). The transformer (the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -85,6 +88,20 @@ def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
     return times
 
 
+def children_cpu() -> float:
+    """User + system seconds of this process's waited-for children (wrk, once it ended)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def share(field: str, before: Any, after: Any) -> float:
+    """A field's share of the machine's CPU time between two ``psutil.cpu_times()``: ``idle``,
+    what the server and wrk together left unused (near 0, the cores capped the run); ``steal``,
+    what the hypervisor gave other guests (this VM's drift)."""
+    total = sum(after) - sum(before)
+    return (getattr(after, field, 0.0) - getattr(before, field, 0.0)) / total if total > 0 else 0.0
+
+
 def measure(model: str, layout: Layout, directory: Path, bodies: Path | None) -> dict[str, Any]:
     config = models_toml(directory, model, layout)
     server = ManagedServer(config, grace_s=10, args=["--workers", str(layout.workers)],
@@ -98,13 +115,16 @@ def measure(model: str, layout: Layout, directory: Path, bodies: Path | None) ->
         supervisor = psutil.Process(server.process.pid)
         workers = supervisor.children() if layout.workers > 1 else [supervisor]
         processes = [supervisor, *workers] if layout.workers > 1 else [supervisor]
-        before = cpu_seconds(processes)
+        before, wrk_before, machine_before = cpu_seconds(processes), children_cpu(), psutil.cpu_times()
         result = harness.wrk(url, connections=CONNECTIONS, duration_s=DURATION_S, script=script, env=env)
-        after = cpu_seconds(processes)
+        after, wrk_after, machine_after = cpu_seconds(processes), children_cpu(), psutil.cpu_times()
         harness.check_clean(result, f"{model}, {layout.name}")
         used = [a - b for a, b in zip(after, before, strict=True)]
         per_worker = used[1:] if layout.workers > 1 else used
         result["cpu_us_per_request"] = 1e6 * sum(used) / (result["rps"] * DURATION_S)
+        result["wrk_cpu_us_per_request"] = 1e6 * (wrk_after - wrk_before) / (result["rps"] * DURATION_S)
+        result["idle"] = share("idle", machine_before, machine_after)
+        result["steal"] = share("steal", machine_before, machine_after)
         result["spread"] = max(per_worker) / min(per_worker) if min(per_worker) > 0 else float("inf")
         return result
     finally:
@@ -139,17 +159,19 @@ def main() -> None:
     }
     print(f"\n{summary['date']}, commit {summary['commit']}, {summary['machine']}; wrk -t1 "
           f"-c{CONNECTIONS} sharing the cores, {ROUNDS} rounds of {DURATION_S} s\n")
-    print("| model | layout | RPS (median) | p50 ms | p99 ms | CPU us / request | spread | "
-          "RPS / first layout (per round) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | layout | RPS (median) | p50 ms | p99 ms | CPU us / request | wrk CPU us / request "
+          "| machine idle | steal | spread | RPS / first layout (per round) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model, layouts in runs.items():
         base = next(iter(layouts.values()))
         for name, results in layouts.items():
             ratios = [r["rps"] / b["rps"] for r, b in zip(results, base, strict=True)]
             median = {key: statistics.median(r[key] for r in results)
-                      for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "spread")}
+                      for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request",
+                                  "wrk_cpu_us_per_request", "idle", "steal", "spread")}
             print(f"| {model} | {name} | {median['rps']:,.0f} | {median['p50_ms']:.2f} | "
                   f"{median['p99_ms']:.2f} | {median['cpu_us_per_request']:.0f} | "
+                  f"{median['wrk_cpu_us_per_request']:.0f} | {median['idle']:.0%} | {median['steal']:.0%} | "
                   f"{median['spread']:.2f} | {', '.join(f'{r:.2f}' for r in ratios)} |")
             summary.setdefault("medians", {}).setdefault(model, {})[name] = {
                 **median, "ratio_median": statistics.median(ratios)}

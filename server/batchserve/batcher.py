@@ -358,7 +358,7 @@ class Batcher:
                         log.warning("model %s: a batch held the event loop %.1f ms; its batches run "
                                     "on its thread %s", self.name, computed_s * 1000,
                                     f"for the next {paused}" if paused else "from now on")
-            self.load.computed(len(batch.rows), computed_s)
+            self.load.computed(len(batch.rows), computed_s, on_loop=inline)
             self._deliver(batch, outcomes)
             if inline and self._queue:
                 await asyncio.sleep(0)  # the loop's other work, between batches held on it

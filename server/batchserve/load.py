@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 GAP_WEIGHT = 0.25  # weight of the newest inter-arrival gap in its running mean
 BATCH_WEIGHT = 0.25  # weight of the newest batch in the running means of duration and rate
 RATE_AFTER_BATCHES = 4  # no rate is claimed from fewer batches (the first ones can be slow)
-INLINE_MAX_S = 0.0002
+INLINE_MAX_S = 0.0004
 """A batch whose predict_batch is expected to take less than this runs on the event loop itself
-(``Batcher``): the hop to the model's thread and back (two thread wake-ups) costs more than that
-on a busy machine, and the loop may be held ~1 ms at most, so there is a 5x margin."""
+(``Batcher``), saving the hop to the model's thread and back (a submit, two thread wake-ups and
+the GIL handed over twice: tens of us of CPU, and the thread's caches cold after each switch).
+The loop may be held ~1 ms at most: a class's mean counts double (its sizes vary 2x), which
+leaves a 25% margin below ``INLINE_LIMIT_S``."""
 INLINE_AFTER_BATCHES = 4  # batches of a size class measured before its cost is trusted
+INLINE_REPROBE_BATCHES = 256
+"""A size class measured too dear on the loop is tried there again after this many batches on
+the thread (its cost may have fallen: a model's batches cost more while it warms up)."""
 INLINE_LIMIT_S = 0.001
 """A batch that held the event loop longer than this (CPU time) is a strike: its model's batches
 run on its thread for the next ``INLINE_PAUSE_BATCHES`` (doubling with each strike), and after
@@ -40,8 +45,13 @@ class RecentLoad:
     loop_paused: int = 0
     """Batches still to run on the model's thread before the loop is tried again."""
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
-    """Mean CPU time of predict_batch itself (no thread hop, no waiting), and the batches measured,
-    by batch-size class: what running a batch of that class on the event loop would hold it."""
+    """Mean CPU time of predict_batch itself on the model's thread, and the batches measured, by
+    batch-size class. Only a bound for the loop's decision: beside a busy event loop on the same
+    cores the thread's time runs 2-10x what the same batch takes on the loop (its caches are
+    cold after every switch, and taking the GIL back costs), so a class is judged by ``loop_s``."""
+    loop_s: dict[int, tuple[float, int]] = field(default_factory=dict)
+    """The mean of the batches that ran on the event loop (what a batch of the class holds it),
+    and the class's count of thread batches when one last ran there (to space out re-tries)."""
     _last_arrival_s: float | None = None
 
     def arrived(self, now_s: float) -> None:
@@ -63,21 +73,36 @@ class RecentLoad:
             size_class = rows.bit_length()
             self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
 
-    def computed(self, rows: int, elapsed_s: float) -> None:
-        """predict_batch took ``elapsed_s`` of CPU on ``rows`` rows (timed around the call alone)."""
+    def computed(self, rows: int, elapsed_s: float, *, on_loop: bool = False) -> None:
+        """predict_batch took ``elapsed_s`` of CPU on ``rows`` rows (timed around the call alone),
+        on the event loop or on the model's thread. A batch on the loop past ``INLINE_LIMIT_S``
+        is a strike (``held_loop``), not a measure of the class."""
         size_class = rows.bit_length()
         mean, count = self.compute_s.get(size_class, (None, 0))
-        self.compute_s[size_class] = (_mean(mean, elapsed_s, BATCH_WEIGHT), count + 1)
+        if not on_loop:
+            self.compute_s[size_class] = (_mean(mean, elapsed_s, BATCH_WEIGHT), count + 1)
+        elif elapsed_s <= INLINE_LIMIT_S:
+            previous = self.loop_s.get(size_class, (None, 0))[0]
+            self.loop_s[size_class] = (_mean(previous, elapsed_s, BATCH_WEIGHT), count)
 
     def cheap(self, rows: int) -> bool:
-        """A batch of ``rows`` rows is expected to take less than ``INLINE_MAX_S``, measured on
-        ``INLINE_AFTER_BATCHES`` batches of its size class (whose sizes are within 2x: the mean
-        counts double, but for single rows)."""
+        """A batch of ``rows`` rows may run on the event loop: its size class (sizes within 2x:
+        the mean counts double, but for single rows) ran there in under ``INLINE_MAX_S``; or it
+        has not run there yet (or not for ``INLINE_REPROBE_BATCHES`` batches) and took under
+        ``INLINE_LIMIT_S`` on the thread in ``INLINE_AFTER_BATCHES`` batches: then this batch
+        is the one that measures it there. Never while the loop is paused by a strike."""
         if self.loop_paused or self.loop_strikes >= INLINE_STRIKES:
             return False
         size_class = rows.bit_length()
-        mean, count = self.compute_s.get(size_class, (0.0, 0))
-        return count >= INLINE_AFTER_BATCHES and mean * min(size_class, 2) < INLINE_MAX_S
+        on_thread, thread_batches = self.compute_s.get(size_class, (0.0, 0))
+        probe = (thread_batches >= INLINE_AFTER_BATCHES and on_thread < INLINE_LIMIT_S)
+        measured = self.loop_s.get(size_class)
+        if measured is None:
+            return probe
+        on_loop, thread_batches_then = measured
+        if on_loop * min(size_class, 2) < INLINE_MAX_S:
+            return True
+        return probe and thread_batches - thread_batches_then >= INLINE_REPROBE_BATCHES
 
     def held_loop(self, cpu_s: float) -> int | None:
         """A batch on the event loop took ``cpu_s`` of its CPU: past ``INLINE_LIMIT_S`` it is a

@@ -1,0 +1,56 @@
+"""``RecentLoad.cheap``: which batches may run on the event loop. A size class is judged by
+what its batches cost on the loop; the thread's time (inflated beside a busy loop on the same
+cores) only decides whether one batch may try the loop."""
+
+from __future__ import annotations
+
+from batchserve import load
+from batchserve.load import RecentLoad
+
+ROWS = 5  # size class 3: the loop mean counts double
+
+
+def _on_thread(recent: RecentLoad, cpu_s: float, batches: int) -> None:
+    for _ in range(batches):
+        recent.computed(ROWS, cpu_s)
+
+
+def test_a_class_the_thread_measures_dear_still_tries_the_loop() -> None:
+    """Beside a loop serving 64 connections, a diabetes batch took 100-200 us of the thread's
+    CPU and ~50 us on the loop: judged by the thread's time, it would never have left it."""
+    recent = RecentLoad()
+    _on_thread(recent, 400e-6, load.INLINE_AFTER_BATCHES - 1)
+    assert not recent.cheap(ROWS)  # too few measured
+    _on_thread(recent, 400e-6, 1)
+    assert recent.cheap(ROWS)  # one batch measures it on the loop
+    recent.computed(ROWS, 40e-6, on_loop=True)
+    assert recent.cheap(ROWS) and recent.cheap(ROWS)  # judged by the loop's 40 us from now on
+
+
+def test_a_class_dear_on_the_loop_goes_back_to_the_thread_and_is_retried_later() -> None:
+    recent = RecentLoad()
+    _on_thread(recent, 400e-6, load.INLINE_AFTER_BATCHES)
+    dear = 0.75 * load.INLINE_MAX_S  # doubled for the class: over INLINE_MAX_S
+    recent.computed(ROWS, dear, on_loop=True)
+    assert not recent.cheap(ROWS)
+    _on_thread(recent, 400e-6, load.INLINE_REPROBE_BATCHES - 1)
+    assert not recent.cheap(ROWS)
+    _on_thread(recent, 400e-6, 1)
+    assert recent.cheap(ROWS)  # tried again
+    recent.computed(ROWS, dear, on_loop=True)
+    assert not recent.cheap(ROWS)  # still dear: the next try is INLINE_REPROBE_BATCHES away
+
+
+def test_a_class_too_dear_on_the_thread_never_tries_the_loop() -> None:
+    recent = RecentLoad()
+    _on_thread(recent, 2 * load.INLINE_LIMIT_S, load.INLINE_REPROBE_BATCHES * 2)
+    assert not recent.cheap(ROWS)
+
+
+def test_a_strike_is_not_taken_as_the_class_cost() -> None:
+    recent = RecentLoad()
+    _on_thread(recent, 100e-6, load.INLINE_AFTER_BATCHES)
+    recent.computed(ROWS, 30e-6, on_loop=True)
+    recent.computed(ROWS, 5e-3, on_loop=True)  # a strike (``held_loop``): the class stays cheap
+    assert recent.loop_s[ROWS.bit_length()][0] == 30e-6
+    assert recent.held_loop(5e-3) == load.INLINE_PAUSE_BATCHES and not recent.cheap(ROWS)
