@@ -128,13 +128,13 @@ def batchserve(config_text: str, port: int | None = None, *,
 
 
 def wrk(url: str, *, connections: int, duration_s: float, script: str | Path, core: str | None = None,
-        env: dict[str, str] | None = None, timeout: str = "30s") -> dict[str, float]:
+        env: dict[str, str] | None = None, timeout: str = "30s", threads: int = 1) -> dict[str, float]:
     """One wrk run: requests/s, p50/p99 in ms, and the counts of non-2xx answers and timeouts.
-    ``script``: a Lua file, or its name in benchmarks/."""
+    ``script``: a Lua file, or its name in benchmarks/; ``threads``: wrk's own (one a core)."""
     prefix = ["taskset", "-c", core] if core is not None else []
     out = subprocess.run(
-        [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "--timeout", timeout,
-         "-s", str(ROOT / "benchmarks" / script), url],
+        [*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
+         "--timeout", timeout, "-s", str(ROOT / "benchmarks" / script), url],
         check=True, capture_output=True, text=True, env=env).stdout
 
     def latency_ms(label: str) -> float:
