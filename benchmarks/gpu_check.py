@@ -15,7 +15,10 @@ Then the servers, with max_batch_size at the end-to-end best, pinned to most of 
 batchserve's own load generator (``batchserve_planning``) on the rest, raw JPEG bodies, one
 image per request: JPEGs decoded on the device in each of LAYOUTS (worker processes x model
 instances: the stream/instance layouts), and on the CPU (the old server). The transformer
-as before: in-process best vs the server at one text and TEXTS_PER_REQUEST texts per request.
+as before: in-process best vs the server at one text and TEXTS_PER_REQUEST texts per request,
+and at one text with each of TRANSFORMER_WORKERS worker processes (issue 11: 1 vs 8). For each
+server, the device memory it holds (every worker's CUDA context, weights and cache: the
+device's used memory while it runs, less before it started).
 Prints markdown tables and writes JSON to RESULTS_DIR (default benchmarks/results).
 
 Usage: .venv/bin/python benchmarks/gpu_check.py
@@ -61,6 +64,9 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "4" if DRY_RUN else "128"))
 LAYOUTS = [tuple(int(n) for n in layout.split("x")) for layout in
            os.environ.get("LAYOUTS", "1x1,1x2,4x1" if not DRY_RUN else "1x1,1x2,2x1").split(",")]
 """Worker processes x instances per model, for the device-decoding server."""
+TRANSFORMER_WORKERS = [int(n) for n in
+                       os.environ.get("TRANSFORMER_WORKERS", "1,2" if DRY_RUN else "1,8").split(",")]
+"""Worker processes for the transformer's one-text load (each its own model copy on the device)."""
 PORT = int(os.environ.get("PORT", "8094"))
 RESULTS_DIR = Path(os.environ.get("RESULTS_DIR", ROOT / "benchmarks" / "results"))
 PHOTOS = Path(os.path.dirname(sklearn.datasets.__file__)) / "images"
@@ -167,6 +173,18 @@ def header_rate(model: Any, items: list[bytes]) -> float:
     return count / (time.perf_counter() - started)
 
 
+def device_used_mib() -> float | None:
+    """Memory in use on the device, every process's (CUDA contexts included), in MiB; ``None``
+    on the CPU. This process's cached blocks are released first so that they don't move."""
+    if not DEVICE.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
 def serve(backend: str, path: Path, max_batch_size: int, inputs: Path,
           loads: list[tuple[str, int, int]], *, options: str = "", workers: int = 1,
           instances: int = 1) -> dict[str, dict[str, float]]:
@@ -177,6 +195,7 @@ def serve(backend: str, path: Path, max_batch_size: int, inputs: Path,
     server_cores, load_cores, processes = cores()
     results = {}
     os.environ["BATCHSERVE_WORKERS"] = str(workers)  # read by the server process it starts
+    before = device_used_mib()
     try:
         with harness.batchserve(config, PORT, core=server_cores) as (url, _):
             for label, connections, rows_per_request in loads:
@@ -193,6 +212,10 @@ def serve(backend: str, path: Path, max_batch_size: int, inputs: Path,
                                   "errors": float(summary.error_rate),
                                   "device_peak_mib": harness.metric(
                                       url, "batchserve_device_memory_peak_bytes", "m") / 2**20}
+            during = device_used_mib()  # after the loads: every worker's context, weights, cache
+            for result in results.values():
+                result["server_device_mib"] = (during - before if during is not None
+                                               and before is not None else float("nan"))
     finally:
         del os.environ["BATCHSERVE_WORKERS"]
     return results
@@ -222,13 +245,15 @@ def resnet50(path: Path, inputs: Path, lines: list[str]) -> dict[str, Any]:
               f"decode + preprocess {limit['preprocess_img_s']:.0f} JPEGs/s; one core checks "
               f"{limit['header_check_img_s']:.0f} JPEG headers/s", "",
               "| resnet50 server (1 JPEG/request) | img/s | p50 ms | p99 ms | mean batch "
-              "| device peak MiB | / end-to-end limit | / forward-only | / CPU-decode server |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| device peak MiB | server's device MiB (all workers) | / end-to-end limit "
+              "| / forward-only | / CPU-decode server |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     cpu_server = servers["CPU decode (the old server), 1 worker x 1 instance"]["rows_s"]
     for label, result in servers.items():
         lines.append(f"| {label} | {result['rows_s']:.0f} | {result['p50_ms']:.1f} | "
                      f"{result['p99_ms']:.1f} | {result['mean_batch']:.1f} | "
-                     f"{result['device_peak_mib']:.0f} | {result['rows_s'] / end_to_end:.2f} | "
+                     f"{result['device_peak_mib']:.0f} | {result['server_device_mib']:.0f} | "
+                     f"{result['rows_s'] / end_to_end:.2f} | "
                      f"{result['rows_s'] / forward:.2f} | {result['rows_s'] / cpu_server:.2f} |")
     if "peak_mib" in limit["end_to_end"]:
         lines += ["", "resnet50 device memory peak by batch (MiB), end to end: " + ", ".join(
@@ -239,17 +264,23 @@ def resnet50(path: Path, inputs: Path, lines: list[str]) -> dict[str, Any]:
 def transformer(path: Path, inputs: Path, lines: list[str]) -> dict[str, Any]:
     limit = in_process("transformer", path)
     batch = best(limit["forward"]["rows_s"])
+    one_text = f"JSON, 1 text/request, {2 * CONNECTIONS} connections"
     served = serve("transformer", path, batch, inputs / "texts.txt", [
-        (f"JSON, 1 text/request, {2 * CONNECTIONS} connections", 2 * CONNECTIONS, 1),
+        (one_text, 2 * CONNECTIONS, 1),
         (f"JSON, {TEXTS_PER_REQUEST} texts/request, {CONNECTIONS // 2} connections",
          max(1, CONNECTIONS // 2), TEXTS_PER_REQUEST)])
+    for workers in TRANSFORMER_WORKERS[1:]:  # one text per request is what one event loop caps
+        served[f"{one_text}, {workers} workers"] = serve(
+            "transformer", path, batch, inputs / "texts.txt", [(one_text, 2 * CONNECTIONS, 1)],
+            workers=workers)[one_text]
     rate = limit["forward"]["rows_s"][batch]
     lines += ["", "| transformer load | in-process best rows/s (batch) | server rows/s | p50 ms "
-              "| p99 ms | mean batch | server / in-process |", "|---|---|---|---|---|---|---|"]
+              "| p99 ms | mean batch | server's device MiB (all workers) | server / in-process |",
+              "|---|---|---|---|---|---|---|---|"]
     for label, result in served.items():
         lines.append(f"| {label} | {rate:.0f} ({batch}) | {result['rows_s']:.0f} | "
                      f"{result['p50_ms']:.1f} | {result['p99_ms']:.1f} | {result['mean_batch']:.1f} "
-                     f"| {result['rows_s'] / rate:.2f} |")
+                     f"| {result['server_device_mib']:.0f} | {result['rows_s'] / rate:.2f} |")
     return {"in_process": limit, "best_batch": batch, "server": served}
 
 
