@@ -47,7 +47,7 @@ class RecentLoad:
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
     """Mean CPU time of predict_batch itself on the model's thread, and the batches measured, by
     batch-size class. Only a bound for the loop's decision: beside a busy event loop on the same
-    cores the thread's time runs 2-10x what the same batch takes on the loop (its caches are
+    cores the thread's time ran 2-4x what the same batch takes on the loop (its caches are
     cold after every switch, and taking the GIL back costs), so a class is judged by ``loop_s``."""
     loop_s: dict[int, tuple[float, int]] = field(default_factory=dict)
     """The mean of the batches that ran on the event loop (what a batch of the class holds it),
