@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from batchserve_planning.load.scrape import wait_ready
@@ -169,42 +170,78 @@ def check_clean(result: dict[str, float], label: str) -> None:
 
 def measured_wrk(target: str, *, warmup_s: float, duration_s: float, connections: int,
                  script: str | Path, model: str | None = None, core: str | None = None,
-                 env: dict[str, str] | None = None, pid: int | None = None) -> dict[str, float]:
+                 env: dict[str, str] | None = None, pids: Sequence[int] = (),
+                 threads: int = 1) -> dict[str, Any]:
     """A warm-up wrk run, then the measured one (its result, as ``wrk`` gives it). With ``model``
     (a batchserve model at ``target``'s server), also its ``mean_batch`` and ``padding`` (mean
-    padding ratio; 0 for models without one) over the measured run, from /metrics. With ``pid``
-    (the server's process), also ``cpu_us_per_request``: its CPU time (user + system, all
-    threads) over the measured run, over the requests answered — less sensitive than RPS to
-    other work on the machine."""
-    def load(seconds: float) -> dict[str, float]:
-        if pid is None:
-            return wrk(target, connections=connections, duration_s=seconds, script=script, core=core,
-                       env=env)
-        import psutil
-
-        process = psutil.Process(pid)
-        before = process.cpu_times()
-        result = wrk(target, connections=connections, duration_s=seconds, script=script, core=core,
-                     env=env)
-        after = process.cpu_times()
-        used = after.user + after.system - before.user - before.system
-        result["cpu_us_per_request"] = 1e6 * used / max(1.0, result["rps"] * seconds)
-        return result
+    padding ratio; 0 for models without one) over the measured run, from /metrics. With ``pids``
+    (the server's processes: one, or a supervisor and its workers), also ``cpu_us_per_request``:
+    their CPU time (user + system, all threads) over the measured run, over the requests
+    answered — less sensitive than RPS to other work on the machine; ``cpu_s`` each one's CPU
+    seconds; ``wrk_cpu_us_per_request`` wrk's own; and the machine's ``idle`` and ``steal``
+    shares of its CPU time (near-zero idle: the cores, not the server, capped the run)."""
+    def load(seconds: float) -> dict[str, Any]:
+        return wrk(target, connections=connections, duration_s=seconds, script=script, core=core,
+                   env=env, threads=threads)
 
     load(warmup_s)
+    if not pids:
+        measured = load
+    else:
+        def measured(seconds: float) -> dict[str, Any]:
+            import psutil
+
+            before, wrk_before, machine_before = cpu_seconds(pids), _children_cpu(), psutil.cpu_times()
+            result = load(seconds)
+            after, wrk_after, machine_after = cpu_seconds(pids), _children_cpu(), psutil.cpu_times()
+            requests = max(1.0, result["rps"] * seconds)
+            result["cpu_s"] = [a - b for a, b in zip(after, before, strict=True)]
+            result["cpu_us_per_request"] = 1e6 * sum(result["cpu_s"]) / requests
+            result["wrk_cpu_us_per_request"] = 1e6 * (wrk_after - wrk_before) / requests
+            result["idle"] = _share("idle", machine_before, machine_after)
+            result["steal"] = _share("steal", machine_before, machine_after)
+            return result
     if model is None:
-        return load(duration_s)
+        return measured(duration_s)
     parts = urllib.parse.urlsplit(target)
     url = f"{parts.scheme}://{parts.netloc}"
     names = ("batchserve_batch_size_sum", "batchserve_batch_size_count",
              "batchserve_padding_ratio_sum", "batchserve_padding_ratio_count")
     before = [metric(url, name, model) for name in names]
-    result = load(duration_s)
+    result = measured(duration_s)
     rows, batches, padding, padded = (metric(url, name, model) - was for name, was in zip(names, before,
                                                                                          strict=True))
     result["mean_batch"] = rows / batches if batches else 0.0
     result["padding"] = padding / padded if padded else 0.0
     return result
+
+
+def cpu_seconds(pids: Sequence[int]) -> list[float]:
+    """User + system seconds of each process (0 for one that is gone)."""
+    import psutil
+
+    times = []
+    for pid in pids:
+        try:
+            used = psutil.Process(pid).cpu_times()
+            times.append(used.user + used.system)
+        except psutil.NoSuchProcess:
+            times.append(0.0)
+    return times
+
+
+def _children_cpu() -> float:
+    """User + system seconds of this process's waited-for children (wrk, once it ended)."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _share(field: str, before: Any, after: Any) -> float:
+    """A field's share of the machine's CPU time between two ``psutil.cpu_times()``."""
+    total = sum(after) - sum(before)
+    return (getattr(after, field, 0.0) - getattr(before, field, 0.0)) / total if total > 0 else 0.0
 
 
 def metric(url: str, name: str, model: str) -> float:

@@ -73,7 +73,7 @@ def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
             result = harness.measured_wrk(
                 f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
                 script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE,
-                pid=pid)
+                pids=[pid])
             harness.check_clean(result, f"{kind}, {connections} connections")  # else RPS counts errors
             results[connections] = result
     return results

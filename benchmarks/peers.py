@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +134,29 @@ def _wrk(url: str, lua: Path, connections: int) -> dict[str, float]:
 
 
 def measure_peer(peer: str, artifact: Path, config: Path) -> dict[int, dict[str, float]]:
-    port = PORT or harness.free_port()
     if peer == "batchserve":
+        port = PORT or harness.free_port()
         lua = ROOT / "benchmarks" / "post.lua"
         with harness.serve(config, port, core=SERVER_CORE):
             return {c: _wrk(f"http://127.0.0.1:{port}/predict", lua, c) for c in CONNECTIONS}
+    with running(peer, artifact) as (url, lua, _):
+        return {c: _wrk(url, lua, c) for c in CONNECTIONS}
+
+
+@contextlib.contextmanager
+def running(peer: str, artifact: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """``peer`` (installed by ``setup``) serving ``artifact``, pinned to SERVER_CORE, until the
+    block ends: its inference URL, the wrk script that posts to it, and its process (the leader
+    of its session: Ray and Triton start more)."""
     spec = PEERS[peer]
+    port = PORT or harness.free_port()
     # Triton: http, grpc and metrics ports
     ports = [port] if peer != "triton" else [port, harness.free_port(), harness.free_port()]
     command = [str(VENVS / peer / "bin" / "python"), str(APPS / spec["app"]), str(artifact), *map(str, ports)]
     path, lua = spec["path"], spec["lua"]
     process = _start(command, _env(peer), port, (path, _body(lua)))
     try:
-        return {c: _wrk(f"http://127.0.0.1:{port}{path}", lua, c) for c in CONNECTIONS}
+        yield f"http://127.0.0.1:{port}{path}", lua, process
     finally:
         _stop(process)
 

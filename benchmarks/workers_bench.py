@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -77,54 +76,21 @@ def models_toml(directory: Path, model: str, layout: Layout) -> Path:
     return path
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
-    times = []
-    for process in processes:
-        try:
-            used = process.cpu_times()
-            times.append(used.user + used.system)
-        except psutil.NoSuchProcess:
-            times.append(0.0)
-    return times
-
-
-def children_cpu() -> float:
-    """User + system seconds of this process's waited-for children (wrk, once it ended)."""
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
-
-
-def share(field: str, before: Any, after: Any) -> float:
-    """A field's share of the machine's CPU time between two ``psutil.cpu_times()``: ``idle``,
-    what the server and wrk together left unused (near 0, the cores capped the run); ``steal``,
-    what the hypervisor gave other guests (this VM's drift)."""
-    total = sum(after) - sum(before)
-    return (getattr(after, field, 0.0) - getattr(before, field, 0.0)) / total if total > 0 else 0.0
-
-
 def measure(model: str, layout: Layout, directory: Path, bodies: Path | None) -> dict[str, Any]:
     config = models_toml(directory, model, layout)
     server = ManagedServer(config, grace_s=10, args=["--workers", str(layout.workers)],
                            env={"BATCHSERVE_WORKER_SOCKETS": layout.sockets})
     try:
         server.wait_ready(timeout_s=180)
-        url = f"{server.url}/predict"
         script, env = ("post.lua", None) if model == "diabetes" else (
             "bodies.lua", {**os.environ, "BODIES": str(bodies)})
-        harness.wrk(url, connections=CONNECTIONS, duration_s=WARMUP_S, script=script, env=env)
         supervisor = psutil.Process(server.process.pid)
-        workers = supervisor.children() if layout.workers > 1 else [supervisor]
-        processes = [supervisor, *workers] if layout.workers > 1 else [supervisor]
-        before, wrk_before, machine_before = cpu_seconds(processes), children_cpu(), psutil.cpu_times()
-        result = harness.wrk(url, connections=CONNECTIONS, duration_s=DURATION_S, script=script, env=env)
-        after, wrk_after, machine_after = cpu_seconds(processes), children_cpu(), psutil.cpu_times()
+        workers = [child.pid for child in supervisor.children()] if layout.workers > 1 else []
+        result = harness.measured_wrk(f"{server.url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S,
+                                      connections=CONNECTIONS, script=script, env=env,
+                                      pids=[supervisor.pid, *workers])
         harness.check_clean(result, f"{model}, {layout.name}")
-        used = [a - b for a, b in zip(after, before, strict=True)]
-        per_worker = used[1:] if layout.workers > 1 else used
-        result["cpu_us_per_request"] = 1e6 * sum(used) / (result["rps"] * DURATION_S)
-        result["wrk_cpu_us_per_request"] = 1e6 * (wrk_after - wrk_before) / (result["rps"] * DURATION_S)
-        result["idle"] = share("idle", machine_before, machine_after)
-        result["steal"] = share("steal", machine_before, machine_after)
+        per_worker = result["cpu_s"][1:] if workers else result["cpu_s"]
         result["spread"] = max(per_worker) / min(per_worker) if min(per_worker) > 0 else float("inf")
         return result
     finally:

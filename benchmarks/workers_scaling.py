@@ -35,7 +35,6 @@ import harness
 import psutil
 from batchserve_planning.loadtest import cpu_set
 from batchserve_planning.serverproc import ManagedServer
-from workers_bench import cpu_seconds, share
 
 DRY_RUN = "--dry-run" in sys.argv[1:]
 ALL = sorted(os.sched_getaffinity(0))
@@ -63,20 +62,10 @@ def models_toml(directory: Path) -> Path:
     return path
 
 
-def load(url: str, script: str | Path, processes: list[psutil.Process]) -> dict[str, Any]:
-    """Warm-up, then the measured wrk run with the CPU time of ``processes`` and the machine's."""
-    def run(seconds: float) -> dict[str, float]:
-        return harness.wrk(url, connections=CONNECTIONS, duration_s=seconds, script=script,
-                           core=taskset(WRK_CPUS), threads=len(WRK_CPUS))
-
-    run(WARMUP_S)
-    before, machine_before = cpu_seconds(processes), psutil.cpu_times()
-    result: dict[str, Any] = run(DURATION_S)
-    after, machine_after = cpu_seconds(processes), psutil.cpu_times()
+def measured(url: str, script: str | Path, pids: list[int]) -> dict[str, Any]:
+    result = harness.measured_wrk(url, warmup_s=WARMUP_S, duration_s=DURATION_S, connections=CONNECTIONS,
+                                  script=script, core=taskset(WRK_CPUS), threads=len(WRK_CPUS), pids=pids)
     harness.check_clean(result, url)
-    used = sum(a - b for a, b in zip(after, before, strict=True))
-    result["cpu_us_per_request"] = 1e6 * used / max(1.0, result["rps"] * DURATION_S)
-    result["idle"] = share("idle", machine_before, machine_after)
     return result
 
 
@@ -85,8 +74,8 @@ def measure_batchserve(config: Path, workers: int) -> dict[str, Any]:
     try:
         server.wait_ready(timeout_s=300)
         supervisor = psutil.Process(server.process.pid)
-        processes = [supervisor, *supervisor.children()]
-        return load(f"{server.url}/predict", "post.lua", processes)
+        return measured(f"{server.url}/predict", "post.lua",
+                        [supervisor.pid, *(child.pid for child in supervisor.children())])
     finally:
         server.stop()
 
@@ -99,16 +88,9 @@ def measure_triton(artifact: Path) -> dict[str, Any] | str:
     if not (peers.VENVS / "triton" / "bin" / "python").exists():
         return (f"skipped: no PyTriton environment at {peers.VENVS / 'triton'} "
                 "(benchmarks/peers.py installs it)")
-    spec = peers.PEERS["triton"]
-    ports = [harness.free_port() for _ in range(3)]  # http, grpc, metrics
-    command = [str(peers.VENVS / "triton" / "bin" / "python"), str(peers.APPS / spec["app"]),
-               str(artifact), *map(str, ports)]
-    process = peers._start(command, peers._env("triton"), ports[0], (spec["path"], peers._body(spec["lua"])))
-    try:
-        group = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-        return load(f"http://127.0.0.1:{ports[0]}{spec['path']}", spec["lua"], group)
-    finally:
-        peers._stop(process)
+    with peers.running("triton", artifact) as (url, lua, process):
+        leader = psutil.Process(process.pid)
+        return measured(url, lua, [leader.pid, *(child.pid for child in leader.children(recursive=True))])
 
 
 def main() -> None:

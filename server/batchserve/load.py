@@ -42,8 +42,8 @@ class RecentLoad:
     batches: int = 0
     loop_strikes: int = 0
     """Batches that held the event loop past ``INLINE_LIMIT_S``."""
-    loop_paused: int = 0
-    """Batches still to run on the model's thread before the loop is tried again."""
+    loop_paused_until: int = 0
+    """The count of ``batches`` before which no batch runs on the event loop (after a strike)."""
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
     """Mean CPU time of predict_batch itself on the model's thread, and the batches measured, by
     batch-size class. Only a bound for the loop's decision: beside a busy event loop on the same
@@ -64,7 +64,6 @@ class RecentLoad:
         return self.gap_s is not None and self.gap_s < max_wait_s
 
     def batch_ran(self, rows: int, elapsed_s: float) -> None:
-        self.loop_paused = max(0, self.loop_paused - 1)
         self.batch_s += BATCH_WEIGHT * (elapsed_s - self.batch_s)
         self.batches += 1
         if elapsed_s > 0 and rows > 0:
@@ -91,7 +90,7 @@ class RecentLoad:
         has not run there yet (or not for ``INLINE_REPROBE_BATCHES`` batches) and took under
         ``INLINE_LIMIT_S`` on the thread in ``INLINE_AFTER_BATCHES`` batches: then this batch
         is the one that measures it there. Never while the loop is paused by a strike."""
-        if self.loop_paused or self.loop_strikes >= INLINE_STRIKES:
+        if self.batches < self.loop_paused_until or self.loop_strikes >= INLINE_STRIKES:
             return False
         size_class = rows.bit_length()
         on_thread, thread_batches = self.compute_s.get(size_class, (0.0, 0))
@@ -112,8 +111,9 @@ class RecentLoad:
         self.loop_strikes += 1
         if self.loop_strikes >= INLINE_STRIKES:
             return 0
-        self.loop_paused = INLINE_PAUSE_BATCHES << (self.loop_strikes - 1)
-        return self.loop_paused
+        paused = INLINE_PAUSE_BATCHES << (self.loop_strikes - 1)
+        self.loop_paused_until = self.batches + paused
+        return paused
 
     def best_rate(self) -> float | None:
         """The best recent rows/s of one instance; ``None`` until ``RATE_AFTER_BATCHES`` ran."""

@@ -102,14 +102,10 @@ def running_workers(config: Path, count: int = 2,
 
 
 def main() -> None:
-    from batchserve.app import create_app
     from batchserve.config import load_models
-    from batchserve.serving import make_server, run_servers
     from batchserve.settings import ServerSettings
-    from batchserve.state import AppState
     from batchserve.workers.cluster import Cluster
-    from batchserve.workers.desired import apply_desired
-    from batchserve.workers.peers import make_peer_server
+    from batchserve.workers.worker import serve_worker
 
     parser = argparse.ArgumentParser()
     for flag in ("--run-dir", "--config"):
@@ -117,12 +113,9 @@ def main() -> None:
     for flag in ("--index", "--count", "--port"):
         parser.add_argument(flag, type=int, required=True)
     args = parser.parse_args()
-    cluster = Cluster(args.run_dir, args.index, args.count)
     settings = ServerSettings(config=args.config, port=args.port, shutdown_grace_s=10)
-    served, unloaded = apply_desired(cluster, load_models(settings.config))
-    app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
-    state: AppState = app.state.batchserve
-    run_servers([make_server(app, args.port, state, lifespan="on"), make_peer_server(state)], state)
+    # A worker's own start (desired.json, the app, its port and its peer socket), on a port of its own.
+    serve_worker(settings, load_models(settings.config), Cluster(args.run_dir, args.index, args.count), {})
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class SklearnBackend(Backend[list[float], Prediction]):
         self._feature_index: dict[str, int] = {}
         self._classes: list[Any] | None = None
         self._frame: Any = None  # pandas.DataFrame when the estimator was fitted with names
-        self._predict: Callable[[Any], Any] | None = None  # estimator.predict, or a same-result path
+        self._predict: Callable[[Any], Any] = _not_loaded  # estimator.predict, or a same-result path
 
     def load(self, device: str) -> None:
         if device not in ("cpu", "auto"):
@@ -134,7 +134,7 @@ class SklearnBackend(Backend[list[float], Prediction]):
                 for p, ok in zip(probabilities, finite.tolist(), strict=True)
             ]
         with numpy.errstate(over="ignore", invalid="ignore"):  # non-finite rows are checked below
-            predictions = (self._predict or self._estimator.predict)(features)
+            predictions = self._predict(features)
         result: list[Prediction | RowError] = predictions.tolist()
         if predictions.dtype.kind == "f":
             # JSON has no infinities (they would become null): those rows alone fail.
@@ -177,6 +177,10 @@ class SklearnBackend(Backend[list[float], Prediction]):
 
     def sample_items(self) -> Samples:
         return Samples([[0.0] * self._n_features], f"a row of {self._n_features} zeros")
+
+
+def _not_loaded(features: Any) -> Any:
+    raise RuntimeError("predict_batch before load")
 
 
 def linear_predict(estimator: Any) -> Callable[[Any], Any] | None:
