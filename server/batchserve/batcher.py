@@ -42,7 +42,6 @@ from batchserve.errors import (
     InvalidInput,
     Overloaded,
     QueueFull,
-    RowError,
     ShuttingDown,
 )
 from batchserve.execution import (
@@ -50,7 +49,7 @@ from batchserve.execution import (
     BatchFailed,
     PredictBatch,
     Request,
-    row_failure,
+    deliver,
     run_batch,
     settle,
     timed_run_batch,
@@ -163,15 +162,31 @@ class Batcher:
         starts only once the request has waited ``WATCH_AFTER_S``, a client that goes away is
         noticed then.
         """
-        request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
-        self._inflight.enter(request, disconnected)
+        request = self.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s, disconnected=disconnected)
         try:
             return await request.future
         except asyncio.CancelledError:
             self._fail(request, None, reason="cancelled")
             raise
         finally:
-            self._inflight.leave(request)
+            self.leave(request)
+
+    def admit(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
+              disconnected: Callable[[], Awaitable[object]] | None = None) -> Request:
+        """``submit``, with the request's deadline (and client, with ``disconnected``) watched
+        until ``leave``: ``infer`` without the wait, for a caller that awaits no future."""
+        request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
+        self._inflight.enter(request, disconnected)
+        return request
+
+    def leave(self, request: Request) -> None:
+        """Stop watching an admitted request (answered, failed or abandoned)."""
+        self._inflight.leave(request)
+
+    def abandon(self, request: Request, error: BatchserveError) -> None:
+        """The request's client went away: rows not yet dispatched never run, and its future
+        gets ``error`` (counted in ``batchserve_rejected_total{reason="cancelled"}``)."""
+        self._fail(request, error, reason="cancelled")
 
     def check_admission(self, count: int, deadline_s: float | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
@@ -359,30 +374,9 @@ class Batcher:
                                     "on its thread %s", self.name, computed_s * 1000,
                                     f"for the next {paused}" if paused else "from now on")
             self.load.computed(len(batch.rows), computed_s, on_loop=inline)
-            self._deliver(batch, outcomes)
+            deliver(batch, outcomes, self._fail, self.name)
             if inline and self._queue:
                 await asyncio.sleep(0)  # the loop's other work, between batches held on it
-
-    def _deliver(self, batch: Batch, outcomes: list[Any]) -> None:
-        offset = 0
-        for request, start, stop in batch.slices:
-            part = outcomes[offset : offset + stop - start]
-            offset += stop - start
-            if request.done or request.future.done():
-                # Cancelled in this loop turn (its caller's task was cancelled and has not run
-                # its cleanup yet): nobody waits for these outputs.
-                self._fail(request, None, reason="cancelled")
-                continue
-            for index, outcome in enumerate(part, start):
-                if isinstance(outcome, RowError):
-                    self._fail(request, row_failure(outcome, index, self.name), reason=None)
-                    break
-                request.outputs[index] = outcome
-            else:
-                request.unanswered -= stop - start
-                if request.unanswered == 0:
-                    request.done = True
-                    settle(request.future, request.outputs)
 
     def _fail_batch(self, batch: Batch, error: BatchserveError) -> None:
         for request, _, _ in batch.slices:

@@ -111,6 +111,12 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
     return int(value)
 
 
+def check_read_deadline(deadline_s: float) -> None:
+    """408 if ``deadline_s`` (``time.monotonic()``) has passed before the body was read."""
+    if time.monotonic() >= deadline_s:
+        raise RequestTimeout("the request's deadline passed before its body was read", headers=_CLOSE)
+
+
 async def read_body(receive: Receive, declared: bytes | None, *, limit: int, deadline_s: float,
                     budget: BodyBudget) -> bytes:
     """The whole body, read by ``deadline_s`` (a ``time.monotonic()`` instant).
@@ -127,9 +133,11 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
     size = 0
     task = asyncio.current_task()
     assert task is not None  # an ASGI app runs in a task
-    if time.monotonic() >= deadline_s:
+    try:
+        check_read_deadline(deadline_s)
+    except RequestTimeout:
         budget.release(reserved)
-        raise RequestTimeout("the request's deadline passed before its body was read", headers=_CLOSE)
+        raise
     budget.deadlines.enter(task, deadline_s)
     expired = False
     try:

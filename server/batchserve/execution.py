@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from batchserve.errors import BackendContractError, BackendError, BatchserveError, RowError
 
@@ -51,6 +51,13 @@ class Request:
 class Batch:
     rows: list[Any] = field(default_factory=list)
     slices: list[tuple[Request, int, int]] = field(default_factory=list)
+
+
+class Fail(Protocol):
+    """How a request is failed: the batcher's ``_fail``."""
+
+    def __call__(self, request: Request, error: BatchserveError | None, *, reason: str | None) -> None:
+        ...
 
 
 class BatchFailed(Exception):
@@ -179,3 +186,27 @@ def for_item(error: BatchserveError, index: int) -> BatchserveError:
     named = BatchserveError.__new__(type(error))
     BatchserveError.__init__(named, f"item {index}: {error.message}", headers=dict(error.headers))
     return named
+
+
+def deliver(batch: Batch, outcomes: list[Any], fail: Fail, model: str) -> None:
+    """Hand a batch's outcomes, one per row, to its requests: a request whose rows have all run
+    is answered; a row's error fails its request (``fail``: the batcher's)."""
+    offset = 0
+    for request, start, stop in batch.slices:
+        part = outcomes[offset : offset + stop - start]
+        offset += stop - start
+        if request.done or request.future.done():
+            # Cancelled in this loop turn (its caller's task was cancelled and has not run
+            # its cleanup yet): nobody waits for these outputs.
+            fail(request, None, reason="cancelled")
+            continue
+        for index, outcome in enumerate(part, start):
+            if isinstance(outcome, RowError):
+                fail(request, row_failure(outcome, index, model), reason=None)
+                break
+            request.outputs[index] = outcome
+        else:
+            request.unanswered -= stop - start
+            if request.unanswered == 0:
+                request.done = True
+                settle(request.future, request.outputs)

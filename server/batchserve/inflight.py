@@ -19,19 +19,12 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
-from batchserve.errors import BatchserveError, ClientDisconnected, DeadlineExceeded
-from batchserve.execution import Request
+from batchserve.errors import ClientDisconnected, DeadlineExceeded
+from batchserve.execution import Fail, Request
 
 WATCH_AFTER_S = 0.05
 TICK_S = 0.005
-
-class Fail(Protocol):
-    """How a request is failed: the batcher's ``_fail``."""
-
-    def __call__(self, request: Request, error: BatchserveError | None, *, reason: str | None) -> None:
-        ...
 
 
 class InFlight:

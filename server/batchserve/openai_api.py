@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from batchserve.backends.embedding import Embedding, EmbeddingBackend
@@ -65,10 +64,12 @@ class EmbeddingsAdapter(Adapter):
             raise UnsupportedMediaType(f"{headers.content_type!r} bodies are not accepted (an HTML "
                                        "form on any site can send them); send application/json")
 
-    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-                     model: ServedModel | None) -> Decoded:
-        decoded = (await run_in_threadpool(parse_embeddings, body) if len(body) > OFFLOAD_BYTES
-                   else parse_embeddings(body))
+    def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
+        return size <= OFFLOAD_BYTES
+
+    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+               model: ServedModel | None) -> Decoded:
+        decoded = parse_embeddings(body)
         assert decoded.model is not None
         backend = self.registry.get(decoded.model).backend  # 404 for an unknown model
         if not isinstance(backend, EmbeddingBackend):

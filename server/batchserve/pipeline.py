@@ -4,29 +4,35 @@
    before anything is read) and the model's ``timeout_ms``;
 2. admission: draining, the model (lookup, readiness) as soon as it is known;
 3. the body, read under that deadline and the size limit;
-4. the protocol's decoding into items (the adapter), then the item count, the parameters, and
-   the queue's admission (capacity, and whether the rows could start before the deadline:
-   before preprocessing that is heavy or large, else as the batcher admits the rows);
+4. the protocol's decoding into items (the adapter; on a worker thread when its work grows past
+   what the event loop may spend), then the item count, the parameters, and the queue's
+   admission (capacity, and whether the rows could start before the deadline: before
+   preprocessing that is heavy or large, else as the batcher admits the rows);
 5. preprocessing: inline when light; heavy (``preprocess_in_thread``: image decoding) on worker
-   threads, a bounded number of requests per model at a time, stopping between items once the
-   deadline passes or the client goes away;
+   threads (``preprocessing.py``);
 6. the model's batcher; 7. the adapter's encoding;
 
 with the outcome counted once in ``batchserve_requests_total``, whatever it is: an error that is
 not a ``BatchserveError`` is logged and answered as a 500.
 
+Two ways through it, the same stages: ``Pipeline.serve``, an ASGI request (any body, any model),
+and ``Pipeline.serve_now``, for the HTTP protocol (``protocol.py``): a request whose whole body
+came with its headers and that every stage can serve on the event loop is taken without a task,
+and answered from its batch's delivery by a callback. It declines, having done nothing, whatever
+needs a worker thread or a wait, and the ASGI path serves that.
+
 The protocols are adapters (``Adapter``) that only turn their wire format into items and outputs
-into their wire format: ``/predict`` (``batchserve/predict.py``), v2 REST (``batchserve/v2``).
+into their wire format: ``/predict`` (``batchserve/predict.py``), v2 REST (``batchserve/v2``),
+OpenAI embeddings (``batchserve/openai_api.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,18 +40,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from batchserve.backends.base import Backend
-from batchserve.bodies import read_body
+from batchserve.bodies import check_read_deadline, declared_length, read_body
 from batchserve.errors import (
     BatchserveError,
     ClientDisconnected,
-    DeadlineExceeded,
     InvalidInput,
     MalformedRequest,
     ModelNotReady,
     ShuttingDown,
     TooManyItems,
 )
+from batchserve.execution import Request
+from batchserve.preprocessing import OffLoop, disconnect_waiter, preprocess_items
 from batchserve.registry import ServedModel
 from batchserve.state import AppState
 
@@ -102,10 +108,14 @@ class Adapter(ABC):
         """Refuse, before the body is read, what the headers already show cannot be served."""
 
     @abstractmethod
-    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-                     model: ServedModel | None) -> Decoded:
-        """The items of ``body``; ``model`` is the one the path names, if it does. Work that grows
-        with the body runs off the event loop above ``OFFLOAD_BYTES``."""
+    def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
+        """Whether decoding a body of ``size`` bytes is light enough for the event loop; when
+        not, ``decode`` runs on a worker thread."""
+
+    @abstractmethod
+    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+               model: ServedModel | None) -> Decoded:
+        """The items of ``body``; ``model`` is the one the path names, if it does."""
 
     @abstractmethod
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
@@ -116,59 +126,127 @@ class Adapter(ABC):
         """The response to a request that failed."""
 
 
+class Exchange:
+    """One inference request through the stages: when it arrived, its headers, and its model
+    from when that is known (the outcome is counted for it from then on)."""
+
+    __slots__ = ("adapter", "arrived_s", "headers", "model", "name", "requested_ms", "scope")
+
+    def __init__(self, adapter: Adapter, scope: Scope, name: str | None) -> None:
+        self.arrived_s = time.monotonic()
+        self.adapter = adapter
+        self.scope = scope
+        self.name = name  # the model the path names, if any
+        self.headers = RequestHeaders(scope["headers"])
+        self.model: ServedModel | None = None
+        self.requested_ms: float | None = None  # X-Request-Timeout-Ms
+
+    def deadline(self, model: ServedModel) -> tuple[float, float]:
+        """The request's timeout on ``model`` and its deadline (``time.monotonic()``)."""
+        timeout_s = _timeout_ms(model.config.timeout_ms, self.requested_ms) / 1000.0
+        return timeout_s, self.arrived_s + timeout_s
+
+
+Answer = Callable[[Response], None]
+
+
 class Pipeline:
     """Serves one inference request through an adapter; one per app."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
-        self._slot_counts: dict[str, int] = {}
+        self._off_loop = OffLoop()
         self._longest_ms = 0.0  # the longest timeout_ms of the models, as of _longest_at_s
         self._longest_at_s = float("-inf")
 
     async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None) -> Response:
-        """Answer the request in ``scope``; ``name`` is the model the path names, if any."""
-        arrived_s = time.monotonic()
-        model: ServedModel | None = None
+        """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any."""
+        ex = Exchange(adapter, scope, name)
         try:
-            if self.state.draining:
-                raise ShuttingDown("server is shutting down")
-            headers = RequestHeaders(scope["headers"])
-            requested_ms = None if headers.timeout_ms is None else requested_timeout_ms(headers.timeout_ms)
-            adapter.check(headers, name)
-            if name is not None:
-                model = self.state.registry.get(name)  # known from here on: its outcome counts
-                check_ready(model)
-                read_ms = _timeout_ms(model.config.timeout_ms, requested_ms)
-            else:  # the body names the model: read it within the longest deadline it could have
-                read_ms = _timeout_ms(self._longest_timeout_ms(arrived_s), requested_ms)
-            body = await read_body(receive, headers.content_length,
-                                   limit=self.state.settings.max_body_bytes,
-                                   deadline_s=arrived_s + read_ms / 1000.0, budget=self.state.bodies)
-            decoded = await adapter.decode(body, headers, scope, model)
-            if model is None:
-                if decoded.model is None:  # an adapter's bug, not the client's
-                    raise RuntimeError(f"{type(adapter).__name__} decoded a request naming no model")
-                model = self.state.registry.get(decoded.model)
-                check_ready(model)
-            model, outputs = await self._infer(model, decoded, requested_ms, arrived_s, receive,
+            read_by_s = self._admit(ex)
+            body = await read_body(receive, ex.headers.content_length,
+                                   limit=self.state.settings.max_body_bytes, deadline_s=read_by_s,
+                                   budget=self.state.bodies)
+            if adapter.decodes_on_loop(ex.headers, len(body)):
+                decoded = adapter.decode(body, ex.headers, scope, ex.model)
+            else:
+                decoded = await run_in_threadpool(adapter.decode, body, ex.headers, scope, ex.model)
+            model = self._named(ex, decoded)
+            model, outputs = await self._infer(ex, model, decoded, receive,
                                                large=len(body) > OFFLOAD_BYTES)
             if len(outputs) > OFFLOAD_OUTPUTS:  # encoding grows with the outputs: off the loop
                 response = await run_in_threadpool(adapter.encode, model, decoded, outputs)
             else:
                 response = adapter.encode(model, decoded, outputs)
-        except BatchserveError as exc:
-            if model is not None:
-                model.metrics.count_request(exc.status)
-            return adapter.error(exc)
-        except Exception:
-            log.exception("unexpected error serving %s %s (model %s)", scope["method"], scope["path"],
-                          None if model is None else model.config.name)
-            if model is not None:
-                model.metrics.count_request(500)
-            return adapter.error(BatchserveError("internal error; see the server log"))
-        model.metrics.request_succeeded(time.monotonic() - arrived_s)
+        except Exception as exc:
+            return self.failed(ex, exc)
+        return self.succeeded(ex, response)
+
+    def serve_now(self, adapter: Adapter, scope: Scope, name: str | None, body: bytes,
+                  answer: Answer) -> Pending | None:
+        """Take the request in ``scope``, whose whole ``body`` is in hand, without a task, if
+        every stage can serve it on the event loop now: its adapter decodes it on the loop, its
+        model's preprocessing is light, and it has at most ``OFFLOAD_OUTPUTS`` items. ``answer``
+        is called once with its response, from the batch's delivery (or before this returns).
+        ``None``: declined, nothing done or counted; ``serve`` must take it."""
+        ex = Exchange(adapter, scope, name)
+        pending = Pending(self, ex, answer)
+        try:
+            read_by_s = self._admit(ex)
+            headers = ex.headers
+            declared_length(headers.content_length, self.state.settings.max_body_bytes)  # 413
+            check_read_deadline(read_by_s)
+            if not adapter.decodes_on_loop(headers, len(body)) or not _light(ex.model):
+                return None
+            decoded = adapter.decode(body, headers, scope, ex.model)
+            if not _light(self._named(ex, decoded)) or len(decoded.items) > OFFLOAD_OUTPUTS:
+                return None
+            pending.submit(decoded)
+        except Exception as exc:
+            answer(self.failed(ex, exc))
+        return pending
+
+    def failed(self, ex: Exchange, exc: Exception) -> Response:
+        """The response to ``exc``, counted for the request's model if known; an error that is not
+        a ``BatchserveError`` is logged, and answered as a 500."""
+        if not isinstance(exc, BatchserveError):
+            scope = ex.scope
+            log.error("unexpected error serving %s %s (model %s)", scope["method"], scope["path"],
+                      None if ex.model is None else ex.model.config.name, exc_info=exc)
+            exc = BatchserveError("internal error; see the server log")
+        if ex.model is not None:
+            ex.model.metrics.count_request(exc.status)
+        return ex.adapter.error(exc)
+
+    def succeeded(self, ex: Exchange, response: Response) -> Response:
+        assert ex.model is not None  # a request that ran had a model
+        ex.model.metrics.request_succeeded(time.monotonic() - ex.arrived_s)
         return response
+
+    def _admit(self, ex: Exchange) -> float:
+        """Stages 1 and 2; by when the body must have been read (``time.monotonic()``)."""
+        if self.state.draining:
+            raise ShuttingDown("server is shutting down")
+        headers = ex.headers
+        if headers.timeout_ms is not None:
+            ex.requested_ms = requested_timeout_ms(headers.timeout_ms)
+        ex.adapter.check(headers, ex.name)
+        if ex.name is not None:
+            model = ex.model = self.state.registry.get(ex.name)  # known: its outcome counts
+            check_ready(model)
+            read_ms = _timeout_ms(model.config.timeout_ms, ex.requested_ms)
+        else:  # the body names the model: read it within the longest deadline it could have
+            read_ms = _timeout_ms(self._longest_timeout_ms(ex.arrived_s), ex.requested_ms)
+        return ex.arrived_s + read_ms / 1000.0
+
+    def _named(self, ex: Exchange, decoded: Decoded) -> ServedModel:
+        """The request's model, looked up now if only its body names it."""
+        if ex.model is None:
+            if decoded.model is None:  # an adapter's bug, not the client's
+                raise RuntimeError(f"{type(ex.adapter).__name__} decoded a request naming no model")
+            ex.model = self.state.registry.get(decoded.model)
+            check_ready(ex.model)
+        return ex.model
 
     def _longest_timeout_ms(self, now_s: float) -> float:
         """The longest ``timeout_ms`` of the models, looked up at most once a second (a change by
@@ -178,130 +256,111 @@ class Pipeline:
             self._longest_at_s = now_s
         return self._longest_ms
 
-    async def _infer(self, model: ServedModel, decoded: Decoded, requested_ms: float | None,
-                     arrived_s: float, receive: Receive, *, large: bool) -> tuple[ServedModel, list[Any]]:
-        """Admit, preprocess and run the items; the model that ran them, and their outputs."""
-        items = decoded.items
+    def check_items(self, items: list[Any]) -> None:
         if not items:
             raise InvalidInput("the request has no items (a tensor with 0 rows?)")
         max_items = self.state.settings.max_items
         if len(items) > max_items:
             raise TooManyItems(f"request has {len(items)} items; at most {max_items} "
                                "per request (BATCHSERVE_MAX_ITEMS)")
+
+    def successor(self, model: ServedModel, exc: ShuttingDown) -> ServedModel:
+        """The version that serves ``model`` now that a reload (management API) retired it, while
+        a request was admitted, preprocessed or queued; ``exc`` (a 503) if none, or draining."""
+        current = self.state.registry.current(model)
+        if current is None or self.state.draining:
+            raise exc
+        return current
+
+    async def _infer(self, ex: Exchange, model: ServedModel, decoded: Decoded, receive: Receive, *,
+                     large: bool) -> tuple[ServedModel, list[Any]]:
+        """Admit, preprocess and run the items; the model that ran them, and their outputs."""
+        items = decoded.items
+        self.check_items(items)
         while True:
-            timeout_s = _timeout_ms(model.config.timeout_ms, requested_ms) / 1000.0
-            deadline_s = arrived_s + timeout_s
+            timeout_s, deadline_s = ex.deadline(model)
             try:
                 heavy = model.backend.preprocess_in_thread or large
                 if heavy:
                     # don't decode what the queue would refuse (the batcher checks again, as
                     # it admits the rows: light, small requests are checked there only); a
                     # version that a reload is retiring hands the request to its successor
-                    model = self.state.registry.admit(model, len(items), deadline_s)
+                    model = ex.model = self.state.registry.admit(model, len(items), deadline_s)
                 backend = model.backend
                 parameters = backend.parse_parameters(decoded.parameters)
                 if heavy:
-                    rows = await self._preprocess_off_loop(model, items, parameters, deadline_s,
+                    rows = await self._off_loop.preprocess(model, items, parameters, deadline_s,
                                                            receive)
                 else:
                     rows = preprocess_items(backend, items, parameters, None)
                 return model, await model.batcher.infer(
                     rows, timeout_s=timeout_s, deadline_s=deadline_s,
-                    disconnected=_disconnect_waiter(receive))
-            except ShuttingDown:
-                # Reloaded (management API) while this request was being admitted or
-                # preprocessed: the new model serves it, rather than a 503.
-                current = self.state.registry.current(model)
-                if current is None or self.state.draining:
-                    raise
-                model = current
+                    disconnected=disconnect_waiter(receive))
+            except ShuttingDown as exc:
+                model = ex.model = self.successor(model, exc)
 
-    async def _preprocess_off_loop(self, model: ServedModel, items: list[Any], parameters: Any,
-                                   deadline_s: float, receive: Receive) -> list[Any]:
-        """On a worker thread: many light items, or heavy ones (a bounded number of requests
-        per model at once, honouring the deadline and the client's disconnect)."""
-        backend = model.backend
-        if not backend.preprocess_in_thread:
-            return await run_in_threadpool(preprocess_items, backend, items, parameters, None)
-        stop = Stop(deadline_s)
-        watch = asyncio.ensure_future(_disconnect_waiter(receive)())
-        watch.add_done_callback(stop.on_disconnect)
-        slots = self._slots_for(model)
-        try:
+
+class Pending:
+    """A request ``Pipeline.serve_now`` took: its rows in its model's batcher until the batch's
+    delivery calls ``answer``; ``abandon`` when its client goes away first."""
+
+    __slots__ = ("_answer", "_decoded", "_ex", "_pipeline", "_request")
+
+    def __init__(self, pipeline: Pipeline, ex: Exchange, answer: Answer) -> None:
+        self._pipeline = pipeline
+        self._ex = ex
+        self._answer = answer
+        self._decoded: Decoded | None = None
+        self._request: Request | None = None
+
+    def submit(self, decoded: Decoded) -> None:
+        """Preprocess on the loop and queue the rows; raises what admission refuses."""
+        self._decoded = decoded
+        pipeline, ex = self._pipeline, self._ex
+        assert ex.model is not None
+        pipeline.check_items(decoded.items)
+        while True:
+            model = ex.model
+            timeout_s, deadline_s = ex.deadline(model)
             try:
-                async with asyncio.timeout(deadline_s - time.monotonic()):
-                    await slots.acquire()
-            except TimeoutError:
-                raise DeadlineExceeded("deadline passed while waiting to preprocess "
-                                       f"(model '{model.config.name}' is busy decoding)") from None
-            try:
-                stop.check(0)
-                return await run_in_threadpool(preprocess_items, backend, items, parameters, stop)
-            finally:
-                slots.release()
-        except DeadlineExceeded:
-            model.metrics.rejected["deadline"].inc()
-            raise
-        except ClientDisconnected:
-            model.metrics.rejected["cancelled"].inc()
-            raise
-        finally:
-            watch.cancel()
+                backend = model.backend
+                rows = preprocess_items(backend, decoded.items,
+                                        backend.parse_parameters(decoded.parameters), None)
+                self._request = model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
+                break
+            except ShuttingDown as exc:
+                ex.model = pipeline.successor(model, exc)
+        self._request.future.add_done_callback(self._delivered)
 
-    def _slots_for(self, model: ServedModel) -> asyncio.Semaphore:
-        """The model's heavy-preprocessing slots: ``preprocess_concurrency``, default the cores."""
-        name = model.config.name
-        count = model.config.preprocess_concurrency or _cores()
-        if self._slot_counts.get(name) != count:  # first use, or reloaded with another count
-            self._slots[name] = asyncio.Semaphore(count)
-            self._slot_counts[name] = count
-        return self._slots[name]
+    def abandon(self) -> None:
+        """The client went away: its rows not yet run never will (``rejected{cancelled}``)."""
+        request, model = self._request, self._ex.model
+        if request is not None and not request.done and model is not None:
+            model.batcher.abandon(request, ClientDisconnected("client disconnected before its rows ran"))
 
-
-class Stop:
-    """When preprocessing on a worker thread stops: at the deadline, or once the client is gone.
-    Checked between items on that thread; ``gone`` is set from the event loop."""
-
-    __slots__ = ("deadline_s", "gone")
-
-    def __init__(self, deadline_s: float) -> None:
-        self.deadline_s = deadline_s
-        self.gone = False
-
-    def on_disconnect(self, watch: asyncio.Future[None]) -> None:
-        if not watch.cancelled() and watch.exception() is None:
-            self.gone = True
-
-    def check(self, index: int) -> None:
-        if self.gone:
-            raise ClientDisconnected("client disconnected while its items were preprocessed")
-        if time.monotonic() >= self.deadline_s:
-            raise DeadlineExceeded(f"deadline passed while preprocessing, before item {index}")
-
-
-def preprocess_items(backend: Backend[Any, Any], items: list[Any], parameters: Any,
-                     stop: Stop | None) -> list[Any]:
-    """Every item's row; whatever an item makes ``preprocess`` raise is that item's 400."""
-    try:
-        items = backend.check_items(items, parameters)  # the request as a whole, before any item
-    except InvalidInput:
-        raise
-    except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
-        log.warning("model %s: check_items raised", backend.config.name, exc_info=True)
-        raise InvalidInput(f"the request's items could not be read ({type(exc).__name__})") from None
-    rows = []
-    for index, item in enumerate(items):
-        if stop is not None:
-            stop.check(index)
+    def _delivered(self, future: asyncio.Future[list[Any]]) -> None:
+        pipeline, ex, request, decoded = self._pipeline, self._ex, self._request, self._decoded
+        assert ex.model is not None and request is not None and decoded is not None
+        ex.model.batcher.leave(request)
         try:
-            rows.append(backend.preprocess(item, parameters))
-        except InvalidInput as exc:
-            raise InvalidInput(f"item {index}: {exc.message}") from None
-        except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
-            log.warning("model %s: preprocess raised on item %d", backend.config.name, index,
-                        exc_info=True)
-            raise InvalidInput(f"item {index}: could not be read ({type(exc).__name__})") from None
-    return rows
+            if future.cancelled():
+                raise ClientDisconnected("client disconnected before its rows ran")
+            try:
+                outputs = future.result()
+            except ShuttingDown as exc:  # reloaded while queued: the new version serves it
+                ex.model = pipeline.successor(ex.model, exc)
+                self.submit(decoded)
+                return
+            response = ex.adapter.encode(ex.model, decoded, outputs)
+        except Exception as exc:
+            self._answer(pipeline.failed(ex, exc))
+            return
+        self._answer(pipeline.succeeded(ex, response))
+
+
+def _light(model: ServedModel | None) -> bool:
+    """No heavy preprocessing (or the model is not known yet)."""
+    return model is None or not model.backend.preprocess_in_thread
 
 
 def requested_timeout_ms(header: bytes) -> float:
@@ -333,17 +392,3 @@ def _timeout_ms(model_ms: float, requested_ms: float | None) -> float:
     """A request's time from its arrival: the model's ``timeout_ms``, or the header's where that
     is shorter (the header can't lengthen it)."""
     return model_ms if requested_ms is None or requested_ms >= model_ms else requested_ms
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _disconnect_waiter(receive: Receive) -> Callable[[], Coroutine[Any, Any, None]]:
-    async def wait() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    return wait

@@ -16,7 +16,6 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from batchserve.errors import BatchserveError, MalformedRequest, UnsupportedMediaType
@@ -76,15 +75,15 @@ class PredictAdapter(Adapter):
             raise UnsupportedMediaType(f"/predict takes application/json, not {media_type!r}; "
                                        "send other bodies (an image, say) to /predict/{model}")
 
-    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-                     model: ServedModel | None) -> Decoded:
-        path_model = None if model is None else model.config.name
-        if headers.content_type == "application/json" or is_json(headers.content_type):
-            if len(body) > OFFLOAD_BYTES:
-                return await run_in_threadpool(_parse_predict, body, path_model)
-            return _parse_predict(body, path_model)
+    def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
+        return is_json(headers.content_type) and size <= OFFLOAD_BYTES
+
+    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+               model: ServedModel | None) -> Decoded:
+        if is_json(headers.content_type):
+            return _parse_predict(body, None if model is None else model.config.name)
         assert model is not None  # check() refused non-JSON bodies without a model in the path
-        items = await run_in_threadpool(model.backend.decode_body, headers.content_type_raw, body)
+        items = model.backend.decode_body(headers.content_type_raw, body)
         query = scope.get("query_string", b"").decode("latin-1")
         return Decoded(items, dict(parse_qsl(query, keep_blank_values=True)))
 

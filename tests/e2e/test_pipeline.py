@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from batchserve.errors import ClientDisconnected, DeadlineExceeded, InvalidInput
-from batchserve.pipeline import Stop, preprocess_items
+from batchserve.preprocessing import Stop, preprocess_items
 
 from tests.support import ServerProcess, running_server, write_models
 

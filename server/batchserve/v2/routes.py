@@ -10,16 +10,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 import batchserve
-from batchserve.backends.base import Backend
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.pipeline import Adapter, Decoded, Pipeline, RequestHeaders
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
-from batchserve.v2.codec import Codec, codec_for
+from batchserve.v2.codec import codec_for
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
 VERSION = "1"
@@ -58,14 +56,15 @@ class V2Adapter(Adapter):
                                        "form on any site can send them); send application/json or "
                                        "application/octet-stream")
 
-    async def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-                     model: ServedModel | None) -> Decoded:
+    def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
+        return size <= V2_OFFLOAD_BYTES
+
+    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
+               model: ServedModel | None) -> Decoded:
         assert model is not None  # the path names the model
-        codec = codec_for(model.backend)
-        if len(body) > V2_OFFLOAD_BYTES:
-            return await run_in_threadpool(_decode, codec, model.backend, body, headers.header_length,
-                                           self.max_items)
-        return _decode(codec, model.backend, body, headers.header_length, self.max_items)
+        request = parse_infer(body, headers.header_length, max_items=self.max_items)
+        return Decoded(codec_for(model.backend).items(model.backend, request.inputs), request.parameters,
+                       context=request)
 
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: InferRequest = decoded.context
@@ -78,12 +77,6 @@ class V2Adapter(Adapter):
 
     def error(self, exc: BatchserveError) -> Response:
         return v2_error(exc.status, exc.message, exc.headers)
-
-
-def _decode(codec: Codec[Any], backend: Backend[Any, Any], body: bytes,
-            header_length: bytes | None, max_items: int) -> Decoded:
-    request = parse_infer(body, header_length, max_items=max_items)
-    return Decoded(codec.items(backend, request.inputs), request.parameters, context=request)
 
 
 def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:

@@ -1,0 +1,136 @@
+"""Turning a request's items into the rows its model's batcher takes (``Backend.preprocess``):
+on the event loop when light, on worker threads when heavy (image decoding, say) or many.
+
+Heavy preprocessing runs a bounded number of requests per model at a time
+(``preprocess_concurrency``, default the cores), and stops between items once the request's
+deadline passes or its client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
+
+from batchserve.backends.base import Backend
+from batchserve.errors import ClientDisconnected, DeadlineExceeded, InvalidInput
+from batchserve.registry import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class Stop:
+    """When preprocessing on a worker thread stops: at the deadline, or once the client is gone.
+    Checked between items on that thread; ``gone`` is set from the event loop."""
+
+    __slots__ = ("deadline_s", "gone")
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.gone = False
+
+    def on_disconnect(self, watch: asyncio.Future[None]) -> None:
+        if not watch.cancelled() and watch.exception() is None:
+            self.gone = True
+
+    def check(self, index: int) -> None:
+        if self.gone:
+            raise ClientDisconnected("client disconnected while its items were preprocessed")
+        if time.monotonic() >= self.deadline_s:
+            raise DeadlineExceeded(f"deadline passed while preprocessing, before item {index}")
+
+
+def preprocess_items(backend: Backend[Any, Any], items: list[Any], parameters: Any,
+                     stop: Stop | None) -> list[Any]:
+    """Every item's row; whatever an item makes ``preprocess`` raise is that item's 400."""
+    try:
+        items = backend.check_items(items, parameters)  # the request as a whole, before any item
+    except InvalidInput:
+        raise
+    except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
+        log.warning("model %s: check_items raised", backend.config.name, exc_info=True)
+        raise InvalidInput(f"the request's items could not be read ({type(exc).__name__})") from None
+    rows = []
+    for index, item in enumerate(items):
+        if stop is not None:
+            stop.check(index)
+        try:
+            rows.append(backend.preprocess(item, parameters))
+        except InvalidInput as exc:
+            raise InvalidInput(f"item {index}: {exc.message}") from None
+        except Exception as exc:  # whatever a client sends is a 4xx, never a 5xx
+            log.warning("model %s: preprocess raised on item %d", backend.config.name, index,
+                        exc_info=True)
+            raise InvalidInput(f"item {index}: could not be read ({type(exc).__name__})") from None
+    return rows
+
+
+class OffLoop:
+    """Preprocessing on worker threads; one per app (it keeps each model's slots)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
+        self._slot_counts: dict[str, int] = {}
+
+    async def preprocess(self, model: ServedModel, items: list[Any], parameters: Any,
+                         deadline_s: float, receive: Receive) -> list[Any]:
+        """Many light items, or heavy ones (a bounded number of requests per model at once,
+        honouring the deadline and the client's disconnect)."""
+        backend = model.backend
+        if not backend.preprocess_in_thread:
+            return await run_in_threadpool(preprocess_items, backend, items, parameters, None)
+        stop = Stop(deadline_s)
+        watch = asyncio.ensure_future(disconnect_waiter(receive)())
+        watch.add_done_callback(stop.on_disconnect)
+        slots = self._slots_for(model)
+        try:
+            try:
+                async with asyncio.timeout(deadline_s - time.monotonic()):
+                    await slots.acquire()
+            except TimeoutError:
+                raise DeadlineExceeded("deadline passed while waiting to preprocess "
+                                       f"(model '{model.config.name}' is busy decoding)") from None
+            try:
+                stop.check(0)
+                return await run_in_threadpool(preprocess_items, backend, items, parameters, stop)
+            finally:
+                slots.release()
+        except DeadlineExceeded:
+            model.metrics.rejected["deadline"].inc()
+            raise
+        except ClientDisconnected:
+            model.metrics.rejected["cancelled"].inc()
+            raise
+        finally:
+            watch.cancel()
+
+    def _slots_for(self, model: ServedModel) -> asyncio.Semaphore:
+        """The model's heavy-preprocessing slots: ``preprocess_concurrency``, default the cores."""
+        name = model.config.name
+        count = model.config.preprocess_concurrency or _cores()
+        if self._slot_counts.get(name) != count:  # first use, or reloaded with another count
+            self._slots[name] = asyncio.Semaphore(count)
+            self._slot_counts[name] = count
+        return self._slots[name]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def disconnect_waiter(receive: Receive) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What makes an awaitable that completes once the ASGI client has gone away (made only when
+    a watch starts: a task per request costs more than a small model's row)."""
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    return wait
