@@ -41,8 +41,12 @@ class Served:
 
         pipeline.serve = counted  # type: ignore[method-assign]
 
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[tuple[socket.socket, BinaryIO]]:
+        """A connection, and the stream its answers are read from."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock, \
+                sock.makefile("rb") as stream:
+            yield sock, stream
 
     def metric(self, line_start: str) -> float:
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics").text
@@ -101,8 +105,7 @@ def echo(name: str = "echo", **options: Any) -> dict[str, Any]:
 
 
 def test_a_small_inference_post_is_answered_without_the_asgi_app(tmp_path: Path) -> None:
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
-        stream = sock.makefile("rb")
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/echo", {"inputs": [1, 2]}))
         status, headers, body = read_response(stream)
         assert (status, body) == (200, {"model": "echo", "outputs": [2.0, 4.0]})
@@ -120,27 +123,26 @@ def test_a_small_inference_post_is_answered_without_the_asgi_app(tmp_path: Path)
 
 
 def test_a_body_that_arrives_after_its_headers_is_served_the_asgi_way(tmp_path: Path) -> None:
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         request = post("/predict/echo", {"inputs": [1, 2, 3]})
         head, body = request[:-5], request[-5:]
         sock.sendall(head)
         time.sleep(0.2)  # the headers and the body's start are parsed, in a read of their own
         sock.sendall(body)
-        assert read_response(sock.makefile("rb"))[2] == {"model": "echo", "outputs": [2.0, 4.0, 6.0]}
+        assert read_response(stream)[2] == {"model": "echo", "outputs": [2.0, 4.0, 6.0]}
         assert served.over_asgi == ["/predict/echo"]
 
 
 def test_pipelined_requests_are_answered_in_the_order_they_came(tmp_path: Path) -> None:
     release = tmp_path / "release"
     models = [echo("slow", holds={"1": str(release)}), echo("fast")]
-    with serving(tmp_path, models) as served, served.connect() as sock:
+    with serving(tmp_path, models) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/slow", {"inputs": [1]}) + post("/predict/fast", {"inputs": [3]}))
         sock.settimeout(0.5)
         with pytest.raises(TimeoutError):  # the fast one's answer does not overtake the slow one
             sock.recv(1)
         sock.settimeout(10)
         release.touch()
-        stream = sock.makefile("rb")
         assert read_response(stream)[2] == {"model": "slow", "outputs": [2.0]}
         assert read_response(stream)[2] == {"model": "fast", "outputs": [6.0]}
         assert served.over_asgi == ["/predict/fast"]  # queued behind the first, uvicorn's way
@@ -149,9 +151,8 @@ def test_pipelined_requests_are_answered_in_the_order_they_came(tmp_path: Path) 
 @pytest.mark.parametrize(("headers", "version"), [("Connection: close\r\n", "1.1"), ("", "1.0")])
 def test_a_connection_the_client_ends_is_closed_after_the_answer(tmp_path: Path, headers: str,
                                                                  version: str) -> None:
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/echo", {"inputs": [1]}, headers=headers, version=version))
-        stream = sock.makefile("rb")
         status, answered, _ = read_response(stream)
         assert status == 200 and answered["connection"] == "close"
         assert stream.read() == b""  # closed by the server
@@ -161,10 +162,10 @@ def test_a_connection_the_client_ends_is_closed_after_the_answer(tmp_path: Path,
 def test_a_client_that_goes_away_has_its_queued_rows_abandoned(tmp_path: Path) -> None:
     release, record = tmp_path / "release", tmp_path / "record"
     model = echo(holds={"1": str(release)}, record=str(record)) | {"max_batch_size": 1}
-    with serving(tmp_path, [model]) as served, served.connect() as held:
+    with serving(tmp_path, [model]) as served, served.connect() as (held, held_stream):
         held.sendall(post("/predict/echo", {"inputs": [1]}))  # its batch holds the model
         time.sleep(0.2)
-        with served.connect() as leaving:
+        with served.connect() as (leaving, _):
             leaving.sendall(post("/predict/echo", {"inputs": [5]}))  # queued behind it
             time.sleep(0.2)
         deadline = time.monotonic() + 10
@@ -172,7 +173,7 @@ def test_a_client_that_goes_away_has_its_queued_rows_abandoned(tmp_path: Path) -
             assert time.monotonic() < deadline, "the abandoned request was not counted"
             time.sleep(0.05)
         release.touch()
-        assert read_response(held.makefile("rb"))[2] == {"model": "echo", "outputs": [2.0]}
+        assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
         assert served.metric('batchserve_requests_total{code="499",model="echo"}') == 1
         assert record.read_text().split() == ["1.0"]  # the abandoned row never ran
         assert served.over_asgi == []
@@ -180,8 +181,7 @@ def test_a_client_that_goes_away_has_its_queued_rows_abandoned(tmp_path: Path) -
 
 def test_what_the_protocol_declines_is_served_the_asgi_way(tmp_path: Path) -> None:
     models = [echo(), {"name": "decode", "backend": "slow-decode", "path": "x", "max_batch_size": 8}]
-    with serving(tmp_path, models) as served, served.connect() as sock:
-        stream = sock.makefile("rb")
+    with serving(tmp_path, models) as served, served.connect() as (sock, stream):
         many = list(range(OFFLOAD_OUTPUTS + 1))  # encoded on a worker thread
         sock.sendall(post("/predict/echo", {"inputs": many}))
         assert read_response(stream)[2]["outputs"] == [2.0 * x for x in many]
@@ -197,8 +197,7 @@ def test_what_the_protocol_declines_is_served_the_asgi_way(tmp_path: Path) -> No
 
 
 def test_errors_are_answered_and_counted_as_over_asgi(tmp_path: Path) -> None:
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
-        stream = sock.makefile("rb")
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/nope", {"inputs": [1]}))
         status, _, body = read_response(stream)
         assert status == 404 and body["error"]["type"] == "model_not_found"
@@ -220,17 +219,16 @@ def test_errors_are_answered_and_counted_as_over_asgi(tmp_path: Path) -> None:
 
 def test_the_concurrency_limit_is_uvicorns_503(tmp_path: Path) -> None:
     with serving(tmp_path, [echo()], limit_concurrency=2) as served, \
-            served.connect() as sock, served.connect():
+            served.connect() as (sock, stream), served.connect():
         time.sleep(0.1)  # both connections accepted: the limit is reached
         sock.sendall(post("/predict/echo", {"inputs": [1]}))
-        status, _, body = read_response(sock.makefile("rb"))
+        status, _, body = read_response(stream)
         assert (status, body) == (503, b"Service Unavailable") and served.over_asgi == []
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Path) -> None:
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/echo", {"inputs": [1]}))
-        stream = sock.makefile("rb")
         assert read_response(stream)[0] == 200
         started = time.monotonic()
         assert stream.read() == b""  # uvicorn's timeout_keep_alive, 5 s
@@ -243,8 +241,7 @@ def test_a_request_served_here_leaves_no_reference_cycle(tmp_path: Path) -> None
     from batchserve import pipeline, protocol
 
     kinds = (protocol._Direct, pipeline.Pending, pipeline.Exchange)
-    with serving(tmp_path, [echo()]) as served, served.connect() as sock:
-        stream = sock.makefile("rb")
+    with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector frees is kept in gc.garbage
         try:
