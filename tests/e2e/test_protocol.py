@@ -23,6 +23,7 @@ from batchserve.config import load_models
 from batchserve.pipeline import OFFLOAD_OUTPUTS, Pipeline
 from batchserve.serving import listening_socket, make_server
 from batchserve.settings import ServerSettings
+from pydantic import SecretStr
 
 from tests.support import write_models
 
@@ -254,3 +255,27 @@ def test_a_request_served_here_leaves_no_reference_cycle(tmp_path: Path) -> None
             gc.set_debug(0)
             gc.garbage.clear()
         assert cyclic == [] and served.over_asgi == []
+
+
+def test_a_request_queued_when_its_model_is_reloaded_is_served_by_the_new_version(
+        tmp_path: Path) -> None:
+    # Row 1 holds the old version's thread past the reload's grace: it and row 2, queued behind
+    # it, are stopped there (ShuttingDown) and must move to the new version, not be answered 503.
+    release = tmp_path / "release"
+    model = echo(holds={"1": str(release)}) | {"max_batch_size": 1}
+    token = "correct-horse-battery-staple"
+    with serving(tmp_path, [model], management_token=SecretStr(token), shutdown_grace_s=0.3) \
+            as served, served.connect() as (held, held_stream), served.connect() as (queued, stream):
+        held.sendall(post("/predict/echo", {"inputs": [1]}))
+        time.sleep(0.2)
+        queued.sendall(post("/predict/echo", {"inputs": [2]}))
+        time.sleep(0.2)
+        write_models(tmp_path / "models.toml", [echo() | {"max_batch_size": 1}])  # no hold
+        reloaded = httpx.post(f"http://127.0.0.1:{served.port}/v2/repository/models/echo/load",
+                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert reloaded.status_code == 200
+        assert read_response(stream)[2] == {"model": "echo", "outputs": [4.0]}  # by the new one
+        # row 1, stopped while it ran past the grace, moved too (and ran again there)
+        assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
+        release.touch()  # the old version's thread
+        assert served.over_asgi == []
