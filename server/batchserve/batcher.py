@@ -162,7 +162,12 @@ class Batcher:
         starts only once the request has waited ``WATCH_AFTER_S``, a client that goes away is
         noticed then.
         """
-        request = self.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s, disconnected=disconnected)
+        return await self.wait(self.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
+                                          disconnected=disconnected))
+
+    async def wait(self, request: Request) -> list[Any]:
+        """The outputs of an admitted request, which then leaves (its rows are dropped, counted
+        as cancelled, if the caller is cancelled first)."""
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -174,7 +179,7 @@ class Batcher:
     def admit(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
               disconnected: Callable[[], Awaitable[object]] | None = None) -> Request:
         """``submit``, with the request's deadline (and client, with ``disconnected``) watched
-        until ``leave``: ``infer`` without the wait, for a caller that awaits no future."""
+        until ``leave``: ``infer`` is this, then ``wait``."""
         request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
         self._inflight.enter(request, disconnected)
         return request

@@ -24,7 +24,8 @@ from starlette.types import Scope
 
 from batchserve.backends.embedding import Embedding, EmbeddingBackend
 from batchserve.errors import BatchserveError, InvalidInput, MalformedRequest, UnsupportedMediaType
-from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline, RequestHeaders
+from batchserve.headers import RequestHeaders
+from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline
 from batchserve.predict import json_object
 from batchserve.registry import ModelRegistry, ServedModel
 

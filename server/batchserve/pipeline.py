@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +45,12 @@ from batchserve.errors import (
     BatchserveError,
     ClientDisconnected,
     InvalidInput,
-    MalformedRequest,
     ModelNotReady,
     ShuttingDown,
     TooManyItems,
 )
 from batchserve.execution import Request
+from batchserve.headers import RequestHeaders, requested_timeout_ms
 from batchserve.preprocessing import OffLoop, disconnect_waiter, preprocess_items
 from batchserve.registry import ServedModel
 from batchserve.state import AppState
@@ -63,30 +63,6 @@ work grows with the body, and the event loop must not wait on it (~1 ms per 64 K
 OFFLOAD_OUTPUTS = 32
 """Responses of more outputs than this are encoded on a worker thread: 384 floats of an embedding
 take ~17 us to encode as JSON, so 32 of them stay within the event loop's ~1 ms."""
-TIMEOUT_HEADER = b"x-request-timeout-ms"
-
-
-class RequestHeaders:
-    """The request headers the inference routes read, found in one pass over the raw list."""
-
-    __slots__ = ("content_length", "content_type", "content_type_raw", "header_length", "timeout_ms")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.content_length: bytes | None = None
-        self.content_type = ""  # the media type, lower case, without parameters
-        self.content_type_raw = ""  # with parameters (a multipart boundary, say)
-        self.timeout_ms: bytes | None = None
-        self.header_length: bytes | None = None  # v2's Inference-Header-Content-Length
-        for key, value in raw:  # ASGI servers give lower-case names
-            if key == b"content-type":
-                self.content_type_raw = value.decode("latin-1")
-                self.content_type = self.content_type_raw.partition(";")[0].strip().lower()
-            elif key == b"content-length":
-                self.content_length = value
-            elif key == TIMEOUT_HEADER:
-                self.timeout_ms = value
-            elif key == b"inference-header-content-length":
-                self.header_length = value
 
 
 @dataclass(slots=True)
@@ -132,12 +108,12 @@ class Exchange:
 
     __slots__ = ("adapter", "arrived_s", "headers", "model", "name", "requested_ms", "scope")
 
-    def __init__(self, adapter: Adapter, scope: Scope, name: str | None) -> None:
+    def __init__(self, adapter: Adapter, scope: Scope, name: str | None, headers: RequestHeaders) -> None:
         self.arrived_s = time.monotonic()
         self.adapter = adapter
         self.scope = scope
         self.name = name  # the model the path names, if any
-        self.headers = RequestHeaders(scope["headers"])
+        self.headers = headers  # of scope["headers"]
         self.model: ServedModel | None = None
         self.requested_ms: float | None = None  # X-Request-Timeout-Ms
 
@@ -161,7 +137,7 @@ class Pipeline:
 
     async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None) -> Response:
         """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any."""
-        ex = Exchange(adapter, scope, name)
+        ex = Exchange(adapter, scope, name, RequestHeaders(scope["headers"]))
         try:
             read_by_s = self._admit(ex)
             body = await read_body(receive, ex.headers.content_length,
@@ -171,9 +147,10 @@ class Pipeline:
                 decoded = adapter.decode(body, ex.headers, scope, ex.model)
             else:
                 decoded = await run_in_threadpool(adapter.decode, body, ex.headers, scope, ex.model)
-            model = self._named(ex, decoded)
-            model, outputs = await self._infer(ex, model, decoded, receive,
-                                               large=len(body) > OFFLOAD_BYTES)
+            self._named(ex, decoded)
+            outputs = await self._infer(ex, decoded, receive, large=len(body) > OFFLOAD_BYTES)
+            model = ex.model
+            assert model is not None
             if len(outputs) > OFFLOAD_OUTPUTS:  # encoding grows with the outputs: off the loop
                 response = await run_in_threadpool(adapter.encode, model, decoded, outputs)
             else:
@@ -182,18 +159,18 @@ class Pipeline:
             return self.failed(ex, exc)
         return self.succeeded(ex, response)
 
-    def serve_now(self, adapter: Adapter, scope: Scope, name: str | None, body: bytes,
-                  answer: Answer) -> Pending | None:
+    def serve_now(self, adapter: Adapter, scope: Scope, name: str | None, headers: RequestHeaders,
+                  body: bytes, answer: Answer) -> Pending | None:
         """Take the request in ``scope``, whose whole ``body`` is in hand, without a task, if
         every stage can serve it on the event loop now: its adapter decodes it on the loop, its
         model's preprocessing is light, and it has at most ``OFFLOAD_OUTPUTS`` items. ``answer``
         is called once with its response, from the batch's delivery (or before this returns).
-        ``None``: declined, nothing done or counted; ``serve`` must take it."""
-        ex = Exchange(adapter, scope, name)
+        ``None``: declined, nothing done or counted; ``serve`` must take it. ``headers``: of
+        ``scope["headers"]``, which the caller has read already."""
+        ex = Exchange(adapter, scope, name, headers)
         pending = Pending(self, ex, answer)
         try:
             read_by_s = self._admit(ex)
-            headers = ex.headers
             declared_length(headers.content_length, self.state.settings.max_body_bytes)  # 413
             check_read_deadline(read_by_s)
             if not adapter.decodes_on_loop(headers, len(body)) or not _light(ex.model):
@@ -201,6 +178,7 @@ class Pipeline:
             decoded = adapter.decode(body, headers, scope, ex.model)
             if not _light(self._named(ex, decoded)) or len(decoded.items) > OFFLOAD_OUTPUTS:
                 return None
+            self.check_items(decoded.items)
             pending.submit(decoded)
         except Exception as exc:
             answer(self.failed(ex, exc))
@@ -272,32 +250,51 @@ class Pipeline:
             raise exc
         return current
 
-    async def _infer(self, ex: Exchange, model: ServedModel, decoded: Decoded, receive: Receive, *,
-                     large: bool) -> tuple[ServedModel, list[Any]]:
-        """Admit, preprocess and run the items; the model that ran them, and their outputs."""
-        items = decoded.items
-        self.check_items(items)
+    def queue(self, ex: Exchange, decoded: Decoded,
+              disconnected: Callable[[], Awaitable[object]] | None = None) -> tuple[ServedModel, Request]:
+        """Preprocess the items on the loop (light) and queue their rows with ``ex.model``'s
+        batcher, watched (``Batcher.admit``) until they leave it; a version that a reload is
+        retiring hands them to its successor (then ``ex.model``). The model that has them."""
         while True:
+            model = ex.model
+            assert model is not None
             timeout_s, deadline_s = ex.deadline(model)
             try:
-                heavy = model.backend.preprocess_in_thread or large
-                if heavy:
+                backend = model.backend
+                rows = preprocess_items(backend, decoded.items,
+                                        backend.parse_parameters(decoded.parameters), None)
+                return model, model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
+                                                  disconnected=disconnected)
+            except ShuttingDown as exc:
+                ex.model = self.successor(model, exc)
+
+    async def _infer(self, ex: Exchange, decoded: Decoded, receive: Receive, *,
+                     large: bool) -> list[Any]:
+        """Admit, preprocess and run the items on ``ex.model`` (or the version that succeeds it
+        in a reload, which ``ex.model`` then is); their outputs."""
+        items = decoded.items
+        self.check_items(items)
+        disconnected = disconnect_waiter(receive)
+        while True:
+            model = ex.model
+            assert model is not None
+            try:
+                if model.backend.preprocess_in_thread or large:
+                    timeout_s, deadline_s = ex.deadline(model)
                     # don't decode what the queue would refuse (the batcher checks again, as
                     # it admits the rows: light, small requests are checked there only); a
                     # version that a reload is retiring hands the request to its successor
                     model = ex.model = self.state.registry.admit(model, len(items), deadline_s)
-                backend = model.backend
-                parameters = backend.parse_parameters(decoded.parameters)
-                if heavy:
+                    parameters = model.backend.parse_parameters(decoded.parameters)
                     rows = await self._off_loop.preprocess(model, items, parameters, deadline_s,
                                                            receive)
+                    request = model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
+                                                  disconnected=disconnected)
                 else:
-                    rows = preprocess_items(backend, items, parameters, None)
-                return model, await model.batcher.infer(
-                    rows, timeout_s=timeout_s, deadline_s=deadline_s,
-                    disconnected=disconnect_waiter(receive))
+                    model, request = self.queue(ex, decoded, disconnected)
+                return await model.batcher.wait(request)
             except ShuttingDown as exc:
-                model = ex.model = self.successor(model, exc)
+                ex.model = self.successor(model, exc)
 
 
 class Pending:
@@ -314,22 +311,9 @@ class Pending:
         self._request: Request | None = None
 
     def submit(self, decoded: Decoded) -> None:
-        """Preprocess on the loop and queue the rows; raises what admission refuses."""
+        """Queue the rows (``Pipeline.queue``); raises what admission refuses."""
         self._decoded = decoded
-        pipeline, ex = self._pipeline, self._ex
-        assert ex.model is not None
-        pipeline.check_items(decoded.items)
-        while True:
-            model = ex.model
-            timeout_s, deadline_s = ex.deadline(model)
-            try:
-                backend = model.backend
-                rows = preprocess_items(backend, decoded.items,
-                                        backend.parse_parameters(decoded.parameters), None)
-                self._request = model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
-                break
-            except ShuttingDown as exc:
-                ex.model = pipeline.successor(model, exc)
+        _, self._request = self._pipeline.queue(self._ex, decoded)
         self._request.future.add_done_callback(self._delivered)
 
     def abandon(self) -> None:
@@ -361,18 +345,6 @@ class Pending:
 def _light(model: ServedModel | None) -> bool:
     """No heavy preprocessing (or the model is not known yet)."""
     return model is None or not model.backend.preprocess_in_thread
-
-
-def requested_timeout_ms(header: bytes) -> float:
-    """``X-Request-Timeout-Ms``, which must be a positive number (422 otherwise)."""
-    try:
-        requested = float(header)
-    except ValueError:
-        requested = float("nan")
-    if not requested > 0:
-        raise MalformedRequest(f"header X-Request-Timeout-Ms must be a positive number, "
-                               f"got {header.decode('latin-1')!r:.40}")
-    return requested
 
 
 def check_ready(model: ServedModel) -> None:

@@ -19,7 +19,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import Scope
 
 from batchserve.errors import BatchserveError, MalformedRequest, UnsupportedMediaType
-from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline, RequestHeaders
+from batchserve.headers import RequestHeaders
+from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes, error_response
 from batchserve.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse

@@ -33,10 +33,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from batchserve.bodies import declared_length
+from batchserve.errors import BatchserveError
 from batchserve.fastpath import FastPath
+from batchserve.headers import RequestHeaders
 from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Pending
-
-_MAX_LENGTH_DIGITS = len(str(OFFLOAD_BYTES))
 
 
 class InferenceProtocol(HttpToolsProtocol):
@@ -72,10 +73,12 @@ class InferenceProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         self._candidate = None
+        assert self._fast is not None  # _take made the candidate
         direct = _Direct(self, candidate.keep_alive)
         self.cycle = direct  # type: ignore[assignment]  # a pipelined request queues behind it
-        pending = self._fast.pipeline.serve_now(  # type: ignore[union-attr]  # _take checked
-            candidate.adapter, cast(Scope, self.scope), candidate.model, candidate.body, direct.answer)
+        pending = self._fast.pipeline.serve_now(candidate.adapter, cast(Scope, self.scope),
+                                                candidate.model, candidate.headers, candidate.body,
+                                                direct.answer)
         if pending is None:  # declined: uvicorn's way, with the body read so far
             self.cycle = None  # type: ignore[assignment]
             self._hand_over(candidate, complete=True)
@@ -116,14 +119,12 @@ class InferenceProtocol(HttpToolsProtocol):
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             return None  # uvicorn answers 503
-        length = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                return None
-        if length is None or len(length) > _MAX_LENGTH_DIGITS or not length.isdigit() \
-                or int(length) > OFFLOAD_BYTES:
+        headers = RequestHeaders(self.headers)
+        if headers.chunked or headers.content_length is None:
+            return None
+        try:
+            declared_length(headers.content_length, OFFLOAD_BYTES)
+        except BatchserveError:  # larger, or malformed: the ASGI path answers that
             return None
         url = httptools.parse_url(self.url)
         if b"%" in url.path:
@@ -140,7 +141,8 @@ class InferenceProtocol(HttpToolsProtocol):
         scope["path"] = path
         scope["raw_path"] = url.path
         scope["query_string"] = url.query or b""
-        return _Candidate(target[0], target[1], version != "1.0" and parser.should_keep_alive())
+        return _Candidate(target[0], target[1], headers,
+                          version != "1.0" and parser.should_keep_alive())
 
     def _hand_over(self, candidate: _Candidate, *, complete: bool) -> None:
         """Start uvicorn's ASGI cycle for the candidate, with the body it has so far."""
@@ -152,11 +154,13 @@ class InferenceProtocol(HttpToolsProtocol):
 
 
 class _Candidate:
-    __slots__ = ("adapter", "body", "keep_alive", "model")
+    __slots__ = ("adapter", "body", "headers", "keep_alive", "model")
 
-    def __init__(self, adapter: Adapter, model: str | None, keep_alive: bool) -> None:
+    def __init__(self, adapter: Adapter, model: str | None, headers: RequestHeaders,
+                 keep_alive: bool) -> None:
         self.adapter = adapter
         self.model = model
+        self.headers = headers
         self.keep_alive = keep_alive
         self.body = b""
 

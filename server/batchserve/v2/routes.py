@@ -14,7 +14,8 @@ from starlette.types import Scope
 
 import batchserve
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
-from batchserve.pipeline import Adapter, Decoded, Pipeline, RequestHeaders
+from batchserve.headers import RequestHeaders
+from batchserve.pipeline import Adapter, Decoded, Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
 from batchserve.v2.codec import codec_for
