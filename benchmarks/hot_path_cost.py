@@ -14,17 +14,9 @@ process (its time, all threads, over the requests):
 - ``model only``: the backend's ``predict_batch`` on batches of the mean size the pipeline
   formed, per row.
 
-So ``pipeline, fake model`` - ``raw`` is batchserve's own cost per request over ASGI (the path a
-request the protocol hands over takes), and ``pipeline, diabetes`` - ``pipeline, fake model`` the
-model's. Then the same through the HTTP protocols, over CONCURRENCY fake connections (uvicorn's
-parser and callbacks, and the framing, without the sockets' system calls; each answer sends the
-connection's next request):
-
-- ``raw, through uvicorn's protocol``: the raw floor behind uvicorn's httptools protocol;
-- ``protocol, fake model`` and ``protocol, diabetes``: batchserve behind its own
-  (``batchserve/protocol.py``), which serves these requests without an ASGI task.
-
-benchmarks/http_floor.py measures the whole thing over sockets, against the raw floor.
+So ``pipeline, fake model`` - ``raw`` is batchserve's own cost per request over ASGI, and
+``pipeline, diabetes`` - ``pipeline, fake model`` the model's. benchmarks/http_floor.py measures
+the whole thing over sockets, against the floors.
 
 Usage: .venv/bin/python benchmarks/hot_path_cost.py   (REQUESTS, CONCURRENCY, ROUNDS)
 """
@@ -46,7 +38,6 @@ import uvloop
 from batchserve.app import create_app
 from batchserve.backends import Backend
 from batchserve.config import load_models
-from batchserve.protocol import InferenceProtocol
 from batchserve.settings import ServerSettings
 from starlette.types import ASGIApp, Message
 
@@ -122,9 +113,9 @@ async def drive(app: App, path: str) -> float:
     return used / len(statuses)
 
 
-async def with_app(config: Path, path: str, *, protocol: bool = False) -> tuple[float, float]:
-    """CPU per request through batchserve's app (its ASGI interface, or with ``protocol`` its
-    HTTP protocol), and the mean batch it formed."""
+async def with_app(config: Path, path: str) -> tuple[float, float]:
+    """CPU per request through batchserve's app (its ASGI interface), and the mean batch it
+    formed."""
     app = create_app(ServerSettings(config=config, log_level="warning"), load_models(config))
     state = app.state.batchserve
     async with app.router.lifespan_context(app):
@@ -132,92 +123,10 @@ async def with_app(config: Path, path: str, *, protocol: bool = False) -> tuple[
             await asyncio.sleep(0.01)
         model = next(iter(state.registry))
         metrics = state.metrics.registry
-        per_request = await (drive_protocol(app, InferenceProtocol, path) if protocol
-                             else drive(app, path))
+        per_request = await drive(app, path)
         rows = metrics.get_sample_value("batchserve_batch_size_sum", {"model": model.config.name})
         batches = metrics.get_sample_value("batchserve_batch_size_count", {"model": model.config.name})
     return per_request, (rows or 0) / (batches or 1)
-
-
-REQUEST = (b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-           b"content-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
-
-
-class Connection(asyncio.Transport):
-    """One client connection without a socket: what the protocol writes is parsed into answers,
-    and each answer sends the next request (``count`` in all) on the next loop turn."""
-
-    def __init__(self, protocol: asyncio.Protocol, request: bytes, count: int, statuses: list[int],
-                 finished: asyncio.Future[None]) -> None:
-        super().__init__()
-        self.protocol, self.request, self.left = protocol, request, count
-        self.statuses, self.finished = statuses, finished
-        self.written = b""
-        self.loop = asyncio.get_running_loop()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 1)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def send(self) -> None:
-        self.left -= 1
-        self.protocol.data_received(self.request)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += bytes(data)
-        while (end := self.written.find(b"\r\n\r\n")) >= 0:
-            head = self.written[:end].lower()
-            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-            if len(self.written) < end + 4 + length:
-                return
-            self.statuses.append(int(head[9:12]))
-            self.written = self.written[end + 4 + length:]
-            if self.left:
-                self.loop.call_soon(self.send)
-            elif not self.finished.done():
-                self.finished.set_result(None)
-
-
-async def drive_protocol(app: App, protocol_class: type[asyncio.Protocol], path: str) -> float:
-    """CPU seconds per request for REQUESTS requests over CONCURRENCY connections of
-    ``protocol_class`` (uvicorn's httptools protocol, or batchserve's) serving ``app``: the
-    HTTP parsing and framing without the sockets' system calls."""
-    import uvicorn
-    from uvicorn.server import ServerState
-
-    config = uvicorn.Config(app, http=protocol_class, lifespan="off", access_log=False,
-                            proxy_headers=False, log_level="warning")
-    config.load()
-    state, statuses = ServerState(), list[int]()
-    loop = asyncio.get_running_loop()
-    finished = [loop.create_future() for _ in range(CONCURRENCY)]
-    connections = []
-    for done in finished:
-        protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)  # type: ignore[call-arg]
-        connection = Connection(protocol, REQUEST % path.encode(), REQUESTS // CONCURRENCY, statuses, done)
-        protocol.connection_made(connection)
-        connections.append(connection)
-    started = time.process_time()
-    for connection in connections:
-        connection.send()
-    await asyncio.gather(*finished)
-    used = time.process_time() - started
-    for connection in connections:
-        connection.protocol.connection_lost(None)
-    if set(statuses) != {200}:
-        raise SystemExit(f"hot_path_cost: answers other than 200 on {path}: {set(statuses)}")
-    return float(used / len(statuses))
 
 
 def model_only(batch: int) -> float:
@@ -255,11 +164,8 @@ def main() -> None:
     from batchserve import backends
 
     backends.BUILTIN["constant"] = f"{__name__}:ConstantBackend"
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
     results: dict[str, list[float]] = {
-        "raw": [], "pipeline, fake model": [], "pipeline, diabetes": [], "model only": [],
-        "raw, through uvicorn's protocol": [], "protocol, fake model": [], "protocol, diabetes": []}
+        "raw": [], "pipeline, fake model": [], "pipeline, diabetes": [], "model only": []}
     batches: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         fake, real = models_toml(Path(folder), "constant"), models_toml(Path(folder), "sklearn")
@@ -271,10 +177,6 @@ def main() -> None:
             results["pipeline, diabetes"].append(cost)
             batches.append(batch)
             results["model only"].append(model_only(max(1, round(batch))))
-            results["raw, through uvicorn's protocol"].append(
-                run(drive_protocol(raw_floor_app.app, HttpToolsProtocol, "/predict")))
-            results["protocol, fake model"].append(run(with_app(fake, "/predict", protocol=True))[0])
-            results["protocol, diabetes"].append(run(with_app(real, "/predict", protocol=True))[0])
     median = {name: 1e6 * statistics.median(values) for name, values in results.items()}
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {harness.commit()}, "
           f"{os.cpu_count()} cores; {REQUESTS} requests, {CONCURRENCY} at a time, {ROUNDS} rounds "
@@ -286,10 +188,6 @@ def main() -> None:
     model = median["pipeline, diabetes"] - median["pipeline, fake model"]
     print(f"\nbatchserve's own (pipeline, fake model - raw): {own:.1f} us; "
           f"the model's (diabetes - fake): {model:.1f} us")
-    uvicorn_us = median["raw, through uvicorn's protocol"] - median["raw"]
-    taken = median["protocol, fake model"] - median["raw, through uvicorn's protocol"]
-    print(f"through the HTTP protocols: uvicorn's parsing, task and sends for the raw floor "
-          f"{uvicorn_us:.1f} us; batchserve's protocol path, fake model, minus that floor: {taken:+.1f} us")
     harness.save_results("hot_path_cost", {"median_us": median, "mean_batch": statistics.median(batches),
                                            "commit": harness.commit()})
 

@@ -55,8 +55,8 @@ from batchserve.execution import (
     timed_run_batch,
 )
 from batchserve.inflight import InFlight
-from batchserve.load import RecentLoad
-from batchserve.metrics import ModelMetrics, observe_all
+from batchserve.load import Backlog, RecentLoad
+from batchserve.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Batcher:
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
-        # with one instance cheap batches may run on the loop (load.RecentLoad.cheap, held_loop)
+        # with one instance cheap batches may run on the loop (load.RecentLoad.placement, held_loop)
         self._inline = on_loop_when_cheap and instances == 1
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
@@ -149,57 +149,47 @@ class Batcher:
         deadline_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> list[Any]:
-        """Run ``rows`` through the model and return their outputs, in order.
-
-        The deadline is ``deadline_s`` (on the ``time.monotonic()`` clock) when given, else
+        """Run ``rows`` through the model and return their outputs, in order (``admit``, then
+        ``wait``). The deadline is ``deadline_s`` (``time.monotonic()`` clock) when given, else
         ``timeout_s`` from now. Raises what ``check_admission`` raises, at once;
-        ``DeadlineExceeded`` when the deadline passes first (rows not yet
-        dispatched are never computed), ``ClientDisconnected`` when the awaitable
-        made by ``disconnected`` completes first, and the row's error when the
-        backend failed on it.
-
-        Deadlines and disconnect watches are kept by one timer (``inflight.py``): the watch
-        starts only once the request has waited ``WATCH_AFTER_S``, a client that goes away is
-        noticed then.
-        """
+        ``DeadlineExceeded`` when the deadline passes first (rows not yet dispatched are never
+        computed), ``ClientDisconnected`` when the awaitable made by ``disconnected`` completes
+        first (watched once the request has waited ``inflight.WATCH_AFTER_S``), and the row's
+        error when the backend failed on it."""
         return await self.wait(self.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
                                           disconnected=disconnected))
 
     async def wait(self, request: Request) -> list[Any]:
-        """The outputs of an admitted request, which then leaves (its rows are dropped, counted
-        as cancelled, if the caller is cancelled first)."""
+        """The outputs of an admitted request (its rows are dropped, counted as cancelled, if
+        the caller is cancelled first)."""
         try:
             return await request.future
         except asyncio.CancelledError:
             self._fail(request, None, reason="cancelled")
             raise
-        finally:
-            self.leave(request)
 
     def admit(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
               disconnected: Callable[[], Awaitable[object]] | None = None) -> Request:
         """``submit``, with the request's deadline (and client, with ``disconnected``) watched
-        until ``leave``: ``infer`` is this, then ``wait``."""
+        until it is answered, failed or abandoned: ``infer`` is this, then ``wait``."""
         request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
         self._inflight.enter(request, disconnected)
         return request
-
-    def leave(self, request: Request) -> None:
-        """Stop watching an admitted request (answered, failed or abandoned)."""
-        self._inflight.leave(request)
 
     def abandon(self, request: Request, error: BatchserveError) -> None:
         """The request's client went away: rows not yet dispatched never run, and its future
         gets ``error`` (counted in ``batchserve_rejected_total{reason="cancelled"}``)."""
         self._fail(request, error, reason="cancelled")
 
-    def check_admission(self, count: int, deadline_s: float | None = None) -> None:
+    def check_admission(self, count: int, deadline_s: float | None = None, *,
+                        ahead: Backlog | None = None) -> None:
         """Refuse at once (503) what ``submit`` would refuse: called before preprocessing too,
         so that an overloaded server does not decode inputs only to turn them away.
 
         With ``deadline_s`` (``time.monotonic()`` clock), a request whose rows could not start
-        before it, at the model's recent rate, is refused (``Overloaded``) rather than left
-        to wait out its deadline for a 504."""
+        before it is refused (``Overloaded``) rather than left to wait out its deadline for a
+        504: the wait counts the rows queued here, at the model's recent rate, and ``ahead``,
+        what is still being preprocessed ahead of the request (``preprocessing.Backlog``)."""
         if self._closing:
             self._metrics.rejected["shutdown"].inc()
             raise ShuttingDown(f"model '{self.name}' is shutting down")
@@ -213,29 +203,35 @@ class Batcher:
             raise QueueFull(f"model '{self.name}' has {self._queued_rows} rows queued (max_queue "
                             f"{self.max_queue}); retry later")
         if deadline_s is not None:
-            self._check_wait(deadline_s)
+            self._check_wait(deadline_s, ahead)
 
-    def predicted_wait_s(self) -> float | None:
-        """How long the rows queued now would take to dispatch, at the best rate the model
-        showed recently (optimistic, so that it refuses only what surely can't start in
-        time); ``None`` before a few batches have run (cold start), 0 with nothing queued."""
-        if not self._queued_rows:
-            return 0.0
+    def predicted_wait_s(self, ahead: Backlog | None = None) -> float | None:
+        """How long until a request arriving now could have its rows start: the rows queued now
+        and those still being preprocessed ahead of it, at the best rate the model showed
+        recently, or the time its own preprocessing needs (``ahead.wait_s``), whichever is
+        longer (optimistic, so that it refuses only what surely can't start in time); ``None``
+        before a few batches have run (cold start), 0 with nothing ahead."""
+        ahead_rows, ahead_s = (0, 0.0) if ahead is None else (ahead.rows, ahead.wait_s())
+        rows = self._queued_rows + ahead_rows
+        if not rows:
+            return ahead_s
         rate = self.load.best_rate()
-        return None if rate is None else self._queued_rows / (self.instances * rate)
+        return None if rate is None else max(ahead_s, rows / (self.instances * rate))
 
-    def _check_wait(self, deadline_s: float) -> None:
-        wait_s = self.predicted_wait_s()
+    def _check_wait(self, deadline_s: float, ahead: Backlog | None) -> None:
+        wait_s = self.predicted_wait_s(ahead)
         if not wait_s:  # a lone request on an idle server, or no estimate yet: never refused
             return
         left_s = deadline_s - time.monotonic()
         if wait_s < left_s:
             return
         self._metrics.rejected["overloaded"].inc()
+        preprocessing = f" and {ahead.rows} items being preprocessed" if ahead and ahead.rows else ""
         raise Overloaded(
-            f"model '{self.name}' has {self._queued_rows} rows queued; at its recent rate they "
-            f"take ~{wait_s:.2f} s to start, past this request's deadline ({max(left_s, 0):.2f} s "
-            "left); retry later", retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
+            f"model '{self.name}' has {self._queued_rows} rows queued{preprocessing}; at its recent "
+            f"rates this request's rows would start in ~{wait_s:.2f} s, past its deadline "
+            f"({max(left_s, 0):.2f} s left); retry later",
+            retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
 
     def submit(self, rows: Sequence[Any], *, timeout_s: float,
                deadline_s: float | None = None) -> Request:
@@ -260,6 +256,7 @@ class Batcher:
         if request.done:
             return
         request.done = True
+        self._inflight.leave(request)
         self._unqueue(request)
         if reason is not None:
             self._metrics.rejected[reason].inc()
@@ -309,7 +306,7 @@ class Batcher:
     def _take(self) -> Batch:
         batch = Batch()
         now = time.monotonic()
-        waits = []  # of the requests whose first row goes: observed at once (observe_all)
+        queue_wait = self._metrics.queue_wait
         while self._queue and len(batch.rows) < self.max_batch_size:
             request = self._queue[0]
             if request.done:
@@ -327,15 +324,14 @@ class Batcher:
             start = request.next_row
             stop = min(len(request.rows), start + self.max_batch_size - len(batch.rows))
             if start == 0:
-                waits.append(now - request.enqueued_s)
+                request.dispatched_s = now
+                queue_wait.observe(now - request.enqueued_s)
             batch.rows.extend(request.rows[start:stop])
             batch.slices.append((request, start, stop))
             request.next_row = stop
             self._queued_rows -= stop - start
             if stop == len(request.rows):
                 self._queue.popleft()
-        if waits:
-            observe_all(self._metrics.queue_wait, waits)
         return batch
 
     # -- execution -------------------------------------------------------------------------
@@ -349,7 +345,9 @@ class Batcher:
             batch, trigger = taken
             self._metrics.dispatch[trigger].inc()
             self._metrics.batch_size.observe(len(batch.rows))
-            inline = self._inline and self.load.cheap(len(batch.rows))
+            place, why = self.load.placement(len(batch.rows)) if self._inline else ("thread", "backend")
+            self._metrics.placement[place, why].inc()
+            inline = place == "loop"
             started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 if inline:  # cheaper than the hop to the model's thread (load.INLINE_MAX_S)
@@ -375,11 +373,10 @@ class Batcher:
                 if inline:  # CPU time: the loop's thread being preempted is not the model's doing
                     computed_s = time.thread_time() - cpu_started
                     if (paused := self.load.held_loop(computed_s)) is not None:
-                        log.warning("model %s: a batch held the event loop %.1f ms; its batches run "
-                                    "on its thread %s", self.name, computed_s * 1000,
-                                    f"for the next {paused}" if paused else "from now on")
+                        log.info("model %s: a batch held the event loop %.1f ms; its batches run "
+                                 "on its thread for the next %d", self.name, computed_s * 1000, paused)
             self.load.computed(len(batch.rows), computed_s, on_loop=inline)
-            deliver(batch, outcomes, self._fail, self.name)
+            deliver(batch, outcomes, self._fail, self._inflight.leave, self.name, time.monotonic())
             if inline and self._queue:
                 await asyncio.sleep(0)  # the loop's other work, between batches held on it
 

@@ -42,6 +42,8 @@ class Request:
     unanswered: int  # rows whose outputs have not arrived yet
     next_row: int = 0  # first row not yet dispatched
     done: bool = False  # answered, failed, expired or abandoned
+    dispatched_s: float = 0.0  # when its first row went in a batch (time.monotonic())
+    computed_s: float = 0.0  # when the latest batch holding its rows ended
     check_s: float = 0.0  # when the batcher's InFlight next looks at it (inflight.py)
     disconnected: Callable[[], Awaitable[object]] | None = None  # makes the watch's awaitable
     watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
@@ -188,11 +190,14 @@ def for_item(error: BatchserveError, index: int) -> BatchserveError:
     return named
 
 
-def deliver(batch: Batch, outcomes: list[Any], fail: Fail, model: str) -> None:
+def deliver(batch: Batch, outcomes: list[Any], fail: Fail, answered: Callable[[Request], None],
+            model: str, computed_s: float) -> None:
     """Hand a batch's outcomes, one per row, to its requests: a request whose rows have all run
-    is answered; a row's error fails its request (``fail``: the batcher's)."""
+    is answered (then ``answered``: the batcher stops watching it); a row's error fails its
+    request (``fail``: the batcher's). The batch ended at ``computed_s``."""
     offset = 0
     for request, start, stop in batch.slices:
+        request.computed_s = computed_s
         part = outcomes[offset : offset + stop - start]
         offset += stop - start
         if request.done or request.future.done():
@@ -209,4 +214,5 @@ def deliver(batch: Batch, outcomes: list[Any], fail: Fail, model: str) -> None:
             request.unanswered -= stop - start
             if request.unanswered == 0:
                 request.done = True
+                answered(request)
                 settle(request.future, request.outputs)

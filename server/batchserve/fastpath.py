@@ -1,10 +1,5 @@
 """Serves the inference routes ahead of FastAPI's middleware stack and routing.
 
-Over HTTP most inference requests never reach the ASGI app: the server's protocol
-(``batchserve/protocol.py``) takes a small one whose body came whole with its headers. This is
-the ASGI way, for the rest (a large or slow body, heavy preprocessing, pipelined requests) and
-for any other ASGI server or test client.
-
 On a small model the per-request framework work, not the model, decides throughput: every
 send of a response passes through each middleware layer, and FastAPI's outer layers (error
 handling, its exception telemetry and body limit) run for every request. ``BatchserveApp`` is
@@ -21,7 +16,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from batchserve.pipeline import Adapter, Pipeline
+from batchserve.lifecycle import Adapter
+from batchserve.pipeline import Pipeline
 
 _PREDICT = "/predict/"
 _V2 = "/v2/models/"

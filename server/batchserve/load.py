@@ -19,11 +19,21 @@ INLINE_REPROBE_BATCHES = 256
 the thread (its cost may have fallen: a model's batches cost more while it warms up)."""
 INLINE_LIMIT_S = 0.001
 """A batch that held the event loop longer than this (CPU time) is a strike: its model's batches
-run on its thread for the next ``INLINE_PAUSE_BATCHES`` (doubling with each strike), and after
-``INLINE_STRIKES`` never on the loop again: a backend whose cost is that unpredictable is not
-cheap. One strike alone may be the loop's thread collecting garbage inside the call."""
+run on its thread for the next ``INLINE_PAUSE_BATCHES``, doubling with each strike in a row up to
+``INLINE_MAX_PAUSE_BATCHES``. Never for good: a strike may be the loop's thread collecting garbage
+inside the call, or a noisy neighbour, and ``INLINE_FORGIVE_BATCHES`` batches without one clear
+the count."""
 INLINE_PAUSE_BATCHES = 256
-INLINE_STRIKES = 3
+INLINE_MAX_PAUSE_BATCHES = 4096
+INLINE_FORGIVE_BATCHES = 8192
+
+PLACEMENTS = (("loop", "cheap"), ("loop", "probe"), ("thread", "costly"), ("thread", "paused"),
+              ("thread", "unmeasured"), ("thread", "backend"))
+"""Where a batch ran and why (``batchserve_batch_placement_total{place, reason}``): on the event
+loop because its size class is cheap there, or to measure it there (probe); on the model's thread
+because the class costs too much for the loop, because a recent batch held the loop too long
+(paused), because too few batches were measured yet, or because the backend (or its instance
+count) does not allow the loop."""
 
 
 def _mean(previous: float | None, value: float, weight: float) -> float:
@@ -41,7 +51,10 @@ class RecentLoad:
     """Mean rows/s of one instance, by batch-size class (the size's bit length)."""
     batches: int = 0
     loop_strikes: int = 0
-    """Batches that held the event loop past ``INLINE_LIMIT_S``."""
+    """Batches in a row (none ``INLINE_FORGIVE_BATCHES`` apart) that held the event loop past
+    ``INLINE_LIMIT_S``."""
+    last_strike: int = 0
+    """The count of ``batches`` at the latest strike."""
     loop_paused_until: int = 0
     """The count of ``batches`` before which no batch runs on the event loop (after a strike)."""
     compute_s: dict[int, tuple[float, int]] = field(default_factory=dict)
@@ -84,34 +97,40 @@ class RecentLoad:
             previous = self.loop_s.get(size_class, (None, 0))[0]
             self.loop_s[size_class] = (_mean(previous, elapsed_s, BATCH_WEIGHT), count)
 
-    def cheap(self, rows: int) -> bool:
-        """A batch of ``rows`` rows may run on the event loop: its size class (sizes within 2x:
-        the mean counts double, but for single rows) ran there in under ``INLINE_MAX_S``; or it
-        has not run there yet (or not for ``INLINE_REPROBE_BATCHES`` batches) and took under
-        ``INLINE_LIMIT_S`` on the thread in ``INLINE_AFTER_BATCHES`` batches: then this batch
-        is the one that measures it there. Never while the loop is paused by a strike."""
-        if self.batches < self.loop_paused_until or self.loop_strikes >= INLINE_STRIKES:
-            return False
+    def placement(self, rows: int) -> tuple[str, str]:
+        """Where a batch of ``rows`` rows runs, and why (one of ``PLACEMENTS``): on the event
+        loop when its size class (sizes within 2x: the mean counts double, but for single rows)
+        ran there in under ``INLINE_MAX_S``; or when it has not run there yet (or not for
+        ``INLINE_REPROBE_BATCHES`` batches) and took under ``INLINE_LIMIT_S`` on the thread in
+        ``INLINE_AFTER_BATCHES`` batches: then this batch measures it there (probe). On the
+        thread while a strike's pause lasts."""
+        if self.batches < self.loop_paused_until:
+            return "thread", "paused"
         size_class = rows.bit_length()
         on_thread, thread_batches = self.compute_s.get(size_class, (0.0, 0))
-        probe = (thread_batches >= INLINE_AFTER_BATCHES and on_thread < INLINE_LIMIT_S)
+        if thread_batches < INLINE_AFTER_BATCHES and size_class not in self.loop_s:
+            return "thread", "unmeasured"
+        probe = thread_batches >= INLINE_AFTER_BATCHES and on_thread < INLINE_LIMIT_S
         measured = self.loop_s.get(size_class)
         if measured is None:
-            return probe
+            return ("loop", "probe") if probe else ("thread", "costly")
         on_loop, thread_batches_then = measured
         if on_loop * min(size_class, 2) < INLINE_MAX_S:
-            return True
-        return probe and thread_batches - thread_batches_then >= INLINE_REPROBE_BATCHES
+            return "loop", "cheap"
+        if probe and thread_batches - thread_batches_then >= INLINE_REPROBE_BATCHES:
+            return "loop", "probe"
+        return "thread", "costly"
 
     def held_loop(self, cpu_s: float) -> int | None:
         """A batch on the event loop took ``cpu_s`` of its CPU: past ``INLINE_LIMIT_S`` it is a
-        strike, and the answer is how many batches now go to the thread (0: for good)."""
+        strike, and the answer is how many batches now go to the thread."""
+        if self.loop_strikes and self.batches - self.last_strike >= INLINE_FORGIVE_BATCHES:
+            self.loop_strikes = 0  # long enough without one: a fresh start
         if cpu_s <= INLINE_LIMIT_S:
             return None
         self.loop_strikes += 1
-        if self.loop_strikes >= INLINE_STRIKES:
-            return 0
-        paused = INLINE_PAUSE_BATCHES << (self.loop_strikes - 1)
+        self.last_strike = self.batches
+        paused = min(INLINE_PAUSE_BATCHES << (self.loop_strikes - 1), INLINE_MAX_PAUSE_BATCHES)
         self.loop_paused_until = self.batches + paused
         return paused
 
@@ -120,3 +139,32 @@ class RecentLoad:
         if self.batches < RATE_AFTER_BATCHES or not self.rates:
             return None
         return max(self.rates.values())
+
+
+BACKLOG_AFTER_ITEMS = 4  # no preprocessing time is claimed from fewer items measured
+
+
+@dataclass(slots=True)
+class Backlog:
+    """One model's heavy preprocessing (``preprocessing.OffLoop``): the items of the requests
+    waiting for a slot or in one, and how long a slot takes per item (a running mean), so that
+    admission sees the rows that are coming as well as those queued (``Batcher.check_admission``)."""
+
+    slots: int = 1
+    rows: int = 0
+    """Items admitted to preprocessing whose rows are not queued yet."""
+    item_s: float | None = None
+    """Mean seconds a slot spends on one item; ``None`` until measured."""
+    items_measured: int = 0
+
+    def preprocessed(self, items: int, elapsed_s: float) -> None:
+        if items > 0:
+            self.item_s = _mean(self.item_s, elapsed_s / items, BATCH_WEIGHT)
+            self.items_measured += items
+
+    def wait_s(self) -> float:
+        """How long until the items ahead, and a request's first item after them, are
+        preprocessed; 0 until ``BACKLOG_AFTER_ITEMS`` were measured."""
+        if self.item_s is None or self.items_measured < BACKLOG_AFTER_ITEMS:
+            return 0.0
+        return (self.rows / self.slots + 1) * self.item_s

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+from batchserve.load import PLACEMENTS
+
+STAGES = ("body", "decode", "compute_input", "queue", "compute_infer", "compute_output")
+"""The stages a request's time is split into, in order (``batchserve/lifecycle.py``)."""
 
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -61,20 +65,6 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     while buckets[-1] < max_batch_size:
         buckets.append(buckets[-1] * 2)
     return tuple(float(b) for b in buckets)
-
-
-def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
-    """``histogram.observe(a)`` for each of ``amounts``, each bucket's count added to once:
-    prometheus-client has no bulk observe, and one observe costs ~1.7 us (a lock per bucket and
-    sum written). Needs a labelled child (or an unlabelled histogram); no exemplars."""
-    bounds = histogram._upper_bounds  # the last is +Inf: every amount has a bucket
-    counts = [0] * len(bounds)
-    for amount in amounts:
-        counts[bisect_left(bounds, amount)] += 1  # observe's bucket: the first bound >= amount
-    histogram._sum.inc(sum(amounts))
-    for index, count in enumerate(counts):
-        if count:
-            histogram._buckets[index].inc(count)
 
 
 class Metrics:
@@ -118,6 +108,17 @@ class Metrics:
             "batchserve_dispatch", "Batches dispatched, by what made them go.",
             ["model", "trigger"], registry=r,
         )
+        self.placement = Counter(
+            "batchserve_batch_placement", "Batches by where they ran (the event loop or the model's "
+            "thread) and why (batchserve/load.py, PLACEMENTS).",
+            ["model", "place", "reason"], registry=r,
+        )
+        self.stage_duration = Histogram(
+            "batchserve_stage_duration_seconds",
+            "Time of successful requests in each stage: body (read), decode, compute_input "
+            "(preprocessing), queue, compute_infer (batches), compute_output (encoding).",
+            ["model", "stage"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.padding_ratio = Histogram(
             "batchserve_padding_ratio", "Padding tokens / all tokens per batch (text backends).",
             ["model"], buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r,
@@ -156,7 +157,7 @@ class ModelMetrics:
         self._metrics = metrics
         self._model = model
         self._codes: dict[int, Counter] = {}
-        self._succeeded: list[float] = []  # durations of this loop turn's 200s, not yet counted
+        self._succeeded = 0  # this loop turn's 200s, not yet counted
         self.request_duration = metrics.request_duration.labels(model)
         self.queue_wait = metrics.queue_wait.labels(model)
         self.batch_size = metrics.batch_size.labels(model)
@@ -165,6 +166,8 @@ class ModelMetrics:
         self.padding_ratio = metrics.padding_ratio.labels(model)
         self.rejected = {r: metrics.rejected.labels(model, r) for r in REJECT_REASONS}
         self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
+        self.placement = {p: metrics.placement.labels(model, *p) for p in PLACEMENTS}
+        self.stages = [metrics.stage_duration.labels(model, stage) for stage in STAGES]
         self.queue_rows = metrics.queue_rows.labels(model)
         self._watched: list[tuple[Gauge, Callable[[], float]]] = []
         self._device_memory_peak: Gauge | None = None  # bound on a GPU model's first batch
@@ -198,20 +201,22 @@ class ModelMetrics:
         for gauge, read in self._watched:
             gauge.set(read())
 
-    def request_succeeded(self, duration_s: float) -> None:
-        """A 200 answered ``duration_s`` after its arrival: counted and observed, with every other
-        success of this event loop turn, in a callback at its end (one counter add and one bulk
-        observe for the ~batch of requests a batch's delivery resumes, not one each: ~2.5 us a
-        request). The callback runs before the loop next reads a socket, so a scrape that follows
-        an answer sees it counted."""
+    def request_succeeded(self, duration_s: float, stages_s: Sequence[float]) -> None:
+        """A 200 answered ``duration_s`` after its arrival, which spent ``stages_s`` in each of
+        ``lifecycle.STAGES``. Its count is added with every other success of this event loop
+        turn, in a callback at its end (one counter add for the ~batch of requests a batch's
+        delivery resumes); the callback runs before the loop next reads a socket, so a scrape
+        that follows an answer sees it counted."""
         if not self._succeeded:
             asyncio.get_running_loop().call_soon(self._count_succeeded)
-        self._succeeded.append(duration_s)
+        self._succeeded += 1
+        self.request_duration.observe(duration_s)
+        for histogram, seconds in zip(self.stages, stages_s, strict=True):
+            histogram.observe(seconds)
 
     def _count_succeeded(self) -> None:
-        durations, self._succeeded = self._succeeded, []
-        self.count_request(200, len(durations))
-        observe_all(self.request_duration, durations)
+        count, self._succeeded = self._succeeded, 0
+        self.count_request(200, count)
 
     def count_request(self, code: int, requests: int = 1) -> None:
         child = self._codes.get(code)

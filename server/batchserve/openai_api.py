@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.types import Scope
 
 from batchserve.backends.embedding import Embedding, EmbeddingBackend
 from batchserve.errors import BatchserveError, InvalidInput, MalformedRequest, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
-from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline
+from batchserve.lifecycle import Adapter, Call, Decoded
+from batchserve.pipeline import OFFLOAD_BYTES, Pipeline
 from batchserve.predict import json_object
 from batchserve.registry import ModelRegistry, ServedModel
 
@@ -68,8 +68,7 @@ class EmbeddingsAdapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return size <= OFFLOAD_BYTES
 
-    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-               model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
         decoded = parse_embeddings(body)
         assert decoded.model is not None
         backend = self.registry.get(decoded.model).backend  # 404 for an unknown model

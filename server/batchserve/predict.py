@@ -1,5 +1,5 @@
 """``POST /predict`` and ``POST /predict/{model}``: batchserve's own JSON protocol, an adapter
-over the shared request path (``batchserve/pipeline.py``).
+over the request's lifecycle (``batchserve/lifecycle.py``, ``batchserve/pipeline.py``).
 
 A body is JSON (``application/json``, ``*+json``, or no ``Content-Type`` at all, for clients that
 send none): ``{"model", "inputs", "parameters"}``. ``/predict/{model}`` also passes other media
@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.types import Scope
 
 from batchserve.errors import BatchserveError, MalformedRequest, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
-from batchserve.pipeline import OFFLOAD_BYTES, Adapter, Decoded, Pipeline
+from batchserve.lifecycle import Adapter, Call, Decoded
+from batchserve.pipeline import OFFLOAD_BYTES, Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes, error_response
 from batchserve.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
@@ -79,13 +79,13 @@ class PredictAdapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return is_json(headers.content_type) and size <= OFFLOAD_BYTES
 
-    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-               model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
+        headers = call.headers
         if is_json(headers.content_type):
             return _parse_predict(body, None if model is None else model.config.name)
         assert model is not None  # check() refused non-JSON bodies without a model in the path
         items = model.backend.decode_body(headers.content_type_raw, body)
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = call.query.decode("latin-1")
         return Decoded(items, dict(parse_qsl(query, keep_blank_values=True)))
 
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:

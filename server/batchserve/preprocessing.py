@@ -20,6 +20,7 @@ from starlette.types import Receive
 
 from batchserve.backends.base import Backend
 from batchserve.errors import ClientDisconnected, DeadlineExceeded, InvalidInput
+from batchserve.load import Backlog
 from batchserve.registry import ServedModel
 
 log = logging.getLogger(__name__)
@@ -72,23 +73,36 @@ def preprocess_items(backend: Backend[Any, Any], items: list[Any], parameters: A
 
 
 class OffLoop:
-    """Preprocessing on worker threads; one per app (it keeps each model's slots)."""
+    """Preprocessing on worker threads; one per app (it keeps each model's slots and backlog)."""
 
     def __init__(self) -> None:
         self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
-        self._slot_counts: dict[str, int] = {}
+        self._backlogs: dict[str, Backlog] = {}
+
+    def backlog(self, model: ServedModel) -> Backlog:
+        """The model's heavy preprocessing now: ``preprocess_concurrency`` slots (default the
+        cores), the items waiting for or in them, and how long a slot takes per item."""
+        name = model.config.name
+        count = model.config.preprocess_concurrency or _cores()
+        backlog = self._backlogs.get(name)
+        if backlog is None or backlog.slots != count:  # first use, or reloaded with another count
+            backlog = self._backlogs[name] = Backlog(slots=count)
+            self._slots[name] = asyncio.Semaphore(count)
+        return backlog
 
     async def preprocess(self, model: ServedModel, items: list[Any], parameters: Any,
-                         deadline_s: float, receive: Receive) -> list[Any]:
+                         deadline_s: float, disconnected: Disconnected) -> list[Any]:
         """Many light items, or heavy ones (a bounded number of requests per model at once,
-        honouring the deadline and the client's disconnect)."""
+        honouring the deadline and the client's disconnect, counted in the model's backlog)."""
         backend = model.backend
         if not backend.preprocess_in_thread:
             return await run_in_threadpool(preprocess_items, backend, items, parameters, None)
         stop = Stop(deadline_s)
-        watch = asyncio.ensure_future(disconnect_waiter(receive)())
+        watch = asyncio.ensure_future(disconnected())
         watch.add_done_callback(stop.on_disconnect)
-        slots = self._slots_for(model)
+        backlog = self.backlog(model)
+        slots = self._slots[model.config.name]
+        backlog.rows += len(items)
         try:
             try:
                 async with asyncio.timeout(deadline_s - time.monotonic()):
@@ -98,7 +112,10 @@ class OffLoop:
                                        f"(model '{model.config.name}' is busy decoding)") from None
             try:
                 stop.check(0)
-                return await run_in_threadpool(preprocess_items, backend, items, parameters, stop)
+                started = time.monotonic()
+                rows = await run_in_threadpool(preprocess_items, backend, items, parameters, stop)
+                backlog.preprocessed(len(items), time.monotonic() - started)
+                return rows
             finally:
                 slots.release()
         except DeadlineExceeded:
@@ -108,16 +125,8 @@ class OffLoop:
             model.metrics.rejected["cancelled"].inc()
             raise
         finally:
+            backlog.rows -= len(items)
             watch.cancel()
-
-    def _slots_for(self, model: ServedModel) -> asyncio.Semaphore:
-        """The model's heavy-preprocessing slots: ``preprocess_concurrency``, default the cores."""
-        name = model.config.name
-        count = model.config.preprocess_concurrency or _cores()
-        if self._slot_counts.get(name) != count:  # first use, or reloaded with another count
-            self._slots[name] = asyncio.Semaphore(count)
-            self._slot_counts[name] = count
-        return self._slots[name]
 
 
 def _cores() -> int:
@@ -127,9 +136,13 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def disconnect_waiter(receive: Receive) -> Callable[[], Coroutine[Any, Any, None]]:
-    """What makes an awaitable that completes once the ASGI client has gone away (made only when
-    a watch starts: a task per request costs more than a small model's row)."""
+Disconnected = Callable[[], Coroutine[Any, Any, None]]
+"""What makes an awaitable that completes once the request's client has gone away (made only
+when a watch starts: a task per request costs more than a small model's row)."""
+
+
+def disconnect_waiter(receive: Receive) -> Disconnected:
+    """``Disconnected`` for an ASGI request."""
     async def wait() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass

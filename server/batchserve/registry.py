@@ -109,15 +109,6 @@ class ModelRegistry:
         current = self._models.get(model.config.name)
         return current if current is not None and current is not model and current.ready else None
 
-    def admit(self, model: ServedModel, count: int, deadline_s: float | None = None) -> ServedModel:
-        """``check_admission`` of ``count`` rows, on the version that serves ``model``'s name
-        now: one that a reload is retiring hands its requests to its successor (as the
-        pipeline retries after preprocessing) rather than refusing them with a 503."""
-        while model.batcher.closing and (successor := self.current(model)) is not None:
-            model = successor
-        model.batcher.check_admission(count, deadline_s)
-        return model
-
     def configure(self, name: str, changes: dict[str, Any]) -> ServedModel:
         """Change a running model's batcher settings (PATCH); they outlive reloads of ``name``
         (over the repository file's values) until the process restarts."""

@@ -20,7 +20,6 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp
 
-from batchserve.protocol import InferenceProtocol
 from batchserve.state import AppState
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def make_server(app: ASGIApp, port: int, state: AppState, *, lifespan: Literal["
     settings = state.settings
     config = uvicorn.Config(
         app, host=settings.host, port=port, uds=uds, log_level=settings.log_level,
-        lifespan=lifespan, access_log=False, loop="uvloop", http=InferenceProtocol,
+        lifespan=lifespan, access_log=False, loop="uvloop", http="httptools",
         limit_concurrency=settings.limit_concurrency, backlog=LISTEN_BACKLOG,
         proxy_headers=False)  # no client address is used: no X-Forwarded-For to parse per request
     return DrainingServer(config, state, sock)

@@ -1,6 +1,6 @@
-"""The HTTP protocol's own path for inference requests (``batchserve/protocol.py``), on a real
-uvicorn in this process (a thread), fed by raw sockets: which requests it serves without the
-ASGI app, and that each case uvicorn handles for an ASGI request holds for those too."""
+"""Inference requests over HTTP/1.1 on a real server in this process (a thread), fed by raw
+sockets: keep-alive, pipelining, connection close, the concurrency limit, disconnects, errors,
+reloads, and each request's stages timed (``batchserve/lifecycle.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import pytest
 import uvloop
 from batchserve.app import create_app
 from batchserve.config import load_models
-from batchserve.pipeline import OFFLOAD_OUTPUTS, Pipeline
+from batchserve.lifecycle import STAGES, Call
+from batchserve.pipeline import OFFLOAD_OUTPUTS
 from batchserve.serving import listening_socket, make_server
 from batchserve.settings import ServerSettings
 from pydantic import SecretStr
@@ -29,18 +30,10 @@ from tests.support import write_models
 
 
 class Served:
-    """A server on a free port, and the paths of the requests that reached the ASGI pipeline."""
+    """A server on a free port."""
 
-    def __init__(self, port: int, pipeline: Pipeline) -> None:
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.over_asgi: list[str] = []
-        serve = pipeline.serve
-
-        async def counted(adapter: Any, scope: Any, receive: Any, name: str | None) -> Any:
-            self.over_asgi.append(scope["path"])
-            return await serve(adapter, scope, receive, name)
-
-        pipeline.serve = counted  # type: ignore[method-assign]
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[tuple[socket.socket, BinaryIO]]:
@@ -61,7 +54,7 @@ def serving(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> It
     app = create_app(ServerSettings(config=config, **settings), load_models(config))
     sock = listening_socket("127.0.0.1", 0, reuse_port=False)
     port = sock.getsockname()[1]
-    served = Served(port, app.fast_path.pipeline)  # type: ignore[attr-defined]
+    served = Served(port)
     server = make_server(app, port, app.state.batchserve, lifespan="on", sock=sock)
 
     def run() -> None:
@@ -105,7 +98,7 @@ def echo(name: str = "echo", **options: Any) -> dict[str, Any]:
     return {"name": name, "backend": "echo", "path": "x", "max_batch_size": 8, "options": options}
 
 
-def test_a_small_inference_post_is_answered_without_the_asgi_app(tmp_path: Path) -> None:
+def test_inference_posts_are_answered_on_a_kept_alive_connection(tmp_path: Path) -> None:
     with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/echo", {"inputs": [1, 2]}))
         status, headers, body = read_response(stream)
@@ -119,11 +112,10 @@ def test_a_small_inference_post_is_answered_without_the_asgi_app(tmp_path: Path)
             {"name": "input", "shape": [1], "datatype": "FP64", "data": [5.0]}]}))
         status, _, v2 = read_response(stream)
         assert status == 200 and [float(x) for x in v2["outputs"][0]["data"]] == [10.0]
-        assert served.over_asgi == []
         assert served.metric('batchserve_requests_total{code="200",model="echo"}') == 3
 
 
-def test_a_body_that_arrives_after_its_headers_is_served_the_asgi_way(tmp_path: Path) -> None:
+def test_a_body_that_arrives_after_its_headers_is_served(tmp_path: Path) -> None:
     with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         request = post("/predict/echo", {"inputs": [1, 2, 3]})
         head, body = request[:-5], request[-5:]
@@ -131,7 +123,6 @@ def test_a_body_that_arrives_after_its_headers_is_served_the_asgi_way(tmp_path: 
         time.sleep(0.2)  # the headers and the body's start are parsed, in a read of their own
         sock.sendall(body)
         assert read_response(stream)[2] == {"model": "echo", "outputs": [2.0, 4.0, 6.0]}
-        assert served.over_asgi == ["/predict/echo"]
 
 
 def test_pipelined_requests_are_answered_in_the_order_they_came(tmp_path: Path) -> None:
@@ -146,7 +137,6 @@ def test_pipelined_requests_are_answered_in_the_order_they_came(tmp_path: Path) 
         release.touch()
         assert read_response(stream)[2] == {"model": "slow", "outputs": [2.0]}
         assert read_response(stream)[2] == {"model": "fast", "outputs": [6.0]}
-        assert served.over_asgi == ["/predict/fast"]  # queued behind the first, uvicorn's way
 
 
 @pytest.mark.parametrize(("headers", "version"), [("Connection: close\r\n", "1.1"), ("", "1.0")])
@@ -157,7 +147,6 @@ def test_a_connection_the_client_ends_is_closed_after_the_answer(tmp_path: Path,
         status, answered, _ = read_response(stream)
         assert status == 200 and answered["connection"] == "close"
         assert stream.read() == b""  # closed by the server
-        assert served.over_asgi == []
 
 
 def test_a_client_that_goes_away_has_its_queued_rows_abandoned(tmp_path: Path) -> None:
@@ -177,10 +166,9 @@ def test_a_client_that_goes_away_has_its_queued_rows_abandoned(tmp_path: Path) -
         assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
         assert served.metric('batchserve_requests_total{code="499",model="echo"}') == 1
         assert record.read_text().split() == ["1.0"]  # the abandoned row never ran
-        assert served.over_asgi == []
 
 
-def test_what_the_protocol_declines_is_served_the_asgi_way(tmp_path: Path) -> None:
+def test_heavy_large_and_body_named_requests_are_served(tmp_path: Path) -> None:
     models = [echo(), {"name": "decode", "backend": "slow-decode", "path": "x", "max_batch_size": 8}]
     with serving(tmp_path, models) as served, served.connect() as (sock, stream):
         many = list(range(OFFLOAD_OUTPUTS + 1))  # encoded on a worker thread
@@ -194,10 +182,9 @@ def test_what_the_protocol_declines_is_served_the_asgi_way(tmp_path: Path) -> No
         assert stream.readline().startswith(b"HTTP/1.1 100")
         stream.readline()
         assert read_response(stream)[2] == {"model": "echo", "outputs": [12.0]}
-        assert served.over_asgi == ["/predict/echo", "/predict/decode", "/predict", "/predict/echo"]
 
 
-def test_errors_are_answered_and_counted_as_over_asgi(tmp_path: Path) -> None:
+def test_errors_are_answered_and_counted(tmp_path: Path) -> None:
     with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/nope", {"inputs": [1]}))
         status, _, body = read_response(stream)
@@ -212,19 +199,18 @@ def test_errors_are_answered_and_counted_as_over_asgi(tmp_path: Path) -> None:
         assert status == 400 and "item 0" in body["error"]["message"]
         sock.sendall(post("/predict/echo", {"inputs": [1]}, headers="X-Request-Timeout-Ms: 0\r\n"))
         assert read_response(stream)[0] == 422
-        assert served.over_asgi == []
         # the header is refused before the model is looked up, so it counts for no model
         assert served.metric('batchserve_requests_total{code="422",model="echo"}') == 1
         assert served.metric('batchserve_requests_total{code="400",model="echo"}') == 1
 
 
-def test_the_concurrency_limit_is_uvicorns_503(tmp_path: Path) -> None:
+def test_the_concurrency_limit_is_a_503(tmp_path: Path) -> None:
     with serving(tmp_path, [echo()], limit_concurrency=2) as served, \
             served.connect() as (sock, stream), served.connect():
         time.sleep(0.1)  # both connections accepted: the limit is reached
         sock.sendall(post("/predict/echo", {"inputs": [1]}))
         status, _, body = read_response(stream)
-        assert (status, body) == (503, b"Service Unavailable") and served.over_asgi == []
+        assert (status, body) == (503, b"Service Unavailable")
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Path) -> None:
@@ -239,9 +225,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Pat
 def test_a_request_served_here_leaves_no_reference_cycle(tmp_path: Path) -> None:
     # A cycle per request would be freed only by the collector, whose passes then land inside
     # batches run on the event loop (held for milliseconds: on_loop_when_cheap's strikes).
-    from batchserve import pipeline, protocol
-
-    kinds = (protocol._Direct, pipeline.Pending, pipeline.Exchange)
+    kinds = (Call,)
     with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector frees is kept in gc.garbage
@@ -254,7 +238,7 @@ def test_a_request_served_here_leaves_no_reference_cycle(tmp_path: Path) -> None
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
-        assert cyclic == [] and served.over_asgi == []
+        assert cyclic == []
 
 
 def test_a_request_queued_when_its_model_is_reloaded_is_served_by_the_new_version(
@@ -278,4 +262,22 @@ def test_a_request_queued_when_its_model_is_reloaded_is_served_by_the_new_versio
         # row 1, stopped while it ran past the grace, moved too (and ran again there)
         assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
         release.touch()  # the old version's thread
-        assert served.over_asgi == []
+
+
+def test_every_stage_of_a_successful_request_is_timed(tmp_path: Path) -> None:
+    slow = {"name": "decode", "backend": "slow-decode", "path": "x", "max_batch_size": 8}
+    with serving(tmp_path, [echo(), slow]) as served, served.connect() as (sock, stream):
+        for _ in range(3):
+            sock.sendall(post("/predict/echo", {"inputs": [1, 2]}))
+            assert read_response(stream)[0] == 200
+        sock.sendall(post("/predict/decode", {"inputs": [4]}))  # preprocessed on a thread
+        assert read_response(stream)[0] == 200
+        sock.sendall(post("/predict/echo", {"inputs": ["a"]}))  # a 400 is not a success
+        assert read_response(stream)[0] == 400
+        for model, count in (("echo", 3), ("decode", 1)):
+            for stage in STAGES:
+                series = f'batchserve_stage_duration_seconds_count{{model="{model}",stage="{stage}"}}'
+                assert served.metric(series) == count, series
+        preprocessing = served.metric(
+            'batchserve_stage_duration_seconds_sum{model="decode",stage="compute_input"}')
+        assert preprocessing > 0  # the slow decoder's time is in compute_input

@@ -1,6 +1,6 @@
 """Cheap batches on the event loop (``Backend.predict_on_loop_when_cheap``): only for a backend
 that allows it, one instance, once measured cheap; a batch that held the loop past
-``INLINE_LIMIT_S`` sends the next ones to the thread for a while, and ``INLINE_STRIKES`` of them
+``INLINE_LIMIT_S`` sends the next ones to the thread for a while, longer after each strike in a row
 for good; and the loop's other work runs between such batches."""
 
 from __future__ import annotations
@@ -91,18 +91,18 @@ def test_a_batch_that_held_the_loop_too_long_sends_the_next_ones_to_the_thread()
     assert placed == [False] * after + [True, True] + [False] * 3
 
 
-def test_after_a_pause_the_loop_is_tried_again_and_strikes_end_it_for_good(
+def test_after_each_pause_the_loop_is_tried_again_even_after_many_strikes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load, "INLINE_PAUSE_BATCHES", 2)
+    monkeypatch.setattr(load, "INLINE_MAX_PAUSE_BATCHES", 4)
     after = load.INLINE_AFTER_BATCHES
-    # 1st strike: 2 batches on the thread; 2nd: 4; 3rd (INLINE_STRIKES): never on the loop again.
+    # 1st strike: 2 batches on the thread; 2nd: 4; 3rd: 4 (the longest pause), then the loop again
     first = after + 1
     second = first + 2 + 1
     third = second + 4 + 1
     placed = _placements({first, second, third}, third + 6)
-    assert load.INLINE_STRIKES == 3
     assert placed == ([False] * after + [True] + [False] * 2 + [True] + [False] * 4 + [True]
-                      + [False] * 6)
+                      + [False] * 4 + [True] * 2)
 
 
 def test_the_loop_runs_other_work_between_batches_it_runs() -> None:

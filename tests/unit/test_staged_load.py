@@ -37,11 +37,11 @@ def test_a_staged_version_is_loaded_but_the_old_one_serves_until_commit(tmp_path
         new = await registry.stage(config.model_copy(update={"options": {"delay_ms": 1}}))
         assert new.ready and echo.LOADED["staged"] == 2  # loaded and warm, beside the old one
         assert registry.get("staged") is old and old.ready and not old.batcher.closing
-        assert registry.admit(old, 1) is old
+        assert registry.current(old) is None
         await registry.commit(new, 5)
         assert registry.get("staged") is new and new.config.options == {"delay_ms": 1}
         assert old.state == "unloaded" and echo.LOADED["staged"] == 1
-        assert registry.admit(old, 1) is new
+        assert registry.current(old) is new
         assert _ready_gauge(registry, "staged") == 1  # bound to the installed version
         await registry.close(1)
 

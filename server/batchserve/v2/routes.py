@@ -10,12 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import Scope
 
 import batchserve
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
-from batchserve.pipeline import Adapter, Decoded, Pipeline
+from batchserve.lifecycle import Adapter, Call, Decoded
+from batchserve.pipeline import Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
 from batchserve.v2.codec import codec_for
@@ -60,10 +60,9 @@ class V2Adapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return size <= V2_OFFLOAD_BYTES
 
-    def decode(self, body: bytes, headers: RequestHeaders, scope: Scope,
-               model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
         assert model is not None  # the path names the model
-        request = parse_infer(body, headers.header_length, max_items=self.max_items)
+        request = parse_infer(body, call.headers.header_length, max_items=self.max_items)
         return Decoded(codec_for(model.backend).items(model.backend, request.inputs), request.parameters,
                        context=request)
 
