@@ -65,6 +65,10 @@ def test_closed_loop_counts_every_request_and_reads_the_batch_size(
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     # Rows per batch from /metrics: between 1 and the model's max_batch_size.
     assert 1 <= result["mean_batch_size"] <= 8
+    stages = result["stages_ms"]  # where the time went, server side
+    assert list(stages) == ["body", "decode", "compute_input", "queue", "compute_infer", "compute_output"]
+    assert all(value >= 0 for value in stages.values()) and stages["compute_infer"] > 0
+    assert "Where a successful request's time went" in report["markdown"]
     assert "closed loop, 8 concurrent clients" in report["markdown"]
     assert "| 200 | 300 |" in report["markdown"]
     assert "| throughput (req/s) |" in capsys.readouterr().out

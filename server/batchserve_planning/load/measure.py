@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from batchserve_planning.load.generator import run_load
 from batchserve_planning.load.progress import Bars
-from batchserve_planning.load.scrape import batch_counters, mean_batch
+from batchserve_planning.load.scrape import Counters, mean_batch, server_counters, stage_means_ms
 
 if TYPE_CHECKING:
     from batchserve_planning.load.results import Summary
@@ -19,10 +19,11 @@ def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *,
             cpus: set[int] | None = None, progress: bool = True, bars: Bars | None = None,
             label: str | None = None) -> Summary:
     """Run ``spec`` with a progress bar (on ``bars`` if given) and return its ``Summary``,
-    with the mean batch size read from ``/metrics`` over the window."""
+    with the mean batch size and where a request's time went (server side), read from
+    ``/metrics`` over the window."""
     from batchserve_planning.load.results import summarize  # numpy: only when a run is summarized
 
-    before: list[tuple[float, float]] = []
+    before: list[Counters] = []
     with contextlib.ExitStack() as stack:
         if bars is None:
             bars = stack.enter_context(Bars(progress))
@@ -31,6 +32,8 @@ def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *,
         stack.callback(bars.remove, task)
         run = run_load(spec, processes=processes, cpus=cpus,
                        on_progress=bars.load_callback(task, spec.duration_s, spec.count),
-                       on_measure_start=lambda: before.append(batch_counters(base_url, model)))
-    after = batch_counters(base_url, model)
-    return summarize(run, rows_per_request).with_batch(mean_batch(before[0] if before else None, after))
+                       on_measure_start=lambda: before.append(server_counters(base_url, model)))
+    after = server_counters(base_url, model)
+    first = before[0] if before else None
+    return summarize(run, rows_per_request).with_server(mean_batch(first, after),
+                                                        stage_means_ms(first, after))

@@ -39,12 +39,15 @@ class Summary:
     """Open loop: most arrivals waiting for a free connection at once."""
     mean_batch_size: float | None = None
     """From the server's ``/metrics`` over the window, when the caller read them."""
+    stages_ms: dict[str, float] | None = None
+    """Mean milliseconds a successful request spent in each of the server's stages over the window
+    (``batchserve_stage_duration_seconds``), when the caller read them."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_batch(self, mean_batch_size: float | None) -> Summary:
-        return Summary(**{**asdict(self), "mean_batch_size": mean_batch_size})
+    def with_server(self, mean_batch_size: float | None, stages_ms: dict[str, float] | None) -> Summary:
+        return Summary(**{**asdict(self), "mean_batch_size": mean_batch_size, "stages_ms": stages_ms})
 
 
 def summarize(run: Run, rows_per_request: int = 1) -> Summary:
@@ -122,4 +125,10 @@ def markdown_table(summary: Summary) -> str:
         "|---|---|",
         *(f"| {status} | {count:,} |" for status, count in summary.status_counts.items()),
     ]
+    if summary.stages_ms:
+        stages = summary.stages_ms
+        lines += ["", "Where a successful request's time went, server side (mean over the window, from "
+                  "`batchserve_stage_duration_seconds`):", "",
+                  "| " + " | ".join(stages) + " |", "|" + "---|" * len(stages),
+                  "| " + " | ".join(format_ms(value) for value in stages.values()) + " |"]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -53,28 +54,64 @@ def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] | None = No
     raise ServerError(f"{url} did not answer 200 within {timeout_s:g} s")
 
 
-def batch_counters(base_url: str, model: str) -> tuple[float, float]:
-    """``batchserve_batch_size`` sum and count for ``model``: rows and batches so far."""
+STAGES = ("body", "decode", "compute_input", "queue", "compute_infer", "compute_output")
+"""The server's request stages (``batchserve_stage_duration_seconds{stage}``), in order; named here
+as on the wire, since this package's load half imports nothing from the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """What ``/metrics`` says of one model so far: rows and batches run, and for each stage the
+    seconds successful requests spent in it and how many they were."""
+
+    rows: float = 0.0
+    batches: float = 0.0
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def server_counters(base_url: str, model: str) -> Counters:
+    """``batchserve_batch_size`` and ``batchserve_stage_duration_seconds`` for ``model``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     _, body = get(f"{base_url}/metrics")
     rows = batches = 0.0
+    stages: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(body.decode()):
-        if family.name != "batchserve_batch_size":
+        if family.name not in ("batchserve_batch_size", "batchserve_stage_duration_seconds"):
             continue
         for sample in family.samples:
             if sample.labels.get("model") != model:
                 continue
-            if sample.name.endswith("_sum"):
-                rows = sample.value
-            elif sample.name.endswith("_count"):
-                batches = sample.value
-    return rows, batches
+            if family.name == "batchserve_batch_size":
+                if sample.name.endswith("_sum"):
+                    rows = sample.value
+                elif sample.name.endswith("_count"):
+                    batches = sample.value
+            elif sample.name.endswith(("_sum", "_count")):
+                pair = stages.setdefault(sample.labels.get("stage", ""), [0.0, 0.0])
+                pair[0 if sample.name.endswith("_sum") else 1] = sample.value
+    return Counters(rows, batches, {stage: (pair[0], pair[1]) for stage, pair in stages.items()})
 
 
-def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
-    """Rows per batch between two readings of ``batch_counters``."""
+def mean_batch(before: Counters | None, after: Counters | None) -> float | None:
+    """Rows per batch between two readings of ``server_counters``."""
     if before is None or after is None:
         return None
-    batches = after[1] - before[1]
-    return (after[0] - before[0]) / batches if batches > 0 else None
+    batches = after.batches - before.batches
+    return (after.rows - before.rows) / batches if batches > 0 else None
+
+
+def stage_means_ms(before: Counters | None, after: Counters | None) -> dict[str, float] | None:
+    """Mean milliseconds a successful request spent in each stage between two readings of
+    ``server_counters``; ``None`` when no request succeeded between them (or the server is one
+    that does not time its stages)."""
+    if before is None or after is None:
+        return None
+    means = {}
+    for stage in STAGES:
+        seconds, count = after.stages.get(stage, (0.0, 0.0))
+        seconds_then, count_then = before.stages.get(stage, (0.0, 0.0))
+        if count - count_then <= 0:
+            return None
+        means[stage] = 1000 * (seconds - seconds_then) / (count - count_then)
+    return means
