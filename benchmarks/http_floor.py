@@ -4,8 +4,10 @@ The server under test is pinned to one core and wrk to the other; each POST
 carries one 10-feature row. Two floors parse the same JSON and return a constant:
 a bare FastAPI endpoint (benchmarks/floor_app.py, "floor") and a raw ASGI app with
 no framework on the same uvicorn (benchmarks/raw_floor_app.py, "raw"), the most
-any Python server on uvicorn can do. Servers are measured in alternation, ROUNDS
-times, so drift on a shared machine hits them all.
+any Python server on uvicorn can do. A third, "lean" (benchmarks/lean_floor_app.py),
+runs the same model batched on granian's RSGI interface with no features: what a
+batched server without uvicorn or ASGI does. Servers are measured in alternation,
+ROUNDS times, so drift on a shared machine hits them all.
 
 Usage: .venv/bin/python benchmarks/http_floor.py   (needs wrk: apt-get install wrk)
 Prints a markdown table and writes benchmarks/results/http_floor-<time>.json. A run in which
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import psutil
 from batchserve_planning.serverproc import ManagedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +54,19 @@ def _models_toml(directory: Path) -> Path:
     return path
 
 
-KINDS = ("raw", "floor", "batchserve")
+KINDS = ("raw", "floor", "lean", "batchserve")
 _FLOOR_APPS = {"floor": ("benchmarks.floor_app:app", "/docs"), "raw": ("benchmarks.raw_floor_app:app", "/")}
+FLOORS = (("floor", "", "FastAPI"), ("raw", "_raw", "raw"), ("lean", "_lean", "lean"))
 
 
 def _running(kind: str, config: Path) -> contextlib.AbstractContextManager[object]:
     if kind == "batchserve":
         return harness.serve(config, PORT, core=SERVER_CORE)
+    if kind == "lean":  # granian's CLI: a main process and one worker process
+        command = [sys.executable, "-m", "granian", "--interface", "rsgi", "--http", "1", "--port", str(PORT),
+                   "--workers", "1", "--loop", "uvloop", "--no-ws", "--log-level", "warning",
+                   "benchmarks.lean_floor_app:app"]
+        return harness.process(command, f"http://127.0.0.1:{PORT}/", core=SERVER_CORE)
     target, probe = _FLOOR_APPS[kind]
     command = [sys.executable, "-m", "uvicorn", target, "--port", str(PORT),
                "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
@@ -69,11 +78,12 @@ def measure_server(kind: str, config: Path) -> dict[int, dict[str, float]]:
     results = {}
     with _running(kind, config) as server:
         pid = server.process.pid if isinstance(server, ManagedServer) else server.pid  # type: ignore[attr-defined]
+        pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
         for connections in CONNECTIONS:
             result = harness.measured_wrk(
                 f"{url}/predict", warmup_s=WARMUP_S, duration_s=DURATION_S, connections=connections,
                 script="post.lua", model="diabetes" if kind == "batchserve" else None, core=LOAD_CORE,
-                pids=[pid])
+                pids=pids)
             harness.check_clean(result, f"{kind}, {connections} connections")  # else RPS counts errors
             results[connections] = result
     return results
@@ -102,20 +112,18 @@ def main() -> None:
     print(f"\n{summary['date']}, commit {commit}, {summary['machine']}; "
           f"server on core {SERVER_CORE}, wrk on core {LOAD_CORE}, {ROUNDS} rounds of {DURATION_S} s\n")
     print("| connections | server | RPS | p50 ms | p99 ms | mean batch | CPU µs / request | "
-          "RPS / FastAPI floor | RPS / raw floor |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "RPS / FastAPI floor | RPS / raw floor | RPS / lean floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for connections in CONNECTIONS:
         for round_index in range(ROUNDS):
-            floor = runs["floor"][round_index][connections]
-            raw = runs["raw"][round_index][connections]
             for kind in KINDS:
                 result = runs[kind][round_index][connections]
                 batch = f"{result['mean_batch']:.1f}" if "mean_batch" in result else "—"
+                ratios = " | ".join(f"{result['rps'] / runs[floor_kind][round_index][connections]['rps']:.2f}"
+                                    for floor_kind, _, _ in FLOORS)
                 print(f"| {connections} | {kind} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | "
-                      f"{result['p99_ms']:.2f} | {batch} | {result['cpu_us_per_request']:.1f} | "
-                      f"{result['rps'] / floor['rps']:.2f} | "
-                      f"{result['rps'] / raw['rps']:.2f} |")
-        for floor_kind, suffix, label in (("floor", "", "FastAPI"), ("raw", "_raw", "raw")):
+                      f"{result['p99_ms']:.2f} | {batch} | {result['cpu_us_per_request']:.1f} | {ratios} |")
+        for floor_kind, suffix, label in FLOORS:
             ratio = statistics.mean(
                 runs["batchserve"][r][connections]["rps"] / runs[floor_kind][r][connections]["rps"]
                 for r in range(ROUNDS))
