@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from starlette.types import Receive
 
@@ -117,22 +118,23 @@ def check_read_deadline(deadline_s: float) -> None:
         raise RequestTimeout("the request's deadline passed before its body was read", headers=_CLOSE)
 
 
-async def read_body(receive: Receive, declared: bytes | None, *, limit: int, deadline_s: float,
-                    budget: BodyBudget) -> bytes:
-    """The whole body, read by ``deadline_s`` (a ``time.monotonic()`` instant).
+async def read_body(chunks: AsyncIterator[bytes], declared: bytes | None, *, limit: int,
+                    deadline_s: float, budget: BodyBudget) -> bytes:
+    """The whole body, read from ``chunks`` (the HTTP server's: ``asgi_chunks``) by
+    ``deadline_s`` (a ``time.monotonic()`` instant).
 
     Raises 413 (over ``limit``, from the Content-Length or while reading chunks, never reading
     past it), 422 (a malformed Content-Length), 503 (the budget is spent; nothing read), 408
-    (not complete by the deadline), 499 (the client went away). The reservation is released
-    when this returns or raises: the caller owns the bytes it got.
+    (not complete by the deadline), 499 (the client went away: ``chunks`` raises it). The
+    reservation is released when this returns or raises: the caller owns the bytes it got.
     """
     length = declared_length(declared, limit)
     reserved = length if length is not None else min(CHUNKED_STEP_BYTES, limit)
     budget.reserve(reserved)
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
     task = asyncio.current_task()
-    assert task is not None  # an ASGI app runs in a task
+    assert task is not None  # a request is served in a task
     try:
         check_read_deadline(deadline_s)
     except RequestTimeout:
@@ -141,11 +143,7 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
     budget.deadlines.enter(task, deadline_s)
     expired = False
     try:
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnected("client disconnected while sending the body")
-            chunk: bytes = message.get("body", b"")
+        async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"body exceeds the limit of {limit} bytes "
@@ -154,12 +152,8 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
                 grow = min(max(size - reserved, CHUNKED_STEP_BYTES), limit - reserved)
                 budget.reserve(grow)
                 reserved += grow
-            if not message.get("more_body", False):
-                if not chunks:
-                    return chunk
-                chunks.append(chunk)
-                return b"".join(chunks)
-            chunks.append(chunk)
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
     except asyncio.CancelledError:
         expired = budget.deadlines.leave(task)
         if not expired:
@@ -171,3 +165,14 @@ async def read_body(receive: Receive, declared: bytes | None, *, limit: int, dea
         if not expired:
             budget.deadlines.leave(task)
         budget.release(reserved)
+
+
+async def asgi_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """An ASGI request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected("client disconnected while sending the body")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return

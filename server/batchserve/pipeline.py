@@ -26,13 +26,14 @@ and outputs into their wire format: ``/predict`` (``batchserve/predict.py``), v2
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from batchserve.bodies import read_body
+from batchserve.bodies import asgi_chunks, read_body
 from batchserve.errors import InvalidInput, ModelNotReady, ShuttingDown, TooManyItems
 from batchserve.headers import RequestHeaders, requested_timeout_ms
 from batchserve.lifecycle import Adapter, Call, Decoded, timeout_ms
@@ -61,9 +62,16 @@ class Pipeline:
         """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any."""
         call = Call(adapter, name, RequestHeaders(scope["headers"]), method=scope["method"],
                     path=scope["path"], query=scope.get("query_string", b""))
+        return await self.run(call, asgi_chunks(receive), disconnect_waiter(receive))
+
+    async def run(self, call: Call, chunks: AsyncIterator[bytes], disconnected: Disconnected) -> Response:
+        """Answer ``call``, whose body comes in ``chunks`` (raising ``ClientDisconnected`` when
+        the client goes away); ``disconnected`` makes an awaitable that completes once it has.
+        What an HTTP server's adapter hands over: any server's request is served here."""
+        adapter = call.adapter
         try:
             read_by_s = self._admit(call)
-            body = await read_body(receive, call.headers.content_length,
+            body = await read_body(chunks, call.headers.content_length,
                                    limit=self.state.settings.max_body_bytes, deadline_s=read_by_s,
                                    budget=self.state.bodies)
             call.body_s = time.monotonic()
@@ -74,8 +82,7 @@ class Pipeline:
             call.decoded_s = time.monotonic()
             self._named(call, decoded)
             self.check_items(decoded.items)
-            model, outputs = await self._run(call, decoded, disconnect_waiter(receive),
-                                             large=len(body) > OFFLOAD_BYTES)
+            model, outputs = await self._run(call, decoded, disconnected, large=len(body) > OFFLOAD_BYTES)
             if len(outputs) > OFFLOAD_OUTPUTS:  # encoding grows with the outputs: off the loop
                 response = await run_in_threadpool(adapter.encode, model, decoded, outputs)
             else:
