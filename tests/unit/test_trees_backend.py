@@ -216,7 +216,7 @@ def test_tree_backends_share_the_base_and_the_v2_codec() -> None:
         cls = backend_class(name)
         assert issubclass(cls, TreeBackend) and not cls.loads_pickles
         instance = cls(ModelConfig(name="m", backend=name, path=Path("unused")))
-        assert isinstance(codec.codec_for(instance), codec.TreesCodec)
+        assert isinstance(codec.codec_for(instance), codec.FeatureRowsCodec)
 
 
 @pytest.mark.parametrize(("options", "problem"), [

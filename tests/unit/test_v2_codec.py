@@ -36,7 +36,7 @@ def config(backend: str) -> ModelConfig:
 
 
 def test_a_codec_is_found_along_the_backend_class_hierarchy() -> None:
-    assert isinstance(codecs.codec_for(Scaled(config("sklearn"))), codecs.SklearnCodec)
+    assert isinstance(codecs.codec_for(Scaled(config("sklearn"))), codecs.FeatureRowsCodec)
     echo = backend_class("echo")(config("echo"))  # the test plugin, through its entry point
     generic = codecs.codec_for(echo)
     assert type(generic) is codecs.Codec

@@ -1,7 +1,8 @@
 """Backends by short name; third-party ones register in the ``batchserve.backends`` group.
 
 A plugin writes ``from batchserve.backends import Backend, LoadError`` (the contract is
-in ``base``; the planner's optional capabilities in ``capabilities``).
+in ``base``; the planner's optional capabilities in ``capabilities``; the kinds of model the
+protocol adapters serve, v2's tensors and ``/v1/embeddings``, in ``kinds``).
 
 Resolving a name imports only the backend's module, never its framework:
 torch and friends are imported inside ``load``.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from pydantic import Field
 
 from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.kinds import Embedding
 from batchserve.backends.text import (
     TextModelParts,
     TextOptions,
@@ -68,17 +69,6 @@ class EmbeddingOptions(TextOptions):
     dimensions: list[int] = Field(default_factory=list)
     """Shorter sizes a request may ask for (``dimensions``), for models trained to be cut
     (Matryoshka); the full size is always allowed."""
-
-
-class Embedding(list[float]):
-    """One item's vector: serialised as a plain JSON array; ``tokens`` is how many tokens the item
-    took (special tokens included, after truncation), for usage counts."""
-
-    __slots__ = ("tokens",)
-
-    def __init__(self, values: list[float], tokens: int) -> None:
-        super().__init__(values)
-        self.tokens = tokens
 
 
 class Passage(NamedTuple):
@@ -155,6 +145,9 @@ class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
         """Values per vector at full size (0 until loaded)."""
         size: int = getattr(self, "_size", 0)
         return size
+
+    def vector_size(self) -> int:  # its kind: backends/kinds.py's SentenceEmbedder
+        return self.size
 
     @property
     def max_length(self) -> int:

@@ -94,7 +94,7 @@ class LightGBMBackend(TreeBackend):
             depth, count = tree_shape(tree["tree_structure"], _children)
             deepest, leaves = max(deepest, depth), leaves + count
         return TreeSummary(f"lightgbm {lightgbm.__version__}", self.objective, len(trees), deepest,
-                           leaves, self.n_features)
+                           leaves, self.feature_count())
 
     def unload(self) -> None:
         self._boosters = queue.SimpleQueue()

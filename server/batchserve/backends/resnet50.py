@@ -291,6 +291,10 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
             "parameters": {"top_k": "integer, 1 to 1000"},
         }
 
+    def default_top_k(self) -> int:  # its kind: backends/kinds.py's ImageClassifier
+        top_k: int = self.options.top_k
+        return top_k
+
     # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
 
     def sample_items(self) -> Samples:

@@ -146,15 +146,17 @@ class SklearnBackend(Backend[list[float], Prediction]):
                     result[index] = _NOT_FINITE
         return result
 
-    @property
-    def n_features(self) -> int:
-        """Features per row (0 until loaded)."""
+    # -- its kind, for the protocol adapters (backends/kinds.py: FeatureRows) ---------------------
+
+    def feature_count(self) -> int:
         return self._n_features
 
-    @property
-    def classes(self) -> list[Any] | None:
+    def class_labels(self) -> list[Any] | None:
         """The classifier's classes when ``options.output`` is ``proba``, else ``None``."""
         return self._classes
+
+    def outputs_per_row(self) -> int:
+        return 1  # not known before predicting: not every multi-output estimator says
 
     def describe(self) -> dict[str, Any]:
         item: dict[str, Any] = {"type": "array of numbers", "length": self._n_features or None}

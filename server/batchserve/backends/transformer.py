@@ -110,8 +110,7 @@ class TransformerBackend(TextModelParts, Backend[str, Scores]):
         return {"label": self._labels[best],
                 "scores": dict(zip(self._labels, scores, strict=True))}
 
-    @property
-    def labels(self) -> list[str]:
+    def text_labels(self) -> list[str]:  # its kind: backends/kinds.py's TextClassifier
         """Label names by class index (empty until loaded)."""
         labels: list[str] = getattr(self, "_labels", [])
         return labels

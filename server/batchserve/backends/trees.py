@@ -243,20 +243,18 @@ class TreeBackend(Backend[list[float], TreeOutput]):
                 result[index] = _NOT_FINITE
         return result
 
-    @property
-    def n_features(self) -> int:
-        """Features per row (0 until loaded)."""
+    # -- its kind, for the protocol adapters (backends/kinds.py: FeatureRows) ---------------------
+
+    def feature_count(self) -> int:
         return self._model.n_features
 
-    @property
-    def n_outputs(self) -> int:
-        """Values per row of a non-classifier (1: a number)."""
-        return self._model.n_outputs
-
-    @property
-    def labels(self) -> list[Any] | None:
+    def class_labels(self) -> list[Any] | None:
         """A classifier's labels (class names, or indices), in the order of its scores; else None."""
         return self._labels
+
+    def outputs_per_row(self) -> int:
+        """Values per row of a non-classifier (1: a number)."""
+        return self._model.n_outputs
 
     @property
     def objective(self) -> str:

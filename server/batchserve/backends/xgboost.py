@@ -141,7 +141,7 @@ class XGBoostBackend(TreeBackend):
             depth, count = tree_shape(json.loads(dump), lambda node: node.get("children", []))
             deepest, leaves = max(deepest, depth), leaves + count
         return TreeSummary(f"xgboost {xgboost.__version__}", self.objective, len(dumps), deepest,
-                           leaves, self.n_features)
+                           leaves, self.feature_count())
 
     def unload(self) -> None:
         self._booster = None

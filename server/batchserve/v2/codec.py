@@ -1,8 +1,11 @@
 """Open Inference Protocol (v2) codecs: a backend's items and outputs as v2 tensors.
 
 The tensor codec lives beside the protocol, not in the backends (which know nothing of v2):
-one codec per backend kind, found along the backend class's MRO, so a subclass of a built-in
-backend gets its codec, and any other backend the generic one. ``register`` adds more.
+one codec per kind of model a backend declares (``backends/kinds.py``), asked in a fixed order
+(``FeatureRows``, ``ImageClassifier``, ``TextClassifier``, ``SentenceEmbedder``); any other backend
+gets the generic one. A backend's kind, never its class, picks the codec, so a third-party
+backend that implements a kind's methods gets its tensors. ``register`` adds a codec for a
+plugin's own kind (a runtime-checkable protocol, or a class).
 """
 
 from __future__ import annotations
@@ -13,16 +16,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import orjson
 
-from batchserve.backends.base import Backend
-from batchserve.backends.embedding import EmbeddingBackend
-from batchserve.backends.resnet50 import ResNet50Backend
-from batchserve.backends.sklearn import SklearnBackend
-from batchserve.backends.transformer import TransformerBackend
-from batchserve.backends.trees import TreeBackend
+from batchserve.backends.kinds import FeatureRows, ImageClassifier, SentenceEmbedder, TextClassifier
 from batchserve.errors import InvalidInput
 from batchserve.v2.tensors import Tensor, bytes_tensor, numeric_datatype
 
-B = TypeVar("B", bound=Backend[Any, Any])
+B = TypeVar("B")
 Metadata = dict[str, list[dict[str, Any]]]
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
@@ -53,25 +51,26 @@ class Codec(Generic[B]):
         return [bytes_tensor("output", [orjson.dumps(o) for o in outputs], (len(outputs),))]
 
 
-class SklearnCodec(Codec[SklearnBackend]):
-    """FP64 features in; the prediction (FP64, or BYTES labels) out, or with ``proba`` the
-    label and the class probabilities."""
+class FeatureRowsCodec(Codec[FeatureRows]):
+    """FP64 (or FP32) features in, NaN for a missing value where the model takes one; the
+    prediction out (FP64 ``[-1]``, ``[-1, outputs]`` for several; INT64 or BYTES labels as the
+    model predicts them), or for a classifier the label and the class probabilities."""
 
-    def metadata(self, backend: SklearnBackend) -> Metadata:
-        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, backend.n_features]}]
-        classes = backend.classes
-        if classes is not None:
+    def metadata(self, backend: FeatureRows) -> Metadata:
+        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, backend.feature_count()]}]
+        labels = backend.class_labels()
+        if labels is not None:
             outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(classes)]}]
+                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(labels)]}]
         else:
-            outputs = [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+            n = backend.outputs_per_row()
+            outputs = [{"name": "output", "datatype": "FP64", "shape": [-1] if n == 1 else [-1, n]}]
         return {"inputs": inputs, "outputs": outputs}
 
-    def outputs(self, backend: SklearnBackend, outputs: list[Any]) -> list[Tensor]:
-        if backend.classes is not None:
-            labels = [str(o["label"]) for o in outputs]
+    def outputs(self, backend: FeatureRows, outputs: list[Any]) -> list[Tensor]:
+        if backend.class_labels() is not None:
             probabilities = np.array([list(o["scores"].values()) for o in outputs], dtype=np.float64)
-            return [bytes_tensor("label", labels, (len(outputs),)),
+            return [bytes_tensor("label", [str(o["label"]) for o in outputs], (len(outputs),)),
                     Tensor("probabilities", "FP64", probabilities)]
         array = np.asarray(outputs)
         if array.dtype.kind in "fiub":
@@ -80,47 +79,24 @@ class SklearnCodec(Codec[SklearnBackend]):
         return [bytes_tensor("output", [str(o) for o in outputs], array.shape)]
 
 
-class TreesCodec(Codec[TreeBackend]):
-    """FP64 (or FP32) features in, NaN for a missing value; the prediction out (FP64 ``[-1]``,
-    or ``[-1, outputs]``), or for a classifier the label and the class probabilities."""
-
-    def metadata(self, backend: TreeBackend) -> Metadata:
-        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, backend.n_features]}]
-        labels = backend.labels
-        if labels is not None:
-            outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                       {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(labels)]}]
-        else:
-            shape = [-1] if backend.n_outputs == 1 else [-1, backend.n_outputs]
-            outputs = [{"name": "output", "datatype": "FP64", "shape": shape}]
-        return {"inputs": inputs, "outputs": outputs}
-
-    def outputs(self, backend: TreeBackend, outputs: list[Any]) -> list[Tensor]:
-        if backend.labels is not None:
-            probabilities = np.array([list(o["scores"].values()) for o in outputs], dtype=np.float64)
-            return [bytes_tensor("label", [str(o["label"]) for o in outputs], (len(outputs),)),
-                    Tensor("probabilities", "FP64", probabilities)]
-        return [Tensor("output", "FP64", np.asarray(outputs, dtype=np.float64))]
-
-
-class ResNet50Codec(Codec[ResNet50Backend]):
+class ImageClassifierCodec(Codec[ImageClassifier]):
     """BYTES images in (raw, through the binary extension, or base64 text in JSON); the top-k
     labels, class indices and probabilities out."""
 
-    def metadata(self, backend: ResNet50Backend) -> Metadata:
-        k = backend.options.top_k
+    def metadata(self, backend: ImageClassifier) -> Metadata:
+        k = backend.default_top_k()
         return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
                             {"name": "indices", "datatype": "INT64", "shape": [-1, k]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}]}
 
-    def items(self, backend: ResNet50Backend, inputs: Mapping[str, Tensor]) -> list[Any]:
+    def items(self, backend: ImageClassifier, inputs: Mapping[str, Tensor]) -> list[Any]:
         if set(inputs) != {"image"} or inputs["image"].datatype != "BYTES":
             raise InvalidInput("this model takes one BYTES input tensor named 'image'")
         return [e if e.startswith(_IMAGE_MAGIC) or e[8:12] == b"WEBP" else e.decode("latin-1")
                 for e in inputs["image"].array.reshape(-1).tolist()]
 
-    def outputs(self, backend: ResNet50Backend, outputs: list[Any]) -> list[Tensor]:
+    def outputs(self, backend: ImageClassifier, outputs: list[Any]) -> list[Tensor]:
         shape = (len(outputs), len(outputs[0]))
         return [
             bytes_tensor("labels", [c["label"] for o in outputs for c in o], shape),
@@ -131,55 +107,63 @@ class ResNet50Codec(Codec[ResNet50Backend]):
         ]
 
 
-class TransformerCodec(Codec[TransformerBackend]):
+class TextClassifierCodec(Codec[TextClassifier]):
     """BYTES texts in (the generic items); the label and every label's probability out."""
 
-    def metadata(self, backend: TransformerBackend) -> Metadata:
-        labels = len(backend.labels) or -1
+    def metadata(self, backend: TextClassifier) -> Metadata:
+        labels = len(backend.text_labels()) or -1
         return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]}]}
 
-    def outputs(self, backend: TransformerBackend, outputs: list[Any]) -> list[Tensor]:
-        names = backend.labels
+    def outputs(self, backend: TextClassifier, outputs: list[Any]) -> list[Tensor]:
+        names = backend.text_labels()
         probabilities = np.array([[o["scores"][label] for label in names] for o in outputs],
                                  dtype=np.float32)
         return [bytes_tensor("label", [o["label"] for o in outputs], (len(outputs),)),
                 Tensor("probabilities", "FP32", probabilities)]
 
 
-class EmbeddingCodec(Codec[EmbeddingBackend]):
+class SentenceEmbedderCodec(Codec[SentenceEmbedder]):
     """BYTES texts in (the generic items); each text's vector out, ``embedding`` FP32
     ``[-1, size]`` (``size``: ``parameters.dimensions`` when the request asks for fewer)."""
 
-    def metadata(self, backend: EmbeddingBackend) -> Metadata:
+    def metadata(self, backend: SentenceEmbedder) -> Metadata:
+        size = backend.vector_size() or -1
         return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, backend.size or -1]}]}
+                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, size]}]}
 
-    def outputs(self, backend: EmbeddingBackend, outputs: list[Any]) -> list[Tensor]:
+    def outputs(self, backend: SentenceEmbedder, outputs: list[Any]) -> list[Tensor]:
         return [Tensor("embedding", "FP32", np.array(outputs, dtype=np.float32))]
 
 
 _GENERIC: Codec[Any] = Codec()
-_CODECS: dict[type[Backend[Any, Any]], Codec[Any]] = {
-    SklearnBackend: SklearnCodec(),
-    ResNet50Backend: ResNet50Codec(),
-    TransformerBackend: TransformerCodec(),
-    EmbeddingBackend: EmbeddingCodec(),
-    TreeBackend: TreesCodec(),  # type: ignore[type-abstract]  # the base of xgboost and lightgbm
-}
+_BUILTIN: tuple[tuple[type[Any], Codec[Any]], ...] = (
+    (FeatureRows, FeatureRowsCodec()),
+    (ImageClassifier, ImageClassifierCodec()),
+    (TextClassifier, TextClassifierCodec()),
+    (SentenceEmbedder, SentenceEmbedderCodec()),
+)
+"""Each kind's codec, in the order asked: a backend of several kinds gets the first one's."""
+_CODECS: dict[type[Any], Codec[Any]] = {}
+"""Codecs registered by plugins, by the kind they serve; asked before the built-in ones."""
 
 
-def register(backend: type[B], codec: Codec[B]) -> None:
-    """Serve ``backend`` (and its subclasses) over v2 with ``codec``."""
-    _CODECS[backend] = codec
+def register(kind: type[Any], codec: Codec[Any]) -> None:
+    """Serve every backend of ``kind`` with ``codec``: ``kind`` is a runtime-checkable protocol of
+    methods only (a backend class is of it by having them) or a class (its subclasses too). The
+    codec registered last is asked first, and any registered one before the built-in kinds."""
+    _CODECS.pop(kind, None)
+    _CODECS[kind] = codec
 
 
-def codec_for(backend: Backend[Any, Any]) -> Codec[Any]:
-    """The codec registered for the nearest class in ``backend``'s MRO, else the generic one."""
-    for cls in type(backend).__mro__:
-        codec = _CODECS.get(cls)
-        if codec is not None:
+def codec_for(backend: Any) -> Codec[Any]:
+    """The codec for the kind of ``backend``: a registered one, else the first built-in kind's,
+    else the generic one. Asked of its class (``issubclass``, which caches its answers; 20 us an
+    ``isinstance`` on Python 3.11 for a backend of no kind), never by the class itself."""
+    cls = type(backend)
+    for kind, codec in (*reversed(_CODECS.items()), *_BUILTIN):
+        if issubclass(cls, kind):
             return codec
     return _GENERIC
 
