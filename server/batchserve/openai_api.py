@@ -8,7 +8,8 @@ ids or an array of such arrays (the model's own token ids: they are not OpenAI's
 asks for by default); ``dimensions`` the full size or one the model allows (the embedding
 backend's ``options.dimensions``); ``usage`` counts the tokens the model read, special tokens
 included. Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
-batchserve's status codes; ``code`` is batchserve's error type.
+batchserve's status codes; ``code`` is batchserve's error type. A model is served here when its
+backend is a ``SentenceEmbedder`` (``backends/kinds.py``), whatever its class.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from batchserve.backends.embedding import Embedding, EmbeddingBackend
+from batchserve.backends.kinds import Embedding, SentenceEmbedder
 from batchserve.errors import BatchserveError, InvalidInput, MalformedRequest, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
@@ -72,7 +73,7 @@ class EmbeddingsAdapter(Adapter):
         decoded = parse_embeddings(body)
         assert decoded.model is not None
         backend = self.registry.get(decoded.model).backend  # 404 for an unknown model
-        if not isinstance(backend, EmbeddingBackend):
+        if not issubclass(type(backend), SentenceEmbedder):  # its kind, never its class (backends/kinds.py)
             raise InvalidInput(f"model '{decoded.model}' is not an embedding model (its backend is "
                                f"{backend.config.backend}); /v1/embeddings serves embedding models")
         return decoded
