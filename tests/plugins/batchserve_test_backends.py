@@ -3,7 +3,9 @@
 It is found through the ``batchserve.backends`` entry point declared in the
 dist-info folder beside it (put this folder on ``sys.path`` / ``PYTHONPATH``).
 Rows are numbers; the output is twice the number. ``options`` make it slow,
-or make it fail on chosen inputs or at load.
+or make it fail on chosen inputs or at load. Beside it, two backends of a kind of model
+(``batchserve.backends.kinds``) by their methods alone: ``sign`` (``FeatureRows``) and
+``text-length`` (``SentenceEmbedder``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from batchserve.backends import Backend, LoadError
+from batchserve.backends.kinds import Embedding
 from batchserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict
 
@@ -143,3 +147,72 @@ class SlowDecodeBackend(EchoBackend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "preprocessed": self.preprocessed, "peak": self.peak}
+
+
+class SignClassifier(Backend[list[float], dict[str, Any]]):
+    """A classifier of rows of two numbers, of the ``FeatureRows`` kind (``batchserve.backends.kinds``)
+    by its methods alone, a subclass of no built-in backend: ``yes`` when the sum is positive."""
+
+    input_kind = "rows"
+
+    def load(self, device: str) -> None:
+        pass
+
+    def warmup(self) -> None:
+        self.predict_batch([[0.0, 0.0]])
+
+    def preprocess(self, item: Any, parameters: Any) -> list[float]:
+        if not isinstance(item, list) or len(item) != 2 or any(type(v) not in (int, float) for v in item):
+            raise InvalidInput("expected a list of 2 numbers")
+        return [float(v) for v in item]
+
+    def predict_batch(self, rows: list[list[float]]) -> list[dict[str, Any]]:
+        return [{"label": "yes" if sum(row) > 0 else "no",
+                 "scores": {"no": 0.25, "yes": 0.75} if sum(row) > 0 else {"no": 0.75, "yes": 0.25}}
+                for row in rows]
+
+    def describe(self) -> dict[str, Any]:
+        return {"input": {"type": "array of 2 numbers"}, "output": {"type": "label and scores"}}
+
+    def feature_count(self) -> int:
+        return 2
+
+    def class_labels(self) -> list[Any] | None:
+        return ["no", "yes"]
+
+    def outputs_per_row(self) -> int:
+        return 1
+
+
+class TextLengthEmbedder(Backend[str, Embedding]):
+    """A sentence embedder of the ``SentenceEmbedder`` kind by its method alone, a subclass of no
+    built-in backend: a text's vector is its length in characters, in words, and 1; its tokens
+    are its words."""
+
+    input_kind = "text"
+
+    def load(self, device: str) -> None:
+        pass
+
+    def warmup(self) -> None:
+        self.predict_batch(["warm up"])
+
+    def parse_parameters(self, parameters: Mapping[str, Any]) -> Any:
+        if set(parameters) - {"dimensions"} or parameters.get("dimensions", 3) != 3:
+            raise InvalidInput("this model takes parameters.dimensions = 3 only")
+        return None
+
+    def preprocess(self, item: Any, parameters: Any) -> str:
+        if not isinstance(item, str):
+            raise InvalidInput(f"expected a string, got {type(item).__name__}")
+        return item
+
+    def predict_batch(self, rows: list[str]) -> list[Embedding]:
+        return [Embedding([float(len(row)), float(len(row.split())), 1.0], len(row.split()))
+                for row in rows]
+
+    def describe(self) -> dict[str, Any]:
+        return {"input": {"type": "string"}, "output": {"type": "array of 3 numbers"}}
+
+    def vector_size(self) -> int:
+        return 3
