@@ -159,8 +159,9 @@ def register(kind: type[Any], codec: Codec[Any]) -> None:
 
 def codec_for(backend: Any) -> Codec[Any]:
     """The codec for the kind of ``backend``: a registered one, else the first built-in kind's,
-    else the generic one. Asked of its class (``issubclass``, which caches its answers; 20 us an
-    ``isinstance`` on Python 3.11 for a backend of no kind), never by the class itself."""
+    else the generic one. The kind is asked of the backend's class with ``issubclass``, which
+    caches its answers (a request asks twice; ``isinstance`` on a runtime protocol takes ~20 us on
+    Python 3.11 for a backend of no kind)."""
     cls = type(backend)
     for kind, codec in (*reversed(_CODECS.items()), *_BUILTIN):
         if issubclass(cls, kind):
