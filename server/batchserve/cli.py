@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: ServerSettings) -> int:
     from batchserve.app import create_app, create_management_app
-    from batchserve.serving import make_server, run_servers
+    from batchserve.serving import make_server, reserve_port, run_servers
     from batchserve.state import AppState
 
     logging.basicConfig(level=settings.log_level.upper(),
@@ -88,9 +89,12 @@ def serve(settings: ServerSettings) -> int:
         settings = settings.model_copy(update={"workers": 1})
     app = create_app(settings, configs)
     state: AppState = app.state.batchserve
-    servers = [make_server(app, settings.port, state, lifespan="on")]
-    if settings.management_port is not None:  # the main app's lifespan loads and closes the models
-        servers.append(make_server(create_management_app(state), settings.management_port, state,
-                                   lifespan="off"))
-    run_servers(servers, state)
+    with contextlib.ExitStack() as ports:
+        main = ports.enter_context(reserve_port(settings.host, settings.port))
+        servers = [make_server(app, settings.port, state, lifespan="on", sock=main)]
+        if settings.management_port is not None:  # the main app's lifespan loads and closes the models
+            management = ports.enter_context(reserve_port(settings.host, settings.management_port))
+            servers.append(make_server(create_management_app(state), settings.management_port, state,
+                                       lifespan="off", sock=management))
+        run_servers(servers, state)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from batchserve.errors import MalformedRequest
 
 TIMEOUT_HEADER = b"x-request-timeout-ms"
@@ -32,6 +34,12 @@ class RequestHeaders:
                 self.header_length = value
             elif key == b"transfer-encoding":
                 self.chunked = True
+
+
+    @classmethod
+    def from_text(cls, pairs: Iterable[tuple[str, str]]) -> RequestHeaders:
+        """The same, from headers as text (RSGI's), names in lower case."""
+        return cls([(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs])
 
 
 def requested_timeout_ms(header: bytes) -> float:

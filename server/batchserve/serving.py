@@ -1,5 +1,17 @@
-"""Runs the app on uvicorn: the main port, the management port if it has its own, and the
-drain on SIGTERM (one grace for all of it, from the signal to the exit)."""
+"""Runs the apps on granian (its embedded server, RSGI interface, in our own uvloop event loop):
+the main port, the management port if it has its own, a worker's peer socket; and the drain on
+SIGTERM, one grace for all of it, from the signal to the exit.
+
+granian is used through its public interface only: ``granian.server.embed.Server`` serving an
+RSGI application (``rsgi.RsgiApp``), ``serve()`` and ``stop()``. Its listeners always set
+SO_REUSEPORT, and it takes no socket from a parent: so a port is first reserved here with a
+socket bound (not listening) with SO_REUSEPORT, which resolves port 0 and lets several worker
+processes bind the same port (the kernel spreads connections over the listening ones).
+
+The drain: the listeners close at once (granian's ``stop``), requests in flight finish, and
+those still running when the grace is spent are cancelled (answered 503); then the apps'
+lifespans end (the batchers get what is left of the grace).
+"""
 
 from __future__ import annotations
 
@@ -12,35 +24,62 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
+from pathlib import Path
 from typing import Literal
 
-import uvicorn
 import uvloop
-from starlette.types import ASGIApp
+from fastapi import FastAPI
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
+from granian.server.embed import Server
 
+from batchserve.fastpath import BatchserveApp
+from batchserve.rsgi import RsgiApp
 from batchserve.state import AppState
 
 log = logging.getLogger(__name__)
 
-
-def make_server(app: ASGIApp, port: int, state: AppState, *, lifespan: Literal["on", "off"],
-                sock: socket.socket | None = None, uds: str | None = None) -> DrainingServer:
-    """A server of ``app`` on ``settings.host:port``, or on ``sock`` (a worker's listening
-    socket: shared from the supervisor, or its own SO_REUSEPORT one), or on the Unix socket
-    ``uds``."""
-    settings = state.settings
-    config = uvicorn.Config(
-        app, host=settings.host, port=port, uds=uds, log_level=settings.log_level,
-        lifespan=lifespan, access_log=False, loop="uvloop", http="httptools",
-        limit_concurrency=settings.limit_concurrency, backlog=LISTEN_BACKLOG,
-        proxy_headers=False)  # no client address is used: no X-Forwarded-For to parse per request
-    return DrainingServer(config, state, sock)
-
-
 LISTEN_BACKLOG = 2048
-"""Connections the kernel may queue before they are accepted (uvicorn's default)."""
+"""Connections the kernel may queue before they are accepted."""
+HEADER_READ_TIMEOUT_MS = 5000
+"""How long a connection may take to send a request's headers, waiting for its next request
+included: an idle keep-alive connection is closed after this (uvicorn's keep-alive timeout was
+5 s too), and so is one that sends its headers too slowly."""
+_LEVELS = {"critical": LogLevels.critical, "error": LogLevels.error, "warning": LogLevels.error,
+           "info": LogLevels.error, "debug": LogLevels.debug, "trace": LogLevels.debug}
+"""granian's own log level for ours: its warnings and notices (every embedded start says it is
+experimental) only at debug."""
+
+
+class Served:
+    """One app on one port (or Unix socket), and its lifespan if it runs one."""
+
+    def __init__(self, app: FastAPI, state: AppState, *, lifespan: bool, port: int,
+                 uds: str | None = None) -> None:
+        settings = state.settings
+        self.app = app
+        self.lifespan = lifespan
+        self.port = port
+        self.front = RsgiApp(app, app.fast_path if isinstance(app, BatchserveApp) else None,
+                             settings.limit_concurrency)
+        self.server = Server(
+            self.front, address=settings.host, port=port, uds=Path(uds) if uds else None,
+            interface=Interfaces.RSGI, http=HTTPModes.auto, websockets=False, backlog=LISTEN_BACKLOG,
+            # granian's backpressure bounds connections, not requests: requests past
+            # limit_concurrency are refused by RsgiApp; connections past twice it wait to be accepted
+            backpressure=2 * settings.limit_concurrency,
+            http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
+            log_level=_LEVELS.get(settings.log_level, LogLevels.error), log_access=False)
+
+
+def make_server(app: FastAPI, port: int, state: AppState, *, lifespan: Literal["on", "off"],
+                sock: socket.socket | None = None, uds: str | None = None) -> Served:
+    """A server of ``app`` on ``settings.host:port``, or on the port ``sock`` reserved (bound
+    with SO_REUSEPORT, as ``listening_socket`` makes it), or on the Unix socket ``uds``."""
+    if sock is not None:
+        port = sock.getsockname()[1]
+    return Served(app, state, lifespan=lifespan == "on", port=port, uds=uds)
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -57,34 +96,82 @@ def listening_socket(host: str, port: int, *, reuse_port: bool, listen: bool = T
     return sock
 
 
-def run_servers(servers: list[DrainingServer], state: AppState) -> None:
-    """Serve until SIGTERM or SIGINT, then drain within the one grace, and return.
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold ``host:port`` (0: a free one) for granian's listeners, which bind it with
+    SO_REUSEPORT: bound, never listening, so no connection waits on it."""
+    return listening_socket(host, port, reuse_port=True, listen=False)
 
-    The servers (the main port, and the management port if it has its own) share one event
-    loop and one drain: the signal fixes its deadline (``AppState.begin_drain``) and each stage
-    gets what is left of it. A second SIGINT stops at once.
-    """
-    def on_signal(sig: int, frame: FrameType | None) -> None:
+
+class Servers:
+    """Servers sharing one event loop and one drain."""
+
+    def __init__(self, servers: list[Served], state: AppState) -> None:
+        self.servers = servers
+        self.state = state
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def stop(self) -> None:
+        """Begin the drain, as SIGTERM does; from any thread."""
+        self.state.begin_drain()
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _on_signal(self, sig: int) -> None:
+        state = self.state
         if state.drain_deadline_s is not None and sig == signal.SIGINT:
             state.drain_deadline_s = time.monotonic()  # a second Ctrl+C: nothing left to wait for
-            for server in servers:
-                server.force_exit = True
         if state.drain_deadline_s is None:
             state.begin_drain()
             # The backstop if a stage overstays the grace (a model load that won't end, say).
             backstop = threading.Timer(state.drain_left_s() + _OVERSTAY_S, _overstayed)
             backstop.daemon = True
             backstop.start()
-        for server in servers:
-            server.should_exit = True
+        assert self._stop is not None
+        self._stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve_all(servers))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    async def serve(self, *, signals: bool = True) -> None:
+        """Serve until SIGTERM or SIGINT (with ``signals``) or ``stop``, then drain."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        async with contextlib.AsyncExitStack() as lifespans:
+            for served in self.servers:
+                if served.lifespan:
+                    await lifespans.enter_async_context(served.app.router.lifespan_context(served.app))
+            serving = [asyncio.create_task(s.server.serve(), name=f"serve-{s.port}") for s in self.servers]
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([*serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+            self.state.begin_drain()
+            for served in self.servers:
+                served.server.stop()  # type: ignore[no-untyped-call]  # granian leaves it untyped
+            in_flight = set().union(*(s.front.in_flight for s in self.servers))
+            log.info("draining: the listeners are closed; waiting up to %.1f s for %d requests in "
+                     "flight", self.state.drain_left_s(), len(in_flight))
+            if in_flight:
+                _, late = await asyncio.wait(in_flight, timeout=self.state.drain_left_s())
+                if late:
+                    log.warning("cancelling %d requests still running past the shutdown grace", len(late))
+                for task in late:
+                    task.cancel()
+            stopped.cancel()
+            for done in await asyncio.gather(*serving, return_exceptions=True):
+                if isinstance(done, BaseException) and not isinstance(done, asyncio.CancelledError):
+                    raise done
+        log.info("shutdown complete")
+
+
+def run_servers(servers: list[Served], state: AppState) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within the one grace, and return.
+
+    The servers (the main port, the management port if it has its own, a worker's peer socket)
+    share one event loop and one drain: the signal fixes its deadline (``AppState.begin_drain``)
+    and each stage gets what is left of it. A second SIGINT stops at once.
+    """
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(Servers(servers, state).serve())
     # Threads still running model code (a batch longer than the grace) would keep the process
     # alive past it (the interpreter joins executor threads at exit): their answers can no
     # longer be sent, so they get what is left of the grace, then are abandoned.
@@ -94,30 +181,6 @@ def run_servers(servers: list[DrainingServer], state: AppState) -> None:
     if any(t.is_alive() for t in busy):
         log.warning("exiting with model code still running past the shutdown grace")
         _exit_now(0)
-
-
-async def _serve_all(servers: list[DrainingServer]) -> None:
-    await asyncio.gather(*(server.serve([server.sock] if server.sock else None) for server in servers))
-
-
-class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose signals and graceful-shutdown timeout come from the shared drain."""
-
-    def __init__(self, config: uvicorn.Config, state: AppState,
-                 sock: socket.socket | None = None) -> None:
-        super().__init__(config)
-        self.state = state
-        self.sock = sock
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # run_servers handles the signals once for every server
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # What is left of the one grace; never None (uvicorn's "wait forever"), so 0 is no wait.
-        # uvicorn types it int, and hands it to asyncio.wait_for, which takes any number.
-        self.config.timeout_graceful_shutdown = self.state.drain_left_s()  # type: ignore[assignment]
-        await super().shutdown(sockets)
 
 
 _OVERSTAY_S = 5.0

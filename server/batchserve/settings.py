@@ -25,11 +25,6 @@ class ServerSettings(BaseSettings):
     """Server processes behind the port, each with its own event loop, batchers and model
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
     models' instances and threads (``workers/cores.py``)."""
-    worker_sockets: Literal["reuseport", "shared"] = "reuseport"
-    """With several workers, how connections reach them: ``reuseport``, each worker listens on
-    the port with SO_REUSEPORT and the kernel spreads new connections evenly over them;
-    ``shared``, they accept from one socket the supervisor opened (a busy worker accepts less).
-    benchmarks/README.md ("Worker processes") has the measurement behind the default."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit: one grace
@@ -41,7 +36,8 @@ class ServerSettings(BaseSettings):
     a chunked one what it has sent). A body that would pass it is refused with 503 and
     Retry-After before it is read. The default leaves most of a 4 GiB pod to the models."""
     limit_concurrency: int = Field(default=2048, ge=1)
-    """Most connections (and requests in flight) at once; past it uvicorn answers 503 at once."""
+    """Most requests in flight at once; past it a request is answered 503 at once (``rsgi.py``).
+    Connections past twice this wait to be accepted."""
     max_items: int = Field(default=4096, ge=1)
     """Most items (rows) in one request; more are refused with 413."""
     management_token: SecretStr | None = Field(default=None, min_length=16)

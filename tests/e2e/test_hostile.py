@@ -280,7 +280,9 @@ def test_hand_written_v2_nasties(server: ServerProcess) -> None:
          "binary_data_size must be a non-negative integer"),
         ("diabetes", infer([2, 10], [[0.0] * 7, [0.0] * 13]), "does not match shape [2, 10]"),
         ("diabetes", framed(b"9" * 4301), "Inference-Header-Content-Length"),
-        ("diabetes", framed("\u00b2".encode()), "Inference-Header-Content-Length"),
+        # a value that is not ASCII never reaches the app (granian passes text headers only): the
+        # body is then read as JSON alone
+        ("diabetes", framed("\u00b2".encode()), "'inputs' must be a non-empty list"),
         ("sentiment", framed(str(len(text)).encode(), text + struct.pack("<I", 5) + b"hello"),
          "ends before BYTES element 1"),
         ("sentiment", framed(str(len(text)).encode(), text + struct.pack("<I", 2**32 - 1) + b"hello"),

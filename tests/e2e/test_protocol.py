@@ -22,7 +22,7 @@ from batchserve.app import create_app
 from batchserve.config import load_models
 from batchserve.lifecycle import STAGES, Call
 from batchserve.pipeline import OFFLOAD_OUTPUTS
-from batchserve.serving import listening_socket, make_server
+from batchserve.serving import Servers, make_server, reserve_port
 from batchserve.settings import ServerSettings
 from pydantic import SecretStr
 
@@ -52,14 +52,15 @@ class Served:
 def serving(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> Iterator[Served]:
     config = write_models(tmp_path / "models.toml", models)
     app = create_app(ServerSettings(config=config, **settings), load_models(config))
-    sock = listening_socket("127.0.0.1", 0, reuse_port=False)
+    sock = reserve_port("127.0.0.1", 0)
     port = sock.getsockname()[1]
     served = Served(port)
-    server = make_server(app, port, app.state.batchserve, lifespan="on", sock=sock)
+    servers = Servers([make_server(app, port, app.state.batchserve, lifespan="on", sock=sock)],
+                      app.state.batchserve)
 
     def run() -> None:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(server.serve([sock]))
+            runner.run(servers.serve(signals=False))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -73,7 +74,7 @@ def serving(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> It
             time.sleep(0.05)
         yield served
     finally:
-        server.should_exit = True
+        servers.stop()
         thread.join(timeout=30)
         sock.close()
 
@@ -104,7 +105,7 @@ def test_inference_posts_are_answered_on_a_kept_alive_connection(tmp_path: Path)
         status, headers, body = read_response(stream)
         assert (status, body) == (200, {"model": "echo", "outputs": [2.0, 4.0]})
         assert headers["content-type"] == "application/json"
-        assert "date" in headers and headers["server"] == "uvicorn"  # uvicorn's default headers
+        assert "date" in headers and headers["server"] == "granian"  # the HTTP server's own headers
         assert "connection" not in headers  # kept alive: the next request uses the same socket
         sock.sendall(post("/predict", {"model": "echo", "inputs": [3]}))
         assert read_response(stream)[2] == {"model": "echo", "outputs": [6.0]}
@@ -145,7 +146,7 @@ def test_a_connection_the_client_ends_is_closed_after_the_answer(tmp_path: Path,
     with serving(tmp_path, [echo()]) as served, served.connect() as (sock, stream):
         sock.sendall(post("/predict/echo", {"inputs": [1]}, headers=headers, version=version))
         status, answered, _ = read_response(stream)
-        assert status == 200 and answered["connection"] == "close"
+        assert status == 200 and answered.get("connection", "close") == "close"
         assert stream.read() == b""  # closed by the server
 
 
@@ -205,12 +206,18 @@ def test_errors_are_answered_and_counted(tmp_path: Path) -> None:
 
 
 def test_the_concurrency_limit_is_a_503(tmp_path: Path) -> None:
-    with serving(tmp_path, [echo()], limit_concurrency=2) as served, \
-            served.connect() as (sock, stream), served.connect():
-        time.sleep(0.1)  # both connections accepted: the limit is reached
-        sock.sendall(post("/predict/echo", {"inputs": [1]}))
+    release = tmp_path / "release"
+    with serving(tmp_path, [echo(holds={"1": str(release)})], limit_concurrency=1) as served, \
+            served.connect() as (held, held_stream), served.connect() as (sock, stream):
+        held.sendall(post("/predict/echo", {"inputs": [1]}))  # in flight: the limit is reached
+        time.sleep(0.2)
+        sock.sendall(post("/predict/echo", {"inputs": [2]}))
         status, _, body = read_response(stream)
         assert (status, body) == (503, b"Service Unavailable")
+        release.touch()
+        assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
+        sock.sendall(post("/predict/echo", {"inputs": [3]}))  # the limit is free again
+        assert read_response(stream)[2] == {"model": "echo", "outputs": [6.0]}
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Path) -> None:
@@ -218,7 +225,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Pat
         sock.sendall(post("/predict/echo", {"inputs": [1]}))
         assert read_response(stream)[0] == 200
         started = time.monotonic()
-        assert stream.read() == b""  # uvicorn's timeout_keep_alive, 5 s
+        assert stream.read() == b""  # serving.HEADER_READ_TIMEOUT_MS, 5 s
         assert 4 < time.monotonic() - started < 9
 
 

@@ -141,9 +141,9 @@ def test_faults_disconnects_and_sigterm_under_load(tmp_path: Path) -> None:
         for thread in late:
             thread.join(60)
 
-        # let the batches go only once uvicorn waits for the requests in flight (or, with no
+        # let the batches go only once the server waits for the requests in flight (or, with no
         # grace, has cancelled them): then the answers show the drain, not a race with it
-        until(lambda: re.search("Waiting for connections to close|Cancel .* running task",
+        until(lambda: re.search("draining: the listeners are closed|cancelling .* still running",
                                 server.output()) is not None, "the drain waits")
         with pytest.raises(httpx.ConnectError):  # and new connections are refused
             httpx.get(f"{url}/healthz", timeout=5)

@@ -71,7 +71,7 @@ SERVER_ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"),
 
 class ServerProcess(ManagedServer):
     """A real ``batchserve serve`` process on a free loopback port: the planner's launcher with the
-    tests' environment, logging at info (``output()`` has uvicorn's lines); ``wait_ready()``
+    tests' environment, logging at info (``output()`` has the server's lines); ``wait_ready()``
     before use, ``close()`` after."""
 
     def __init__(self, config: Path, *, grace_s: float = 10.0, args: Sequence[str] = (),

@@ -1,4 +1,4 @@
-"""Worker processes of one server, started by the tests themselves: each a real uvicorn over
+"""Worker processes of one server, started by the tests themselves: each a real server over
 ``create_app`` with ``AppState.cluster`` set, serving its own loopback port and its peer API on
 its Unix socket, as a worker of ``batchserve serve --workers N`` does, but each on a port of
 its own, so that a test chooses which worker a request reaches.
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = ServerSettings(config=args.config, port=args.port, shutdown_grace_s=10)
     # A worker's own start (desired.json, the app, its port and its peer socket), on a port of its own.
-    serve_worker(settings, load_models(settings.config), Cluster(args.run_dir, args.index, args.count), {})
+    serve_worker(settings, load_models(settings.config), Cluster(args.run_dir, args.index, args.count))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ VULNERABLE = [
     ("starlette", "1.0.0", "CVE-2026-48710: Host header poisons request.url.path"),
     ("h11", "0.15.0", "CVE-2025-43859: lenient chunked-encoding parsing (request smuggling)"),
     ("fastapi", "0.109.0", "CVE-2024-24762: form Content-Type ReDoS"),
-    ("uvicorn", "0.11.6", "CVE-2020-7695: response splitting"),
     ("transformers", "5.2.0", "CVE-2026-4372: config.json runs hub code despite trust_remote_code"),
     ("jinja2", "3.1.5", "CVE-2025-27516: sandbox breakout through the attr filter"),
     ("scikit-learn", "1.4.2", "CVE-2024-5206: TfidfVectorizer keeps tokens it should drop"),

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batchserve.errors import BatchserveError, MalformedRequest, describe_validation_errors
 from batchserve.management import BatcherSettings
 from batchserve.responses import error_response
-from batchserve.serving import DrainingServer, make_server
+from batchserve.serving import Served, make_server
 from batchserve.state import AppState
 from batchserve.workers import desired
 from batchserve.workers.fanout import LocalWorker
@@ -98,8 +98,8 @@ def create_peer_app(state: AppState) -> FastAPI:
     return app
 
 
-def make_peer_server(state: AppState) -> DrainingServer:
-    """A uvicorn server of the peer API on this worker's socket, to run beside the main port's
+def make_peer_server(state: AppState) -> Served:
+    """A server of the peer API on this worker's socket, to run beside the main port's
     (``serving.run_servers``: the same loop and drain)."""
     assert state.cluster is not None, "the peer API belongs to a worker of a cluster"
     path = state.cluster.socket_path(state.cluster.index)

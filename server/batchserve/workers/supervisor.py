@@ -1,8 +1,8 @@
 """The supervisor of ``batchserve serve --workers N``: N worker processes behind one port.
 
-It owns the listening sockets (one shared socket every worker accepts from, or, with
-``worker_sockets = "reuseport"``, a port every worker binds with ``SO_REUSEPORT`` so that the
-kernel spreads connections over them), the run directory the workers share
+It owns the ports (held by a socket bound with ``SO_REUSEPORT``, never listening, which every
+worker's listener binds too, so that the kernel spreads connections over them), the run
+directory the workers share
 (``workers/cluster.py``), and the workers' lives:
 
 - a worker that dies is restarted, after a backoff that doubles with each death of that worker
@@ -15,10 +15,10 @@ kernel spreads connections over them), the run directory the workers share
   (``shutdown_grace_s``, from the signal); the supervisor waits that long, plus the workers' own
   backstop, then kills what is left. It exits 0 when every worker exited 0.
 
-uvicorn has a multiprocess supervisor of its own; it restarts a dead worker at once, without a
-backoff or a crash-loop limit, waits for its workers without a deadline, and runs one uvicorn
-server per worker, where a batchserve worker runs up to three (the port, the management port,
-its peer socket) on one loop: so this one is written here, on the same sockets and signals.
+granian has a multiprocess supervisor of its own; it binds the sockets and imports the app in
+its workers by name, where a batchserve worker runs up to three servers (the port, the management
+port, its peer socket) on one loop with one drain, and the restart backoff, crash-loop limit and
+metrics archive above are batchserve's: so this one is written here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from batchserve.serving import listening_socket
+from batchserve.serving import reserve_port
 from batchserve.settings import ServerSettings
 from batchserve.workers.cluster import RUN_DIR_ENV, Cluster, run_dir_parent
 from batchserve.workers.cores import WORKER_CORES_ENV
@@ -88,8 +88,8 @@ class Supervisor:
             **({"management_port": sockets["management"].getsockname()[1]}
                if "management" in sockets else {})})
         _write_private(cluster.settings_path, _settings_json(settings))
-        log.info("batchserve: %d workers on %s:%d (%s sockets, %d cores)", self.count,
-                 settings.host, settings.port, settings.worker_sockets, self.cores)
+        log.info("batchserve: %d workers on %s:%d (%d cores)", self.count,
+                 settings.host, settings.port, self.cores)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for worker in self.workers:
@@ -108,27 +108,20 @@ class Supervisor:
         return self.exit_code
 
     def _sockets(self) -> dict[str, socket.socket]:
-        """The port (and the management port): listening and shared, or, for SO_REUSEPORT,
-        bound but not listening — holding the port (0 resolved) while the workers bind it."""
-        shared = self.settings.worker_sockets == "shared"
+        """The port (and the management port), bound but not listening: holding the port (0
+        resolved) while the workers bind it (``serving.reserve_port``)."""
         ports = {"main": self.settings.port}
         if self.settings.management_port is not None:
             ports["management"] = self.settings.management_port
-        return {name: listening_socket(self.settings.host, port, reuse_port=not shared, listen=shared)
-                for name, port in ports.items()}
+        return {name: reserve_port(self.settings.host, port) for name, port in ports.items()}
 
     def _start(self, cluster: Cluster, worker: Worker, sockets: dict[str, socket.socket]) -> None:
         command = [sys.executable, "-m", "batchserve.workers.worker", "--run-dir", str(cluster.run_dir),
                    "--index", str(worker.index), "--count", str(self.count)]
-        fds: list[int] = []
-        if self.settings.worker_sockets == "shared":
-            for name, sock in sockets.items():
-                command += ["--fd", f"{name}={sock.fileno()}"]
-                fds.append(sock.fileno())
         env = {**os.environ, RUN_DIR_ENV: str(cluster.run_dir),
                "PROMETHEUS_MULTIPROC_DIR": str(cluster.metrics_dir),
                WORKER_CORES_ENV: str(max(1, self.cores // self.count))}
-        worker.process = subprocess.Popen(command, env=env, pass_fds=fds)
+        worker.process = subprocess.Popen(command, env=env)
         worker.restart_at = None
 
     def _done(self, cluster: Cluster, sockets: dict[str, socket.socket]) -> bool:

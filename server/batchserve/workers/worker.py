@@ -1,13 +1,12 @@
 """One worker process of a multi-worker server (``python -m batchserve.workers.worker``,
 started by the supervisor, never by hand): the same app as a single-process server, with its
-``cluster``, on the supervisor's sockets (or its own SO_REUSEPORT ones)."""
+``cluster``, on the supervisor's ports (bound again here, with SO_REUSEPORT)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -21,8 +20,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--fd", action="append", default=[],
-                        help="NAME=FD: a listening socket shared by the supervisor (main, management)")
     args = parser.parse_args(argv)
     _end_with_the_supervisor()
     cluster = Cluster(args.run_dir, args.index, args.count)
@@ -34,28 +31,26 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"batchserve worker {cluster.index}: {exc}", file=sys.stderr)
         return 2
-    return serve_worker(settings, configs, cluster, _shared(args.fd))
+    return serve_worker(settings, configs, cluster)
 
 
-def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: Cluster,
-                 shared: dict[str, socket.socket]) -> int:
+def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: Cluster) -> int:
     from batchserve.app import create_app, create_management_app
-    from batchserve.serving import listening_socket, make_server, run_servers
+    from batchserve.serving import make_server, run_servers
     from batchserve.state import AppState
     from batchserve.workers.desired import apply_desired
     from batchserve.workers.peers import make_peer_server
 
-    def sock(name: str, port: int) -> socket.socket:
-        return shared.get(name) or listening_socket(settings.host, port, reuse_port=True)
-
+    # The supervisor holds the ports (serving.reserve_port); each worker's listener binds them too,
+    # with SO_REUSEPORT, and the kernel spreads new connections over the workers.
     served, unloaded = apply_desired(cluster, configs)
     app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
     state: AppState = app.state.batchserve
-    servers = [make_server(app, settings.port, state, lifespan="on", sock=sock("main", settings.port)),
+    servers = [make_server(app, settings.port, state, lifespan="on"),
                make_peer_server(state)]  # management through any worker applies to all
     if settings.management_port is not None:
         servers.append(make_server(create_management_app(state), settings.management_port, state,
-                                   lifespan="off", sock=sock("management", settings.management_port)))
+                                   lifespan="off"))
     run_servers(servers, state)
     return 0
 
@@ -72,14 +67,6 @@ def _end_with_the_supervisor() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-
-
-def _shared(specs: list[str]) -> dict[str, socket.socket]:
-    sockets = {}
-    for spec in specs:
-        name, _, fd = spec.partition("=")
-        sockets[name] = socket.socket(fileno=int(fd))
-    return sockets
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""batchserve on granian's RSGI interface (``docs/spec/RSGI.md`` in granian's repository: a
+published server interface, where granian's Rust side does the sockets and HTTP).
+
+``RsgiApp`` is the one entry of every request. An inference POST (``/predict``,
+``/predict/{model}``, v2's ``/v2/models/{name}/infer``: ``FastPath.match``) becomes a ``Call``
+served by ``Pipeline.run``, its body read from the protocol in chunks, its disconnect the
+protocol's, its answer one ``response_bytes``. Everything else (docs, health, models,
+management, metrics) is the FastAPI app, reached through ``asgi_bridge.serve_asgi``.
+
+A request past ``limit_concurrency`` in flight is answered 503 before anything is read, as
+uvicorn did. The requests in flight are kept, so that the drain can bound its wait
+(``serving.py``): granian's own stop waits for them without a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from granian.rsgi import HTTPProtocol, ProtocolClosed, Scope  # type: ignore[attr-defined]
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from batchserve.asgi_bridge import serve_asgi
+from batchserve.errors import ClientDisconnected
+from batchserve.fastpath import FastPath
+from batchserve.headers import RequestHeaders
+from batchserve.lifecycle import Call
+
+_TEXT = [("content-type", "text/plain; charset=utf-8")]
+_CLOSING = [*_TEXT, ("connection", "close")]
+
+
+class RsgiApp:
+    """An RSGI application serving batchserve's FastAPI app and its inference routes."""
+
+    def __init__(self, app: ASGIApp, fast: FastPath | None, limit_concurrency: int) -> None:
+        self.app = app
+        self.fast = fast
+        self.limit_concurrency = limit_concurrency
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        """The requests being served (their tasks), for the drain."""
+
+    async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
+        if scope.proto != "http":  # websockets are off; nothing else is served
+            return
+        task = asyncio.current_task()
+        assert task is not None  # granian runs each request in a task
+        if len(self.in_flight) >= self.limit_concurrency:
+            protocol.response_bytes(503, _TEXT, b"Service Unavailable")
+            return
+        self.in_flight.add(task)
+        try:
+            fast = self.fast
+            target = fast.match(scope.path) if fast is not None and scope.method == "POST" else None
+            if target is None:
+                await serve_asgi(self.app, scope, protocol)
+                return
+            assert fast is not None
+            adapter, name = target
+            call = Call(adapter, name, RequestHeaders.from_text(scope.headers.items()), method="POST",
+                        path=scope.path, query=scope.query_string.encode("latin-1"))
+            response = await fast.pipeline.run(call, body_chunks(protocol), protocol.client_disconnect)
+            answer(protocol, response)
+        except asyncio.CancelledError:  # the drain's grace is spent (serving.py)
+            with contextlib.suppress(RuntimeError):  # unless its answer went out already
+                protocol.response_bytes(503, _CLOSING, b"the server stopped before this request finished")
+        finally:
+            self.in_flight.discard(task)
+
+
+async def body_chunks(protocol: HTTPProtocol) -> AsyncIterator[bytes]:
+    """The request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away."""
+    try:
+        async for chunk in protocol:
+            yield chunk
+    except ProtocolClosed:
+        raise ClientDisconnected("client disconnected while sending the body") from None
+
+
+def answer(protocol: HTTPProtocol, response: Response) -> None:
+    """Send ``response`` (an inference route's: its body whole) on ``protocol``; granian frames
+    it and sets its length."""
+    headers = [(name.decode("latin-1"), value.decode("latin-1"))
+               for name, value in response.raw_headers if name != b"content-length"]
+    protocol.response_bytes(response.status_code, headers, bytes(response.body))
