@@ -332,6 +332,7 @@ class Batcher:
             self._queued_rows -= stop - start
             if stop == len(request.rows):
                 self._queue.popleft()
+        queue_wait.flush()
         return batch
 
     # -- execution -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.types import Receive
 
@@ -118,10 +118,13 @@ def check_read_deadline(deadline_s: float) -> None:
         raise RequestTimeout("the request's deadline passed before its body was read", headers=_CLOSE)
 
 
-async def read_body(chunks: AsyncIterator[bytes], declared: bytes | None, *, limit: int,
-                    deadline_s: float, budget: BodyBudget) -> bytes:
-    """The whole body, read from ``chunks`` (the HTTP server's: ``asgi_chunks``) by
-    ``deadline_s`` (a ``time.monotonic()`` instant).
+async def read_body(chunks: Callable[[], AsyncIterator[bytes]], declared: bytes | None, *, limit: int,
+                    deadline_s: float, budget: BodyBudget,
+                    whole: Callable[[], Awaitable[bytes]] | None = None) -> bytes:
+    """The whole body, read by ``deadline_s`` (a ``time.monotonic()`` instant) from the iterator
+    ``chunks`` makes (the HTTP server's: ``asgi_chunks``), or with one ``whole()`` when the server
+    has one and the body's length was declared within ``limit`` (the server stops at that length:
+    one await instead of one per chunk and one for the end).
 
     Raises 413 (over ``limit``, from the Content-Length or while reading chunks, never reading
     past it), 422 (a malformed Content-Length), 503 (the budget is spent; nothing read), 408
@@ -143,7 +146,9 @@ async def read_body(chunks: AsyncIterator[bytes], declared: bytes | None, *, lim
     budget.deadlines.enter(task, deadline_s)
     expired = False
     try:
-        async for chunk in chunks:
+        if whole is not None and length is not None:
+            return await whole()
+        async for chunk in chunks():
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"body exceeds the limit of {limit} bytes "

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from batchserve.errors import MalformedRequest
 
 TIMEOUT_HEADER = b"x-request-timeout-ms"
+_READ = frozenset({"content-type", "content-length", TIMEOUT_HEADER.decode(),
+                   "inference-header-content-length", "transfer-encoding"})
 
 
 class RequestHeaders:
@@ -38,8 +40,10 @@ class RequestHeaders:
 
     @classmethod
     def from_text(cls, pairs: Iterable[tuple[str, str]]) -> RequestHeaders:
-        """The same, from headers as text (RSGI's), names in lower case."""
-        return cls([(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs])
+        """The same, from headers as text (RSGI's), names in lower case: only the values read
+        are encoded."""
+        return cls([(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs
+                    if name in _READ])
 
 
 def requested_timeout_ms(header: bytes) -> float:

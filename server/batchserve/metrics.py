@@ -29,6 +29,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 from batchserve.load import PLACEMENTS
+from batchserve.metrics_bulk import BulkHistogram
 
 STAGES = ("body", "decode", "compute_input", "queue", "compute_infer", "compute_output")
 """The stages a request's time is split into, in order (``batchserve/lifecycle.py``)."""
@@ -80,13 +81,14 @@ class Metrics:
             "batchserve_requests", "Requests answered, by HTTP status code.",
             ["model", "code"], registry=r,
         )
-        self.request_duration = Histogram(
+        # observed for every request: in bulk (metrics_bulk.py), shown as histograms
+        self.request_duration = BulkHistogram(
             "batchserve_request_duration_seconds", "End-to-end time of successful requests.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            ["model"], LATENCY_BUCKETS_S, r,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = BulkHistogram(
             "batchserve_queue_wait_seconds", "Time from admission to the dispatch of a request's first row.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            ["model"], LATENCY_BUCKETS_S, r,
         )
         self.batch_size = Histogram(
             "batchserve_batch_size", "Rows per call of predict_batch.",
@@ -113,11 +115,11 @@ class Metrics:
             "thread) and why (batchserve/load.py, PLACEMENTS).",
             ["model", "place", "reason"], registry=r,
         )
-        self.stage_duration = Histogram(
+        self.stage_duration = BulkHistogram(
             "batchserve_stage_duration_seconds",
             "Time of successful requests in each stage: body (read), decode, compute_input "
             "(preprocessing), queue, compute_infer (batches), compute_output (encoding).",
-            ["model", "stage"], buckets=LATENCY_BUCKETS_S, registry=r,
+            ["model", "stage"], LATENCY_BUCKETS_S, r,
         )
         self.padding_ratio = Histogram(
             "batchserve_padding_ratio", "Padding tokens / all tokens per batch (text backends).",
@@ -203,10 +205,10 @@ class ModelMetrics:
 
     def request_succeeded(self, duration_s: float, stages_s: Sequence[float]) -> None:
         """A 200 answered ``duration_s`` after its arrival, which spent ``stages_s`` in each of
-        ``lifecycle.STAGES``. Its count is added with every other success of this event loop
-        turn, in a callback at its end (one counter add for the ~batch of requests a batch's
-        delivery resumes); the callback runs before the loop next reads a socket, so a scrape
-        that follows an answer sees it counted."""
+        ``lifecycle.STAGES``. It is counted, with every other success of this event loop turn,
+        in a callback at its end (one counter add, and the histograms' bulk flush, for the
+        ~batch of requests a batch's delivery resumes); the callback runs before the loop next
+        reads a socket, so a scrape that follows an answer sees it counted."""
         if not self._succeeded:
             asyncio.get_running_loop().call_soon(self._count_succeeded)
         self._succeeded += 1
@@ -217,6 +219,9 @@ class ModelMetrics:
     def _count_succeeded(self) -> None:
         count, self._succeeded = self._succeeded, 0
         self.count_request(200, count)
+        self.request_duration.flush()
+        for histogram in self.stages:
+            histogram.flush()
 
     def count_request(self, code: int, requests: int = 1) -> None:
         child = self._codes.get(code)

@@ -38,6 +38,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from batchserve.metrics import REFRESH_INTERVAL_S, Metrics
+from batchserve.metrics_bulk import Histograms, as_histograms
 
 if TYPE_CHECKING:
     from batchserve.state import AppState
@@ -68,7 +69,9 @@ def render_metrics(state: AppState, *, per_worker: bool = False) -> tuple[bytes,
     with ``per_worker`` one series per worker (safe to call from any thread)."""
     metrics = state.metrics
     if metrics.multiprocess_dir is None:
-        return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+        shown = CollectorRegistry()
+        shown.register(Histograms(metrics.registry))  # the bulk histograms as histograms
+        return generate_latest(shown), CONTENT_TYPE_LATEST
     metrics.refresh()  # this worker's state gauges as they are now
     workers = None
     if per_worker:
@@ -92,8 +95,8 @@ class DirectoryCollector:
         with _locked(self._dir, fcntl.LOCK_SH):
             files = sorted(str(p) for p in self._dir.glob("*.db"))
             if self._workers is None:
-                return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
-            return _per_process(files, self._workers)
+                return as_histograms(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            return as_histograms(_per_process(files, self._workers))
 
 
 def _per_process(files: list[str], workers: Mapping[str, str]) -> list[Metric]:

@@ -26,7 +26,7 @@ and outputs into their wire format: ``/predict`` (``batchserve/predict.py``), v2
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -62,18 +62,22 @@ class Pipeline:
         """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any."""
         call = Call(adapter, name, RequestHeaders(scope["headers"]), method=scope["method"],
                     path=scope["path"], query=scope.get("query_string", b""))
-        return await self.run(call, asgi_chunks(receive), disconnect_waiter(receive))
+        return await self.run(call, lambda: asgi_chunks(receive), disconnect_waiter(receive))
 
-    async def run(self, call: Call, chunks: AsyncIterator[bytes], disconnected: Disconnected) -> Response:
-        """Answer ``call``, whose body comes in ``chunks`` (raising ``ClientDisconnected`` when
-        the client goes away); ``disconnected`` makes an awaitable that completes once it has.
-        What an HTTP server's adapter hands over: any server's request is served here."""
+    async def run(self, call: Call, chunks: Callable[[], AsyncIterator[bytes]],
+                  disconnected: Disconnected, whole: Callable[[], Awaitable[bytes]] | None = None
+                  ) -> Response:
+        """Answer ``call``, whose body comes in the chunks ``chunks()`` gives (raising
+        ``ClientDisconnected`` when the client goes away), or at once from ``whole()`` when its
+        length is declared (``read_body``); ``disconnected`` makes an awaitable that completes
+        once the client is gone. What an HTTP server's adapter hands over: any server's request
+        is served here."""
         adapter = call.adapter
         try:
             read_by_s = self._admit(call)
             body = await read_body(chunks, call.headers.content_length,
                                    limit=self.state.settings.max_body_bytes, deadline_s=read_by_s,
-                                   budget=self.state.bodies)
+                                   budget=self.state.bodies, whole=whole)
             call.body_s = time.monotonic()
             if adapter.decodes_on_loop(call.headers, len(body)):
                 decoded = adapter.decode(body, call, call.model)

@@ -28,8 +28,10 @@ from batchserve.errors import ClientDisconnected
 from batchserve.fastpath import FastPath
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Call
+from batchserve.responses import JSONBytes
 
 _TEXT = [("content-type", "text/plain; charset=utf-8")]
+_JSON = [("content-type", "application/json")]
 _CLOSING = [*_TEXT, ("connection", "close")]
 
 
@@ -62,7 +64,8 @@ class RsgiApp:
             adapter, name = target
             call = Call(adapter, name, RequestHeaders.from_text(scope.headers.items()), method="POST",
                         path=scope.path, query=scope.query_string.encode("latin-1"))
-            response = await fast.pipeline.run(call, body_chunks(protocol), protocol.client_disconnect)
+            response = await fast.pipeline.run(call, lambda: body_chunks(protocol),
+                                               protocol.client_disconnect, lambda: body_whole(protocol))
             answer(protocol, response)
         except asyncio.CancelledError:  # the drain's grace is spent (serving.py)
             with contextlib.suppress(RuntimeError):  # unless its answer went out already
@@ -80,9 +83,22 @@ async def body_chunks(protocol: HTTPProtocol) -> AsyncIterator[bytes]:
         raise ClientDisconnected("client disconnected while sending the body") from None
 
 
+async def body_whole(protocol: HTTPProtocol) -> bytes:
+    """The request's body at once (its length declared); ``ClientDisconnected`` if the client
+    goes away first."""
+    try:
+        body: bytes = await protocol()
+    except ProtocolClosed:
+        raise ClientDisconnected("client disconnected while sending the body") from None
+    return body
+
+
 def answer(protocol: HTTPProtocol, response: Response) -> None:
     """Send ``response`` (an inference route's: its body whole) on ``protocol``; granian frames
     it and sets its length."""
+    if type(response) is JSONBytes:  # the usual answer: its one header is known
+        protocol.response_bytes(200, _JSON, response.body)  # type: ignore[arg-type]  # bytes
+        return
     headers = [(name.decode("latin-1"), value.decode("latin-1"))
                for name, value in response.raw_headers if name != b"content-length"]
     protocol.response_bytes(response.status_code, headers, bytes(response.body))

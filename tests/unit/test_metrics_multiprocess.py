@@ -39,6 +39,7 @@ for code, count in spec.get("codes", {}).items():
         model.count_request(int(code))
 for seconds in spec.get("durations", []):
     model.request_duration.observe(seconds)
+model.request_duration.flush()
 if "device_peak" in spec:
     model.set_device_memory_peak(spec["device_peak"])
 state = {"queue": spec.get("queue", 0), "ready": spec.get("ready", 1)}

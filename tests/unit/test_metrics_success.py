@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from batchserve.metrics import STAGES, Metrics
+from batchserve.metrics_bulk import Histograms
+from prometheus_client import CollectorRegistry
+
+
+def shown(metrics: Metrics) -> CollectorRegistry:
+    """The metrics as ``/metrics`` shows them: the bulk histograms as histograms."""
+    registry = CollectorRegistry()
+    registry.register(Histograms(metrics.registry))
+    return registry
 
 
 def test_successes_are_counted_by_the_end_of_the_loop_turn() -> None:
@@ -15,7 +25,7 @@ def test_successes_are_counted_by_the_end_of_the_loop_turn() -> None:
         for duration_s in (0.002, 0.004, 0.2):
             children.request_succeeded(duration_s, [duration_s / len(STAGES)] * len(STAGES))
         await asyncio.sleep(0)
-        get = metrics.registry.get_sample_value
+        get = shown(metrics).get_sample_value
         return (get("batchserve_requests_total", {"model": "m", "code": "200"}),
                 get("batchserve_request_duration_seconds_count", {"model": "m"}),
                 get("batchserve_request_duration_seconds_sum", {"model": "m"}))
@@ -33,8 +43,45 @@ def test_each_stage_of_a_success_is_observed_under_its_name() -> None:
         await asyncio.sleep(0)
         return metrics
 
-    get = asyncio.run(scenario()).registry.get_sample_value
+    get = shown(asyncio.run(scenario())).get_sample_value
     sums = [get("batchserve_stage_duration_seconds_sum", {"model": "m", "stage": stage})
             for stage in STAGES]
     assert sums == [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
     assert STAGES == ("body", "decode", "compute_input", "queue", "compute_infer", "compute_output")
+
+
+def test_bulk_histograms_match_observing_one_at_a_time() -> None:
+    from batchserve.metrics import LATENCY_BUCKETS_S
+    from batchserve.metrics_bulk import BulkHistogram
+    from prometheus_client import Histogram
+    from prometheus_client.exposition import generate_latest
+
+    amounts = [0.0, 0.0005, 0.0004999, 0.0005001, 0.003, 0.003, 9.99, 30.0, 31.0, 1e9]
+    one_registry, bulk_registry = CollectorRegistry(), CollectorRegistry()
+    one = Histogram("h", "h", ["model"], buckets=LATENCY_BUCKETS_S, registry=one_registry).labels("m")
+    bulk = BulkHistogram("h", "h", ["model"], LATENCY_BUCKETS_S, bulk_registry).labels("m")
+    for amount in amounts[:4]:
+        one.observe(amount)
+        bulk.observe(amount)
+    bulk.flush()
+    for amount in amounts[4:]:
+        one.observe(amount)
+        bulk.observe(amount)
+    bulk.flush()
+
+    def samples(text: bytes) -> dict[str, float]:
+        return {series: float(value) for series, _, value in
+                (line.rpartition(" ") for line in text.decode().splitlines())
+                if series.startswith("h_") and "_created" not in series}
+
+    bulk_samples = samples(generate_latest(shown_of(bulk_registry)))
+    one_samples = samples(generate_latest(one_registry))
+    assert bulk_samples.keys() == one_samples.keys()
+    for series, value in one_samples.items():  # the sum's additions come in another order
+        assert bulk_samples[series] == pytest.approx(value, rel=1e-12), series
+
+
+def shown_of(registry: CollectorRegistry) -> CollectorRegistry:
+    view = CollectorRegistry()
+    view.register(Histograms(registry))
+    return view
