@@ -10,7 +10,10 @@ the server's own count of what it answered (batchserve_requests_total by code, o
 loop): both must agree code by code, with no transport error, and "lost" (tried - what the
 server counted) must be 0; else the run exits 1 after printing its report.
 
-Usage: .venv/bin/python benchmarks/reliability.py overload|soak   (MODEL=resnet50 by default)
+Reports also the share of refusals that came at the deadline (504 / (503 + 504)) and the goodput
+(200s per second over the closed-loop capacity). SERVER_CORE=0 pins the server to core 0.
+
+Usage: .venv/bin/python benchmarks/reliability.py overload|soak   (resnet50; TIMEOUT_MS, DURATION_S)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DURATION_S = float(os.environ.get("DURATION_S", "30" if MODE == "overload" else 
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "16"))
 TIMEOUT_MS = int(os.environ.get("TIMEOUT_MS", "5000"))
 PORT = int(os.environ.get("PORT", "8095"))
+SERVER_CORE = os.environ.get("SERVER_CORE")  # e.g. "0": the server pinned to that core (taskset)
 IMAGE = (Path(os.path.dirname(sklearn.datasets.__file__)) / "images" / "china.jpg").read_bytes()
 
 
@@ -131,7 +135,7 @@ def reconcile(result: dict[str, Any], served: Counter[str]) -> dict[str, Any]:
 
 async def main() -> None:
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-    with harness.batchserve(config(), PORT) as (url, process):
+    with harness.batchserve(config(), PORT, core=SERVER_CORE) as (url, process):
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=TIMEOUT_MS / 1000 + 30) as client:
             capacity = await closed_loop(client, 15)
             rss_before = rss_mib(process.pid)
@@ -146,6 +150,12 @@ async def main() -> None:
     report = {"mode": MODE, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
               "capacity_img_s": capacity, "offered_per_s": rate, "duration_s": DURATION_S,
               "rss_mib_before": rss_before, "rss_mib_after": rss_after, "rss_samples": samples, **result}
+    codes = result["statuses"]
+    refused = codes.get("503", 0) + codes.get("504", 0)
+    # what admission is for: refusals at once (503), not at the deadline (504); and the model's
+    # time spent on requests answered in time (goodput, against the closed-loop capacity)
+    report["late_refusal_share"] = codes.get("504", 0) / refused if refused else 0.0
+    report["goodput_of_capacity"] = codes.get("200", 0) / DURATION_S / capacity if capacity else 0.0
     print(json.dumps(report, indent=2))
     harness.save_results(f"reliability-{MODE}", report)
     if not report["reconciled"]:

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 import batchserve
+from batchserve.cluster.rundir import Cluster
+from batchserve.cluster.status import keep_writing_status, write_status_quietly
 from batchserve.config import ModelConfig
 from batchserve.docs import add_docs
 from batchserve.errors import BatchserveError, describe_validation_errors
@@ -29,8 +31,6 @@ from batchserve.routes import add_routes
 from batchserve.settings import ServerSettings
 from batchserve.state import AppState
 from batchserve.v2.routes import add_v2_routes
-from batchserve.workers.cluster import Cluster
-from batchserve.workers.status import keep_writing_status, write_status_quietly
 
 log = logging.getLogger(__name__)
 

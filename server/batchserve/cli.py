@@ -78,7 +78,7 @@ def serve(settings: ServerSettings) -> int:
         print(f"batchserve: {exc}", file=sys.stderr)
         return 2
     if settings.workers != 1:
-        from batchserve.workers.cores import auto_workers, available_cores, available_memory
+        from batchserve.cluster.cores import auto_workers, available_cores, available_memory
         from batchserve.workers.supervisor import Supervisor
 
         cores = available_cores()

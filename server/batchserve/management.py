@@ -8,7 +8,7 @@ nothing from a request is ever unpickled or fetched. Paths follow Triton's model
 extension (``/v2/repository/...``).
 
 With worker processes (``--workers N``), a call reaching any worker applies to every worker
-(``batchserve/workers/fanout.py``); its answer says which it reached (``workers``).
+(``batchserve/cluster/fanout.py``); its answer says which it reached (``workers``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batchserve.cluster import fanout
 from batchserve.config import ConfigError, load_models
 from batchserve.errors import (
     LoadFailed,
@@ -29,7 +30,6 @@ from batchserve.errors import (
     describe_validation_errors,
 )
 from batchserve.state import AppState
-from batchserve.workers import fanout
 
 
 class BatcherSettings(BaseModel):

@@ -41,8 +41,8 @@ from batchserve.metrics import REFRESH_INTERVAL_S, Metrics
 from batchserve.metrics_bulk import Histograms, as_histograms
 
 if TYPE_CHECKING:
+    from batchserve.cluster.rundir import Cluster
     from batchserve.state import AppState
-    from batchserve.workers.cluster import Cluster
 
 ARCHIVE = "archive"
 """The pid part of the files that hold the dead workers' sums (``counter_archive.db``, ...)."""

@@ -169,7 +169,7 @@ class ModelRegistry:
 
     async def stage(self, config: ModelConfig) -> ServedModel:
         """The first half of a load, for a load that must succeed on every worker before any
-        serves it (``batchserve/workers/fanout.py``): build, load and warm a new version of
+        serves it (``batchserve/cluster/fanout.py``): build, load and warm a new version of
         ``config.name`` (settings changed by PATCH applied), but do not install it; the old one
         serves on. Returned ``ready`` (then ``commit`` or ``abort`` it) or ``failed``."""
         async with self._lock(config.name):

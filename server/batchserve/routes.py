@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from batchserve.cluster.status import read_workers
 from batchserve.metrics_multiprocess import scrape_metrics
 from batchserve.registry import ServedModel
 from batchserve.schemas import ERROR_RESPONSES
 from batchserve.state import AppState
-from batchserve.workers.status import read_workers
 
 
 def add_routes(router: APIRouter, state: AppState) -> None:

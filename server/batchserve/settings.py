@@ -24,7 +24,7 @@ class ServerSettings(BaseSettings):
     workers: int | Literal["auto"] = Field(default=1)
     """Server processes behind the port, each with its own event loop, batchers and model
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
-    models' instances and threads (``workers/cores.py``)."""
+    models' instances and threads (``cluster/cores.py``)."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit: one grace

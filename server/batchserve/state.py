@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 from batchserve.bodies import BodyBudget
+from batchserve.cluster.rundir import Cluster
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
 from batchserve.settings import ServerSettings
-from batchserve.workers.cluster import Cluster
 
 
 @dataclass(eq=False)

@@ -127,7 +127,7 @@ def server_cores(server_cpus: set[int] | None) -> int:
     """The cores the candidates' servers may use: this process's (its affinity, capped by a
     cgroup CPU quota: ``available_cores``, the rule ``serve --workers auto`` follows), and of
     them only ``--server-cpus`` when given."""
-    from batchserve.workers.cores import available_cores
+    from batchserve.cluster.cores import available_cores
 
     cores = available_cores()
     return min(cores, len(server_cpus)) if server_cpus else cores

@@ -205,7 +205,7 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
 
 
 def _two_cores() -> None:
-    from batchserve.workers.cores import available_cores
+    from batchserve.cluster.cores import available_cores
 
     if available_cores() < 2:
         pytest.skip("two workers need two cores")

@@ -295,7 +295,7 @@ def test_workers_come_from_the_cpu_limit_which_the_pod_is_guaranteed(name: str, 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
 def test_memory_holds_a_copy_of_the_models_per_worker(deployment: Resource) -> None:
-    from batchserve.workers.cores import auto_workers
+    from batchserve.cluster.cores import auto_workers
 
     configs = parse_models(tomllib.loads(pod_models(deployment)), source=Path("/models/models.toml"))
     limits = container(deployment)["resources"]["limits"]

@@ -102,9 +102,9 @@ def running_workers(config: Path, count: int = 2,
 
 
 def main() -> None:
+    from batchserve.cluster.rundir import Cluster
     from batchserve.config import load_models
     from batchserve.settings import ServerSettings
-    from batchserve.workers.cluster import Cluster
     from batchserve.workers.worker import serve_worker
 
     parser = argparse.ArgumentParser()

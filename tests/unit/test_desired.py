@@ -7,9 +7,9 @@ import json
 import threading
 from pathlib import Path
 
+from batchserve.cluster import desired
+from batchserve.cluster.rundir import Cluster
 from batchserve.config import ModelConfig, load_models
-from batchserve.workers import desired
-from batchserve.workers.cluster import Cluster
 
 from tests.support import write_models
 
@@ -89,11 +89,11 @@ def test_a_starting_worker_reads_the_changes_again_only_once_its_peer_socket_lis
     waits for the socket, so a change made between the two reaches it as well."""
     import asyncio
 
+    from batchserve.cluster.peers import reapply_desired
     from batchserve.metrics import Metrics
     from batchserve.registry import ModelRegistry
     from batchserve.settings import ServerSettings
     from batchserve.state import AppState
-    from batchserve.workers.peers import reapply_desired
 
     cluster = _cluster(tmp_path)
     served, unloaded = desired.apply_desired(cluster, _configs(tmp_path))

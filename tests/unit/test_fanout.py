@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batchserve.cluster import fanout
+from batchserve.cluster.rundir import Cluster
 from batchserve.config import load_models
 from batchserve.errors import LoadFailed
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
 from batchserve.settings import ServerSettings
 from batchserve.state import AppState
-from batchserve.workers import fanout
-from batchserve.workers.cluster import Cluster
 
 from tests.support import write_models
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batchserve.cluster.rundir import Cluster
 from batchserve.metrics_multiprocess import ARCHIVE, DirectoryCollector, retire_worker, worker_names
-from batchserve.workers.cluster import Cluster
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

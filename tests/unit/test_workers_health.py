@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from batchserve.app import create_app
+from batchserve.cluster.rundir import Cluster
+from batchserve.cluster.status import STUCK_S
 from batchserve.config import load_models
 from batchserve.settings import ServerSettings
-from batchserve.workers.cluster import Cluster
-from batchserve.workers.status import STUCK_S
 from fastapi.testclient import TestClient
 
 from tests.support import wait_ready, write_models

@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from batchserve.config import ModelConfig
-from batchserve.workers.cluster import Cluster, run_dir_parent
-from batchserve.workers.cores import (
+from batchserve.cluster.cores import (
     TORCH_BASE_BYTES,
     WORKER_BASE_BYTES,
     auto_workers,
@@ -21,7 +19,9 @@ from batchserve.workers.cores import (
     available_memory,
     worker_memory_estimate,
 )
-from batchserve.workers.status import STUCK_S, read_workers
+from batchserve.cluster.rundir import Cluster, run_dir_parent
+from batchserve.cluster.status import STUCK_S, read_workers
+from batchserve.config import ModelConfig
 
 AFFINITY = len(os.sched_getaffinity(0))
 

@@ -62,7 +62,7 @@ def set_threads(options: TorchOptions, device: torch.device, instances: int = 1)
     container's CPU limit, and does so again in every worker and every instance."""
     import torch
 
-    from batchserve.workers.cores import available_cores, worker_cores
+    from batchserve.cluster.cores import available_cores, worker_cores
 
     threads = options.torch_threads or max(1, (worker_cores() or available_cores()) // instances)
     if device.type == "cpu":

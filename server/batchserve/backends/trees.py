@@ -87,7 +87,7 @@ class TreeModel:
 def default_threads(instances: int) -> int:
     """The cores this process may use (its affinity; in one of several workers, this worker's
     share of the server's cores), shared between ``instances``."""
-    from batchserve.workers.cores import available_cores, worker_cores
+    from batchserve.cluster.cores import available_cores, worker_cores
 
     cores = worker_cores() or available_cores()
     return max(1, cores // instances)

@@ -1,2 +1,2 @@
-"""Worker processes behind one port: the supervisor that runs them (``supervisor``) and what
-each worker knows of the others (``cluster``)."""
+"""``--workers N``: the process entry points, the supervisor (``supervisor.py``) and the worker
+(``worker.py``); what they share with a single-process server is in ``batchserve/cluster/``."""

@@ -3,7 +3,7 @@
 It owns the ports (held by a socket bound with ``SO_REUSEPORT``, never listening, which every
 worker's listener binds too, so that the kernel spreads connections over them), the run
 directory the workers share
-(``workers/cluster.py``), and the workers' lives:
+(``cluster/rundir.py``), and the workers' lives:
 
 - a worker that dies is restarted, after a backoff that doubles with each death of that worker
   in the last ``CRASH_WINDOW_S`` (from ``FIRST_BACKOFF_S`` up to ``MAX_BACKOFF_S``); a worker
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from batchserve.cluster.cores import WORKER_CORES_ENV
+from batchserve.cluster.rundir import RUN_DIR_ENV, Cluster, run_dir_parent
 from batchserve.serving import reserve_port
 from batchserve.settings import ServerSettings
-from batchserve.workers.cluster import RUN_DIR_ENV, Cluster, run_dir_parent
-from batchserve.workers.cores import WORKER_CORES_ENV
 
 log = logging.getLogger(__name__)
 

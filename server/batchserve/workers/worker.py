@@ -10,9 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
+from batchserve.cluster.rundir import Cluster
 from batchserve.config import ConfigError, ModelConfig, load_models
 from batchserve.settings import ServerSettings
-from batchserve.workers.cluster import Cluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: Cluster) -> int:
     from batchserve.app import create_app, create_management_app
+    from batchserve.cluster.desired import apply_desired
+    from batchserve.cluster.peers import make_peer_server
     from batchserve.serving import make_server, run_servers
     from batchserve.state import AppState
-    from batchserve.workers.desired import apply_desired
-    from batchserve.workers.peers import make_peer_server
 
     # The supervisor holds the ports (serving.reserve_port); each worker's listener binds them too,
     # with SO_REUSEPORT, and the kernel spreads new connections over the workers.

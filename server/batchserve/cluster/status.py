@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from batchserve.cluster.rundir import Cluster
 from batchserve.state import AppState
-from batchserve.workers.cluster import Cluster
 
 log = logging.getLogger(__name__)
 

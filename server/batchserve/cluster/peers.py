@@ -30,13 +30,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batchserve.cluster import desired
+from batchserve.cluster.fanout import LocalWorker
 from batchserve.errors import BatchserveError, MalformedRequest, describe_validation_errors
 from batchserve.management import BatcherSettings
 from batchserve.responses import error_response
 from batchserve.serving import Served, make_server
 from batchserve.state import AppState
-from batchserve.workers import desired
-from batchserve.workers.fanout import LocalWorker
 
 _Body = TypeVar("_Body", bound=BaseModel)
 LISTEN_POLL_S = 0.01

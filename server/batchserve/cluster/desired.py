@@ -1,5 +1,5 @@
 """What management made of the models, for a worker that (re)starts: ``desired.json`` in the
-run directory (``workers/cluster.py``).
+run directory (``cluster/rundir.py``).
 
 One record per model name::
 
@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from batchserve.cluster.rundir import Cluster
 from batchserve.config import ModelConfig
-from batchserve.workers.cluster import Cluster
 
 Desired = dict[str, dict[str, Any]]
 """Model name -> its record (``config``, ``served``, ``overrides``)."""

@@ -33,12 +33,12 @@ from typing import Any, Protocol
 
 import httpx
 
+from batchserve.cluster import desired
+from batchserve.cluster.rundir import Cluster
 from batchserve.config import ConfigError, ModelConfig, load_models
 from batchserve.errors import BatchserveError, LoadFailed, ModelNotFound
 from batchserve.registry import ServedModel
 from batchserve.state import AppState
-from batchserve.workers import desired
-from batchserve.workers.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
