@@ -223,13 +223,14 @@ class Batcher:
         if not wait_s:  # a lone request on an idle server, or no estimate yet: never refused
             return
         left_s = deadline_s - time.monotonic()
-        if wait_s < left_s:
+        if wait_s + self.load.batch_s < left_s:  # its batch must also end in time (as _take asks)
             return
         self._metrics.rejected["overloaded"].inc()
         preprocessing = f" and {ahead.rows} items being preprocessed" if ahead and ahead.rows else ""
         raise Overloaded(
             f"model '{self.name}' has {self._queued_rows} rows queued{preprocessing}; at its recent "
-            f"rates this request's rows would start in ~{wait_s:.2f} s, past its deadline "
+            f"rates this request's rows would start in ~{wait_s:.2f} s and take "
+            f"~{self.load.batch_s:.2f} s, past its deadline "
             f"({max(left_s, 0):.2f} s left); retry later",
             retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
 
