@@ -123,3 +123,25 @@ def test_a_lone_request_on_an_idle_server_is_never_refused() -> None:
         await batcher.close(1)
 
     run(main())
+
+
+def test_rows_that_could_start_but_not_finish_a_batch_in_time_are_refused() -> None:
+    async def main() -> None:
+        backend = Slow()
+        batcher, metrics = make(backend)
+        for _ in range(RATE_AFTER_BATCHES):
+            await batcher.infer([1, 2, 3, 4], timeout_s=30)
+        waiting = await hold_and_queue(batcher, backend, 8)
+        wait_s = batcher.predicted_wait_s()
+        assert wait_s is not None and wait_s > 0
+        batcher.load.batch_s = 3600.0  # batches take an hour: none can end before the deadline
+        with pytest.raises(Overloaded):  # its rows would start well in time, but not finish
+            batcher.check_admission(1, time.monotonic() + wait_s + 60)
+        assert rejected(metrics) == 1
+        batcher.load.batch_s = 0.0
+        batcher.check_admission(1, time.monotonic() + wait_s + 60)  # a batch that ends: admitted
+        backend.gate.set()
+        await batcher.close(0)
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    run(main())
