@@ -1,4 +1,6 @@
-"""Serves the inference routes ahead of FastAPI's middleware stack and routing.
+"""Serves the inference routes ahead of FastAPI's middleware stack and routing, for an ASGI
+host (a test client, or any ASGI server); over HTTP, ``rsgi.py`` hands them to the pipeline
+itself, with ``FastPath.match``.
 
 On a small model the per-request framework work, not the model, decides throughput: every
 send of a response passes through each middleware layer, and FastAPI's outer layers (error
