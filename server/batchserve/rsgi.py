@@ -3,12 +3,14 @@ published server interface, where granian's Rust side does the sockets and HTTP)
 
 ``RsgiApp`` is the one entry of every request. An inference POST (``/predict``,
 ``/predict/{model}``, v2's ``/v2/models/{name}/infer``: ``FastPath.match``) becomes a ``Call``
-served by ``Pipeline.run``, its body read from the protocol at once (a declared length) or in
-chunks, its disconnect the protocol's, its answer one ``response_bytes``. Everything else (docs, health, models,
-management, metrics) is the FastAPI app, reached through ``asgi_bridge.serve_asgi``.
+served by ``Pipeline.run``: its body read from the protocol at once (a declared length) or in
+chunks, its disconnect the protocol's, its answer one ``response_bytes``. Everything else
+(docs, health, models, management, metrics) is the FastAPI app, reached through
+``asgi_bridge.serve_asgi``.
 
-A request past ``limit_concurrency`` in flight is answered 503 before anything is read. The requests in flight are kept, so that the drain can bound its wait
-(``serving.py``): granian's own stop waits for them without a limit.
+A request past ``limit_concurrency`` in flight is answered 503 before anything is read. The
+requests in flight are kept, so that the drain can bound its wait (``serving.py``): granian's
+own stop waits for them without a limit.
 """
 
 from __future__ import annotations
