@@ -18,9 +18,9 @@ When a batch goes (the ``trigger`` label of ``batchserve_dispatch_total``):
 Rows that arrive while every worker is busy join the next batch, so batches
 fill under load even with ``max_wait_ms = 0`` (the default).
 
-Admission refuses at once (503) when closing, when the queue is full, or when the rows
-queued ahead, at the model's best recent rate (``load.py``), would not let a request
-start before its deadline. Running a batch and its per-row errors: ``execution.py``.
+Admission refuses at once (503) when closing, when the queue is full, or when what is ahead
+(``check_admission``) would not let a request's batch end before its deadline. Running a batch
+and its per-row errors: ``execution.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,6 +47,7 @@ from batchserve.errors import (
 from batchserve.execution import (
     Batch,
     BatchFailed,
+    Disconnected,
     PredictBatch,
     Request,
     deliver,
@@ -135,6 +136,10 @@ class Batcher:
         return self._queued_rows
 
     @property
+    def watched(self) -> int:  # admitted and not yet answered, failed or abandoned
+        return len(self._inflight)
+
+    @property
     def closing(self) -> bool:
         """``close`` was called: new rows are refused."""
         return self._closing
@@ -147,7 +152,7 @@ class Batcher:
         *,
         timeout_s: float,
         deadline_s: float | None = None,
-        disconnected: Callable[[], Awaitable[object]] | None = None,
+        disconnected: Disconnected | None = None,
     ) -> list[Any]:
         """Run ``rows`` through the model and return their outputs, in order (``admit``, then
         ``wait``). The deadline is ``deadline_s`` (``time.monotonic()`` clock) when given, else
@@ -169,7 +174,7 @@ class Batcher:
             raise
 
     def admit(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
-              disconnected: Callable[[], Awaitable[object]] | None = None) -> Request:
+              disconnected: Disconnected | None = None) -> Request:
         """``submit``, with the request's deadline (and client, with ``disconnected``) watched
         until it is answered, failed or abandoned: ``infer`` is this, then ``wait``."""
         request = self.submit(rows, timeout_s=timeout_s, deadline_s=deadline_s)
@@ -206,11 +211,10 @@ class Batcher:
             self._check_wait(deadline_s, ahead)
 
     def predicted_wait_s(self, ahead: Backlog | None = None) -> float | None:
-        """How long until a request arriving now could have its rows start: the rows queued now
-        and those still being preprocessed ahead of it, at the best rate the model showed
-        recently, or the time its own preprocessing needs (``ahead.wait_s``), whichever is
-        longer (optimistic, so that it refuses only what surely can't start in time); ``None``
-        before a few batches have run (cold start), 0 with nothing ahead."""
+        """Until a request arriving now could have its rows start: the rows queued and those
+        being preprocessed ahead of it at the model's best recent rate (optimistic: it refuses
+        only what surely can't start in time), or its own preprocessing's wait (``ahead``),
+        whichever is longer; ``None`` before a few batches ran (cold start), 0 with nothing ahead."""
         ahead_rows, ahead_s = (0, 0.0) if ahead is None else (ahead.rows, ahead.wait_s())
         rows = self._queued_rows + ahead_rows
         if not rows:
@@ -227,12 +231,10 @@ class Batcher:
             return
         self._metrics.rejected["overloaded"].inc()
         preprocessing = f" and {ahead.rows} items being preprocessed" if ahead and ahead.rows else ""
-        raise Overloaded(
-            f"model '{self.name}' has {self._queued_rows} rows queued{preprocessing}; at its recent "
-            f"rates this request's rows would start in ~{wait_s:.2f} s and take "
-            f"~{self.load.batch_s:.2f} s, past its deadline "
-            f"({max(left_s, 0):.2f} s left); retry later",
-            retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
+        raise Overloaded(f"model '{self.name}' has {self._queued_rows} rows queued{preprocessing}; at "
+                         f"its recent rates this request's rows would start in ~{wait_s:.2f} s and take "
+                         f"~{self.load.batch_s:.2f} s, past its deadline ({max(left_s, 0):.2f} s left); "
+                         "retry later", retry_after_s=max(1, math.ceil(wait_s - max(left_s, 0))))
 
     def submit(self, rows: Sequence[Any], *, timeout_s: float,
                deadline_s: float | None = None) -> Request:

@@ -91,10 +91,10 @@ def serve(settings: ServerSettings) -> int:
     state: AppState = app.state.batchserve
     with contextlib.ExitStack() as ports:
         main = ports.enter_context(reserve_port(settings.host, settings.port))
-        servers = [make_server(app, settings.port, state, lifespan="on", sock=main)]
+        servers = [make_server(app, main.getsockname()[1], state, lifespan="on")]
         if settings.management_port is not None:  # the main app's lifespan loads and closes the models
             management = ports.enter_context(reserve_port(settings.host, settings.management_port))
-            servers.append(make_server(create_management_app(state), settings.management_port, state,
-                                       lifespan="off", sock=management))
+            servers.append(make_server(create_management_app(state), management.getsockname()[1],
+                                       state, lifespan="off"))
         run_servers(servers, state)
     return 0

@@ -26,6 +26,9 @@ from batchserve.errors import BackendContractError, BackendError, BatchserveErro
 log = logging.getLogger(__name__)
 
 PredictBatch = Callable[[list[Any]], Sequence[Any]]
+Disconnected = Callable[[], Awaitable[object]]
+"""What makes an awaitable that completes once a request's client has gone away (made only when
+a watch starts: a task per request costs more than a small model's row)."""
 
 _DEVICE_MARKERS = ("CUDA", "cuDNN", "CUBLAS", "out of memory", "can't allocate memory", "device-side")
 
@@ -45,7 +48,7 @@ class Request:
     dispatched_s: float = 0.0  # when its first row went in a batch (time.monotonic())
     computed_s: float = 0.0  # when the latest batch holding its rows ended
     check_s: float = 0.0  # when the batcher's InFlight next looks at it (inflight.py)
-    disconnected: Callable[[], Awaitable[object]] | None = None  # makes the watch's awaitable
+    disconnected: Disconnected | None = None  # makes the watch's awaitable
     watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
 
 

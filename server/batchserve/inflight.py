@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 
 from batchserve.errors import ClientDisconnected, DeadlineExceeded
-from batchserve.execution import Fail, Request
+from batchserve.execution import Disconnected, Fail, Request
 
 WATCH_AFTER_S = 0.05
 TICK_S = 0.005
@@ -40,7 +39,7 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._requests)
 
-    def enter(self, request: Request, disconnected: Callable[[], Awaitable[object]] | None) -> None:
+    def enter(self, request: Request, disconnected: Disconnected | None) -> None:
         """Watch ``request`` from now until ``leave``: its deadline, and (with ``disconnected``,
         which makes an awaitable that completes once the client is gone) its client."""
         request.disconnected = disconnected

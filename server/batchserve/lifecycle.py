@@ -67,8 +67,8 @@ class Adapter(ABC):
         not, ``decode`` runs on a worker thread."""
 
     @abstractmethod
-    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
-        """The items of ``body``; ``model`` is the one the path names, if it does."""
+    def decode(self, body: bytes, call: Call) -> Decoded:
+        """The items of ``body``; ``call.model`` is the model the path names, if it does."""
 
     @abstractmethod
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:

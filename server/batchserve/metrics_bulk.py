@@ -97,8 +97,8 @@ def _histogram(name: str, hits: Metric, sums: Metric | None) -> Metric:
     for sample in _totals(hits):
         labels = dict(sample.labels)
         le = labels.pop("le")
-        key = tuple(sorted(labels.items()))
-        series.setdefault(key, {})[le] = series.get(key, {}).get(le, 0.0) + sample.value
+        counts = series.setdefault(tuple(sorted(labels.items())), {})
+        counts[le] = counts.get(le, 0.0) + sample.value
     bounds = sorted({le for counts in series.values() for le in counts} | {"+Inf"}, key=float)
     histogram = Metric(name, hits.documentation, "histogram")
     for key, counts in series.items():

@@ -69,7 +69,7 @@ class EmbeddingsAdapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return size <= OFFLOAD_BYTES
 
-    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call) -> Decoded:
         decoded = parse_embeddings(body)
         assert decoded.model is not None
         backend = self.registry.get(decoded.model).backend  # 404 for an unknown model

@@ -35,9 +35,10 @@ from starlette.types import Receive, Scope
 
 from batchserve.bodies import asgi_chunks, read_body
 from batchserve.errors import InvalidInput, ModelNotReady, ShuttingDown, TooManyItems
+from batchserve.execution import Disconnected
 from batchserve.headers import RequestHeaders, requested_timeout_ms
 from batchserve.lifecycle import Adapter, Call, Decoded, timeout_ms
-from batchserve.preprocessing import Disconnected, OffLoop, disconnect_waiter, preprocess_items
+from batchserve.preprocessing import OffLoop, disconnect_waiter, preprocess_items
 from batchserve.registry import ServedModel
 from batchserve.state import AppState
 
@@ -80,9 +81,9 @@ class Pipeline:
                                    budget=self.state.bodies, whole=whole)
             call.body_s = time.monotonic()
             if adapter.decodes_on_loop(call.headers, len(body)):
-                decoded = adapter.decode(body, call, call.model)
+                decoded = adapter.decode(body, call)
             else:
-                decoded = await run_in_threadpool(adapter.decode, body, call, call.model)
+                decoded = await run_in_threadpool(adapter.decode, body, call)
             call.decoded_s = time.monotonic()
             self._named(call, decoded)
             self.check_items(decoded.items)
@@ -158,8 +159,8 @@ class Pipeline:
                     rows = preprocess_items(backend, items, backend.parse_parameters(decoded.parameters),
                                             None)
                 call.preprocessed_s = time.monotonic()
-                if model.batcher.closing and self._successor(model) is not None:
-                    continue  # reloaded while preprocessing: the new version preprocesses again
+                if model.batcher.closing:
+                    continue  # reloaded while preprocessing: _serving finds the new version
                 call.entry = model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
                                                  disconnected=disconnected)
                 return model, await model.batcher.wait(call.entry)

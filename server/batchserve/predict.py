@@ -79,10 +79,11 @@ class PredictAdapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return is_json(headers.content_type) and size <= OFFLOAD_BYTES
 
-    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call) -> Decoded:
         headers = call.headers
         if is_json(headers.content_type):
-            return _parse_predict(body, None if model is None else model.config.name)
+            return _parse_predict(body, call.name)
+        model = call.model
         assert model is not None  # check() refused non-JSON bodies without a model in the path
         items = model.backend.decode_body(headers.content_type_raw, body)
         query = call.query.decode("latin-1")

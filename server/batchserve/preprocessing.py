@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +19,7 @@ from starlette.types import Receive
 
 from batchserve.backends.base import Backend
 from batchserve.errors import ClientDisconnected, DeadlineExceeded, InvalidInput
+from batchserve.execution import Disconnected
 from batchserve.load import Backlog
 from batchserve.registry import ServedModel
 
@@ -36,7 +36,7 @@ class Stop:
         self.deadline_s = deadline_s
         self.gone = False
 
-    def on_disconnect(self, watch: asyncio.Future[None]) -> None:
+    def on_disconnect(self, watch: asyncio.Future[object]) -> None:
         if not watch.cancelled() and watch.exception() is None:
             self.gone = True
 
@@ -76,19 +76,21 @@ class OffLoop:
     """Preprocessing on worker threads; one per app (it keeps each model's slots and backlog)."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, asyncio.Semaphore] = {}  # model name -> heavy preprocessing slots
-        self._backlogs: dict[str, Backlog] = {}
+        # model name -> its backlog, and the semaphore of its heavy preprocessing slots
+        self._models: dict[str, tuple[Backlog, asyncio.Semaphore]] = {}
 
     def backlog(self, model: ServedModel) -> Backlog:
         """The model's heavy preprocessing now: ``preprocess_concurrency`` slots (default the
         cores), the items waiting for or in them, and how long a slot takes per item."""
+        return self._of(model)[0]
+
+    def _of(self, model: ServedModel) -> tuple[Backlog, asyncio.Semaphore]:
         name = model.config.name
         count = model.config.preprocess_concurrency or _cores()
-        backlog = self._backlogs.get(name)
-        if backlog is None or backlog.slots != count:  # first use, or reloaded with another count
-            backlog = self._backlogs[name] = Backlog(slots=count)
-            self._slots[name] = asyncio.Semaphore(count)
-        return backlog
+        known = self._models.get(name)
+        if known is None or known[0].slots != count:  # first use, or reloaded with another count
+            known = self._models[name] = (Backlog(slots=count), asyncio.Semaphore(count))
+        return known
 
     async def preprocess(self, model: ServedModel, items: list[Any], parameters: Any,
                          deadline_s: float, disconnected: Disconnected) -> list[Any]:
@@ -100,8 +102,7 @@ class OffLoop:
         stop = Stop(deadline_s)
         watch = asyncio.ensure_future(disconnected())
         watch.add_done_callback(stop.on_disconnect)
-        backlog = self.backlog(model)
-        slots = self._slots[model.config.name]
+        backlog, slots = self._of(model)
         backlog.rows += len(items)
         try:
             try:
@@ -134,11 +135,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-Disconnected = Callable[[], Coroutine[Any, Any, None]]
-"""What makes an awaitable that completes once the request's client has gone away (made only
-when a watch starts: a task per request costs more than a small model's row)."""
 
 
 def disconnect_waiter(receive: Receive) -> Disconnected:

@@ -75,32 +75,21 @@ class Served:
 
 
 def make_server(app: FastAPI, port: int, state: AppState, *, lifespan: Literal["on", "off"],
-                sock: socket.socket | None = None, uds: str | None = None) -> Served:
-    """A server of ``app`` on ``settings.host:port``, or on the port ``sock`` reserved (bound
-    with SO_REUSEPORT, as ``listening_socket`` makes it), or on the Unix socket ``uds``."""
-    if sock is not None:
-        port = sock.getsockname()[1]
+                uds: str | None = None) -> Served:
+    """A server of ``app`` on ``settings.host:port`` (a port ``reserve_port`` holds), or on the
+    Unix socket ``uds``."""
     return Served(app, state, lifespan=lifespan == "on", port=port, uds=uds)
 
 
-def listening_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: a free one), listening unless ``listen`` is
-    false; with ``reuse_port``, one of a group the kernel spreads connections over."""
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold ``host:port`` (0: a free one; the socket's name says which) for granian's listeners,
+    which bind it with SO_REUSEPORT: bound, never listening, so no connection waits on it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    if listen:
-        sock.listen(LISTEN_BACKLOG)
     return sock
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Hold ``host:port`` (0: a free one) for granian's listeners, which bind it with
-    SO_REUSEPORT: bound, never listening, so no connection waits on it."""
-    return listening_socket(host, port, reuse_port=True, listen=False)
 
 
 class Servers:

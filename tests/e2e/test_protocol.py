@@ -55,7 +55,7 @@ def serving(tmp_path: Path, models: list[dict[str, Any]], **settings: Any) -> It
     sock = reserve_port("127.0.0.1", 0)
     port = sock.getsockname()[1]
     served = Served(port)
-    servers = Servers([make_server(app, port, app.state.batchserve, lifespan="on", sock=sock)],
+    servers = Servers([make_server(app, port, app.state.batchserve, lifespan="on")],
                       app.state.batchserve)
 
     def run() -> None:

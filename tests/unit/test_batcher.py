@@ -382,3 +382,25 @@ async def test_rows_that_cannot_finish_before_their_deadline_are_not_started() -
     assert 99 not in fake.rows_seen
     assert sample(metrics, "batchserve_rejected_total", reason="deadline") == 1
     await batcher.close(1)
+
+
+@run
+async def test_every_request_leaves_the_watch_by_itself_however_it_ends() -> None:
+    fake = Fake()
+    batcher, _ = make(fake)
+    assert await batcher.infer([1, 2], timeout_s=5) == [2, 4]  # answered
+    assert batcher.watched == 0
+    fake.hold()
+    running = asyncio.ensure_future(batcher.infer([3], timeout_s=5))
+    await entered(fake)
+    with pytest.raises(DeadlineExceeded):  # expired while queued behind the held batch
+        await batcher.infer([4], timeout_s=0.05)
+    abandoned = batcher.admit([5], timeout_s=5)
+    batcher.abandon(abandoned, ClientDisconnected("gone"))
+    with pytest.raises(ClientDisconnected):
+        await batcher.wait(abandoned)
+    assert batcher.watched == 1  # only the request whose batch runs
+    fake.release()
+    assert await running == [6]
+    assert batcher.watched == 0
+    await batcher.close(1)

@@ -60,7 +60,8 @@ class V2Adapter(Adapter):
     def decodes_on_loop(self, headers: RequestHeaders, size: int) -> bool:
         return size <= V2_OFFLOAD_BYTES
 
-    def decode(self, body: bytes, call: Call, model: ServedModel | None) -> Decoded:
+    def decode(self, body: bytes, call: Call) -> Decoded:
+        model = call.model
         assert model is not None  # the path names the model
         request = parse_infer(body, call.headers.header_length, max_items=self.max_items)
         return Decoded(codec_for(model.backend).items(model.backend, request.inputs), request.parameters,
