@@ -38,7 +38,6 @@ from starlette.responses import Response
 from batchserve.errors import BatchserveError
 from batchserve.execution import Request
 from batchserve.headers import RequestHeaders
-from batchserve.metrics import STAGES as STAGES  # the stage label's values, in order
 from batchserve.registry import ServedModel
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class Call:
         return timeout_s, self.arrived_s + timeout_s
 
     def stage_durations(self, encoded_s: float) -> tuple[float, ...]:
-        """Seconds spent in each of ``STAGES``, for a request whose response was encoded at
+        """Seconds spent in each of ``metrics.STAGES``, for a request whose response was encoded at
         ``encoded_s``."""
         entry = self.entry
         assert entry is not None  # a request that succeeded was queued

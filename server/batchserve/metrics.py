@@ -205,7 +205,7 @@ class ModelMetrics:
 
     def request_succeeded(self, duration_s: float, stages_s: Sequence[float]) -> None:
         """A 200 answered ``duration_s`` after its arrival, which spent ``stages_s`` in each of
-        ``lifecycle.STAGES``. It is counted, with every other success of this event loop turn,
+        ``STAGES``. It is counted, with every other success of this event loop turn,
         in a callback at its end (one counter add, and the histograms' bulk flush, for the
         ~batch of requests a batch's delivery resumes); the callback runs before the loop next
         reads a socket, so a scrape that follows an answer sees it counted."""

@@ -20,7 +20,8 @@ import pytest
 import uvloop
 from batchserve.app import create_app
 from batchserve.config import load_models
-from batchserve.lifecycle import STAGES, Call
+from batchserve.lifecycle import Call
+from batchserve.metrics import STAGES
 from batchserve.pipeline import OFFLOAD_OUTPUTS
 from batchserve.serving import Servers, make_server, reserve_port
 from batchserve.settings import ServerSettings
