@@ -2,48 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from batchserve.errors import MalformedRequest
 
 TIMEOUT_HEADER = b"x-request-timeout-ms"
-_READ = frozenset({"content-type", "content-length", TIMEOUT_HEADER.decode(),
-                   "inference-header-content-length", "transfer-encoding"})
+_TIMEOUT = TIMEOUT_HEADER.decode()
 
 
 class RequestHeaders:
-    """The request headers the inference routes read, found in one pass over the raw list."""
+    """The request headers the inference routes read: from ASGI's raw list in one pass
+    (``__init__``), or looked up by name in RSGI's headers (``from_lookup``)."""
 
     __slots__ = ("chunked", "content_length", "content_type", "content_type_raw", "header_length",
                  "timeout_ms")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.content_length: bytes | None = None
-        self.chunked = False  # a Transfer-Encoding was sent
-        self.content_type = ""  # the media type, lower case, without parameters
-        self.content_type_raw = ""  # with parameters (a multipart boundary, say)
-        self.timeout_ms: bytes | None = None
-        self.header_length: bytes | None = None  # v2's Inference-Header-Content-Length
+        content_type = content_length = timeout = header_length = None
+        chunked = False  # a Transfer-Encoding was sent
         for key, value in raw:  # ASGI servers give lower-case names
             if key == b"content-type":
-                self.content_type_raw = value.decode("latin-1")
-                self.content_type = self.content_type_raw.partition(";")[0].strip().lower()
+                content_type = value.decode("latin-1")
             elif key == b"content-length":
-                self.content_length = value
+                content_length = value
             elif key == TIMEOUT_HEADER:
-                self.timeout_ms = value
+                timeout = value
             elif key == b"inference-header-content-length":
-                self.header_length = value
+                header_length = value
             elif key == b"transfer-encoding":
-                self.chunked = True
+                chunked = True
+        self._set(content_type, content_length, timeout, header_length, chunked)
 
+    def _set(self, content_type: str | None, content_length: bytes | None, timeout_ms: bytes | None,
+             header_length: bytes | None, chunked: bool) -> None:
+        self.content_type_raw = content_type or ""  # with parameters (a multipart boundary, say)
+        # the media type, lower case, without parameters
+        self.content_type = (self.content_type_raw.partition(";")[0].strip().lower()
+                             if content_type != "application/json" else content_type)
+        self.content_length = content_length
+        self.timeout_ms = timeout_ms  # X-Request-Timeout-Ms
+        self.header_length = header_length  # v2's Inference-Header-Content-Length
+        self.chunked = chunked
 
     @classmethod
-    def from_text(cls, pairs: Iterable[tuple[str, str]]) -> RequestHeaders:
-        """The same, from headers as text (RSGI's), names in lower case: only the values read
-        are encoded."""
-        return cls([(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs
-                    if name in _READ])
+    def from_lookup(cls, get: Callable[[str], str | None]) -> RequestHeaders:
+        """The same, from headers as text looked up by lower-case name (RSGI's ``get``): five
+        lookups, where a pass over every header would make a pair of each."""
+        headers = cls.__new__(cls)
+        headers._set(get("content-type"), _latin1(get("content-length")), _latin1(get(_TIMEOUT)),
+                     _latin1(get("inference-header-content-length")),
+                     get("transfer-encoding") is not None)
+        return headers
+
+
+def _latin1(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("latin-1")
 
 
 def requested_timeout_ms(header: bytes) -> float:

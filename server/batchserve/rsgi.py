@@ -63,7 +63,7 @@ class RsgiApp:
                 return
             assert fast is not None
             adapter, name = target
-            call = Call(adapter, name, RequestHeaders.from_text(scope.headers.items()), method="POST",
+            call = Call(adapter, name, RequestHeaders.from_lookup(scope.headers.get), method="POST",
                         path=scope.path, query=scope.query_string.encode("latin-1"))
             response = await fast.pipeline.run(call, lambda: body_chunks(protocol),
                                                protocol.client_disconnect, lambda: body_whole(protocol))

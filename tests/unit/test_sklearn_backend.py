@@ -186,3 +186,23 @@ def test_a_linear_model_with_its_own_predict_keeps_it() -> None:
     assert linear_predict(Shifted().fit([[0.0], [1.0]], [0.0, 1.0])) is None
     assert linear_predict(LogisticRegression().fit([[0.0], [1.0]], [0, 1])) is None
     assert linear_predict(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])) is not None
+
+
+def test_a_row_is_checked_value_by_value(tmp_path: Path) -> None:
+    """Every value an int or a float (not a bool, not a string) and finite, whatever the fast
+    check lets through; finite values whose sum overflows are still a valid row."""
+    from batchserve.backends.sklearn import SklearnBackend
+    from batchserve.config import ModelConfig
+    from batchserve.errors import InvalidInput
+
+    joblib.dump(LinearRegression().fit([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0]], [0.0, 1.0]),
+                tmp_path / "three.joblib")
+    backend = SklearnBackend(ModelConfig(name="three", backend="sklearn", path=tmp_path / "three.joblib"))
+    backend.load("cpu")
+    for row in ([0.5, 1, -2.0], [1e308, 1e308, 1e308]):
+        assert backend.preprocess(row, None) == row
+    for row, position in (([0.0, float("inf"), 1.0], 1), ([float("nan"), 0.0, 0.0], 0),
+                          ([0.0, 0.0, -float("inf")], 2), ([0.0, True, 0.0], 1),
+                          ([0.0, 1.0, "2"], 2)):
+        with pytest.raises(InvalidInput, match=f"feature {position} must be a finite number"):
+            backend.preprocess(row, None)
