@@ -40,8 +40,14 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
     """The app of a server, or of one of its workers (``cluster``; ``unloaded``: the models
     management unloaded before this worker started, ``desired.apply_desired``)."""
     metrics = Metrics(max_batch_size=max((c.max_batch_size for c in configs), default=1))
-    state = AppState(settings=settings, registry=ModelRegistry(configs, metrics, unloaded=unloaded),
-                     metrics=metrics, cluster=cluster)
+    tracing = None
+    if settings.tracing:  # OpenTelemetry is imported only now: an extra, and off by default
+        from batchserve.tracing import setup_tracing
+
+        tracing = setup_tracing(metrics.trace_spans_dropped, None if cluster is None else cluster.index)
+    registry = ModelRegistry(configs, metrics, unloaded=unloaded, tracing=tracing)
+    state = AppState(settings=settings, registry=registry, metrics=metrics, cluster=cluster,
+                     tracing=tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +68,8 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
             for task in (status, refreshing):  # the others see this worker draining until here
                 if task is not None:
                     task.cancel()
+            if tracing is not None:  # the spans still queued go out (a thread: off the loop)
+                await asyncio.to_thread(tracing.shutdown)
 
     app = BatchserveApp(
         title="batchserve",

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchserve.errors import (
     BackendError,
@@ -59,6 +59,9 @@ from batchserve.inflight import InFlight
 from batchserve.load import Backlog, RecentLoad
 from batchserve.metrics import ModelMetrics
 
+if TYPE_CHECKING:  # imported only when tracing is on (OpenTelemetry is an extra)
+    from batchserve.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +79,8 @@ class Batcher:
         max_queue: int,
         instances: int = 1,
         on_loop_when_cheap: bool = False,
+        tracing: Tracing | None = None,
+        device: str = "cpu",
     ) -> None:
         self.name = name
         self._predict_batch = predict_batch
@@ -94,6 +99,7 @@ class Batcher:
         self._pool: ThreadPoolExecutor | None = None
         # with one instance cheap batches may run on the loop (load.RecentLoad.placement, held_loop)
         self._inline = on_loop_when_cheap and instances == 1
+        self._tracing, self._device = tracing, device  # for batch spans, when tracing is on
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
 
@@ -146,14 +152,8 @@ class Batcher:
 
     # -- admission -------------------------------------------------------------------------
 
-    async def infer(
-        self,
-        rows: Sequence[Any],
-        *,
-        timeout_s: float,
-        deadline_s: float | None = None,
-        disconnected: Disconnected | None = None,
-    ) -> list[Any]:
+    async def infer(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
+                    disconnected: Disconnected | None = None) -> list[Any]:
         """Run ``rows`` through the model and return their outputs, in order (``admit``, then
         ``wait``). The deadline is ``deadline_s`` (``time.monotonic()`` clock) when given, else
         ``timeout_s`` from now. Raises what ``check_admission`` raises, at once;
@@ -211,16 +211,8 @@ class Batcher:
             self._check_wait(deadline_s, ahead)
 
     def predicted_wait_s(self, ahead: Backlog | None = None) -> float | None:
-        """Until a request arriving now could have its rows start: the rows queued and those
-        being preprocessed ahead of it at the model's best recent rate (optimistic: it refuses
-        only what surely can't start in time), or its own preprocessing's wait (``ahead``),
-        whichever is longer; ``None`` before a few batches ran (cold start), 0 with nothing ahead."""
-        ahead_rows, ahead_s = (0, 0.0) if ahead is None else (ahead.rows, ahead.wait_s())
-        rows = self._queued_rows + ahead_rows
-        if not rows:
-            return ahead_s
-        rate = self.load.best_rate()
-        return None if rate is None else max(ahead_s, rows / (self.instances * rate))
+        """Until a request arriving now could have its rows start (``RecentLoad.wait_s``)."""
+        return self.load.wait_s(self._queued_rows, self.instances, ahead)
 
     def _check_wait(self, deadline_s: float, ahead: Backlog | None) -> None:
         wait_s = self.predicted_wait_s(ahead)
@@ -307,8 +299,8 @@ class Batcher:
             self._queue.popleft()
 
     def _take(self) -> Batch:
-        batch = Batch()
         now = time.monotonic()
+        batch = Batch(taken_s=now)
         queue_wait = self._metrics.queue_wait
         while self._queue and len(batch.rows) < self.max_batch_size:
             request = self._queue[0]
@@ -380,7 +372,10 @@ class Batcher:
                         log.info("model %s: a batch held the event loop %.1f ms; its batches run "
                                  "on its thread for the next %d", self.name, computed_s * 1000, paused)
             self.load.computed(len(batch.rows), computed_s, on_loop=inline)
-            deliver(batch, outcomes, self._fail, self._inflight.leave, self.name, time.monotonic())
+            ended_s = time.monotonic()
+            if self._tracing is not None:
+                self._tracing.batch(batch, self.name, trigger, place, self._device, ended_s)
+            deliver(batch, outcomes, self._fail, self._inflight.leave, self.name, ended_s)
             if inline and self._queue:
                 await asyncio.sleep(0)  # the loop's other work, between batches held on it
 

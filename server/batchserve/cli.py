@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (8000; 0 picks a free one)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="log lines as text (default) or JSON objects (with trace ids when tracing)")
+    serve.add_argument("--tracing", action="store_true", default=None,
+                       help="export OpenTelemetry traces (configured by the OTEL_* variables)")
     serve.add_argument("--management-port", type=int,
                        help="serve the management API on this port only (default: on --port)")
     serve.add_argument("--workers", type=_workers,
@@ -47,6 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tracing_problem(settings: ServerSettings) -> str | None:
+    """Why ``--tracing`` can't work as the environment asks (``None``: it can, or it is off)."""
+    if not settings.tracing:
+        return None
+    try:
+        from batchserve.tracing import check_environment
+    except ImportError as exc:
+        return f"--tracing needs OpenTelemetry: pip install 'batchserve[tracing]' ({exc})"
+    try:
+        check_environment()
+    except ValueError as exc:
+        return f"--tracing: {exc}"
+    return None
+
+
 def _workers(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
@@ -67,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: ServerSettings) -> int:
     from batchserve.app import create_app, create_management_app
+    from batchserve.logs import configure_logging
     from batchserve.serving import make_server, reserve_port, run_servers
     from batchserve.state import AppState
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
         configs = load_models(settings.config)
     except ConfigError as exc:
         print(f"batchserve: {exc}", file=sys.stderr)
+        return 2
+    if (problem := tracing_problem(settings)) is not None:
+        print(f"batchserve: {problem}", file=sys.stderr)
         return 2
     if settings.workers != 1:
         from batchserve.cluster.cores import auto_workers, available_cores, available_memory

@@ -50,12 +50,15 @@ class Request:
     check_s: float = 0.0  # when the batcher's InFlight next looks at it (inflight.py)
     disconnected: Disconnected | None = None  # makes the watch's awaitable
     watcher: asyncio.Future[object] | None = None  # waits for the client to disconnect
+    span: Any = None  # its caller's trace span, when traced (tracing.py)
+    batch_spans: list[Any] | None = None  # the spans of the batches that ran it, when traced
 
 
 @dataclass(slots=True)
 class Batch:
     rows: list[Any] = field(default_factory=list)
     slices: list[tuple[Request, int, int]] = field(default_factory=list)
+    taken_s: float = 0.0  # when it was taken from the queue (time.monotonic())
 
 
 class Fail(Protocol):

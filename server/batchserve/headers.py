@@ -15,10 +15,10 @@ class RequestHeaders:
     (``__init__``), or looked up by name in RSGI's headers (``from_lookup``)."""
 
     __slots__ = ("chunked", "content_length", "content_type", "content_type_raw", "header_length",
-                 "timeout_ms")
+                 "timeout_ms", "traceparent", "tracestate")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        content_type = content_length = timeout = header_length = None
+        content_type = content_length = timeout = header_length = traceparent = tracestate = None
         chunked = False  # a Transfer-Encoding was sent
         for key, value in raw:  # ASGI servers give lower-case names
             if key == b"content-type":
@@ -31,10 +31,16 @@ class RequestHeaders:
                 header_length = value
             elif key == b"transfer-encoding":
                 chunked = True
-        self._set(content_type, content_length, timeout, header_length, chunked)
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")
+        self._set(content_type, content_length, timeout, header_length, chunked, traceparent,
+                  tracestate)
 
     def _set(self, content_type: str | None, content_length: bytes | None, timeout_ms: bytes | None,
-             header_length: bytes | None, chunked: bool) -> None:
+             header_length: bytes | None, chunked: bool, traceparent: str | None,
+             tracestate: str | None) -> None:
         self.content_type_raw = content_type or ""  # with parameters (a multipart boundary, say)
         # the media type, lower case, without parameters
         self.content_type = (self.content_type_raw.partition(";")[0].strip().lower()
@@ -43,15 +49,17 @@ class RequestHeaders:
         self.timeout_ms = timeout_ms  # X-Request-Timeout-Ms
         self.header_length = header_length  # v2's Inference-Header-Content-Length
         self.chunked = chunked
+        self.traceparent = traceparent  # W3C trace context, for tracing.py
+        self.tracestate = tracestate
 
     @classmethod
     def from_lookup(cls, get: Callable[[str], str | None]) -> RequestHeaders:
-        """The same, from headers as text looked up by lower-case name (RSGI's ``get``): five
+        """The same, from headers as text looked up by lower-case name (RSGI's ``get``): seven
         lookups, where a pass over every header would make a pair of each."""
         headers = cls.__new__(cls)
         headers._set(get("content-type"), _latin1(get("content-length")), _latin1(get(_TIMEOUT)),
                      _latin1(get("inference-header-content-length")),
-                     get("transfer-encoding") is not None)
+                     get("transfer-encoding") is not None, get("traceparent"), get("tracestate"))
         return headers
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from starlette.responses import Response
 from batchserve.errors import BatchserveError
 from batchserve.execution import Request
 from batchserve.headers import RequestHeaders
+from batchserve.metrics import STAGES
 from batchserve.registry import ServedModel
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class Decoded:
 
 class Adapter(ABC):
     """A protocol's wire format: request bodies to items, outputs and errors to responses."""
+
+    protocol = ""
+    """Its name in traces (``batchserve.protocol``): ``predict``, ``v2``, ``openai``."""
 
     def check(self, headers: RequestHeaders, model: str | None) -> None:  # noqa: B027 - optional
         """Refuse, before the body is read, what the headers already show cannot be served."""
@@ -82,8 +86,9 @@ class Call:
     """One inference request: what it is (adapter, path, headers), the model serving it from
     when that is known, its queue entry once queued, and when it passed each stage."""
 
-    __slots__ = ("adapter", "arrived_s", "body_s", "decoded_s", "entry", "headers", "method",
-                 "model", "name", "path", "preprocessed_s", "query", "requested_ms")
+    __slots__ = ("adapter", "arrived_s", "body_s", "decoded_s", "entry", "headers", "items",
+                 "method", "model", "name", "path", "preprocessed_s", "query", "requested_ms", "span",
+                 "trace_token")
 
     def __init__(self, adapter: Adapter, name: str | None, headers: RequestHeaders, *,
                  method: str, path: str, query: bytes) -> None:
@@ -98,6 +103,9 @@ class Call:
         self.requested_ms: float | None = None  # X-Request-Timeout-Ms
         self.entry: Request | None = None  # its rows in the model's batcher, once queued
         self.body_s = self.decoded_s = self.preprocessed_s = 0.0
+        self.items = 0  # how many it has, once decoded
+        self.span: Any = None  # its trace span, when tracing is on and it is sampled (tracing.py)
+        self.trace_token: Any = None  # the span made current while it is served, for the logs
 
     def deadline(self, model: ServedModel) -> tuple[float, float]:
         """The request's timeout on ``model`` and its deadline (``time.monotonic()``)."""
@@ -112,6 +120,22 @@ class Call:
         return (self.body_s - self.arrived_s, self.decoded_s - self.body_s,
                 self.preprocessed_s - self.decoded_s, entry.dispatched_s - self.preprocessed_s,
                 entry.computed_s - entry.dispatched_s, encoded_s - entry.computed_s)
+
+    def stages(self, answered_s: float) -> Iterator[tuple[str, float, float]]:
+        """Each of ``metrics.STAGES`` the request went through, with its start and end: all of
+        them for an answer, those before the one it failed in (that one ending at
+        ``answered_s``) for an error."""
+        entry = self.entry
+        ends = (self.body_s, self.decoded_s, self.preprocessed_s,
+                0.0 if entry is None else entry.dispatched_s,
+                0.0 if entry is None else entry.computed_s, answered_s)
+        start_s = self.arrived_s
+        for stage, end_s in zip(STAGES, ends, strict=True):
+            if not end_s:  # the stage it failed in
+                yield stage, start_s, answered_s
+                return
+            yield stage, start_s, end_s
+            start_s = end_s
 
     def succeeded(self, response: Response) -> Response:
         """Count the answer (a 200) and its stages; ``response`` itself."""

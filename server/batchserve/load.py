@@ -140,6 +140,18 @@ class RecentLoad:
             return None
         return max(self.rates.values())
 
+    def wait_s(self, queued_rows: int, instances: int, ahead: Backlog | None) -> float | None:
+        """Until a request arriving now could have its rows start: the ``queued_rows`` and those
+        being preprocessed ahead of it at the model's best recent rate (optimistic: it refuses
+        only what surely can't start in time), or its own preprocessing's wait (``ahead``),
+        whichever is longer; ``None`` before a few batches ran (cold start), 0 with nothing ahead."""
+        ahead_rows, ahead_s = (0, 0.0) if ahead is None else (ahead.rows, ahead.wait_s())
+        rows = queued_rows + ahead_rows
+        if not rows:
+            return ahead_s
+        rate = self.best_rate()
+        return None if rate is None else max(ahead_s, rows / (instances * rate))
+
 
 BACKLOG_AFTER_ITEMS = 4  # no preprocessing time is claimed from fewer items measured
 

@@ -121,6 +121,11 @@ class Metrics:
             "(preprocessing), queue, compute_infer (batches), compute_output (encoding).",
             ["model", "stage"], LATENCY_BUCKETS_S, r,
         )
+        self.trace_spans_dropped = Counter(
+            "batchserve_trace_spans_dropped", "Trace spans dropped because the export queue was "
+            "full (OTEL_BSP_MAX_QUEUE_SIZE): the collector is slower than the spans come.",
+            registry=r,
+        )
         self.padding_ratio = Histogram(
             "batchserve_padding_ratio", "Padding tokens / all tokens per batch (text backends).",
             ["model"], buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r,

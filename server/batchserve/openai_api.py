@@ -58,6 +58,8 @@ def openai_error(exc: BatchserveError) -> Response:
 
 
 class EmbeddingsAdapter(Adapter):
+    protocol = "openai"
+
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 

@@ -74,6 +74,10 @@ class Pipeline:
         once the client is gone. What an HTTP server's adapter hands over: any server's request
         is served here."""
         adapter = call.adapter
+        tracing = self.state.tracing
+        if tracing is not None:
+            tracing.begin(call, call.headers.traceparent, call.headers.tracestate)
+        error = None
         try:
             read_by_s = self._admit(call)
             body = await read_body(chunks, call.headers.content_length,
@@ -87,14 +91,21 @@ class Pipeline:
             call.decoded_s = time.monotonic()
             self._named(call, decoded)
             self.check_items(decoded.items)
+            call.items = len(decoded.items)
             model, outputs = await self._run(call, decoded, disconnected, large=len(body) > OFFLOAD_BYTES)
             if len(outputs) > OFFLOAD_OUTPUTS:  # encoding grows with the outputs: off the loop
                 response = await run_in_threadpool(adapter.encode, model, decoded, outputs)
             else:
                 response = adapter.encode(model, decoded, outputs)
         except Exception as exc:
-            return call.failed(exc)
-        return call.succeeded(response)
+            error = exc
+            response = call.failed(exc)
+        else:
+            response = call.succeeded(response)
+        if call.span is not None:
+            assert tracing is not None  # only tracing gives a call a span
+            tracing.finish(call, response.status_code, error, time.monotonic())
+        return response
 
     def _admit(self, call: Call) -> float:
         """Stages 1 and 2; by when the body must have been read (``time.monotonic()``)."""
@@ -163,6 +174,8 @@ class Pipeline:
                     continue  # reloaded while preprocessing: _serving finds the new version
                 call.entry = model.batcher.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
                                                  disconnected=disconnected)
+                if call.span is not None:  # its batches' spans link to it
+                    call.entry.span = call.span
                 return model, await model.batcher.wait(call.entry)
             except ShuttingDown:  # counted by the batcher that refused or dropped the rows
                 if self._successor(model) is None:

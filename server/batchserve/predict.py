@@ -65,6 +65,8 @@ def is_json(media_type: str) -> bool:
 
 
 class PredictAdapter(Adapter):
+    protocol = "predict"
+
     def check(self, headers: RequestHeaders, model: str | None) -> None:
         media_type = headers.content_type
         if media_type == "application/json":

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchserve.artifacts import artifact_sha256 as artifact_sha256  # re-exported: its old home
 from batchserve.artifacts import pinned
@@ -18,6 +18,9 @@ from batchserve.batcher import Batcher
 from batchserve.config import ModelConfig
 from batchserve.errors import ModelNotFound
 from batchserve.metrics import Metrics, ModelMetrics
+
+if TYPE_CHECKING:  # imported only when tracing is on (OpenTelemetry is an extra)
+    from batchserve.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,9 @@ class ModelRegistry:
     at a time (a lock per name), the startup load included."""
 
     def __init__(self, configs: list[ModelConfig], metrics: Metrics, *,
-                 unloaded: list[ModelConfig] | None = None) -> None:
+                 unloaded: list[ModelConfig] | None = None, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._locks: dict[str, asyncio.Lock] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         self._models: dict[str, ServedModel] = {}
@@ -77,6 +81,7 @@ class ModelRegistry:
             max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, instances=config.instances,
             on_loop_when_cheap=backend.predict_on_loop_when_cheap,
+            tracing=self._tracing, device=config.device,
         )
         return ServedModel(config, backend, batcher, model_metrics)
 

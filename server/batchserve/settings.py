@@ -26,6 +26,12 @@ class ServerSettings(BaseSettings):
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
     models' instances and threads (``cluster/cores.py``)."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, with the ``trace_id`` and ``span_id`` of the
+    request a line concerns when tracing is on (``batchserve/logs.py``)."""
+    tracing: bool = False
+    """Export OpenTelemetry traces of requests and batches, configured by the standard
+    ``OTEL_*`` variables (``batchserve/tracing.py``; the ``tracing`` extra)."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long queued and running requests get to finish before the exit: one grace
     for the whole drain, from the signal to the exit. 0 means no wait: they are dropped at once."""

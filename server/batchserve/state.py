@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from batchserve.bodies import BodyBudget
 from batchserve.cluster.rundir import Cluster
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
 from batchserve.settings import ServerSettings
+
+if TYPE_CHECKING:  # imported only when tracing is on (OpenTelemetry is an extra)
+    from batchserve.tracing import Tracing
 
 
 @dataclass(eq=False)
@@ -23,6 +27,8 @@ class AppState:
     """When the drain must be over (``time.monotonic()``), fixed when it begins."""
     cluster: Cluster | None = None
     """The other worker processes of this server (``--workers N``); ``None`` when it is one."""
+    tracing: Tracing | None = None
+    """This process's OpenTelemetry tracer (``--tracing``); ``None`` when tracing is off."""
     bodies: BodyBudget = field(init=False)
     """Bytes reserved by the request bodies being read (``settings.max_inflight_body_bytes``)."""
 

@@ -199,10 +199,12 @@ def test_a_row_is_checked_value_by_value(tmp_path: Path) -> None:
                 tmp_path / "three.joblib")
     backend = SklearnBackend(ModelConfig(name="three", backend="sklearn", path=tmp_path / "three.joblib"))
     backend.load("cpu")
-    for row in ([0.5, 1, -2.0], [1e308, 1e308, 1e308]):
+    good: list[list[object]] = [[0.5, 1, -2.0], [1e308, 1e308, 1e308]]
+    for row in good:
         assert backend.preprocess(row, None) == row
-    for row, position in (([0.0, float("inf"), 1.0], 1), ([float("nan"), 0.0, 0.0], 0),
-                          ([0.0, 0.0, -float("inf")], 2), ([0.0, True, 0.0], 1),
-                          ([0.0, 1.0, "2"], 2)):
+    bad: list[tuple[list[object], int]] = [
+        ([0.0, float("inf"), 1.0], 1), ([float("nan"), 0.0, 0.0], 0), ([0.0, 0.0, -float("inf")], 2),
+        ([0.0, True, 0.0], 1), ([0.0, 1.0, "2"], 2)]
+    for row, position in bad:
         with pytest.raises(InvalidInput, match=f"feature {position} must be a finite number"):
             backend.preprocess(row, None)

@@ -48,6 +48,8 @@ class V2Adapter(Adapter):
     is JSON, optionally followed by binary tensor data, whatever its Content-Type (Triton's
     client sends none), except the types of an HTML form."""
 
+    protocol = "v2"
+
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
 

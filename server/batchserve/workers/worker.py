@@ -5,13 +5,13 @@ started by the supervisor, never by hand): the same app as a single-process serv
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
 from batchserve.cluster.rundir import Cluster
 from batchserve.config import ConfigError, ModelConfig, load_models
+from batchserve.logs import configure_logging
 from batchserve.settings import ServerSettings
 
 
@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     _end_with_the_supervisor()
     cluster = Cluster(args.run_dir, args.index, args.count)
     settings = ServerSettings.model_validate_json(cluster.settings_path.read_text())
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s [worker {cluster.index}] %(name)s: %(message)s")
+    configure_logging(settings, cluster.index)
     try:
         configs = load_models(settings.config)
     except ConfigError as exc:

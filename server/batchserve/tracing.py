@@ -1,0 +1,266 @@
+"""OpenTelemetry traces of requests and batches (``--tracing``; off by default).
+
+Spans are made from the timestamps a request's lifecycle already records (``lifecycle.Call``):
+tracing times nothing of its own. Per request, a SERVER span continuing the caller's W3C context
+(``traceparent``/``tracestate``), begun when the request arrived and ended when it was answered,
+with a child span per stage it went through, named as in ``metrics.STAGES`` (Triton's names).
+Per batch, one span (a child of the first traced request it ran, so it shows in that trace)
+linking every traced request it ran; each request's ``compute_infer`` span links back to its
+batches. A viewer shows who shared a batch, and how long each waited for it.
+
+Configured by OpenTelemetry's own variables, read by its SDK: ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES`` (the resource; ``service.name`` is ``batchserve`` unless they set
+one), ``OTEL_TRACES_SAMPLER``/``_ARG`` (default ``parentbased_always_on``; a caller's sampled
+context is always followed by the parent-based samplers), ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``_TRACES_ENDPOINT``) and ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``; ``grpc`` when
+opentelemetry-exporter-otlp-proto-grpc is installed), ``OTEL_BSP_MAX_QUEUE_SIZE``,
+``OTEL_BSP_SCHEDULE_DELAY`` and ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (the export queue, below).
+
+Spans are exported from a thread of their own (``ExportQueue``), never on the event loop; when
+its bounded queue is full a span is dropped and counted
+(``batchserve_trace_spans_dropped_total``), and the request goes on as if untraced.
+
+This module imports OpenTelemetry: it is imported only when tracing is on (``app.py``), and
+OpenTelemetry is the ``tracing`` extra.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from batchserve.execution import Batch
+    from batchserve.lifecycle import Call
+
+log = logging.getLogger(__name__)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class ExportQueue(SpanProcessor):
+    """Ended spans, exported in batches from a thread: a bounded queue that drops (and counts)
+    what it can't hold rather than make a request wait. Sized by the SDK's batch processor's
+    variables (``OTEL_BSP_*``), with its defaults."""
+
+    def __init__(self, exporter: SpanExporter, dropped: Counter) -> None:
+        self._exporter = exporter
+        self._dropped = dropped
+        self._max, self._batch, self._delay_s = queue_sizes()
+        self._spans: collections.deque[ReadableSpan] = collections.deque()
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._exported = 0  # spans handed to the exporter, for force_flush
+        self._queued = 0  # spans ever queued
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="batchserve-trace-export", daemon=True)
+        self._thread.start()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
+        if len(self._spans) >= self._max or self._stopping:
+            self._dropped.inc()
+            return
+        self._spans.append(span)  # deque appends are thread-safe
+        self._queued += 1
+        if len(self._spans) >= self._batch:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._delay_s)
+            self._wake.clear()
+            self._export_all()
+            if self._stopping:
+                return
+
+    def _export_all(self) -> None:
+        while self._spans:
+            batch = [self._spans.popleft() for _ in range(min(self._batch, len(self._spans)))]
+            try:
+                self._exporter.export(batch)
+            except Exception:  # an exporter's failure must not end the thread
+                log.exception("exporting %d spans failed", len(batch))
+            with self._flushed:
+                self._exported += len(batch)
+                self._flushed.notify_all()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export what is queued now; whether it went within ``timeout_millis``."""
+        target = self._queued
+        self._wake.set()
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._exported >= target, timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._exporter.shutdown()
+
+
+class Tracing:
+    """One process's tracer: request spans begun and finished from a ``Call``, batch spans from
+    a batch's slices."""
+
+    def __init__(self, provider: TracerProvider, worker: int | None) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("batchserve")
+        self.worker = worker
+        # a monotonic instant plus this is the epoch nanoseconds OpenTelemetry takes
+        self._epoch_ns = time.time_ns() - time.monotonic_ns()
+
+    def ns(self, monotonic_s: float) -> int:
+        return int(monotonic_s * 1e9) + self._epoch_ns
+
+    def begin(self, call: Call, traceparent: str | None, tracestate: str | None) -> None:
+        """Start ``call``'s span at its arrival, continuing the caller's context; ``call.span``
+        stays ``None`` when the sampler leaves it out."""
+        carrier = {}
+        if traceparent is not None:
+            carrier["traceparent"] = traceparent
+            if tracestate is not None:
+                carrier["tracestate"] = tracestate
+        span = self.tracer.start_span(
+            f"{call.method} {call.path}", context=_PROPAGATOR.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER, start_time=self.ns(call.arrived_s),
+            attributes={"http.request.method": call.method, "url.path": call.path,
+                        "batchserve.protocol": call.adapter.protocol})
+        if span.is_recording():
+            call.span = span
+            call.trace_token = otel_context.attach(trace.set_span_in_context(span))  # for the logs
+
+    def finish(self, call: Call, status: int, error: BaseException | None, answered_s: float) -> None:
+        """End ``call``'s span (its stages as children) at ``answered_s``."""
+        span = call.span
+        assert span is not None
+        model = call.model
+        if model is not None:
+            span.set_attribute("batchserve.model", model.config.name)
+            if model.config.sha256 is not None:
+                span.set_attribute("batchserve.model.sha256", model.config.sha256)
+        if call.items:
+            span.set_attribute("batchserve.items", call.items)
+        if self.worker is not None:
+            span.set_attribute("batchserve.worker", self.worker)
+        span.set_attribute("http.response.status_code", status)
+        if error is not None:
+            span.set_attribute("error.type", type(error).__name__)
+            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        parent = trace.set_span_in_context(span)
+        entry = call.entry
+        links = entry.batch_spans if entry is not None else None
+        for stage, start_s, end_s in call.stages(answered_s):
+            child = self.tracer.start_span(
+                stage, context=parent, start_time=self.ns(start_s),
+                links=[Link(c) for c in links] if stage == "compute_infer" and links else None)
+            child.end(end_time=self.ns(end_s))
+        span.end(end_time=self.ns(answered_s))
+        otel_context.detach(call.trace_token)
+
+    def batch(self, batch: Batch, model: str, trigger: str, place: str, device: str,
+              ended_s: float) -> None:
+        """A span for ``batch``, which ran from ``batch.taken_s`` to ``ended_s``, when it ran a
+        traced request: a child of the first, linking each (and each links back to it)."""
+        traced = [request for request, _, _ in batch.slices if request.span is not None]
+        if not traced:
+            return
+        span = self.tracer.start_span(
+            "batch", context=trace.set_span_in_context(traced[0].span),
+            start_time=self.ns(batch.taken_s),
+            links=[Link(request.span.get_span_context()) for request in traced],
+            attributes={"batchserve.model": model, "batchserve.batch.size": len(batch.rows),
+                        "batchserve.batch.trigger": trigger, "batchserve.batch.place": place,
+                        "batchserve.device": device})
+        span.end(end_time=self.ns(ended_s))
+        context = span.get_span_context()
+        for request in traced:
+            if request.batch_spans is None:
+                request.batch_spans = []
+            request.batch_spans.append(context)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The trace and span ids (hex) of the span current in this task, if one is recording: the
+    request's, while it is served (``Tracing.begin``)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def setup_tracing(dropped: Counter, worker: int | None = None) -> Tracing:
+    """The process's ``Tracing``, exporting as OpenTelemetry's variables say; a ``ValueError``
+    naming the variable when they ask for what can't be done."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "batchserve"}))
+    provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, by the SDK
+    provider.add_span_processor(ExportQueue(_exporter(), dropped))
+    return Tracing(provider, worker)
+
+
+def check_environment() -> None:
+    """A ``ValueError`` naming the ``OTEL_*`` variable that asks for what can't be done."""
+    _exporter().shutdown()
+    queue_sizes()
+
+
+def queue_sizes() -> tuple[int, int, float]:
+    """The export queue's size, its export batch and the wait between exports (seconds)."""
+    most = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    return (most, min(_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), most),
+            _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0)
+
+
+def _exporter() -> SpanExporter:
+    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the package "
+                             "opentelemetry-exporter-otlp-proto-grpc; or use http/protobuf") from None
+        exporter: SpanExporter = GrpcExporter()
+        return exporter
+    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; "
+                     "use http/protobuf or grpc")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return number
+
