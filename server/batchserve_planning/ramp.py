@@ -34,13 +34,16 @@ class Step:
     error_rate: float
     mean_batch_size: float | None
     within_slo: bool
+    stages_ms: dict[str, float] | None = None
+    """Where a successful request's time went, server side (``stages.py``)."""
 
     @classmethod
     def of(cls, summary: Summary, slo_ms: float) -> Step:
         latency = summary.latency_ms
         within = latency["p99"] <= slo_ms and summary.error_rate <= MAX_ERROR_RATE
         return cls(summary.concurrency, summary.ok_rps, summary.rows_per_s, latency["p50"], latency["p99"],
-                   latency["max"], summary.error_rate, summary.mean_batch_size, within)
+                   latency["max"], summary.error_rate, summary.mean_batch_size, within,
+                   summary.stages_ms)
 
 
 @dataclass(frozen=True)

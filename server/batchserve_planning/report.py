@@ -9,6 +9,7 @@ from typing import Any
 
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.serverproc import toml_table
+from batchserve_planning.stages import breakdown_section, stages_of
 from batchserve_planning.sweep import Candidate
 
 X = "\N{MULTIPLICATION SIGN}"
@@ -127,6 +128,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
             f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
             f"{'yes' if check['p99_within_slo'] else 'no'}.", "",
         ]
+        lines += breakdown_section(stages_of(check), "the re-run of the pick")
     price = results.get("price_per_hour")
     if price:
         per_hour = best["rows_per_s"] * 3600

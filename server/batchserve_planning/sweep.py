@@ -337,7 +337,7 @@ class Sweep:
         return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
                 "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
                 "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
-                "measured_error_rate": measured.error_rate,
+                "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
                 "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
                 "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
 

@@ -73,8 +73,15 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     assert check["ratio"] == pytest.approx(check["measured_rows_per_s"] / check["predicted_rows_per_s"])
     assert check["p99_within_slo"] == (check["measured_p99_ms"] <= SLO_MS)
     assert check["throughput_within_10pct"] == (abs(check["ratio"] - 1) <= 0.10)
+    # where the re-run's requests spent their time, server side, every stage measured
+    assert list(check["stages_ms"]) == ["body", "decode", "compute_input", "queue", "compute_infer",
+                                        "compute_output"]
+    assert all(value >= 0 for value in check["stages_ms"].values())
+    assert sum(check["stages_ms"].values()) > 0
 
     report = (out / "report.md").read_text()
+    assert "### Where a request's time went (the re-run of the pick)" in report
+    assert f"Most of it is **{max(check['stages_ms'], key=check['stages_ms'].get)}**" in report
     for heading in ("## Recommendation", "### Final round", "### Checked by starting it again", "## Cost",
                     "## Trade-off", "## Model size", "## All candidates", "## Every ramp step"):
         assert heading in report
