@@ -110,27 +110,29 @@ def load_config(path: Path) -> tuple[Path, dict[str, Any], Any]:
     model_type = data.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ModelConfigError(f"{file}: no model_type field (the architecture family, e.g. \"llama\")")
-    fields = {k: v for k, v in data.items() if k != "model_type"}
     try:
-        config = AutoConfig.for_model(model_type, **fields)
-    except ValueError as exc:
-        if "Unrecognized model" in str(exc) or "model_type" in str(exc):
-            import transformers
+        default = AutoConfig.for_model(model_type)
+    except ValueError:
+        import transformers
 
-            raise ModelConfigError(f"{file}: model_type {model_type!r} is not an architecture "
-                                   f"transformers {transformers.__version__} knows") from None
-        raise ModelConfigError(f"{file}: {exc}") from None
-    aliases: dict[str, str] = dict(getattr(type(config), "attribute_map", {}) or {})
-    required = [*REQUIRED, *(["intermediate_size"] if hasattr(config, "intermediate_size") else [])]
+        raise ModelConfigError(f"{file}: model_type {model_type!r} is not an architecture "
+                               f"transformers {transformers.__version__} knows") from None
+    aliases: dict[str, str] = dict(getattr(type(default), "attribute_map", {}) or {})
+    required = [*REQUIRED, *(["intermediate_size"] if hasattr(default, "intermediate_size") else [])]
     for name in required:
-        given = name in data or aliases.get(name) in data
-        if not given:
+        key = name if name in data else aliases.get(name)
+        if key not in data:
             alias = f" (or {aliases[name]})" if name in aliases else ""
             raise ModelConfigError(f"{file}: missing field {name}{alias}: the estimate needs it "
                                    "(transformers would put a default in its place)")
-        value = getattr(config, name)
+        value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ModelConfigError(f"{file}: {name} must be a positive integer, not {value!r}")
+            raise ModelConfigError(f"{file}: {key} must be a positive integer, not {value!r}")
+    try:
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
+    except Exception as exc:  # transformers' validators raise their own types: each names the field
+        reason = str(exc).strip().splitlines()
+        raise ModelConfigError(f"{file}: transformers refuses it: {' '.join(reason[:3])}") from None
     return file, data, config
 
 
@@ -144,21 +146,25 @@ def model_shape(path: Path) -> ModelShape:
     architectures = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     model_class = next((getattr(transformers, a) for a in architectures
                         if isinstance(getattr(transformers, a, None), type)), None)
-    with torch.device("meta"):
-        if model_class is not None:
-            model = model_class(config)
-        else:
-            if architectures:
-                notes.append(f"architectures {architectures} unknown to transformers: built AutoModel")
-            else:
-                notes.append("no architectures field: built AutoModel (no task head)")
-            model = transformers.AutoModel.from_config(config)  # type: ignore[no-untyped-call]
+    if model_class is None:
+        notes.append(f"architectures {architectures} unknown to transformers: built AutoModel"
+                     if architectures else "no architectures field: built AutoModel (no task head)")
+    try:
+        with torch.device("meta"):
+            model = (model_class(config) if model_class is not None
+                     else transformers.AutoModel.from_config(config))  # type: ignore[no-untyped-call]
+    except Exception as exc:  # a config transformers accepts but cannot build a model from
+        name = model_class.__name__ if model_class is not None else "AutoModel"
+        raise ModelConfigError(f"{file}: {name} cannot be built from it: {exc}") from None
     architecture = type(model).__name__
     decoder = architecture.endswith(DECODER_SUFFIXES)
     hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if "num_key_value_heads" not in data and decoder:
         notes.append("no num_key_value_heads: multi-head attention assumed (KV heads = attention heads)")
+    if heads % kv_heads:
+        raise ModelConfigError(f"{file}: num_attention_heads {heads} is not a multiple of "
+                               f"num_key_value_heads {kv_heads}")
     head_dim = getattr(config, "head_dim", None)
     if not isinstance(head_dim, int) or head_dim < 1:
         if hidden % heads:

@@ -146,6 +146,11 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
                 backend, device, input_sizes,
                 input_batch_sizes or default_batch_sizes(config.max_batch_size))
         report["per_worker"] = per_worker(report, workers)
+        from batchserve_planning.estimate_check import beside_measurement
+
+        estimate = beside_measurement(backend, report)
+        if estimate is not None:
+            report["config_estimate"] = estimate
         return report
     finally:
         backend.unload()
@@ -225,6 +230,10 @@ def format_report(report: dict[str, Any]) -> str:
 
         table = report["memory_by_input"]
         lines += ["", *memory_by_input_caption(table), "", *memory_by_input_lines(table)]
+    if report.get("config_estimate"):
+        from batchserve_planning.estimate_check import lines as estimate_lines
+
+        lines += ["", *estimate_lines(report["config_estimate"])]
     return "\n".join(lines)
 
 
