@@ -9,9 +9,9 @@ per item and batch size (``memory_by_input``). The estimate counts what a forwar
 attention mask and the pooled outputs, and on CPU the allocator's rounding. ``MARGIN`` is the
 agreement expected (README, "Sizing from a config").
 
-For resnet50 (torchvision's architecture, no ``config.json``) the estimate is the architecture
-built on the meta device: its parameters and weight bytes; there is no config-only activation
-formula for a convolutional network here.
+For resnet50 (torchvision's architecture, no ``config.json``) the architecture is built on the
+meta device: its parameters, and its activations from a forward pass there (``meta_forward_peak``:
+shapes only) against ``inspect``'s memory per batch size.
 """
 
 from __future__ import annotations
@@ -80,18 +80,71 @@ def _resnet50(report: dict[str, Any]) -> dict[str, Any]:
     from torchvision.models import resnet50
 
     with torch.device("meta"):
-        model = resnet50()
+        model = resnet50().eval()
     parameters = sum(p.numel() for p in model.parameters())
+    rows = []
+    for row in report.get("memory") or []:
+        batch, measured = row["batch_size"], row["activation_bytes"]
+        estimated = meta_forward_peak(model, torch.empty(batch, 3, 224, 224, device="meta"))
+        rows.append({"tokens": None, "batch_size": batch, "forward_tokens": None,
+                     "estimate_bytes": estimated, "measured_bytes": measured,
+                     "ratio": estimated / measured if measured else None,
+                     "within_margin": (abs(estimated / measured - 1) <= MARGIN
+                                       if measured >= MARGIN_FROM_BYTES else None)})
     return {"config": "torchvision.models.resnet50 (the backend's architecture)", "parameters": parameters,
-            "measured_parameters": report["size"].get("parameters"), "activations": [],
-            "note": "no config-only activation formula for a convolutional network"}
+            "measured_parameters": report["size"].get("parameters"), "activations": rows,
+            "margin": MARGIN, "margin_from_bytes": MARGIN_FROM_BYTES,
+            "note": "activations: a forward pass on the meta device, the largest sum of the layers' "
+                    "outputs alive at once (no config-only formula for a convolutional network); "
+                    "against inspect's memory per batch size (--batch-sizes)"}
+
+
+def meta_forward_peak(model: Any, example: Any) -> int:
+    """Bytes of the layers' outputs alive at once at the highest point of ``model(example)`` on the
+    meta device (shapes only: nothing is computed or allocated): each leaf module's output counted
+    from its forward hook until Python frees it (an in-place layer's output is its input)."""
+    import weakref
+
+    import torch
+
+    live: dict[str, int] = {"now": 0, "peak": 0}
+    tracked: set[int] = set()
+
+    def track(tensor: Any) -> None:
+        if not isinstance(tensor, torch.Tensor) or id(tensor) in tracked:
+            return
+        key, size = id(tensor), tensor.numel() * tensor.element_size()
+        tracked.add(key)
+        live["now"] += size
+        live["peak"] = max(live["peak"], live["now"])
+
+        def freed() -> None:
+            live["now"] -= size
+            tracked.discard(key)
+
+        weakref.finalize(tensor, freed)
+
+    def hook(module: Any, inputs: Any, output: Any) -> None:
+        for tensor in output if isinstance(output, tuple) else (output,):
+            track(tensor)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            track(example)
+            base = live["peak"] = live["now"]
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return live["peak"] - base
 
 
 def lines(check: dict[str, Any]) -> list[str]:
     """For ``inspect``'s text report."""
     from batchserve_planning.modelsize import format_bytes
 
-    out = [f"estimate from the config alone ({check['config']}): {check['parameters']:,} parameters "
+    out = [f"estimate, no weights read ({check['config']}): {check['parameters']:,} parameters "
            f"(measured {check['measured_parameters']:,})"]
     if check.get("note"):
         out.append(f"({check['note']})")
@@ -101,7 +154,9 @@ def lines(check: dict[str, Any]) -> list[str]:
                 "|---|---|---|---|---|---|"]
         for row in check["activations"]:
             ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}"
-            out.append(f"| {row['tokens']} | {row['batch_size']} | {row['forward_tokens']:,} | "
+            tokens = "—" if row["tokens"] is None else row["tokens"]
+            forward = "—" if row["forward_tokens"] is None else f"{row['forward_tokens']:,}"
+            out.append(f"| {tokens} | {row['batch_size']} | {forward} | "
                        f"{format_bytes(row['estimate_bytes'])} | {format_bytes(row['measured_bytes'])} | "
                        f"{ratio} |")
     return out

@@ -59,11 +59,13 @@ def test_embedding_estimate_follows_the_token_budget(tmp_path: Path, minilm_dir:
     assert [(r["batch_size"], r["forward_tokens"]) for r in rows] == [(8, 2048), (16, 2048)]
 
 
-def test_resnet50_architecture_counted_on_the_meta_device(tmp_path: Path, resnet_weights: Path) -> None:
+def test_resnet50_architecture_run_on_the_meta_device(tmp_path: Path, resnet_weights: Path) -> None:
     config = write_models(tmp_path / "models.toml", [
         {"name": "resnet50", "backend": "resnet50", "path": str(resnet_weights), "max_batch_size": 1,
          "options": {"torch_threads": 1}}])
-    report = _inspect_json("resnet50", "--config", str(config), "--batch-sizes", "none",
+    report = _inspect_json("resnet50", "--config", str(config), "--batch-sizes", "1,2",
                            "--input-sizes", "none")
-    estimate = report["config_estimate"]
-    assert estimate["parameters"] == report["size"]["parameters"] == 25_557_032
+    rows = _check(report["config_estimate"], 25_557_032)
+    # the forward pass on the meta device against the measured peak of predict_batch
+    assert [(r["batch_size"], r["measured_bytes"]) for r in rows] == [
+        (row["batch_size"], row["activation_bytes"]) for row in report["memory"]]
