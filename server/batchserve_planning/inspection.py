@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         print("batchserve inspect: give a model NAME (from --config) or --model-config PATH",
               file=sys.stderr)
         return 2
+    if args.hardware is not None:
+        print("batchserve inspect: --hardware sizes GPUs for --model-config (for a served model, "
+              "recommend --hardware measures it)", file=sys.stderr)
+        return 2
     try:
         configs = {c.name: c for c in load_models(args.config)}
         if args.name not in configs:

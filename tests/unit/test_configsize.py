@@ -198,3 +198,12 @@ def test_shape_rejects_a_missing_field_directly(tmp_path: Path) -> None:
     folder = write_config(tmp_path / "x", {k: v for k, v in SMALL_LLAMA.items() if k != "vocab_size"})
     with pytest.raises(ModelConfigError, match="missing field vocab_size"):
         model_shape(folder)
+
+
+def test_inspect_needs_a_name_or_a_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect"]) == 2
+    assert "give a model NAME (from --config) or --model-config PATH" in capsys.readouterr().err
+    assert main(["inspect", "diabetes", "--model-config", str(FIXTURES / "7b")]) == 2
+    assert "leave out the name ('diabetes')" in capsys.readouterr().err
+    assert main(["inspect", "diabetes", "--hardware", "models/hardware.gpus.example.toml"]) == 2
+    assert "--hardware sizes GPUs for --model-config" in capsys.readouterr().err
