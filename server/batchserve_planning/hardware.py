@@ -6,6 +6,11 @@ optional GPU (``gpu``, a device index), memory (``memory_gib``) and a price per 
 must say where it comes from (``price_source``) or be marked ``price_example = true``: a figure
 to replace, never one presented as checked.
 
+For sizing a model from its config (``inspect --model-config --hardware``, ``gpufit.py``) a profile
+also gives its GPUs: ``gpu_memory_gib`` (each GPU's memory) and ``gpus`` (how many the machine has,
+1 if not given); its price is the whole machine's. A profile without ``gpu_memory_gib`` has no GPU
+to size for; ``recommend`` ignores both keys.
+
 ``place`` confines a profile to a share of this machine: whole CPUs by affinity (the first ones
 the run may use, or the cpuset), a fractional count by a cgroup CPU quota on top, and the load
 generator on the CPUs left over. A profile that takes every CPU the run may use is measured with
@@ -40,6 +45,10 @@ class Profile:
     """A CUDA device index, or None: CPU only."""
     price_source: str | None = None
     """Where the price comes from (who, which offer, when); None: an example price."""
+    gpu_memory_bytes: int | None = None
+    """Each GPU's memory, for sizing from a config; None: no GPU given."""
+    gpus: int = 1
+    """GPUs in the machine (with ``gpu_memory_bytes``); its price is for all of them."""
 
     @property
     def cpu_count(self) -> float:
@@ -60,7 +69,8 @@ class Profile:
                 "price_is_example": self.price_is_example, "described": self.describe()}
 
 
-_KEYS = {"name", "cpus", "cpuset", "gpu", "memory_gib", "price_per_hour", "price_source", "price_example"}
+_KEYS = {"name", "cpus", "cpuset", "gpu", "memory_gib", "price_per_hour", "price_source", "price_example",
+         "gpu_memory_gib", "gpus"}
 
 
 def load_profiles(path: Path) -> list[Profile]:
@@ -116,9 +126,19 @@ def _profile(table: Any, where: str) -> Profile:
     if (source is None) == (example is not True):
         raise HardwareError(f"{where}: say where the price comes from (price_source = \"...\") or mark "
                             "it an example to replace (price_example = true), one of the two")
+    gpu_memory, gpus = table.get("gpu_memory_gib"), table.get("gpus")
+    if gpu_memory is not None and (isinstance(gpu_memory, bool) or not isinstance(gpu_memory, int | float)
+                                   or not 0 < gpu_memory < math.inf):
+        raise HardwareError(f"{where}: gpu_memory_gib must be a positive number, not {gpu_memory!r}")
+    if gpus is not None and (gpu_memory is None or isinstance(gpus, bool) or not isinstance(gpus, int)
+                             or gpus < 1):
+        raise HardwareError(f"{where}: gpus must be a positive integer, with gpu_memory_gib (each "
+                            f"GPU's memory), not {gpus!r}")
     return Profile(name=name, memory_bytes=int(memory * GIB), price_per_hour=float(price),
                    cpus=float(cpus) if cpus is not None else None,
-                   cpuset=tuple(cpuset) if cpuset is not None else None, gpu=gpu, price_source=source)
+                   cpuset=tuple(cpuset) if cpuset is not None else None, gpu=gpu, price_source=source,
+                   gpu_memory_bytes=None if gpu_memory is None else int(gpu_memory * GIB),
+                   gpus=gpus or 1)
 
 
 @dataclass(frozen=True)

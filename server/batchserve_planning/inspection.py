@@ -15,6 +15,9 @@ the model is loaded (interpreter and libraries included, as in a worker) plus th
 activations of the largest batch measured; on GPU the allocator's bytes, and what
 ``nvidia-smi`` shows for this process (its CUDA context included: every worker has one).
 
+``--model-config PATH`` sizes a Hugging Face model from its ``config.json`` alone, loading
+nothing (``configreport.py``); ``--hardware`` then says on how many GPUs of each profile it fits.
+
 Memory by input size (``memory_by_input``, ``input_memory.py``): for image and text models, the
 peak of one batch, preprocessing included, by source resolution or tokens per item and batch
 size (``--input-sizes``, ``--input-batch-sizes``; ``--input-sizes none`` skips it).
@@ -33,7 +36,9 @@ from batchserve_planning.modelsize import format_bytes as _bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="model name in the config")
+    from batchserve_planning import configreport
+
+    parser.add_argument("name", nargs="?", help="model name in the config (none with --model-config)")
     parser.add_argument("--config", type=Path, default=Path("models/models.toml"),
                         help="model repository file (models/models.toml)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16",
@@ -50,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="show the memory of a server with this many workers (1): each holds a copy")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    configreport.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
     from batchserve_planning.input_memory import parse_sizes
     from batchserve_planning.load.inputs import InputError
 
+    if args.model_config is not None:
+        return _run_config(args)
+    if args.name is None:
+        print("batchserve inspect: give a model NAME (from --config) or --model-config PATH",
+              file=sys.stderr)
+        return 2
+    if args.hardware is not None:
+        print("batchserve inspect: --hardware sizes GPUs for --model-config (for a served model, "
+              "recommend --hardware measures it)", file=sys.stderr)
+        return 2
     try:
         configs = {c.name: c for c in load_models(args.config)}
         if args.name not in configs:
@@ -79,6 +95,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from batchserve_planning import configreport
+    from batchserve_planning.configsize import ModelConfigError
+    from batchserve_planning.hardware import HardwareError
+
+    if args.name is not None:
+        print(f"batchserve inspect: --model-config sizes a config; leave out the name ({args.name!r})",
+              file=sys.stderr)
+        return 2
+    try:
+        return configreport.run(args)
+    except (ModelConfigError, HardwareError, ValueError) as exc:
+        print(f"batchserve inspect: {exc}", file=sys.stderr)
+        return 2
 
 
 def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = None,
@@ -118,6 +150,11 @@ def inspect_model(config: Any, batch_sizes: list[int], *, inputs: Path | None = 
                 backend, device, input_sizes,
                 input_batch_sizes or default_batch_sizes(config.max_batch_size))
         report["per_worker"] = per_worker(report, workers)
+        from batchserve_planning.estimate_check import beside_measurement
+
+        estimate = beside_measurement(backend, report)
+        if estimate is not None:
+            report["config_estimate"] = estimate
         return report
     finally:
         backend.unload()
@@ -197,6 +234,10 @@ def format_report(report: dict[str, Any]) -> str:
 
         table = report["memory_by_input"]
         lines += ["", *memory_by_input_caption(table), "", *memory_by_input_lines(table)]
+    if report.get("config_estimate"):
+        from batchserve_planning.estimate_check import lines as estimate_lines
+
+        lines += ["", *estimate_lines(report["config_estimate"])]
     return "\n".join(lines)
 
 
