@@ -38,6 +38,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_LOW_64 = (1 << 64) - 1
 
 
 class ExportQueue(SpanProcessor):
@@ -114,13 +117,28 @@ class ExportQueue(SpanProcessor):
         self._exporter.shutdown()
 
 
+class ChosenIds(RandomIdGenerator):
+    """Random ids, except a root span's trace id when ``Tracing.begin`` chose it to decide the
+    span's sampling before making it (``chosen``; event loop only)."""
+
+    def __init__(self) -> None:
+        self.chosen: int | None = None
+
+    def generate_trace_id(self) -> int:
+        chosen, self.chosen = self.chosen, None
+        return chosen if chosen is not None else super().generate_trace_id()
+
+
 class Tracing:
     """One process's tracer: request spans begun and finished from a ``Call``, batch spans from
     a batch's slices."""
 
-    def __init__(self, provider: TracerProvider, worker: int | None) -> None:
+    def __init__(self, provider: TracerProvider, ids: ChosenIds, root_bound: int,
+                 worker: int | None) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("batchserve")
+        self._ids = ids
+        self._root_bound = root_bound  # a root trace id whose low 64 bits are below it is sampled
         self.worker = worker
         # a monotonic instant plus this is the epoch nanoseconds OpenTelemetry takes
         self._epoch_ns = time.time_ns() - time.monotonic_ns()
@@ -130,15 +148,23 @@ class Tracing:
 
     def begin(self, call: Call, traceparent: str | None, tracestate: str | None) -> None:
         """Start ``call``'s span at its arrival, continuing the caller's context; ``call.span``
-        stays ``None`` when the sampler leaves it out."""
-        carrier = {}
+        stays ``None`` when the sampler leaves it out. A request without a caller's context is
+        decided by its trace id before any span is made (one random number, where an unsampled
+        span costs microseconds): the same decision as the sampler's, which makes it again."""
+        parent = None
         if traceparent is not None:
-            carrier["traceparent"] = traceparent
+            carrier = {"traceparent": traceparent}
             if tracestate is not None:
                 carrier["tracestate"] = tracestate
+            parent = _PROPAGATOR.extract(carrier)
+        else:
+            trace_id = self._ids.generate_trace_id()
+            if trace_id & _LOW_64 >= self._root_bound:
+                return
+            self._ids.chosen = trace_id
         span = self.tracer.start_span(
-            f"{call.method} {call.path}", context=_PROPAGATOR.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER, start_time=self.ns(call.arrived_s),
+            f"{call.method} {call.path}", context=parent, kind=SpanKind.SERVER,
+            start_time=self.ns(call.arrived_s),
             attributes={"http.request.method": call.method, "url.path": call.path,
                         "batchserve.protocol": call.adapter.protocol})
         if span.is_recording():
@@ -146,30 +172,31 @@ class Tracing:
             call.trace_token = otel_context.attach(trace.set_span_in_context(span))  # for the logs
 
     def finish(self, call: Call, status: int, error: BaseException | None, answered_s: float) -> None:
-        """End ``call``'s span (its stages as children) at ``answered_s``."""
+        """End ``call``'s span at ``answered_s``: an event at the start of each stage it went
+        through (Triton's way: a span per stage would cost several times more), and a link to
+        each batch that ran its rows."""
         span = call.span
         assert span is not None
+        attributes: dict[str, str | int] = {"http.response.status_code": status}
         model = call.model
         if model is not None:
-            span.set_attribute("batchserve.model", model.config.name)
+            attributes["batchserve.model"] = model.config.name
             if model.config.sha256 is not None:
-                span.set_attribute("batchserve.model.sha256", model.config.sha256)
+                attributes["batchserve.model.sha256"] = model.config.sha256
         if call.items:
-            span.set_attribute("batchserve.items", call.items)
+            attributes["batchserve.items"] = call.items
         if self.worker is not None:
-            span.set_attribute("batchserve.worker", self.worker)
-        span.set_attribute("http.response.status_code", status)
+            attributes["batchserve.worker"] = self.worker
         if error is not None:
-            span.set_attribute("error.type", type(error).__name__)
+            attributes["error.type"] = type(error).__name__
             span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-        parent = trace.set_span_in_context(span)
+        span.set_attributes(attributes)
+        for stage, start_s, _ in call.stages(answered_s):
+            span.add_event(stage, timestamp=self.ns(start_s))
         entry = call.entry
-        links = entry.batch_spans if entry is not None else None
-        for stage, start_s, end_s in call.stages(answered_s):
-            child = self.tracer.start_span(
-                stage, context=parent, start_time=self.ns(start_s),
-                links=[Link(c) for c in links] if stage == "compute_infer" and links else None)
-            child.end(end_time=self.ns(end_s))
+        if entry is not None and entry.batch_spans:
+            for batch in entry.batch_spans:
+                span.add_link(batch)
         span.end(end_time=self.ns(answered_s))
         otel_context.detach(call.trace_token)
 
@@ -177,22 +204,22 @@ class Tracing:
               ended_s: float) -> None:
         """A span for ``batch``, which ran from ``batch.taken_s`` to ``ended_s``, when it ran a
         traced request: a child of the first, linking each (and each links back to it)."""
-        traced = [request for request, _, _ in batch.slices if request.span is not None]
+        traced = [request.span for request, _, _ in batch.slices if request.span is not None]
         if not traced:
             return
         span = self.tracer.start_span(
-            "batch", context=trace.set_span_in_context(traced[0].span),
-            start_time=self.ns(batch.taken_s),
-            links=[Link(request.span.get_span_context()) for request in traced],
+            "batch", context=trace.set_span_in_context(traced[0]), start_time=self.ns(batch.taken_s),
+            links=[Link(request_span.get_span_context()) for request_span in traced],
             attributes={"batchserve.model": model, "batchserve.batch.size": len(batch.rows),
                         "batchserve.batch.trigger": trigger, "batchserve.batch.place": place,
                         "batchserve.device": device})
         span.end(end_time=self.ns(ended_s))
         context = span.get_span_context()
-        for request in traced:
-            if request.batch_spans is None:
-                request.batch_spans = []
-            request.batch_spans.append(context)
+        for request, _, _ in batch.slices:
+            if request.span is not None:
+                if request.batch_spans is None:
+                    request.batch_spans = []
+                request.batch_spans.append(context)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -213,15 +240,48 @@ def setup_tracing(dropped: Counter, worker: int | None = None) -> Tracing:
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "batchserve"}))
-    provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, by the SDK
+    sampler, root_bound = sampler_from_env()
+    ids = ChosenIds()
+    provider = TracerProvider(resource=resource, sampler=sampler, id_generator=ids)
     provider.add_span_processor(ExportQueue(_exporter(), dropped))
-    return Tracing(provider, worker)
+    return Tracing(provider, ids, root_bound, worker)
+
+
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+            "parentbased_always_off", "parentbased_traceidratio")
+
+
+def sampler_from_env() -> tuple[Sampler, int]:
+    """The sampler ``OTEL_TRACES_SAMPLER`` and ``_ARG`` name (the specification's six, read as the
+    SDK reads them), and the bound below which a root trace id's low 64 bits are sampled."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if name not in SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER={name!r} is not supported; use one of {', '.join(SAMPLERS)}")
+    ratio = 1.0
+    if name.endswith("traceidratio"):
+        raw = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, not {raw!r}")
+    root: Sampler
+    if name.endswith("always_on"):
+        root, bound = ALWAYS_ON, 1 << 64
+    elif name.endswith("always_off"):
+        root, bound = ALWAYS_OFF, 0
+    else:
+        ratio_sampler = TraceIdRatioBased(ratio)
+        root, bound = ratio_sampler, ratio_sampler.bound
+    return (ParentBased(root) if name.startswith("parentbased_") else root), bound
 
 
 def check_environment() -> None:
     """A ``ValueError`` naming the ``OTEL_*`` variable that asks for what can't be done."""
     _exporter().shutdown()
     queue_sizes()
+    sampler_from_env()
 
 
 def queue_sizes() -> tuple[int, int, float]:

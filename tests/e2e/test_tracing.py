@@ -148,7 +148,7 @@ def test_a_request_span_continues_the_callers_trace_and_batches_link_who_shared_
 
         def arrived(spans: list[Received]) -> bool:
             done = {s.span.trace_id.hex() for s in spans if s.span.name == "POST /predict"}
-            return wanted <= done and len([s for s in spans if s.span.name == "compute_output"]) >= 6
+            return wanted <= done and any(s.span.name == "batch" for s in spans)
         spans = receiver.wait_for(arrived)
 
     by_id = {s.span.span_id: s for s in spans}
@@ -165,18 +165,15 @@ def test_a_request_span_continues_the_callers_trace_and_batches_link_who_shared_
         assert attributes["batchserve.items"] == 1
         assert attributes["batchserve.protocol"] == "predict"
         assert attributes["http.response.status_code"] == 200
-        children = sorted((s.span for s in spans if s.span.parent_span_id == request.span.span_id
-                           and s.span.name != "batch"), key=lambda span: span.start_time_unix_nano)
-        assert [child.name for child in children] == STAGES
-        # the stages follow one another and add up to the request's time
-        assert children[0].start_time_unix_nano == request.span.start_time_unix_nano
-        for before, after in itertools.pairwise(children):
-            assert after.start_time_unix_nano == before.end_time_unix_nano
-        assert children[-1].end_time_unix_nano == request.span.end_time_unix_nano
-        assert all(child.trace_id == request.span.trace_id for child in children)
-        # compute_infer links to the batches that ran the request, and each of those to it
-        [compute] = [child for child in children if child.name == "compute_infer"]
-        ran_it = {link.span_id for link in compute.links}
+        # an event at the start of each stage, in order, from the request's arrival to its answer
+        events = request.span.events
+        assert [event.name for event in events] == STAGES
+        assert events[0].time_unix_nano == request.span.start_time_unix_nano
+        for before, after in itertools.pairwise(events):
+            assert before.time_unix_nano <= after.time_unix_nano
+        assert events[-1].time_unix_nano <= request.span.end_time_unix_nano
+        # the request links to the batches that ran it, and each of those to it
+        ran_it = {link.span_id for link in request.span.links}
         assert ran_it and all(by_id[span_id].span.name == "batch" for span_id in ran_it)
         listing_it = {b.span.span_id for b in batches
                       if request.span.span_id in {link.span_id for link in b.span.links}}
@@ -202,10 +199,8 @@ def test_a_failed_request_is_an_error_span_with_the_stages_it_reached(
     assert "expected a finite number" in request.span.status.message
     assert request.attributes["http.response.status_code"] == 400
     assert request.attributes["error.type"] == "InvalidInput"
-    stages = sorted((s.span for s in spans if s.span.parent_span_id == request.span.span_id),
-                    key=lambda span: span.start_time_unix_nano)
-    assert [stage.name for stage in stages] == ["body", "decode", "compute_input"]  # failed there
-    assert stages[-1].end_time_unix_nano == request.span.end_time_unix_nano
+    # the stages it reached: it failed in compute_input (preprocessing)
+    assert [event.name for event in request.span.events] == ["body", "decode", "compute_input"]
 
 
 def test_sampling_follows_the_caller_and_the_ratio(tmp_path: Path, receiver: Receiver) -> None:
