@@ -103,18 +103,20 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 async def _batchserve_error(request: Request, exc: BatchserveError) -> JSONResponse:
-    return error_response(exc.status, exc.type, exc.message, exc.headers)
+    return error_response(exc.status, exc.type, exc.message, exc.headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "malformed_request", describe_validation_errors(exc.errors()))
+    return error_response(422, "malformed_request", describe_validation_errors(exc.errors()),
+                          path=request.url.path)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, kind, str(exc.detail), exc.headers, path=request.url.path)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal error; see the server log")
+    return error_response(500, "internal_error", "internal error; see the server log",
+                          path=request.url.path)

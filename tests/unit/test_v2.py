@@ -176,6 +176,21 @@ def test_bad_binary_framing(client: TestClient) -> None:
     assert response.status_code == 400 and "not valid UTF-8" in response.json()["error"]
 
 
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/v2/repository/index", 403),  # management is off
+    ("POST", "/v2/repository/models/diabetes/load", 403),
+    ("GET", "/v2/nope", 404),
+    ("DELETE", "/v2/models/diabetes/infer", 405),
+    ("GET", "/v2/models/nope/ready", 404),
+])
+def test_every_v2_route_answers_errors_in_v2s_shape(client: TestClient, method: str, path: str,
+                                                     status: int) -> None:
+    response = client.request(method, path)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"], body
+
+
 def test_v2_and_predict_rows_share_the_batcher(tmp_path: Path) -> None:
     # Behind a held batch, a v2 request's two rows and a /predict request's one row queue in
     # the same batcher, and go together in the next batch.
@@ -251,6 +266,20 @@ def test_tritons_http_client(served: str, diabetes: tuple[np.ndarray, LinearRegr
     with pytest.raises(InferenceServerException, match="expected 10 features"):
         client.infer("diabetes", [wrong])
     client.close()
+
+
+def test_tritons_client_reads_management_errors(served: str) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(served.removeprefix("http://"))
+    try:
+        with pytest.raises(InferenceServerException, match="management API is off"):
+            client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match="management API is off"):
+            client.load_model("diabetes")
+    finally:
+        client.close()
 
 
 def test_kserves_python_client(served: str, diabetes: tuple[np.ndarray, LinearRegression]) -> None:
