@@ -124,6 +124,19 @@ def test_bytes_tensors_for_text_and_images(client: TestClient) -> None:
     assert [c["index"] for c in predict.json()["outputs"][0]] == outputs["indices"]["data"]
 
 
+@pytest.mark.parametrize(("model", "name", "datatype", "data", "expected"), [
+    ("sentiment", "input", "BYTES", ["great"], "['text']"),
+    ("resnet50", "text", "BYTES", ["x"], "['image']"),
+    ("echo", "x", "FP64", [1.0], "['input']"),  # the generic codec too
+])
+def test_inputs_are_matched_by_name(client: TestClient, model: str, name: str, datatype: str,
+                                    data: list[Any], expected: str) -> None:
+    response = infer(client, model, {"inputs": [{"name": name, "shape": [1], "datatype": datatype,
+                                                 "data": data}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == f"input tensors ['{name}'] are not the model's: it takes {expected}"
+
+
 def test_generic_adapter_serves_any_backend(client: TestClient) -> None:
     response = infer(client, "echo", {"inputs": [{"name": "input", "shape": [3], "datatype": "FP32",
                                                   "data": [1, 2, 3]}]})
@@ -149,7 +162,13 @@ def test_generic_adapter_serves_any_backend(client: TestClient) -> None:
     ({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP64", "data": ROW}],
       "outputs": [{"name": "nope"}]}, 400, "unknown outputs ['nope']"),
     ({"inputs": [{"name": "a", "shape": [1, 10], "datatype": "FP64", "data": ROW},
-                 {"name": "b", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400, "one input tensor"),
+                 {"name": "b", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400,
+     "input tensors ['a', 'b'] are not the model's: it takes ['input']"),
+    ({"inputs": [{"name": "x", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400,
+     "input tensors ['x'] are not the model's: it takes ['input']"),
+    ({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP64", "data": ROW},
+                 {"name": "extra", "shape": [1], "datatype": "FP64", "data": [1]}]}, 400,
+     "input tensors ['extra', 'input'] are not the model's: it takes ['input']"),
 ])
 def test_bad_tensors_are_clear_4xx(client: TestClient, body: dict[str, Any], status: int, words: str) -> None:
     response = infer(client, "diabetes", body)

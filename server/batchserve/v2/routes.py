@@ -64,8 +64,9 @@ class V2Adapter(Adapter):
         model = call.model
         assert model is not None  # the path names the model
         request = parse_infer(body, call.headers.header_length, max_items=self.max_items)
-        return Decoded(codec_for(model.backend).items(model.backend, request.inputs), request.parameters,
-                       context=request)
+        codec = codec_for(model.backend)
+        codec.check_names(model.backend, request.inputs)
+        return Decoded(codec.items(model.backend, request.inputs), request.parameters, context=request)
 
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: InferRequest = decoded.context
