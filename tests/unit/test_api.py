@@ -232,6 +232,19 @@ def test_unknown_route_and_method_have_the_error_shape(diabetes_client: TestClie
     assert response.status_code == 405
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/predict/echo/"), ("POST", "/predict/"), ("GET", "/models/"), ("GET", "/models/echo/"),
+    ("GET", "/v2/models/echo/ready/"), ("POST", "/v2/models/echo/infer/"),
+])
+def test_a_trailing_slash_is_a_404_that_says_so(diabetes_client: TestClient, method: str, path: str) -> None:
+    response = diabetes_client.request(method, path, json={"inputs": [1]}, follow_redirects=False)
+    assert response.status_code == 404, (response.status_code, response.headers, response.text)
+    error = response.json()["error"]
+    message = error if path.startswith("/v2/") else error["message"]  # v2's error shape there
+    assert message == (f"no route {method} {path}: paths take no trailing slash; send it to "
+                       f"{path.rstrip('/')}")
+
+
 def test_openapi_documents_predict(diabetes_client: TestClient) -> None:
     spec = diabetes_client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
