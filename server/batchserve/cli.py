@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="serve the management API on this port only (default: on --port)")
     serve.add_argument("--workers", type=_workers,
                        help="server processes behind the port (1; 'auto': from the cores and the models)")
+    serve.add_argument("--strict-readiness", type=_boolean, metavar="{true,false}",
+                       help="/readyz 200 only once every model is ready (true); false: once every "
+                            "model that loaded is ready, a failed one listed but not waited for")
     serve.add_argument("--shutdown-grace-s", type=float,
                        help="seconds queued requests get to finish after SIGTERM, all told (30; 0: none)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
@@ -45,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         module.add_arguments(command)
         command.set_defaults(planning=module.run)
     return parser
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
 def _workers(value: str) -> int | str:

@@ -120,7 +120,13 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         """Every model an operator wants served is ready (unloaded ones don't count)."""
-        return all(model.ready for model in self._models.values() if model.state != "unloaded")
+        return self.is_ready(strict=True)
+
+    def is_ready(self, *, strict: bool) -> bool:
+        """``ready``; or, not ``strict``, no model is loading and every one that loaded is ready
+        (one that failed to load does not count; one whose batching loop stopped does)."""
+        return all(model.ready for model in self._models.values()
+                   if model.state != "unloaded" and (strict or model.state != "failed"))
 
     def broken(self) -> dict[str, str]:
         """Served models whose batching loop stopped, and why: only a restart mends them."""

@@ -48,7 +48,7 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed (in "
                 "every worker)")
     async def readyz() -> JSONResponse:
-        ready = registry.ready and not state.draining
+        ready = state.is_ready()
         body: dict[str, Any] = {
             "ready": ready,
             "draining": state.draining,

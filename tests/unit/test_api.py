@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,6 +193,33 @@ def test_readyz_is_503_until_models_are_loaded(tmp_path: Path) -> None:
             "ready": True, "draining": False,
             "models": {"echo": {"state": "ready", "reason": None}}}
         assert client.get("/healthz").json() == {"status": "alive"}
+
+
+STRICTNESS_MODELS: list[dict[str, Any]] = [{"name": "echo", "backend": "echo", "path": "x"},
+                                            {"name": "broken", "backend": "echo", "path": "x",
+                                             "options": {"fail_load": True}}]
+
+
+def test_one_failed_model_keeps_strict_readiness_at_503(tmp_path: Path) -> None:
+    with make_client(tmp_path, STRICTNESS_MODELS) as client:  # strict: the default
+        wait_ready(client)
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/v2/health/ready").status_code == 503
+
+
+def test_without_strict_readiness_the_models_that_loaded_decide(tmp_path: Path) -> None:
+    slow = {"name": "slow", "backend": "echo", "path": "x", "options": {"load_delay_ms": 500}}
+    with make_client(tmp_path, [*STRICTNESS_MODELS, slow], strict_readiness=False) as client:
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and loading.json()["models"]["slow"]["state"] == "loading"
+        wait_ready(client)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["ready"] is True
+        assert body["models"]["broken"] == {"state": "failed", "reason": "told to fail at load"}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/v2/models/broken/ready").status_code == 503  # the model itself is not
 
 
 def test_models_describe_config_state_and_io(diabetes_client: TestClient) -> None:

@@ -28,3 +28,9 @@ def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("BATCHSERVE_PORT", "eighty")
     with pytest.raises(ValidationError, match="port"):
         ServerSettings()
+
+
+def test_strict_readiness_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().strict_readiness is True
+    monkeypatch.setenv("BATCHSERVE_STRICT_READINESS", "false")
+    assert ServerSettings().strict_readiness is False

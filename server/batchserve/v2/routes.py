@@ -111,7 +111,7 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
 
     @router.get("/v2/health/ready", tags=["v2"], summary="Server readiness (503 until ready)")
     async def ready() -> JSONResponse:
-        is_ready = registry.ready and not state.draining
+        is_ready = state.is_ready()
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     def tensors(model: ServedModel) -> Metadata:
