@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import joblib
 import pytest
 from batchserve.app import create_app
 from batchserve.config import load_models
@@ -148,6 +149,25 @@ def test_failed_reload_keeps_the_old_model_serving(managed: tuple[TestClient, Pa
     assert response.status_code == 409
     assert "told to fail" in response.json()["error"]
     assert client.post("/predict", json={"model": "echo", "inputs": [1]}).status_code == 200
+
+
+def test_a_truncated_artifact_on_reload_names_its_cause(tmp_path: Path, diabetes_path: Path) -> None:
+    artifact = tmp_path / "diabetes.joblib"
+    artifact.write_bytes(diabetes_path.read_bytes())
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": str(artifact)}])
+    app = create_app(ServerSettings(config=config, management_token=SecretStr(TOKEN)), load_models(config))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        artifact.write_bytes(artifact.read_bytes()[:-1])  # a copy cut short by its last byte
+        with pytest.raises(EOFError, match=r"^$"):  # joblib's error says nothing: no message
+            joblib.load(artifact)
+        response = client.post("/v2/repository/models/diabetes/load", headers=AUTH)
+        assert response.status_code == 409, response.text
+        message = response.json()["error"]
+        assert f"cannot load {artifact} with joblib: EOFError; the previous version, " \
+               "if any, still serves" in message, message
+        assert client.post("/predict/diabetes", json={"inputs": [[0] * 10]}).status_code == 200
 
 
 def test_reload_and_reconfigure_drop_no_admitted_request(tmp_path: Path) -> None:
