@@ -232,6 +232,23 @@ def test_models_describe_config_state_and_io(diabetes_client: TestClient) -> Non
     assert "output" in model
 
 
+def test_models_show_artifact_paths_relative_to_the_repository(tmp_path: Path, diabetes_path: Path) -> None:
+    # the repository root is the folder above models.toml's (tests.support.write_models)
+    root = tmp_path.parent
+    inside = diabetes_path.relative_to(root)
+    with make_client(tmp_path, [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)},
+        {"name": "missing", "backend": "sklearn", "path": str(tmp_path / "absent.joblib")},
+    ]) as client:
+        wait_ready(client)
+        assert client.get("/models/diabetes").json()["config"]["path"] == str(inside)
+        missing = client.get("/models/missing").json()
+        assert missing["config"]["path"] == f"{tmp_path.name}/absent.joblib"
+        listing = client.get("/models").text + client.get("/readyz").text
+        assert str(root) not in listing, listing  # no absolute path, in a reason either
+        assert missing["reason"] == f"artifact not found: {tmp_path.name}/absent.joblib"
+
+
 def test_metrics_are_exposed_with_the_documented_names(diabetes_client: TestClient) -> None:
     diabetes_client.post("/predict", json={"model": "echo", "inputs": [1, 2, 3]})
     diabetes_client.post("/predict", json={"model": "echo", "inputs": ["x"]})
