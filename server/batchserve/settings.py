@@ -39,7 +39,8 @@ class ServerSettings(BaseSettings):
     """Most requests in flight at once; past it a request is answered 503 at once (``rsgi.py``).
     Connections past twice this wait to be accepted."""
     max_items: int = Field(default=4096, ge=1)
-    """Most items (rows) in one request; more are refused with 413."""
+    """Most items (rows) in one request; more are refused with 413. A request is also held to its
+    model's ``max_queue`` (400 past it), so the lower of the two is the real cap."""
     strict_readiness: bool = True
     """``/readyz`` (and v2's ``/v2/health/ready``) answers 200 only once every model is ready; one
     failed model keeps it at 503. ``False`` (Triton's ``--strict-readiness=false``): 200 once no

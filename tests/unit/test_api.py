@@ -330,6 +330,23 @@ def test_too_many_items_is_a_413(tmp_path: Path) -> None:
         assert client.post("/predict", json={"model": "echo", "inputs": [1, 2, 3]}).status_code == 200
 
 
+def test_each_item_limit_names_itself(tmp_path: Path) -> None:
+    # A request's items are capped twice: by the server (BATCHSERVE_MAX_ITEMS, 413) and by the
+    # model's max_queue (400: it could never be queued whole); each error says which it hit.
+    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x", "max_queue": 4}],
+                     max_items=6) as client:
+        wait_ready(client)
+        over_queue = client.post("/predict", json={"model": "echo", "inputs": [1] * 5})
+        assert over_queue.status_code == 400, over_queue.text
+        assert error_of(over_queue) == {"type": "invalid_input", "message": "request has 5 items; model "
+                                        "'echo' accepts at most 4 per request (max_queue)"}
+        over_server = client.post("/predict", json={"model": "echo", "inputs": [1] * 7})
+        assert over_server.status_code == 413, over_server.text
+        assert error_of(over_server) == {"type": "too_many_items", "message": "request has 7 items; at "
+                                         "most 6 per request (BATCHSERVE_MAX_ITEMS)"}
+        assert client.post("/predict", json={"model": "echo", "inputs": [1] * 4}).status_code == 200
+
+
 def test_json_nested_too_deep_is_a_422(diabetes_client: TestClient) -> None:
     deep = b'{"model": "echo", "inputs": [' + b"[" * 5000 + b"]" * 5000 + b"]}"
     response = diabetes_client.post("/predict", content=deep, headers={"content-type": "application/json"})
