@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="serve the management API on this port only (default: on --port)")
     serve.add_argument("--workers", type=_workers,
                        help="server processes behind the port (1; 'auto': from the cores and the models)")
+    serve.add_argument("--access-log", action="store_const", const=True,
+                       help="log one line per request: method, path, status, duration, model, X-Request-Id")
     serve.add_argument("--strict-readiness", type=_boolean, metavar="{true,false}",
                        help="/readyz 200 only once every model is ready (true); false: once every "
                             "model that loaded is ready, a failed one listed but not waited for")
