@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 import batchserve
 from batchserve.cluster.rundir import Cluster
@@ -78,6 +79,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
         lifespan=lifespan,
         docs_url=None,  # add_docs serves them, with their assets from this server, not a CDN
         redoc_url=None,
+        redirect_slashes=False,  # a 404 that says why (_http_error), not an empty 307 a POST loses
     )
     add_docs(app)
     app.state.batchserve = state
@@ -97,7 +99,7 @@ def create_management_app(state: AppState) -> FastAPI:
     """The management API alone, for its own port (``--management-port``), over the same state
     as the app ``create_app`` built; that app's lifespan loads and closes the models."""
     app = FastAPI(title="batchserve management", version=batchserve.__version__,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     add_management_routes(app.router, state)
     _add_error_handlers(app)
     return app
@@ -111,18 +113,34 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 async def _batchserve_error(request: Request, exc: BatchserveError) -> JSONResponse:
-    return error_response(exc.status, exc.type, exc.message, exc.headers)
+    return error_response(exc.status, exc.type, exc.message, exc.headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "malformed_request", describe_validation_errors(exc.errors()))
+    return error_response(422, "malformed_request", describe_validation_errors(exc.errors()),
+                          path=request.url.path)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
+    path = request.url.path
+    message = str(exc.detail)
+    if exc.status_code == 404 and _is_routed(request, path.rstrip("/")):
+        message = (f"no route {request.method} {path}: paths take no trailing slash; send it to "
+                   f"{path.rstrip('/')}")
+    return error_response(exc.status_code, kind, message, exc.headers, path=path)
+
+
+def _is_routed(request: Request, path: str) -> bool:
+    """Whether a route of the app takes ``path`` (for any method): a path that differs from one
+    by a trailing slash gets a 404 that says so, where Starlette would redirect (307)."""
+    if not path or path == request.url.path:
+        return False
+    scope = {**request.scope, "path": path}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal error; see the server log")
+    return error_response(500, "internal_error", "internal error; see the server log",
+                          path=request.url.path)

@@ -38,11 +38,19 @@ def asgi_scope(scope: Scope) -> dict[str, Any]:
 
 async def serve_asgi(app: ASGIApp, scope: Scope, protocol: HTTPProtocol) -> None:
     """Serve the RSGI request ``scope`` with the ASGI ``app``."""
+    await serve_asgi_scope(app, asgi_scope(scope), scope, protocol)
+
+
+async def serve_asgi_scope(app: ASGIApp, asgi: dict[str, Any], scope: Scope, protocol: HTTPProtocol) -> int:
+    """``serve_asgi`` with the ASGI scope made already (``asgi_scope(scope)``: the app's router
+    leaves the matched route's ``path_params`` in it); the status answered."""
     body = _Body(protocol)
     response = _Response(protocol)
-    await app(asgi_scope(scope), body.receive, response.send)
+    await app(asgi, body.receive, response.send)
     if not response.started:  # the app sent nothing: a bug, answered as ASGI servers do
         protocol.response_bytes(500, [("content-type", "text/plain")], b"Internal Server Error")
+        return 500
+    return response.status
 
 
 class _Body:
@@ -69,11 +77,11 @@ class _Body:
 
 
 class _Response:
-    __slots__ = ("_headers", "_protocol", "_status", "_stream", "started")
+    __slots__ = ("_headers", "_protocol", "_stream", "started", "status")
 
     def __init__(self, protocol: HTTPProtocol) -> None:
         self._protocol = protocol
-        self._status = 500
+        self.status = 500
         self._headers: list[tuple[str, str]] = []
         self._stream: Any = None
         self.started = False
@@ -81,7 +89,7 @@ class _Response:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self._status = message["status"]
+            self.status = message["status"]
             self._headers = [(name.decode("latin-1"), value.decode("latin-1"))
                              for name, value in message.get("headers", ())]
             return
@@ -92,8 +100,8 @@ class _Response:
         if self._stream is None:
             self.started = True
             if not more:
-                self._protocol.response_bytes(self._status, self._headers, body)
+                self._protocol.response_bytes(self.status, self._headers, body)
                 return
-            self._stream = self._protocol.response_stream(self._status, self._headers)
+            self._stream = self._protocol.response_stream(self.status, self._headers)
         if body:
             await self._stream.send_bytes(body)

@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="serve the management API on this port only (default: on --port)")
     serve.add_argument("--workers", type=_workers,
                        help="server processes behind the port (1; 'auto': from the cores and the models)")
+    serve.add_argument("--access-log", action="store_const", const=True,
+                       help="log one line per request: method, path, status, duration, model, X-Request-Id")
+    serve.add_argument("--strict-readiness", type=_boolean, metavar="{true,false}",
+                       help="/readyz 200 only once every model is ready (true); false: once every "
+                            "model that loaded is ready, a failed one listed but not waited for")
     serve.add_argument("--shutdown-grace-s", type=float,
                        help="seconds queued requests get to finish after SIGTERM, all told (30; 0: none)")
     digest = commands.add_parser("sha256", help="print the digest to pin an artifact (file or folder)")
@@ -63,6 +68,14 @@ def tracing_problem(settings: ServerSettings) -> str | None:
     except ValueError as exc:
         return f"--tracing: {exc}"
     return None
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
 def _workers(value: str) -> int | str:

@@ -102,7 +102,7 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
         repo = _RepositoryFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {describe_validation_errors(exc.errors())}") from None
-    root = (source.parent / (repo.repository.root or ".")).resolve()
+    root = _root(source, repo.repository)
     configs: list[ModelConfig] = []
     seen: set[str] = set()
     for index, table in enumerate(repo.models):
@@ -135,6 +135,20 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
                               "require_sha256 = true; `batchserve sha256 PATH` prints it")
         configs.append(config)
     return configs
+
+
+def _root(source: Path, repository: RepositorySettings) -> Path:
+    return (source.parent / (repository.root or ".")).resolve()
+
+
+def repository_root(path: Path) -> Path:
+    """The model repository's root folder, as the ``models.toml`` at ``path`` sets it (its own
+    folder where it sets none, or cannot be read)."""
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("repository", {})
+        return _root(path, RepositorySettings.model_validate(table))
+    except (OSError, ValueError):  # tomllib's and pydantic's errors are ValueErrors
+        return path.parent.resolve()
 
 
 def load_models(path: Path) -> list[ModelConfig]:

@@ -63,21 +63,34 @@ async def scrape_metrics(state: AppState, *, per_worker: bool = False) -> tuple[
     return await asyncio.to_thread(render_metrics, state, per_worker=per_worker)
 
 
+async def read_metrics(state: AppState) -> list[Metric]:
+    """The families ``/metrics`` shows (the server's totals, whichever worker answers), for code
+    that reads their values (v2's statistics, ``batchserve/v2/stats.py``); off the event loop in
+    a worker, as ``scrape_metrics``."""
+    if state.metrics.multiprocess_dir is None:
+        return list(Histograms(state.metrics.registry).collect())
+    return await asyncio.to_thread(lambda: list(_collector(state).collect()))
+
+
+def _collector(state: AppState, workers: Mapping[str, str] | None = None) -> Histograms | DirectoryCollector:
+    """What ``/metrics`` renders: this process's registry, or every worker's files (``workers``:
+    ``DirectoryCollector``'s)."""
+    metrics = state.metrics
+    if metrics.multiprocess_dir is None:
+        return Histograms(metrics.registry)  # the bulk histograms as histograms
+    metrics.refresh()  # this worker's state gauges as they are now
+    return DirectoryCollector(metrics.multiprocess_dir, workers)
+
+
 def render_metrics(state: AppState, *, per_worker: bool = False) -> tuple[bytes, str]:
     """The body of ``/metrics`` and its content type. One process: its own registry, as always
     (``per_worker`` changes nothing: there is one). A worker: every worker's files, merged, or
     with ``per_worker`` one series per worker (safe to call from any thread)."""
-    metrics = state.metrics
-    if metrics.multiprocess_dir is None:
-        shown = CollectorRegistry()
-        shown.register(Histograms(metrics.registry))  # the bulk histograms as histograms
-        return generate_latest(shown), CONTENT_TYPE_LATEST
-    metrics.refresh()  # this worker's state gauges as they are now
     workers = None
-    if per_worker:
+    if per_worker and state.metrics.multiprocess_dir is not None:
         workers = worker_names(state.cluster) if state.cluster is not None else {}
     registry = CollectorRegistry()
-    registry.register(DirectoryCollector(metrics.multiprocess_dir, workers))
+    registry.register(_collector(state, workers))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -7,7 +7,8 @@ ids or an array of such arrays (the model's own token ids: they are not OpenAI's
 ``encoding_format`` ``float`` or ``base64`` (little-endian float32, which the official client
 asks for by default); ``dimensions`` the full size or one the model allows (the embedding
 backend's ``options.dimensions``); ``usage`` counts the tokens the model read, special tokens
-included. Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
+included; ``/v1/models`` lists the models ``/v1/embeddings`` serves, and only those. Errors are
+OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with
 batchserve's status codes; ``code`` is batchserve's error type. A model is served here when its
 backend is a ``SentenceEmbedder`` (``backends/kinds.py``), whatever its class.
 """
@@ -23,7 +24,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from batchserve.backends.kinds import Embedding, SentenceEmbedder
-from batchserve.errors import BatchserveError, InvalidInput, MalformedRequest, UnsupportedMediaType
+from batchserve.errors import (
+    BatchserveError,
+    InvalidInput,
+    MalformedRequest,
+    ModelNotFound,
+    UnsupportedMediaType,
+)
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
 from batchserve.pipeline import OFFLOAD_BYTES, Pipeline
@@ -75,7 +82,7 @@ class EmbeddingsAdapter(Adapter):
         decoded = parse_embeddings(body)
         assert decoded.model is not None
         backend = self.registry.get(decoded.model).backend  # 404 for an unknown model
-        if not issubclass(type(backend), SentenceEmbedder):  # its kind, never its class (backends/kinds.py)
+        if not is_embedder(backend):
             raise InvalidInput(f"model '{decoded.model}' is not an embedding model (its backend is "
                                f"{backend.config.backend}); /v1/embeddings serves embedding models")
         return decoded
@@ -93,6 +100,11 @@ class EmbeddingsAdapter(Adapter):
 
     def error(self, exc: BatchserveError) -> Response:
         return openai_error(exc)
+
+
+def is_embedder(backend: object) -> bool:
+    """Whether a backend is served here: its kind, never its class (``backends/kinds.py``)."""
+    return issubclass(type(backend), SentenceEmbedder)
 
 
 def parse_embeddings(body: bytes) -> Decoded:
@@ -152,14 +164,18 @@ def add_openai_routes(router: APIRouter, pipeline: Pipeline) -> None:
     async def embeddings(request: Request) -> Response:
         return await pipeline.serve(adapter, request.scope, request.receive, None)
 
-    @router.get("/v1/models", tags=["openai"], summary="The models (OpenAI-compatible)")
+    @router.get("/v1/models", tags=["openai"], summary="The embedding models (OpenAI-compatible)")
     async def list_models() -> Response:
-        return Response(orjson.dumps({"object": "list", "data": [card(m) for m in registry]}),
-                        media_type="application/json")
+        cards = [card(m) for m in registry if is_embedder(m.backend)]  # what /v1/embeddings serves
+        return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
-    @router.get("/v1/models/{name}", tags=["openai"], summary="One model (OpenAI-compatible)")
+    @router.get("/v1/models/{name}", tags=["openai"], summary="One embedding model (OpenAI-compatible)")
     async def get_model(name: str) -> Response:
         try:
-            return Response(orjson.dumps(card(registry.get(name))), media_type="application/json")
+            model = registry.get(name)
+            if not is_embedder(model.backend):
+                raise ModelNotFound(f"model '{name}' is not an embedding model (its backend is "
+                                    f"{model.config.backend}); /v1 serves embedding models only")
+            return Response(orjson.dumps(card(model)), media_type="application/json")
         except BatchserveError as exc:
             return openai_error(exc)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from batchserve.artifacts import artifact_sha256 as artifact_sha256  # re-exported: its old home
 from batchserve.artifacts import pinned
 from batchserve.backends import backend_class
-from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.base import Backend, LoadError, cause
 from batchserve.batcher import Batcher
 from batchserve.config import ModelConfig
 from batchserve.errors import ModelNotFound
@@ -125,7 +125,13 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         """Every model an operator wants served is ready (unloaded ones don't count)."""
-        return all(model.ready for model in self._models.values() if model.state != "unloaded")
+        return self.is_ready(strict=True)
+
+    def is_ready(self, *, strict: bool) -> bool:
+        """``ready``; or, not ``strict``, no model is loading and every one that loaded is ready
+        (one that failed to load does not count; one whose batching loop stopped does)."""
+        return all(model.ready for model in self._models.values()
+                   if model.state != "unloaded" and (strict or model.state != "failed"))
 
     def broken(self) -> dict[str, str]:
         """Served models whose batching loop stopped, and why: only a restart mends them."""
@@ -147,11 +153,12 @@ class ModelRegistry:
         try:
             await asyncio.to_thread(_load, model)
         except LoadError as exc:
-            model.state, model.reason = "failed", str(exc)
+            model.state, model.reason = "failed", cause(exc)
             log.error("model %s failed to load: %s", model.config.name, exc)
             return
         except Exception as exc:
-            model.state, model.reason = "failed", f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            model.state, model.reason = "failed", reason
             log.exception("model %s failed to load", model.config.name)
             return
         model.batcher.start()

@@ -1,4 +1,5 @@
-"""Responses: the one JSON shape of every error, ``{"error": {"type": ..., "message": ...}}``,
+"""Responses: the one JSON shape of every error, ``{"error": {"type": ..., "message": ...}}``
+(under ``/v2``, the Open Inference Protocol's ``{"error": "message"}``: its clients read that),
 and ``JSONBytes``, a body already encoded, for the inference routes."""
 
 from __future__ import annotations
@@ -10,9 +11,18 @@ from starlette.responses import Response
 
 
 def error_response(status: int, kind: str, message: str,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None, *, path: str = "") -> JSONResponse:
+    """The error body of a request to ``path``: v2's shape under ``/v2`` (Triton's and KServe's
+    clients concatenate ``error`` to a string), batchserve's everywhere else."""
+    if is_v2(path):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status,
                         headers=headers)
+
+
+def is_v2(path: str) -> bool:
+    """Whether ``path`` is one of the Open Inference Protocol's (``/v2``, ``/v2/...``)."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 class JSONBytes(Response):

@@ -3,12 +3,15 @@ protocol adapters over ``batchserve/pipeline.py`` (``/predict`` in ``batchserve/
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from batchserve.cluster.status import read_workers
+from batchserve.config import repository_root
 from batchserve.metrics_multiprocess import scrape_metrics
 from batchserve.registry import ServedModel
 from batchserve.schemas import ERROR_RESPONSES
@@ -16,17 +19,19 @@ from batchserve.state import AppState
 
 
 def add_routes(router: APIRouter, state: AppState) -> None:
-    """Register the operator routes on the app's own router."""
+    """Register the operator routes on the app's own router. They answer anyone who reaches the
+    port: artifacts' paths show relative to the repository root, never absolute."""
     registry = state.registry
+    shown = PublicPaths(repository_root(state.settings.config))
 
     @router.get("/models", summary="Every configured model, its state and its I/O")
     async def list_models() -> dict[str, Any]:
-        return {"models": [_model_info(m) for m in registry]}
+        return {"models": [_model_info(m, shown) for m in registry]}
 
     @router.get("/models/{name}", summary="One model, its state and its I/O",
                 responses={404: ERROR_RESPONSES[404]})
     async def get_model(name: str) -> dict[str, Any]:
-        return _model_info(registry.get(name))
+        return _model_info(registry.get(name), shown)
 
     @router.get("/healthz", summary="Liveness: 200 while the server answers and no model's "
                 "batching loop has stopped, in any worker (503 names the broken ones or a stuck "
@@ -48,11 +53,11 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed (in "
                 "every worker)")
     async def readyz() -> JSONResponse:
-        ready = registry.ready and not state.draining
+        ready = state.is_ready()
         body: dict[str, Any] = {
             "ready": ready,
             "draining": state.draining,
-            "models": {m.config.name: m.status() for m in registry},
+            "models": {m.config.name: shown.status(m) for m in registry},
         }
         if state.cluster is not None:
             workers = {w.index: w for w in read_workers(state.cluster)}
@@ -68,11 +73,33 @@ def add_routes(router: APIRouter, state: AppState) -> None:
         return Response(body, media_type=media_type)
 
 
-def _model_info(model: ServedModel) -> dict[str, Any]:
+class PublicPaths:
+    """Paths as the unauthenticated routes show them: relative to the repository ``root``, and of
+    an artifact outside it only its name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else path.name
+
+    def text(self, text: str) -> str:
+        """``text`` (a load error's reason) with the root's prefix taken off the paths it names."""
+        return text.replace(f"{self.root}{os.sep}", "")
+
+    def status(self, model: ServedModel) -> dict[str, Any]:
+        status = model.status()
+        if status["reason"] is not None:
+            status["reason"] = self.text(status["reason"])
+        return status
+
+
+def _model_info(model: ServedModel, shown: PublicPaths) -> dict[str, Any]:
     config = model.config.model_dump(mode="json")
+    config["path"] = shown.path(model.config.path)
     return {
         "name": model.config.name,
-        **model.status(),
+        **shown.status(model),
         "config": config,
         "queued_rows": model.batcher.queued_rows,
         "input_kind": model.backend.input_kind,

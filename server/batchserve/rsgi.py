@@ -24,6 +24,7 @@ from granian.rsgi import HTTPProtocol, ProtocolClosed, Scope  # type: ignore[att
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from batchserve.access_log import AccessLog
 from batchserve.asgi_bridge import serve_asgi
 from batchserve.errors import ClientDisconnected
 from batchserve.fastpath import FastPath
@@ -39,10 +40,12 @@ _CLOSING = [*_TEXT, ("connection", "close")]
 class RsgiApp:
     """An RSGI application serving batchserve's FastAPI app and its inference routes."""
 
-    def __init__(self, app: ASGIApp, fast: FastPath | None, limit_concurrency: int) -> None:
+    def __init__(self, app: ASGIApp, fast: FastPath | None, limit_concurrency: int,
+                 access_log: AccessLog | None = None) -> None:
         self.app = app
         self.fast = fast
         self.limit_concurrency = limit_concurrency
+        self.access_log = access_log  # None: off (``access_log.py``)
         self.in_flight: set[asyncio.Task[Any]] = set()
         """The requests being served (their tasks), for the drain."""
 
@@ -59,7 +62,10 @@ class RsgiApp:
             fast = self.fast
             target = fast.match(scope.path) if fast is not None and scope.method == "POST" else None
             if target is None:
-                await serve_asgi(self.app, scope, protocol)
+                if self.access_log is None:
+                    await serve_asgi(self.app, scope, protocol)
+                else:
+                    await self.access_log.asgi(self.app, scope, protocol)
                 return
             assert fast is not None
             adapter, name = target
@@ -68,6 +74,8 @@ class RsgiApp:
             response = await fast.pipeline.run(call, lambda: body_chunks(protocol),
                                                protocol.client_disconnect, lambda: body_whole(protocol))
             answer(protocol, response)
+            if self.access_log is not None:
+                self.access_log.inference(scope, call, response.status_code)
         except asyncio.CancelledError:  # the drain's grace is spent (serving.py)
             with contextlib.suppress(RuntimeError):  # unless its answer went out already
                 protocol.response_bytes(503, _CLOSING, b"the server stopped before this request finished")

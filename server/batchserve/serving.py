@@ -34,6 +34,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from batchserve.access_log import AccessLog
 from batchserve.fastpath import BatchserveApp
 from batchserve.rsgi import RsgiApp
 from batchserve.state import AppState
@@ -63,7 +64,7 @@ class Served:
         self.port = port
         self.where = uds if uds else f"http://{settings.host}:{port}"
         self.front = RsgiApp(app, app.fast_path if isinstance(app, BatchserveApp) else None,
-                             settings.limit_concurrency)
+                             settings.limit_concurrency, AccessLog() if settings.access_log else None)
         self.server = Server(
             self.front, address=settings.host, port=port, uds=Path(uds) if uds else None,
             interface=Interfaces.RSGI, http=HTTPModes.auto, websockets=False, backlog=LISTEN_BACKLOG,

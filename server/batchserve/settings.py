@@ -45,7 +45,15 @@ class ServerSettings(BaseSettings):
     """Most requests in flight at once; past it a request is answered 503 at once (``rsgi.py``).
     Connections past twice this wait to be accepted."""
     max_items: int = Field(default=4096, ge=1)
-    """Most items (rows) in one request; more are refused with 413."""
+    """Most items (rows) in one request; more are refused with 413. A request is also held to its
+    model's ``max_queue`` (400 past it), so the lower of the two is the real cap."""
+    access_log: bool = False
+    """One log line per request (method, path, status, duration, model, ``X-Request-Id``) on the
+    ``batchserve.access`` logger (``batchserve/access_log.py``)."""
+    strict_readiness: bool = True
+    """``/readyz`` (and v2's ``/v2/health/ready``) answers 200 only once every model is ready; one
+    failed model keeps it at 503. ``False`` (Triton's ``--strict-readiness=false``): 200 once no
+    model is loading and every model that loaded is ready; the failed ones are still listed."""
     management_token: SecretStr | None = Field(default=None, min_length=16)
     """Turns the management API on; every call must send ``Authorization: Bearer <token>``.
     From the environment only (BATCHSERVE_MANAGEMENT_TOKEN): a flag would show in ``ps``."""

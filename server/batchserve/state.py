@@ -36,6 +36,11 @@ class AppState:
         self.bodies = BodyBudget(self.settings.max_inflight_body_bytes)
 
 
+    def is_ready(self) -> bool:
+        """Readiness, as ``/readyz`` answers it for this process: its models ready (as
+        ``settings.strict_readiness`` says) and not draining."""
+        return self.registry.is_ready(strict=self.settings.strict_readiness) and not self.draining
+
     def begin_drain(self) -> None:
         """Refuse new requests from now on. The first call fixes the deadline of the whole drain,
         ``shutdown_grace_s`` from now: every stage after it (the servers' wait for in-flight

@@ -139,7 +139,8 @@ def test_pinned_models_of_every_backend_load_and_answer_on_a_real_server(
         assert response.status_code == 200, response.text
         described = client.get("/models/resnet50").json()
         assert described["weights"].startswith("resnet50.safetensors (random")
-        assert described["config"]["path"] == str(resnet_weights)
+        # relative to the repository root (write_models: the folder above models.toml's)
+        assert described["config"]["path"] == str(resnet_weights.relative_to(tmp_path.parent))
 
 
 def test_the_registry_serves_the_pinned_model_when_the_file_is_replaced_after_the_check(

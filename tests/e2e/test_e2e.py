@@ -104,3 +104,14 @@ def test_bad_config_exits_2_naming_the_problem(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "model 'm': field 'max_batch_size'" in result.stderr
+
+
+def test_strict_readiness_false_flag_serves_ready_beside_a_failed_model(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x"},
+        {"name": "broken", "backend": "echo", "path": "x", "options": {"fail_load": True}}])
+    # running_server waits for /readyz to answer 200: with strict readiness it never would
+    with running_server(config, args=["--strict-readiness=false"]) as server:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["models"]["broken"]["state"] == "failed"
+        assert httpx.post(f"{server.url}/predict/echo", json={"inputs": [1]}, timeout=10).status_code == 200

@@ -17,6 +17,7 @@ import pytest
 from batchserve.artifacts import artifact_sha256
 
 from tests.support import ServerProcess, running_server, write_models
+from tests.support.openai_schema import assert_embeddings_response
 from tests.support.texts import EMOJI, NON_ASCII, QUERIES, passages
 
 TEXTS = [*QUERIES[:6], *NON_ASCII[:3], *EMOJI[:3], *passages(3)]
@@ -87,6 +88,10 @@ def test_concurrent_callers_batched_together_get_their_own_vectors(client: Any,
 def test_base64_is_little_endian_float32(server: ServerProcess, expected: dict[str, np.ndarray]) -> None:
     body = httpx.post(f"{server.url}/v1/embeddings", timeout=60,
                       json={"model": "minilm", "input": TEXTS[0], "encoding_format": "base64"}).json()
+    assert_embeddings_response(body, model="minilm", count=1, encoding="base64")
+    plain = httpx.post(f"{server.url}/v1/embeddings", timeout=60,
+                       json={"model": "minilm", "input": TEXTS[:2]}).json()
+    assert_embeddings_response(plain, model="minilm", count=2)
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     assert vector.shape == (384,)
     assert_parity([vector], TEXTS[:1], expected)
@@ -116,10 +121,11 @@ def test_token_arrays_are_the_models_own_ids(server: ServerProcess, reference: A
 def test_models_are_listed(client: Any) -> None:
     from openai import NotFoundError
 
-    assert {m.id for m in client.models.list()} == {"minilm", "echo"}
+    assert {m.id for m in client.models.list()} == {"minilm"}  # the embedding models only
     assert client.models.retrieve("minilm").owned_by == "batchserve"
-    with pytest.raises(NotFoundError):
-        client.models.retrieve("nope")
+    for name in ("nope", "echo"):
+        with pytest.raises(NotFoundError):
+            client.models.retrieve(name)
 
 
 def test_langchain_openai_embeddings(server: ServerProcess, expected: dict[str, np.ndarray]) -> None:

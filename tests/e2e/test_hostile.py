@@ -189,7 +189,8 @@ def test_v2_fuzzing_with_the_protocols_schema_finds_no_5xx(server: ServerProcess
     document = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     schema = schemathesis.openapi.from_dict(v2_schema(document))
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) == 6  # metadata, ready and infer, with and without a version
+    # metadata, ready, infer, config and stats, with and without a version; every model's stats
+    assert len(operations) == 11
 
     for operation in operations:
         infer = operation.path.endswith("/infer")

@@ -78,6 +78,10 @@ def test_metrics_after_k_requests_spread_over_the_processes_show_k_and_keep_them
             assert merged["batchserve_batch_size_sum", diabetes_labels] == k  # one row each
             assert merged["batchserve_model_ready", diabetes_labels] == 1  # the minimum: ready in all
             assert merged["batchserve_queue_rows", diabetes_labels] == 0
+            # v2's statistics (Triton's extension) read the same totals
+            stats = httpx.get(f"{server.url}/v2/models/diabetes/stats", timeout=30).json()["model_stats"][0]
+            assert stats["inference_stats"]["success"]["count"] == k and stats["inference_count"] == k
+            assert stats["inference_stats"]["queue"]["count"] == k
         pids = [str(server.process.pid) for server in servers]
         by_pid = requests_by_pid(samples(servers[0].url, per_worker=True))
         assert by_pid == dict(zip(pids, SPREAD, strict=True))

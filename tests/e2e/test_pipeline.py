@@ -229,3 +229,10 @@ def test_preprocessing_stops_once_the_client_is_gone() -> None:
     assert preprocess_items(backend, [1, 2], None, stop) == [1, 2]  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="item 1: bad item"):
         preprocess_items(backend, [1, "bad"], None, stop)  # type: ignore[arg-type]
+
+
+def test_a_trailing_slash_is_a_404_that_says_so_not_an_empty_redirect(server: ServerProcess) -> None:
+    response = httpx.post(f"{server.url}/predict/diabetes/", json={"inputs": [ROW]}, timeout=30)
+    assert response.status_code == 404, (response.status_code, response.headers, response.text)
+    assert error_type(response) == "not_found"
+    assert "no trailing slash; send it to /predict/diabetes" in response.json()["error"]["message"]

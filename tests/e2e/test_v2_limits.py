@@ -7,6 +7,7 @@ Each case here was a 5xx, a late or misleading error, or a large allocation befo
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from batchserve.v2.tensors import MAX_ELEMENTS
 
 from tests.support import ServerProcess, running_server, write_models
 
@@ -82,6 +84,19 @@ def test_too_many_dimensions_are_refused_without_echoing_them(client: httpx.Clie
 def test_a_dimension_is_bounded_before_the_product(client: httpx.Client) -> None:
     message = error(client.post(INFER, json=tensor([1, 2**64 - 1, 0], [])), 400)
     assert "shape[1] = 18446744073709551615 declares more than" in message
+
+
+@pytest.mark.parametrize("shape", [
+    [4, 2**25],  # each dimension under the cap (2^26 elements), their product twice it
+    [1, 2**13, 2**14],
+    [2, 2**13, 2**13, 2],
+    [1, 2**26, 2],  # one dimension at the cap itself
+])
+def test_the_product_of_the_dimensions_is_capped(client: httpx.Client, shape: list[int]) -> None:
+    assert all(dim <= MAX_ELEMENTS for dim in shape) and math.prod(shape) > MAX_ELEMENTS
+    for body in (tensor(shape, []), tensor(shape, parameters={"binary_data_size": 0})):
+        message = error(client.post(INFER, json=body), 400)
+        assert message == f"input 'input': shape {shape} declares more than {MAX_ELEMENTS} elements"
 
 
 @pytest.mark.parametrize(("shape", "status", "words"), [

@@ -75,18 +75,22 @@ def test_a_worker_killed_under_load_is_restarted_while_the_others_answer(tmp_pat
                         outcomes["connection error"] += 1
 
         clients = [threading.Thread(target=load) for _ in range(8)]
-        for thread in clients:
-            thread.start()
-        poll(lambda: outcomes["200"] > 100, what="load before the kill")
-        victim.kill()
-        # the server says it is not ready while the worker is gone, then ready again
-        poll(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, what="not ready")
-        poll(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, what="ready again")
-        before = outcomes["200"]
-        poll(lambda: outcomes["200"] > before + 100, what="load after the restart")
-        stop.set()
-        for thread in clients:
-            thread.join()
+        try:
+            for thread in clients:
+                thread.start()
+            poll(lambda: outcomes["200"] > 100, what="load before the kill")
+            victim.kill()
+            # the server says it is not ready while the worker is gone, then ready again
+            poll(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, what="not ready")
+            poll(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, what="ready again")
+            before = outcomes["200"]
+            poll(lambda: outcomes["200"] > before + 100, what="load after the restart")
+        finally:  # whatever failed above, the load stops: threads left running kept pytest alive
+            stop.set()
+            for thread in clients:
+                if thread.is_alive():
+                    thread.join(timeout=60)  # a request's own timeout is 30 s
+        assert not [thread for thread in clients if thread.is_alive()]
         assert set(outcomes) <= {"200", "connection error"}, outcomes
         # only what was in flight on the dead worker failed: at most one request per client
         assert outcomes["connection error"] <= len(clients), outcomes
@@ -99,6 +103,7 @@ def test_sigterm_with_every_worker_busy_answers_everything_admitted(tmp_path: Pa
     started, release = tmp_path / "started", tmp_path / "release"
     config = echo(tmp_path, started=str(started), hold_until=str(release))
     server = ServerProcess(config, grace_s=30, args=["--workers", "2"])
+    clients: list[threading.Thread] = []
     try:
         server.wait_ready()
         answers: list[int] = []
@@ -108,7 +113,7 @@ def test_sigterm_with_every_worker_busy_answers_everything_admitted(tmp_path: Pa
                 answers.append(client.post("/predict/echo", json={"inputs": [value]}).status_code)
 
         # 24 connections: the kernel spreads them over both workers (all on one: 2 ** -23)
-        clients = [threading.Thread(target=ask, args=(v,)) for v in range(24)]
+        clients.extend(threading.Thread(target=ask, args=(v,)) for v in range(24))
         for thread in clients:
             thread.start()
 
@@ -127,7 +132,11 @@ def test_sigterm_with_every_worker_busy_answers_everything_admitted(tmp_path: Pa
         assert answers.count(200) == 24, Counter(answers)
         assert len(started.read_text().split()) == 2 * 24
     finally:
+        release.touch()
         server.close()
+        for thread in clients:  # each ends with its answer, or an error once the server is gone
+            if thread.is_alive():
+                thread.join(timeout=60)
 
 
 def test_a_crash_loop_ends_the_server_with_status_1(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,6 +195,33 @@ def test_readyz_is_503_until_models_are_loaded(tmp_path: Path) -> None:
         assert client.get("/healthz").json() == {"status": "alive"}
 
 
+STRICTNESS_MODELS: list[dict[str, Any]] = [{"name": "echo", "backend": "echo", "path": "x"},
+                                            {"name": "broken", "backend": "echo", "path": "x",
+                                             "options": {"fail_load": True}}]
+
+
+def test_one_failed_model_keeps_strict_readiness_at_503(tmp_path: Path) -> None:
+    with make_client(tmp_path, STRICTNESS_MODELS) as client:  # strict: the default
+        wait_ready(client)
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/v2/health/ready").status_code == 503
+
+
+def test_without_strict_readiness_the_models_that_loaded_decide(tmp_path: Path) -> None:
+    slow = {"name": "slow", "backend": "echo", "path": "x", "options": {"load_delay_ms": 500}}
+    with make_client(tmp_path, [*STRICTNESS_MODELS, slow], strict_readiness=False) as client:
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and loading.json()["models"]["slow"]["state"] == "loading"
+        wait_ready(client)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["ready"] is True
+        assert body["models"]["broken"] == {"state": "failed", "reason": "told to fail at load"}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/v2/models/broken/ready").status_code == 503  # the model itself is not
+
+
 def test_models_describe_config_state_and_io(diabetes_client: TestClient) -> None:
     listing = diabetes_client.get("/models").json()["models"]
     assert [m["name"] for m in listing] == ["diabetes", "echo"]
@@ -202,6 +230,23 @@ def test_models_describe_config_state_and_io(diabetes_client: TestClient) -> Non
     assert model["config"]["max_batch_size"] == 32
     assert model["input"]["length"] == 10
     assert "output" in model
+
+
+def test_models_show_artifact_paths_relative_to_the_repository(tmp_path: Path, diabetes_path: Path) -> None:
+    # the repository root is the folder above models.toml's (tests.support.write_models)
+    root = tmp_path.parent
+    inside = diabetes_path.relative_to(root)
+    with make_client(tmp_path, [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)},
+        {"name": "missing", "backend": "sklearn", "path": str(tmp_path / "absent.joblib")},
+    ]) as client:
+        wait_ready(client)
+        assert client.get("/models/diabetes").json()["config"]["path"] == str(inside)
+        missing = client.get("/models/missing").json()
+        assert missing["config"]["path"] == f"{tmp_path.name}/absent.joblib"
+        listing = client.get("/models").text + client.get("/readyz").text
+        assert str(root) not in listing, listing  # no absolute path, in a reason either
+        assert missing["reason"] == f"artifact not found: {tmp_path.name}/absent.joblib"
 
 
 def test_metrics_are_exposed_with_the_documented_names(diabetes_client: TestClient) -> None:
@@ -230,6 +275,19 @@ def test_unknown_route_and_method_have_the_error_shape(diabetes_client: TestClie
     assert error_of(response)["type"] == "not_found"
     response = diabetes_client.get("/predict")
     assert response.status_code == 405
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/predict/echo/"), ("POST", "/predict/"), ("GET", "/models/"), ("GET", "/models/echo/"),
+    ("GET", "/v2/models/echo/ready/"), ("POST", "/v2/models/echo/infer/"),
+])
+def test_a_trailing_slash_is_a_404_that_says_so(diabetes_client: TestClient, method: str, path: str) -> None:
+    response = diabetes_client.request(method, path, json={"inputs": [1]}, follow_redirects=False)
+    assert response.status_code == 404, (response.status_code, response.headers, response.text)
+    error = response.json()["error"]
+    message = error if path.startswith("/v2/") else error["message"]  # v2's error shape there
+    assert message == (f"no route {method} {path}: paths take no trailing slash; send it to "
+                       f"{path.rstrip('/')}")
 
 
 def test_openapi_documents_predict(diabetes_client: TestClient) -> None:
@@ -270,6 +328,23 @@ def test_too_many_items_is_a_413(tmp_path: Path) -> None:
         assert response.status_code == 413
         assert error_of(response)["type"] == "too_many_items"
         assert client.post("/predict", json={"model": "echo", "inputs": [1, 2, 3]}).status_code == 200
+
+
+def test_each_item_limit_names_itself(tmp_path: Path) -> None:
+    # A request's items are capped twice: by the server (BATCHSERVE_MAX_ITEMS, 413) and by the
+    # model's max_queue (400: it could never be queued whole); each error says which it hit.
+    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x", "max_queue": 4}],
+                     max_items=6) as client:
+        wait_ready(client)
+        over_queue = client.post("/predict", json={"model": "echo", "inputs": [1] * 5})
+        assert over_queue.status_code == 400, over_queue.text
+        assert error_of(over_queue) == {"type": "invalid_input", "message": "request has 5 items; model "
+                                        "'echo' accepts at most 4 per request (max_queue)"}
+        over_server = client.post("/predict", json={"model": "echo", "inputs": [1] * 7})
+        assert over_server.status_code == 413, over_server.text
+        assert error_of(over_server) == {"type": "too_many_items", "message": "request has 7 items; at "
+                                         "most 6 per request (BATCHSERVE_MAX_ITEMS)"}
+        assert client.post("/predict", json={"model": "echo", "inputs": [1] * 4}).status_code == 200
 
 
 def test_json_nested_too_deep_is_a_422(diabetes_client: TestClient) -> None:

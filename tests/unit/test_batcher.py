@@ -22,6 +22,8 @@ from batchserve.errors import (
 )
 from batchserve.inflight import WATCH_AFTER_S
 from batchserve.metrics import Metrics
+from batchserve.metrics_bulk import Histograms
+from prometheus_client import CollectorRegistry
 
 
 def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -100,6 +102,28 @@ async def test_partial_batch_goes_when_the_oldest_row_has_waited_max_wait() -> N
 
 
 @run
+async def test_a_partial_batch_leaves_about_max_wait_after_its_oldest_row() -> None:
+    # Timed by the batcher's own queue-wait histogram (admission to dispatch), with bounds a busy
+    # machine keeps: at least max_wait (it waited for company), at most 10x it (the timer fired).
+    max_wait_s = 0.2
+    fake = Fake()
+    batcher, metrics = make(fake, max_batch_size=8, max_wait_ms=max_wait_s * 1000)
+    try:
+        calls = asyncio.gather(*(batcher.infer([i], timeout_s=30) for i in range(3)))
+        assert await asyncio.wait_for(calls, timeout=10 * max_wait_s) == [[0], [2], [4]]
+        assert fake.batches == [[0, 1, 2]]
+        assert sample(metrics, "batchserve_dispatch_total", trigger="timer") == 1
+        shown = CollectorRegistry()
+        shown.register(Histograms(metrics.registry))
+        def waited(suffix: str) -> float:
+            return shown.get_sample_value(f"batchserve_queue_wait_seconds{suffix}", {"model": "m"}) or 0.0
+        assert waited("_count") == 3
+        assert 3 * 0.9 * max_wait_s <= waited("_sum") <= 3 * 10 * max_wait_s, waited("_sum")
+    finally:
+        await batcher.close(1)
+
+
+@run
 async def test_lone_request_on_idle_server_goes_at_once_despite_max_wait() -> None:
     fake = Fake()
     batcher, metrics = make(fake, max_batch_size=8, max_wait_ms=60_000)
@@ -159,17 +183,23 @@ async def test_rows_whose_deadline_passed_are_never_computed() -> None:
     fake = Fake()
     fake.hold()
     batcher, metrics = make(fake)
-    blocker = asyncio.ensure_future(batcher.infer([1], timeout_s=5))
-    await entered(fake)
-    with pytest.raises(DeadlineExceeded):
-        await batcher.infer([99], timeout_s=0.05)
-    assert batcher.queued_rows == 0
-    fake.release()
-    assert await blocker == [2]
-    assert await batcher.infer([3], timeout_s=5) == [6]
-    assert 99 not in fake.rows_seen
-    assert sample(metrics, "batchserve_rejected_total", reason="deadline") == 1
-    await batcher.close(1)
+    try:
+        blocker = asyncio.ensure_future(batcher.infer([1], timeout_s=5))
+        await entered(fake)
+        # The 504 comes at the deadline (50 ms), while the batch ahead is still held: not when it
+        # ends (the fake holds it up to 10 s), at the dispatch that would have found it late.
+        with pytest.raises(DeadlineExceeded, match="passed before the rows ran"):
+            await asyncio.wait_for(batcher.infer([99], timeout_s=0.05), timeout=2.0)
+        assert not blocker.done()
+        assert batcher.queued_rows == 0
+        fake.release()
+        assert await blocker == [2]
+        assert await batcher.infer([3], timeout_s=5) == [6]
+        assert 99 not in fake.rows_seen
+        assert sample(metrics, "batchserve_rejected_total", reason="deadline") == 1
+    finally:
+        fake.release()
+        await batcher.close(1)
 
 
 @run

@@ -15,6 +15,7 @@ from batchserve.v2 import codec as codecs
 from fastapi.testclient import TestClient
 
 from tests.support import make_client, wait_ready
+from tests.support.openai_schema import assert_embeddings_response
 
 
 def instance(name: str) -> Any:
@@ -84,3 +85,24 @@ def test_a_backend_of_another_kind_is_not_served_as_embeddings(client: TestClien
     answer = client.post("/v1/embeddings", json={"model": "sign", "input": "a"})
     assert answer.status_code == 400
     assert "not an embedding model" in answer.json()["error"]["message"]
+
+
+def test_openai_lists_the_embedding_models_only(client: TestClient) -> None:
+    listed = client.get("/v1/models")
+    assert listed.status_code == 200, listed.text
+    assert [card["id"] for card in listed.json()["data"]] == ["lengths"]  # not "sign"
+    assert client.get("/v1/models/lengths").json()["id"] == "lengths"
+    refused = client.get("/v1/models/sign")
+    assert refused.status_code == 404, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "not an embedding model" in error["message"]
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_openai_embeddings_answer_the_apis_schema(client: TestClient, encoding: str) -> None:
+    answer = client.post("/v1/embeddings", json={"model": "lengths", "input": ["a b c", "hi", "x"],
+                                                 "encoding_format": encoding})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert_embeddings_response(answer.json(), model="lengths", count=3, encoding=encoding)

@@ -28,3 +28,15 @@ def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("BATCHSERVE_PORT", "eighty")
     with pytest.raises(ValidationError, match="port"):
         ServerSettings()
+
+
+def test_strict_readiness_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().strict_readiness is True
+    monkeypatch.setenv("BATCHSERVE_STRICT_READINESS", "false")
+    assert ServerSettings().strict_readiness is False
+
+
+def test_the_access_log_is_off_unless_turned_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().access_log is False
+    monkeypatch.setenv("BATCHSERVE_ACCESS_LOG", "true")
+    assert ServerSettings().access_log is True

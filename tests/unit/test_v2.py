@@ -124,6 +124,19 @@ def test_bytes_tensors_for_text_and_images(client: TestClient) -> None:
     assert [c["index"] for c in predict.json()["outputs"][0]] == outputs["indices"]["data"]
 
 
+@pytest.mark.parametrize(("model", "name", "datatype", "data", "expected"), [
+    ("sentiment", "input", "BYTES", ["great"], "['text']"),
+    ("resnet50", "text", "BYTES", ["x"], "['image']"),
+    ("echo", "x", "FP64", [1.0], "['input']"),  # the generic codec too
+])
+def test_inputs_are_matched_by_name(client: TestClient, model: str, name: str, datatype: str,
+                                    data: list[Any], expected: str) -> None:
+    response = infer(client, model, {"inputs": [{"name": name, "shape": [1], "datatype": datatype,
+                                                 "data": data}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == f"input tensors ['{name}'] are not the model's: it takes {expected}"
+
+
 def test_generic_adapter_serves_any_backend(client: TestClient) -> None:
     response = infer(client, "echo", {"inputs": [{"name": "input", "shape": [3], "datatype": "FP32",
                                                   "data": [1, 2, 3]}]})
@@ -149,7 +162,13 @@ def test_generic_adapter_serves_any_backend(client: TestClient) -> None:
     ({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP64", "data": ROW}],
       "outputs": [{"name": "nope"}]}, 400, "unknown outputs ['nope']"),
     ({"inputs": [{"name": "a", "shape": [1, 10], "datatype": "FP64", "data": ROW},
-                 {"name": "b", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400, "one input tensor"),
+                 {"name": "b", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400,
+     "input tensors ['a', 'b'] are not the model's: it takes ['input']"),
+    ({"inputs": [{"name": "x", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}, 400,
+     "input tensors ['x'] are not the model's: it takes ['input']"),
+    ({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP64", "data": ROW},
+                 {"name": "extra", "shape": [1], "datatype": "FP64", "data": [1]}]}, 400,
+     "input tensors ['extra', 'input'] are not the model's: it takes ['input']"),
 ])
 def test_bad_tensors_are_clear_4xx(client: TestClient, body: dict[str, Any], status: int, words: str) -> None:
     response = infer(client, "diabetes", body)
@@ -174,6 +193,67 @@ def test_bad_binary_framing(client: TestClient) -> None:
     response = client.post("/v2/models/sentiment/infer", content=text + bad_utf8,
                            headers={"Inference-Header-Content-Length": str(len(text))})
     assert response.status_code == 400 and "not valid UTF-8" in response.json()["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/v2/repository/index", 403),  # management is off
+    ("POST", "/v2/repository/models/diabetes/load", 403),
+    ("GET", "/v2/nope", 404),
+    ("DELETE", "/v2/models/diabetes/infer", 405),
+    ("GET", "/v2/models/nope/ready", 404),
+])
+def test_every_v2_route_answers_errors_in_v2s_shape(client: TestClient, method: str, path: str,
+                                                     status: int) -> None:
+    response = client.request(method, path)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"], body
+
+
+def test_model_config_as_triton_serves_it(client: TestClient) -> None:
+    config = client.get("/v2/models/diabetes/config")
+    assert config.status_code == 200, config.text
+    body = config.json()
+    assert body["name"] == "diabetes" and body["max_batch_size"] == 32
+    assert body["input"] == [{"name": "input", "data_type": "TYPE_FP64", "dims": [10]}]
+    assert body["output"] == [{"name": "output", "data_type": "TYPE_FP64", "dims": [1]}]
+    assert body["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+    assert body["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
+    text = client.get("/v2/models/sentiment/versions/1/config").json()
+    assert text["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert client.get("/v2/models/diabetes/versions/7/config").status_code == 404
+    assert client.get("/v2/models/nope/config").json() == {"error": "unknown model 'nope'; known "
+                                                           "models: ['broken', 'diabetes', 'echo', "
+                                                           "'resnet50', 'sentiment']"}
+
+
+def test_model_statistics_count_requests_rows_batches_and_stage_times(tmp_path: Path) -> None:
+    with make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x"},
+                                {"name": "idle", "backend": "echo", "path": "x"}]) as client:
+        wait_ready(client)
+        for _ in range(3):
+            ok = infer(client, "echo", {"inputs": [{"name": "input", "shape": [2], "datatype": "FP64",
+                                                    "data": [1, 2]}]})
+            assert ok.status_code == 200, ok.text
+        bad = infer(client, "echo", {"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+                                                 "data": ["not a number"]}]})
+        assert bad.status_code == 400, bad.text
+        response = client.get("/v2/models/echo/stats")
+        assert response.status_code == 200, response.text
+        [stats] = response.json()["model_stats"]
+        assert (stats["name"], stats["version"]) == ("echo", "1")
+        assert stats["inference_count"] == 6 and stats["execution_count"] == 3  # rows, batches
+        inference = stats["inference_stats"]
+        assert inference["success"]["count"] == 3 and inference["success"]["ns"] > 0
+        assert inference["fail"]["count"] == 1
+        for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+            assert inference[stage]["count"] == 3 and inference[stage]["ns"] >= 0, stage
+        assert inference["compute_infer"]["ns"] > 0
+        assert client.get("/v2/models/echo/versions/1/stats").json()["model_stats"] == [stats]
+        every = client.get("/v2/models/stats").json()["model_stats"]
+        assert [s["name"] for s in every] == ["echo", "idle"]
+        assert every[1]["inference_count"] == 0 and every[1]["inference_stats"]["success"]["count"] == 0
+        assert client.get("/v2/models/nope/stats").status_code == 404
 
 
 def test_v2_and_predict_rows_share_the_batcher(tmp_path: Path) -> None:
@@ -251,6 +331,44 @@ def test_tritons_http_client(served: str, diabetes: tuple[np.ndarray, LinearRegr
     with pytest.raises(InferenceServerException, match="expected 10 features"):
         client.infer("diabetes", [wrong])
     client.close()
+
+
+def test_tritons_client_reads_management_errors(served: str) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(served.removeprefix("http://"))
+    try:
+        with pytest.raises(InferenceServerException, match="management API is off"):
+            client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match="management API is off"):
+            client.load_model("diabetes")
+    finally:
+        client.close()
+
+
+def test_tritons_client_reads_model_config_and_statistics(
+        served: str, diabetes: tuple[np.ndarray, LinearRegression]) -> None:
+    import tritonclient.http as triton
+
+    features, _ = diabetes
+    client = triton.InferenceServerClient(served.removeprefix("http://"))
+    try:
+        config = client.get_model_config("diabetes")
+        assert config["input"] == [{"name": "input", "data_type": "TYPE_FP64", "dims": [10]}]
+        assert config["max_batch_size"] == 32
+        before = client.get_inference_statistics("diabetes")["model_stats"][0]
+        tensor = triton.InferInput("input", [2, 10], "FP64")
+        tensor.set_data_from_numpy(features[:2])
+        client.infer("diabetes", [tensor])
+        after = client.get_inference_statistics("diabetes")["model_stats"][0]
+        succeeded = [s["inference_stats"]["success"]["count"] for s in (before, after)]
+        assert succeeded[1] == succeeded[0] + 1
+        assert after["inference_count"] == before["inference_count"] + 2
+        every = client.get_inference_statistics()["model_stats"]
+        assert sorted(s["name"] for s in every) == ["diabetes", "resnet50", "sentiment"]
+    finally:
+        client.close()
 
 
 def test_kserves_python_client(served: str, diabetes: tuple[np.ndarray, LinearRegression]) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from batchserve.backends import backend_class
 from batchserve.backends.sklearn import SklearnBackend
 from batchserve.config import ModelConfig
+from batchserve.errors import InvalidInput
 from batchserve.v2 import codec as codecs
 from batchserve.v2.tensors import Tensor, bytes_tensor
 
@@ -64,3 +66,21 @@ def test_the_generic_codec_reads_bytes_as_text() -> None:
     echo = backend_class("echo")(config("echo"))
     items = codecs.Codec[Any]().items(echo, {"x": bytes_tensor("x", ["héllo", "b"], (2,))})
     assert items == ["héllo", "b"]
+
+
+class Features(codecs.Codec[Any]):
+    """A plugin's codec that declares its own input tensor, in its metadata only."""
+
+    def metadata(self, backend: Any) -> codecs.Metadata:
+        return {"inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 2]}], "outputs": []}
+
+
+def test_inputs_are_matched_to_the_declared_names() -> None:
+    echo = backend_class("echo")(config("echo"))
+    tensor = Tensor("features", "FP64", np.zeros((1, 2)))
+    Features().check_names(echo, {"features": tensor})
+    with pytest.raises(InvalidInput, match=r"input tensors \['input'\] are not the model's: it takes "
+                                           r"\['features'\]"):
+        Features().check_names(echo, {"input": tensor})
+    with pytest.raises(InvalidInput, match=r"it takes \['input'\]"):
+        codecs.Codec[Any]().check_names(echo, {"features": tensor})

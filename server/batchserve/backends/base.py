@@ -39,6 +39,12 @@ class LoadError(Exception):
     """The model could not be loaded; the message is shown in ``/models`` and ``/readyz``."""
 
 
+def cause(exc: BaseException) -> str:
+    """What a load error quotes of the exception behind it: its message, or its type where the
+    message is empty (joblib's ``EOFError()`` on a truncated file), never nothing."""
+    return str(exc) or type(exc).__name__
+
+
 class NoOptions(BaseModel):
     """A backend without options accepts an empty ``options`` table only."""
 

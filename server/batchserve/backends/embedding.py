@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import Field
 
-from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.base import Backend, LoadError, cause
 from batchserve.backends.kinds import Embedding
 from batchserve.backends.text import (
     TextModelParts,
@@ -107,7 +107,7 @@ class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
         try:
             model = AutoModel.from_pretrained(layout.transformer, local_files_only=True)
         except Exception as exc:
-            raise LoadError(f"cannot load an encoder model from {layout.transformer}: {exc}") from None
+            raise LoadError(f"cannot load an encoder model from {layout.transformer}: {cause(exc)}") from None
         positions = getattr(model.config, "max_position_embeddings", None)
         limit = getattr(tokenizer, "model_max_length", None)
         fallbacks = [n for n in (positions, limit) if isinstance(n, int) and n < 1_000_000]
@@ -316,4 +316,4 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LoadError(f"cannot read {path}: {exc}") from None
+        raise LoadError(f"cannot read {path}: {cause(exc)}") from None

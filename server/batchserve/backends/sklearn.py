@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
-from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.base import Backend, LoadError, cause
 from batchserve.backends.capabilities import Samples
 from batchserve.errors import InvalidInput, RowError
 
@@ -60,7 +60,7 @@ class SklearnBackend(Backend[list[float], Prediction]):
         except FileNotFoundError:
             raise LoadError(f"artifact not found: {self.config.path}") from None
         except Exception as exc:
-            raise LoadError(f"cannot load {self.config.path} with joblib: {exc}") from None
+            raise LoadError(f"cannot load {self.config.path} with joblib: {cause(exc)}") from None
         if not hasattr(estimator, "predict"):
             raise LoadError(f"{self.config.path} holds a {type(estimator).__name__}, not an estimator")
         n_features = getattr(estimator, "n_features_in_", None)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field
 
 from batchserve.backends import sized_samples
-from batchserve.backends.base import LoadError
+from batchserve.backends.base import LoadError, cause
 from batchserve.backends.capabilities import InputSizes, Samples
 from batchserve.backends.torch_common import TorchModelParts, TorchOptions
 from batchserve.errors import InvalidInput
@@ -161,7 +161,7 @@ def load_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:
-        raise LoadError(f"cannot load a tokenizer from {path}: {exc}") from None
+        raise LoadError(f"cannot load a tokenizer from {path}: {cause(exc)}") from None
 
 
 def check_max_length(config: Any, max_length: int) -> None:

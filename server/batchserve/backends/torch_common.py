@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchserve.backends.base import LoadError
+from batchserve.backends.base import LoadError, cause
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +84,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise LoadError(f"cannot read {path} as a weights-only state_dict: {exc}") from None
+            raise LoadError(f"cannot read {path} as a weights-only state_dict: {cause(exc)}") from None
         if not isinstance(state, dict):
             raise LoadError(f"{path} holds a {type(state).__name__}, not a state_dict")
         return state

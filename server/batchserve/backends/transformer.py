@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 from pydantic import Field
 
-from batchserve.backends.base import Backend, LoadError
+from batchserve.backends.base import Backend, LoadError, cause
 from batchserve.backends.text import (
     TextModelParts,
     TextOptions,
@@ -142,7 +142,7 @@ def _from_pretrained(path: Path) -> tuple[Any, Any]:
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     except Exception as exc:
-        raise LoadError(f"cannot load a sequence-classification model from {path}: {exc}") from None
+        raise LoadError(f"cannot load a sequence-classification model from {path}: {cause(exc)}") from None
     return tokenizer, model
 
 

@@ -121,6 +121,7 @@ def probe(path: Path, library: str, code: str, data: bytes,
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else ""
         said = f"{library} crashed on it ({name or done.returncode})" + (f" after: {said}" if said else "")
+    said = said or f"its check exited with status {done.returncode}, saying nothing"
     raise LoadError(f"cannot load {path} as a {library} model file: {said[:300]}")
 
 

@@ -37,7 +37,7 @@ def local_status(state: AppState) -> dict[str, Any]:
         "pid": os.getpid(),
         "index": state.cluster.index if state.cluster else 0,
         "written": time.time(),
-        "ready": registry.ready and not state.draining,
+        "ready": state.is_ready(),
         "draining": state.draining,
         "models": {m.config.name: m.status() for m in registry},
         "broken": registry.broken(),

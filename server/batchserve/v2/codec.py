@@ -27,17 +27,36 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (ref
 
 
 class Codec(Generic[B]):
-    """The generic codec, for any backend: one input tensor whose slices along the first axis
-    are the items (numbers as lists, BYTES as UTF-8 text), and one BYTES output ``output``
-    holding each row's output as JSON text."""
+    """The generic codec, for any backend: one input tensor ``input`` whose slices along the
+    first axis are the items (numbers as lists, BYTES as UTF-8 text), and one BYTES output
+    ``output`` holding each row's output as JSON text."""
+
+    inputs: tuple[str, ...] | None = None
+    """The input tensors' names (``input_names``); ``None``: those ``metadata`` declares (a
+    plugin's codec that declares its own there needs nothing else)."""
 
     def metadata(self, backend: B) -> Metadata:
         """Input and output tensors (name, datatype, shape with -1 for the batch axis)."""
         return {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}]}
 
+    def input_names(self, backend: B) -> tuple[str, ...]:
+        """The input tensors a request must send, by name: these and no others (``check_names``):
+        ``inputs``, or, where a subclass sets it to ``None``, those ``metadata`` declares."""
+        if self.inputs is not None:
+            return self.inputs
+        return tuple(str(tensor["name"]) for tensor in self.metadata(backend)["inputs"])
+
+    def check_names(self, backend: B, inputs: Mapping[str, Tensor]) -> None:
+        """Refuse (400) a request whose input tensors are not the model's, naming the expected."""
+        expected = self.input_names(backend)
+        if len(inputs) != len(expected) or any(name not in inputs for name in expected):
+            raise InvalidInput(f"input tensors {sorted(inputs)} are not the model's: it takes "
+                               f"{sorted(expected)}")
+
     def items(self, backend: B, inputs: Mapping[str, Tensor]) -> list[Any]:
-        """Items from the request's tensors; the backend's ``preprocess`` validates them."""
+        """Items from the request's tensors (``check_names`` passed); the backend's ``preprocess``
+        validates them."""
         if len(inputs) != 1:
             raise InvalidInput(f"this model takes one input tensor, got {sorted(inputs)}")
         tensor = next(iter(inputs.values()))
@@ -55,6 +74,8 @@ class FeatureRowsCodec(Codec[FeatureRows]):
     """FP64 (or FP32) features in, NaN for a missing value where the model takes one; the
     prediction out (FP64 ``[-1]``, ``[-1, outputs]`` for several; INT64 or BYTES labels as the
     model predicts them), or for a classifier the label and the class probabilities."""
+
+    inputs = ("input",)
 
     def metadata(self, backend: FeatureRows) -> Metadata:
         inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, backend.feature_count()]}]
@@ -83,6 +104,8 @@ class ImageClassifierCodec(Codec[ImageClassifier]):
     """BYTES images in (raw, through the binary extension, or base64 text in JSON); the top-k
     labels, class indices and probabilities out."""
 
+    inputs = ("image",)
+
     def metadata(self, backend: ImageClassifier) -> Metadata:
         k = backend.default_top_k()
         return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
@@ -110,6 +133,8 @@ class ImageClassifierCodec(Codec[ImageClassifier]):
 class TextClassifierCodec(Codec[TextClassifier]):
     """BYTES texts in (the generic items); the label and every label's probability out."""
 
+    inputs = ("text",)
+
     def metadata(self, backend: TextClassifier) -> Metadata:
         labels = len(backend.text_labels()) or -1
         return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
@@ -127,6 +152,8 @@ class TextClassifierCodec(Codec[TextClassifier]):
 class SentenceEmbedderCodec(Codec[SentenceEmbedder]):
     """BYTES texts in (the generic items); each text's vector out, ``embedding`` FP32
     ``[-1, size]`` (``size``: ``parameters.dimensions`` when the request asks for fewer)."""
+
+    inputs = ("text",)
 
     def metadata(self, backend: SentenceEmbedder) -> Metadata:
         size = backend.vector_size() or -1

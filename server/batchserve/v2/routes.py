@@ -1,7 +1,9 @@
 """Open Inference Protocol (KServe v2) over REST, for standard clients (Triton's, KServe's).
 
 Rows from ``/v2/models/{name}/infer`` join the same per-model batcher as ``/predict``'s. Errors
-are ``{"error": "message"}`` as the protocol says; readiness endpoints answer 503 when not ready.
+are ``{"error": "message"}`` as the protocol says (the app's error handlers give every ``/v2``
+path that shape); readiness endpoints answer 503 when not ready. Triton's model configuration
+and statistics extensions too (``model_config.py``, ``stats.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import batchserve
 from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
+from batchserve.metrics_multiprocess import read_metrics
 from batchserve.pipeline import Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
-from batchserve.v2.codec import codec_for
+from batchserve.v2.codec import Metadata, codec_for
+from batchserve.v2.model_config import model_config
+from batchserve.v2.stats import model_stats
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
 VERSION = "1"
@@ -66,8 +71,9 @@ class V2Adapter(Adapter):
         model = call.model
         assert model is not None  # the path names the model
         request = parse_infer(body, call.headers.header_length, max_items=self.max_items)
-        return Decoded(codec_for(model.backend).items(model.backend, request.inputs), request.parameters,
-                       context=request)
+        codec = codec_for(model.backend)
+        codec.check_names(model.backend, request.inputs)
+        return Decoded(codec.items(model.backend, request.inputs), request.parameters, context=request)
 
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: InferRequest = decoded.context
@@ -107,28 +113,48 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
 
     @router.get("/v2/health/ready", tags=["v2"], summary="Server readiness (503 until ready)")
     async def ready() -> JSONResponse:
-        is_ready = registry.ready and not state.draining
+        is_ready = state.is_ready()
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    def tensors(model: ServedModel) -> Metadata:
+        if model.state != "ready":
+            return {"inputs": [], "outputs": []}
+        return codec_for(model.backend).metadata(model.backend)
+
+    def platform(model: ServedModel) -> str:
+        return f"batchserve_{model.config.backend}"
+
+    # before /v2/models/{name}, which would take "stats" for a model's name
+    @router.get("/v2/models/stats", tags=["v2"], summary="Every model's statistics (Triton's extension)")
+    async def every_model_stats() -> dict[str, Any]:
+        names = [m.config.name for m in registry]
+        return {"model_stats": model_stats(await read_metrics(state), names, VERSION)}
 
     @router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata")
     @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], summary="Model metadata")
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        try:
-            model = lookup(name, version)
-            metadata = (codec_for(model.backend).metadata(model.backend) if model.state == "ready"
-                        else {"inputs": [], "outputs": []})
-        except BatchserveError as exc:
-            return v2_error(exc.status, exc.message)
-        return JSONResponse({"name": name, "versions": [VERSION],
-                             "platform": f"batchserve_{model.config.backend}", **metadata})
+        model = lookup(name, version)
+        return JSONResponse({"name": name, "versions": [VERSION], "platform": platform(model),
+                             **tensors(model)})
+
+    @router.get("/v2/models/{name}/config", tags=["v2"], summary="Model configuration (Triton's)")
+    @router.get("/v2/models/{name}/versions/{version}/config", tags=["v2"],
+                summary="Model configuration (Triton's)")
+    async def get_model_config(name: str, version: str | None = None) -> dict[str, Any]:
+        model = lookup(name, version)
+        return model_config(model, tensors(model), platform(model))
+
+    @router.get("/v2/models/{name}/stats", tags=["v2"], summary="Model statistics (Triton's extension)")
+    @router.get("/v2/models/{name}/versions/{version}/stats", tags=["v2"],
+                summary="Model statistics (Triton's extension)")
+    async def get_model_stats(name: str, version: str | None = None) -> dict[str, Any]:
+        lookup(name, version)
+        return {"model_stats": model_stats(await read_metrics(state), [name], VERSION)}
 
     @router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness (503 if not)")
     @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], summary="Model readiness")
     async def model_ready(name: str, version: str | None = None) -> Response:
-        try:
-            model = lookup(name, version)
-        except BatchserveError as exc:
-            return v2_error(exc.status, exc.message)
+        model = lookup(name, version)
         is_ready = model.ready and not state.draining
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 

@@ -1,0 +1,56 @@
+"""``recommend``'s final choice (``batchserve_planning/choices.py::choose``): the final round's
+best within the SLO, else the sweep's, never a configuration that missed the SLO."""
+
+from __future__ import annotations
+
+from batchserve_planning.choices import choose
+from batchserve_planning.ramp import Step
+from batchserve_planning.sweep import Candidate, Outcome
+
+
+def step(rows_per_s: float, *, within_slo: bool = True, p99_ms: float = 50.0) -> Step:
+    return Step(concurrency=8, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=p99_ms / 2, p99_ms=p99_ms,
+                max_ms=p99_ms * 2, error_rate=0.0, mean_batch_size=4.0, within_slo=within_slo)
+
+
+def outcome(batch: int, *steps: Step, peak_rss_bytes: int | None = None) -> Outcome:
+    return Outcome(Candidate(max_batch_size=batch, max_wait_ms=1.0, instances=1), list(steps),
+                   peak_rss_bytes=peak_rss_bytes)
+
+
+def test_the_final_rounds_best_within_the_slo_is_the_pick() -> None:
+    fast, slow = outcome(32, step(900)), outcome(8, step(800))
+    over_slo = step(1500, within_slo=False, p99_ms=400)  # the most rows/s, but p99 over the SLO
+    within = step(700)
+    pick, predicted = choose([fast, slow], [(fast, over_slo), (slow, within)])
+    assert (pick, predicted) == (slow, within)  # its final step predicts it, not its sweep's best
+
+
+def test_of_two_finals_within_the_slo_the_faster_one() -> None:
+    a, b = outcome(8, step(800)), outcome(16, step(850))
+    finals = [(a, step(820)), (b, step(790))]
+    assert choose([a, b], finals) == (a, finals[0][1])
+
+
+def test_without_a_final_within_the_slo_the_sweeps_best_within_it() -> None:
+    missed = outcome(64, step(2000, within_slo=False, p99_ms=900))  # never within: no best
+    good = outcome(16, step(300), step(1000), step(1200, within_slo=False, p99_ms=300))
+    other = outcome(8, step(600))
+    finals = [(good, step(1300, within_slo=False, p99_ms=250))]
+    pick, predicted = choose([missed, good, other], finals)
+    assert pick is good and predicted == step(1000)  # its best within the SLO, not its 1200
+
+
+def test_within_two_percent_of_the_best_the_smaller_memory() -> None:
+    top = outcome(32, step(1000, p99_ms=20), peak_rss_bytes=900)
+    close = outcome(16, step(985), peak_rss_bytes=500)  # 1.5% fewer rows/s and a worse p99, less memory
+    far = outcome(8, step(970), peak_rss_bytes=100)  # 3% fewer: not close enough
+    assert choose([top, close, far], []) == (close, step(985))
+    tied = outcome(4, step(990, p99_ms=20), peak_rss_bytes=500)  # same memory: the lower p99
+    assert choose([top, close, tied, far], []) == (tied, step(990, p99_ms=20))
+
+
+def test_nothing_within_the_slo_is_no_pick() -> None:
+    missed = outcome(8, step(500, within_slo=False, p99_ms=900))
+    assert choose([missed, outcome(16)], [(missed, step(600, within_slo=False))]) == (None, None)
+    assert choose([], []) == (None, None)
