@@ -76,7 +76,7 @@ def _env(mode: str, sink: Sink, baseline: Path) -> tuple[dict[str, str], list[st
         return {}, []
     ratio = "0.01" if mode == "1%" else "1.0"
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-            "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_BSP_SCHEDULE_DELAY": "500"}, ["--tracing"]
+            "OTEL_TRACES_SAMPLER_ARG": ratio}, ["--tracing"]  # the export queue's defaults
 
 
 def _config(directory: Path, load: str) -> Path:

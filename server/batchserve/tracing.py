@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from random import getrandbits
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
@@ -158,8 +159,8 @@ class Tracing:
                 carrier["tracestate"] = tracestate
             parent = _PROPAGATOR.extract(carrier)
         else:
-            trace_id = self._ids.generate_trace_id()
-            if trace_id & _LOW_64 >= self._root_bound:
+            trace_id = getrandbits(128)  # as the SDK's RandomIdGenerator draws one
+            if trace_id & _LOW_64 >= self._root_bound or not trace_id:
                 return
             self._ids.chosen = trace_id
         span = self.tracer.start_span(
