@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
 ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
@@ -11,15 +12,20 @@ ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetens
 
 .PHONY: install serve test lint typecheck pytest artifacts bench clean
 
-# Create the virtual environment once, and again whenever pyproject.toml changes.
+# Create the virtual environment once, and again whenever pyproject.toml changes: what serving
+# needs (every backend's extra) for `make serve`; the test tools (the dev extra) for `make test`.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all]'
 	touch $(STAMP)
 
-install:  ## create or refresh .venv with every extra
-	rm -f $(STAMP)
-	$(MAKE) $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all,dev]'
+	touch $(DEV_STAMP)
+
+install:  ## create or refresh .venv with every extra and the test tools
+	rm -f $(STAMP) $(DEV_STAMP)
+	$(MAKE) $(DEV_STAMP)
 
 models/artifacts/diabetes.joblib: models/build_diabetes.py | $(STAMP)
 	$(BIN)/python models/build_diabetes.py $@
@@ -41,10 +47,10 @@ artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000
 	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # KServe's Python client pins versions that clash with ours: it gets its own venv, for the
@@ -55,12 +61,12 @@ $(KSERVE_VENV)/.installed:
 	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check 'kserve==0.21.0'
 	touch $@
 
-pytest: $(STAMP) $(KSERVE_VENV)/.installed
+pytest: $(DEV_STAMP) $(KSERVE_VENV)/.installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## everything CI runs
 
-bench: $(STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
+bench: $(DEV_STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
 	$(BIN)/python benchmarks/http_floor.py
 
 clean:

@@ -115,7 +115,9 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
 def check_read_deadline(deadline_s: float) -> None:
     """408 if ``deadline_s`` (``time.monotonic()``) has passed before the body was read."""
     if time.monotonic() >= deadline_s:
-        raise RequestTimeout("the request's deadline passed before its body was read", headers=_CLOSE)
+        raise RequestTimeout("the request's deadline (its X-Request-Timeout-Ms, or the model's "
+                             "timeout_ms) passed on its arrival, before its body could be read",
+                             headers=_CLOSE)
 
 
 async def read_body(chunks: Callable[[], AsyncIterator[bytes]], declared: bytes | None, *, limit: int,

@@ -99,6 +99,16 @@ def test_a_malformed_timeout_header_is_a_422_before_the_body_is_read(
     assert status_before_sending_the_body(server.port, path, headers).startswith(b"HTTP/1.1 422")
 
 
+def test_a_deadline_spent_on_arrival_says_so(server: ServerProcess) -> None:
+    """A deadline too short to reach the body (X-Request-Timeout-Ms: 0.001) is a 408 that says it
+    passed on arrival, not that the body was late: the whole body was sent at once."""
+    response = httpx.post(f"{server.url}/predict/diabetes", json={"inputs": [ROW]}, timeout=30,
+                          headers={"X-Request-Timeout-Ms": "0.001"})
+    assert response.status_code == 408
+    message = response.json()["error"]["message"]
+    assert "passed on its arrival" in message and "X-Request-Timeout-Ms" in message, message
+
+
 def test_a_form_body_is_refused_before_it_is_read(server: ServerProcess) -> None:
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "16000000"}
     assert status_before_sending_the_body(server.port, "/predict", headers).startswith(b"HTTP/1.1 415")
