@@ -62,6 +62,7 @@ class Served:
         self.app = app
         self.lifespan = lifespan
         self.port = port
+        self.uds = uds
         self.where = uds if uds else f"http://{settings.host}:{port}"
         self.front = RsgiApp(app, app.fast_path if isinstance(app, BatchserveApp) else None,
                              settings.limit_concurrency, AccessLog() if settings.access_log else None)
@@ -133,8 +134,8 @@ class Servers:
                 if served.lifespan:
                     await lifespans.enter_async_context(served.app.router.lifespan_context(served.app))
             serving = [asyncio.create_task(s.server.serve(), name=f"serve-{s.port}") for s in self.servers]
-            for served in self.servers:
-                log.info("serving on %s", served.where)
+            for served in self.servers:  # a worker's Unix socket (its peers') is no address to give
+                log.log(logging.DEBUG if served.uds else logging.INFO, "serving on %s", served.where)
             stopped = asyncio.create_task(self._stop.wait())
             await asyncio.wait([*serving, stopped], return_when=asyncio.FIRST_COMPLETED)
             self.state.begin_drain()

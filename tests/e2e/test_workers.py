@@ -57,6 +57,11 @@ def test_two_workers_serve_one_port_and_are_ready_together(tmp_path: Path) -> No
                 answer = client.post("/predict/echo", json={"inputs": [value]})
                 assert answer.json()["outputs"] == [2 * value]
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+        # the log reads as one server: each worker says where it serves once, and never its
+        # peers' Unix socket (an internal detail)
+        serving = [line for line in server.output().splitlines() if "serving on" in line]
+        assert len(serving) == 2 and all(server.url in line for line in serving), serving
+        assert ".sock" not in server.output()
 
 
 def test_a_worker_killed_under_load_is_restarted_while_the_others_answer(tmp_path: Path) -> None:
