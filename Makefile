@@ -1,4 +1,4 @@
-# batchserve: `make serve` runs the demo server, `make test` runs lint, types and the tests.
+# batchserve: `make serve` runs the demo server, `make test` runs lint, types, the docs site's strict build and the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetens
 	models/artifacts/transformer/config.json models/artifacts/cancer.json \
 	models/artifacts/minilm/modules.json
 
-.PHONY: install serve test lint typecheck pytest artifacts bench clean
+.PHONY: install serve test lint typecheck docs docs-build pytest artifacts bench clean
 
 # Create the virtual environment once, and again whenever pyproject.toml changes: what serving
 # needs (every backend's extra) for `make serve`; the test tools (the dev extra) for `make test`.
@@ -64,13 +64,21 @@ $(KSERVE_VENV)/.installed:
 pytest: $(DEV_STAMP) $(KSERVE_VENV)/.installed
 	$(BIN)/pytest
 
-test: lint typecheck pytest  ## everything CI runs
+# The documentation site (mkdocs.yml, docs/): served offline beside `make serve`'s port; built
+# in strict mode by `make test`, so a broken link or a page missing from the nav fails it.
+docs: $(DEV_STAMP)  ## serve the documentation site on 127.0.0.1:8001
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+docs-build: $(DEV_STAMP)  ## build the documentation site into site/, strict
+	$(BIN)/mkdocs build --strict --site-dir site
+
+test: lint typecheck docs-build pytest  ## everything CI runs
 
 bench: $(DEV_STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
 	$(BIN)/python benchmarks/http_floor.py
 
 clean:
-	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts site .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: image image-cuda lock services
 
