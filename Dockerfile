@@ -105,7 +105,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 # The server writes nothing outside /tmp, so it runs on a read-only root file system too.
 # BATCHSERVE_WORKERS=auto: as many worker processes as the container's CPU limit allows (the cgroup
 # quota, `docker run --cpus N`, a Kubernetes limits.cpu; else the CPU affinity), divided by the
-# cores one worker's models keep busy (README, "Worker processes"). Every worker loads every model:
+# cores one worker's models keep busy (docs/workers.md). Every worker loads every model:
 # give the container a CPU limit and memory for that many copies (deploy/README.md, "Workers").
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

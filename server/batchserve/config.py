@@ -42,7 +42,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=65536)
     """Most rows in one call of the backend's ``predict_batch``."""
     max_wait_ms: float = Field(default=0.0, ge=0, le=60_000)
-    """Longest a partial batch may wait for company (see README, "When a batch goes")."""
+    """Longest a partial batch may wait for company (see docs/batching.md, "When a batch goes")."""
     max_queue: int = Field(default=1024, ge=1)
     """Most rows waiting; beyond that requests are refused with 503."""
     timeout_ms: float = Field(default=10_000, gt=0)

@@ -7,7 +7,7 @@ per item and batch size (``memory_by_input``). The estimate counts what a forwar
 (``configsize.activation_bytes``) over the tokens of the largest forward call the backend makes
 (a batch split by ``max_batch_tokens``); the measurement also holds the tokenised batch, the
 attention mask and the pooled outputs, and on CPU the allocator's rounding. ``MARGIN`` is the
-agreement expected (README, "Sizing from a config").
+agreement expected (docs/planning.md, "`batchserve inspect --model-config`").
 
 For resnet50 (torchvision's architecture, no ``config.json``) the architecture is built on the
 meta device: its parameters, and its activations from a forward pass there (``meta_forward_peak``:

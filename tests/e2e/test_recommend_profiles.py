@@ -65,7 +65,7 @@ def recommend(echo: tuple[Path, Path, Path], out: Path, *extra: str) -> int:
 
 
 def recomputed(entry: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
-    """The sizing from the measured peak, memory and price, by the rules README gives."""
+    """The sizing from the measured peak, memory and price, by the rules docs/planning.md gives."""
     peak = entry["open_loop"]["rate_rps"]
     assert peak == max(s["offered_rps"] for s in entry["open_loop"]["steps"] if s["within_slo"])
     replicas = max(1, math.ceil(load["target_rps"] / (peak * (1 - load["headroom"])) - 1e-9))

@@ -10,7 +10,7 @@ each half the time).
 on ``threads`` cores (``options.torch_threads`` or ``options.threads``, else 1). So one worker
 keeps ``max(instances x threads)`` cores busy, and ``auto`` is the cores divided by that, at
 least 1. A model on a GPU counts the same: every worker holds its own CUDA context and copy of
-the weights on the device (see README, "Worker processes", for what that costs).
+the weights on the device (see docs/workers.md for what that costs).
 
 Every worker also holds every model, so ``auto`` is capped by memory too: the memory the
 server may use (the cgroup limit, else the machine's) over an estimate of one worker's,

@@ -11,7 +11,7 @@ A file or a folder of files (not recursive):
 Given the model's input kind (``Backend.input_kind``, published at ``GET /models/{name}``), only
 the files of that kind are taken from a folder, and inputs of another kind are refused up front.
 
-Items are what ``POST /predict/{model}`` takes in ``inputs`` (README, "HTTP API").
+Items are what ``POST /predict/{model}`` takes in ``inputs`` (docs/http-api.md, "HTTP API").
 """
 
 from __future__ import annotations
