@@ -4,9 +4,6 @@ with texts from a file, one per line, as a user sizing a RAG embedding service w
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ import numpy as np
 import pytest
 from batchserve.cli import main
 
-from tests.support import PLUGINS, ROOT, running_server, write_models
+from tests.support import inspect_json, running_server, write_models
 from tests.support.texts import NON_ASCII, QUERIES, passages
 
 MINILM_PARAMETERS = 22.7e6
@@ -40,16 +37,6 @@ def texts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _inspect(*args: str) -> dict[str, Any]:
-    # Its own process: inspect tunes the allocator and resets the peak RSS of the process it runs in.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
-    result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", *args, "--json"],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
 def _check_size(size: dict[str, Any]) -> None:
     assert size["kind"] == "torch"
     assert size["parameters"] == pytest.approx(MINILM_PARAMETERS, rel=0.005)
@@ -58,7 +45,7 @@ def _check_size(size: dict[str, Any]) -> None:
 
 
 def test_inspect_with_texts_from_a_file(repository: Path, texts_file: Path) -> None:
-    report = _inspect("minilm", "--config", str(repository), "--inputs", str(texts_file),
+    report = inspect_json("minilm", "--config", str(repository), "--inputs", str(texts_file),
                       "--batch-sizes", "1,4")
     _check_size(report["size"])
     assert report["backend"] == "embedding" and report["device"] == "cpu"
@@ -69,7 +56,7 @@ def test_inspect_with_texts_from_a_file(repository: Path, texts_file: Path) -> N
 
 
 def test_inspect_with_the_backends_own_sample(repository: Path) -> None:
-    report = _inspect("minilm", "--config", str(repository), "--batch-sizes", "2")
+    report = inspect_json("minilm", "--config", str(repository), "--batch-sizes", "2")
     _check_size(report["size"])
     assert "truncated at max_length (256 tokens)" in report["inputs"]  # sentence_bert_config.json's
     assert [row["batch_size"] for row in report["memory"]] == [2]

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from batchserve_planning.estimate_check import MARGIN, MARGIN_FROM_BYTES
 
-from tests.support import PLUGINS, ROOT, write_models
-
-
-def _inspect_json(*args: str) -> dict[str, Any]:
-    # Its own process: inspect tunes the allocator and resets the peak RSS of the process it runs in.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
-    result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", *args, "--json"],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
+from tests.support import inspect_json, write_models
 
 
 def _check(estimate: dict[str, Any], measured_parameters: int) -> list[dict[str, Any]]:
@@ -40,7 +26,7 @@ def test_transformer_estimate_within_the_margin_of_the_measured_peak(tmp_path: P
     config = write_models(tmp_path / "models.toml", [
         {"name": "sentiment", "backend": "transformer", "path": str(transformer_dir),
          "max_batch_size": 32, "options": {"max_length": 128, "torch_threads": 1}}])
-    report = _inspect_json("sentiment", "--config", str(config), "--batch-sizes", "none",
+    report = inspect_json("sentiment", "--config", str(config), "--batch-sizes", "none",
                            "--input-sizes", "128", "--input-batch-sizes", "8,32")
     rows = _check(report["config_estimate"], report["size"]["parameters"])
     assert [(r["tokens"], r["batch_size"], r["forward_tokens"]) for r in rows] == [(128, 8, 1024),
@@ -52,7 +38,7 @@ def test_embedding_estimate_follows_the_token_budget(tmp_path: Path, minilm_dir:
     config = write_models(tmp_path / "models.toml", [
         {"name": "minilm", "backend": "embedding", "path": str(minilm_dir), "max_batch_size": 32,
          "options": {"max_batch_tokens": 2048, "torch_threads": 1}}])
-    report = _inspect_json("minilm", "--config", str(config), "--batch-sizes", "none",
+    report = inspect_json("minilm", "--config", str(config), "--batch-sizes", "none",
                            "--input-sizes", "256", "--input-batch-sizes", "8,16")
     rows = _check(report["config_estimate"], report["size"]["parameters"])
     # 16 texts of 256 tokens are two forward calls of 8 under a budget of 2,048 tokens
@@ -63,7 +49,7 @@ def test_resnet50_architecture_run_on_the_meta_device(tmp_path: Path, resnet_wei
     config = write_models(tmp_path / "models.toml", [
         {"name": "resnet50", "backend": "resnet50", "path": str(resnet_weights), "max_batch_size": 1,
          "options": {"torch_threads": 1}}])
-    report = _inspect_json("resnet50", "--config", str(config), "--batch-sizes", "1,2",
+    report = inspect_json("resnet50", "--config", str(config), "--batch-sizes", "1,2",
                            "--input-sizes", "none")
     rows = _check(report["config_estimate"], 25_557_032)
     # the forward pass on the meta device against the measured peak of predict_batch

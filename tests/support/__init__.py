@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,8 +23,8 @@ from batchserve.settings import ServerSettings
 from batchserve_planning.serverproc import ManagedServer, toml_value
 from fastapi.testclient import TestClient
 
-__all__ = ["PLUGINS", "ROOT", "ServerProcess", "build_demo", "free_port", "make_client", "running_server",
-           "wait_ready", "write_models"]
+__all__ = ["PLUGINS", "ROOT", "ServerProcess", "build_demo", "free_port", "inspect_json", "make_client",
+           "running_server", "wait_ready", "write_models"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -67,6 +70,16 @@ def free_port() -> int:
 
 SERVER_ENV = {"PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT / "server"), str(ROOT)])}
 """A test server imports this checkout's code and the test backends (tests/plugins)."""
+
+
+def inspect_json(*args: str) -> dict[str, Any]:
+    """``batchserve inspect ARGS --json``'s report, run in its own process (inspect tunes the
+    allocator and resets the peak RSS of the process it runs in), with this checkout's code."""
+    result = subprocess.run([sys.executable, "-m", "batchserve", "inspect", *args, "--json"],
+                            capture_output=True, text=True, env={**os.environ, **SERVER_ENV}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 class ServerProcess(ManagedServer):
