@@ -142,7 +142,8 @@ REGISTRY_HOST = re.compile(
     r"|\b(?:registry-1|index|hub)\.docker\.(?:io|com)\b|\b(?:ghcr|quay|nvcr)\.io\b",
     re.IGNORECASE)
 NOT_THE_PROJECT = {".git", ".venv", ".venv-kserve", "__pycache__", ".pytest_cache", ".mypy_cache",
-                   ".ruff_cache", "artifacts", "results", "reports", "build"}
+                   ".ruff_cache", "artifacts", "results", "reports", "build",
+                   "site"}  # the documentation site mkdocs builds (git-ignored): the theme's own files
 
 
 def project_files() -> Iterator[Path]:
