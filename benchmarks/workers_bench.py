@@ -9,8 +9,9 @@ idlest's; 1.0 is even), wrk's own CPU time per request, and the machine's idle s
 the server and wrk left of the cores: near 0, the cores cap the run, not the server) and steal
 share (time the hypervisor gave other guests).
 
-diabetes: one row per request, 64 keep-alive connections; layouts 1 worker, and 2 workers
-with each way of sharing the port (SO_REUSEPORT, one shared socket). The transformer (the
+diabetes: one row per request, 64 keep-alive connections; layouts 1 worker and 2 workers
+(each with its own listening socket on the port, SO_REUSEPORT: the one way workers share it since
+the shared-socket mode was removed). The transformer (the
 demo model, one text per request, texts of the lengths transformer_server.py uses): 1 worker
 with 2 instances x 1 torch thread, 1 worker with 1 instance x 2 threads, 2 workers x 1 x 1.
 
@@ -46,18 +47,16 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 class Layout(NamedTuple):
     name: str
     workers: int
-    sockets: str
     instances: int
     threads: int
 
 
 LAYOUTS = {
-    "diabetes": [Layout("1 worker", 1, "reuseport", 1, 1),
-                 Layout("2 workers, SO_REUSEPORT", 2, "reuseport", 1, 1),
-                 Layout("2 workers, shared socket", 2, "shared", 1, 1)],
-    "transformer": [Layout("1 worker x 2 instances x 1 thread", 1, "reuseport", 2, 1),
-                    Layout("1 worker x 1 instance x 2 threads", 1, "reuseport", 1, 2),
-                    Layout("2 workers x 1 instance x 1 thread", 2, "reuseport", 1, 1)],
+    "diabetes": [Layout("1 worker", 1, 1, 1),
+                 Layout("2 workers", 2, 1, 1)],
+    "transformer": [Layout("1 worker x 2 instances x 1 thread", 1, 2, 1),
+                    Layout("1 worker x 1 instance x 2 threads", 1, 1, 2),
+                    Layout("2 workers x 1 instance x 1 thread", 2, 1, 1)],
 }
 
 
@@ -78,8 +77,7 @@ def models_toml(directory: Path, model: str, layout: Layout) -> Path:
 
 def measure(model: str, layout: Layout, directory: Path, bodies: Path | None) -> dict[str, Any]:
     config = models_toml(directory, model, layout)
-    server = ManagedServer(config, grace_s=10, args=["--workers", str(layout.workers)],
-                           env={"BATCHSERVE_WORKER_SOCKETS": layout.sockets})
+    server = ManagedServer(config, grace_s=10, args=["--workers", str(layout.workers)])
     try:
         server.wait_ready(timeout_s=180)
         script, env = ("post.lua", None) if model == "diabetes" else (
