@@ -112,25 +112,29 @@ class Call:
         timeout_s = timeout_ms(model.config.timeout_ms, self.requested_ms) / 1000.0
         return timeout_s, self.arrived_s + timeout_s
 
+    def stage_ends(self, answered_s: float) -> tuple[float, float, float, float, float, float]:
+        """When each of ``metrics.STAGES`` ended (``time.monotonic()``), for a request answered
+        at ``answered_s``; 0 for a stage it never finished (it failed in or before it)."""
+        entry = self.entry
+        if entry is None:
+            return self.body_s, self.decoded_s, self.preprocessed_s, 0.0, 0.0, answered_s
+        return (self.body_s, self.decoded_s, self.preprocessed_s, entry.dispatched_s,
+                entry.computed_s, answered_s)
+
     def stage_durations(self, encoded_s: float) -> tuple[float, ...]:
         """Seconds spent in each of ``metrics.STAGES``, for a request whose response was encoded at
-        ``encoded_s``."""
-        entry = self.entry
-        assert entry is not None  # a request that succeeded was queued
-        return (self.body_s - self.arrived_s, self.decoded_s - self.body_s,
-                self.preprocessed_s - self.decoded_s, entry.dispatched_s - self.preprocessed_s,
-                entry.computed_s - entry.dispatched_s, encoded_s - entry.computed_s)
+        ``encoded_s`` (it went through every stage)."""
+        assert self.entry is not None  # a request that succeeded was queued
+        body, decoded, preprocessed, dispatched, computed, encoded = self.stage_ends(encoded_s)
+        return (body - self.arrived_s, decoded - body, preprocessed - decoded,
+                dispatched - preprocessed, computed - dispatched, encoded - computed)
 
     def stages(self, answered_s: float) -> Iterator[tuple[str, float, float]]:
         """Each of ``metrics.STAGES`` the request went through, with its start and end: all of
         them for an answer, those before the one it failed in (that one ending at
         ``answered_s``) for an error."""
-        entry = self.entry
-        ends = (self.body_s, self.decoded_s, self.preprocessed_s,
-                0.0 if entry is None else entry.dispatched_s,
-                0.0 if entry is None else entry.computed_s, answered_s)
         start_s = self.arrived_s
-        for stage, end_s in zip(STAGES, ends, strict=True):
+        for stage, end_s in zip(STAGES, self.stage_ends(answered_s), strict=True):
             if not end_s:  # the stage it failed in
                 yield stage, start_s, answered_s
                 return

@@ -76,7 +76,7 @@ class Pipeline:
         adapter = call.adapter
         tracing = self.state.tracing
         if tracing is not None:
-            tracing.begin(call, call.headers.traceparent, call.headers.tracestate)
+            tracing.begin(call)
         error = None
         try:
             read_by_s = self._admit(call)

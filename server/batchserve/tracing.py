@@ -147,16 +147,17 @@ class Tracing:
     def ns(self, monotonic_s: float) -> int:
         return int(monotonic_s * 1e9) + self._epoch_ns
 
-    def begin(self, call: Call, traceparent: str | None, tracestate: str | None) -> None:
+    def begin(self, call: Call) -> None:
         """Start ``call``'s span at its arrival, continuing the caller's context; ``call.span``
         stays ``None`` when the sampler leaves it out. A request without a caller's context is
         decided by its trace id before any span is made (one random number, where an unsampled
         span costs microseconds): the same decision as the sampler's, which makes it again."""
         parent = None
-        if traceparent is not None:
-            carrier = {"traceparent": traceparent}
-            if tracestate is not None:
-                carrier["tracestate"] = tracestate
+        headers = call.headers
+        if headers.traceparent is not None:
+            carrier = {"traceparent": headers.traceparent}
+            if headers.tracestate is not None:
+                carrier["tracestate"] = headers.tracestate
             parent = _PROPAGATOR.extract(carrier)
         else:
             trace_id = getrandbits(128)  # as the SDK's RandomIdGenerator draws one
@@ -205,22 +206,21 @@ class Tracing:
               ended_s: float) -> None:
         """A span for ``batch``, which ran from ``batch.taken_s`` to ``ended_s``, when it ran a
         traced request: a child of the first, linking each (and each links back to it)."""
-        traced = [request.span for request, _, _ in batch.slices if request.span is not None]
+        traced = [request for request, _, _ in batch.slices if request.span is not None]
         if not traced:
             return
         span = self.tracer.start_span(
-            "batch", context=trace.set_span_in_context(traced[0]), start_time=self.ns(batch.taken_s),
-            links=[Link(request_span.get_span_context()) for request_span in traced],
+            "batch", context=trace.set_span_in_context(traced[0].span), start_time=self.ns(batch.taken_s),
+            links=[Link(request.span.get_span_context()) for request in traced],
             attributes={"batchserve.model": model, "batchserve.batch.size": len(batch.rows),
                         "batchserve.batch.trigger": trigger, "batchserve.batch.place": place,
                         "batchserve.device": device})
         span.end(end_time=self.ns(ended_s))
         context = span.get_span_context()
-        for request, _, _ in batch.slices:
-            if request.span is not None:
-                if request.batch_spans is None:
-                    request.batch_spans = []
-                request.batch_spans.append(context)
+        for request in traced:
+            if request.batch_spans is None:
+                request.batch_spans = []
+            request.batch_spans.append(context)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
