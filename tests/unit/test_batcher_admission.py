@@ -42,6 +42,14 @@ def make(backend: Slow) -> tuple[Batcher, Metrics]:
     return batcher, metrics
 
 
+async def measured(backend: Slow) -> tuple[Batcher, Metrics]:
+    """A started batcher that has run enough batches to have a rate (``RATE_AFTER_BATCHES``)."""
+    batcher, metrics = make(backend)
+    for _ in range(RATE_AFTER_BATCHES):  # a rate: <= 80 rows/s
+        assert await batcher.infer([1, 2, 3, 4], timeout_s=30) == [2, 4, 6, 8]
+    return batcher, metrics
+
+
 async def hold_and_queue(batcher: Batcher, backend: Slow, rows: int) -> list[asyncio.Future[Any]]:
     """One batch held in the backend, and ``rows`` rows queued behind it."""
     backend.gate.clear()
@@ -67,9 +75,7 @@ def rejected(metrics: Metrics) -> float:
 def test_rows_that_cannot_start_before_their_deadline_are_refused_at_once() -> None:
     async def main() -> None:
         backend = Slow()
-        batcher, metrics = make(backend)
-        for _ in range(RATE_AFTER_BATCHES):  # a rate: <= 80 rows/s
-            assert await batcher.infer([1, 2, 3, 4], timeout_s=30) == [2, 4, 6, 8]
+        batcher, metrics = await measured(backend)
         waiting = await hold_and_queue(batcher, backend, 400)  # >= 5 s of work queued
         wait_s = batcher.predicted_wait_s()
         assert wait_s is not None and wait_s >= 400 / (4 / SLEEP_S)
@@ -113,9 +119,7 @@ def test_no_refusal_on_a_cold_start_or_from_too_few_batches() -> None:
 def test_a_lone_request_on_an_idle_server_is_never_refused() -> None:
     async def main() -> None:
         backend = Slow()
-        batcher, metrics = make(backend)
-        for _ in range(RATE_AFTER_BATCHES):
-            await batcher.infer([1, 2, 3, 4], timeout_s=30)
+        batcher, metrics = await measured(backend)
         assert batcher.predicted_wait_s() == 0.0
         batcher.check_admission(4, time.monotonic() + 1e-6)
         assert await batcher.infer([5], timeout_s=30, deadline_s=time.monotonic() + 30) == [10]
@@ -128,9 +132,7 @@ def test_a_lone_request_on_an_idle_server_is_never_refused() -> None:
 def test_rows_that_could_start_but_not_finish_a_batch_in_time_are_refused() -> None:
     async def main() -> None:
         backend = Slow()
-        batcher, metrics = make(backend)
-        for _ in range(RATE_AFTER_BATCHES):
-            await batcher.infer([1, 2, 3, 4], timeout_s=30)
+        batcher, metrics = await measured(backend)
         waiting = await hold_and_queue(batcher, backend, 8)
         wait_s = batcher.predicted_wait_s()
         assert wait_s is not None and wait_s > 0
