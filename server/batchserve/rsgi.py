@@ -8,7 +8,8 @@ chunks, its disconnect the protocol's, its answer one ``response_bytes``. Everyt
 (docs, health, models, management, metrics) is the FastAPI app, reached through
 ``asgi_bridge.serve_asgi``.
 
-A request past ``limit_concurrency`` in flight is answered 503 before anything is read. The
+A request past ``limit_concurrency`` in flight is answered 503 (``overloaded``, in its protocol's
+error shape, with ``Retry-After``) before anything is read. The
 requests in flight are kept, so that the drain can bound its wait (``serving.py``): granian's
 own stop waits for them without a limit.
 """
@@ -26,15 +27,13 @@ from starlette.types import ASGIApp
 
 from batchserve.access_log import AccessLog
 from batchserve.asgi_bridge import serve_asgi
-from batchserve.errors import ClientDisconnected
+from batchserve.errors import BatchserveError, ClientDisconnected, Overloaded, ShuttingDown
 from batchserve.fastpath import FastPath
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Call
-from batchserve.responses import JSONBytes
+from batchserve.responses import JSONBytes, error_response
 
-_TEXT = [("content-type", "text/plain; charset=utf-8")]
 _JSON = [("content-type", "application/json")]
-_CLOSING = [*_TEXT, ("connection", "close")]
 
 
 class RsgiApp:
@@ -55,7 +54,10 @@ class RsgiApp:
         task = asyncio.current_task()
         assert task is not None  # granian runs each request in a task
         if len(self.in_flight) >= self.limit_concurrency:
-            protocol.response_bytes(503, _TEXT, b"Service Unavailable")
+            limit = self.limit_concurrency
+            refuse(protocol, scope.path, Overloaded(
+                f"the server is at its limit of {limit} request{'s' if limit != 1 else ''} in "
+                "flight (BATCHSERVE_LIMIT_CONCURRENCY); retry later"))
             return
         self.in_flight.add(task)
         try:
@@ -78,7 +80,8 @@ class RsgiApp:
                 self.access_log.inference(scope, call, response.status_code)
         except asyncio.CancelledError:  # the drain's grace is spent (serving.py)
             with contextlib.suppress(RuntimeError):  # unless its answer went out already
-                protocol.response_bytes(503, _CLOSING, b"the server stopped before this request finished")
+                refuse(protocol, scope.path, ShuttingDown(
+                    "the server stopped before this request finished"), close=True)
         finally:
             self.in_flight.discard(task)
 
@@ -100,6 +103,15 @@ async def body_whole(protocol: HTTPProtocol) -> bytes:
     except ProtocolClosed:
         raise ClientDisconnected("client disconnected while sending the body") from None
     return body
+
+
+def refuse(protocol: HTTPProtocol, path: str, exc: BatchserveError, *, close: bool = False) -> None:
+    """Answer ``exc`` in the error shape of ``path``'s protocol, before or instead of serving
+    it; ``close``: and close the connection."""
+    response = error_response(exc.status, exc.type, exc.message, exc.headers, path=path)
+    if close:
+        response.headers["connection"] = "close"
+    answer(protocol, response)
 
 
 def answer(protocol: HTTPProtocol, response: Response) -> None:

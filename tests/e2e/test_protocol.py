@@ -213,8 +213,13 @@ def test_the_concurrency_limit_is_a_503(tmp_path: Path) -> None:
         held.sendall(post("/predict/echo", {"inputs": [1]}))  # in flight: the limit is reached
         time.sleep(0.2)
         sock.sendall(post("/predict/echo", {"inputs": [2]}))
+        status, headers, body = read_response(stream)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert body["error"]["type"] == "overloaded"
+        assert "limit of 1 request" in body["error"]["message"]
+        sock.sendall(post("/v2/models/echo/infer", {"inputs": []}))  # v2's clients get v2's shape
         status, _, body = read_response(stream)
-        assert (status, body) == (503, b"Service Unavailable")
+        assert status == 503 and "limit of 1 request" in body["error"]
         release.touch()
         assert read_response(held_stream)[2] == {"model": "echo", "outputs": [2.0]}
         sock.sendall(post("/predict/echo", {"inputs": [3]}))  # the limit is free again
