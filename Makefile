@@ -10,7 +10,7 @@ ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetens
 	models/artifacts/transformer/config.json models/artifacts/cancer.json \
 	models/artifacts/minilm/modules.json
 
-.PHONY: install serve test lint typecheck docs docs-build pytest artifacts bench clean
+.PHONY: install serve test lint typecheck docs docs-build pytest artifacts bench clean grpc-proto
 
 # Create the virtual environment once, and again whenever pyproject.toml changes: what serving
 # needs (every backend's extra) for `make serve`; the test tools (the dev extra) for `make test`.
@@ -73,6 +73,11 @@ docs-build: $(DEV_STAMP)  ## build the documentation site into site/, strict
 	$(BIN)/mkdocs build --strict --site-dir site
 
 test: lint typecheck docs-build pytest  ## everything CI runs
+
+# The gRPC messages (server/batchserve/grpc_api/inference_pb2.py and .pyi) are committed; this
+# regenerates them from inference.proto with grpcio-tools (the dev extra).
+grpc-proto: $(DEV_STAMP)  ## regenerate the gRPC messages from server/batchserve/grpc_api/inference.proto
+	scripts/gen-grpc.sh $(BIN)/python
 
 bench: $(DEV_STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
 	$(BIN)/python benchmarks/http_floor.py
