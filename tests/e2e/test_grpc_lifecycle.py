@@ -121,7 +121,8 @@ def test_a_full_queue_is_unavailable_with_the_retry_delay_in_the_trailers(tmp_pa
             infer(_request(3.0), timeout=60)
         assert full.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "queue" in (full.value.details() or "")
-        assert dict(full.value.trailing_metadata() or ())["retry-after"].isdigit()
+        trailers: Any = full.value.trailing_metadata()
+        assert str(dict(trailers)["retry-after"]).isdigit()
         release.touch()
         assert held.result().outputs[0].contents.bytes_contents == [b"2.0"]
         assert queued.result().outputs[0].contents.bytes_contents == [b"4.0"]

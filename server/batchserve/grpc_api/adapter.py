@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from starlette.responses import Response
+
 from batchserve.errors import BatchserveError, MalformedRequest, ModelVersionNotFound
 from batchserve.grpc_api.tensors import GrpcInferRequest, encode_response, parse_request
 from batchserve.headers import RequestHeaders
@@ -16,7 +18,6 @@ from batchserve.lifecycle import Adapter, Call, Decoded
 from batchserve.registry import ServedModel
 from batchserve.v2.codec import codec_for
 from batchserve.v2.routes import V2_OFFLOAD_BYTES, VERSION
-from starlette.responses import Response
 
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,

@@ -21,13 +21,14 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from fastapi import FastAPI
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from batchserve.fastpath import BatchserveApp
 from batchserve.grpc_api.service import SERVICE, Context, InferenceService
 from batchserve.pipeline import Pipeline
 from batchserve.routes import readiness
 from batchserve.state import AppState
-from fastapi import FastAPI
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
-import batchserve
 import grpc
 import grpc.aio
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+import batchserve
 from batchserve.errors import BatchserveError, MalformedRequest, ModelVersionNotFound
 from batchserve.grpc_api import inference_pb2 as pb
 from batchserve.grpc_api.adapter import GrpcAdapter, GrpcAnswer, status
@@ -36,8 +39,6 @@ from batchserve.routes import readiness
 from batchserve.v2.model_config import model_config
 from batchserve.v2.routes import VERSION, platform, tensors
 from batchserve.v2.stats import model_stats
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
 
 SERVICE = "inference.GRPCInferenceService"
 _INFER_PATH = f"/{SERVICE}/ModelInfer"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+
 from batchserve.errors import InvalidInput, MalformedRequest
 from batchserve.grpc_api import inference_pb2 as pb
 from batchserve.v2.tensors import (
@@ -29,7 +31,6 @@ from batchserve.v2.tensors import (
     shown,
     to_binary,
 )
-from google.protobuf.message import DecodeError
 
 CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
