@@ -1,8 +1,8 @@
 """The supervisor of ``batchserve serve --workers N``: N worker processes behind one port.
 
 It owns the ports (the HTTP port, the management and gRPC ports when set; each held by a socket
-bound with ``SO_REUSEPORT``, never listening, which every worker's listener binds too, so that the kernel spreads connections over them), the run
-directory the workers share
+bound with ``SO_REUSEPORT``, never listening, which every worker's listener binds too, so that
+the kernel spreads connections over them), the run directory the workers share
 (``cluster/rundir.py``), and the workers' lives:
 
 - a worker that dies is restarted, after a backoff that doubles with each death of that worker
