@@ -315,7 +315,7 @@ def test_compose_files_are_valid_and_mount_files_that_exist() -> None:
         if name != "grafana":  # Grafana's image was never run here: not made read-only blind
             assert service.get("read_only") is True, name
     # The management port is not published, and nginx proxies the API's port only.
-    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8001"
+    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8002"
                for s in services.values() for p in s.get("ports", []))
     nginx = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
     assert re.findall(r"server batchserve:(\d+)", nginx) == ["8000"]
