@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 8001
 ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
 	models/artifacts/transformer/config.json models/artifacts/cancer.json \
 	models/artifacts/minilm/modules.json
@@ -44,8 +45,9 @@ models/artifacts/minilm/modules.json: models/build_minilm.py | $(STAMP)
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 
-serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000
-	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
+serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000 (HTTP) and 8001 (gRPC)
+	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT) \
+		--grpc-port $(GRPC_PORT)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
@@ -66,8 +68,8 @@ pytest: $(DEV_STAMP) $(KSERVE_VENV)/.installed
 
 # The documentation site (mkdocs.yml, docs/): served offline beside `make serve`'s port; built
 # in strict mode by `make test`, so a broken link or a page missing from the nav fails it.
-docs: $(DEV_STAMP)  ## serve the documentation site on 127.0.0.1:8001
-	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+docs: $(DEV_STAMP)  ## serve the documentation site on 127.0.0.1:8003
+	$(BIN)/mkdocs serve -a 127.0.0.1:8003
 
 docs-build: $(DEV_STAMP)  ## build the documentation site into site/, strict
 	$(BIN)/mkdocs build --strict --site-dir site

@@ -232,3 +232,19 @@ def test_repository_calls_need_the_management_token(server: GrpcServer, client: 
     with pytest.raises(InferenceServerException) as absent:
         client.load_model("nope", headers=auth)
     assert absent.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_no_repository_calls_over_grpc_where_management_has_its_own_port(tmp_path: Path,
+                                                                         diabetes_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)}])
+    port = free_port()
+    with running_server(config, args=["--grpc-port", str(port), "--management-port", str(free_port())],
+                        env={"BATCHSERVE_MANAGEMENT_TOKEN": TOKEN}) as server, \
+            triton.InferenceServerClient(f"127.0.0.1:{port}") as grpc_client:
+        with pytest.raises(InferenceServerException) as refused:
+            grpc_client.unload_model("diabetes", headers={"authorization": f"Bearer {TOKEN}"})
+        assert refused.value.status() == "StatusCode.PERMISSION_DENIED"
+        assert "management port only" in refused.value.message()
+        assert grpc_client.is_model_ready("diabetes")
+        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200

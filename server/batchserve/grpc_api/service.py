@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 import batchserve
-from batchserve.errors import BatchserveError, MalformedRequest, ModelVersionNotFound
+from batchserve.errors import BatchserveError, MalformedRequest, ManagementDisabled, ModelVersionNotFound
 from batchserve.grpc_api import inference_pb2 as pb
 from batchserve.grpc_api.adapter import GrpcAdapter, GrpcAnswer, status
 from batchserve.grpc_api.tensors import model_name
@@ -209,8 +209,16 @@ class InferenceService:
 
     # ---- the model repository (management: the bearer token in the call's metadata)
 
-    async def repository_index(self, request: Any, context: Context) -> Message:
+    def _authorize(self, context: Context) -> None:
+        """As REST's management routes: the bearer token from the call's ``authorization``
+        metadata; and none at all where ``--management-port`` keeps management to its own port."""
+        if self.state.settings.management_port is not None:
+            raise ManagementDisabled("the model repository is managed on the management port only "
+                                     "(BATCHSERVE_MANAGEMENT_PORT), not over gRPC")
         authorize(self.state, _metadata(context, "authorization"))
+
+    async def repository_index(self, request: Any, context: Context) -> Message:
+        self._authorize(context)
         index = await repository_index(self.state)
         models = [pb.RepositoryIndexResponse.ModelIndex(
             name=m["name"], version=m["version"], state=m["state"], reason=m["reason"] or "")
@@ -218,14 +226,14 @@ class InferenceService:
         return pb.RepositoryIndexResponse(models=models)
 
     async def repository_load(self, request: Any, context: Context) -> Message:
-        authorize(self.state, _metadata(context, "authorization"))
+        self._authorize(context)
         if request.parameters:
             raise MalformedRequest("a load takes no parameters: models load from the repository file")
         await load_model(self.state, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, context: Context) -> Message:
-        authorize(self.state, _metadata(context, "authorization"))
+        self._authorize(context)
         await unload_model(self.state, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
