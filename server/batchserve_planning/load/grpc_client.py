@@ -98,9 +98,9 @@ def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, mode
                         rows_per_request: int = 1, parameters: dict[str, Any] | None = None) -> Requests:
     """Serialized ``ModelInferRequest``s of ``rows_per_request`` samples each, to the one input
     tensor the model's v2 ``metadata`` declares: numbers as its datatype, text and images as
-    BYTES (images as their raw bytes), all in ``raw_input_contents``."""
+    BYTES (images as their raw bytes), all in ``raw_input_contents``. Encoded here (the load
+    client imports nothing of the server): protobuf's wire format for the few fields sent."""
     import numpy as np
-    from batchserve.grpc_api import inference_pb2 as pb
 
     from batchserve_planning.load.inputs import MAX_REQUESTS
 
@@ -111,10 +111,11 @@ def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, mode
         raise InputError(f"--protocol grpc sends one input tensor; model {model!r} declares {len(inputs)}")
     name, datatype = inputs[0]["name"], inputs[0]["datatype"]
     items = [s.item for s in samples]
+    encoded = b"".join(_field(4, _field(1, key.encode()) + _field(2, _parameter(value)))
+                       for key, value in (parameters or {}).items())
     requests: list[bytes] = []
     for index in range(min(MAX_REQUESTS, max(1, -(-len(items) // rows_per_request)))):
         rows = [items[(index * rows_per_request + j) % len(items)] for j in range(rows_per_request)]
-        request = pb.ModelInferRequest(model_name=model)
         if datatype == "BYTES":
             elements = [r if isinstance(r, bytes) else str(r).encode() for r in rows]
             raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
@@ -124,22 +125,35 @@ def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, mode
             raw, shape = array.tobytes(), list(array.shape)
         else:
             raise InputError(f"model {model!r} takes {datatype} tensors, which --protocol grpc can't build")
-        request.inputs.add(name=name, datatype=datatype, shape=shape)
-        request.raw_input_contents.append(raw)
-        for key, value in (parameters or {}).items():
-            _parameter(request.parameters[key], value)
-        requests.append(request.SerializeToString())
+        tensor = (_field(1, name.encode()) + _field(2, datatype.encode())
+                  + _field(3, b"".join(_varint(d) for d in shape)))
+        requests.append(_field(1, model.encode()) + encoded + _field(5, tensor) + _field(7, raw))
     return Requests(tuple(requests), rows_per_request,
                     f"{len(samples)} samples, {rows_per_request} item(s) per request, over gRPC "
                     f"({name} {datatype} in raw_input_contents)")
 
 
-def _parameter(parameter: Any, value: Any) -> None:
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # a negative int64 is its two's complement, ten bytes
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (a string, bytes, a message, packed numbers)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _parameter(value: Any) -> bytes:
+    """An ``InferParameter``: bool (field 1), int64 (2), string (3) or double (4)."""
     if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = str(value)
+        return _varint(1 << 3) + _varint(int(value))
+    if isinstance(value, int):
+        return _varint(2 << 3) + _varint(value)
+    if isinstance(value, float):
+        return _varint(4 << 3 | 1) + struct.pack("<d", value)
+    return _field(3, str(value).encode())
