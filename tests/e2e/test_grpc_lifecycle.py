@@ -1,4 +1,4 @@
-"""gRPC requests share REST's lifecycle, against a real server: the call's deadline is the
+"""gRPC requests share REST's lifecycle, against a real server: the timeout a call asks for is the
 request's (the model's ``timeout_ms`` capping it), a cancelled call abandons its queued rows,
 a full queue is UNAVAILABLE with its retry delay in the trailing metadata, and the drain answers
 the calls in flight while refusing new ones. A batch of the echo test model is held on a file
@@ -7,6 +7,7 @@ the calls in flight while refusing new ones. A batch of the echo test model is h
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,7 +73,7 @@ def _recorded(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_the_calls_deadline_is_the_requests_and_the_models_timeout_caps_it(tmp_path: Path) -> None:
+def test_the_requested_timeout_is_the_requests_and_the_models_timeout_caps_it(tmp_path: Path) -> None:
     release, record = tmp_path / "release", tmp_path / "record"
     short = {"name": "short", "backend": "echo", "path": "x", "timeout_ms": 500,
              "options": {"holds": {"1": str(release)}}}
@@ -80,11 +81,13 @@ def test_the_calls_deadline_is_the_requests_and_the_models_timeout_caps_it(tmp_p
                   options={"holds": {"1": str(release)}, "record": str(record)}) as (server, infer):
         held = infer.future(_request(1.0), timeout=60)
         _until(lambda: _started(tmp_path) == ["1.0"])
+        # A timeout the call asks for, far shorter than the model's (the call's own gRPC deadline
+        # becomes it too, tests/unit/test_grpc_deadline.py; here the client's is far longer, so
+        # that the server's answer, not the client giving up, is what the client sees).
         with pytest.raises(grpc.RpcError) as deadline:
-            infer(_request(2.0), timeout=0.5)  # the client's deadline, far shorter than the model's
+            infer(_request(2.0), timeout=60, metadata=(("x-request-timeout-ms", "300"),))
         assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # the server failed it at that deadline (a 504 of its own), not only the client
-        _until(lambda: sample(server.url, "batchserve_requests_total", model="echo", code="504") == 1)
+        assert sample(server.url, "batchserve_requests_total", model="echo", code="504") == 1
         with pytest.raises(grpc.RpcError) as capped:  # a deadline past the model's timeout_ms: that wins
             infer(_request(1.0, "short"), timeout=60)
         assert capped.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -149,3 +152,32 @@ def _refused(infer: Any) -> bool:
     except grpc.RpcError as exc:
         return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
     return False
+
+
+def test_the_drain_answers_an_open_streams_requests_then_ends_it(tmp_path: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    release = tmp_path / "release"
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "max_batch_size": 1,
+         "options": {"holds": {"1": str(release)}, "started": str(tmp_path / "started")}}])
+    port = free_port()
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    # a grace far longer than the wait below: an open stream that held the drain would show
+    with running_server(config, args=["--grpc-port", str(port)], grace_s=300) as server, \
+            triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            tensor = triton.InferInput("input", [1], "FP64")
+            tensor.set_data_from_numpy(np.array([1.0]))
+            client.async_stream_infer("echo", [tensor], request_id="held")
+            _until(lambda: _started(tmp_path) == ["1.0"])
+            server.terminate()  # SIGTERM: the drain begins with the stream open and a request in it
+            release.touch()
+            result, error = answers.get(timeout=60)
+            assert error is None, error
+            assert result.get_response().id == "held" and result.as_numpy("output").tolist() == [b"2.0"]
+            assert server.process.wait(timeout=60) == 0  # the stream ended once answered
+        finally:
+            client.stop_stream()

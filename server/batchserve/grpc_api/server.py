@@ -85,11 +85,13 @@ class GrpcServed:
         await server.wait_for_termination()
 
     def stop(self) -> None:
-        """Close the port to new calls at once; the calls in flight are the drain's to wait for
-        (``Servers.serve``), and what is left when its grace is spent is cancelled."""
+        """Close the port to new calls at once, and the open streams to new requests; the calls
+        in flight are the drain's to wait for (``Servers.serve``), and what is left when its grace
+        is spent is cancelled."""
         if self._server is not None and self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(
                 self._server.stop(self.state.drain_left_s() + 1.0))
+            self.service.drain()
 
 
 def grpc_server(app: FastAPI, port: int) -> GrpcServed:

@@ -62,6 +62,14 @@ class InferenceService:
         self.adapter = GrpcAdapter(self.state.settings.max_items)
         self.limit = self.state.settings.limit_concurrency
         self.in_flight: set[asyncio.Task[Any]] = set()
+        self.readers: set[asyncio.Task[None]] = set()
+        """The tasks reading the open streams' requests."""
+
+    def drain(self) -> None:
+        """Read no more requests from the open streams: each ends once the requests it sent are
+        answered (an idle stream at once), rather than hold the drain for its whole grace."""
+        for reader in self.readers:
+            reader.cancel()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler serving the service's RPCs (inference takes raw bytes)."""
@@ -109,7 +117,8 @@ class InferenceService:
     async def model_stream_infer(self, messages: AsyncIterator[bytes],
                                  context: Context) -> AsyncIterator[bytes]:
         """Each message answered on the stream as it completes (an error as ``error_message``,
-        the stream going on); at most ``STREAM_IN_FLIGHT`` of them served at once."""
+        the stream going on); at most ``STREAM_IN_FLIGHT`` of them served at once. Each request's
+        deadline is what is left of the stream's."""
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         serving: set[asyncio.Task[None]] = set()
@@ -123,17 +132,20 @@ class InferenceService:
 
         async def read_all() -> None:
             try:
-                async for body in messages:
-                    await slots.acquire()
-                    task = asyncio.create_task(serve_one(body))
-                    serving.add(task)
-                    task.add_done_callback(serving.discard)
-                while serving:
+                with contextlib.suppress(asyncio.CancelledError):  # the drain: read no more requests
+                    async for body in messages:
+                        await slots.acquire()
+                        task = asyncio.create_task(serve_one(body))
+                        serving.add(task)
+                        task.add_done_callback(serving.discard)
+                while serving:  # the requests read are answered
                     await asyncio.wait(set(serving))
             finally:
                 answers.put_nowait(None)  # the end of the answers, whether the stream ended or broke
 
         reader = asyncio.create_task(read_all())
+        self.readers.add(reader)
+        reader.add_done_callback(self.readers.discard)
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
