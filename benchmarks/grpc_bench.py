@@ -7,9 +7,10 @@ as raw BYTES over gRPC vs base64 in v2 JSON.
    loop, CONCURRENCY connections) in this process on LOAD_CORE. For each model, ROUNDS rounds of
    REQUESTS requests (MINILM_REQUESTS for minilm) over REST's v2 JSON infer, ``/predict`` and
    gRPC's ModelInfer (raw_input_contents, as tritonclient.grpc sends them), the protocols'
-   order alternating round to round. The server's user+system CPU seconds between the end of a
-   warm-up and the end of the run, divided by the requests answered (the few in flight at the
-   end add under CONCURRENCY/REQUESTS to it).
+   order alternating round to round (MODELS, MAX_WAIT_MS: which models, and their max_wait_ms,
+   0 by default). The server's user+system CPU seconds between the end of a warm-up and the end
+   of the run, divided by the requests answered (the few in flight at the end add under
+   CONCURRENCY/REQUESTS to it); and the mean batch, from /metrics over the same window.
 2. A JPEG (sklearn's china.jpg, 196 KB) through each protocol's decoding in-process: the bytes
    on the wire (the serialized ModelInferRequest vs the v2 JSON body) and the time from those
    bytes to the item the backend gets (protobuf parse and the v2 codec vs JSON parse, the codec
@@ -42,6 +43,9 @@ REQUESTS = int(os.environ.get("REQUESTS", "4000"))
 MINILM_REQUESTS = int(os.environ.get("MINILM_REQUESTS", "400"))
 WARMUP_S = float(os.environ.get("WARMUP_S", "1"))
 DECODES = int(os.environ.get("DECODES", "200"))
+MODELS = os.environ.get("MODELS", "diabetes,minilm").split(",")
+MAX_WAIT_MS = float(os.environ.get("MAX_WAIT_MS", "0"))
+"""Both models' ``max_wait_ms``."""
 ROW = [0.038, 0.051, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.020, -0.018]
 TEXT = "The battery life is great and the screen is sharp, but the speakers are thin."
 
@@ -76,24 +80,33 @@ def _round(server: Any, grpc_port: int, protocol: str, model: str, count: int) -
                     concurrency=CONCURRENCY, duration_s=None, count=count, warmup_s=WARMUP_S,
                     protocol="grpc" if protocol == "grpc" else "http")
     marks: list[float] = []
+
+    def batches() -> tuple[float, float]:
+        return (harness.metric(server.url, "batchserve_batch_size_sum", model),
+                harness.metric(server.url, "batchserve_batch_size_count", model))
+
     def mark() -> None:
         marks.append(harness.cpu_seconds([server.process.pid])[0])
+        marks.extend(batches())
 
     run = run_load(spec, on_measure_start=mark, cpus=harness.cores(LOAD_CORE))
     cpu_s = harness.cpu_seconds([server.process.pid])[0] - marks[0]
+    batched_rows, batch_count = batches()
+    mean_batch = (batched_rows - marks[1]) / max(1.0, batch_count - marks[2])
     summary = summarize(run)
     answered = summary.status_counts.get("200", 0)
     if answered != summary.requests:
         raise harness.UncleanRun(f"{protocol} {model}: {summary.status_counts}")
     return {"cpu_us_per_request": cpu_s / answered * 1e6, "rps": summary.throughput_rps,
-            "p99_ms": summary.latency_ms["p99"]}
+            "p99_ms": summary.latency_ms["p99"], "mean_batch": mean_batch}
 
 
 def cpu() -> dict[str, Any]:
+    wait = f"max_wait_ms = {MAX_WAIT_MS}"
     config_text = (f'[[models]]\nname = "diabetes"\nbackend = "sklearn"\npath = '
-                   f'"{harness.demo_artifact("diabetes")}"\nmax_batch_size = 64\nmax_wait_ms = 0\n\n'
+                   f'"{harness.demo_artifact("diabetes")}"\nmax_batch_size = 64\n{wait}\n\n'
                    f'[[models]]\nname = "minilm"\nbackend = "embedding"\npath = '
-                   f'"{harness.demo_artifact("minilm")}"\nmax_batch_size = 32\nmax_wait_ms = 0\n')
+                   f'"{harness.demo_artifact("minilm")}"\nmax_batch_size = 32\n{wait}\n')
     from batchserve_planning.serverproc import ManagedServer
 
     results: dict[str, Any] = {}
@@ -106,14 +119,16 @@ def cpu() -> dict[str, Any]:
         try:
             server.wait_ready(timeout_s=300)
             for model, count in (("diabetes", REQUESTS), ("minilm", MINILM_REQUESTS)):
+                if model not in MODELS:
+                    continue
                 protocols = ["rest-v2", "predict", "grpc"]
                 rounds: list[dict[str, dict[str, float]]] = []
                 for index in range(ROUNDS):
                     order = protocols if index % 2 == 0 else protocols[::-1]
                     rounds.append({p: _round(server, grpc_port, p, model, count) for p in order})
                     print(f"{model} round {index + 1}: " + ", ".join(
-                        f"{p} {r['cpu_us_per_request']:.0f} us/req {r['rps']:.0f} rps"
-                        for p, r in rounds[-1].items()), flush=True)
+                        f"{p} {r['cpu_us_per_request']:.0f} us/req {r['rps']:.0f} rps "
+                        f"batch {r['mean_batch']:.1f}" for p, r in rounds[-1].items()), flush=True)
                 results[model] = rounds
         finally:
             server.stop(timeout_s=60)
@@ -169,18 +184,19 @@ def main() -> None:
     results: dict[str, Any] = {
         "commit": harness.commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "settings": {"rounds": ROUNDS, "concurrency": CONCURRENCY, "requests": REQUESTS,
-                     "minilm_requests": MINILM_REQUESTS}}
+                     "minilm_requests": MINILM_REQUESTS, "max_wait_ms": MAX_WAIT_MS}}
     if "cpu" in parts:
         results["cpu"] = cpu()
         print("\n| model | protocol | server CPU us/request (median of rounds) | gRPC / it, per round: "
-              "median (min-max) | RPS (median) |\n|---|---|---|---|---|")
+              "median (min-max) | RPS (median) | mean batch |\n|---|---|---|---|---|---|")
         for model, rounds in results["cpu"].items():
             for protocol in ("rest-v2", "predict", "grpc"):
                 cpu_us = [r[protocol]["cpu_us_per_request"] for r in rounds]
                 ratio = [r["grpc"]["cpu_us_per_request"] / r[protocol]["cpu_us_per_request"] for r in rounds]
                 rps = statistics.median(r[protocol]["rps"] for r in rounds)
+                batch = statistics.median(r[protocol]["mean_batch"] for r in rounds)
                 print(f"| {model} | {protocol} | {statistics.median(cpu_us):.0f} | "
-                      f"{_spread(ratio) if protocol != 'grpc' else '1'} | {rps:,.0f} |")
+                      f"{_spread(ratio) if protocol != 'grpc' else '1'} | {rps:,.0f} | {batch:.1f} |")
     if "jpeg" in parts:
         results["jpeg"] = found = jpeg()
         ratios = [r["rest"] / r["grpc"] for r in found["decode_us"]]
