@@ -56,7 +56,7 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # KServe's Python client pins versions that clash with ours: it gets its own venv, for the
-# protocol tests (tests/unit/test_v2.py) only.
+# protocol tests (tests/unit/test_v2.py, and over gRPC tests/e2e/test_grpc_kserve.py) only.
 KSERVE_VENV := .venv-kserve
 $(KSERVE_VENV)/.installed:
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)

@@ -96,9 +96,9 @@ def main() -> None:
     ratios = [b["rps"] / t["rps"] for b, t in zip(runs["batchserve"], runs["triton"], strict=True)]
     p99 = [t["p99_ms"] / b["p99_ms"] for b, t in zip(runs["batchserve"], runs["triton"], strict=True)]
     print(f"\n| over gRPC, {CONNECTIONS} connections | RPS (rounds) | p99 ms (rounds) |\n|---|---|---|")
-    for name, found in runs.items():
-        rps = ", ".join(f"{r['rps']:,.0f}" for r in found)
-        tails = ", ".join(f"{r['p99_ms']:.1f}" for r in found)
+    for name, measured in runs.items():
+        rps = ", ".join(f"{r['rps']:,.0f}" for r in measured)
+        tails = ", ".join(f"{r['p99_ms']:.1f}" for r in measured)
         print(f"| {name} | {rps} | {tails} |")
     print(f"\nbatchserve RPS / Triton's: median {statistics.median(ratios):.2f}x "
           f"({min(ratios):.2f}-{max(ratios):.2f}); Triton's p99 / batchserve's: median "
