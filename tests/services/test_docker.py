@@ -132,9 +132,13 @@ class Container:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # --read-only and a /tmp tmpfs: what deploy/kubernetes's securityContext asks of the image.
+        # The image's gRPC port (8001) moved to a free one too: on the host's network it would be
+        # the host's 8001.
+        self.grpc_port = free_port()
         docker("run", "--detach", "--name", self.name, "--network", "host", "--read-only",
                "--tmpfs", "/tmp", "--env", "BATCHSERVE_HOST=127.0.0.1",
-               "--env", f"BATCHSERVE_PORT={self.port}", *(a for e in env for a in ("--env", e)), image)
+               "--env", f"BATCHSERVE_PORT={self.port}", "--env", f"BATCHSERVE_GRPC_PORT={self.grpc_port}",
+               *(a for e in env for a in ("--env", e)), image)
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(docker("inspect", "--format", "{{json .State}}", self.name).stdout)
