@@ -115,11 +115,16 @@ ENV PYTHONUNBUFFERED=1 \
     BATCHSERVE_HOST=0.0.0.0 \
     BATCHSERVE_PORT=8000 \
     BATCHSERVE_CONFIG=/models/models.toml \
+    BATCHSERVE_GRPC_PORT=8001 \
     BATCHSERVE_WORKERS=auto
 # The numeric user lets Kubernetes check runAsNonRoot.
 USER 10001:10001
 WORKDIR /models
+# 8000: HTTP (REST, /metrics, the health routes); 8001: the Open Inference Protocol over gRPC
+# (BATCHSERVE_GRPC_PORT, Triton's port; tritonclient.grpc and KServe's gRPC client) and the
+# standard gRPC health service.
 EXPOSE 8000
+EXPOSE 8001
 # No curl in the image: the check is Python's. It follows BATCHSERVE_PORT when that is changed.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ.get('BATCHSERVE_PORT', '8000'); sys.exit(urllib.request.urlopen(url, timeout=4).status != 200)"]

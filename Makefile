@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 8001
 ARTIFACTS := models/artifacts/diabetes.joblib models/artifacts/resnet50.safetensors \
 	models/artifacts/transformer/config.json models/artifacts/cancer.json \
 	models/artifacts/minilm/modules.json
 
-.PHONY: install serve test lint typecheck docs docs-build pytest artifacts bench clean
+.PHONY: install serve test lint typecheck docs docs-build pytest artifacts bench clean grpc-proto
 
 # Create the virtual environment once, and again whenever pyproject.toml changes: what serving
 # needs (every backend's extra) for `make serve`; the test tools (the dev extra) for `make test`.
@@ -44,8 +45,9 @@ models/artifacts/minilm/modules.json: models/build_minilm.py | $(STAMP)
 
 artifacts: $(ARTIFACTS)  ## build the demo model artifacts that are missing
 
-serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000
-	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT)
+serve: $(STAMP) $(ARTIFACTS)  ## serve models/models.toml on 127.0.0.1:8000 (HTTP) and 8001 (gRPC)
+	MALLOC_ARENA_MAX=2 $(BIN)/batchserve serve --config models/models.toml --host $(HOST) --port $(PORT) \
+		--grpc-port $(GRPC_PORT)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
@@ -54,7 +56,7 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # KServe's Python client pins versions that clash with ours: it gets its own venv, for the
-# protocol tests (tests/unit/test_v2.py) only.
+# protocol tests (tests/unit/test_v2.py, and over gRPC tests/e2e/test_grpc_kserve.py) only.
 KSERVE_VENV := .venv-kserve
 $(KSERVE_VENV)/.installed:
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
@@ -66,13 +68,18 @@ pytest: $(DEV_STAMP) $(KSERVE_VENV)/.installed
 
 # The documentation site (mkdocs.yml, docs/): served offline beside `make serve`'s port; built
 # in strict mode by `make test`, so a broken link or a page missing from the nav fails it.
-docs: $(DEV_STAMP)  ## serve the documentation site on 127.0.0.1:8001
-	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+docs: $(DEV_STAMP)  ## serve the documentation site on 127.0.0.1:8003
+	$(BIN)/mkdocs serve -a 127.0.0.1:8003
 
 docs-build: $(DEV_STAMP)  ## build the documentation site into site/, strict
 	$(BIN)/mkdocs build --strict --site-dir site
 
 test: lint typecheck docs-build pytest  ## everything CI runs
+
+# The gRPC messages (server/batchserve/grpc_api/inference_pb2.py and .pyi) are committed; this
+# regenerates them from inference.proto with grpcio-tools (the dev extra).
+grpc-proto: $(DEV_STAMP)  ## regenerate the gRPC messages from server/batchserve/grpc_api/inference.proto
+	scripts/gen-grpc.sh $(BIN)/python
 
 bench: $(DEV_STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md (needs wrk)
 	$(BIN)/python benchmarks/http_floor.py

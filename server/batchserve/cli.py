@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="export OpenTelemetry traces (configured by the OTEL_* variables)")
     serve.add_argument("--management-port", type=int,
                        help="serve the management API on this port only (default: on --port)")
+    serve.add_argument("--grpc-port", type=int,
+                       help="serve the Open Inference Protocol over gRPC on this port too (Triton's: 8001)")
     serve.add_argument("--workers", type=_workers,
                        help="server processes behind the port (1; 'auto': from the cores and the models)")
     serve.add_argument("--access-log", action="store_const", const=True,
@@ -70,6 +72,17 @@ def tracing_problem(settings: ServerSettings) -> str | None:
     return None
 
 
+def grpc_problem(settings: ServerSettings) -> str | None:
+    """Why ``--grpc-port`` can't be served (``None``: it can, or it is off)."""
+    if settings.grpc_port is None:
+        return None
+    try:
+        import batchserve.grpc_api.server  # noqa: F401 - imported for its dependencies
+    except ImportError as exc:
+        return f"--grpc-port needs gRPC: pip install 'batchserve[grpc]' ({exc})"
+    return None
+
+
 def _boolean(value: str) -> bool:
     if value.lower() in ("true", "1", "yes"):
         return True
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: ServerSettings) -> int:
     from batchserve.app import create_app, create_management_app
     from batchserve.logs import configure_logging
-    from batchserve.serving import make_server, reserve_port, run_servers
+    from batchserve.serving import Listener, make_server, reserve_port, run_servers
     from batchserve.state import AppState
 
     configure_logging(settings)
@@ -108,7 +121,7 @@ def serve(settings: ServerSettings) -> int:
     except ConfigError as exc:
         print(f"batchserve: {exc}", file=sys.stderr)
         return 2
-    if (problem := tracing_problem(settings)) is not None:
+    if (problem := tracing_problem(settings) or grpc_problem(settings)) is not None:
         print(f"batchserve: {problem}", file=sys.stderr)
         return 2
     if settings.workers != 1:
@@ -125,10 +138,15 @@ def serve(settings: ServerSettings) -> int:
     state: AppState = app.state.batchserve
     with contextlib.ExitStack() as ports:
         main = ports.enter_context(reserve_port(settings.host, settings.port))
-        servers = [make_server(app, main.getsockname()[1], state, lifespan="on")]
+        servers: list[Listener] = [make_server(app, main.getsockname()[1], state, lifespan="on")]
         if settings.management_port is not None:  # the main app's lifespan loads and closes the models
             management = ports.enter_context(reserve_port(settings.host, settings.management_port))
             servers.append(make_server(create_management_app(state), management.getsockname()[1],
                                        state, lifespan="off"))
+        if settings.grpc_port is not None:
+            from batchserve.grpc_api.server import grpc_server
+
+            grpc_port = ports.enter_context(reserve_port(settings.host, settings.grpc_port))
+            servers.append(grpc_server(app, grpc_port.getsockname()[1]))
         run_servers(servers, state)
     return 0

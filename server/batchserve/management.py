@@ -42,56 +42,76 @@ class BatcherSettings(BaseModel):
     timeout_ms: float | None = Field(default=None, gt=0)
 
 
+def authorize(state: AppState, authorization: str) -> None:
+    """Refuse a management call whose ``Authorization`` value (HTTP's header, gRPC's metadata) is
+    not ``Bearer <token>``: 403 while the API is off, 401 when missing or wrong."""
+    token = state.settings.management_token
+    if token is None:
+        raise ManagementDisabled("the management API is off; set BATCHSERVE_MANAGEMENT_TOKEN to use it")
+    scheme, _, sent = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.encode(), token.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+async def repository_index(state: AppState) -> list[dict[str, Any]]:
+    """The repository file's models and the served ones: name, version, state and reason."""
+    served = {m.config.name: m for m in state.registry}
+    names = [c.name for c in _repository(state)]
+    return [{"name": name, "version": "1", **_state(served.get(name))}
+            for name in dict.fromkeys([*names, *served])]
+
+
+async def load_model(state: AppState, name: str) -> dict[str, Any]:
+    """Load or reload ``name`` from the repository file, on every worker: 404 if the file has no
+    such model, 409 if it failed to load (the previous version serves on)."""
+    registry = state.registry
+    config = next((c for c in _repository(state) if c.name == name), None)
+    if config is None:
+        raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
+    if state.cluster is not None:
+        report = await fanout.load_all(state, state.cluster, name)
+        return {"name": name, **_state(registry.get(name)), "workers": report}
+    model = await registry.load(config, state.settings.shutdown_grace_s)
+    if model.state != "ready":
+        raise LoadFailed(f"model '{name}' failed to load: {model.reason}; the previous version, "
+                         "if any, still serves")
+    return {"name": name, **_state(model)}
+
+
+async def unload_model(state: AppState, name: str) -> dict[str, Any]:
+    """Unload ``name`` (404 if not served), on every worker, its admitted requests answered."""
+    registry = state.registry
+    if state.cluster is not None:
+        registry.get(name)  # 404 before any work
+        report = await fanout.unload_all(state, state.cluster, name)
+        return {"name": name, **_state(registry.get(name)), "workers": report}
+    return {"name": name, **_state(await registry.unload(name, state.settings.shutdown_grace_s))}
+
+
 def add_management_routes(router: APIRouter, state: AppState) -> None:
     registry = state.registry
-    grace_s = state.settings.shutdown_grace_s
-
-    def authorize(request: Request) -> None:
-        token = state.settings.management_token
-        if token is None:
-            raise ManagementDisabled("the management API is off; set BATCHSERVE_MANAGEMENT_TOKEN to use it")
-        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                sent.encode(), token.get_secret_value().encode()):
-            raise Unauthorized("missing or wrong bearer token")
 
     @router.post("/v2/repository/index", tags=["management"], summary="Models of the repository")
     async def index(request: Request) -> list[dict[str, Any]]:
-        authorize(request)
-        served = {m.config.name: m for m in registry}
-        names = [c.name for c in _repository(state)]
-        return [{"name": name, "version": "1", **_state(served.get(name))}
-                for name in dict.fromkeys([*names, *served])]
+        authorize(state, request.headers.get("authorization", ""))
+        return await repository_index(state)
 
     @router.post("/v2/repository/models/{name}/load", tags=["management"],
                  summary="Load or reload a model from the repository file")
     async def load(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
-        config = next((c for c in _repository(state) if c.name == name), None)
-        if config is None:
-            raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
-        if state.cluster is not None:
-            report = await fanout.load_all(state, state.cluster, name)
-            return {"name": name, **_state(registry.get(name)), "workers": report}
-        model = await registry.load(config, grace_s)
-        if model.state != "ready":
-            raise LoadFailed(f"model '{name}' failed to load: {model.reason}; the previous version, "
-                             "if any, still serves")
-        return {"name": name, **_state(model)}
+        authorize(state, request.headers.get("authorization", ""))
+        return await load_model(state, name)
 
     @router.post("/v2/repository/models/{name}/unload", tags=["management"], summary="Unload a model")
     async def unload(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
-        if state.cluster is not None:
-            registry.get(name)  # 404 before any work
-            report = await fanout.unload_all(state, state.cluster, name)
-            return {"name": name, **_state(registry.get(name)), "workers": report}
-        return {"name": name, **_state(await registry.unload(name, grace_s))}
+        authorize(state, request.headers.get("authorization", ""))
+        return await unload_model(state, name)
 
     @router.patch("/models/{name}/config", tags=["management"],
                   summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live")
     async def configure(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
+        authorize(state, request.headers.get("authorization", ""))
         model = registry.get(name)
         try:
             changes = BatcherSettings.model_validate_json(await request.body())

@@ -53,17 +53,14 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     @router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed (in "
                 "every worker)")
     async def readyz() -> JSONResponse:
-        ready = state.is_ready()
+        ready, workers = readiness(state)
         body: dict[str, Any] = {
             "ready": ready,
             "draining": state.draining,
             "models": {m.config.name: shown.status(m) for m in registry},
         }
-        if state.cluster is not None:
-            workers = {w.index: w for w in read_workers(state.cluster)}
-            workers.pop(state.cluster.index)  # this one's own state is live, not its last file
-            body["workers"] = {str(i): w.reason() or "ready" for i, w in sorted(workers.items())}
-            body["ready"] = ready = ready and all(w.ready for w in workers.values())
+        if workers is not None:
+            body["workers"] = workers
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", summary="Prometheus metrics (text format): the whole server's, whichever "
@@ -71,6 +68,19 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     async def metrics(per_worker: bool = False) -> Response:
         body, media_type = await scrape_metrics(state, per_worker=per_worker)
         return Response(body, media_type=media_type)
+
+
+def readiness(state: AppState) -> tuple[bool, dict[str, str] | None]:
+    """The server's readiness as ``/readyz`` (and gRPC's health service) answer it: this
+    process's (``AppState.is_ready``) and, with worker processes, every other worker's as its
+    status file last said (``None`` without workers; else each one's reason, or ``ready``)."""
+    ready = state.is_ready()
+    if state.cluster is None:
+        return ready, None
+    workers = {w.index: w for w in read_workers(state.cluster)}
+    workers.pop(state.cluster.index)  # this one's own state is live, not its last file
+    return (ready and all(w.ready for w in workers.values()),
+            {str(i): w.reason() or "ready" for i, w in sorted(workers.items())})
 
 
 class PublicPaths:

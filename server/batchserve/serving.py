@@ -24,8 +24,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import uvloop
 from fastapi import FastAPI
@@ -76,6 +77,31 @@ class Served:
             log_level=_LEVELS.get(settings.log_level, LogLevels.error), log_access=False)
 
 
+    async def serve(self) -> None:
+        await self.server.serve()
+
+    def stop(self) -> None:
+        """Close the listener at once (granian's ``stop``: it waits for nothing)."""
+        self.server.stop()  # type: ignore[no-untyped-call]  # granian leaves it untyped
+
+    @property
+    def in_flight(self) -> set[asyncio.Task[Any]]:
+        return self.front.in_flight
+
+
+class Listener(Protocol):
+    """What ``Servers`` runs: an HTTP server (``Served``) or the gRPC one (``grpc_api/server.py``)."""
+
+    port: int
+    uds: str | None
+    where: str
+
+    async def serve(self) -> None: ...
+    def stop(self) -> None: ...
+    @property
+    def in_flight(self) -> set[asyncio.Task[Any]]: ...
+
+
 def make_server(app: FastAPI, port: int, state: AppState, *, lifespan: Literal["on", "off"],
                 uds: str | None = None) -> Served:
     """A server of ``app`` on ``settings.host:port`` (a port ``reserve_port`` holds), or on the
@@ -97,7 +123,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class Servers:
     """Servers sharing one event loop and one drain."""
 
-    def __init__(self, servers: list[Served], state: AppState) -> None:
+    def __init__(self, servers: Sequence[Listener], state: AppState) -> None:
         self.servers = servers
         self.state = state
         self._stop: asyncio.Event | None = None
@@ -131,17 +157,17 @@ class Servers:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         async with contextlib.AsyncExitStack() as lifespans:
             for served in self.servers:
-                if served.lifespan:
+                if isinstance(served, Served) and served.lifespan:
                     await lifespans.enter_async_context(served.app.router.lifespan_context(served.app))
-            serving = [asyncio.create_task(s.server.serve(), name=f"serve-{s.port}") for s in self.servers]
+            serving = [asyncio.create_task(s.serve(), name=f"serve-{s.port}") for s in self.servers]
             for served in self.servers:  # a worker's Unix socket (its peers') is no address to give
                 log.log(logging.DEBUG if served.uds else logging.INFO, "serving on %s", served.where)
             stopped = asyncio.create_task(self._stop.wait())
             await asyncio.wait([*serving, stopped], return_when=asyncio.FIRST_COMPLETED)
             self.state.begin_drain()
             for served in self.servers:
-                served.server.stop()  # type: ignore[no-untyped-call]  # granian leaves it untyped
-            in_flight = set().union(*(s.front.in_flight for s in self.servers))
+                served.stop()
+            in_flight = set().union(*(s.in_flight for s in self.servers))
             log.info("draining: the listeners are closed; waiting up to %.1f s for %d requests in "
                      "flight", self.state.drain_left_s(), len(in_flight))
             if in_flight:
@@ -157,11 +183,11 @@ class Servers:
         log.info("shutdown complete")
 
 
-def run_servers(servers: list[Served], state: AppState) -> None:
+def run_servers(servers: Sequence[Listener], state: AppState) -> None:
     """Serve until SIGTERM or SIGINT, then drain within the one grace, and return.
 
-    The servers (the main port, the management port if it has its own, a worker's peer socket)
-    share one event loop and one drain: the signal fixes its deadline (``AppState.begin_drain``)
+    The servers (the main port, the management port if it has its own, the gRPC port, a worker's
+    peer socket) share one event loop and one drain: the signal fixes its deadline (``AppState.begin_drain``)
     and each stage gets what is left of it. A second SIGINT stops at once.
     """
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

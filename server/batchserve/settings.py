@@ -21,6 +21,10 @@ class ServerSettings(BaseSettings):
     management_port: int | None = Field(default=None, ge=1, le=65535)
     """Serve the management API on this port only (same host), so that a Service or an ingress
     can leave it out; the main port then answers 404 for it. Unset: on the main port."""
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve the Open Inference Protocol over gRPC (``inference.GRPCInferenceService``, as
+    tritonclient.grpc calls it, and the ``grpc.health.v1`` health service) on this port too
+    (Triton's is 8001; 0 picks a free one); the ``grpc`` extra. Unset: no gRPC."""
     workers: int | Literal["auto"] = Field(default=1)
     """Server processes behind the port, each with its own event loop, batchers and model
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the
@@ -63,6 +67,8 @@ class ServerSettings(BaseSettings):
         if self.management_port is not None and self.management_port == self.port:
             raise ValueError(f"management_port must differ from port ({self.port}); leave it unset "
                              "to serve the management API on the main port")
+        if self.grpc_port and self.grpc_port in (self.port, self.management_port):
+            raise ValueError(f"grpc_port ({self.grpc_port}) must differ from port and management_port")
         if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
             raise ValueError(f"workers must be 1 to 256 or 'auto', not {self.workers}")
         if self.max_inflight_body_bytes < self.max_body_bytes:

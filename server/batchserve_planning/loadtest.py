@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-request", type=int, default=1, help="items per request (1)")
     parser.add_argument("--image-mode", choices=["raw", "base64"], default="raw",
                         help="images as the raw body (one per request) or base64 in JSON (raw)")
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http",
+                        help="/predict over HTTP, or the Open Inference Protocol's ModelInfer over gRPC "
+                             "(the server's --grpc-port, on --url's host) (http)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="the server's gRPC port (8001)")
     parser.add_argument("--parameters", type=json.loads, help="JSON object sent as the request parameters")
     parser.add_argument("--processes", type=int, default=1,
                         help="load generator processes (1; more where cores are spare)")
@@ -56,7 +60,7 @@ def cpu_set(text: str) -> set[int]:
 def run(args: argparse.Namespace) -> int:
     from batchserve_planning.load.inputs import InputError, build_requests, load_samples, server_input_kind
     from batchserve_planning.load.measure import measure
-    from batchserve_planning.load.scrape import ServerError, model_state
+    from batchserve_planning.load.scrape import ServerError, model_metadata, model_state
     from batchserve_planning.load.shared import LoadSpec
 
     url = urllib.parse.urlsplit(args.url)
@@ -75,19 +79,31 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[str] = []
     try:
         samples = load_samples(args.inputs, kind, on_skip=skipped.append)
-        requests = build_requests(samples, host=url.hostname, port=url.port or 80,
-                                  model=args.model, rows_per_request=args.rows_per_request,
-                                  image_mode=args.image_mode, parameters=args.parameters)
+        if args.protocol == "grpc":
+            from batchserve_planning.load.grpc_client import build_grpc_requests
+
+            requests = build_grpc_requests(samples, model_metadata(base_url, args.model), model=args.model,
+                                           rows_per_request=args.rows_per_request,
+                                           parameters=args.parameters)
+        else:
+            requests = build_requests(samples, host=url.hostname, port=url.port or 80,
+                                      model=args.model, rows_per_request=args.rows_per_request,
+                                      image_mode=args.image_mode, parameters=args.parameters)
+    except ServerError as exc:
+        print(f"batchserve loadtest: {exc}", file=sys.stderr)
+        return 2
     except InputError as exc:
         print(f"batchserve loadtest: model {args.model!r} takes {kind} input: {exc}", file=sys.stderr)
         return 2
     for note in skipped:
         print(f"batchserve loadtest: {note}", file=sys.stderr)
     duration_s = None if args.requests else (args.duration_s or 10.0)
-    spec = LoadSpec(url.hostname, url.port or 80, requests.requests,
+    grpc = args.protocol == "grpc"
+    spec = LoadSpec(url.hostname, args.grpc_port if grpc else url.port or 80, requests.requests,
                     mode="open" if args.rate else "closed", concurrency=args.concurrency,
                     rate=args.rate or 0.0, duration_s=duration_s, count=args.requests,
-                    warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed)
+                    warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed,
+                    protocol=args.protocol)
     try:
         summary = measure(spec, base_url, args.model, requests.rows_per_request,
                           processes=args.processes, cpus=args.load_cpus, progress=not args.no_progress)
@@ -100,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine(), "url": base_url, "model": args.model,
         "inputs": {"path": str(args.inputs), "kind": kind, "description": requests.description,
                    "skipped": skipped},
-        "settings": {"warmup_s": spec.warmup_s, "duration_s": spec.duration_s, "requests": spec.count,
-                     "timeout_s": spec.timeout_s, "seed": spec.seed},
+        "settings": {"protocol": spec.protocol, "warmup_s": spec.warmup_s, "duration_s": spec.duration_s,
+                     "requests": spec.count, "timeout_s": spec.timeout_s, "seed": spec.seed},
         "result": summary.to_dict(),
     }
     markdown = write_report(out, report)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import ROOT, running_server, write_models
+from tests.support import ROOT, free_port, running_server, write_models
 
 EXAMPLE = re.compile(r"```sh\n(?P<command>(?:(?!```).)*?)```\n```json\n(?P<answer>.*?)```", re.DOTALL)
 README_URL = "http://127.0.0.1:8000"
@@ -52,3 +53,23 @@ def test_the_readmes_first_requests_answer_what_it_shows(tmp_path: Path, diabete
                                     capture_output=True, text=True, timeout=30, check=True)
             got = json.loads(result.stdout)
             assert close(got, shown), (command, got, shown)
+
+
+GRPC_EXAMPLE = re.compile(r"```python\n(?P<code>(?:(?!```).)*?tritonclient\.grpc(?:(?!```).)*?)```\n"
+                          r"```text\n(?P<printed>.*?)```", re.DOTALL)
+README_GRPC = "127.0.0.1:8001"
+
+
+def test_the_readmes_grpc_example_prints_what_it_shows(tmp_path: Path, diabetes_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [example] = GRPC_EXAMPLE.finditer(readme)
+    assert README_GRPC in example["code"]
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path)}],
+        root=diabetes_path.parent)
+    port = free_port()
+    with running_server(config, args=["--grpc-port", str(port)]):
+        code = example["code"].replace(README_GRPC, f"127.0.0.1:{port}")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                check=True)
+    assert result.stdout.strip() == example["printed"].strip()

@@ -132,9 +132,13 @@ class Container:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # --read-only and a /tmp tmpfs: what deploy/kubernetes's securityContext asks of the image.
+        # The image's gRPC port (8001) moved to a free one too: on the host's network it would be
+        # the host's 8001.
+        self.grpc_port = free_port()
         docker("run", "--detach", "--name", self.name, "--network", "host", "--read-only",
                "--tmpfs", "/tmp", "--env", "BATCHSERVE_HOST=127.0.0.1",
-               "--env", f"BATCHSERVE_PORT={self.port}", *(a for e in env for a in ("--env", e)), image)
+               "--env", f"BATCHSERVE_PORT={self.port}", "--env", f"BATCHSERVE_GRPC_PORT={self.grpc_port}",
+               *(a for e in env for a in ("--env", e)), image)
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(docker("inspect", "--format", "{{json .State}}", self.name).stdout)
@@ -315,7 +319,7 @@ def test_compose_files_are_valid_and_mount_files_that_exist() -> None:
         if name != "grafana":  # Grafana's image was never run here: not made read-only blind
             assert service.get("read_only") is True, name
     # The management port is not published, and nginx proxies the API's port only.
-    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8001"
+    assert all(str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] != "8002"
                for s in services.values() for p in s.get("ports", []))
     nginx = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
     assert re.findall(r"server batchserve:(\d+)", nginx) == ["8000"]

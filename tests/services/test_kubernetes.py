@@ -74,8 +74,10 @@ def pod_security(deployment: Resource) -> Resource:
     return {**merged, **container(deployment)["securityContext"]}
 
 
-MANAGEMENT_PORT = 8001
+MANAGEMENT_PORT = 8002
 """Where the manifests serve the management API (BATCHSERVE_MANAGEMENT_PORT), apart from the API."""
+GRPC_PORT = 8001
+"""The gRPC port (the image's BATCHSERVE_GRPC_PORT, Triton's)."""
 
 
 def test_the_expected_resources_are_there() -> None:
@@ -109,10 +111,13 @@ def test_deployment_probes_drain_and_resources(deployment: Resource) -> None:
     assert matches(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
     main = container(deployment)
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    expose = re.search(r"^EXPOSE (\d+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
-    assert expose and ports == {"http": int(expose.group(1)), "management": MANAGEMENT_PORT}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    expose = [int(port) for port in re.findall(r"^EXPOSE (\d+)$", dockerfile, re.MULTILINE)]
+    assert ports == {"http": expose[0], "grpc": GRPC_PORT, "management": MANAGEMENT_PORT}
+    assert expose == [ports["http"], GRPC_PORT] and f"BATCHSERVE_GRPC_PORT={GRPC_PORT}" in dockerfile
     assert env(deployment)["BATCHSERVE_MANAGEMENT_PORT"] == str(MANAGEMENT_PORT)
-    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # readiness from the gRPC health service, which mirrors /readyz (a gRPC probe takes a number)
+    assert main["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     # Drain: endpoints drop the pod during preStop, then SIGTERM gives the server its grace, and
     # only after both may the kubelet send SIGKILL.
@@ -221,8 +226,9 @@ def test_network_policy_admits_the_api_from_the_cluster_and_management_from_admi
         assert rule.get("from"), f"a rule without `from` admits every source: {rule}"
         for port in rule["ports"]:
             allowed.setdefault(port["port"], []).extend(rule["from"])
-    assert set(allowed) == {"http", "management"}
+    assert set(allowed) == {"http", "grpc", "management"}
     assert allowed["http"] == [{"namespaceSelector": {}}]  # any pod of the cluster: clients, Prometheus
+    assert allowed["grpc"] == [{"namespaceSelector": {}}]  # the gRPC clients likewise
     # Management: pods of this namespace with the admin label, nothing else.
     assert allowed["management"] == [{"podSelector": {"matchLabels": {"batchserve-admin": "true"}}}]
     monitor = RESOURCES[("ServiceMonitor", "batchserve")]

@@ -88,6 +88,18 @@ class V2Adapter(Adapter):
         return v2_error(exc.status, exc.message, exc.headers)
 
 
+def tensors(model: ServedModel) -> Metadata:
+    """``model``'s input and output tensors (empty lists while it is not loaded)."""
+    if model.state != "ready":
+        return {"inputs": [], "outputs": []}
+    return codec_for(model.backend).metadata(model.backend)
+
+
+def platform(model: ServedModel) -> str:
+    """``model``'s platform, as the protocol's metadata names it."""
+    return f"batchserve_{model.config.backend}"
+
+
 def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     """Register the v2 routes; the adapter they serve inference with (the fast path's too)."""
     state = pipeline.state
@@ -115,14 +127,6 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     async def ready() -> JSONResponse:
         is_ready = state.is_ready()
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
-
-    def tensors(model: ServedModel) -> Metadata:
-        if model.state != "ready":
-            return {"inputs": [], "outputs": []}
-        return codec_for(model.backend).metadata(model.backend)
-
-    def platform(model: ServedModel) -> str:
-        return f"batchserve_{model.config.backend}"
 
     # before /v2/models/{name}, which would take "stats" for a model's name
     @router.get("/v2/models/stats", tags=["v2"], summary="Every model's statistics (Triton's extension)")

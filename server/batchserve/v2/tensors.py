@@ -42,7 +42,7 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 DATATYPES = (*NUMPY_TYPES, "BYTES")
-_PROTOCOL_PARAMETERS = {"binary_data_output", "binary_data", "binary_data_size", "timeout",
+PROTOCOL_PARAMETERS = {"binary_data_output", "binary_data", "binary_data_size", "timeout",
                         "priority", "sequence_id", "sequence_start", "sequence_end"}
 _NUMBERS = frozenset({int, float})
 _BOOLS = frozenset({bool})
@@ -102,13 +102,13 @@ def parse_infer(body: bytes, header_length: bytes | None, *,
         tensor, used = _input(spec, index, binary[offset:], max_items)
         offset += used
         if tensor.name in inputs:
-            raise MalformedRequest(f"input {_shown(tensor.name)} appears twice")
+            raise MalformedRequest(f"input {shown(tensor.name)} appears twice")
         inputs[tensor.name] = tensor
     if offset != len(binary):
         raise MalformedRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
     return InferRequest(
         inputs=inputs, request_id=request_id,
-        parameters={k: v for k, v in parameters.items() if k not in _PROTOCOL_PARAMETERS},
+        parameters={k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS},
         outputs=outputs, binary_output=parameters.get("binary_data_output") is True,
     )
 
@@ -126,14 +126,19 @@ def _split(body: bytes, header_length: bytes | None) -> tuple[bytes, memoryview]
     return body[:length], memoryview(body)[length:]
 
 
-def _shown(name: str) -> str:
+def shown(name: str) -> str:
     """A client's tensor name, quoted for an error message, cut short if long."""
     return repr(name if len(name) <= _NAME_SHOWN else name[:_NAME_SHOWN] + "...")
 
 
 def _shape(spec: dict[str, Any], label: str, max_items: int) -> tuple[list[int], int]:
-    """The shape and its element count, each dimension bounded before anything is multiplied."""
-    shape = spec.get("shape")
+    return check_shape(spec.get("shape"), label, max_items)
+
+
+def check_shape(shape: Any, label: str, max_items: int) -> tuple[list[int], int]:
+    """The shape (a list) and its element count, each dimension bounded before anything is
+    multiplied: 422 for what is no shape, 400 for one past the limits or with no elements, 413
+    for a first dimension above ``max_items``. ``label``: the input's name as ``shown``."""
     if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS:
         dims = f"has {len(shape)} dimensions" if isinstance(shape, list) else "is not a list"
         raise MalformedRequest(f"input {label}: shape must be a list of 1 to {MAX_DIMS} "
@@ -166,7 +171,7 @@ def _input(spec: Any, index: int, binary: memoryview, max_items: int) -> tuple[T
     name, datatype = spec.get("name"), spec.get("datatype")
     if not isinstance(name, str):
         raise MalformedRequest(f"inputs[{index}].name must be a string")
-    label = _shown(name)
+    label = shown(name)
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise MalformedRequest(f"input {label}: datatype must be one of {list(DATATYPES)}")
     shape, count = _shape(spec, label, max_items)
@@ -182,13 +187,13 @@ def _input(spec: Any, index: int, binary: memoryview, max_items: int) -> tuple[T
         if size > len(binary):
             raise MalformedRequest(f"input {label}: binary_data_size {size} exceeds the binary data "
                                    f"left ({len(binary)} bytes)")
-        return Tensor(name, datatype, _from_binary(binary[:size], datatype, shape, count, label)), size
+        return Tensor(name, datatype, from_binary(binary[:size], datatype, shape, count, label)), size
     if "data" not in spec:
         raise MalformedRequest(f"input {label} has neither 'data' nor binary data")
     return Tensor(name, datatype, _from_json(spec["data"], datatype, shape, count, label)), 0
 
 
-def _from_binary(data: memoryview, datatype: str, shape: list[int], count: int,
+def from_binary(data: memoryview, datatype: str, shape: list[int], count: int,
                  label: str) -> np.ndarray[Any, Any]:
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -302,7 +307,7 @@ def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) ->
                                  "shape": list(tensor.array.shape)}
         binary = request.binary_output if wanted is None else wanted[tensor.name]
         if binary:
-            blob = _to_binary(tensor)
+            blob = to_binary(tensor)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -319,7 +324,7 @@ def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) ->
     return json_part + b"".join(blobs), len(json_part)
 
 
-def _to_binary(tensor: Tensor) -> bytes:
+def to_binary(tensor: Tensor) -> bytes:
     if tensor.datatype == "BYTES":
         return b"".join(struct.pack("<I", len(v)) + v for v in tensor.array.reshape(-1))
     return np.ascontiguousarray(tensor.array, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()

@@ -1,8 +1,8 @@
 """The supervisor of ``batchserve serve --workers N``: N worker processes behind one port.
 
-It owns the ports (held by a socket bound with ``SO_REUSEPORT``, never listening, which every
-worker's listener binds too, so that the kernel spreads connections over them), the run
-directory the workers share
+It owns the ports (the HTTP port, the management and gRPC ports when set; each held by a socket
+bound with ``SO_REUSEPORT``, never listening, which every worker's listener binds too, so that
+the kernel spreads connections over them), the run directory the workers share
 (``cluster/rundir.py``), and the workers' lives:
 
 - a worker that dies is restarted, after a backoff that doubles with each death of that worker
@@ -85,8 +85,8 @@ class Supervisor:
         sockets = self._sockets()
         settings = self.settings.model_copy(update={
             "port": sockets["main"].getsockname()[1], "workers": self.count,
-            **({"management_port": sockets["management"].getsockname()[1]}
-               if "management" in sockets else {})})
+            **{f"{name}_port": sockets[name].getsockname()[1] for name in ("management", "grpc")
+               if name in sockets}})
         _write_private(cluster.settings_path, _settings_json(settings))
         log.info("batchserve: %d workers on %s:%d (%d cores)", self.count,
                  settings.host, settings.port, self.cores)
@@ -108,11 +108,13 @@ class Supervisor:
         return self.exit_code
 
     def _sockets(self) -> dict[str, socket.socket]:
-        """The port (and the management port), bound but not listening: holding the port (0
+        """The port (and the management and gRPC ports), bound but not listening: holding the port (0
         resolved) while the workers bind it (``serving.reserve_port``)."""
         ports = {"main": self.settings.port}
         if self.settings.management_port is not None:
             ports["management"] = self.settings.management_port
+        if self.settings.grpc_port is not None:
+            ports["grpc"] = self.settings.grpc_port
         return {name: reserve_port(self.settings.host, port) for name, port in ports.items()}
 
     def _start(self, cluster: Cluster, worker: Worker, sockets: dict[str, socket.socket]) -> None:

@@ -37,7 +37,7 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
     from batchserve.app import create_app, create_management_app
     from batchserve.cluster.desired import apply_desired
     from batchserve.cluster.peers import make_peer_server
-    from batchserve.serving import make_server, run_servers
+    from batchserve.serving import Listener, make_server, run_servers
     from batchserve.state import AppState
 
     # The supervisor holds the ports (serving.reserve_port); each worker's listener binds them too,
@@ -45,11 +45,15 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
     served, unloaded = apply_desired(cluster, configs)
     app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
     state: AppState = app.state.batchserve
-    servers = [make_server(app, settings.port, state, lifespan="on"),
+    servers: list[Listener] = [make_server(app, settings.port, state, lifespan="on"),
                make_peer_server(state)]  # management through any worker applies to all
     if settings.management_port is not None:
         servers.append(make_server(create_management_app(state), settings.management_port, state,
                                    lifespan="off"))
+    if settings.grpc_port is not None:  # every worker serves the gRPC port too, spread likewise
+        from batchserve.grpc_api.server import grpc_server
+
+        servers.append(grpc_server(app, settings.grpc_port))
     run_servers(servers, state)
     return 0
 

@@ -36,6 +36,18 @@ def model_state(base_url: str, model: str) -> dict[str, Any]:
     return state
 
 
+def model_metadata(base_url: str, model: str) -> dict[str, Any]:
+    """``GET /v2/models/{model}``: its v2 input and output tensors; ``ServerError`` if unreachable."""
+    try:
+        status, body = get(f"{base_url}/v2/models/{model}")
+    except OSError as exc:
+        raise ServerError(f"cannot reach {base_url}: {exc}") from None
+    if status != 200:
+        raise ServerError(f"{base_url}/v2/models/{model} answered {status}: {body[:300]!r}")
+    metadata: dict[str, Any] = json.loads(body)
+    return metadata
+
+
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] | None = None,
                interval_s: float = 0.05) -> None:
     """Poll ``url`` (a server's ``/readyz``, say) until it answers 200; raises ``ServerError``

@@ -52,7 +52,7 @@ class LoadSpec:
     host: str
     port: int
     requests: tuple[bytes, ...]
-    """Pre-built HTTP requests (``client.build_request``), sent in turn."""
+    """Pre-built HTTP requests (``client.build_request``), or gRPC messages, sent in turn."""
     mode: Literal["closed", "open"] = "closed"
     concurrency: int = 1
     """Closed loop: concurrent clients. Open loop: most connections in use at once."""
@@ -68,6 +68,9 @@ class LoadSpec:
     max_duration_s: float | None = None
     """... but no longer than this."""
     seed: int = 0
+    protocol: Literal["http", "grpc"] = "http"
+    """``grpc``: ``requests`` are serialized ``ModelInferRequest``s for the gRPC port at ``port``
+    (``grpc_client.py``)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, MutableSequence
-from typing import Any
+from typing import Any, cast
 
 from batchserve_planning.load.client import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, Connection, connect
 from batchserve_planning.load.shared import (
@@ -179,6 +179,11 @@ class Worker:
         return not self.stopping and (self.count is None or self.sent_measured < self.count)
 
     async def _connect(self) -> Connection:
+        if self.spec.protocol == "grpc":
+            from batchserve_planning.load.grpc_client import grpc_connect
+
+            # a GrpcConnection has Connection's interface (busy, sent_at, send, timeout, close)
+            return cast(Connection, await grpc_connect(self.spec.host, self.spec.port, self._done))
         return await connect(self.spec.host, self.spec.port, self._done)
 
     async def _arrivals(self) -> None:

@@ -1,0 +1,100 @@
+"""The gRPC port (``--grpc-port``): ``inference.GRPCInferenceService`` (``service.py``) and the
+standard health service (``grpc.health.v1``, from grpcio-health-checking) on one ``grpc.aio``
+server, in the event loop the HTTP side runs in (``serving.py``), with its drain.
+
+The port is first held by ``serving.reserve_port`` (bound with SO_REUSEPORT, never listening);
+gRPC's listener binds it with SO_REUSEPORT too (its default on Linux), so that with worker
+processes every worker serves the port and the kernel spreads connections over them, as it does
+the HTTP port's. A message, either way, is at most ``max_body_bytes`` (RESOURCE_EXHAUSTED past
+it, refused by gRPC before it is handed over).
+
+The health service mirrors ``/readyz``: ``Check`` of the server (``""``) or of
+``inference.GRPCInferenceService`` is SERVING when ``/readyz`` would answer 200, NOT_SERVING
+otherwise (while loading, draining, or a worker is not ready); what Kubernetes' gRPC probes ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+import grpc.aio
+from fastapi import FastAPI
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from batchserve.fastpath import BatchserveApp
+from batchserve.grpc_api.service import SERVICE, Context, InferenceService
+from batchserve.pipeline import Pipeline
+from batchserve.routes import readiness
+from batchserve.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+class Health(health.aio.HealthServicer):
+    """``grpc.health.v1.Health``: ``Check`` answers from the server's readiness at each call."""
+
+    def __init__(self, state: AppState) -> None:
+        super().__init__()
+        self.state = state
+
+    async def Check(self, request: Any, context: Context) -> Any:
+        if request.service not in ("", SERVICE):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r:.80}")
+        serving = readiness(self.state)[0]
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def Watch(self, request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served; poll Check")
+
+
+class GrpcServed:
+    """The gRPC server of one app on ``port`` (one ``reserve_port`` holds), for ``serving.Servers``:
+    ``serve`` until ``stop``; ``in_flight`` the calls being served, for the drain."""
+
+    lifespan = False
+    uds: str | None = None
+
+    def __init__(self, pipeline: Pipeline, port: int) -> None:
+        self.state: AppState = pipeline.state
+        self.port = port
+        host = self.state.settings.host
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.where = f"grpc://{self.address}"
+        self.service = InferenceService(pipeline)
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> set[asyncio.Task[Any]]:
+        return self.service.in_flight
+
+    async def serve(self) -> None:
+        limit = self.state.settings.max_body_bytes
+        server = self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1)])
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(Health(self.state), server)
+        server.add_insecure_port(self.address)
+        await server.start()
+        await server.wait_for_termination()
+
+    def stop(self) -> None:
+        """Close the port to new calls at once, and the open streams to new requests; the calls
+        in flight are the drain's to wait for (``Servers.serve``), and what is left when its grace
+        is spent is cancelled."""
+        if self._server is not None and self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(
+                self._server.stop(self.state.drain_left_s() + 1.0))
+            self.service.drain()
+
+
+def grpc_server(app: FastAPI, port: int) -> GrpcServed:
+    """The gRPC server of ``app`` (``create_app``'s), over its request pipeline, on ``port``."""
+    assert isinstance(app, BatchserveApp) and app.fast_path is not None  # create_app sets it
+    return GrpcServed(app.fast_path.pipeline, port)
