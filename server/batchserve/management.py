@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batchserve.cluster import fanout
 from batchserve.config import ConfigError, load_models
 from batchserve.errors import (
+    InvalidInput,
     LoadFailed,
     MalformedRequest,
     ManagementDisabled,
@@ -29,6 +30,7 @@ from batchserve.errors import (
     Unauthorized,
     describe_validation_errors,
 )
+from batchserve.routing_api import add_routing_routes
 from batchserve.state import AppState
 
 
@@ -42,22 +44,31 @@ class BatcherSettings(BaseModel):
     timeout_ms: float | None = Field(default=None, gt=0)
 
 
+def authorize(state: AppState, request: Request) -> None:
+    """Refuse a management call without the right bearer token (or with the API off)."""
+    token = state.settings.management_token
+    if token is None:
+        raise ManagementDisabled("the management API is off; set BATCHSERVE_MANAGEMENT_TOKEN to use it")
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.encode(), token.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
 def add_management_routes(router: APIRouter, state: AppState) -> None:
     registry = state.registry
     grace_s = state.settings.shutdown_grace_s
+    add_routing_routes(router, state, lambda request: authorize(state, request))
 
-    def authorize(request: Request) -> None:
-        token = state.settings.management_token
-        if token is None:
-            raise ManagementDisabled("the management API is off; set BATCHSERVE_MANAGEMENT_TOKEN to use it")
-        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                sent.encode(), token.get_secret_value().encode()):
-            raise Unauthorized("missing or wrong bearer token")
+    def unversioned(name: str) -> None:
+        if registry.versions(name):
+            raise InvalidInput(f"model '{name}' has versions: loading, unloading and PATCHing it "
+                               "while serving are not supported yet (restart the server to change "
+                               "its versions); its traffic changes through /routing")
 
     @router.post("/v2/repository/index", tags=["management"], summary="Models of the repository")
     async def index(request: Request) -> list[dict[str, Any]]:
-        authorize(request)
+        authorize(state, request)
         served = {m.config.name: m for m in registry}
         names = [c.name for c in _repository(state)]
         return [{"name": name, "version": "1", **_state(served.get(name))}
@@ -66,7 +77,8 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
     @router.post("/v2/repository/models/{name}/load", tags=["management"],
                  summary="Load or reload a model from the repository file")
     async def load(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
+        authorize(state, request)
+        unversioned(name)
         config = next((c for c in _repository(state) if c.name == name), None)
         if config is None:
             raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
@@ -81,7 +93,8 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
 
     @router.post("/v2/repository/models/{name}/unload", tags=["management"], summary="Unload a model")
     async def unload(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
+        authorize(state, request)
+        unversioned(name)
         if state.cluster is not None:
             registry.get(name)  # 404 before any work
             report = await fanout.unload_all(state, state.cluster, name)
@@ -91,7 +104,8 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
     @router.patch("/models/{name}/config", tags=["management"],
                   summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live")
     async def configure(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
+        authorize(state, request)
+        unversioned(name)
         model = registry.get(name)
         try:
             changes = BatcherSettings.model_validate_json(await request.body())

@@ -22,6 +22,7 @@ recorded between the read and the listen would reach neither way.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -35,9 +36,11 @@ from batchserve.cluster.fanout import LocalWorker
 from batchserve.errors import BatchserveError, MalformedRequest, describe_validation_errors
 from batchserve.management import BatcherSettings
 from batchserve.responses import error_response
+from batchserve.routing_api import RoutingBody
 from batchserve.serving import Served, make_server
 from batchserve.state import AppState
 
+log = logging.getLogger(__name__)
 _Body = TypeVar("_Body", bound=BaseModel)
 LISTEN_POLL_S = 0.01
 
@@ -81,6 +84,10 @@ def create_peer_app(state: AppState) -> FastAPI:
     async def abort(name: str, request: Request) -> dict[str, Any]:
         return await worker.abort(name, _parse(StageId, await request.body()).id)
 
+    @app.post("/peer/models/{name}/routing")
+    async def route(name: str, request: Request) -> dict[str, Any]:
+        return await worker.route(name, _parse(RoutingBody, await request.body()).as_routing())
+
     @app.post("/peer/models/{name}/unload")
     async def unload(name: str) -> dict[str, Any]:
         return await worker.unload(name)
@@ -116,7 +123,7 @@ async def reapply_desired(state: AppState) -> None:
     while not socket.exists():  # made by bind(2), which asyncio follows with listen(2) at once
         await asyncio.sleep(LISTEN_POLL_S)
     records = await asyncio.to_thread(desired.read_desired, state.cluster)
-    served = {model.config.name: model for model in state.registry}
+    served = {model.config.key: model for model in state.registry}
     for name, record in records.items():
         if name not in served:
             continue
@@ -124,6 +131,18 @@ async def reapply_desired(state: AppState) -> None:
             state.registry.configure(name, record["overrides"])
         if not record["served"] and served[name].state != "unloaded":
             await state.registry.unload(name, state.settings.shutdown_grace_s)
+
+
+def restore_routing(state: AppState) -> None:
+    """Set the routing management set on each model, as ``desired.json`` has it, before this
+    (re)starting worker serves: it routes as the others do. Read once, at the start."""
+    assert state.cluster is not None
+    for name, record in desired.read_routing(state.cluster).items():
+        current = record["current"]
+        try:
+            state.router.apply(name, state.router.check(name, current["weights"], current["shadows"]))
+        except BatchserveError as exc:  # the repository file changed since: its own routing stands
+            log.warning("the recorded routing of model %s no longer applies: %s", name, exc.message)
 
 
 def _parse(schema: type[_Body], body: bytes) -> _Body:

@@ -14,19 +14,20 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 import batchserve
-from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
+from batchserve.errors import BatchserveError, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
 from batchserve.metrics_multiprocess import read_metrics
 from batchserve.pipeline import Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
+from batchserve.routing import UNVERSIONED
 from batchserve.v2.codec import Metadata, codec_for
 from batchserve.v2.model_config import model_config
 from batchserve.v2.stats import model_stats
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
-VERSION = "1"
+VERSION = UNVERSIONED
 _INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},
@@ -78,7 +79,8 @@ class V2Adapter(Adapter):
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: InferRequest = decoded.context
         tensors = codec_for(model.backend).outputs(model.backend, outputs)
-        content, json_length = encode_response(model.config.name, request, tensors)
+        content, json_length = encode_response(model.config.name, request, tensors,
+                                               model.config.version or UNVERSIONED)
         if json_length is None:
             return JSONBytes(content)
         return Response(content, media_type="application/octet-stream",
@@ -95,10 +97,13 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     adapter = V2Adapter(state.settings.max_items)
 
     def lookup(name: str, version: str | None) -> ServedModel:
-        model = registry.get(name)
-        if version is not None and version != VERSION:
-            raise ModelVersionNotFound(f"model '{name}' has version {VERSION} only, not {version!r}")
-        return model
+        """``name``'s ``version`` (its latest when none is named); 404 naming the versions."""
+        if version is None:
+            return registry.get(name)
+        return state.router.resolve(name, version, None)
+
+    def versions(name: str) -> list[str]:
+        return [m.config.version or VERSION for m in registry.versions(name)] or [VERSION]
 
     @router.get("/v2", tags=["v2"], summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
@@ -134,7 +139,7 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], summary="Model metadata")
     async def model_metadata(name: str, version: str | None = None) -> Response:
         model = lookup(name, version)
-        return JSONResponse({"name": name, "versions": [VERSION], "platform": platform(model),
+        return JSONResponse({"name": name, "versions": versions(name), "platform": platform(model),
                              **tensors(model)})
 
     @router.get("/v2/models/{name}/config", tags=["v2"], summary="Model configuration (Triton's)")
@@ -163,8 +168,6 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], summary="Inference",
                  openapi_extra=_INFER_DOC)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        if version is not None and version != VERSION:
-            return v2_error(404, f"model '{name}' has version {VERSION} only, not {version!r}")
-        return await pipeline.serve(adapter, request.scope, request.receive, name)
+        return await pipeline.serve(adapter, request.scope, request.receive, name, version)
 
     return adapter
