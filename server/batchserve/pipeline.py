@@ -102,6 +102,7 @@ class Pipeline:
                 response = adapter.encode(model, decoded, outputs)
             if model.config.version is not None:
                 response.headers[VERSION_HEADER] = model.config.version
+                self.state.shadows.after(model, decoded.items, decoded.parameters, outputs)
         except Exception as exc:
             error = exc
             response = call.failed(exc)

@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from batchserve.cluster import desired, fanout
 from batchserve.errors import MalformedRequest, describe_validation_errors
+from batchserve.metrics_multiprocess import read_metrics
 from batchserve.routing import Routing
+from batchserve.shadow import WORST_KEPT
+from batchserve.shadow_summary import merge_worst, summarise
 from batchserve.state import AppState
 
 
@@ -76,6 +79,17 @@ def add_routing_routes(router: APIRouter, state: AppState,
         authorize(request)
         before = current(name)
         return await apply(name, state.router.promoted(name, version), before)
+
+    @router.get("/v2/repository/models/{name}/shadow", tags=["management"],
+                summary="How far each shadow version's outputs are from the primaries'")
+    async def shadow_summary(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        current(name)  # 404 or 400 for a model without versions
+        if state.cluster is None:
+            worst = state.shadows.worst(name)
+        else:
+            worst = merge_worst(await fanout.shadow_worst_all(state, state.cluster, name), WORST_KEPT)
+        return summarise(await read_metrics(state), name, worst)
 
     @router.post("/v2/repository/models/{name}/rollback", tags=["management"],
                  summary="Restore the routing the latest change replaced")

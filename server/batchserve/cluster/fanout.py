@@ -62,6 +62,7 @@ class Worker(Protocol):
     async def abort(self, name: str, stage_id: str) -> dict[str, Any]: ...
     async def unload(self, name: str) -> dict[str, Any]: ...
     async def route(self, name: str, routing: dict[str, Any]) -> dict[str, Any]: ...
+    async def shadow_worst(self, name: str) -> dict[str, Any]: ...
 
 
 class Unreachable(Exception):
@@ -125,6 +126,9 @@ class LocalWorker:
         router.apply(name, router.check(name, routing["weights"], routing["shadows"]))
         return routing
 
+    async def shadow_worst(self, name: str) -> dict[str, Any]:
+        return self.state.shadows.worst(name)
+
 
 class RemoteWorker:
     """Another worker, over its peer socket (``peers.py``); every call bounded by a timeout."""
@@ -150,6 +154,9 @@ class RemoteWorker:
 
     async def route(self, name: str, routing: dict[str, Any]) -> dict[str, Any]:
         return await self._call(f"/peer/models/{name}/routing", routing, CONFIGURE_TIMEOUT_S)
+
+    async def shadow_worst(self, name: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/shadow", {}, CONFIGURE_TIMEOUT_S)
 
     async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
@@ -233,6 +240,17 @@ async def route_all(state: AppState, cluster: Cluster, name: str, routing: dict[
     async with name_lock(cluster, name):
         await asyncio.to_thread(desired.record_routing, cluster, name, routing, previous)
         return _report(await _each(workers(state, cluster), lambda w: w.route(name, routing)))
+
+
+async def shadow_worst_all(state: AppState, cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """The worst shadow items each worker kept of ``name`` (none from a worker that cannot say)."""
+    async def one(worker: Worker) -> dict[str, Any]:
+        try:
+            return await worker.shadow_worst(name)
+        except (BatchserveError, Unreachable, TimeoutError, ConnectionError, _PeerError):
+            return {}
+
+    return list(await asyncio.gather(*(one(w) for w in workers(state, cluster).values())))
 
 
 async def load_all(state: AppState, cluster: Cluster, name: str) -> Report:

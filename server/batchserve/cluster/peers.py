@@ -88,6 +88,10 @@ def create_peer_app(state: AppState) -> FastAPI:
     async def route(name: str, request: Request) -> dict[str, Any]:
         return await worker.route(name, _parse(RoutingBody, await request.body()).as_routing())
 
+    @app.post("/peer/models/{name}/shadow")
+    async def shadow_worst(name: str) -> dict[str, Any]:
+        return await worker.shadow_worst(name)
+
     @app.post("/peer/models/{name}/unload")
     async def unload(name: str) -> dict[str, Any]:
         return await worker.unload(name)
