@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchserve.errors import InvalidInput, ModelVersionNotFound
+from batchserve.errors import InvalidInput, ModelNotFound, ModelVersionNotFound
 from batchserve.registry import ModelRegistry, ServedModel
 from batchserve.versions import check_sum
 
@@ -93,6 +93,9 @@ class Router:
         naming the versions there are, if it names another), else as the weights say."""
         routing = self._routing.get(name)
         if routing is None:  # a model without versions: itself, as version "1"
+            if ":" in name:  # a version's registry key is no model name: its path names it
+                raise ModelNotFound(f"unknown model {name!r:.80}; name a version in the path: "
+                                    "/predict/{name}/versions/{version}")
             model = self.registry.get(name)
             if version is not None and version != UNVERSIONED:
                 raise ModelVersionNotFound(f"model '{name}' has no version {version!r:.40}; its "

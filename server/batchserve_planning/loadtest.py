@@ -21,6 +21,8 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (http://127.0.0.1:8000)")
     parser.add_argument("--model", required=True, help="model name, as in /predict/{model}")
+    parser.add_argument("--version", help="one version of a model with versions, as in "
+                                          "/predict/{model}/versions/{version} (default: as routed)")
     parser.add_argument("--inputs", type=Path, required=True,
                         help="sample inputs: .json/.jsonl items, .txt lines, images, or a folder of them "
                              "(from a folder: the files of the model's input kind, as /models/{model} says)")
@@ -64,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"batchserve loadtest: --url must be http://HOST:PORT, not {args.url!r}", file=sys.stderr)
         return 2
     base_url = f"http://{url.hostname}:{url.port or 80}"
+    model = args.model if args.version is None else f"{args.model}:{args.version}"  # its key
     try:
-        state = model_state(base_url, args.model)
+        state = model_state(base_url, model)
         if state.get("state") != "ready":
             raise ServerError(f"model {args.model!r} is {state.get('state')}: {state.get('error', '')}")
-        kind = server_input_kind(base_url, args.model)
+        kind = server_input_kind(base_url, model)
     except ServerError as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         samples = load_samples(args.inputs, kind, on_skip=skipped.append)
         requests = build_requests(samples, host=url.hostname, port=url.port or 80,
-                                  model=args.model, rows_per_request=args.rows_per_request,
+                                  model=model, rows_per_request=args.rows_per_request,
                                   image_mode=args.image_mode, parameters=args.parameters)
     except InputError as exc:
         print(f"batchserve loadtest: model {args.model!r} takes {kind} input: {exc}", file=sys.stderr)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                     rate=args.rate or 0.0, duration_s=duration_s, count=args.requests,
                     warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed)
     try:
-        summary = measure(spec, base_url, args.model, requests.rows_per_request,
+        summary = measure(spec, base_url, model, requests.rows_per_request,
                           processes=args.processes, cpus=args.load_cpus, progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(), "url": base_url, "model": args.model,
+        "version": args.version,
         "inputs": {"path": str(args.inputs), "kind": kind, "description": requests.description,
                    "skipped": skipped},
         "settings": {"warmup_s": spec.warmup_s, "duration_s": spec.duration_s, "requests": spec.count,

@@ -4,6 +4,7 @@ API's routing changes (refused whole when wrong)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_explicit_versions_on_each_path_and_the_unknown_versions_404(tmp_path: P
             assert v2.status_code == 200, v2.text
             data = v2.json()["outputs"][0]["data"]  # the echo backend's output is a string tensor
             assert (v2.json()["model_version"], [float(v) for v in data]) == (version, [output])
+        assert http.post("/predict/echo:2", json={"inputs": [1.0]}).status_code == 404  # one way
         missing = http.post("/predict/echo/versions/3", json={"inputs": [1.0]})
         assert missing.status_code == 404
         assert missing.json()["error"]["message"] == (
@@ -140,3 +142,22 @@ def test_bad_routing_changes_are_refused_whole(tmp_path: Path) -> None:
         assert {served_by(http.post("/predict/echo", json={"inputs": [1.0]})) for _ in range(20)} == {"2"}
         rolled = http.post("/v2/repository/models/echo/rollback", headers=AUTH)
         assert rolled.status_code == 200 and rolled.json()["weights"] == {"1": 0.8, "2": 0.2}
+
+
+def test_the_planner_measures_the_version_it_is_told_to(tmp_path: Path) -> None:
+    from batchserve.cli import main
+
+    config = write_models(tmp_path / "models.toml", versioned((0.5, 0.5)))
+    inputs = tmp_path / "numbers.jsonl"
+    inputs.write_text("1.0\n2.0\n")
+    with running_server(config) as server:
+        out = tmp_path / "report"
+        assert main(["loadtest", "--url", server.url, "--model", "echo", "--version", "2",
+                     "--inputs", str(inputs), "--requests", "60", "--warmup-s", "0",
+                     "--concurrency", "2", "--out", str(out), "--no-progress"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert (report["model"], report["version"]) == ("echo", "2")
+        assert report["result"]["status_counts"] == {"200": 60}
+        assert report["result"]["mean_batch_size"] >= 1  # read from version 2's own series
+        assert sample(server.url, "batchserve_requests_total", model="echo", version="1", code="200") == 0
+        assert sample(server.url, "batchserve_requests_total", model="echo", version="2", code="200") >= 60
