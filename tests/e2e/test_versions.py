@@ -161,3 +161,20 @@ def test_the_planner_measures_the_version_it_is_told_to(tmp_path: Path) -> None:
         assert report["result"]["mean_batch_size"] >= 1  # read from version 2's own series
         assert sample(server.url, "batchserve_requests_total", model="echo", version="1", code="200") == 0
         assert sample(server.url, "batchserve_requests_total", model="echo", version="2", code="200") >= 60
+
+
+def test_v2_statistics_of_one_version_and_of_the_model(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", versioned((0.5, 0.5)))
+    with running_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        for version, count in (("1", 3), ("2", 5)):
+            for _ in range(count):
+                answer = http.post(f"/predict/echo/versions/{version}", json={"inputs": [1.0]})
+                assert answer.status_code == 200
+
+        def successes(path: str) -> tuple[str, int]:
+            [stats] = http.get(path).json()["model_stats"]
+            return stats["version"], stats["inference_stats"]["success"]["count"]
+
+        assert successes("/v2/models/echo/versions/1/stats") == ("1", 3)
+        assert successes("/v2/models/echo/versions/2/stats") == ("2", 5)
+        assert successes("/v2/models/echo/stats") == ("1", 8)  # every version's

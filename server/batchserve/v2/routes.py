@@ -132,7 +132,7 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     # before /v2/models/{name}, which would take "stats" for a model's name
     @router.get("/v2/models/stats", tags=["v2"], summary="Every model's statistics (Triton's extension)")
     async def every_model_stats() -> dict[str, Any]:
-        names = [m.config.name for m in registry]
+        names = list(dict.fromkeys(m.config.name for m in registry))  # once a model
         return {"model_stats": model_stats(await read_metrics(state), names, VERSION)}
 
     @router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata")
@@ -153,8 +153,10 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     @router.get("/v2/models/{name}/versions/{version}/stats", tags=["v2"],
                 summary="Model statistics (Triton's extension)")
     async def get_model_stats(name: str, version: str | None = None) -> dict[str, Any]:
-        lookup(name, version)
-        return {"model_stats": model_stats(await read_metrics(state), [name], VERSION)}
+        model = lookup(name, version)
+        shown = VERSION if version is None else model.config.version or VERSION
+        return {"model_stats": model_stats(await read_metrics(state), [name], shown,
+                                           version if model.config.version else None)}
 
     @router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness (503 if not)")
     @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], summary="Model readiness")
