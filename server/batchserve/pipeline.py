@@ -2,7 +2,8 @@
 
 1. arrival: the deadline is fixed now, from ``X-Request-Timeout-Ms`` (a malformed one is a 422
    before anything is read) and the model's ``timeout_ms``;
-2. admission: draining, the model (lookup, readiness) as soon as it is known;
+2. admission: draining, the model as soon as it is known: the version that serves the request
+   (``routing.py``: named, or routed by weights or a routing key), and its readiness;
 3. body: read under that deadline, the size limit and the server's byte budget;
 4. decode: the protocol's adapter turns it into items (on a worker thread when that work grows
    past what the event loop may spend), then the item count and the parameters;
@@ -10,7 +11,7 @@
    decoding) or large on worker threads (``preprocessing.py``), after admission has checked
    that the rows could start before the deadline, counting what is being preprocessed ahead;
 6. queue and compute_infer: the model's batcher (which admits the rows, then runs them);
-7. compute_output: the adapter's encoding;
+7. compute_output: the adapter's encoding (then the copies to a shadow version start: ``shadow.py``);
 
 with the outcome counted once by the request's ``Call`` (``lifecycle.py``), whatever it is: an
 error that is not a ``BatchserveError`` is logged and answered as a 500. A request that needs no

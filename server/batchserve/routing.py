@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from batchserve.errors import InvalidInput, ModelNotFound, ModelVersionNotFound
@@ -29,6 +31,8 @@ VERSION_HEADER = "X-Model-Version"
 """The response header naming the version that answered (models with versions only)."""
 UNVERSIONED = "1"
 """The one version a model without versions has (v2's ``model_version``)."""
+KEYS_CACHED = 8192
+"""Routing keys whose points are kept (a few hundred kB)."""
 
 
 @dataclass(frozen=True)
@@ -38,32 +42,34 @@ class Routing:
 
     weights: tuple[tuple[str, float], ...]
     shadows: tuple[tuple[str, float], ...] = ()
-    _bounds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _bounds: list[float] = field(init=False, repr=False, compare=False)
+    _versions: list[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        bounds, total = [], 0.0
-        for _, weight in self.weights:
+        bounds, versions, total = [], [], 0.0
+        for version, weight in self.weights:
             total += weight
-            bounds.append(total)
-        object.__setattr__(self, "_bounds", tuple(bounds))
+            if weight > 0:  # an interval of its own: where it ends
+                bounds.append(total)
+                versions.append(version)
+        object.__setattr__(self, "_bounds", bounds)
+        object.__setattr__(self, "_versions", versions)
 
     def pick(self, point: float) -> str:
         """The version whose interval holds ``point`` (in [0, 1))."""
-        last = ""
-        for (version, weight), bound in zip(self.weights, self._bounds, strict=True):
-            if weight > 0:
-                last = version
-                if point < bound:
-                    return version
-        return last  # rounding: the sum may fall a hair short of 1
+        index = bisect_right(self._bounds, point)
+        # rounding: the sum may fall a hair short of 1, and the last interval takes the rest
+        return self._versions[min(index, len(self._versions) - 1)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "shadows": dict(self.shadows)}
 
 
+@lru_cache(maxsize=KEYS_CACHED)
 def key_point(name: str, key: str) -> float:
     """Where routing key ``key`` of model ``name`` falls in [0, 1): stable across processes and
-    restarts (a hash, not Python's salted ``hash``)."""
+    restarts (a hash, not Python's salted ``hash``); the latest keys' points are kept (a sticky
+    user sends many requests)."""
     digest = hashlib.blake2b(f"{name}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 

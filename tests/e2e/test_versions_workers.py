@@ -5,6 +5,7 @@ versions) and apply on every worker; a worker restarted after a change routes as
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -63,3 +64,31 @@ def test_promote_and_rollback_under_load_answer_every_request_on_every_worker(tm
         workers.start(1)
         workers.wait_loaded(1)
         assert http.get(f"{workers.urls[1]}{ROUTING}", headers=AUTH).json()["weights"] == {"1": 0.3, "2": 0.7}
+
+
+def test_the_shadow_summary_is_the_whole_servers_whichever_worker_answers(tmp_path: Path) -> None:
+    # version 2 shadows every request with 3x + 1 (version 1 answers 2x): |diff| = |x + 1|
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "versions": [
+            {"version": "1"}, {"version": "2", "shadow": 1.0, "options": {"scale": 3.0, "offset": 1.0}}]}])
+    metrics = tmp_path / "metrics"  # one /metrics for both, as the supervisor's workers have
+    metrics.mkdir()
+    env = {**ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    with running_workers(config, env={0: env, 1: env}) as workers, httpx.Client(timeout=30) as http:
+        for index, url in enumerate(workers.urls):  # two items through each worker
+            for x in ([1.0, 2.0] if index == 0 else [50.0, 90.0]):
+                assert http.post(f"{url}/predict/echo", json={"inputs": [x]}).status_code == 200
+        for url in workers.urls:
+            deadline = time.monotonic() + 60
+            while True:
+                summary = http.get(f"{url}/v2/repository/models/echo/shadow", headers=AUTH)
+                assert summary.status_code == 200, summary.text
+                pair = summary.json()["pairs"].get("1->2", {})
+                if pair.get("copies", {}).get("compared") == 4 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert pair["copies"] == {"compared": 4, "dropped": 0, "failed": 0}
+            assert pair["regression"]["items"] == 4
+            assert pair["regression"]["mean_abs_diff"] == pytest.approx((2 + 3 + 51 + 91) / 4)
+            # the worst items of both workers, the worst (by relative difference |x + 1| / 2x) first
+            assert [w["primary"] for w in pair["worst"]] == ["2.0", "4.0", "100.0", "180.0"]

@@ -10,7 +10,9 @@ operations and nothing else, each applied to this worker alone (never fanned out
     POST /peer/models/{name}/commit    install what ``stage`` loaded (``{"id": ...}``)
     POST /peer/models/{name}/abort     unload what ``stage`` loaded (``{"id": ...}``)
     POST /peer/models/{name}/unload
-    GET  /peer/status                  this worker's index and models
+    POST /peer/models/{name}/routing   swap in a routing the coordinator validated
+    POST /peer/models/{name}/shadow    the worst shadow items this worker kept
+    GET  /peer/status                  this worker's index and models (a version by its key)
 
 Its lifespan applies ``desired.json`` once more as soon as the socket listens: a change
 recorded after this worker read the file at its start (``desired.apply_desired``, before the
@@ -99,7 +101,7 @@ def create_peer_app(state: AppState) -> FastAPI:
     @app.get("/peer/status")
     async def status() -> dict[str, Any]:
         index = state.cluster.index if state.cluster is not None else None
-        return {"index": index, "models": {m.config.name: {**m.status(), "config": m.config.model_dump(
+        return {"index": index, "models": {m.config.key: {**m.status(), "config": m.config.model_dump(
             mode="json")} for m in state.registry}}
 
     async def on_error(request: Request, exc: BatchserveError) -> JSONResponse:
