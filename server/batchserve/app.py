@@ -65,6 +65,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig], *,
             state.begin_drain()  # already begun on SIGTERM; its deadline stands
             if not loading.done():
                 await asyncio.wait({loading}, timeout=state.drain_left_s())
+            await state.shadows.close()  # copies answer no one: they don't hold the drain
             await state.registry.close(state.drain_left_s())
             for task in (status, refreshing):  # the others see this worker draining until here
                 if task is not None:

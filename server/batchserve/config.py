@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchserve.backends import backend_class
 from batchserve.errors import describe_validation_errors
+from batchserve.versions import expand
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -54,6 +55,18 @@ class ModelConfig(BaseModel):
     heavy (image decoding, on worker threads); default: the CPUs this process may use."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific settings, validated by the backend's ``Options`` model."""
+    version: str | None = None
+    """The version of ``name`` this is, for a model that declares ``versions`` (``versions.py``);
+    ``None`` for a model that declares none (served as version "1", as always)."""
+    weight: float | None = Field(default=None, ge=0, le=1)
+    """A version's share of its model's traffic when the server starts (``routing.py``)."""
+    shadow: float | None = Field(default=None, gt=0, le=1)
+    """A shadow version's fraction of the traffic, copied to it after the answer (``shadow.py``)."""
+
+    @property
+    def key(self) -> str:
+        """What the registry serves this under: the name, or ``name:version`` for a version."""
+        return self.name if self.version is None else f"{self.name}:{self.version}"
 
     @field_validator("name")
     @classmethod
@@ -104,37 +117,51 @@ def parse_models(data: dict[str, Any], *, source: Path) -> list[ModelConfig]:
         raise ConfigError(f"{where}: {describe_validation_errors(exc.errors())}") from None
     root = _root(source, repo.repository)
     configs: list[ModelConfig] = []
-    seen: set[str] = set()
-    for index, table in enumerate(repo.models):
-        label = f"model '{table.get('name', f'#{index}')}'"
+    seen: set[Any] = set()
+    for index, model_table in enumerate(repo.models):
+        label = f"model '{model_table.get('name', f'#{index}')}'"
         try:
-            config = ModelConfig.model_validate(table)
-        except ValidationError as exc:
-            raise ConfigError(f"{where}: {label}: {describe_validation_errors(exc.errors())}") from None
-        if config.name in seen:
+            tables = expand(model_table)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {label}: {exc}") from None
+        if model_table.get("name") in seen:
             raise ConfigError(f"{where}: {label}: field 'name': duplicate model name")
-        seen.add(config.name)
-        try:
-            cls = backend_class(config.backend)
-        except LookupError as exc:
-            raise ConfigError(f"{where}: {label}: field 'backend': {exc}") from None
-        try:
-            cls.Options.model_validate(config.options)
-        except ValidationError as exc:
-            problems = describe_validation_errors(exc.errors(), "options.")
-            raise ConfigError(f"{where}: {label}: {problems}") from None
-        if not config.path.is_absolute():
-            config = config.model_copy(update={"path": (source.parent / config.path).resolve()})
-        if cls.loads_pickles and not config.path.resolve().is_relative_to(root):
-            raise ConfigError(
-                f"{where}: {label}: field 'path': {config.path} is outside the model repository "
-                f"{root}; the {config.backend} backend unpickles its artifact, so it loads only from "
-                "inside the repository ([repository] root)")
-        if repo.repository.require_sha256 and config.sha256 is None:
-            raise ConfigError(f"{where}: {label}: field 'sha256': required, as [repository] "
-                              "require_sha256 = true; `batchserve sha256 PATH` prints it")
-        configs.append(config)
+        seen.add(model_table.get("name"))
+        for table in tables:
+            configs.append(_model(table, repo.repository, where=where, source=source, root=root))
     return configs
+
+
+def _model(table: dict[str, Any], repository: RepositorySettings, *, where: str, source: Path,
+           root: Path) -> ModelConfig:
+    """One model table (one version's, for a model with versions), validated."""
+    label = f"model '{table.get('name', '?')}'"
+    if table.get("version") is not None:
+        label += f" version '{table['version']}'"
+    try:
+        config = ModelConfig.model_validate(table)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {label}: {describe_validation_errors(exc.errors())}") from None
+    try:
+        cls = backend_class(config.backend)
+    except LookupError as exc:
+        raise ConfigError(f"{where}: {label}: field 'backend': {exc}") from None
+    try:
+        cls.Options.model_validate(config.options)
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc.errors(), "options.")
+        raise ConfigError(f"{where}: {label}: {problems}") from None
+    if not config.path.is_absolute():
+        config = config.model_copy(update={"path": (source.parent / config.path).resolve()})
+    if cls.loads_pickles and not config.path.resolve().is_relative_to(root):
+        raise ConfigError(
+            f"{where}: {label}: field 'path': {config.path} is outside the model repository "
+            f"{root}; the {config.backend} backend unpickles its artifact, so it loads only from "
+            "inside the repository ([repository] root)")
+    if repository.require_sha256 and config.sha256 is None:
+        raise ConfigError(f"{where}: {label}: field 'sha256': required, as [repository] "
+                          "require_sha256 = true; `batchserve sha256 PATH` prints it")
+    return config
 
 
 def _root(source: Path, repository: RepositorySettings) -> Path:

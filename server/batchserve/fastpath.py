@@ -6,9 +6,9 @@ On a small model the per-request framework work, not the model, decides throughp
 send of a response passes through each middleware layer, and FastAPI's outer layers (error
 handling, its exception telemetry and body limit) run for every request. ``BatchserveApp`` is
 the FastAPI app with one difference: a POST to ``/predict``, ``/predict/{model}`` or v2's
-``/v2/models/{name}/infer`` goes straight to the request pipeline (``batchserve/pipeline.py``),
-which reads the body, answers every outcome, errors included, and counts it; everything else
-(and a v2 infer of a version, for its 404) goes through FastAPI as before. The OpenAPI
+``/v2/models/{name}/infer`` (and their ``/versions/{v}`` forms) goes straight to the request
+pipeline (``batchserve/pipeline.py``), which reads the body, answers every outcome, errors
+included, and counts it; everything else goes through FastAPI as before. The OpenAPI
 document still comes from the documented routes, which call the same pipeline.
 Measured in benchmarks/README.md ("HTTP floor").
 """
@@ -24,6 +24,10 @@ from batchserve.pipeline import Pipeline
 _PREDICT = "/predict/"
 _V2 = "/v2/models/"
 _INFER = "/infer"
+_VERSIONS = "/versions/"
+
+Target = tuple[Adapter, str | None, str | None]
+"""The adapter that serves a path, the model the path names and the version it names."""
 
 
 class FastPath:
@@ -34,16 +38,24 @@ class FastPath:
         self.predict = predict
         self.v2 = v2
 
-    def match(self, path: str) -> tuple[Adapter, str | None] | None:
+    def match(self, path: str) -> Target | None:
         if path == "/predict":
-            return self.predict, None
+            return self.predict, None, None
         if path.startswith(_PREDICT):
-            model = path[len(_PREDICT):]
-            return (self.predict, model) if model and "/" not in model else None
+            return _named(self.predict, path[len(_PREDICT):])
         if path.startswith(_V2) and path.endswith(_INFER):
-            model = path[len(_V2):-len(_INFER)]
-            return (self.v2, model) if model and "/" not in model else None
+            return _named(self.v2, path[len(_V2):-len(_INFER)])
         return None
+
+
+def _named(adapter: Adapter, rest: str) -> Target | None:
+    """``{name}`` or ``{name}/versions/{version}``, neither empty nor holding a ``/``."""
+    name, versions, version = rest.partition(_VERSIONS)
+    if not name or "/" in name:
+        return None
+    if not versions:
+        return adapter, name, None
+    return (adapter, name, version) if version and "/" not in version else None
 
 
 class BatchserveApp(FastAPI):
@@ -56,7 +68,8 @@ class BatchserveApp(FastAPI):
         if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
             target = fast.match(scope["path"])
             if target is not None:
-                response = await fast.pipeline.serve(target[0], scope, receive, target[1])
+                adapter, name, version = target
+                response = await fast.pipeline.serve(adapter, scope, receive, name, version)
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -8,6 +8,9 @@ from batchserve.errors import MalformedRequest
 
 TIMEOUT_HEADER = b"x-request-timeout-ms"
 _TIMEOUT = TIMEOUT_HEADER.decode()
+ROUTING_HEADER = b"x-routing-key"
+"""Keeps one user on one version of a model while its weights stand (``routing.py``)."""
+_ROUTING = ROUTING_HEADER.decode()
 
 
 class RequestHeaders:
@@ -15,10 +18,11 @@ class RequestHeaders:
     (``__init__``), or looked up by name in RSGI's headers (``from_lookup``)."""
 
     __slots__ = ("chunked", "content_length", "content_type", "content_type_raw", "header_length",
-                 "timeout_ms", "traceparent", "tracestate")
+                 "routing_key", "timeout_ms", "traceparent", "tracestate")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         content_type = content_length = timeout = header_length = traceparent = tracestate = None
+        routing_key = None
         chunked = False  # a Transfer-Encoding was sent
         for key, value in raw:  # ASGI servers give lower-case names
             if key == b"content-type":
@@ -35,8 +39,11 @@ class RequestHeaders:
                 traceparent = value.decode("latin-1")
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")
+            elif key == ROUTING_HEADER:
+                routing_key = value.decode("latin-1")
         self._set(content_type, content_length, timeout, header_length, chunked, traceparent,
                   tracestate)
+        self.routing_key = routing_key
 
     def _set(self, content_type: str | None, content_length: bytes | None, timeout_ms: bytes | None,
              header_length: bytes | None, chunked: bool, traceparent: str | None,
@@ -54,12 +61,13 @@ class RequestHeaders:
 
     @classmethod
     def from_lookup(cls, get: Callable[[str], str | None]) -> RequestHeaders:
-        """The same, from headers as text looked up by lower-case name (RSGI's ``get``): seven
+        """The same, from headers as text looked up by lower-case name (RSGI's ``get``): eight
         lookups, where a pass over every header would make a pair of each."""
         headers = cls.__new__(cls)
         headers._set(get("content-type"), _latin1(get("content-length")), _latin1(get(_TIMEOUT)),
                      _latin1(get("inference-header-content-length")),
                      get("transfer-encoding") is not None, get("traceparent"), get("tracestate"))
+        headers.routing_key = get(_ROUTING)
         return headers
 
 

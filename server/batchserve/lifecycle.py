@@ -88,13 +88,14 @@ class Call:
 
     __slots__ = ("adapter", "arrived_s", "body_s", "decoded_s", "entry", "headers", "items",
                  "method", "model", "name", "path", "preprocessed_s", "query", "requested_ms", "span",
-                 "trace_token")
+                 "trace_token", "version")
 
     def __init__(self, adapter: Adapter, name: str | None, headers: RequestHeaders, *,
-                 method: str, path: str, query: bytes) -> None:
+                 method: str, path: str, query: bytes, version: str | None = None) -> None:
         self.arrived_s = time.monotonic()
         self.adapter = adapter
         self.name = name  # the model the path names, if any
+        self.version = version  # the version of it the path names, if any
         self.headers = headers
         self.method = method
         self.path = path

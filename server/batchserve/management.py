@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batchserve.cluster import fanout
 from batchserve.config import ConfigError, load_models
 from batchserve.errors import (
+    InvalidInput,
     LoadFailed,
     MalformedRequest,
     ManagementDisabled,
@@ -29,6 +30,7 @@ from batchserve.errors import (
     Unauthorized,
     describe_validation_errors,
 )
+from batchserve.routing_api import add_routing_routes
 from batchserve.state import AppState
 
 
@@ -66,6 +68,7 @@ async def load_model(state: AppState, name: str) -> dict[str, Any]:
     """Load or reload ``name`` from the repository file, on every worker: 404 if the file has no
     such model, 409 if it failed to load (the previous version serves on)."""
     registry = state.registry
+    _unversioned(state, name)
     config = next((c for c in _repository(state) if c.name == name), None)
     if config is None:
         raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
@@ -82,6 +85,7 @@ async def load_model(state: AppState, name: str) -> dict[str, Any]:
 async def unload_model(state: AppState, name: str) -> dict[str, Any]:
     """Unload ``name`` (404 if not served), on every worker, its admitted requests answered."""
     registry = state.registry
+    _unversioned(state, name)
     if state.cluster is not None:
         registry.get(name)  # 404 before any work
         report = await fanout.unload_all(state, state.cluster, name)
@@ -89,8 +93,18 @@ async def unload_model(state: AppState, name: str) -> dict[str, Any]:
     return {"name": name, **_state(await registry.unload(name, state.settings.shutdown_grace_s))}
 
 
+def _unversioned(state: AppState, name: str) -> None:
+    """Refuse (400) changing a model with versions other than by its routing."""
+    if state.registry.versions(name):
+        raise InvalidInput(f"model '{name}' has versions: loading, unloading and PATCHing it "
+                           "while serving are not supported yet (restart the server to change "
+                           "its versions); its traffic changes through /routing")
+
+
 def add_management_routes(router: APIRouter, state: AppState) -> None:
     registry = state.registry
+    add_routing_routes(router, state,
+                       lambda request: authorize(state, request.headers.get("authorization", "")))
 
     @router.post("/v2/repository/index", tags=["management"], summary="Models of the repository")
     async def index(request: Request) -> list[dict[str, Any]]:
@@ -112,6 +126,7 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
                   summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live")
     async def configure(name: str, request: Request) -> dict[str, Any]:
         authorize(state, request.headers.get("authorization", ""))
+        _unversioned(state, name)
         model = registry.get(name)
         try:
             changes = BatcherSettings.model_validate_json(await request.body())

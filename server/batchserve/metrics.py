@@ -1,8 +1,10 @@
 """Prometheus metrics, one registry per app (no module-level singletons).
 
-Every series is labelled by ``model``. Hot-path cost is kept small by binding
-each model's children once (``ModelMetrics``) instead of calling ``.labels()``
-per request.
+Every series is labelled by ``model`` and ``version``: a model's version (``versions.py``), or
+empty for a model without versions, whose series are shown without the label (Prometheus reads
+an empty label as none: ``metrics_bulk.without_empty_version``), as they were before
+versions. Hot-path cost is kept small by binding each model's children once
+(``ModelMetrics``) instead of calling ``.labels()`` per request.
 
 Two modes, fixed when the process starts:
 
@@ -75,51 +77,52 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir()
         """Where this process's values are written (multi-process mode), else ``None``."""
-        self._models: dict[str, ModelMetrics] = {}
+        self._models: dict[tuple[str, str], ModelMetrics] = {}
         r = self.registry
         self.requests = Counter(
             "batchserve_requests", "Requests answered, by HTTP status code.",
-            ["model", "code"], registry=r,
+            ["model", "version", "code"], registry=r,
         )
         # observed for every request: in bulk (metrics_bulk.py), shown as histograms
         self.request_duration = BulkHistogram(
             "batchserve_request_duration_seconds", "End-to-end time of successful requests.",
-            ["model"], LATENCY_BUCKETS_S, r,
+            ["model", "version"], LATENCY_BUCKETS_S, r,
         )
         self.queue_wait = BulkHistogram(
             "batchserve_queue_wait_seconds", "Time from admission to the dispatch of a request's first row.",
-            ["model"], LATENCY_BUCKETS_S, r,
+            ["model", "version"], LATENCY_BUCKETS_S, r,
         )
         self.batch_size = Histogram(
             "batchserve_batch_size", "Rows per call of predict_batch.",
-            ["model"], buckets=batch_size_buckets(max_batch_size), registry=r,
+            ["model", "version"], buckets=batch_size_buckets(max_batch_size), registry=r,
         )
         self.batch_duration = Histogram(
             "batchserve_batch_duration_seconds", "Time spent in predict_batch per batch.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.queue_rows = Gauge(
-            "batchserve_queue_rows", "Rows admitted and not yet dispatched.", ["model"], registry=r,
+            "batchserve_queue_rows", "Rows admitted and not yet dispatched.", ["model", "version"],
+            registry=r,
             multiprocess_mode="livesum",  # the server's queue: every live worker's rows
         )
         self.rejected = Counter(
             "batchserve_rejected", "Requests refused or dropped before their rows ran, by reason.",
-            ["model", "reason"], registry=r,
+            ["model", "version", "reason"], registry=r,
         )
         self.dispatch = Counter(
             "batchserve_dispatch", "Batches dispatched, by what made them go.",
-            ["model", "trigger"], registry=r,
+            ["model", "version", "trigger"], registry=r,
         )
         self.placement = Counter(
             "batchserve_batch_placement", "Batches by where they ran (the event loop or the model's "
             "thread) and why (batchserve/load.py, PLACEMENTS).",
-            ["model", "place", "reason"], registry=r,
+            ["model", "version", "place", "reason"], registry=r,
         )
         self.stage_duration = BulkHistogram(
             "batchserve_stage_duration_seconds",
             "Time of successful requests in each stage: body (read), decode, compute_input "
             "(preprocessing), queue, compute_infer (batches), compute_output (encoding).",
-            ["model", "stage"], LATENCY_BUCKETS_S, r,
+            ["model", "version", "stage"], LATENCY_BUCKETS_S, r,
         )
         self.trace_spans_dropped = Counter(
             "batchserve_trace_spans_dropped", "Trace spans dropped because the export queue was "
@@ -128,26 +131,29 @@ class Metrics:
         )
         self.padding_ratio = Histogram(
             "batchserve_padding_ratio", "Padding tokens / all tokens per batch (text backends).",
-            ["model"], buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r,
+            ["model", "version"], buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
         )
         self.model_ready = Gauge(
             "batchserve_model_ready", "1 when the model is loaded, warmed and its loop healthy.",
-            ["model"], registry=r,
+            ["model", "version"], registry=r,
             multiprocess_mode="livemin",  # ready only when ready in every live worker
         )
         self.device_memory_peak = Gauge(
             "batchserve_device_memory_peak_bytes",
             "torch.cuda.max_memory_allocated on the model's GPU after its latest batch: the peak of "
             "this process's tensors on that device (models sharing it share the figure).",
-            ["model"], registry=r,
+            ["model", "version"], registry=r,
             multiprocess_mode="livemax",  # each worker holds its own copy: the largest one's peak
         )
 
-    def for_model(self, model: str) -> ModelMetrics:
-        """The children of ``model``, bound once: every version of a model shares them."""
-        children = self._models.get(model)
+    def for_model(self, model: str, version: str | None = None) -> ModelMetrics:
+        """The children of ``model``'s ``version`` (``None``: a model without versions, whose
+        series show no ``version`` label), bound once: every load of it shares them."""
+        key = (model, version or "")
+        children = self._models.get(key)
         if children is None:
-            children = self._models[model] = ModelMetrics(self, model)
+            children = self._models[key] = ModelMetrics(self, *key)
         return children
 
     def refresh(self) -> None:
@@ -160,22 +166,23 @@ class Metrics:
 class ModelMetrics:
     """The children of every family for one model, bound once."""
 
-    def __init__(self, metrics: Metrics, model: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, version: str = "") -> None:
         self._metrics = metrics
         self._model = model
+        self._version = version
         self._codes: dict[int, Counter] = {}
         self._succeeded = 0  # this loop turn's 200s, not yet counted
-        self.request_duration = metrics.request_duration.labels(model)
-        self.queue_wait = metrics.queue_wait.labels(model)
-        self.batch_size = metrics.batch_size.labels(model)
-        self.batch_duration = metrics.batch_duration.labels(model)
-        self.model_ready = metrics.model_ready.labels(model)
-        self.padding_ratio = metrics.padding_ratio.labels(model)
-        self.rejected = {r: metrics.rejected.labels(model, r) for r in REJECT_REASONS}
-        self.dispatch = {t: metrics.dispatch.labels(model, t) for t in DISPATCH_TRIGGERS}
-        self.placement = {p: metrics.placement.labels(model, *p) for p in PLACEMENTS}
-        self.stages = [metrics.stage_duration.labels(model, stage) for stage in STAGES]
-        self.queue_rows = metrics.queue_rows.labels(model)
+        self.request_duration = metrics.request_duration.labels(model, version)
+        self.queue_wait = metrics.queue_wait.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.batch_duration = metrics.batch_duration.labels(model, version)
+        self.model_ready = metrics.model_ready.labels(model, version)
+        self.padding_ratio = metrics.padding_ratio.labels(model, version)
+        self.rejected = {r: metrics.rejected.labels(model, version, r) for r in REJECT_REASONS}
+        self.dispatch = {t: metrics.dispatch.labels(model, version, t) for t in DISPATCH_TRIGGERS}
+        self.placement = {p: metrics.placement.labels(model, version, *p) for p in PLACEMENTS}
+        self.stages = [metrics.stage_duration.labels(model, version, stage) for stage in STAGES]
+        self.queue_rows = metrics.queue_rows.labels(model, version)
         self._watched: list[tuple[Gauge, Callable[[], float]]] = []
         self._device_memory_peak: Gauge | None = None  # bound on a GPU model's first batch
         self.model_ready.set(0)
@@ -183,7 +190,7 @@ class ModelMetrics:
     def set_device_memory_peak(self, peak_bytes: int) -> None:
         """A GPU model's device memory peak so far (models on a CPU never show the series)."""
         if self._device_memory_peak is None:
-            self._device_memory_peak = self._metrics.device_memory_peak.labels(self._model)
+            self._device_memory_peak = self._metrics.device_memory_peak.labels(self._model, self._version)
         self._device_memory_peak.set(peak_bytes)
 
     def watch_queue(self, rows: Callable[[], float]) -> None:
@@ -231,5 +238,5 @@ class ModelMetrics:
     def count_request(self, code: int, requests: int = 1) -> None:
         child = self._codes.get(code)
         if child is None:
-            child = self._codes[code] = self._metrics.requests.labels(self._model, str(code))
+            child = self._codes[code] = self._metrics.requests.labels(self._model, self._version, str(code))
         child.inc(requests)

@@ -72,8 +72,9 @@ class BulkChild:
 
 def as_histograms(families: Iterable[Metric]) -> list[Metric]:
     """``families`` with each bulk histogram's two counter families turned back into one
-    histogram family (any other family as it is)."""
-    families = list(families)
+    histogram family (any other family as it is), as ``/metrics`` shows them: the empty
+    ``version`` label of a model without versions left out (``without_empty_version``)."""
+    families = [without_empty_version(family) for family in families]
     by_name = {family.name: family for family in families}
     out = []
     for family in families:
@@ -85,6 +86,15 @@ def as_histograms(families: Iterable[Metric]) -> list[Metric]:
         name = family.name[:-len(_HITS)]
         out.append(_histogram(name, family, by_name.get(name + _SUM)))
     return out
+
+
+def without_empty_version(family: Metric) -> Metric:
+    """``family`` with its samples' empty ``version`` label left out: a model without versions
+    shows the series it showed before versions (Prometheus reads an empty label as none)."""
+    if any(s.labels.get("version") == "" for s in family.samples):
+        family.samples = [s._replace(labels={k: v for k, v in s.labels.items() if k != "version"})
+                          if s.labels.get("version") == "" else s for s in family.samples]
+    return family
 
 
 def _histogram(name: str, hits: Metric, sums: Metric | None) -> Metric:

@@ -166,7 +166,8 @@ def add_openai_routes(router: APIRouter, pipeline: Pipeline) -> None:
 
     @router.get("/v1/models", tags=["openai"], summary="The embedding models (OpenAI-compatible)")
     async def list_models() -> Response:
-        cards = [card(m) for m in registry if is_embedder(m.backend)]  # what /v1/embeddings serves
+        embedders = {m.config.name: m for m in registry if is_embedder(m.backend)}  # once a name
+        cards = [card(m) for m in embedders.values()]  # what /v1/embeddings serves
         return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
     @router.get("/v1/models/{name}", tags=["openai"], summary="One embedding model (OpenAI-compatible)")

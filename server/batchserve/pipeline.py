@@ -2,7 +2,8 @@
 
 1. arrival: the deadline is fixed now, from ``X-Request-Timeout-Ms`` (a malformed one is a 422
    before anything is read) and the model's ``timeout_ms``;
-2. admission: draining, the model (lookup, readiness) as soon as it is known;
+2. admission: draining, the model as soon as it is known: the version that serves the request
+   (``routing.py``: named, or routed by weights or a routing key), and its readiness;
 3. body: read under that deadline, the size limit and the server's byte budget;
 4. decode: the protocol's adapter turns it into items (on a worker thread when that work grows
    past what the event loop may spend), then the item count and the parameters;
@@ -10,7 +11,7 @@
    decoding) or large on worker threads (``preprocessing.py``), after admission has checked
    that the rows could start before the deadline, counting what is being preprocessed ahead;
 6. queue and compute_infer: the model's batcher (which admits the rows, then runs them);
-7. compute_output: the adapter's encoding;
+7. compute_output: the adapter's encoding (then the copies to a shadow version start: ``shadow.py``);
 
 with the outcome counted once by the request's ``Call`` (``lifecycle.py``), whatever it is: an
 error that is not a ``BatchserveError`` is logged and answered as a 500. A request that needs no
@@ -40,6 +41,7 @@ from batchserve.headers import RequestHeaders, requested_timeout_ms
 from batchserve.lifecycle import Adapter, Call, Decoded, timeout_ms
 from batchserve.preprocessing import OffLoop, disconnect_waiter, preprocess_items
 from batchserve.registry import ServedModel
+from batchserve.routing import VERSION_HEADER
 from batchserve.state import AppState
 
 OFFLOAD_BYTES = 64 * 1024
@@ -59,10 +61,12 @@ class Pipeline:
         self._longest_ms = 0.0  # the longest timeout_ms of the models, as of _longest_at_s
         self._longest_at_s = float("-inf")
 
-    async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None) -> Response:
-        """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any."""
+    async def serve(self, adapter: Adapter, scope: Scope, receive: Receive, name: str | None,
+                    version: str | None = None) -> Response:
+        """Answer the ASGI request in ``scope``; ``name`` is the model the path names, if any, and
+        ``version`` the version of it."""
         call = Call(adapter, name, RequestHeaders(scope["headers"]), method=scope["method"],
-                    path=scope["path"], query=scope.get("query_string", b""))
+                    path=scope["path"], query=scope.get("query_string", b""), version=version)
         return await self.run(call, lambda: asgi_chunks(receive), disconnect_waiter(receive))
 
     async def run(self, call: Call, chunks: Callable[[], AsyncIterator[bytes]],
@@ -97,6 +101,9 @@ class Pipeline:
                 response = await run_in_threadpool(adapter.encode, model, decoded, outputs)
             else:
                 response = adapter.encode(model, decoded, outputs)
+            if model.config.version is not None:
+                response.headers[VERSION_HEADER] = model.config.version
+                self.state.shadows.after(model, decoded.items, decoded.parameters, outputs)
         except Exception as exc:
             error = exc
             response = call.failed(exc)
@@ -116,7 +123,7 @@ class Pipeline:
             call.requested_ms = requested_timeout_ms(headers.timeout_ms)
         call.adapter.check(headers, call.name)
         if call.name is not None:
-            model = call.model = self.state.registry.get(call.name)  # known: its outcome counts
+            model = call.model = self.resolve(call, call.name)  # known: its outcome counts
             check_ready(model)
             read_ms = timeout_ms(model.config.timeout_ms, call.requested_ms)
         else:  # the body names the model: read it within the longest deadline it could have
@@ -128,9 +135,13 @@ class Pipeline:
         if call.model is None:
             if decoded.model is None:  # an adapter's bug, not the client's
                 raise RuntimeError(f"{type(call.adapter).__name__} decoded a request naming no model")
-            call.model = self.state.registry.get(decoded.model)
+            call.model = self.resolve(call, decoded.model)
             check_ready(call.model)
         return call.model
+
+    def resolve(self, call: Call, name: str) -> ServedModel:
+        """The version of ``name`` that serves ``call`` (``routing.py``)."""
+        return self.state.router.resolve(name, call.version, call.headers.routing_key)
 
     def _longest_timeout_ms(self, now_s: float) -> float:
         """The longest ``timeout_ms`` of the models, looked up at most once a second (a change by

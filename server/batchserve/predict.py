@@ -115,6 +115,12 @@ def add_predict_routes(router: APIRouter, pipeline: Pipeline) -> None:
     async def predict_named_in_path(model: str, request: Request) -> Response:
         return await pipeline.serve(PREDICT, request.scope, request.receive, model)
 
+    @router.post("/predict/{model}/versions/{version}", response_model=PredictResponse,
+                 responses=ERROR_RESPONSES, openapi_extra=_PREDICT_PATH_DOC,
+                 summary="Predict with one version of the model named in the path")
+    async def predict_version(model: str, version: str, request: Request) -> Response:
+        return await pipeline.serve(PREDICT, request.scope, request.receive, model, version)
+
 
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; 422 if it is not JSON, or not an object."""

@@ -74,10 +74,10 @@ class ModelRegistry:
             self._install(model)
 
     def _build(self, config: ModelConfig) -> ServedModel:
-        model_metrics = self._metrics.for_model(config.name)
+        model_metrics = self._metrics.for_model(config.name, config.version)
         backend = backend_class(config.backend)(config, model_metrics)
         batcher = Batcher(
-            config.name, backend.predict_batch, model_metrics,
+            config.key, backend.predict_batch, model_metrics,
             max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, instances=config.instances,
             on_loop_when_cheap=backend.predict_on_loop_when_cheap,
@@ -88,10 +88,10 @@ class ModelRegistry:
     def _install(self, model: ServedModel) -> None:
         """Make ``model`` the version serving its name, settings changed by PATCH applied, and
         bind its name's gauges to it (read at scrape time)."""
-        name = model.config.name
-        self._models[name] = model
-        if name in self._overrides:
-            _apply(model, self._overrides[name])
+        key = model.config.key
+        self._models[key] = model
+        if key in self._overrides:
+            _apply(model, self._overrides[key])
         batcher = model.batcher
         model.metrics.watch_queue(lambda: batcher.queued_rows)
         model.metrics.watch_ready(lambda: 1.0 if model.ready else 0.0)
@@ -103,22 +103,42 @@ class ModelRegistry:
         return iter(list(self._models.values()))
 
     def get(self, name: str) -> ServedModel:
+        """The model served under ``name`` (a ``ModelConfig.key``); for the name of a model with
+        versions, its latest loaded version (what describes the model: ``routing.py`` picks the
+        one that serves a request)."""
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFound(f"unknown model {name!r:.80}; known models: {sorted(self._models)}")
+            versions = self.versions(name)
+            if versions:
+                return versions[-1]
+            raise ModelNotFound(f"unknown model {name!r:.80}; known models: {self.names()}")
         return model
 
+    def get_version(self, name: str, version: str) -> ServedModel | None:
+        """Version ``version`` of ``name``, if it is loaded."""
+        return self._models.get(f"{name}:{version}")
+
+    def names(self) -> list[str]:
+        """The served models' names (once each, however many versions they have), sorted."""
+        return sorted({m.config.name for m in self._models.values()})
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """The loaded versions of ``name``, in the repository file's order (oldest first); none
+        for a model without versions."""
+        return [m for m in self._models.values()
+                if m.config.name == name and m.config.version is not None]
+
     def current(self, model: ServedModel) -> ServedModel | None:
-        """The ready version now serving ``model``'s name, when a reload replaced ``model``;
+        """The ready version now serving ``model``'s key, when a reload replaced ``model``;
         else ``None``. A request that found ``model`` before the swap moves to it."""
-        current = self._models.get(model.config.name)
+        current = self._models.get(model.config.key)
         return current if current is not None and current is not model and current.ready else None
 
     def configure(self, name: str, changes: dict[str, Any]) -> ServedModel:
         """Change a running model's batcher settings (PATCH); they outlive reloads of ``name``
         (over the repository file's values) until the process restarts."""
-        model = self.get(name)
-        self._overrides[name] = {**self._overrides.get(name, {}), **changes}
+        model = self._models.get(name) or self.get(name)
+        self._overrides[model.config.key] = {**self._overrides.get(model.config.key, {}), **changes}
         _apply(model, changes)
         return model
 
@@ -135,15 +155,15 @@ class ModelRegistry:
 
     def broken(self) -> dict[str, str]:
         """Served models whose batching loop stopped, and why: only a restart mends them."""
-        return {name: model.batcher.broken for name, model in self._models.items()
+        return {key: model.batcher.broken for key, model in self._models.items()
                 if model.batcher.broken is not None and model.state != "unloaded"}
 
     async def load_all(self) -> None:
         """Load every model, one at a time; a failure leaves the others serving."""
         for model in list(self._models.values()):
-            async with self._lock(model.config.name):
+            async with self._lock(model.config.key):
                 # A management load or unload of this name may have come first.
-                if self._models.get(model.config.name) is model and model.state == "loading":
+                if self._models.get(model.config.key) is model and model.state == "loading":
                     await self._load(model)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic
         # GC's full collections, which otherwise stall the event loop for tens of ms.
@@ -154,26 +174,26 @@ class ModelRegistry:
             await asyncio.to_thread(_load, model)
         except LoadError as exc:
             model.state, model.reason = "failed", cause(exc)
-            log.error("model %s failed to load: %s", model.config.name, exc)
+            log.error("model %s failed to load: %s", model.config.key, exc)
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             model.state, model.reason = "failed", reason
-            log.exception("model %s failed to load", model.config.name)
+            log.exception("model %s failed to load", model.config.key)
             return
         model.batcher.start()
         model.state, model.reason = "ready", None
         model.metrics.refresh()  # in a worker, the gauge's file says so now, not at the next tick
         if self.on_ready is not None:
             self.on_ready()
-        log.info("model %s ready", model.config.name)
+        log.info("model %s ready", model.config.key)
 
     async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
         """Load (or reload) a model; the old one, if any, keeps serving until the new one is
         ready, then drains what it admitted within ``grace_s`` and is unloaded. A failed load
         leaves the old one serving (and is returned, not installed). ``stage`` then ``commit``,
         under one hold of the name's lock."""
-        async with self._lock(config.name):
+        async with self._lock(config.key):
             model = await self._stage(config)
             if model.state == "ready":
                 await self._commit(model, grace_s)
@@ -184,32 +204,32 @@ class ModelRegistry:
         serves it (``batchserve/cluster/fanout.py``): build, load and warm a new version of
         ``config.name`` (settings changed by PATCH applied), but do not install it; the old one
         serves on. Returned ``ready`` (then ``commit`` or ``abort`` it) or ``failed``."""
-        async with self._lock(config.name):
+        async with self._lock(config.key):
             return await self._stage(config)
 
     async def commit(self, model: ServedModel, grace_s: float) -> ServedModel:
         """Install a version ``stage`` made ready: it serves from now on, and the one it
         replaces drains within ``grace_s`` and is unloaded."""
-        async with self._lock(model.config.name):
+        async with self._lock(model.config.key):
             await self._commit(model, grace_s)
             return model
 
     async def abort(self, model: ServedModel) -> None:
         """Unload a staged version that will not be installed; the serving one is untouched."""
-        async with self._lock(model.config.name):
-            if self._models.get(model.config.name) is not model and model.state != "unloaded":
+        async with self._lock(model.config.key):
+            if self._models.get(model.config.key) is not model and model.state != "unloaded":
                 await self._retire(model, 0)
                 model.reason = "staged, then aborted: another worker failed to load it"
 
     async def _stage(self, config: ModelConfig) -> ServedModel:
-        model = self._build(config.model_copy(update=self._overrides.get(config.name, {})))
+        model = self._build(config.model_copy(update=self._overrides.get(config.key, {})))
         await self._load(model)
         return model
 
     async def _commit(self, model: ServedModel, grace_s: float) -> None:
         if model.state != "ready":
             raise ValueError(f"only a ready version can be installed, not a {model.state} one")
-        old = self._models.get(model.config.name)
+        old = self._models.get(model.config.key)
         if old is model:
             return
         self._install(model)
@@ -219,7 +239,7 @@ class ModelRegistry:
     async def unload(self, name: str, grace_s: float) -> ServedModel:
         """Stop serving ``name``: new requests get 503, admitted ones finish within ``grace_s``."""
         async with self._lock(name):
-            model = self.get(name)
+            model = self._models.get(name) or self.get(name)
             await self._retire(model, grace_s)
             model.reason = UNLOADED
             return model

@@ -24,14 +24,18 @@ def add_routes(router: APIRouter, state: AppState) -> None:
     registry = state.registry
     shown = PublicPaths(repository_root(state.settings.config))
 
-    @router.get("/models", summary="Every configured model, its state and its I/O")
+    @router.get("/models", summary="Every configured model (each loaded version of one that has "
+                "versions, with its weight and role), its state and its I/O")
     async def list_models() -> dict[str, Any]:
-        return {"models": [_model_info(m, shown) for m in registry]}
+        return {"models": [info(m) for m in registry]}
 
     @router.get("/models/{name}", summary="One model, its state and its I/O",
                 responses={404: ERROR_RESPONSES[404]})
     async def get_model(name: str) -> dict[str, Any]:
-        return _model_info(registry.get(name), shown)
+        return info(registry.get(name))
+
+    def info(model: ServedModel) -> dict[str, Any]:
+        return {**_model_info(model, shown), **state.router.describe(model)}
 
     @router.get("/healthz", summary="Liveness: 200 while the server answers and no model's "
                 "batching loop has stopped, in any worker (503 names the broken ones or a stuck "

@@ -70,9 +70,9 @@ class RsgiApp:
                     await self.access_log.asgi(self.app, scope, protocol)
                 return
             assert fast is not None
-            adapter, name = target
+            adapter, name, version = target
             call = Call(adapter, name, RequestHeaders.from_lookup(scope.headers.get), method="POST",
-                        path=scope.path, query=scope.query_string.encode("latin-1"))
+                        path=scope.path, query=scope.query_string.encode("latin-1"), version=version)
             response = await fast.pipeline.run(call, lambda: body_chunks(protocol),
                                                protocol.client_disconnect, lambda: body_whole(protocol))
             answer(protocol, response)
@@ -117,7 +117,8 @@ def refuse(protocol: HTTPProtocol, path: str, exc: BatchserveError, *, close: bo
 def answer(protocol: HTTPProtocol, response: Response) -> None:
     """Send ``response`` (an inference route's: its body whole) on ``protocol``; granian frames
     it and sets its length."""
-    if type(response) is JSONBytes:  # the usual answer: its one header is known
+    if type(response) is JSONBytes and len(response.raw_headers) == 2:  # the usual answer: its
+        # headers are known (a version's answer has one more: routing.VERSION_HEADER)
         protocol.response_bytes(200, _JSON, response.body)  # type: ignore[arg-type]  # bytes
         return
     headers = [(name.decode("latin-1"), value.decode("latin-1"))

@@ -10,7 +10,9 @@ from batchserve.bodies import BodyBudget
 from batchserve.cluster.rundir import Cluster
 from batchserve.metrics import Metrics
 from batchserve.registry import ModelRegistry
+from batchserve.routing import Router
 from batchserve.settings import ServerSettings
+from batchserve.shadow import Shadows
 
 if TYPE_CHECKING:  # imported only when tracing is on (OpenTelemetry is an extra)
     from batchserve.tracing import Tracing
@@ -31,9 +33,15 @@ class AppState:
     """This process's OpenTelemetry tracer (``--tracing``); ``None`` when tracing is off."""
     bodies: BodyBudget = field(init=False)
     """Bytes reserved by the request bodies being read (``settings.max_inflight_body_bytes``)."""
+    router: Router = field(init=False)
+    """Which version of a model serves a request (``routing.py``)."""
+    shadows: Shadows = field(init=False)
+    """The copies of answered requests to shadow versions, and their comparison (``shadow.py``)."""
 
     def __post_init__(self) -> None:
         self.bodies = BodyBudget(self.settings.max_inflight_body_bytes)
+        self.router = Router(self.registry)
+        self.shadows = Shadows(self.router, self.metrics.registry)
 
 
     def is_ready(self) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (http://127.0.0.1:8000)")
     parser.add_argument("--model", required=True, help="model name, as in /predict/{model}")
+    parser.add_argument("--version", help="one version of a model with versions, as in "
+                                          "/predict/{model}/versions/{version} (default: as routed)")
     parser.add_argument("--inputs", type=Path, required=True,
                         help="sample inputs: .json/.jsonl items, .txt lines, images, or a folder of them "
                              "(from a folder: the files of the model's input kind, as /models/{model} says)")
@@ -68,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"batchserve loadtest: --url must be http://HOST:PORT, not {args.url!r}", file=sys.stderr)
         return 2
     base_url = f"http://{url.hostname}:{url.port or 80}"
+    model = args.model if args.version is None else f"{args.model}:{args.version}"  # its key
     try:
-        state = model_state(base_url, args.model)
+        state = model_state(base_url, model)
         if state.get("state") != "ready":
             raise ServerError(f"model {args.model!r} is {state.get('state')}: {state.get('error', '')}")
-        kind = server_input_kind(base_url, args.model)
+        kind = server_input_kind(base_url, model)
     except ServerError as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
         return 2
@@ -82,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         if args.protocol == "grpc":
             from batchserve_planning.load.grpc_client import build_grpc_requests
 
-            requests = build_grpc_requests(samples, model_metadata(base_url, args.model), model=args.model,
+            requests = build_grpc_requests(samples, model_metadata(base_url, model), model=args.model,
+                                           version=args.version or "",
                                            rows_per_request=args.rows_per_request,
                                            parameters=args.parameters)
         else:
             requests = build_requests(samples, host=url.hostname, port=url.port or 80,
-                                      model=args.model, rows_per_request=args.rows_per_request,
+                                      model=model, rows_per_request=args.rows_per_request,
                                       image_mode=args.image_mode, parameters=args.parameters)
     except ServerError as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                     warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed,
                     protocol=args.protocol)
     try:
-        summary = measure(spec, base_url, args.model, requests.rows_per_request,
+        summary = measure(spec, base_url, model, requests.rows_per_request,
                           processes=args.processes, cpus=args.load_cpus, progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"batchserve loadtest: {exc}", file=sys.stderr)
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(), "url": base_url, "model": args.model,
+        "version": args.version,
         "inputs": {"path": str(args.inputs), "kind": kind, "description": requests.description,
                    "skipped": skipped},
         "settings": {"protocol": spec.protocol, "warmup_s": spec.warmup_s, "duration_s": spec.duration_s,

@@ -41,6 +41,9 @@ class EchoOptions(BaseModel):
     record: str | None = None
     """A file to append every row that was computed and answered (one per line)."""
     complex_output: bool = False
+    scale: float = 2.0
+    """The output is ``scale * input + offset``: versions of a model that differ by a known amount."""
+    offset: float = 0.0
     """Answer complex numbers, which JSON cannot encode: a backend that breaks the contract."""
     preprocess_ms: float = 0.0
     """How long ``preprocess`` takes per item (``slow-decode`` only)."""
@@ -113,10 +116,10 @@ class EchoBackend(Backend[float, float | complex]):
                 handle.writelines(f"{row}\n" for row in rows)
         if self.options.complex_output:
             return [complex(2 * row) for row in rows]
-        return [2 * row for row in rows]
+        return [self.options.scale * row + self.options.offset for row in rows]
 
     def describe(self) -> dict[str, Any]:
-        return {"input": {"type": "number"}, "output": {"type": "number", "is": "2 * input"},
+        return {"input": {"type": "number"}, "output": {"type": "number", "is": "scale * input + offset"},
                 "copies_loaded": LOADED.get(self.config.name, 0)}
 
 
@@ -149,11 +152,19 @@ class SlowDecodeBackend(EchoBackend):
         return {**super().describe(), "preprocessed": self.preprocessed, "peak": self.peak}
 
 
+class SignOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = 0.0
+    """``yes`` above it: two versions with different thresholds disagree on the rows between."""
+
+
 class SignClassifier(Backend[list[float], dict[str, Any]]):
     """A classifier of rows of two numbers, of the ``FeatureRows`` kind (``batchserve.backends.kinds``)
-    by its methods alone, a subclass of no built-in backend: ``yes`` when the sum is positive."""
+    by its methods alone, a subclass of no built-in backend: ``yes`` when the sum is above the
+    threshold (0)."""
 
     input_kind = "rows"
+    Options = SignOptions
 
     def load(self, device: str) -> None:
         pass
@@ -167,8 +178,9 @@ class SignClassifier(Backend[list[float], dict[str, Any]]):
         return [float(v) for v in item]
 
     def predict_batch(self, rows: list[list[float]]) -> list[dict[str, Any]]:
-        return [{"label": "yes" if sum(row) > 0 else "no",
-                 "scores": {"no": 0.25, "yes": 0.75} if sum(row) > 0 else {"no": 0.75, "yes": 0.25}}
+        threshold = self.options.threshold
+        return [{"label": "yes" if sum(row) > threshold else "no",
+                 "scores": {"no": 0.25, "yes": 0.75} if sum(row) > threshold else {"no": 0.75, "yes": 0.25}}
                 for row in rows]
 
     def describe(self) -> dict[str, Any]:

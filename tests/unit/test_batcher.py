@@ -70,7 +70,7 @@ def make(fake: Fake, **settings: Any) -> tuple[Batcher, Metrics]:
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, {"model": "m", **labels})
+    value = metrics.registry.get_sample_value(name, {"model": "m", "version": "", **labels})
     return 0.0 if value is None else value
 
 

@@ -68,7 +68,7 @@ def run(coroutine: Any) -> None:
 
 def rejected(metrics: Metrics) -> float:
     value = metrics.registry.get_sample_value("batchserve_rejected_total",
-                                              {"model": "m", "reason": "overloaded"})
+                                              {"model": "m", "version": "", "reason": "overloaded"})
     return value or 0.0
 
 

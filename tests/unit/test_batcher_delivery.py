@@ -58,7 +58,7 @@ async def _cancelled_in_the_turn_its_outputs_arrive() -> None:
     assert await batcher.infer(["next"], timeout_s=2) == ["next!"]
     assert batcher.broken is None
     assert metrics.registry.get_sample_value(
-        "batchserve_rejected_total", {"model": "m", "reason": "cancelled"}) == 1
+        "batchserve_rejected_total", {"model": "m", "version": "", "reason": "cancelled"}) == 1
     await batcher.close(1)
 
 

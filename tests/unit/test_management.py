@@ -58,11 +58,43 @@ ROUTES = [("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/{nam
 """Every route of the management API (checked against the app's, below)."""
 
 
+VERSION_ROUTES = [("GET", "/v2/repository/models/{name}/routing"),
+                  ("PUT", "/v2/repository/models/{name}/routing"),
+                  ("POST", "/v2/repository/models/{name}/versions/{version}/promote"),
+                  ("POST", "/v2/repository/models/{name}/rollback"),
+                  ("GET", "/v2/repository/models/{name}/shadow")]
+"""The routes of a model's versions' traffic (docs/versions.md), checked on a model with versions."""
+
+
 def test_the_management_routes_are_the_ones_tested(managed: tuple[TestClient, Path]) -> None:
     client, _ = managed
     found = {(method, route.path) for route in client.app.routes  # type: ignore[attr-defined]
              if "management" in getattr(route, "tags", ()) for method in route.methods}
-    assert found == set(ROUTES)
+    assert found == set(ROUTES) | set(VERSION_ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), VERSION_ROUTES)
+def test_every_routing_route_needs_the_token(tmp_path: Path, method: str, path: str) -> None:
+    config = write_models(tmp_path / "models.toml", [{
+        "name": "echo", "backend": "echo", "path": "x",
+        "versions": [{"version": "1", "weight": 0.5}, {"version": "2", "weight": 0.5}]}])
+    app = create_app(ServerSettings(config=config, management_token=SecretStr(TOKEN)), load_models(config))
+    url = path.format(name="echo", version="2")
+    body = {"weights": {"1": 1.0, "2": 0.0}}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            response = client.request(method, url, headers=headers, json=body)
+            assert response.status_code == 401, (method, url, headers, response.text)
+        routing = client.get("/v2/repository/models/echo/routing", headers=AUTH).json()
+        assert routing["weights"] == {"1": 0.5, "2": 0.5}  # nothing changed
+        if path.endswith("/rollback"):  # something to roll back first
+            assert client.put(url.replace("rollback", "routing"), headers=AUTH, json=body).status_code == 200
+        assert client.request(method, url, headers=AUTH, json=body).status_code == 200
+    off = make_client(tmp_path, [{"name": "echo", "backend": "echo", "path": "x",
+                                  "versions": [{"version": "1"}, {"version": "2"}]}])
+    with off:
+        assert off.request(method, url, headers=AUTH, json=body).status_code == 403
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)

@@ -26,7 +26,8 @@ def _registry(tmp_path: Path, name: str, **options: Any) -> tuple[ModelRegistry,
 
 
 def _ready_gauge(registry: ModelRegistry, name: str) -> float | None:
-    return registry._metrics.registry.get_sample_value("batchserve_model_ready", {"model": name})
+    return registry._metrics.registry.get_sample_value("batchserve_model_ready",
+                                                       {"model": name, "version": ""})
 
 
 def test_a_staged_version_is_loaded_but_the_old_one_serves_until_commit(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ def test_length_grouping_changes_padding_not_scores(demo_path: Path) -> None:
 
     def padding(name: str) -> tuple[float, float]:
         """Sum and count of the model's padding-ratio histogram."""
-        labels = {"model": name}
+        labels = {"model": name, "version": ""}  # the raw registry: the label is there
         values = [metrics.registry.get_sample_value(f"batchserve_padding_ratio_{part}", labels)
                   for part in ("sum", "count")]
         assert values[0] is not None and values[1] is not None
@@ -284,7 +284,8 @@ def test_warmup_runs_every_batch_size_without_recording_padding(demo_path: Path)
     metrics = Metrics(max_batch_size=4)
     backend = load_backend(demo_path, metrics, "warm")
     backend.warmup()
-    count = metrics.registry.get_sample_value("batchserve_padding_ratio_count", {"model": "warm"})
+    count = metrics.registry.get_sample_value("batchserve_padding_ratio_count",
+                                              {"model": "warm", "version": ""})
     assert count == 0.0
 
 

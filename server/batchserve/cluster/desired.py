@@ -1,9 +1,11 @@
 """What management made of the models, for a worker that (re)starts: ``desired.json`` in the
 run directory (``cluster/rundir.py``).
 
-One record per model name::
+One record per model name (``name:version`` for a version, ``ModelConfig.key``), and the
+routing management set on a model with versions (``routing.py``; ``previous`` for a rollback)::
 
-    {"models": {"echo": {"config": {...}, "served": true, "overrides": {"max_batch_size": 4}}}}
+    {"models": {"echo": {"config": {...}, "served": true, "overrides": {"max_batch_size": 4}}},
+     "routing": {"diabetes": {"current": {"weights": {...}, "shadows": {...}}, "previous": ...}}}
 
 ``config`` is the repository table the workers serve (as ``ModelConfig`` dumps it), ``served``
 false once it was unloaded, ``overrides`` what PATCH changed (applied over ``config``, and over
@@ -51,7 +53,7 @@ def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> Recorded:
     Models loaded by management since the start come after the file's."""
     def merge(models: Desired) -> None:
         for config in configs:
-            models.setdefault(config.name, {"config": config.model_dump(mode="json"),
+            models.setdefault(config.key, {"config": config.model_dump(mode="json"),
                                             "served": True, "overrides": {}})
 
     models = _update(cluster, merge)
@@ -74,8 +76,8 @@ def record_overrides(cluster: Cluster, name: str, changes: dict[str, Any]) -> No
 def record_load(cluster: Cluster, config: ModelConfig) -> None:
     """Every worker staged ``config``: it is the version served from now on."""
     def change(models: Desired) -> None:
-        overrides = models.get(config.name, {}).get("overrides", {})
-        models[config.name] = {"config": config.model_dump(mode="json"), "served": True,
+        overrides = models.get(config.key, {}).get("overrides", {})
+        models[config.key] = {"config": config.model_dump(mode="json"), "served": True,
                                "overrides": overrides}
 
     _update(cluster, change)
@@ -90,6 +92,21 @@ def record_unload(cluster: Cluster, name: str) -> None:
     _update(cluster, change)
 
 
+def record_routing(cluster: Cluster, name: str, current: dict[str, Any],
+                   previous: dict[str, Any] | None) -> None:
+    """Management changed ``name``'s routing to ``current`` (from ``previous``, for a rollback)."""
+    with _locked(cluster.run_dir / "desired.lock"):
+        data = _read(cluster)
+        data.setdefault("routing", {})[name] = {"current": current, "previous": previous}
+        _write_atomically(cluster.desired_path, data)
+
+
+def read_routing(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Model name -> ``{"current", "previous"}``: the routing management set on it, if any."""
+    routing: dict[str, dict[str, Any]] = _read(cluster).get("routing", {})
+    return routing
+
+
 def overrides(cluster: Cluster, name: str) -> dict[str, Any]:
     """The settings PATCH changed on ``name``, cluster-wide (a restarted worker's registry
     knows of none, so a reload there applies these)."""
@@ -99,20 +116,25 @@ def overrides(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def read_desired(cluster: Cluster) -> Desired:
     """The records as they stand (none before the first worker started)."""
+    models: Desired = _read(cluster).get("models", {})
+    return models
+
+
+def _read(cluster: Cluster) -> dict[str, Any]:
     try:
-        data = json.loads(cluster.desired_path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(cluster.desired_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    models: Desired = data["models"]
-    return models
+    return data
 
 
 def _update(cluster: Cluster, change: Callable[[Desired], None]) -> Desired:
     """Read, change and write the records under their lock; the records as written."""
     with _locked(cluster.run_dir / "desired.lock"):
-        models = read_desired(cluster)
+        data = _read(cluster)
+        models: Desired = data.setdefault("models", {})
         change(models)
-        _write_atomically(cluster.desired_path, {"models": models})
+        _write_atomically(cluster.desired_path, data)
         return models
 
 

@@ -12,6 +12,8 @@ peer socket (``RemoteWorker``, the API of ``peers.py``), each call bounded by a 
   time, every worker aborts it (unloads the staged copy) and the old version serves on
   everywhere: the call fails naming the worker and why.
 - unload: recorded, then applied on every worker.
+- routing (weights, shadows; promote, rollback): validated by the coordinator, recorded, then
+  swapped in on every worker.
 
 A worker that is down (restarting) cannot answer. A PATCH or an unload goes through on the
 others and is reported (``workers.missed``); the restarted worker applies it when it starts,
@@ -59,6 +61,8 @@ class Worker(Protocol):
     async def commit(self, name: str, stage_id: str) -> dict[str, Any]: ...
     async def abort(self, name: str, stage_id: str) -> dict[str, Any]: ...
     async def unload(self, name: str) -> dict[str, Any]: ...
+    async def route(self, name: str, routing: dict[str, Any]) -> dict[str, Any]: ...
+    async def shadow_worst(self, name: str) -> dict[str, Any]: ...
 
 
 class Unreachable(Exception):
@@ -117,6 +121,14 @@ class LocalWorker:
         model = await self.state.registry.unload(name, self.state.settings.shutdown_grace_s)
         return {"state": model.state}
 
+    async def route(self, name: str, routing: dict[str, Any]) -> dict[str, Any]:
+        router = self.state.router
+        router.apply(name, router.check(name, routing["weights"], routing["shadows"]))
+        return routing
+
+    async def shadow_worst(self, name: str) -> dict[str, Any]:
+        return self.state.shadows.worst(name)
+
 
 class RemoteWorker:
     """Another worker, over its peer socket (``peers.py``); every call bounded by a timeout."""
@@ -139,6 +151,12 @@ class RemoteWorker:
 
     async def unload(self, name: str) -> dict[str, Any]:
         return await self._call(f"/peer/models/{name}/unload", {}, self.settle_s)
+
+    async def route(self, name: str, routing: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/routing", routing, CONFIGURE_TIMEOUT_S)
+
+    async def shadow_worst(self, name: str) -> dict[str, Any]:
+        return await self._call(f"/peer/models/{name}/shadow", {}, CONFIGURE_TIMEOUT_S)
 
     async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
@@ -214,6 +232,25 @@ async def unload_all(state: AppState, cluster: Cluster, name: str) -> Report:
     async with name_lock(cluster, name):
         await asyncio.to_thread(desired.record_unload, cluster, name)
         return _report(await _each(workers(state, cluster), lambda w: w.unload(name)))
+
+
+async def route_all(state: AppState, cluster: Cluster, name: str, routing: dict[str, Any],
+                    previous: dict[str, Any] | None) -> Report:
+    """Set ``name``'s routing on every worker (each swaps it in at once), recorded first."""
+    async with name_lock(cluster, name):
+        await asyncio.to_thread(desired.record_routing, cluster, name, routing, previous)
+        return _report(await _each(workers(state, cluster), lambda w: w.route(name, routing)))
+
+
+async def shadow_worst_all(state: AppState, cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """The worst shadow items each worker kept of ``name`` (none from a worker that cannot say)."""
+    async def one(worker: Worker) -> dict[str, Any]:
+        try:
+            return await worker.shadow_worst(name)
+        except (BatchserveError, Unreachable, TimeoutError, ConnectionError, _PeerError):
+            return {}
+
+    return list(await asyncio.gather(*(one(w) for w in workers(state, cluster).values())))
 
 
 async def load_all(state: AppState, cluster: Cluster, name: str) -> Report:

@@ -10,7 +10,9 @@ operations and nothing else, each applied to this worker alone (never fanned out
     POST /peer/models/{name}/commit    install what ``stage`` loaded (``{"id": ...}``)
     POST /peer/models/{name}/abort     unload what ``stage`` loaded (``{"id": ...}``)
     POST /peer/models/{name}/unload
-    GET  /peer/status                  this worker's index and models
+    POST /peer/models/{name}/routing   swap in a routing the coordinator validated
+    POST /peer/models/{name}/shadow    the worst shadow items this worker kept
+    GET  /peer/status                  this worker's index and models (a version by its key)
 
 Its lifespan applies ``desired.json`` once more as soon as the socket listens: a change
 recorded after this worker read the file at its start (``desired.apply_desired``, before the
@@ -22,6 +24,7 @@ recorded between the read and the listen would reach neither way.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -35,9 +38,11 @@ from batchserve.cluster.fanout import LocalWorker
 from batchserve.errors import BatchserveError, MalformedRequest, describe_validation_errors
 from batchserve.management import BatcherSettings
 from batchserve.responses import error_response
+from batchserve.routing_api import RoutingBody
 from batchserve.serving import Served, make_server
 from batchserve.state import AppState
 
+log = logging.getLogger(__name__)
 _Body = TypeVar("_Body", bound=BaseModel)
 LISTEN_POLL_S = 0.01
 
@@ -81,6 +86,14 @@ def create_peer_app(state: AppState) -> FastAPI:
     async def abort(name: str, request: Request) -> dict[str, Any]:
         return await worker.abort(name, _parse(StageId, await request.body()).id)
 
+    @app.post("/peer/models/{name}/routing")
+    async def route(name: str, request: Request) -> dict[str, Any]:
+        return await worker.route(name, _parse(RoutingBody, await request.body()).as_routing())
+
+    @app.post("/peer/models/{name}/shadow")
+    async def shadow_worst(name: str) -> dict[str, Any]:
+        return await worker.shadow_worst(name)
+
     @app.post("/peer/models/{name}/unload")
     async def unload(name: str) -> dict[str, Any]:
         return await worker.unload(name)
@@ -88,7 +101,7 @@ def create_peer_app(state: AppState) -> FastAPI:
     @app.get("/peer/status")
     async def status() -> dict[str, Any]:
         index = state.cluster.index if state.cluster is not None else None
-        return {"index": index, "models": {m.config.name: {**m.status(), "config": m.config.model_dump(
+        return {"index": index, "models": {m.config.key: {**m.status(), "config": m.config.model_dump(
             mode="json")} for m in state.registry}}
 
     async def on_error(request: Request, exc: BatchserveError) -> JSONResponse:
@@ -116,7 +129,7 @@ async def reapply_desired(state: AppState) -> None:
     while not socket.exists():  # made by bind(2), which asyncio follows with listen(2) at once
         await asyncio.sleep(LISTEN_POLL_S)
     records = await asyncio.to_thread(desired.read_desired, state.cluster)
-    served = {model.config.name: model for model in state.registry}
+    served = {model.config.key: model for model in state.registry}
     for name, record in records.items():
         if name not in served:
             continue
@@ -124,6 +137,18 @@ async def reapply_desired(state: AppState) -> None:
             state.registry.configure(name, record["overrides"])
         if not record["served"] and served[name].state != "unloaded":
             await state.registry.unload(name, state.settings.shutdown_grace_s)
+
+
+def restore_routing(state: AppState) -> None:
+    """Set the routing management set on each model, as ``desired.json`` has it, before this
+    (re)starting worker serves: it routes as the others do. Read once, at the start."""
+    assert state.cluster is not None
+    for name, record in desired.read_routing(state.cluster).items():
+        current = record["current"]
+        try:
+            state.router.apply(name, state.router.check(name, current["weights"], current["shadows"]))
+        except BatchserveError as exc:  # the repository file changed since: its own routing stands
+            log.warning("the recorded routing of model %s no longer applies: %s", name, exc.message)
 
 
 def _parse(schema: type[_Body], body: bytes) -> _Body:

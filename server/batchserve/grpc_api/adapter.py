@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from starlette.responses import Response
 
-from batchserve.errors import BatchserveError, MalformedRequest, ModelVersionNotFound
+from batchserve.errors import BatchserveError, MalformedRequest
 from batchserve.grpc_api.tensors import GrpcInferRequest, encode_response, parse_request
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
@@ -74,9 +74,8 @@ class GrpcAdapter(Adapter):
         decoded = parse_request(body, max_items=self.max_items)
         if decoded.model != model.config.name:  # field 1 sent twice: protobuf keeps the last
             raise MalformedRequest(f"model_name is sent more than once ({decoded.model!r:.80} last)")
-        if decoded.version not in ("", VERSION):
-            raise ModelVersionNotFound(f"model '{decoded.model}' has version {VERSION} only, "
-                                       f"not {decoded.version!r:.20}")
+        if decoded.version != (call.version or ""):  # field 2 sent twice: the last is kept
+            raise MalformedRequest(f"model_version is sent more than once ({decoded.version!r:.20} last)")
         codec = codec_for(model.backend)
         inputs = decoded.request.inputs
         codec.check_names(model.backend, inputs)
@@ -85,7 +84,8 @@ class GrpcAdapter(Adapter):
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: GrpcInferRequest = decoded.context
         tensors = codec_for(model.backend).outputs(model.backend, outputs)
-        return GrpcAnswer(encode_response(model.config.name, request.request, tensors))
+        return GrpcAnswer(encode_response(model.config.name, model.config.version or VERSION,
+                                          request.request, tensors))
 
     def error(self, exc: BatchserveError) -> Response:
         return GrpcAnswer(exc.message.encode(), status_code=exc.status, kind=exc.type,

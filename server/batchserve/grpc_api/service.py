@@ -25,10 +25,10 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 import batchserve
-from batchserve.errors import BatchserveError, MalformedRequest, ManagementDisabled, ModelVersionNotFound
+from batchserve.errors import BatchserveError, MalformedRequest, ManagementDisabled
 from batchserve.grpc_api import inference_pb2 as pb
 from batchserve.grpc_api.adapter import GrpcAdapter, GrpcAnswer, status
-from batchserve.grpc_api.tensors import model_name
+from batchserve.grpc_api.tensors import model_target
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Call
 from batchserve.management import authorize, load_model, repository_index, unload_model
@@ -37,7 +37,7 @@ from batchserve.pipeline import Pipeline
 from batchserve.registry import ServedModel
 from batchserve.routes import readiness
 from batchserve.v2.model_config import model_config
-from batchserve.v2.routes import VERSION, platform, tensors
+from batchserve.v2.routes import VERSION, lookup_version, platform, tensors, versions_of
 from batchserve.v2.stats import model_stats
 
 SERVICE = "inference.GRPCInferenceService"
@@ -165,11 +165,12 @@ class InferenceService:
         self.in_flight.add(task)
         try:
             try:
-                name = model_name(body)
+                name, version = model_target(body)
             except BatchserveError as exc:
                 return _answer(Call(self.adapter, None, headers, method="POST", path=path,
                                     query=b"").failed(exc))
-            call = Call(self.adapter, name, headers, method="POST", path=path, query=b"")
+            call = Call(self.adapter, name, headers, method="POST", path=path, query=b"",
+                        version=version or None)
             return _answer(await self.pipeline.run(call, lambda: _once(body), _disconnected(context),
                                                    lambda: _whole(body)))
         finally:
@@ -196,7 +197,8 @@ class InferenceService:
         model = self._model(request.name, request.version)
         metadata = tensors(model)
         return pb.ModelMetadataResponse(
-            name=model.config.name, versions=[VERSION], platform=platform(model),
+            name=model.config.name, versions=versions_of(self.state, model.config.name),
+            platform=platform(model),
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]])
 
@@ -206,18 +208,21 @@ class InferenceService:
         return pb.ModelConfigResponse(config=config)
 
     async def model_statistics(self, request: Any, context: Context) -> Message:
-        if request.name:
-            names = [self._model(request.name, request.version).config.name]
+        metrics = await read_metrics(self.state)
+        if request.name:  # as REST's: one version's, or (none named) all of the model's together
+            version = request.version or None
+            model = self._model(request.name, request.version)
+            shown = VERSION if version is None else model.config.version or VERSION
+            stats = model_stats(metrics, [model.config.name], shown,
+                                version if model.config.version else None)
         else:
-            names = [m.config.name for m in self.state.registry]
-        stats = model_stats(await read_metrics(self.state), names, VERSION)
+            names = list(dict.fromkeys(m.config.name for m in self.state.registry))  # once a model
+            stats = model_stats(metrics, names, VERSION)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     def _model(self, name: str, version: str) -> ServedModel:
-        model = self.state.registry.get(name)
-        if version not in ("", VERSION):
-            raise ModelVersionNotFound(f"model '{name}' has version {VERSION} only, not {version!r:.20}")
-        return model
+        """``name``'s ``version`` (``""``: its latest), as REST's metadata routes look it up."""
+        return lookup_version(self.state, name, version or None)
 
     # ---- the model repository (management: the bearer token in the call's metadata)
 
@@ -267,7 +272,8 @@ def _headers(context: Context, size: int) -> RequestHeaders:
     context from its metadata."""
     found: dict[str, str] = {"content-length": str(size)}
     for name, value in context.invocation_metadata() or ():
-        if name in ("x-request-timeout-ms", "traceparent", "tracestate") and isinstance(value, str):
+        if name in ("x-request-timeout-ms", "x-routing-key", "traceparent", "tracestate") \
+                and isinstance(value, str):
             found[name] = value
     remaining_s = context.time_remaining()
     if remaining_s is not None:  # a deadline already passed is one that ends at once

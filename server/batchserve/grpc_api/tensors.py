@@ -10,6 +10,7 @@ with ``raw_output_contents``, one that sent typed contents with typed contents, 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,19 +52,28 @@ class GrpcInferRequest:
     version: str
 
 
-def model_name(body: bytes) -> str:
-    """The model a serialized ``ModelInferRequest`` names, read before it is decoded (so the model
-    is looked up, and its deadline fixed, first): ``model_name`` is field 1, which protobuf's
-    serializers write first; in any other order the message is parsed for it."""
+def model_target(body: bytes) -> tuple[str, str]:
+    """The model and version a serialized ``ModelInferRequest`` names (``""``: none), read before
+    it is decoded (so the model is looked up, and its deadline fixed, first): ``model_name`` and
+    ``model_version`` are fields 1 and 2, which protobuf's serializers write first and in that
+    order; in any other order the message is parsed for them."""
     if body[:1] == b"\n":  # field 1, length-delimited
         length, start = _varint(body, 1)
         if length is not None and start + length <= len(body):
             try:
-                return body[start:start + length].decode()
+                name = body[start:start + length].decode()
             except UnicodeDecodeError:
-                pass
-    name: str = _parse(body).model_name
-    return name
+                name = None
+            after = start + length
+            if name is not None and body[after:after + 1] != b"\x12":  # no field 2 next
+                return name, ""
+            if name is not None:
+                size, begin = _varint(body, after + 1)
+                if size is not None and begin + size <= len(body):
+                    with contextlib.suppress(UnicodeDecodeError):
+                        return name, body[begin:begin + size].decode()
+    message = _parse(body)
+    return message.model_name, message.model_version
 
 
 def _varint(data: bytes, position: int) -> tuple[int | None, int]:
@@ -158,9 +168,10 @@ def _parameter(value: Any) -> Any:
     return None if choice is None else getattr(value, choice)
 
 
-def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) -> bytes:
-    """The serialized ``ModelInferResponse``: the requested outputs (every one when none were
-    named; 400 for a name the model has not), raw when the request's inputs were."""
+def encode_response(model: str, version: str, request: InferRequest, tensors: list[Tensor]) -> bytes:
+    """The serialized ``ModelInferResponse`` of ``model``'s ``version``: the requested outputs
+    (every one when none were named; 400 for a name the model has not), raw when the request's
+    inputs were."""
     wanted = request.outputs
     if wanted is not None:
         unknown = sorted(set(wanted) - {t.name for t in tensors})
@@ -168,7 +179,7 @@ def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) ->
             raise InvalidInput(f"unknown outputs {unknown}; this model has {[t.name for t in tensors]}")
         tensors = [t for t in tensors if t.name in wanted]
     raw = request.binary_output or any(t.datatype not in CONTENTS for t in tensors)
-    response = pb.ModelInferResponse(model_name=model, model_version="1", id=request.request_id or "")
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request.request_id or "")
     for tensor in tensors:
         output = response.outputs.add(name=tensor.name, datatype=tensor.datatype,
                                       shape=tensor.array.shape)

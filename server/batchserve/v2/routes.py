@@ -14,19 +14,21 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 import batchserve
-from batchserve.errors import BatchserveError, ModelVersionNotFound, UnsupportedMediaType
+from batchserve.errors import BatchserveError, UnsupportedMediaType
 from batchserve.headers import RequestHeaders
 from batchserve.lifecycle import Adapter, Call, Decoded
 from batchserve.metrics_multiprocess import read_metrics
 from batchserve.pipeline import Pipeline
 from batchserve.registry import ServedModel
 from batchserve.responses import JSONBytes
+from batchserve.routing import UNVERSIONED
+from batchserve.state import AppState
 from batchserve.v2.codec import Metadata, codec_for
 from batchserve.v2.model_config import model_config
 from batchserve.v2.stats import model_stats
 from batchserve.v2.tensors import HEADER_LENGTH, InferRequest, encode_response, parse_infer
 
-VERSION = "1"
+VERSION = UNVERSIONED
 _INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},
@@ -78,7 +80,8 @@ class V2Adapter(Adapter):
     def encode(self, model: ServedModel, decoded: Decoded, outputs: list[Any]) -> Response:
         request: InferRequest = decoded.context
         tensors = codec_for(model.backend).outputs(model.backend, outputs)
-        content, json_length = encode_response(model.config.name, request, tensors)
+        content, json_length = encode_response(model.config.name, request, tensors,
+                                               model.config.version or UNVERSIONED)
         if json_length is None:
             return JSONBytes(content)
         return Response(content, media_type="application/octet-stream",
@@ -100,17 +103,24 @@ def platform(model: ServedModel) -> str:
     return f"batchserve_{model.config.backend}"
 
 
+def lookup_version(state: AppState, name: str, version: str | None) -> ServedModel:
+    """``name``'s ``version`` (its latest when none is named), for the metadata, config, stats
+    and readiness of REST and gRPC alike; 404 naming the versions there are."""
+    if version is None:
+        return state.registry.get(name)
+    return state.router.resolve(name, version, None)
+
+
+def versions_of(state: AppState, name: str) -> list[str]:
+    """The versions of ``name`` that are served: its declared ones, or the one, "1"."""
+    return [m.config.version or VERSION for m in state.registry.versions(name)] or [VERSION]
+
+
 def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     """Register the v2 routes; the adapter they serve inference with (the fast path's too)."""
     state = pipeline.state
     registry = state.registry
     adapter = V2Adapter(state.settings.max_items)
-
-    def lookup(name: str, version: str | None) -> ServedModel:
-        model = registry.get(name)
-        if version is not None and version != VERSION:
-            raise ModelVersionNotFound(f"model '{name}' has version {VERSION} only, not {version!r}")
-        return model
 
     @router.get("/v2", tags=["v2"], summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
@@ -131,34 +141,36 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     # before /v2/models/{name}, which would take "stats" for a model's name
     @router.get("/v2/models/stats", tags=["v2"], summary="Every model's statistics (Triton's extension)")
     async def every_model_stats() -> dict[str, Any]:
-        names = [m.config.name for m in registry]
+        names = list(dict.fromkeys(m.config.name for m in registry))  # once a model
         return {"model_stats": model_stats(await read_metrics(state), names, VERSION)}
 
     @router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata")
     @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], summary="Model metadata")
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        model = lookup(name, version)
-        return JSONResponse({"name": name, "versions": [VERSION], "platform": platform(model),
+        model = lookup_version(state, name, version)
+        return JSONResponse({"name": name, "versions": versions_of(state, name), "platform": platform(model),
                              **tensors(model)})
 
     @router.get("/v2/models/{name}/config", tags=["v2"], summary="Model configuration (Triton's)")
     @router.get("/v2/models/{name}/versions/{version}/config", tags=["v2"],
                 summary="Model configuration (Triton's)")
     async def get_model_config(name: str, version: str | None = None) -> dict[str, Any]:
-        model = lookup(name, version)
+        model = lookup_version(state, name, version)
         return model_config(model, tensors(model), platform(model))
 
     @router.get("/v2/models/{name}/stats", tags=["v2"], summary="Model statistics (Triton's extension)")
     @router.get("/v2/models/{name}/versions/{version}/stats", tags=["v2"],
                 summary="Model statistics (Triton's extension)")
     async def get_model_stats(name: str, version: str | None = None) -> dict[str, Any]:
-        lookup(name, version)
-        return {"model_stats": model_stats(await read_metrics(state), [name], VERSION)}
+        model = lookup_version(state, name, version)
+        shown = VERSION if version is None else model.config.version or VERSION
+        return {"model_stats": model_stats(await read_metrics(state), [name], shown,
+                                           version if model.config.version else None)}
 
     @router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness (503 if not)")
     @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], summary="Model readiness")
     async def model_ready(name: str, version: str | None = None) -> Response:
-        model = lookup(name, version)
+        model = lookup_version(state, name, version)
         is_ready = model.ready and not state.draining
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
@@ -167,8 +179,6 @@ def add_v2_routes(router: APIRouter, pipeline: Pipeline) -> V2Adapter:
     @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], summary="Inference",
                  openapi_extra=_INFER_DOC)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        if version is not None and version != VERSION:
-            return v2_error(404, f"model '{name}' has version {VERSION} only, not {version!r}")
-        return await pipeline.serve(adapter, request.scope, request.receive, name)
+        return await pipeline.serve(adapter, request.scope, request.receive, name, version)
 
     return adapter

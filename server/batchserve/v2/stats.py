@@ -26,20 +26,24 @@ Values = dict[tuple[str, str], dict[frozenset[tuple[str, str]], float]]
 """(sample name, model) -> that sample's value for each set of its other labels."""
 
 
-def model_stats(families: Iterable[Metric], names: Iterable[str], version: str) -> list[dict[str, Any]]:
-    """Each model's statistics in Triton's shape (``{"model_stats": <this>}``), in ``names``' order."""
-    values = _by_model(families)
+def model_stats(families: Iterable[Metric], names: Iterable[str], version: str,
+                only: str | None = None) -> list[dict[str, Any]]:
+    """Each model's statistics in Triton's shape (``{"model_stats": <this>}``), in ``names``' order;
+    of its version ``only`` where given, else of all its versions together."""
+    values = _by_model(families, only)
     return [_stats(values, name, version) for name in names]
 
 
-def _by_model(families: Iterable[Metric]) -> Values:
+def _by_model(families: Iterable[Metric], only: str | None) -> Values:
     values: Values = {}
     for family in families:
         for sample in family.samples:
             model = sample.labels.get("model")
-            if model is not None:
-                rest = frozenset((k, v) for k, v in sample.labels.items() if k != "model")
-                values.setdefault((sample.name, model), {})[rest] = sample.value
+            if model is None or (only is not None and sample.labels.get("version", only) != only):
+                continue
+            rest = frozenset((k, v) for k, v in sample.labels.items() if k not in ("model", "version"))
+            series = values.setdefault((sample.name, model), {})
+            series[rest] = series.get(rest, 0.0) + sample.value  # a model's versions add up
     return values
 
 

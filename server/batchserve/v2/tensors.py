@@ -292,8 +292,10 @@ def _requested_outputs(specs: Any) -> dict[str, bool] | None:
     return requested
 
 
-def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) -> tuple[bytes, int | None]:
-    """The response body, and the JSON part's length when binary data follows it."""
+def encode_response(model: str, request: InferRequest, tensors: list[Tensor],
+                    version: str = "1") -> tuple[bytes, int | None]:
+    """The response body, and the JSON part's length when binary data follows it; ``version``:
+    the version of ``model`` that answered."""
     wanted = request.outputs
     if wanted is not None:
         unknown = sorted(set(wanted) - {t.name for t in tensors})
@@ -315,7 +317,7 @@ def encode_response(model: str, request: InferRequest, tensors: list[Tensor]) ->
             entry["data"] = ([v.decode("utf-8", "replace") for v in flat]
                              if tensor.datatype == "BYTES" else flat.tolist())
         outputs.append(entry)
-    header: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
+    header: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.request_id is not None:
         header["id"] = request.request_id
     json_part = orjson.dumps(header)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: Cluster) -> int:
     from batchserve.app import create_app, create_management_app
     from batchserve.cluster.desired import apply_desired
-    from batchserve.cluster.peers import make_peer_server
+    from batchserve.cluster.peers import make_peer_server, restore_routing
     from batchserve.serving import Listener, make_server, run_servers
     from batchserve.state import AppState
 
@@ -45,6 +45,7 @@ def serve_worker(settings: ServerSettings, configs: list[ModelConfig], cluster: 
     served, unloaded = apply_desired(cluster, configs)
     app = create_app(settings, served, cluster=cluster, unloaded=unloaded)
     state: AppState = app.state.batchserve
+    restore_routing(state)
     servers: list[Listener] = [make_server(app, settings.port, state, lifespan="on"),
                make_peer_server(state)]  # management through any worker applies to all
     if settings.management_port is not None:

@@ -95,11 +95,13 @@ async def grpc_connect(host: str, port: int, on_done: Done) -> GrpcConnection:
 
 
 def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, model: str,
-                        rows_per_request: int = 1, parameters: dict[str, Any] | None = None) -> Requests:
+                        version: str = "", rows_per_request: int = 1,
+                        parameters: dict[str, Any] | None = None) -> Requests:
     """Serialized ``ModelInferRequest``s of ``rows_per_request`` samples each, to the one input
     tensor the model's v2 ``metadata`` declares: numbers as its datatype, text and images as
     BYTES (images as their raw bytes), all in ``raw_input_contents``. Encoded here (the load
-    client imports nothing of the server): protobuf's wire format for the few fields sent."""
+    client imports nothing of the server): protobuf's wire format for the few fields sent.
+    ``version``: the model's version to ask for (``model_version``); none: as routed."""
     import numpy as np
 
     from batchserve_planning.load.inputs import MAX_REQUESTS
@@ -127,7 +129,8 @@ def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, mode
             raise InputError(f"model {model!r} takes {datatype} tensors, which --protocol grpc can't build")
         tensor = (_field(1, name.encode()) + _field(2, datatype.encode())
                   + _field(3, b"".join(_varint(d) for d in shape)))
-        requests.append(_field(1, model.encode()) + encoded + _field(5, tensor) + _field(7, raw))
+        named = _field(1, model.encode()) + (_field(2, version.encode()) if version else b"")
+        requests.append(named + encoded + _field(5, tensor) + _field(7, raw))
     return Requests(tuple(requests), rows_per_request,
                     f"{len(samples)} samples, {rows_per_request} item(s) per request, over gRPC "
                     f"({name} {datatype} in raw_input_contents)")

@@ -222,12 +222,16 @@ def _items(value: Any, *, single: bool = False) -> list[Any]:
 def build_requests(samples: list[Sample], *, host: str, port: int, model: str, rows_per_request: int = 1,
                    image_mode: Literal["raw", "base64"] = "raw",
                    parameters: dict[str, Any] | None = None) -> Requests:
-    """Pre-built ``POST /predict/{model}`` requests, each of ``rows_per_request`` items."""
+    """Pre-built ``POST /predict/{model}`` requests, each of ``rows_per_request`` items; for
+    ``model`` written ``name:version``, ``POST /predict/{name}/versions/{version}``."""
     import orjson
 
     if rows_per_request < 1:
         raise InputError("rows per request must be at least 1")
-    path = f"/predict/{urllib.parse.quote(model, safe='')}"
+    name, _, version = model.partition(":")
+    path = f"/predict/{urllib.parse.quote(name, safe='')}"
+    if version:
+        path += f"/versions/{urllib.parse.quote(version, safe='')}"
     images = [s for s in samples if s.content_type is not None]
     if images and image_mode == "raw" and rows_per_request > 1:
         raise InputError("an image sent as the raw body is one item per request: "

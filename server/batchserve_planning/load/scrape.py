@@ -82,17 +82,19 @@ class Counters:
 
 
 def server_counters(base_url: str, model: str) -> Counters:
-    """``batchserve_batch_size`` and ``batchserve_stage_duration_seconds`` for ``model``."""
+    """``batchserve_batch_size`` and ``batchserve_stage_duration_seconds`` for ``model`` (all
+    its versions; one version of it, written ``name:version``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     _, body = get(f"{base_url}/metrics")
     rows = batches = 0.0
     stages: dict[str, list[float]] = {}
+    model, _, version = model.partition(":")
     for family in text_string_to_metric_families(body.decode()):
         if family.name not in ("batchserve_batch_size", "batchserve_stage_duration_seconds"):
             continue
         for sample in family.samples:
-            if sample.labels.get("model") != model:
+            if sample.labels.get("model") != model or (version and sample.labels.get("version") != version):
                 continue
             if family.name == "batchserve_batch_size":
                 if sample.name.endswith("_sum"):
