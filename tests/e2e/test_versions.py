@@ -182,3 +182,39 @@ def test_v2_statistics_of_one_version_and_of_the_model(tmp_path: Path) -> None:
         assert successes("/v2/models/echo/versions/1/stats") == ("1", 3)
         assert successes("/v2/models/echo/versions/2/stats") == ("2", 5)
         assert successes("/v2/models/echo/stats") == ("1", 8)  # every version's
+
+
+def test_grpc_names_a_version_or_is_routed_by_its_key_as_rest_is(tmp_path: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from tests.support import free_port
+
+    config = write_models(tmp_path / "models.toml", versioned(weights=(0.5, 0.5)))
+    port = free_port()
+    with running_server(config, env=ENV, args=["--grpc-port", str(port)]) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as http:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            def infer(version: str = "", key: str | None = None) -> tuple[str, float]:
+                tensor = triton.InferInput("input", [1], "FP64")
+                tensor.set_data_from_numpy(np.array([1.0]))
+                answer = client.infer("echo", [tensor], model_version=version,
+                                      headers=None if key is None else {"x-routing-key": key})
+                response = answer.get_response()
+                return response.model_version, float(answer.as_numpy("output")[0])
+
+            assert infer("1") == ("1", 2.0) and infer("2") == ("2", 3.0)
+            with pytest.raises(InferenceServerException) as missing:
+                infer("3")
+            assert missing.value.status() == "StatusCode.NOT_FOUND"
+            assert "its versions: ['1', '2']" in missing.value.message()
+            assert client.get_model_metadata("echo", as_json=True)["versions"] == ["1", "2"]
+            # A routing key in the call's metadata picks the version REST's header picks.
+            for key in [f"user-{n}" for n in range(12)]:  # by chance alike: 1 in 4096
+                rest = served_by(http.post("/predict/echo", json={"inputs": [1.0]},
+                                           headers={"X-Routing-Key": key}))
+                assert infer(key=key)[0] == rest, key
+        finally:
+            client.close()
