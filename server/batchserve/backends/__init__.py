@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "embedding": "batchserve.backends.embedding:EmbeddingBackend",
     "xgboost": "batchserve.backends.xgboost:XGBoostBackend",
     "lightgbm": "batchserve.backends.lightgbm:LightGBMBackend",
+    "onnx": "batchserve.backends.onnx:OnnxBackend",
 }
 
 
