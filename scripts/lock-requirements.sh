@@ -22,5 +22,5 @@ output=${1:-requirements/image.txt}
 CUSTOM_COMPILE_COMMAND="scripts/lock-requirements.sh $output${*:+ $*}" \
     "${PIPTOOLS_COMPILE:-pip-compile}" --quiet --generate-hashes --allow-unsafe --strip-extras \
     --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
-    --extra vision --extra text --extra plan --extra xgboost --extra lightgbm --extra tracing \
+    --extra vision --extra text --extra plan --extra xgboost --extra lightgbm --extra tracing --extra onnx \
     --output-file "$output" "$@" pyproject.toml requirements/build.in
