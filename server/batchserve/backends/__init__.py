@@ -28,6 +28,9 @@ BUILTIN: dict[str, str] = {
     "xgboost": "batchserve.backends.xgboost:XGBoostBackend",
     "lightgbm": "batchserve.backends.lightgbm:LightGBMBackend",
     "onnx": "batchserve.backends.onnx:OnnxBackend",
+    "onnx-image": "batchserve.backends.onnx_image:OnnxImageBackend",
+    "onnx-classifier": "batchserve.backends.onnx_text:OnnxClassifierBackend",
+    "onnx-embedding": "batchserve.backends.onnx_text:OnnxEmbeddingBackend",
 }
 
 
