@@ -150,3 +150,25 @@ def test_bad_graphs_fail_to_load_with_the_reason_and_the_others_are_served(tmp_p
             response = client.post(f"/predict/{name}", json={"inputs": [[1, 1, 1], [0, 1, 0]]})
             assert response.status_code == 200, response.text
             assert response.json()["outputs"] == (np.array([[1, 1, 1], [0, 1, 0]]) @ WEIGHTS).tolist()
+
+
+def test_a_scikit_learn_model_converted_by_skl2onnx_answers_as_the_sklearn_backend(
+        tmp_path: Path, diabetes_path: Path, diabetes: tuple[np.ndarray, Any]) -> None:
+    """docs/runtimes.md, "scikit-learn through ONNX Runtime": the demo regressor's graph, in
+    double precision, served by the onnx backend, predicts what the sklearn backend does."""
+    from skl2onnx import to_onnx
+
+    features, estimator = diabetes
+    graph = tmp_path / "diabetes.onnx"
+    graph.write_bytes(to_onnx(estimator, features[:1], target_opset=17).SerializeToString())
+    models: list[dict[str, Any]] = [
+        {"name": "sklearn", "backend": "sklearn", "path": str(diabetes_path)},
+        {"name": "onnx", "backend": "onnx", "path": str(graph)}]
+    rows = features[:16].tolist()
+    with make_client(tmp_path, models) as client:
+        wait_ready(client)
+        answers = [client.post(f"/predict/{name}", json={"inputs": rows}).json()["outputs"]
+                   for name in ("sklearn", "onnx")]
+        metadata = client.get("/v2/models/onnx").json()
+    assert metadata["inputs"] == [{"name": "X", "datatype": "FP64", "shape": [-1, 10]}]
+    assert [value for [value] in answers[1]] == pytest.approx(answers[0], rel=1e-12)
