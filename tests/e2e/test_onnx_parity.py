@@ -157,7 +157,7 @@ def test_int8_graphs_drift_within_the_stated_bounds(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sources: dict[str, ModelConfig],
            exported: dict[str, Path]) -> Iterator[ServerProcess]:
-    common = {"max_batch_size": 8, "max_wait_ms": 2}
+    common = {"max_batch_size": 8, "max_wait_ms": 2, "timeout_ms": 300_000}  # a loaded 2-core machine
     models = [
         {"name": "resnet50", "backend": "resnet50", "path": str(sources["resnet50"].path), **common},
         {"name": "resnet50-onnx", "backend": "onnx-image", "path": str(exported["resnet50"]), **common},
