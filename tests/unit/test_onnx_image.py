@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
+from batchserve.config import parse_models
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -57,3 +59,11 @@ def test_the_onnx_image_installs_its_hashed_lock_and_checks_torch_is_absent() ->
         assert ("--require-hashes -r requirements.txt" in install
                 or ("--no-deps" in install and "/wheels/" in install)), install
     assert 'find_spec("torch") is not None' in text
+
+
+def test_its_repository_file_is_valid_and_needs_no_torch_backend(tmp_path: Path) -> None:
+    data = tomllib.loads((ROOT / "models" / "models-onnx.toml").read_text(encoding="utf-8"))
+    configs = parse_models(data, source=tmp_path / "models.toml")
+    assert {c.name: c.backend for c in configs} == {
+        "diabetes": "sklearn", "cancer": "xgboost", "resnet50": "onnx-image",
+        "sentiment": "onnx-classifier", "minilm": "onnx-embedding"}
