@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from batchserve.backends import backend_class
+from batchserve.backends import LoadError, backend_class
 from batchserve.config import ConfigError, ModelConfig, load_models
 from batchserve.drift import drift
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = read_samples(args.samples) if args.samples else None
         report = export(config, args.output, quantize=args.quantize, items=items, opset=args.opset)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, LoadError) as exc:
         print(f"batchserve export: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
@@ -150,7 +150,7 @@ def _export_graph(kind: str, backend: Any, path: Path, opset: int) -> None:
         wrapper, args = module, (torch.zeros(2, 3, 224, 224),)
         names, outputs, axes = ["pixels"], ["logits"], {"pixels": {0: "batch"}, "logits": {0: "batch"}}
     else:
-        wrapper = _TextModule(module, "logits" if kind == "classifier" else "last_hidden_state")
+        wrapper = _text_module(module, "logits" if kind == "classifier" else "last_hidden_state")
         ids = torch.ones(2, 8, dtype=torch.long)
         args = (ids, torch.ones_like(ids))
         names = ["input_ids", "attention_mask"]
@@ -175,23 +175,21 @@ def _categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
 
-class _TextModule:
+def _text_module(model: Any, field: str) -> Any:
     """A Hugging Face model as a module of (input_ids, attention_mask) to one of its outputs."""
+    import torch
 
-    def __new__(cls, model: Any, field: str) -> Any:
-        import torch
+    class TextModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Module(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            result: torch.Tensor = getattr(self.model(input_ids=input_ids, attention_mask=attention_mask),
+                                           field)
+            return result
 
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                result: torch.Tensor = getattr(self.model(input_ids=input_ids,
-                                                          attention_mask=attention_mask), field)
-                return result
-
-        return Module()
+    return TextModule()
 
 
 def _pixels(backend: Any, items: list[Any]) -> list[Any]:
