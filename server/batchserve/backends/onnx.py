@@ -15,7 +15,7 @@ at least 1), and its size (``max_item_values``). Rows whose free axes differ run
 groups of one shape. A group the runtime fails on is run again row by row, so that a row it
 cannot compute (an index out of a table's range, say) fails alone, with a 400 for its request.
 
-Importing this module imports neither onnxruntime nor numpy's users beyond numpy.
+Importing this module does not import onnxruntime (``load`` does).
 """
 
 from __future__ import annotations
