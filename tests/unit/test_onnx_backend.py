@@ -172,3 +172,25 @@ def test_a_scikit_learn_model_converted_by_skl2onnx_answers_as_the_sklearn_backe
         metadata = client.get("/v2/models/onnx").json()
     assert metadata["inputs"] == [{"name": "X", "datatype": "FP64", "shape": [-1, 10]}]
     assert [value for [value] in answers[1]] == pytest.approx(answers[0], rel=1e-12)
+
+
+def test_a_graph_unlike_its_preset_fails_to_load_saying_what_the_preset_wants(tmp_path: Path) -> None:
+    text_folder = tmp_path / "text"
+    text_folder.mkdir()
+    linear(text_folder / "model.onnx")
+    models: list[dict[str, Any]] = [
+        {"name": "image", "backend": "onnx-image", "path": str(linear(tmp_path / "linear.onnx"))},
+        {"name": "text", "backend": "onnx-classifier", "path": str(text_folder)},
+        {"name": "vectors", "backend": "onnx-embedding", "path": str(text_folder),
+         "options": {"pooling": "mean"}},
+        {"name": "good", "backend": "onnx", "path": str(tmp_path / "linear.onnx")}]
+    with make_client(tmp_path, models) as client:
+        wait_ready(client)
+        states = client.get("/readyz").json()["models"]
+        assert states["good"]["state"] == "ready"
+        image = str(states["image"]["reason"])
+        assert "do not match the onnx-image preset" in image and "inputs x FP32 [-1, 3]" in image
+        for name, preset in (("text", "onnx-classifier"), ("vectors", "onnx-embedding")):
+            reason = str(states[name]["reason"])
+            assert f"graph's inputs ['x'] do not match the {preset} preset" in reason, reason
+            assert "input_ids and attention_mask" in reason
