@@ -87,7 +87,7 @@ bench: $(DEV_STAMP) $(ARTIFACTS)  ## the HTTP benchmark of benchmarks/README.md 
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) models/artifacts site .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: image image-cuda lock services
+.PHONY: image image-cuda image-onnx lock services
 
 IMAGE ?= batchserve
 # Empty: torch from pip's index (PyPI's Linux torch is the CUDA build). For another index (PyTorch's
@@ -100,6 +100,9 @@ image:  ## build the image; TORCH_INDEX_URL=url REQUIREMENTS=lock for another to
 
 image-cuda:  ## build the CUDA image (pip's index: PyPI's torch), for `docker run --gpus all`
 	scripts/build-image.sh --tag $(IMAGE):cuda
+
+image-onnx:  ## build the image without torch (Dockerfile.onnx): ONNX Runtime, scikit-learn, trees
+	scripts/build-image.sh --file Dockerfile.onnx --tag $(IMAGE):onnx
 
 LOCK_ARGS ?=
 lock:  ## re-pin requirements/image.txt with hashes from pyproject.toml (needs pip-tools)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import harness
 import numpy as np
-from batchserve.backends.embedding import EmbeddingBackend, Passage
+from batchserve.backends.embedding import EmbeddingBackend
+from batchserve.backends.embedding_requests import Passage
 from batchserve.config import ModelConfig
 from embedding_texts import benchmark_texts
 

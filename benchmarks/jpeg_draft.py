@@ -20,7 +20,7 @@ from typing import Any
 
 import sklearn.datasets
 import torch
-from batchserve.backends.device_decode import IMAGENET_MEAN, IMAGENET_STD
+from batchserve.backends.images import IMAGENET_MEAN, IMAGENET_STD
 from batchserve.backends.resnet50 import ResNet50Backend
 from batchserve.config import ModelConfig
 from batchserve.errors import RowError

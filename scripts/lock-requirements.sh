@@ -9,6 +9,8 @@
 #   scripts/lock-requirements.sh requirements/image.txt --upgrade          newest allowed versions
 #   scripts/lock-requirements.sh requirements/image-cpu.txt --extra-index-url URL
 #                                      torch from another index (PyTorch's CPU wheels, a mirror)
+#   EXTRAS="onnx xgboost lightgbm tracing" scripts/lock-requirements.sh requirements/image-onnx.txt
+#                                      the image without torch (Dockerfile.onnx)
 #
 # Needs pip-tools (`pip install pip-tools`), on Python 3.11 and Linux x86_64 like the image: the
 # environment markers are resolved for the machine that runs this. PIPTOOLS_COMPILE names the command.
@@ -19,8 +21,10 @@ cd "$(dirname "$0")/.."
 
 output=${1:-requirements/image.txt}
 [ $# -gt 0 ] && shift
-CUSTOM_COMPILE_COMMAND="scripts/lock-requirements.sh $output${*:+ $*}" \
+extras=()
+for extra in ${EXTRAS:-vision text plan xgboost lightgbm tracing grpc onnx}; do extras+=(--extra "$extra"); done
+CUSTOM_COMPILE_COMMAND="${EXTRAS:+EXTRAS=\"$EXTRAS\" }scripts/lock-requirements.sh $output${*:+ $*}" \
     "${PIPTOOLS_COMPILE:-pip-compile}" --quiet --generate-hashes --allow-unsafe --strip-extras \
     --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
-    --extra vision --extra text --extra plan --extra xgboost --extra lightgbm --extra tracing --extra grpc \
+    "${extras[@]}" \
     --output-file "$output" "$@" pyproject.toml requirements/build.in

@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     # at import time (the load generator, numpy, torch and matplotlib load when a command runs).
     from batchserve_planning import inspection, loadtest, recommend
 
+    from batchserve import onnx_export
+
+    export = commands.add_parser("export", help="write a served torch model as an ONNX graph, and "
+                                 "print the drift of its outputs", description=onnx_export.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    onnx_export.add_arguments(export)
+    export.set_defaults(planning=onnx_export.run)
+
     for name, module, summary in (
         ("loadtest", loadtest, "load a running server from sample inputs; report throughput and latency"),
         ("recommend", recommend,

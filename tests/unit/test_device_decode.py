@@ -21,7 +21,8 @@ import pytest
 import skimage.data
 import sklearn.datasets
 import torch
-from batchserve.backends.device_decode import IMAGENET_STD, Jpeg
+from batchserve.backends.device_decode import Jpeg
+from batchserve.backends.images import IMAGENET_STD
 from batchserve.backends.resnet50 import ImageRow, ResNet50Backend
 from batchserve.config import ModelConfig
 from batchserve.errors import InvalidInput, RowError

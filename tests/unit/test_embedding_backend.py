@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from batchserve.backends.base import LoadError
-from batchserve.backends.embedding import EmbeddingBackend, Passage
+from batchserve.backends.embedding import EmbeddingBackend
+from batchserve.backends.embedding_requests import Passage
 from batchserve.backends.text import length_groups
 from batchserve.config import ModelConfig
 from batchserve.errors import InvalidInput

@@ -71,3 +71,25 @@ def test_the_wheel_installs_batchserve_and_batchserve_planning_only(tmp_path: Pa
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:
         assert "batchserve = batchserve.cli:main" in archive.read(entry_points).decode()
+
+
+def test_the_onnx_backends_load_and_answer_without_torch(tmp_path: Path) -> None:
+    """The onnx extra serves without torch: resolving every ONNX backend, loading a graph and
+    running a batch import neither torch nor transformers."""
+    from tests.support.graphs import linear
+
+    graph = linear(tmp_path / "linear.onnx")
+    code = (
+        "import sys\n"
+        "from batchserve.backends import backend_class\n"
+        "from batchserve.config import ModelConfig\n"
+        "for name in ('onnx', 'onnx-image', 'onnx-classifier', 'onnx-embedding'):\n"
+        "    backend_class(name)\n"
+        f"backend = backend_class('onnx')(ModelConfig(name='m', backend='onnx', path={str(graph)!r}))\n"
+        "backend.load('cpu')\n"
+        "assert backend.predict_batch([backend.preprocess([1, 2, 3], None)]) == [[16.0, 22.0]]\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'transformers') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

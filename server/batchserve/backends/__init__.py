@@ -27,6 +27,10 @@ BUILTIN: dict[str, str] = {
     "embedding": "batchserve.backends.embedding:EmbeddingBackend",
     "xgboost": "batchserve.backends.xgboost:XGBoostBackend",
     "lightgbm": "batchserve.backends.lightgbm:LightGBMBackend",
+    "onnx": "batchserve.backends.onnx:OnnxBackend",
+    "onnx-image": "batchserve.backends.onnx_image:OnnxImageBackend",
+    "onnx-classifier": "batchserve.backends.onnx_text:OnnxClassifierBackend",
+    "onnx-embedding": "batchserve.backends.onnx_text:OnnxEmbeddingBackend",
 }
 
 

@@ -29,15 +29,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from batchserve.backends.images import CROP_SIDE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIDE
 from batchserve.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch
 
-RESIZE_SIDE = 256  # the eval transform's Resize(256): the short side before the center crop
-CROP_SIDE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
 DEVICE_FORMATS = ("JPEG", "MPO")  # Pillow names a JPEG with an MPF marker (phone photos) MPO
 DEVICE_MODES = ("RGB", "L")  # YCbCr and grayscale JPEGs; CMYK and YCCK ones stay on the CPU
 _EOI = b"\xff\xd9"

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from batchserve.backends.base import Backend, LoadError, cause
+from batchserve.backends.embedding_requests import (
+    EmbeddingFields,
+    EmbeddingRequests,
+    Passage,
+    Pooling,
+    cut,
+)
 from batchserve.backends.kinds import Embedding
 from batchserve.backends.text import (
     TextModelParts,
@@ -38,17 +43,13 @@ from batchserve.backends.text import (
     pad,
     pad_id,
     quantize_int8,
-    read_text,
     run_groups,
 )
 from batchserve.backends.torch_common import resolve_device, resolve_dtype, set_threads, warmup_sizes
-from batchserve.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch
 
-Pooling = Literal["mean", "cls", "max"]
-_ITEM_FORM = 'a string, {"text": string} or {"tokens": [token ids]}'
 _POOLING_KEYS: dict[str, Pooling | None] = {
     "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": None,
@@ -57,25 +58,8 @@ _POOLING_KEYS: dict[str, Pooling | None] = {
 """sentence-transformers' pooling flags; ``None``: a mode this backend does not implement."""
 
 
-class EmbeddingOptions(TextOptions):
-    max_length: int | None = Field(None, ge=2, le=65536)
-    """Tokens per text, special tokens included; longer texts are truncated. Default: the
-    folder's ``max_seq_length``, else the model's positions."""
-    pooling: Pooling | None = None
-    """How token vectors become one: ``mean`` (over the real tokens), ``cls`` (the first token),
-    ``max``. Default: the folder's ``1_Pooling/config.json``; a plain folder must give it."""
-    normalize: bool | None = None
-    """Scale each vector to length 1. Default: whether ``modules.json`` has a Normalize module."""
-    dimensions: list[int] = Field(default_factory=list)
-    """Shorter sizes a request may ask for (``dimensions``), for models trained to be cut
-    (Matryoshka); the full size is always allowed."""
-
-
-class Passage(NamedTuple):
-    """A row: a text or the model's token ids, and the size its vector is cut to (``None``: full)."""
-
-    content: str | list[int]
-    dimensions: int | None
+class EmbeddingOptions(TextOptions, EmbeddingFields):
+    """The torch embedder's options."""
 
 
 class Layout(NamedTuple):
@@ -88,7 +72,7 @@ class Layout(NamedTuple):
     lower_case: bool
 
 
-class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
+class EmbeddingBackend(TextModelParts, EmbeddingRequests, Backend[Passage, Embedding]):
     Options = EmbeddingOptions
     input_kind = "text"
 
@@ -114,18 +98,14 @@ class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
         max_length = layout.max_length or min(fallbacks, default=512)
         check_max_length(model.config, max_length)
         check_token_budget(options, max_length)
-        size = int(model.config.hidden_size)
-        wrong = [d for d in options.dimensions if not 1 <= d < size]
-        if wrong:
-            raise LoadError(f"options.dimensions {wrong}: each must be between 1 and {size - 1} "
-                            f"(the model's vectors have {size} values)")
+        self._size = int(model.config.hidden_size)
+        self.check_dimensions()
         pad_token = pad_id(tokenizer, model.config)
         model.eval()
         model.to(device=target, dtype=dtype)
         if options.quantize == "int8":
             model = quantize_int8(model)
         self._layout = layout._replace(max_length=max_length)
-        self._size = size
         self._vocab = int(model.config.vocab_size)
         self._pad_id = pad_token
         self._pad_left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -141,54 +121,10 @@ class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
             self._predict([long] * size)
 
     @property
-    def size(self) -> int:
-        """Values per vector at full size (0 until loaded)."""
-        size: int = getattr(self, "_size", 0)
-        return size
-
-    def vector_size(self) -> int:  # its kind: backends/kinds.py's SentenceEmbedder
-        return self.size
-
-    @property
     def max_length(self) -> int:
         """Tokens per item, special tokens included (as configured until loaded)."""
         layout: Layout | None = getattr(self, "_layout", None)
         return (layout.max_length if layout else None) or self.options.max_length or 512
-
-    def parse_parameters(self, parameters: Any) -> int | None:
-        """``{"dimensions": n}`` or nothing; ``n`` must be the full size or one the model allows."""
-        unknown = sorted(set(parameters) - {"dimensions"})
-        if unknown:
-            raise InvalidInput(f"unknown parameters {unknown}; this model takes 'dimensions' only")
-        wanted = parameters.get("dimensions")
-        if wanted is None or wanted == self.size:
-            return None
-        allowed = sorted({self.size, *self.options.dimensions})
-        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted not in allowed:
-            raise InvalidInput(f"dimensions = {wanted!r:.40}: model '{self.config.name}' gives "
-                               f"vectors of {allowed} values only (options.dimensions lists the "
-                               "shorter sizes it was trained for)")
-        return wanted
-
-    def preprocess(self, item: Any, parameters: Any) -> Passage:
-        """The item's text or token ids, validated; texts are tokenised with their batch."""
-        if isinstance(item, dict) and "tokens" in item:
-            if len(item) != 1:
-                raise InvalidInput(f"unknown keys {sorted(set(item) - {'tokens'})}; an item is {_ITEM_FORM}")
-            return Passage(self._check_tokens(item["tokens"]), parameters)
-        return Passage(read_text(item, self.options.max_chars, _ITEM_FORM), parameters)
-
-    def _check_tokens(self, tokens: Any) -> list[int]:
-        if not isinstance(tokens, list) or not tokens:
-            raise InvalidInput("'tokens' must be a non-empty list of token ids")
-        if len(tokens) > self.max_length:
-            raise InvalidInput(f"{len(tokens)} tokens; this model takes at most {self.max_length} "
-                               "(max_length), special tokens included")
-        for index, token in enumerate(tokens):
-            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self._vocab:
-                raise InvalidInput(f"token {index} is {token!r:.40}; token ids are integers from 0 "
-                                   f"to {self._vocab - 1} (the model's vocabulary)")
-        return tokens
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text: stripped (and lower-cased where the folder says so) as
@@ -219,12 +155,7 @@ class EmbeddingBackend(TextModelParts, Backend[Passage, Embedding]):
             values: list[list[float]] = vectors.cpu().tolist()
         outputs = []
         for row, tokens, vector in zip(rows, ids, values, strict=True):
-            if row.dimensions is not None:
-                vector = vector[:row.dimensions]
-                if unit:
-                    norm = sum(v * v for v in vector) ** 0.5 or 1.0
-                    vector = [v / norm for v in vector]
-            outputs.append(Embedding(vector, len(tokens)))
+            outputs.append(Embedding(cut(vector, row.dimensions, unit), len(tokens)))
         return outputs, padding, total
 
     def _forward(self, batch: list[list[int]]) -> tuple[list[torch.Tensor], int]:
@@ -262,7 +193,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
     return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1e-9)
 
 
-def read_layout(root: Path, options: EmbeddingOptions) -> Layout:
+def read_layout(root: Path, options: EmbeddingFields) -> Layout:
     """How to embed with the folder at ``root``: from its sentence-transformers files when it has
     them, with ``options`` overriding them; a plain folder needs ``options.pooling``."""
     modules_file = root / "modules.json"

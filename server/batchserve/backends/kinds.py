@@ -12,6 +12,7 @@ request asks), and never runs a backend's code (an unloaded model's attributes m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -77,3 +78,28 @@ class SentenceEmbedder(Protocol):
         """Values per vector at full size (0 until loaded)."""
         ...
 
+
+
+class TensorDeclaration(Protocol):
+    """One tensor of a graph: ``name``, ``datatype`` (the Open Inference Protocol's: ``FP32``...)
+    and ``shape``, every axis after the batch axis (``None`` where any size is taken)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int | None, ...]: ...
+
+
+@runtime_checkable
+class GraphTensors(Protocol):
+    """A model that declares its own tensors (an ONNX graph): an item is one row, the one input's
+    value (a nested list, without the batch axis) or an object of the inputs by name; an output
+    is the one output's row, or an object of every output's row by name."""
+
+    def graph_tensors(self) -> tuple[Sequence[TensorDeclaration], Sequence[TensorDeclaration]]:
+        """The inputs and the outputs, in the graph's order (empty until loaded)."""
+        ...

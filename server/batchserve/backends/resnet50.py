@@ -19,9 +19,6 @@ The output per item is the top-k classes with ImageNet labels.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,16 +26,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import Field
 
-from batchserve.backends import sized_samples
+from batchserve.backends import images, sized_samples
 from batchserve.backends.base import Backend, LoadError
 from batchserve.backends.capabilities import InputSizes, Samples
 from batchserve.backends.device_decode import (
-    RESIZE_SIDE,
     BatchInputs,
     Jpeg,
     goes_to_device,
 )
-from batchserve.backends.multipart import files_from_multipart
+from batchserve.backends.images import ImageOptions
 from batchserve.backends.torch_common import (
     TorchModelParts,
     TorchOptions,
@@ -49,7 +45,7 @@ from batchserve.backends.torch_common import (
     warmup_sizes,
     weights_note,
 )
-from batchserve.errors import InvalidInput, RowError, UnsupportedMediaType
+from batchserve.errors import RowError
 
 if TYPE_CHECKING:
     import torch
@@ -60,31 +56,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FORMATS = ("JPEG", "PNG", "WEBP")
 _PRETRAINED = ("IMAGENET1K_V1", "IMAGENET1K_V2")
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8")  # raw JPEG, PNG, GIF (refused later)
 
 
-class ResNet50Options(TorchOptions):
+class ResNet50Options(TorchOptions, ImageOptions):
     weights: str = "file"
     """``file``: the state_dict at ``path`` (.safetensors, or .pt/.pth read weights-only);
     ``IMAGENET1K_V1``/``IMAGENET1K_V2``: torchvision's download and cache; ``random``: demo only."""
-    top_k: int = Field(default=5, ge=1, le=1000)
-    """Classes returned per image unless the request's ``parameters.top_k`` says otherwise."""
-    max_pixels: int = Field(default=4096 * 4096, ge=1)
-    """Larger images are refused (400), from their header, before anything is decoded. A full
-    decode peaks at 4 to 16 bytes a pixel (RGB JPEG or PNG to WebP), so cores x 16 B x max_pixels
-    must fit in the memory the server has to spare (SECURITY.md, "Image memory")."""
-    max_request_pixels: int = Field(default=100_000_000, ge=1)
-    """A request whose images total more pixels (summed from their headers) is refused (400)
-    before any is decoded: it bounds the decoding one request can ask of the server."""
-    decode: Literal["draft", "full"] = "draft"
-    """``draft``: a JPEG is decoded by libjpeg at the smallest of its 1/8, 1/4, 1/2 scales that
-    keeps the short side at least ``RESIZE_SIDE`` (the resize target), then resized and cropped as
-    usual: the same pipeline on a smaller decode, several times faster and lighter on large photos
-    (benchmarks/README.md, "JPEG draft decoding"); images already that small decode unchanged.
-    ``full``: every image decoded at full size, torchvision's eval transform exactly.
-    Applies to the images decoded on the CPU (``decode_on``)."""
     decode_on: Literal["auto", "cpu", "device"] = "auto"
     """Where JPEGs are decoded. ``cpu``: by Pillow on the request threads (``decode``), the crop
     sent to the model. ``device``: the JPEG's bytes travel to the batch (once its header passes
@@ -164,7 +142,7 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
 
         row = ImageRow(torch.zeros(224, 224, 3, dtype=torch.uint8), 1)
         if self._on_device:  # and the device's decoder (nvJPEG's first call sets it up)
-            row = self.preprocess(_black_jpeg(), 1)
+            row = self.preprocess(images.black_jpeg(), 1)
         for size in warmup_sizes(self.config.max_batch_size):
             self.predict_batch([row] * size)
 
@@ -179,50 +157,17 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
     # -- requests ------------------------------------------------------------------------
 
     def parse_parameters(self, parameters: Mapping[str, Any]) -> int:
-        unknown = sorted(set(parameters) - {"top_k"})
-        if unknown:
-            raise InvalidInput(f"unknown parameters {unknown}; this model takes top_k")
-        top_k = parameters.get("top_k", self.options.top_k)
-        if isinstance(top_k, str) and top_k.isascii() and top_k.isdigit():  # from a query string
-            top_k = int(top_k)
-        if type(top_k) is not int or not 1 <= top_k <= len(self._categories):
-            raise InvalidInput(f"parameter top_k must be an integer from 1 to {len(self._categories)}")
-        return top_k
+        return images.parse_top_k(parameters, self.options.top_k, len(self._categories))
 
     def decode_body(self, content_type: str, body: bytes) -> list[Any]:
-        media_type = content_type.partition(";")[0].strip().lower()
-        if media_type.startswith("image/") or media_type == "application/octet-stream":
-            return [body]
-        if media_type == "multipart/form-data":
-            return files_from_multipart(content_type, body)
-        raise UnsupportedMediaType(f"model '{self.config.name}' reads JSON, image/* or "
-                                   f"multipart/form-data bodies, not {media_type!r}")
+        return images.decode_body(self.config.name, content_type, body)
 
     def check_items(self, items: list[Any], parameters: Any) -> list[Any]:
-        """Every image's header read before any is decoded: each within ``max_pixels``, all of
-        them within ``max_request_pixels``. The items come back as bytes (base64 decoded once)."""
-        budget = self.options.max_request_pixels
-        images: list[Any] = []
-        total = 0
-        for index, item in enumerate(items):
-            try:
-                data = _image_bytes(item)
-                with _open_image(data, self.options.max_pixels) as image:
-                    width, height = image.size
-            except InvalidInput as exc:
-                raise InvalidInput(f"item {index}: {exc.message}") from None
-            total += width * height
-            if total > budget:
-                raise InvalidInput(
-                    f"item {index}: images 0 to {index} of this request total {total} pixels, over "
-                    f"the budget of {budget} pixels per request (options.max_request_pixels); "
-                    "send fewer or smaller images per request")
-            images.append(data)
-        return images
+        return images.check_images(items, self.options)
 
     def preprocess(self, item: Any, parameters: Any) -> ImageRow:
-        data = _image_bytes(item)
-        with _open_image(data, self.options.max_pixels) as image:
+        data = images.image_bytes(item)
+        with images.open_image(data, self.options.max_pixels) as image:
             if self._on_device and goes_to_device(image.format, image.mode, data):
                 width, height = image.size
                 return ImageRow(Jpeg(data, width * height), parameters)
@@ -230,27 +175,14 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
 
     def _crop_bytes(self, data: bytes) -> torch.Tensor:
         """The CPU path for an image the device's decoder refused (in the batch's thread)."""
-        with _open_image(data, self.options.max_pixels) as image:
+        with images.open_image(data, self.options.max_pixels) as image:
             return self._crop(image)
 
     def _crop(self, image: Image.Image) -> torch.Tensor:
         """The CPU path: decode (``options.decode``), resize, center crop; 224 x 224 x 3 uint8."""
-        import numpy
         import torch
 
-        if self.options.decode == "draft":
-            # JPEG only (a no-op for other formats): libjpeg's DCT scaling, chosen from the
-            # header so that both sides stay >= RESIZE_SIDE, i.e. the short side stays at or
-            # above the resize target and the resize below still does the last step.
-            image.draft("RGB", (RESIZE_SIDE, RESIZE_SIDE))
-        try:
-            image.load()
-            # An RGB image is used as decoded: convert("RGB") would copy it (4 bytes a pixel).
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            crop = self._transform(rgb)  # before the caller closes the image and its pixels
-        except (OSError, ValueError, SyntaxError):
-            raise InvalidInput("image data is corrupt or truncated") from None
-        return torch.from_numpy(numpy.array(crop))
+        return torch.from_numpy(images.crop(image, self.options.decode))
 
     def predict_batch(self, rows: list[ImageRow]) -> list[Classes | RowError]:
         import torch
@@ -279,7 +211,7 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
         return {
             "input": {
                 "type": "image: base64 string, {\"b64\": ...}, or the raw body (image/*, multipart)",
-                "formats": list(_FORMATS), "max_pixels": self.options.max_pixels,
+                "formats": list(images.FORMATS), "max_pixels": self.options.max_pixels,
                 "max_request_pixels": self.options.max_request_pixels,
                 "decode": self.options.decode,
                 "decode_on": "device" if self._on_device else "cpu",
@@ -298,75 +230,13 @@ class ResNet50Backend(TorchModelParts, Backend[ImageRow, Classes]):
     # -- capabilities for the planner (backends/capabilities.py) ---------------------------------
 
     def sample_items(self) -> Samples:
-        from pathlib import Path
-
-        import sklearn.datasets
-
-        photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
-        return Samples([photo.read_bytes()], f"{photo.name}, scikit-learn's bundled photo")
+        return images.sample_photo()
 
     def input_sizes(self) -> InputSizes:
         return InputSizes("image", "px", list(sized_samples.IMAGE_SIDES))
 
     def sized_items(self, size: int) -> Samples:
         return sized_samples.photos(size)
-
-
-def _image_bytes(item: Any) -> bytes:
-    """Raw bytes (from an upload) or base64 text (JSON), as a string or ``{"b64": ...}``."""
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, dict):
-        if set(item) != {"b64"}:
-            raise InvalidInput(f"expected {{\"b64\": ...}}, got keys {sorted(item)[:5]}")
-        item = item["b64"]
-    if not isinstance(item, str):
-        raise InvalidInput(f"expected a base64 string of an image, got {type(item).__name__}")
-    if item.startswith("data:"):
-        item = item.partition(",")[2]
-    try:
-        data = base64.b64decode(item, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("not valid base64") from None
-    if not data:
-        raise InvalidInput("empty image")
-    return data
-
-
-def _open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """The image opened lazily (its header read, nothing decoded), refused unless it is a JPEG,
-    PNG or WebP of at most ``max_pixels`` pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(f"image exceeds the cap of {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
-    except Exception:  # a hostile header can trip any of PIL's parsers; it is the client's error
-        log.info("PIL could not open an image", exc_info=True)
-        raise InvalidInput("not a readable image (JPEG, PNG or WebP expected)") from None
-    # Pillow names a JPEG with an MPF marker (phone photos with a depth map or a preview) "MPO";
-    # its first picture is the photo, decoded as any JPEG.
-    if image.format not in _FORMATS and image.format != "MPO":
-        image.close()
-        raise InvalidInput(f"image format {image.format} not accepted; send JPEG, PNG or WebP")
-    width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise InvalidInput(f"image of {width}x{height} pixels exceeds the cap of {max_pixels} pixels "
-                           "(options.max_pixels)")
-    return image
-
-
-def _black_jpeg() -> bytes:
-    """A small JPEG, to warm up the device's decoder."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (320, 240)).save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 def _pretrained_state(name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from batchserve.backends import sized_samples
 from batchserve.backends.base import LoadError, cause
@@ -39,8 +39,10 @@ GROUP_SLACK_TOKENS = 16
 ITEM_FORM = 'a string or {"text": string}'
 
 
-class TextOptions(TorchOptions):
-    """Options every text backend takes (``max_length`` is each backend's own)."""
+class TextLimits(BaseModel):
+    """Options every text backend takes, torch or ONNX Runtime (``max_length`` is each one's own)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_chars: int = Field(10_000, ge=1)
     """Longest text accepted, in characters; longer items are refused with 400."""
@@ -49,6 +51,11 @@ class TextOptions(TorchOptions):
     max_batch_tokens: int | None = Field(None, ge=2)
     """Most padded tokens (rows x the longest row) in one forward call; a batch past it runs as
     several calls. Default: no bound but ``max_batch_size`` rows."""
+
+
+class TextOptions(TorchOptions, TextLimits):
+    """Options every torch text backend takes."""
+
     quantize: Literal["none", "int8"] = "none"
     """``int8``: dynamic int8 quantisation of the linear layers (CPU only)."""
 
@@ -111,7 +118,7 @@ def length_groups(lengths: Sequence[int], *, grouping: bool, max_tokens: int | N
     return bounded
 
 
-def run_groups(ids: list[list[int]], options: TextOptions,
+def run_groups(ids: list[list[int]], options: TextLimits,
                forward: Callable[[list[list[int]]], tuple[list[T], int]]) -> tuple[list[T], int, int]:
     """``forward`` over ``ids`` in length groups; its outputs in row order, with the padding and
     total token counts of the batch. ``forward`` answers a group's outputs and padded width."""
@@ -171,7 +178,7 @@ def check_max_length(config: Any, max_length: int) -> None:
                         "positions (max_position_embeddings); lower max_length")
 
 
-def check_token_budget(options: TextOptions, max_length: int) -> None:
+def check_token_budget(options: TextLimits, max_length: int) -> None:
     """``max_batch_tokens`` must hold one row of ``max_length`` tokens."""
     budget = options.max_batch_tokens
     if budget is not None and budget < max_length:
@@ -197,14 +204,7 @@ def encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        rust = copy.deepcopy(backend)
-        rust.no_padding()
-        rust.enable_truncation(max_length)
-
-        def encode_fast(texts: list[str]) -> list[list[int]]:
-            return [encoding.ids for encoding in rust.encode_batch(texts)]
-
-        return encode_fast
+        return rust_encoder(copy.deepcopy(backend), max_length)
 
     def encode_slow(texts: list[str]) -> list[list[int]]:
         ids: list[list[int]] = tokenizer(texts, truncation=True, max_length=max_length,
@@ -212,6 +212,17 @@ def encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[
         return ids
 
     return encode_slow
+
+
+def rust_encoder(rust: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+    """``encoder`` of a ``tokenizers.Tokenizer`` of the caller's own (it is set to truncate)."""
+    rust.no_padding()
+    rust.enable_truncation(max_length)
+
+    def encode_fast(texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in rust.encode_batch(texts)]
+
+    return encode_fast
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,9 +16,16 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import orjson
 
-from batchserve.backends.kinds import FeatureRows, ImageClassifier, SentenceEmbedder, TextClassifier
+from batchserve.backends.kinds import (
+    FeatureRows,
+    GraphTensors,
+    ImageClassifier,
+    SentenceEmbedder,
+    TensorDeclaration,
+    TextClassifier,
+)
 from batchserve.errors import InvalidInput
-from batchserve.v2.tensors import Tensor, bytes_tensor, numeric_datatype
+from batchserve.v2.tensors import NUMPY_TYPES, Tensor, bytes_tensor, numeric_datatype
 
 B = TypeVar("B")
 Metadata = dict[str, list[dict[str, Any]]]
@@ -164,12 +171,51 @@ class SentenceEmbedderCodec(Codec[SentenceEmbedder]):
         return [Tensor("embedding", "FP32", np.array(outputs, dtype=np.float32))]
 
 
+class GraphTensorsCodec(Codec[GraphTensors]):
+    """The graph's own tensors, named, typed and shaped as it declares them (the batch axis -1):
+    each input's slices along the first axis are the rows; each output is stacked from them."""
+
+    inputs = None
+
+    def metadata(self, backend: GraphTensors) -> Metadata:
+        inputs, outputs = backend.graph_tensors()
+        return {"inputs": [_declared(tensor) for tensor in inputs],
+                "outputs": [_declared(tensor) for tensor in outputs]}
+
+    def items(self, backend: GraphTensors, inputs: Mapping[str, Tensor]) -> list[Any]:
+        declared = backend.graph_tensors()[0]
+        rows = {len(inputs[tensor.name].array) for tensor in declared}
+        if len(rows) != 1:
+            raise InvalidInput(f"the input tensors' first axes differ ({sorted(rows)}): each is "
+                               "the batch, one row per item")
+        if len(declared) == 1:
+            return list(inputs[declared[0].name].array)
+        count = rows.pop()
+        return [{tensor.name: inputs[tensor.name].array[n] for tensor in declared}
+                for n in range(count)]
+
+    def outputs(self, backend: GraphTensors, outputs: list[Any]) -> list[Tensor]:
+        declared = backend.graph_tensors()[1]
+        tensors = []
+        for tensor in declared:
+            column = ([o[tensor.name] for o in outputs] if len(declared) > 1 else outputs)
+            dtype = NUMPY_TYPES[tensor.datatype]
+            tensors.append(Tensor(tensor.name, tensor.datatype, np.asarray(column, dtype=dtype)))
+        return tensors
+
+
+def _declared(tensor: TensorDeclaration) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype,
+            "shape": [-1, *(-1 if axis is None else axis for axis in tensor.shape)]}
+
+
 _GENERIC: Codec[Any] = Codec()
 _BUILTIN: tuple[tuple[type[Any], Codec[Any]], ...] = (
     (FeatureRows, FeatureRowsCodec()),
     (ImageClassifier, ImageClassifierCodec()),
     (TextClassifier, TextClassifierCodec()),
     (SentenceEmbedder, SentenceEmbedderCodec()),
+    (GraphTensors, GraphTensorsCodec()),
 )
 """Each kind's codec, in the order asked: a backend of several kinds gets the first one's."""
 _CODECS: dict[type[Any], Codec[Any]] = {}
