@@ -102,7 +102,8 @@ def test_metadata_config_and_readiness_as_tritonclient_reads_them(server: GrpcSe
     assert missing.value.status() == "StatusCode.NOT_FOUND"
     with pytest.raises(InferenceServerException) as version:
         client.get_model_config("diabetes", "7")
-    assert version.value.status() == "StatusCode.NOT_FOUND" and "its versions: ['1']" in version.value.message()
+    assert version.value.status() == "StatusCode.NOT_FOUND"
+    assert "its versions: ['1']" in version.value.message()
 
 
 @pytest.mark.parametrize("datatype", ["FP64", "FP32"])
