@@ -64,6 +64,7 @@ def render(results: dict[str, Any]) -> str:
                   "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
     else:
         lines += _recommendation(results, pick)
+    lines += _noise(results)
     lines += _size(results.get("model_size") or {})
     lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _candidates_table(candidates, results["pick"])
@@ -82,6 +83,44 @@ def _memory(outcome: dict[str, Any]) -> str:
     return text
 
 
+def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
+    """The report's first words: the checked figure (the re-run's, where it held), or, where the
+    re-run did not hold, that, with what did hold."""
+    predicted = results["predicted"] or pick["best"]
+    slo = results["slo_p99_ms"]
+    check = results.get("verification") or {}
+    step = check.get("step")
+    if check.get("holds") and step:
+        return [f"**{pick['label']}**: {_rate(step['rows_per_s'])} inferences/s at p99 "
+                f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with {step['concurrency']} "
+                f"concurrent clients, mean batch {_batch(step['mean_batch_size'])}, server peak memory "
+                f"{_memory(pick)}" + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
+                + f": checked, started again it measured {check['ratio']:.2f}{X} the final round's "
+                f"{_rate(check['predicted_rows_per_s'])}/s, p99 within the SLO of {slo:g} ms.", ""]
+    lines = ["## NOT CONFIRMED: the pick did not hold when started again", ""]
+    if not step:
+        lines += [f"**{pick['label']}** was predicted at {_rate(predicted['rows_per_s'])} inferences/s "
+                  f"at p99 {format_ms(predicted['p99_ms'])}, but its re-run did not complete "
+                  f"({check.get('error', 'not run')}): **no figure was checked**.", ""]
+        return lines
+    misses = ([] if check["throughput_within_10pct"] else
+              [f"throughput {check['ratio']:.2f}{X} the prediction (more than 10% off)"]) + (
+              [] if check["p99_within_slo"] else
+              [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
+    held = (f"**What held: {_rate(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
+            f"with {step['concurrency']} clients (the re-run's own figure, within the SLO)."
+            if check["p99_within_slo"] else
+            "**Nothing held**: no figure of this run is confirmed within the SLO; measure again on a "
+            "quieter machine, with fewer clients, or with a looser SLO.")
+    lines += [f"**{pick['label']}** was predicted at {_rate(predicted['rows_per_s'])} inferences/s at p99 "
+              f"{format_ms(predicted['p99_ms'])} ({predicted['concurrency']} clients); started again it "
+              f"measured {_rate(check['measured_rows_per_s'])}/s at p99 "
+              f"{format_ms(check['measured_p99_ms'])}: "
+              + "; ".join(misses) + ". " + held, "",
+              "`batchserve recommend` exits with status 3 for this.", ""]
+    return lines
+
+
 def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     best = results["predicted"] or pick["best"]
     slo = results["slo_p99_ms"]
@@ -89,11 +128,14 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     table = candidate.table(results["model_table"])
     workers = candidate.workers
     lines = [
-        "## Recommendation", "",
-        f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
+        *headline(results, pick), "## Recommendation", "",
+        f"{'Predicted by the final round' if results['final_round'] else 'Measured'}: **{pick['label']}**, "
+        f"{_rate(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
         f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        *[f"- {note}" for note in results.get("equivalences", [])],
+        *([""] if results.get("equivalences") else []),
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
         f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
         f"{results['settings'].get('server_cores', '?')} cores; each worker holds its own copy of the "
@@ -118,7 +160,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     if "error" in check or not check:
         lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
     else:
-        verdict = "holds" if check["throughput_within_10pct"] and check["p99_within_slo"] else "does NOT hold"
+        verdict = "holds" if check.get("holds") else "does NOT hold"
         lines += [
             "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
             f"| inferences/s at {check['concurrency']} clients | {_rate(check['predicted_rows_per_s'])} | "
@@ -131,10 +173,12 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         lines += breakdown_section(stages_of(check), "the re-run of the pick")
     price = results.get("price_per_hour")
     if price:
-        per_hour = best["rows_per_s"] * 3600
+        checked = check.get("step") if check.get("p99_within_slo") else None
+        per_hour = (checked or best)["rows_per_s"] * 3600
         lines += ["## Cost", "",
                   f"At {price:g} per hour for this machine, the pick serves {per_hour:,.0f} inferences per "
-                  f"hour: **{price / per_hour * 1e6:,.4g} per million inferences**, {price:g} per hour, "
+                  f"hour ({'as the re-run measured' if checked else 'as predicted: not confirmed'}): "
+                  f"**{price / per_hour * 1e6:,.4g} per million inferences**, {price:g} per hour, "
                   "with the machine kept at the recommended load.", ""]
         for other in results["candidates"]:
             if other["candidate"]["max_batch_size"] == 1 and other["best"] and other is not pick:
@@ -142,6 +186,46 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 lines += [f"Without batching ({other['label']}): {price / rate * 1e6:,.4g} per million.", ""]
                 break
     lines += ["## Trade-off", "", *_tradeoff(results, pick), ""]
+    return lines
+
+
+def _spread(step: dict[str, Any]) -> str:
+    """A step's throughput range over its windows, and whether they agreed."""
+    if step.get("rows_low") is None:
+        return "one window"
+    text = f"{_rate(step['rows_low'])}-{_rate(step['rows_high'])} over {step['windows']} windows"
+    return text if step.get("settled", True) else text + ", which did not agree"
+
+
+def _noise(results: dict[str, Any]) -> list[str]:
+    """How sure the figures are: the stability rule, the unsettled steps, the machine's contention."""
+    rule = results.get("stability")
+    contention = results.get("contention") or {}
+    if not rule:
+        return []
+    steps = [s for o in results["candidates"] for s in o["steps"]]
+    unsettled = [s for s in steps if not s.get("settled", True)]
+    lines = ["## How sure", "",
+             f"Every figure is measured in windows until {rule['windows']} in a row agree within "
+             f"{rule['tolerance']:.0%} (at most {rule['max_windows']} windows); it is their mean, with their "
+             "range, and within the SLO only if the highest p99 of them is. Candidates within each other's "
+             "range are equivalent, and the simpler one is picked. "
+             f"{len(unsettled)} of {len(steps)} ramp steps did not settle within the cap.", ""]
+    if contention.get("measurements"):
+        contended = contention["contended"]
+        lines.append(
+            f"Other work on this machine took up to {contention['max_others_cpu']:.0%} of its CPUs "
+            f"(mean {contention['mean_others_cpu']:.0%}) and steal up to {contention['max_steal']:.0%} "
+            f"while measuring.")
+        if contended:
+            lines += ["", f"**{len(contended)} of {contention['measurements']} measurements ran on a "
+                      f"contended machine (other processes over {contention['busy_share']:.0%} of the "
+                      f"CPUs, or steal over {contention['steal_share']:.0%}): their figures are "
+                      "unreliable, likely low.** Affected: " + "; ".join(contended[:20])
+                      + (f"; and {len(contended) - 20} more" if len(contended) > 20 else "") + "."]
+        else:
+            lines.append("No measurement was contended: the figures are this machine's own.")
+        lines.append("")
     return lines
 
 

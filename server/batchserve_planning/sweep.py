@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.ramp import Step
+from batchserve_planning.ramp import MAX_ERROR_RATE, Step
 
 if TYPE_CHECKING:
     from batchserve_planning.load.inputs import Requests
@@ -185,6 +185,8 @@ class Sweep:
         self.bars: Bars | None = None
         self.started = time.monotonic()
         self.count = 0
+        self.notes: list[str] = []
+        """Decisions between candidates within each other's noise, in words."""
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device and dtype: batch sizes, then workers, waits and instances around the best
@@ -226,7 +228,8 @@ class Sweep:
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
                 continue
-            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]))
+            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]),
+                         self.notes)
             if best is None:
                 continue
             for count in workers[1:]:  # before the waits: what more cores buy comes first
@@ -234,14 +237,14 @@ class Sweep:
                     break
                 pivot = best.candidate
                 more = _best([best, *evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms,
-                                                              pivot.instances, count)])])
+                                                              pivot.instances, count)])], self.notes)
                 if more is None or more is best:
-                    break  # no more throughput from more workers: stop adding them
+                    break  # no more throughput from more workers, beyond the noise: stop adding them
                 best = more
             pivot = best.candidate
             tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
                                    for w in waits[1:]])
-            best = _best([best, *tried]) or best
+            best = _best([best, *tried], self.notes) or best
             pivot = best.candidate
             evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i, pivot.workers)
                            for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
@@ -294,17 +297,20 @@ class Sweep:
 
     def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
         """The best of a sweep is the luckiest of many short, noisy measurements: the two best
-        candidates are measured again on fresh servers, three steps long, at their best load."""
+        candidates are measured again on fresh servers, three steps long, at their best load; one
+        over the SLO there is measured at the next lower load it met the SLO at in its ramp."""
         ranked = sorted((o for o in outcomes if o.best is not None),
                         key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
         finals = []
         for outcome in ranked:
-            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final")
+            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final",
+                                   back_off=True)
             if step is not None:
                 finals.append((outcome, step))
         return finals
 
-    def _long_step(self, outcome: Outcome, label: str, name: str) -> Step | None:
+    def _long_step(self, outcome: Outcome, label: str, name: str, *, clients: int | None = None,
+                   back_off: bool = False) -> Step | None:
         from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.ramp import measure_step
 
@@ -317,10 +323,18 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
             return None
         try:
-            return measure_step(server.url, self.args.model, self.requests_for(server.url),
-                                final_clients(outcome), self.settings, self.bars, label,
-                                duration_s=3 * self.settings.step_s,
-                                min_responses=3 * self.settings.min_responses)
+            requests = self.requests_for(server.url)
+            levels = [clients or final_clients(outcome)]
+            if back_off:
+                levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
+                                  and s.concurrency < levels[0]}, reverse=True)[:1]
+            for level in levels:
+                step = measure_step(server.url, self.args.model, requests, level, self.settings, self.bars,
+                                    f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
+                                    min_responses=3 * self.settings.min_responses)
+                if step.within_slo:
+                    break
+            return step
         except (OSError, RuntimeError) as exc:
             self.bars.print(f"{label}: {type(exc).__name__}: {exc}")
             return None
@@ -329,17 +343,21 @@ class Sweep:
             self.bars.update(self.overall, advance=1)
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
-        """Start the pick afresh and measure it as in the final round: measured vs predicted."""
-        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification")
+        """Start the pick afresh and measure it as in the final round, at the predicted load:
+        measured vs predicted."""
+        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification",
+                                   clients=predicted.concurrency)
         if measured is None:
-            return {"error": "the re-run did not complete; see logs/"}
+            return {"error": "the re-run did not complete; see logs/", "holds": False}
         ratio = measured.rows_per_s / predicted.rows_per_s
+        within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
+        p99_ok = measured.p99_ms <= self.settings.slo_ms and measured.error_rate <= MAX_ERROR_RATE
         return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
                 "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
                 "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
                 "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
-                "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
-                "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
+                "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
+                "holds": within_10pct and p99_ok, "step": asdict(measured)}
 
     def start_server(self, candidate: Candidate, name: str) -> Any:
         from batchserve_planning.serverproc import ManagedServer
@@ -386,6 +404,14 @@ def final_clients(outcome: Outcome) -> int:
     return max(plateau)
 
 
-def _best(outcomes: list[Outcome]) -> Outcome | None:
-    ranked = [o for o in outcomes if o.best is not None]
-    return max(ranked, key=lambda o: o.best.rows_per_s if o.best else 0.0) if ranked else None
+def _best(outcomes: list[Outcome], notes: list[str] | None = None) -> Outcome | None:
+    """The most throughput within the SLO, or the simplest within the noise of it (``choices.simplest``)."""
+    from batchserve_planning.choices import simplest
+
+    ranked = [(o, o.best) for o in outcomes if o.best is not None]
+    if not ranked:
+        return None
+    best, _, note = simplest(ranked)
+    if note is not None and notes is not None:
+        notes.append(note)
+    return best
