@@ -54,13 +54,13 @@ class Probe:
         self._cpu: tuple[float, float] = (0.0, 0.0)
 
     def start(self) -> None:
-        self._others = _others_cpu_s()
+        self._others = others_cpu_s()
         self._cpu = _cpu_times()
         self._wall = time.monotonic()
 
     def stop(self) -> Contention:
         wall = time.monotonic() - self._wall
-        others = _others_cpu_s()
+        others = others_cpu_s()
         total, steal = _cpu_times()
         used = sum(max(0.0, seconds - self._others.get(pid, 0.0)) for pid, seconds in others.items())
         cpus = os.cpu_count() or 1
@@ -77,7 +77,7 @@ def _cpu_times() -> tuple[float, float]:
     return sum(times), float(getattr(times, "steal", 0.0))
 
 
-def _others_cpu_s() -> dict[int, float]:
+def others_cpu_s() -> dict[int, float]:
     """CPU seconds (user + system) by pid of every process outside this one's tree."""
     import psutil
 

@@ -180,8 +180,8 @@ def measure_step(url: str, model: str, requests: Requests, concurrency: int, set
 
 
 def ramp(url: str, model: str, requests: Requests, settings: RampSettings, bars: Bars | None,
-         label: str, on_step: Any = None) -> list[Step]:
-    """Steps of increasing concurrency (see the module's docstring)."""
+         label: str, on_step: Any = None, fill_clients: int = 1) -> list[Step]:
+    """Steps of increasing concurrency (see the module's docstring); ``fill_clients``: see ``climb``."""
 
     def measure(concurrency: int) -> Step:
         step = measure_step(url, model, requests, concurrency, settings, bars,
@@ -190,7 +190,7 @@ def ramp(url: str, model: str, requests: Requests, settings: RampSettings, bars:
             on_step(step)
         return step
 
-    return climb(measure, settings)
+    return climb(measure, settings, fill_clients)
 
 
 def trend(step: Step, best: Step) -> int:
@@ -198,8 +198,22 @@ def trend(step: Step, best: Step) -> int:
     return beyond_noise(step.rows_per_s, step.rows_spread, best.rows_per_s, best.rows_spread)
 
 
-def climb(measure: Callable[[int], Step], settings: RampSettings) -> list[Step]:
-    """The ramp's decisions over ``measure(clients)`` (see the module's docstring)."""
+def busier(step: Step, best: Step) -> bool:
+    """Whether other work took more of the machine during ``step`` than during ``best``, by more
+    than ``contention.BUSY_SHARE``."""
+    from batchserve_planning.contention import BUSY_SHARE
+
+    if step.others_cpu is None or best.others_cpu is None:
+        return False
+    return step.others_cpu - best.others_cpu > BUSY_SHARE
+
+
+def climb(measure: Callable[[int], Step], settings: RampSettings, fill_clients: int = 1) -> list[Step]:
+    """The ramp's decisions over ``measure(clients)`` (see the module's docstring). No plateau
+    ends it before ``fill_clients`` clients (the candidate's batch size x its workers x instances:
+    fewer clients cannot fill its batches, so its throughput has not shown its limit yet), and a
+    step without growth that ran with more of the CPUs taken by other work than the best so far
+    (``contention.BUSY_SHARE`` more) is measured again before it counts."""
     steps: list[Step] = []
 
     def run(concurrency: int) -> Step:
@@ -215,15 +229,16 @@ def climb(measure: Callable[[int], Step], settings: RampSettings) -> list[Step]:
             # From well inside the SLO to outside it in one doubling: on a shared machine that is
             # often a stall elsewhere, so measure that level once more before believing it.
             step = run(concurrency)
-        if best is not None and step.within_slo and trend(step, best) < 0:
-            step = run(concurrency)  # lower beyond the noise: believed only when measured again
+        if best is not None and step.within_slo and (trend(step, best) < 0 or (
+                trend(step, best) == 0 and busier(step, best))):
+            step = run(concurrency)  # lower beyond the noise, or flat on a busier machine: measure again
         if not step.within_slo:
             break
         last_ok = concurrency
         if best is not None:
             direction = trend(step, best)
             flat, stale = (0, 0) if direction > 0 else (flat + (direction == 0), stale + 1)
-            if flat >= FLAT_STEPS or stale >= STALE_STEPS:
+            if concurrency >= fill_clients and (flat >= FLAT_STEPS or stale >= STALE_STEPS):
                 return steps
         if best is None or step.rows_per_s > best.rows_per_s:
             best = step

@@ -256,8 +256,9 @@ class Sweep:
         mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
         elapsed = time.monotonic() - self.started
         budget_s: float = self.args.budget_s
-        # The next candidate, then the final round and the re-run (about 1.5 candidates).
-        return elapsed + mean_s * 2.5 > budget_s
+        # The next candidate, then the final round and the re-run (each a server and a step of
+        # three, measured until its windows agree: about two candidates together).
+        return elapsed + mean_s * 3.0 > budget_s
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
@@ -278,7 +279,9 @@ class Sweep:
             try:
                 outcome.steps = ramp(server.url, self.args.model, self.requests_for(server.url),
                                      self.settings, self.bars, label,
-                                     on_step=lambda _: server.sample_memory())
+                                     on_step=lambda _: server.sample_memory(),
+                                     fill_clients=candidate.max_batch_size * candidate.workers
+                                     * candidate.instances)
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:

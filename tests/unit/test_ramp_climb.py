@@ -4,6 +4,7 @@ it early; a curve that truly levels off stops it."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from batchserve_planning.ramp import RampSettings, Step, climb
 
@@ -56,3 +57,24 @@ def test_the_slo_ends_the_ramp_and_the_level_between_is_tried() -> None:
 
     levels = [s.concurrency for s in climb(measure, SETTINGS)]
     assert levels == [1, 2, 4, 8, 16, 32, 64, 48]
+
+
+def test_no_plateau_before_the_batches_can_fill() -> None:
+    """Batches of 32 in 2 workers: a flat start (as when the machine is busy) does not end the
+    ramp before 64 clients, where the batches can fill."""
+    steps = climb(lambda clients: step(clients, 1000.0), SETTINGS, fill_clients=64)
+    assert [s.concurrency for s in steps] == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_a_flat_step_on_a_busier_machine_is_measured_again() -> None:
+    seen: dict[int, int] = {}
+
+    def measure(clients: int) -> Step:
+        seen[clients] = seen.get(clients, 0) + 1
+        busy = clients == 4 and seen[clients] == 1  # another job took the CPUs this once
+        rate = capacity(2) if busy else capacity(clients)  # flat against 2 clients
+        return replace(step(clients, rate), others_cpu=0.6 if busy else 0.05)
+
+    steps = climb(measure, RampSettings(slo_ms=100.0, max_concurrency=16))
+    assert seen[4] == 2
+    assert [s.concurrency for s in steps] == [1, 2, 4, 4, 8, 16]
