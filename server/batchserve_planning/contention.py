@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 BUSY_SHARE = 0.15
 """Other processes' CPU, as a share of all the machine's CPUs, over which a run is contended."""
@@ -92,12 +93,11 @@ def others_cpu_s() -> dict[int, float]:
     return seconds
 
 
-def summary(measured: list[tuple[str, dict[str, object]]]) -> dict[str, object]:
+def summary(measured: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Over every measurement of a run (a label and a step's dict with ``others_cpu`` and
     ``steal``): how many were contended, which, and the most other work took."""
     read = [(label, step) for label, step in measured if step.get("others_cpu") is not None]
-    shares = [(label, float(step["others_cpu"]), float(step.get("steal") or 0.0))  # type: ignore[arg-type]
-              for label, step in read]
+    shares = [(label, float(step["others_cpu"]), float(step.get("steal") or 0.0)) for label, step in read]
     contended = [f"{label} ({Contention(others, steal).describe()})" for label, others, steal in shares
                  if Contention(others, steal).contended]
     return {"measurements": len(shares), "contended": contended,

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from batchserve_planning.contention import BUSY_SHARE, Contention, Probe, others_cpu_s, summary, worst
@@ -68,7 +69,7 @@ def test_a_process_outside_this_tree_is_counted_and_a_child_is_not() -> None:
 
 
 def test_the_summary_names_the_contended_measurements() -> None:
-    steps = [("#1 @ 1 clients", {"others_cpu": 0.02, "steal": 0.0}),
+    steps: list[tuple[str, dict[str, Any]]] = [("#1 @ 1 clients", {"others_cpu": 0.02, "steal": 0.0}),
              ("#1 @ 2 clients", {"others_cpu": 0.40, "steal": 0.0}),
              ("#2 @ 1 clients", {"others_cpu": 0.01, "steal": 0.10}),
              ("old", {"others_cpu": None})]
