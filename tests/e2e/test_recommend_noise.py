@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -58,10 +58,8 @@ def hog_until(path: Path) -> Iterator[None]:
 
 
 def with_suppressed_kill(pid: int) -> None:
-    try:
+    with suppress(ProcessLookupError):  # it ended already
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def echo_repository(tmp_path: Path, **options: object) -> tuple[Path, Path]:
