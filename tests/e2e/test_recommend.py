@@ -13,7 +13,7 @@ from batchserve.cli import main
 from batchserve.config import parse_models
 from batchserve_planning.sweep import Candidate, batch_sizes
 
-from tests.support import write_models
+from tests.support import recommend_status, write_models
 
 SLO_MS = 1000.0
 """Generous: the test checks the report's structure and logic, not this machine's speed."""
@@ -48,7 +48,7 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--price-per-hour", "0.5", "--max-batch-cap", "2",
                  "--out", str(out), *SMALL])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     assert {"date", "model", "slo_p99_ms", "price_per_hour", "model_size", "candidates", "skipped",
             "final_round", "pick", "predicted", "verification", "elapsed_s"} <= set(results)
@@ -153,7 +153,7 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "4", "--budget-s", "1", "--out", str(out),
                  *SMALL])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     # The first candidate always runs; after it, no other fits in one second.
     assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 worker x 1 inst"]
@@ -183,7 +183,7 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
                  "--instances", "1", "--workers", "1", "--max-concurrency", "32", "--step-s", "0.3",
                  "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     outcomes = {(c["candidate"]["max_batch_size"], c["candidate"]["max_wait_ms"]): c
                 for c in results["candidates"]}
@@ -227,7 +227,7 @@ def test_workers_are_searched_and_the_report_names_the_picks(repository: Path, r
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "1", "--workers", "1,2",
                  "--server-cpus", "0,1", "--out", str(out), *small])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["workers"] == [1, 2] and results["settings"]["server_cores"] == 2
     one, two = results["candidates"]
@@ -265,7 +265,7 @@ def test_more_workers_are_picked_where_they_add_capacity(tmp_path: Path,
                  "--instances", "1,2", "--workers", "auto", "--server-cpus", "0,1",
                  "--max-concurrency", "16", "--step-s", "0.3", "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     layouts = [(c["candidate"]["workers"], c["candidate"]["instances"]) for c in results["candidates"]]
     assert layouts == [(1, 1), (2, 1)]
