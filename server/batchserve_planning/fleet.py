@@ -133,7 +133,7 @@ class Fleet:
         if chosen is None or predicted is None:
             entry["why_not"] = _too_slow(outcomes, self.settings.slo_ms)
             return entry
-        entry["equivalences"] = list(dict.fromkeys(sweep.notes))
+        entry["decisions"] = list(dict.fromkeys(sweep.notes))
         single = [s for s in chosen.steps if s.concurrency == 1]
         cv = single[0].latency_cv if single else None
         headroom = variance_headroom(self.load.headroom, cv)

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         "final_round": [{"candidate": outcomes.index(o), "step": asdict(step)} for o, step in finals],
         "pick": outcomes.index(pick) if pick is not None else None,
         "predicted": asdict(predicted) if predicted else None, "verification": verification,
-        "equivalences": list(dict.fromkeys(sweep.notes)),
+        "decisions": list(dict.fromkeys(sweep.notes)),
         "stability": asdict(settings.rule),
         "contention": summary(
             [(f"#{i + 1} @ {s.concurrency} clients", asdict(s))

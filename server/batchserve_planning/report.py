@@ -134,8 +134,8 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
         f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
-        *[f"- {note}" for note in results.get("equivalences", [])],
-        *([""] if results.get("equivalences") else []),
+        *[f"- {note}" for note in results.get("decisions", [])],
+        *([""] if results.get("decisions") else []),
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
         f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
         f"{results['settings'].get('server_cores', '?')} cores; each worker holds its own copy of the "

@@ -99,8 +99,8 @@ def _pick_lines(results: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
         f"SLO: {sizing['peak_rps']:,.1f} requests/s; each is given {sizing['per_replica_rps']:,.1f} "
         f"({_headroom_words(results, chosen)}). Peak memory per replica "
         f"{_mib(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
-        *[f"- {note}" for note in chosen.get("equivalences", [])],
-        *([""] if chosen.get("equivalences") else []),
+        *[f"- {note}" for note in chosen.get("decisions", [])],
+        *([""] if chosen.get("decisions") else []),
         "Each replica's `[[models]]` table (serve it with `batchserve serve --workers "
         f"{outcome['candidate']['workers']}`):", "",
         "```toml", toml_table(table).rstrip(), "```", ""]

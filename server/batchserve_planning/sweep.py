@@ -187,6 +187,8 @@ class Sweep:
         self.count = 0
         self.notes: list[str] = []
         """Decisions between candidates within each other's noise, in words."""
+        self.long_step_s = 0.0
+        """How long the last final-round measurement took (server and step)."""
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device and dtype: batch sizes, then workers, waits and instances around the best
@@ -254,11 +256,14 @@ class Sweep:
         if not outcomes:
             return False
         mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
+        longest_s = max(o.seconds for o in outcomes)
         elapsed = time.monotonic() - self.started
         budget_s: float = self.args.budget_s
-        # The next candidate, then the final round and the re-run (each a server and a step of
-        # three, measured until its windows agree: about two candidates together).
-        return elapsed + mean_s * 3.0 > budget_s
+        # The next candidate (as long as the longest so far: the ones left are the larger batches,
+        # ramped further), then the final round and the re-run: each a server and one step three
+        # times a ramp step's length, measured until its windows agree (~0.8 of a candidate, as
+        # measured on a shared 2-core machine).
+        return elapsed + longest_s + (FINALISTS + 1) * 0.8 * mean_s > budget_s
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
@@ -304,10 +309,17 @@ class Sweep:
         over the SLO there is measured at the next lower load it met the SLO at in its ramp."""
         ranked = sorted((o for o in outcomes if o.best is not None),
                         key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
-        finals = []
+        finals: list[tuple[Outcome, Step]] = []
         for outcome in ranked:
+            elapsed = time.monotonic() - self.started
+            if finals and elapsed + 2 * self.long_step_s > self.args.budget_s:
+                self.notes.append(f"{outcome.candidate.label()} was not measured in the final round: "
+                                  "its time would have left none for the re-run within --budget-s")
+                continue
+            started = time.monotonic()
             step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final",
                                    back_off=True)
+            self.long_step_s = time.monotonic() - started
             if step is not None:
                 finals.append((outcome, step))
         return finals
