@@ -112,7 +112,7 @@ def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str,
         check = data.get("verification") or {}
         pick = data["candidates"][data["pick"]]["label"] if data["pick"] is not None else None
         row.update(pick=pick, holds=check.get("holds"), ratio=check.get("ratio"),
-                   p99_ms=check.get("measured_p99_ms"), equivalences=data.get("decisions"))
+                   p99_ms=check.get("measured_p99_ms"), decisions=data.get("decisions"))
     return row
 
 
