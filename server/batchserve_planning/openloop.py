@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.ramp import MAX_ERROR_RATE
+from batchserve_planning.ramp import MAX_ERROR_RATE, p99_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,11 +69,12 @@ class OpenStep:
         errors = sum(s.error_rate * s.requests for s in summaries) / requests if requests else 0.0
         rows_per_request = first.rows_per_request or 1
         carried = figure.rows_per_s / rows_per_request
+        p99, p99_high = p99_of(figure, summaries)
         # NaN (nothing answered) compares False: not within.
-        within = (figure.p99_spread.high <= slo_ms and errors <= MAX_ERROR_RATE
+        within = (p99_high <= slo_ms and errors <= MAX_ERROR_RATE
                   and first.ok_rps >= CARRIED_SHARE * arrived)
-        return cls(first.rate, carried, figure.rows_per_s, latency["p50"], figure.p99_ms, errors,
-                   first.mean_batch_size, within, arrived, figure.p99_spread.high,
+        return cls(first.rate, carried, figure.rows_per_s, latency["p50"], p99, errors,
+                   first.mean_batch_size, within, arrived, p99_high,
                    figure.rows_spread.low / rows_per_request, figure.rows_spread.high / rows_per_request,
                    figure.windows, figure.settled, contention.others_cpu if contention else None,
                    contention.steal if contention else None)

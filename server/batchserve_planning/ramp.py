@@ -89,14 +89,24 @@ class Step:
         requests = sum(s.requests for s in summaries)
         errors = sum(s.error_rate * s.requests for s in summaries) / requests if requests else 0.0
         latency = first.latency_ms
-        within = figure.p99_spread.high <= slo_ms and errors <= MAX_ERROR_RATE
+        p99, p99_high = p99_of(figure, summaries)
+        within = p99_high <= slo_ms and errors <= MAX_ERROR_RATE
         rows_per_request = first.rows_per_request or 1
         return cls(first.concurrency, figure.rows_per_s / rows_per_request, figure.rows_per_s,
-                   latency["p50"], figure.p99_ms, max(s.latency_ms["max"] for s in summaries), errors,
+                   latency["p50"], p99, max(s.latency_ms["max"] for s in summaries), errors,
                    first.mean_batch_size, within, first.stages_ms, figure.rows_spread.low,
-                   figure.rows_spread.high, figure.p99_spread.high, figure.windows, figure.settled,
+                   figure.rows_spread.high, p99_high, figure.windows, figure.settled,
                    contention.others_cpu if contention else None, contention.steal if contention else None,
                    robust_cv(latency))
+
+
+def p99_of(figure: Figure, summaries: list[Summary]) -> tuple[float, float]:
+    """The figure's p99 and the highest of its windows'; where no window had a request of its own
+    (a slow model in short windows), the runs' own p99s, the highest of them as the high."""
+    if figure.p99_ms == figure.p99_ms:
+        return figure.p99_ms, figure.p99_spread.high
+    pooled = [s.latency_ms["p99"] for s in summaries if s.latency_ms["p99"] == s.latency_ms["p99"]]
+    return (pooled[0], max(pooled)) if pooled else (float("nan"), float("nan"))
 
 
 def robust_cv(latency: dict[str, float]) -> float | None:
