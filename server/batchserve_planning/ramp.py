@@ -235,9 +235,10 @@ def climb(measure: Callable[[int], Step], settings: RampSettings, fill_clients: 
     best: Step | None = None
     while concurrency <= settings.max_concurrency:
         step = run(concurrency)
-        if not step.within_slo and last_ok and steps[-2].p99_ms < settings.slo_ms / 2:
-            # From well inside the SLO to outside it in one doubling: on a shared machine that is
-            # often a stall elsewhere, so measure that level once more before believing it.
+        if not step.within_slo and (step.contended or (last_ok and steps[-2].p99_ms < settings.slo_ms / 2)):
+            # Outside the SLO while other work took the CPUs, or from well inside it to outside in
+            # one doubling: on a shared machine that is often a stall elsewhere, so measure that
+            # level once more before believing it.
             step = run(concurrency)
         if best is not None and step.within_slo and (trend(step, best) < 0 or (
                 trend(step, best) == 0 and busier(step, best))):

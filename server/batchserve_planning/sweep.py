@@ -262,8 +262,8 @@ class Sweep:
         # The next candidate (as long as the longest so far: the ones left are the larger batches,
         # ramped further), then the final round and the re-run: each a server and one step three
         # times a ramp step's length, measured until its windows agree (~0.8 of a candidate, as
-        # measured on a shared 2-core machine).
-        return elapsed + longest_s + (FINALISTS + 1) * 0.8 * mean_s > budget_s
+        # measured on a shared 2-core machine, counted as one).
+        return elapsed + longest_s + (FINALISTS + 1) * mean_s > budget_s
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError

@@ -78,3 +78,19 @@ def test_a_flat_step_on_a_busier_machine_is_measured_again() -> None:
     steps = climb(measure, RampSettings(slo_ms=100.0, max_concurrency=16))
     assert seen[4] == 2
     assert [s.concurrency for s in steps] == [1, 2, 4, 4, 8, 16]
+
+
+def test_a_step_over_the_slo_on_a_contended_machine_is_measured_again() -> None:
+    """One client over the SLO while other work took 60% of the CPUs (a stall, not the model):
+    measured again before the candidate is ruled out."""
+    seen: dict[int, int] = {}
+
+    def measure(clients: int) -> Step:
+        seen[clients] = seen.get(clients, 0) + 1
+        stalled = clients == 1 and seen[clients] == 1
+        return replace(step(clients, capacity(clients), p99_ms=150.0 if stalled else 10.0),
+                       others_cpu=0.6 if stalled else 0.05)
+
+    steps = climb(measure, RampSettings(slo_ms=100.0, max_concurrency=4))
+    assert [s.concurrency for s in steps] == [1, 1, 2, 4]
+    assert steps[1].within_slo
