@@ -304,11 +304,15 @@ class Sweep:
         return outcome
 
     def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
-        """The best of a sweep is the luckiest of many short, noisy measurements: the two best
-        candidates are measured again on fresh servers, three steps long, at their best load; one
-        over the SLO there is measured at the next lower load it met the SLO at in its ramp."""
-        ranked = sorted((o for o in outcomes if o.best is not None),
-                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
+        """The best of a sweep is the luckiest of many short, noisy measurements: the sweep's pick
+        (the simplest within the noise of the fastest) and the fastest other candidate are measured
+        again on fresh servers, three steps long, at their best load; one over the SLO there is
+        measured at the next lower load it met the SLO at in its ramp."""
+        measured = [o for o in outcomes if o.best is not None]
+        first = _best(measured)  # the sweep's pick: the simplest within the noise of the fastest
+        others = sorted((o for o in measured if o is not first),
+                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)
+        ranked = ([first] if first is not None else []) + others[:FINALISTS - 1]
         finals: list[tuple[Outcome, Step]] = []
         for outcome in ranked:
             elapsed = time.monotonic() - self.started

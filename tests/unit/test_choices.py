@@ -76,3 +76,28 @@ def test_nothing_within_the_slo_is_no_pick() -> None:
     missed = outcome(8, step(500, within_slo=False, p99_ms=900))
     assert choose([missed, outcome(16)], [(missed, step(600, within_slo=False))]) == (None, None)
     assert choose([], []) == (None, None)
+
+
+def test_the_final_round_measures_the_sweeps_pick_and_the_fastest_other() -> None:
+    """The sweep's pick is the simplest within the noise of the fastest, so it is a finalist even
+    where another candidate measured a few percent more."""
+    import argparse
+    import time
+
+    from batchserve_planning.sweep import Sweep
+
+    one = Outcome(Candidate(4, 0.0, 1, workers=1), [noisy(7200, 0.2)], peak_rss_bytes=200)
+    two = Outcome(Candidate(4, 0.0, 1, workers=2), [noisy(8000, 0.15)], peak_rss_bytes=400)
+    other = Outcome(Candidate(8, 0.0, 1, workers=1), [noisy(7300, 0.1)], peak_rss_bytes=210)
+    sweep = Sweep.__new__(Sweep)
+    sweep.args, sweep.started = argparse.Namespace(budget_s=1e9), time.monotonic()
+    sweep.notes, sweep.long_step_s = [], 0.0
+    measured: list[Outcome] = []
+
+    def long_step(outcome: Outcome, label: str, name: str, **_: object) -> Step:
+        measured.append(outcome)
+        return outcome.steps[0]
+
+    sweep._long_step = long_step  # type: ignore[method-assign]
+    sweep.final_round([one, two, other])
+    assert measured == [one, two]  # the pick (fewer workers, within the noise), then the fastest
