@@ -363,14 +363,31 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
 
 def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
     lines = ["## Every ramp step", "",
-             "| # | clients | inferences/s | p50 | p99 | max | non-2xx | mean batch | within SLO |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Inferences/s: the mean of the agreeing windows, their range and how many were measured "
+             "(* did not agree); p99: the windows' median and highest; others: what other processes "
+             "took of the machine's CPUs meanwhile.", "",
+             "| # | clients | inferences/s | range (windows) | p50 | p99 (highest) | max | others | "
+             "non-2xx | mean batch | within SLO |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for index, outcome in enumerate(candidates):
         for step in outcome["steps"]:
             lines.append(f"| {index + 1} | {step['concurrency']} | {_rate(step['rows_per_s'])} | "
-                         f"{format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} | "
-                         f"{format_ms(step['max_ms'])} | {step_tail(step)} |")
+                         f"{_range(step)} | {format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} "
+                         f"({format_ms(step.get('p99_high') or step['p99_ms'])}) | "
+                         f"{format_ms(step['max_ms'])} | "
+                         f"{_share(step.get('others_cpu'))} | {step_tail(step)} |")
     return [*lines, ""]
+
+
+def _range(step: dict[str, Any]) -> str:
+    if step.get("rows_low") is None:
+        return "—"
+    mark = "" if step.get("settled", True) else "*"
+    return f"{_rate(step['rows_low'])}-{_rate(step['rows_high'])} ({step['windows']}{mark})"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def step_tail(step: dict[str, Any]) -> str:
