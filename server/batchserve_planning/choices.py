@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batchserve_planning.candidates import Outcome
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import Step
-    from batchserve_planning.sweep import Outcome
 
 
 def device_dtypes(args: argparse.Namespace, base: dict[str, Any],

@@ -32,10 +32,10 @@ from batchserve_planning.capacity import (
 from batchserve_planning.hardware import Placement, Profile, Refusal, place
 
 if TYPE_CHECKING:
+    from batchserve_planning.candidates import Candidate, Outcome
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.openloop import OpenStep, Peak
     from batchserve_planning.ramp import RampSettings
-    from batchserve_planning.sweep import Candidate, Outcome
 
 TOLERANCE = 0.10
 """Measured throughput may differ from the prediction by this share before the report says so."""
@@ -259,7 +259,7 @@ class Fleet:
 
 def _picked(entry: dict[str, Any]) -> Candidate:
     """The configuration a measured profile picked."""
-    from batchserve_planning.sweep import Candidate
+    from batchserve_planning.candidates import Candidate
 
     return Candidate(**entry["candidates"][entry["pick"]]["candidate"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from batchserve_planning.candidates import Candidate
 from batchserve_planning.capacity import GIB, MEMORY_HEADROOM
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.report import (
@@ -14,14 +15,13 @@ from batchserve_planning.report import (
     _noise,
     _rate,
     _size,
-    _tradeoff,
     memory_by_input_section,
     pyplot,
     step_tail,
     write_folder,
 )
 from batchserve_planning.serverproc import toml_table
-from batchserve_planning.sweep import Candidate
+from batchserve_planning.tradeoff import tradeoff
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
@@ -72,7 +72,7 @@ def render(results: dict[str, Any]) -> str:
         lines += _checks(results)
         profile_results = {"slo_p99_ms": slo, "candidates": chosen["candidates"]}
         lines += ["## Trade-off (on the pick's profile)", "",
-                  *_tradeoff(profile_results, chosen["candidates"][chosen["pick"]]), ""]
+                  *tradeoff(profile_results, chosen["candidates"][chosen["pick"]]), ""]
     lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _size(results.get("model_size") or {})
     for entry in entries:

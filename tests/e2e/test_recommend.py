@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from batchserve.cli import main
 from batchserve.config import parse_models
-from batchserve_planning.sweep import Candidate, batch_sizes
+from batchserve_planning.candidates import Candidate
+from batchserve_planning.sweep import batch_sizes
 
 from tests.support import recommend_status, write_models
 
@@ -36,6 +37,14 @@ def rows(tmp_path: Path, diabetes: tuple[np.ndarray, Any]) -> Path:
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(diabetes[0][:20].tolist()))
     return path
+
+
+def contended(step: dict[str, Any]) -> bool:
+    """Whether other processes took enough of the machine during ``step`` for recommend to measure
+    a step over the SLO again (``contention``)."""
+    from batchserve_planning.contention import Contention
+
+    return Contention(step["others_cpu"], step["steal"]).contended
 
 
 SMALL = ["--max-wait-ms", "0", "--instances", "1", "--workers", "1", "--max-concurrency", "4",
@@ -105,8 +114,9 @@ def test_an_slo_nothing_can_meet_gives_no_recommendation(repository: Path, rows:
     results = json.loads((out / "results.json").read_text())
     assert results["pick"] is None and results["verification"] is None and results["final_round"] == []
     (outcome,) = results["candidates"]
-    assert [s["concurrency"] for s in outcome["steps"]] == [1]
-    assert not outcome["steps"][0]["within_slo"]
+    # One client, over the SLO: measured once more only where other work took the CPUs meanwhile.
+    assert [s["concurrency"] for s in outcome["steps"]] == [1] * (2 if contended(outcome["steps"][0]) else 1)
+    assert not any(s["within_slo"] for s in outcome["steps"])
     assert "## No recommendation" in capsys.readouterr().out
 
 
@@ -190,7 +200,7 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     assert sorted(outcomes) == [(1, 0.0), (2, 0.0), (4, 0.0), (4, 200.0)]
     waited = outcomes[(4, 200.0)]
     assert waited["best"] is None  # ruled out: its first step already missed the SLO
-    assert [s["within_slo"] for s in waited["steps"]] == [False]
+    assert [s["within_slo"] for s in waited["steps"]] == [False] * (2 if contended(waited["steps"][0]) else 1)
     assert waited["steps"][0]["p99_ms"] > KNOWN_SLO_MS
     for (size, _), outcome in outcomes.items():
         for step in outcome["steps"]:  # no step beats the model's capacity (but for a batch

@@ -24,7 +24,7 @@ SLO_MS = 250.0
 TARGET_RPS = 60.0
 SMALL = ["--max-batch-cap", "4", "--max-wait-ms", "0", "--instances", "1", "--workers", "1",
          "--max-concurrency", "16", "--step-s", "0.3", "--max-step-s", "0.6", "--min-responses", "20",
-         "--no-progress"]
+         "--max-windows", "4", "--budget-s", "400", "--no-progress"]
 HARDWARE = """
 [[profiles]]
 name = "one"

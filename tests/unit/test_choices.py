@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from batchserve_planning.candidates import Candidate, Outcome
 from batchserve_planning.choices import choose
 from batchserve_planning.ramp import Step
-from batchserve_planning.sweep import Candidate, Outcome
 
 
 def step(rows_per_s: float, *, within_slo: bool = True, p99_ms: float = 50.0) -> Step:
