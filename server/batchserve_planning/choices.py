@@ -72,11 +72,16 @@ def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]],
     return pick, step
 
 
+MEMORY_STEP = 16 * 2**20
+"""Peak memories that differ by less than this are the same (a few MiB move from run to run)."""
+
+
 def simpler_key(outcome: Outcome) -> tuple[float, ...]:
-    """Simpler and cheaper first: fewer workers, fewer instances, less memory, a smaller batch,
-    a shorter wait."""
+    """Simpler and cheaper first: fewer workers, fewer instances, less memory (by ``MEMORY_STEP``),
+    a smaller batch, a shorter wait."""
     c = outcome.candidate
-    return (c.workers, c.instances, outcome.peak_rss_bytes or 0, c.max_batch_size, c.max_wait_ms)
+    return (c.workers, c.instances, (outcome.peak_rss_bytes or 0) // MEMORY_STEP, c.max_batch_size,
+            c.max_wait_ms)
 
 
 def simplest(pairs: list[tuple[Outcome, Step]]) -> tuple[Outcome, Step, str | None]:
@@ -105,7 +110,7 @@ def _why_simpler(pick: Outcome, other: Outcome) -> str:
         return f"fewer workers ({a.workers} against {b.workers})"
     if a.instances != b.instances:
         return f"fewer instances ({a.instances} against {b.instances})"
-    if (pick.peak_rss_bytes or 0) < (other.peak_rss_bytes or 0):
+    if (pick.peak_rss_bytes or 0) // MEMORY_STEP < (other.peak_rss_bytes or 0) // MEMORY_STEP:
         return (f"less memory ({(pick.peak_rss_bytes or 0) / 2**20:,.0f} MiB against "
                 f"{(other.peak_rss_bytes or 0) / 2**20:,.0f} MiB)")
     if a.max_batch_size != b.max_batch_size:

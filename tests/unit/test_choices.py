@@ -43,20 +43,28 @@ def test_without_a_final_within_the_slo_the_sweeps_best_within_it() -> None:
     assert pick is good and predicted == step(1000)  # its best within the SLO, not its 1200
 
 
+MIB = 2**20
+
+
 def noisy(rows_per_s: float, spread: float) -> Step:
     """A step whose windows ranged ``spread`` either side of it."""
     return replace(step(rows_per_s), rows_low=rows_per_s * (1 - spread), rows_high=rows_per_s * (1 + spread))
 
 
 def test_within_the_noise_of_the_best_the_simplest_and_the_report_says_so() -> None:
-    top = outcome(32, noisy(1000, 0.05), peak_rss_bytes=900)
-    close = outcome(16, noisy(920, 0.04), peak_rss_bytes=500)  # 8% fewer, within 5% + 4% of noise
-    far = outcome(8, noisy(800, 0.04), peak_rss_bytes=100)  # 20% fewer: beyond it
+    top = outcome(32, noisy(1000, 0.05), peak_rss_bytes=900 * MIB)
+    close = outcome(16, noisy(920, 0.04), peak_rss_bytes=500 * MIB)  # 8% fewer, within 5% + 4% of noise
+    far = outcome(8, noisy(800, 0.04), peak_rss_bytes=100 * MIB)  # 20% fewer: beyond it
     notes: list[str] = []
     assert choose([top, close, far], [], notes) == (close, noisy(920, 0.04))
     (note,) = notes
     assert "batch 16, wait 1 ms, 1 worker x 1 inst" in note and "equivalent" in note
-    assert "less memory" in note
+    assert "less memory (500 MiB against 900 MiB)" in note
+    # A few MiB apart is the same memory: then the smaller batch.
+    notes.clear()
+    same = outcome(64, noisy(1010, 0.05), peak_rss_bytes=900 * MIB + 3 * MIB)
+    assert choose([top, same], [], notes)[0] is top
+    assert "a smaller batch (32 against 64)" in notes[0]
     # Narrow spreads: the same 8% is a difference, and the fastest is the pick, with no note.
     notes.clear()
     sharp = outcome(32, noisy(1000, 0.01), peak_rss_bytes=900)
