@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from batchserve_planning.candidates import Candidate
+from batchserve_planning.formats import X, batch_text, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.stages import breakdown_section, stages_of
-
-X = "\N{MULTIPLICATION SIGN}"
+from batchserve_planning.tradeoff import tradeoff
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
@@ -29,19 +29,6 @@ def write_folder(out: Path, results: dict[str, Any], render: Callable[[dict[str,
     markdown = render(results)
     (out / "report.md").write_text(markdown)
     return markdown
-
-
-def _mib(value: int | None) -> str:
-    return "—" if value is None else f"{value / 2**20:,.0f} MiB"
-
-
-def _batch(value: float | None) -> str:
-    """A mean batch size; None where the server's /metrics did not give one."""
-    return "—" if value is None else f"{value:.1f}"
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -75,7 +62,7 @@ def render(results: dict[str, Any]) -> str:
 
 def _memory(outcome: dict[str, Any]) -> str:
     """The server's peak memory, and what it covers."""
-    text = _mib(outcome["peak_rss_bytes"])
+    text = mib_text(outcome["peak_rss_bytes"])
     processes = outcome.get("processes") or 1
     if processes > 1:
         text += (f" ({processes} processes: the supervisor and its workers, each one's peak, summed: "
@@ -91,15 +78,16 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     check = results.get("verification") or {}
     step = check.get("step")
     if check.get("holds") and step:
-        return [f"**{pick['label']}**: {_rate(step['rows_per_s'])} inferences/s at p99 "
+        return [f"**{pick['label']}**: {rate_text(step['rows_per_s'])} inferences/s at p99 "
                 f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with {step['concurrency']} "
-                f"concurrent clients, mean batch {_batch(step['mean_batch_size'])}, server peak memory "
-                f"{_memory(pick)}" + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
+                f"concurrent clients, mean batch {batch_text(step['mean_batch_size'])}, server peak memory "
+                f"{_memory(pick)}"
+                + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
                 + f": checked, started again it measured {check['ratio']:.2f}{X} the final round's "
-                f"{_rate(check['predicted_rows_per_s'])}/s, p99 within the SLO of {slo:g} ms.", ""]
+                f"{rate_text(check['predicted_rows_per_s'])}/s, p99 within the SLO of {slo:g} ms.", ""]
     lines = ["## NOT CONFIRMED: the pick did not hold when started again", ""]
     if not step:
-        lines += [f"**{pick['label']}** was predicted at {_rate(predicted['rows_per_s'])} inferences/s "
+        lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
                   f"at p99 {format_ms(predicted['p99_ms'])}, but its re-run did not complete "
                   f"({check.get('error', 'not run')}): **no figure was checked**.", ""]
         return lines
@@ -107,14 +95,15 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               [f"throughput {check['ratio']:.2f}{X} the prediction (more than 10% off)"]) + (
               [] if check["p99_within_slo"] else
               [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
-    held = (f"**What held: {_rate(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
+    held = (f"**What held: {rate_text(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
             f"with {step['concurrency']} clients (the re-run's own figure, within the SLO)."
             if check["p99_within_slo"] else
             "**Nothing held**: no figure of this run is confirmed within the SLO; measure again on a "
             "quieter machine, with fewer clients, or with a looser SLO.")
-    lines += [f"**{pick['label']}** was predicted at {_rate(predicted['rows_per_s'])} inferences/s at p99 "
+    lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
+              "at p99 "
               f"{format_ms(predicted['p99_ms'])} ({predicted['concurrency']} clients); started again it "
-              f"measured {_rate(check['measured_rows_per_s'])}/s at p99 "
+              f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
               + "; ".join(misses) + ". " + held, "",
               "`batchserve recommend` exits with status 3 for this.", ""]
@@ -130,10 +119,10 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     lines = [
         *headline(results, pick), "## Recommendation", "",
         f"{'Predicted by the final round' if results['final_round'] else 'Measured'}: **{pick['label']}**, "
-        f"{_rate(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
+        f"{rate_text(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
-        f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
-        + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        f"{batch_text(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
+        + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
         *[f"- {note}" for note in results.get("decisions", [])],
         *([""] if results.get("decisions") else []),
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
@@ -152,7 +141,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         for final in results["final_round"]:
             outcome, step = results["candidates"][final["candidate"]], final["step"]
             lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
-                         f"{_rate(outcome['best']['rows_per_s'])} | {_rate(step['rows_per_s'])} | "
+                         f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} | "
                          f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
         lines.append("")
     check = results.get("verification") or {}
@@ -163,8 +152,9 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         verdict = "holds" if check.get("holds") else "does NOT hold"
         lines += [
             "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
-            f"| inferences/s at {check['concurrency']} clients | {_rate(check['predicted_rows_per_s'])} | "
-            f"{_rate(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
+            f"| inferences/s at {check['concurrency']} clients | "
+            f"{rate_text(check['predicted_rows_per_s'])} | "
+            f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
             f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
             f"The prediction {verdict}: throughput within 10%: "
             f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
@@ -185,8 +175,6 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 rate = other["best"]["rows_per_s"] * 3600
                 lines += [f"Without batching ({other['label']}): {price / rate * 1e6:,.4g} per million.", ""]
                 break
-    from batchserve_planning.tradeoff import tradeoff
-
     lines += ["## Trade-off", "", *tradeoff(results, pick), ""]
     return lines
 
@@ -195,7 +183,7 @@ def _spread(step: dict[str, Any]) -> str:
     """A step's throughput range over its windows, and whether they agreed."""
     if step.get("rows_low") is None:
         return "one window"
-    text = f"{_rate(step['rows_low'])}-{_rate(step['rows_high'])} over {step['windows']} windows"
+    text = f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} over {step['windows']} windows"
     return text if step.get("settled", True) else text + ", which did not agree"
 
 
@@ -237,7 +225,7 @@ def _size(size: dict[str, Any]) -> list[str]:
     lines = ["## Model size", ""]
     if size.get("kind") == "torch":
         lines.append(f"{size['parameters']:,} parameters; weights: " + ", ".join(
-            f"{dtype} {_mib(n)}" for dtype, n in size["weight_bytes"].items()) + ".")
+            f"{dtype} {mib_text(n)}" for dtype, n in size["weight_bytes"].items()) + ".")
     elif size.get("kind") == "estimator":
         lines.append(f"{size['estimator']} with {size['parameters']:,} fitted values; "
                      f"pickled {size['pickled_bytes']:,} bytes.")
@@ -266,12 +254,12 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
         if best is None:
             note = outcome["error"] or "p99 over the SLO even at 1 client"
             lines.append(f"| {index + 1} | {outcome['label']}{mark} | — | — | — | — | — | "
-                         f"{_mib(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
+                         f"{mib_text(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
                          f"{note.splitlines()[0][:80]} |")
             continue
-        lines.append(f"| {index + 1} | {outcome['label']}{mark} | {_rate(best['rows_per_s'])} | "
+        lines.append(f"| {index + 1} | {outcome['label']}{mark} | {rate_text(best['rows_per_s'])} | "
                      f"{format_ms(best['p50_ms'])} | {format_ms(best['p99_ms'])} | {best['concurrency']} | "
-                     f"{_batch(best['mean_batch_size'])} | {_mib(outcome['peak_rss_bytes'])} | "
+                     f"{batch_text(best['mean_batch_size'])} | {mib_text(outcome['peak_rss_bytes'])} | "
                      f"{outcome['seconds']:.0f} s | |")
     if any((o.get("processes") or 1) > 1 for o in candidates):
         lines += ["", "Server peak RSS with more than one worker: the supervisor's and each worker's peak "
@@ -290,7 +278,7 @@ def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for index, outcome in enumerate(candidates):
         for step in outcome["steps"]:
-            lines.append(f"| {index + 1} | {step['concurrency']} | {_rate(step['rows_per_s'])} | "
+            lines.append(f"| {index + 1} | {step['concurrency']} | {rate_text(step['rows_per_s'])} | "
                          f"{_range(step)} | {format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} "
                          f"({format_ms(step.get('p99_high') or step['p99_ms'])}) | "
                          f"{format_ms(step['max_ms'])} | "
@@ -302,7 +290,7 @@ def _range(step: dict[str, Any]) -> str:
     if step.get("rows_low") is None:
         return "—"
     mark = "" if step.get("settled", True) else "*"
-    return f"{_rate(step['rows_low'])}-{_rate(step['rows_high'])} ({step['windows']}{mark})"
+    return f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} ({step['windows']}{mark})"
 
 
 def _share(value: float | None) -> str:

@@ -7,13 +7,11 @@ from typing import Any
 
 from batchserve_planning.candidates import Candidate
 from batchserve_planning.capacity import GIB, MEMORY_HEADROOM
+from batchserve_planning.formats import X, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.report import (
-    X,
     _candidates_table,
-    _mib,
     _noise,
-    _rate,
     _size,
     memory_by_input_section,
     pyplot,
@@ -98,7 +96,7 @@ def _pick_lines(results: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
         f"inferences** at {sizing['served_rps']:,.1f} requests/s. One replica's open-loop peak within the "
         f"SLO: {sizing['peak_rps']:,.1f} requests/s; each is given {sizing['per_replica_rps']:,.1f} "
         f"({_headroom_words(results, chosen)}). Peak memory per replica "
-        f"{_mib(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
+        f"{mib_text(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
         *[f"- {note}" for note in chosen.get("decisions", [])],
         *([""] if chosen.get("decisions") else []),
         "Each replica's `[[models]]` table (serve it with `batchserve serve --workers "
@@ -134,14 +132,14 @@ def _profiles_table(entries: list[dict[str, Any]], chosen: str | None) -> list[s
         how = "isolated" if entry["placement"]["isolated"] else "generator sharing its CPUs"
         outcome = entry["candidates"][entry["pick"]] if entry["pick"] is not None else None
         label = outcome["label"] if outcome else "none within the SLO"
-        predicted = _rate(entry["predicted"]["rows_per_s"]) if entry["predicted"] else "—"
+        predicted = rate_text(entry["predicted"]["rows_per_s"]) if entry["predicted"] else "—"
         sizing = entry.get("sizing")
         if sizing is None:
             lines.append(f"| {name} | {how} | {label} | {predicted} | — | | | | | |")
             continue
         lines.append(f"| {name} | {how} | {label} | {predicted} | {sizing['peak_rps']:,.1f} | "
                      f"{sizing['replicas']} | {_money(sizing['dollars_per_hour'])} | "
-                     f"{_money(sizing['dollars_per_million'])} | {_mib(sizing['peak_rss_bytes'])} | "
+                     f"{_money(sizing['dollars_per_million'])} | {mib_text(sizing['peak_rss_bytes'])} | "
                      f"{_gib(sizing['memory_size_bytes'])} |")
     return [*lines, ""]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchserve_planning.formats import X, batch_text, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
-from batchserve_planning.report import X, _batch, _mib, _rate
 
 
 def tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
@@ -17,13 +17,14 @@ def tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     fastest = max((s["rows_per_s"], s["p99_ms"], o["label"]) for o in measured for s in o["steps"])
     if fastest[0] > best["rows_per_s"] * 1.02 and fastest[1] > slo:
         sentences.append(
-            f"- More throughput costs latency: the most measured at any latency was {_rate(fastest[0])}/s "
+            "- More throughput costs latency: the most measured at any latency was "
+            f"{rate_text(fastest[0])}/s "
             f"({fastest[2]}) at p99 {format_ms(fastest[1])}, "
             f"{fastest[0] / best['rows_per_s']:.2f}{X} the pick, "
             f"outside the SLO of {slo:g} ms.")
     elif fastest[0] > best["rows_per_s"] * 1.02:
         sentences.append(
-            f"- The fastest sweep step, {_rate(fastest[0])}/s ({fastest[2]}) at p99 "
+            f"- The fastest sweep step, {rate_text(fastest[0])}/s ({fastest[2]}) at p99 "
             f"{format_ms(fastest[1])}, was within the SLO but did not hold up when measured again in "
             "the final round; the pick is what held up.")
     else:
@@ -38,7 +39,7 @@ def tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     unbatched = [o for o in measured if o["candidate"]["max_batch_size"] == 1 and o["best"]]
     if unbatched and pick["candidate"]["max_batch_size"] > 1:
         rate = unbatched[0]["best"]["rows_per_s"]
-        sentences.append(f"- Batching: max_batch_size 1 reached {_rate(rate)}/s within the SLO; the pick "
+        sentences.append(f"- Batching: max_batch_size 1 reached {rate_text(rate)}/s within the SLO; the pick "
                          f"is {best['rows_per_s'] / rate:.2f}{X} that.")
     sentences += _batch_series(measured, pick)
     for key, name in (("max_wait_ms", "max_wait_ms"), ("workers", "workers"), ("instances", "instances")):
@@ -50,8 +51,8 @@ def tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
             ratio = other["best"]["rows_per_s"] / best["rows_per_s"]
             sentences.append(f"- {name} {other['candidate'][key]:g} instead of {pick['candidate'][key]:g}: "
                              f"{ratio:.2f}{X} the throughput, p99 {format_ms(other['best']['p99_ms'])}, "
-                             f"server peak memory {_mib(other['peak_rss_bytes'])} against "
-                             f"{_mib(pick['peak_rss_bytes'])}.")
+                             f"server peak memory {mib_text(other['peak_rss_bytes'])} against "
+                             f"{mib_text(pick['peak_rss_bytes'])}.")
     return sentences
 
 
@@ -68,8 +69,8 @@ def _batch_series(measured: list[dict[str, Any]], pick: dict[str, Any]) -> list[
         return []
     clients = max(common)
     steps = [next(s for s in o["steps"] if s["concurrency"] == clients) for o in same]
-    cells = [f"batch {o['candidate']['max_batch_size']}: {_rate(s['rows_per_s'])}/s, "
-             f"p50 {format_ms(s['p50_ms'])} (mean batch {_batch(s['mean_batch_size'])})"
+    cells = [f"batch {o['candidate']['max_batch_size']}: {rate_text(s['rows_per_s'])}/s, "
+             f"p50 {format_ms(s['p50_ms'])} (mean batch {batch_text(s['mean_batch_size'])})"
              for o, s in zip(same, steps, strict=True)]
     top = max(range(len(steps)), key=lambda i: steps[i]["rows_per_s"])
     first, best = steps[0], steps[top]
