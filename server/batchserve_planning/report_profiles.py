@@ -111,7 +111,7 @@ def _headroom_words(results: dict[str, Any], entry: dict[str, Any]) -> str:
     used = variance.get("headroom", given)
     if variance.get("service_cv") is None or used == given:
         return f"{used:.0%} headroom"
-    return (f"{used:.0%} headroom: {given:.0%} x (1 + cv²) for a service time that varies, cv "
+    return (f"{used:.1%} headroom: {given:.0%} x (1 + cv²) for a service time that varies, cv "
             f"{variance['service_cv']:.2f} measured at one client")
 
 
