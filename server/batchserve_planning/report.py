@@ -70,6 +70,10 @@ def _memory(outcome: dict[str, Any]) -> str:
     return text
 
 
+def _clients(count: int) -> str:
+    return f"{count} client{'s' if count != 1 else ''}"
+
+
 def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     """The report's first words: the checked figure (the re-run's, where it held), or, where the
     re-run did not hold, that, with what did hold."""
@@ -96,13 +100,13 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               [] if check["p99_within_slo"] else
               [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
     held = (f"**What held: {rate_text(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
-            f"with {step['concurrency']} clients (the re-run's own figure, within the SLO)."
+            f"with {_clients(step['concurrency'])} (the re-run's own figure, within the SLO)."
             if check["p99_within_slo"] else
             "**Nothing held**: no figure of this run is confirmed within the SLO; measure again on a "
             "quieter machine, with fewer clients, or with a looser SLO.")
     lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
               "at p99 "
-              f"{format_ms(predicted['p99_ms'])} ({predicted['concurrency']} clients); started again it "
+              f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
               f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
               + "; ".join(misses) + ". " + held, "",
