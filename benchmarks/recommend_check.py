@@ -1,15 +1,18 @@
-"""``recommend --hardware`` checked against itself: predicted vs measured for the pick and for two
-replicas, per model, from one run of the real command.
+"""``recommend`` checked against itself, run after run: does the pick's re-run hold, do the picks
+agree, is the budget honoured, with and without other work on the same cores.
 
-For each model it runs ``batchserve recommend --hardware models/hardware.example.toml`` with the
-model's inputs, SLO and target (below), then reads results.json: the pick's re-run (one replica's
-share of the target, open loop: answered vs arrived, p99 vs the SLO) and the two-replica check
-(two replicas of a profile behind nginx, their open-loop peak against twice one replica's). The
-prediction is recommend's own; this script only runs it and tabulates.
+For each model (MODELS) it runs ``batchserve recommend`` RUNS times without and RUNS times with a
+background CPU load (LOAD: one process spinning on every core, outside recommend's process tree,
+alternating: quiet, loaded, quiet, ...), and HARDWARE_RUNS times ``recommend --hardware
+models/hardware.example.toml`` (quiet, then loaded, ...), each with the model's inputs, SLO and
+target below, then reads results.json: the exit status (0 held, 3 the re-run did not hold, 1 no
+pick), the pick, whether its re-run held (throughput within 10%, p99 within the SLO), the
+contention recommend measured, and the seconds against the budget. The predictions and checks
+are recommend's own; this script only runs it and tabulates.
 
-Usage: .venv/bin/python benchmarks/recommend_check.py   (needs nginx for the replica check;
-MODELS=diabetes,resnet50 (also minilm); BUDGET_S per model, default 300 for diabetes, 900 for
-resnet50, 600 for minilm)
+Usage: .venv/bin/python benchmarks/recommend_check.py
+  MODELS=diabetes,resnet50,minilm  RUNS=5 (per condition)  HARDWARE_RUNS=2  LOAD=1 (0: quiet only)
+  BUDGET_S per model (default: diabetes 300, resnet50 900, minilm 600); CONFIG (models/models.toml)
 Prints a markdown table and writes benchmarks/results/recommend-check-<time>.json; the report
 folders are kept under benchmarks/results/recommend-<model>-<time>/.
 """
@@ -21,15 +24,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import harness
 
 ROOT = Path(__file__).resolve().parents[1]
+SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
 
 
-def _sklearn_images() -> str:
+def _sklearn_images(_: Path) -> str:
     import sklearn.datasets
 
     return str(Path(sklearn.datasets.__file__).parent / "images")
@@ -51,64 +57,115 @@ def _texts(folder: Path) -> str:
     return str(path)
 
 
-RUNS: dict[str, dict[str, Any]] = {
+MODELS: dict[str, dict[str, Any]] = {
     "diabetes": {"slo": 20, "target": 20000, "budget": 300, "inputs": _diabetes_rows},
-    "resnet50": {"slo": 2000, "target": 20, "budget": 900, "inputs": lambda _: _sklearn_images()},
+    "resnet50": {"slo": 2000, "target": 20, "budget": 900, "inputs": _sklearn_images},
     "minilm": {"slo": 200, "target": 500, "budget": 600, "inputs": _texts},
 }
 
 
-def run(model: str, results: Path) -> dict[str, Any]:
-    spec = RUNS[model]
-    out = results / f"recommend-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+@contextmanager
+def background_load(on: bool) -> Iterator[None]:
+    """One process spinning per core, started as its own session (not recommend's children)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
+                for _ in range(os.cpu_count() or 1)] if on else []
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(timeout=10)
+
+
+def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str, Any]:
+    spec = MODELS[model]
+    kind = "hardware" if hardware else "plain"
+    condition = "loaded" if loaded else "quiet"
+    out = results / f"recommend-{model}-{kind}-{condition}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     budget = float(os.environ.get("BUDGET_S", spec["budget"]))
+    inputs: Callable[[Path], str] = spec["inputs"]
     models = ROOT / "models"
-    command = [sys.executable, "-m", "batchserve", "recommend", "--config", str(models / "models.toml"),
-               "--model", model, "--inputs", spec["inputs"](out), "--slo-p99-ms", str(spec["slo"]),
-               "--target-rps", str(spec["target"]), "--hardware", str(models / "hardware.example.toml"),
+    config = os.environ.get("CONFIG", str(models / "models.toml"))
+    command = [sys.executable, "-m", "batchserve", "recommend", "--config", config,
+               "--model", model, "--inputs", inputs(out), "--slo-p99-ms", str(spec["slo"]),
                "--budget-s", f"{budget:g}", "--no-progress", "--out", str(out)]
+    if hardware:
+        command += ["--target-rps", str(spec["target"]), "--hardware", str(models / "hardware.example.toml")]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    with background_load(loaded):
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.monotonic() - started
     (out / "stderr.log").write_text(done.stderr)
-    if done.returncode not in (0, 1):
+    if done.returncode not in (0, 1, 3):
         raise SystemExit(f"{model}: recommend exited {done.returncode}: {done.stderr[-2000:]}")
     data = json.loads((out / "results.json").read_text())
-    entry = next((e for e in data["profiles"] if e["profile"]["name"] == data["pick_profile"]), None)
-    return {"model": model, "out": str(out), "seconds": time.monotonic() - started, "slo_ms": spec["slo"],
-            "target_rps": spec["target"], "pick": data["pick_profile"],
-            "replicas": entry["sizing"]["replicas"] if entry else None,
-            "peak_rps": entry["sizing"]["peak_rps"] if entry else None,
-            "rerun": data["checks"].get("rerun"), "replica_check": data["checks"].get("replicas"),
-            "closest": data["closest"]}
+    row = {"model": model, "kind": kind, "loaded": loaded, "exit": done.returncode, "seconds": seconds,
+           "budget_s": budget, "out": str(out), "contention": data.get("contention")}
+    if hardware:
+        rerun = data["checks"].get("rerun") or {}
+        entry = next((e for e in data["profiles"] if e["profile"]["name"] == data["pick_profile"]), None)
+        row.update(pick=(f"{entry['sizing']['replicas']} x {data['pick_profile']}: "
+                         f"{entry['candidates'][entry['pick']]['label']}") if entry else None,
+                   holds=rerun.get("holds"), ratio=rerun.get("ratio"), p99_ms=rerun.get("p99_ms"))
+    else:
+        check = data.get("verification") or {}
+        pick = data["candidates"][data["pick"]]["label"] if data["pick"] is not None else None
+        row.update(pick=pick, holds=check.get("holds"), ratio=check.get("ratio"),
+                   p99_ms=check.get("measured_p99_ms"), decisions=data.get("decisions"))
+    return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | pick | one replica's peak (req/s) | re-run: answered / arrived | re-run p99 vs SLO | "
-             "2 replicas: predicted | measured | ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | run | background load | exit | pick | re-run / prediction | re-run p99 | holds | "
+             "others' CPU (mean, max) | contended | seconds (budget) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        rerun, check = row["rerun"] or {}, row["replica_check"] or {}
-        if row["pick"] is None:
-            lines.append(f"| {row['model']} | none ({row['closest']}) | | | | | | |")
-            continue
-        rerun_cells = (f"{rerun['carried_rps']:,.1f} / {rerun['arrived_rps']:,.1f} ({rerun['ratio']:.2f}x) | "
-                       f"{rerun['p99_ms']:,.1f} vs {row['slo_ms']} ms" if "ratio" in rerun else
-                       f"{rerun.get('error', 'not run')} |")
-        check_cells = (f"{check['predicted_rps']:,.1f} | {check['measured_rps']:,.1f} | {check['ratio']:.2f}x"
-                       if check.get("ratio") is not None else
-                       f"{check.get('skipped') or check.get('error') or 'no rate within the SLO'} | | ")
-        lines.append(f"| {row['model']} | {row['replicas']} x {row['pick']} | {row['peak_rps']:,.1f} | "
-                     f"{rerun_cells} | {check_cells} |")
+        contention = row["contention"] or {}
+        share = (f"{contention['mean_others_cpu']:.0%}, {contention['max_others_cpu']:.0%}"
+                 if contention.get("measurements") else "—")
+        ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "—"
+        p99 = f"{row['p99_ms']:,.1f} ms" if row.get("p99_ms") is not None else "—"
+        lines.append(f"| {row['model']} | {row['kind']} | {'yes' if row['loaded'] else 'no'} | "
+                     f"{row['exit']} | {row['pick']} | {ratio} | {p99} | {'yes' if row['holds'] else 'no'} | "
+                     f"{share} | "
+                     f"{len(contention.get('contended', []))} of {contention.get('measurements', 0)} | "
+                     f"{row['seconds']:.0f} ({row['budget_s']:.0f}) |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for kind in ("plain", "hardware"):
+            mine = [r for r in rows if r["model"] == model and r["kind"] == kind]
+            if mine:
+                picks = sorted({str(r["pick"]) for r in mine})
+                held = sum(bool(r["holds"]) for r in mine)
+                lines.append(f"- {model} ({kind}): held in {held} of {len(mine)} runs; "
+                             f"{len(picks)} distinct pick(s): {'; '.join(picks)}")
     return "\n".join(lines)
 
 
 def main() -> None:
-    models = os.environ.get("MODELS", "diabetes,resnet50").split(",")
+    models = os.environ.get("MODELS", "diabetes,resnet50,minilm").split(",")
+    runs, hardware_runs = int(os.environ.get("RUNS", "5")), int(os.environ.get("HARDWARE_RUNS", "2"))
+    loads = [False, True] if os.environ.get("LOAD", "1") == "1" else [False]
     results = ROOT / "benchmarks" / "results"
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = [run(model, results) for model in models]
-    print(f"commit {commit}, started {started}\n")
+    rows = []
+    for model in models:
+        for _ in range(runs):  # alternating: quiet, loaded, quiet, ...
+            for loaded in loads:
+                rows.append(run(model, results, hardware=False, loaded=loaded))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+        for index in range(hardware_runs):
+            rows.append(run(model, results, hardware=True, loaded=loads[index % len(loads)]))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(f"\ncommit {commit}, started {started}\n")
     print(table(rows))
+    print()
+    print(summary(rows))
     harness.save_results("recommend-check", {"commit": commit, "started": started, "runs": rows})
 
 

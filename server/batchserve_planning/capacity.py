@@ -29,6 +29,27 @@ MEMORY_SIZES = (GIB // 2, *(2**k * GIB for k in range(11)))
 """Memory sizes machines come in: 0.5 GiB, then powers of two up to 1 TiB."""
 
 
+MAX_HEADROOM = 0.5
+"""The most of a replica's peak variance-aware sizing keeps free."""
+
+
+def variance_headroom(headroom: float, service_cv: float | None) -> float:
+    """The headroom a model's service-time variation needs: ``headroom`` x (1 + cv^2), at most
+    ``MAX_HEADROOM``. A queue's waiting time grows with (1 + cv^2) of the service time
+    (Pollaczek-Khinchine), so a model whose requests vary in cost (texts of mixed lengths) keeps
+    more of its peak free for the same p99 than one whose every request costs the same (cv ~ 0,
+    the headroom as given). ``service_cv``: measured (``ramp.robust_cv`` at one client)."""
+    if service_cv is None:
+        return headroom
+    return max(headroom, min(MAX_HEADROOM, headroom * (1 + service_cv**2)))
+
+
+def variance_responses(min_responses: int, service_cv: float | None) -> int:
+    """Answers an open-loop step of such a model waits for: ``min_responses`` x (1 + cv^2), the same
+    factor, so that its p99 rests on as many queueing episodes as a steady model's."""
+    return min_responses if service_cv is None else math.ceil(min_responses * (1 + service_cv**2))
+
+
 @dataclass(frozen=True)
 class Load:
     """The load to carry: an arrival rate, a number of clients, or both (None: neither, size one

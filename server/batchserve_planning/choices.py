@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batchserve_planning.candidates import Outcome
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import Step
-    from batchserve_planning.sweep import Outcome
 
 
 def device_dtypes(args: argparse.Namespace, base: dict[str, Any],
@@ -56,16 +56,63 @@ def inspect_size(config: Path, model: str, bars: Bars, batch_cap: int) -> tuple[
     return size, report.get("memory_by_input")
 
 
-def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]]) -> tuple[Outcome | None, Step | None]:
+def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]],
+           notes: list[str] | None = None) -> tuple[Outcome | None, Step | None]:
     """The pick and the figures that predict it: the final round's best within the SLO, else the
-    sweep's (most rows/s within the SLO; within 2% of it, the smaller peak memory)."""
+    sweep's; of those within the noise of the best, the simplest (``simplest``), saying so in
+    ``notes``."""
     inside = [(o, s) for o, s in finals if s.within_slo]
-    if inside:
-        return max(inside, key=lambda pair: pair[1].rows_per_s)
-    ranked = [o for o in outcomes if o.best is not None]
-    if not ranked:
+    if not inside:
+        inside = [(o, o.best) for o in outcomes if o.best is not None]
+    if not inside:
         return None, None
-    top = max(o.best.rows_per_s for o in ranked if o.best is not None)
-    close = [o for o in ranked if o.best is not None and o.best.rows_per_s >= 0.98 * top]
-    pick = min(close, key=lambda o: (o.peak_rss_bytes or 0, o.best.p99_ms if o.best else 0))
-    return pick, pick.best
+    pick, step, note = simplest(inside)
+    if note is not None and notes is not None:
+        notes.append(note)
+    return pick, step
+
+
+MEMORY_STEP = 16 * 2**20
+"""Peak memories that differ by less than this are the same (a few MiB move from run to run)."""
+
+
+def simpler_key(outcome: Outcome) -> tuple[float, ...]:
+    """Simpler and cheaper first: fewer workers, fewer instances, less memory (by ``MEMORY_STEP``),
+    a smaller batch, a shorter wait."""
+    c = outcome.candidate
+    return (c.workers, c.instances, (outcome.peak_rss_bytes or 0) // MEMORY_STEP, c.max_batch_size,
+            c.max_wait_ms)
+
+
+def simplest(pairs: list[tuple[Outcome, Step]]) -> tuple[Outcome, Step, str | None]:
+    """The fastest of ``pairs`` (a candidate and its figure), or, of those within the noise of it
+    (``ramp.trend``), the simplest; with a sentence saying so where that is not the fastest."""
+    from batchserve_planning.ramp import trend
+
+    top, top_step = max(pairs, key=lambda pair: pair[1].rows_per_s)
+    equal = [(o, s) for o, s in pairs if trend(s, top_step) >= 0]
+    pick, step = min(equal, key=lambda pair: simpler_key(pair[0]))
+    if pick is top:
+        return top, top_step, None
+    return pick, step, (f"{pick.candidate.label()} ({_figure(step)}) and {top.candidate.label()} "
+                        f"({_figure(top_step)}) are equivalent, within their measured noise: "
+                        f"{pick.candidate.label()} is picked, {_why_simpler(pick, top)}")
+
+
+def _figure(step: Step) -> str:
+    spread = step.rows_spread
+    return f"{step.rows_per_s:,.0f}/s, {spread.low:,.0f}-{spread.high:,.0f} over its windows"
+
+
+def _why_simpler(pick: Outcome, other: Outcome) -> str:
+    a, b = pick.candidate, other.candidate
+    if a.workers != b.workers:
+        return f"fewer workers ({a.workers} against {b.workers})"
+    if a.instances != b.instances:
+        return f"fewer instances ({a.instances} against {b.instances})"
+    if (pick.peak_rss_bytes or 0) // MEMORY_STEP < (other.peak_rss_bytes or 0) // MEMORY_STEP:
+        return (f"less memory ({(pick.peak_rss_bytes or 0) / 2**20:,.0f} MiB against "
+                f"{(other.peak_rss_bytes or 0) / 2**20:,.0f} MiB)")
+    if a.max_batch_size != b.max_batch_size:
+        return f"a smaller batch ({a.max_batch_size} against {b.max_batch_size})"
+    return f"a shorter wait ({a.max_wait_ms:g} ms against {b.max_wait_ms:g} ms)"

@@ -19,14 +19,23 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.capacity import Load, Sizing, Verdict, judge, pick, size
+from batchserve_planning.capacity import (
+    Load,
+    Sizing,
+    Verdict,
+    judge,
+    pick,
+    size,
+    variance_headroom,
+    variance_responses,
+)
 from batchserve_planning.hardware import Placement, Profile, Refusal, place
 
 if TYPE_CHECKING:
+    from batchserve_planning.candidates import Candidate, Outcome
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.openloop import OpenStep, Peak
     from batchserve_planning.ramp import RampSettings
-    from batchserve_planning.sweep import Candidate, Outcome
 
 TOLERANCE = 0.10
 """Measured throughput may differ from the prediction by this share before the report says so."""
@@ -114,7 +123,7 @@ class Fleet:
         has_dtype = "dtype" in self._options_fields()
         outcomes, skipped = sweep.search(device_dtypes(devices, self.base, has_dtype))
         finals = sweep.final_round(outcomes)
-        chosen, predicted = choose(outcomes, finals)
+        chosen, predicted = choose(outcomes, finals, sweep.notes)
         entry: dict[str, Any] = {
             "profile": profile.to_dict(), "placement": placement.to_dict(), "refused": None,
             "candidates": [o.to_dict() for o in outcomes], "skipped": [c.label() for c in skipped],
@@ -124,14 +133,21 @@ class Fleet:
         if chosen is None or predicted is None:
             entry["why_not"] = _too_slow(outcomes, self.settings.slo_ms)
             return entry
+        entry["decisions"] = list(dict.fromkeys(sweep.notes))
+        single = [s for s in chosen.steps if s.concurrency == 1]
+        cv = single[0].latency_cv if single else None
+        headroom = variance_headroom(self.load.headroom, cv)
+        responses = variance_responses(self.settings.min_responses, cv)
+        entry["variance"] = {"service_cv": cv, "headroom": headroom, "min_responses": responses}
+        sweep.settings = replace(sweep.settings, min_responses=responses)
         peak = self._peak(sweep, chosen, predicted.rps, f"{profile.name}: open-loop peak")
         entry["open_loop"] = peak.to_dict() if peak is not None else None
         if peak is None or peak.rate_rps is None:
             entry["why_not"] = _no_rate(peak, self.settings.slo_ms)
             return entry
         clients = [s.concurrency for s in chosen.steps if s.within_slo]
-        sizing = size(self.load, peak.rate_rps, max(clients) if clients else None, chosen.peak_rss_bytes,
-                      profile.price_per_hour, profile.memory_bytes)
+        sizing = size(replace(self.load, headroom=headroom), peak.rate_rps, max(clients) if clients else None,
+                      chosen.peak_rss_bytes, profile.price_per_hour, profile.memory_bytes)
         entry["sizing"] = sizing.to_dict()
         entry["why_not"] = None
         return entry
@@ -243,7 +259,7 @@ class Fleet:
 
 def _picked(entry: dict[str, Any]) -> Candidate:
     """The configuration a measured profile picked."""
-    from batchserve_planning.sweep import Candidate
+    from batchserve_planning.candidates import Candidate
 
     return Candidate(**entry["candidates"][entry["pick"]]["candidate"])
 
@@ -254,7 +270,8 @@ def _compared(rate: float, step: OpenStep, slo_ms: float) -> dict[str, Any]:
     ratio = step.carried_rps / step.arrived_rps if step.arrived_rps > 0 else 0.0
     return {"offered_rps": rate, "arrived_rps": step.arrived_rps, "carried_rps": step.carried_rps,
             "ratio": ratio, "throughput_within_10pct": abs(ratio - 1) <= TOLERANCE, "p99_ms": step.p99_ms,
-            "p99_within_slo": step.p99_ms <= slo_ms, "error_rate": step.error_rate, "step": asdict(step)}
+            "p99_within_slo": step.p99_ms <= slo_ms, "error_rate": step.error_rate, "step": asdict(step),
+            "holds": abs(ratio - 1) <= TOLERANCE and step.p99_ms <= slo_ms}
 
 
 def _too_slow(outcomes: list[Outcome], slo_ms: float) -> str:

@@ -10,18 +10,21 @@ outside until they are ``resolution`` apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.ramp import MAX_ERROR_RATE
+from batchserve_planning.ramp import MAX_ERROR_RATE, p99_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from batchserve_planning.contention import Contention
     from batchserve_planning.load.inputs import Requests
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.load.results import Summary
     from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.stability import Figure
 
 CARRIED_SHARE = 0.95
 """A step within the SLO answers at least this share of what arrived, 2xx."""
@@ -34,54 +37,76 @@ class OpenStep:
     offered_rps: float
     """The rate asked for (the mean of the Poisson process)."""
     carried_rps: float
-    """2xx answers per second of the measurement window."""
+    """2xx answers per second: the mean of the agreeing windows (``stability``)."""
     rows_per_s: float
     p50_ms: float
     p99_ms: float
-    """From each request's arrival, client-side waiting for a free connection included."""
+    """From each request's arrival, client-side waiting for a free connection included: the median
+    of the agreeing windows' p99s."""
     error_rate: float
     mean_batch_size: float | None
     within_slo: bool
-    """p99 within the SLO, errors at most ``ramp.MAX_ERROR_RATE``, and at least ``CARRIED_SHARE``
-    of the arrivals of the window answered 2xx in it."""
+    """The highest p99 of the agreeing windows within the SLO, errors at most ``ramp.MAX_ERROR_RATE``,
+    and at least ``CARRIED_SHARE`` of the arrivals answered 2xx."""
     arrived_rps: float
-    """Arrivals per second the Poisson draw made in the window (``offered_rps`` give or take
-    its noise: about 1/sqrt(arrivals), 6% for 300), what ``carried_rps`` is held against."""
+    """Arrivals per second the Poisson draw made in the first run's window (``offered_rps`` give or
+    take its noise: about 1/sqrt(arrivals), 6% for 300), what ``carried_rps`` is held against."""
+    p99_high: float | None = None
+    carried_low: float | None = None
+    carried_high: float | None = None
+    windows: int = 1
+    settled: bool = True
+    others_cpu: float | None = None
+    steal: float | None = None
 
     @classmethod
-    def of(cls, summary: Summary, slo_ms: float) -> OpenStep:
-        latency = summary.latency_ms
-        arrived = summary.requests / summary.window_s
+    def of(cls, summaries: list[Summary], figure: Figure, slo_ms: float,
+           contention: Contention | None = None) -> OpenStep:
+        first = summaries[0]
+        latency = first.latency_ms
+        arrived = first.requests / first.window_s
+        requests = sum(s.requests for s in summaries)
+        errors = sum(s.error_rate * s.requests for s in summaries) / requests if requests else 0.0
+        rows_per_request = first.rows_per_request or 1
+        carried = figure.rows_per_s / rows_per_request
+        p99, p99_high = p99_of(figure, summaries)
         # NaN (nothing answered) compares False: not within.
-        within = (latency["p99"] <= slo_ms and summary.error_rate <= MAX_ERROR_RATE
-                  and summary.ok_rps >= CARRIED_SHARE * arrived)
-        return cls(summary.rate, summary.ok_rps, summary.rows_per_s, latency["p50"], latency["p99"],
-                   summary.error_rate, summary.mean_batch_size, within, arrived)
+        within = (p99_high <= slo_ms and errors <= MAX_ERROR_RATE
+                  and first.ok_rps >= CARRIED_SHARE * arrived)
+        return cls(first.rate, carried, figure.rows_per_s, latency["p50"], p99, errors,
+                   first.mean_batch_size, within, arrived, p99_high,
+                   figure.rows_spread.low / rows_per_request, figure.rows_spread.high / rows_per_request,
+                   figure.windows, figure.settled, contention.others_cpu if contention else None,
+                   contention.steal if contention else None)
 
 
 def measure_open(url: str, model: str, requests: Requests, rate_rps: float, settings: RampSettings,
                  bars: Bars | None, label: str, *, duration_s: float | None = None,
                  seed: int = 0) -> OpenStep:
     """One step at ``rate_rps`` arrivals per second, as long as a ramp step (``settings.step_s``,
-    longer until ``min_responses`` answers, at most ``max_step_s``; or ``duration_s``), over at
-    most ``settings.max_concurrency`` connections (arrivals beyond wait client-side, and that
-    wait counts in their latency). ``seed``: the Poisson draw's (a search gives each step its own,
-    so that one draw's luck is not every step's)."""
-    from batchserve_planning.load.measure import measure
+    longer until ``min_responses`` answers, at most ``max_step_s``; or ``duration_s``), in windows
+    until they agree (``ramp.measure_windows``), over at most ``settings.max_concurrency``
+    connections (arrivals beyond wait client-side, and that wait counts in their latency).
+    ``seed``: the Poisson draw's (a search gives each step its own, so that one draw's luck is not
+    every step's; a window more draws from ``seed`` + its number)."""
     from batchserve_planning.load.shared import LoadSpec
+    from batchserve_planning.ramp import measure_windows
 
     if not rate_rps > 0:
         raise ValueError(f"an open-loop rate must be > 0, not {rate_rps}")
     host, _, port = url.removeprefix("http://").partition(":")
     concurrency = settings.max_concurrency
-    spec = LoadSpec(host, int(port), requests.requests, mode="open", rate=rate_rps, concurrency=concurrency,
-                    duration_s=duration_s or settings.step_s, warmup_s=settings.warmup_s,
-                    timeout_s=settings.timeout_s, min_responses=settings.min_responses,
-                    max_duration_s=max(settings.max_step_s, duration_s or 0), seed=seed)
-    summary = measure(spec, url, model, requests.rows_per_request,
-                      processes=min(settings.processes, concurrency), cpus=settings.load_cpus,
-                      bars=bars, label=label)
-    return OpenStep.of(summary, settings.slo_ms)
+    draws = iter(range(seed, seed + 1000))
+
+    def spec_for(share: float) -> LoadSpec:
+        return LoadSpec(host, int(port), requests.requests, mode="open", rate=rate_rps,
+                        concurrency=concurrency, duration_s=(duration_s or settings.step_s) * share,
+                        warmup_s=settings.warmup_s, timeout_s=settings.timeout_s,
+                        min_responses=math.ceil(settings.min_responses * share),
+                        max_duration_s=max(settings.max_step_s, duration_s or 0) * share, seed=next(draws))
+
+    summaries, figure, contention = measure_windows(spec_for, url, model, requests, settings, bars, label)
+    return OpenStep.of(summaries, figure, settings.slo_ms, contention)
 
 
 @dataclass(frozen=True)

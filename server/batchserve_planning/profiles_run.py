@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
         "pick_profile": chosen.name if chosen else None,
         "losers": explain_losers(verdicts, chosen) if chosen else {v.name: v.reason for v in verdicts},
         "closest": None if chosen else closest(entries, verdicts), "checks": checks,
+        "stability": asdict(settings.rule), "contention": _contention(entries, checks),
     }
     print(write(out, results))
     print(f"\nwrote {out}/report.md, profiles.png and results.json")
@@ -72,7 +74,27 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
         print(f"batchserve recommend: no profile carries the load within the SLO; {results['closest']}",
               file=sys.stderr)
         return 1
+    if not (checks.get("rerun") or {}).get("holds"):
+        print("batchserve recommend: NOT CONFIRMED: the pick's re-run did not hold (see the report)",
+              file=sys.stderr)
+        return 3
     return 0
+
+
+def _contention(entries: list[dict[str, Any]], checks: dict[str, Any]) -> dict[str, Any]:
+    """Contention over every measurement of the run (``contention.summary``)."""
+    from batchserve_planning.contention import summary
+
+    measured: list[tuple[str, dict[str, Any]]] = []
+    for entry in entries:
+        name = entry["profile"]["name"]
+        for index, outcome in enumerate(entry.get("candidates") or []):
+            measured += [(f"{name} #{index + 1} @ {s['concurrency']} clients", s) for s in outcome["steps"]]
+        for step in (entry.get("open_loop") or {}).get("steps", []):
+            measured.append((f"{name} open loop @ {step['offered_rps']:,.1f}/s", step))
+    if (checks.get("rerun") or {}).get("step"):
+        measured.append(("re-run of the pick", checks["rerun"]["step"]))
+    return summary(measured)
 
 
 def _load(args: argparse.Namespace) -> Load:

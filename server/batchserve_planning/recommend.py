@@ -22,10 +22,15 @@ import time
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+NO_PICK = 1
+"""Exit status: no candidate (no profile, with ``--hardware``) met the SLO."""
+BAD_INPUT = 2
+NOT_CONFIRMED = 3
+"""Exit status: a pick was made, but starting it again did not hold (throughput within 10% and
+p99 within the SLO); the report leads with that and with what did hold."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from batchserve_planning.loadtest import cpu_set
@@ -59,10 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no candidate that would not leave time for the final round and "
                              "the checks within this many seconds, all profiles together (300)")
     parser.add_argument("--max-concurrency", type=int, default=512, help="most clients in a ramp (512)")
-    parser.add_argument("--step-s", type=float, default=1.0, help="shortest step of a ramp (1)")
+    parser.add_argument("--step-s", type=float, default=1.5,
+                        help="shortest first run of a step, its windows together (1.5)")
     parser.add_argument("--max-step-s", type=float, default=8.0, help="longest step of a ramp (8)")
     parser.add_argument("--min-responses", type=int, default=300,
                         help="a step goes on until this many answers, up to --max-step-s (300)")
+    parser.add_argument("--windows", type=int, default=3,
+                        help="windows in a row that must agree for a figure to count (3)")
+    parser.add_argument("--tolerance", type=float, default=0.10,
+                        help="how closely they must agree: their range within this share of their "
+                             "mean (0.10)")
+    parser.add_argument("--max-windows", type=int, default=6,
+                        help="most windows measured for one figure before it is reported unsettled (6)")
     parser.add_argument("--rows-per-request", type=int, default=1, help="items per request (1)")
     parser.add_argument("--image-mode", choices=["raw", "base64"], default="raw")
     parser.add_argument("--parameters", type=json.loads, help="JSON request parameters")
@@ -81,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve_planning.input_kinds import input_kind_of_table
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.stability import Rule
     from batchserve_planning.sweep import Sweep, batch_cap, server_cores, worker_counts
 
     if args.hardware is None and (args.target_rps is not None or args.concurrency is not None):
@@ -95,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         combos = device_dtypes(args, base, has_dtype)
         workers = worker_counts(args.workers, server_cores(args.server_cpus))
         samples = load_samples(args.inputs, input_kind_of_table(base), on_skip=skipped_inputs.append)
+        rule = Rule(args.windows, args.tolerance, args.max_windows)
     except (ConfigError, InputError, ValueError, LookupError) as exc:
         print(f"batchserve recommend: {exc}", file=sys.stderr)
         return 2
@@ -103,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     settings = RampSettings(slo_ms=args.slo_p99_ms, max_concurrency=args.max_concurrency,
                             step_s=args.step_s, max_step_s=args.max_step_s,
                             min_responses=args.min_responses, rows_per_request=args.rows_per_request,
-                            processes=args.processes, load_cpus=args.load_cpus)
+                            processes=args.processes, load_cpus=args.load_cpus, rule=rule)
     out = args.out or Path("reports") / f"recommend-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     if args.hardware is not None:
@@ -118,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
         size, memory_by_input = inspect_size(args.config, args.model, bars, batch_cap(args, base))
         outcomes, skipped = sweep.search(combos)
         finals = sweep.final_round(outcomes)
-        pick, predicted = choose(outcomes, finals)
+        pick, predicted = choose(outcomes, finals, sweep.notes)
         verification = sweep.verify(pick, predicted) if pick is not None and predicted else None
+    from batchserve_planning.contention import summary
     from batchserve_planning.report import write
 
     results = {
@@ -140,11 +156,21 @@ def run(args: argparse.Namespace) -> int:
         "final_round": [{"candidate": outcomes.index(o), "step": asdict(step)} for o, step in finals],
         "pick": outcomes.index(pick) if pick is not None else None,
         "predicted": asdict(predicted) if predicted else None, "verification": verification,
+        "decisions": list(dict.fromkeys(sweep.notes)),
+        "stability": asdict(settings.rule),
+        "contention": summary(
+            [(f"#{i + 1} @ {s.concurrency} clients", asdict(s))
+             for i, o in enumerate(outcomes) for s in o.steps]
+            + [(f"final round #{outcomes.index(o) + 1}", asdict(s)) for o, s in finals]
+            + ([("re-run of the pick", verification["step"])] if verification and "step" in verification
+               else [])),
     }
     markdown = write(out, results)
     print(markdown)
     print(f"\nwrote {out}/report.md, frontier.png and results.json")
-    return 0 if pick is not None else 1
+    if pick is None:
+        return NO_PICK
+    return 0 if verification and verification.get("holds") else NOT_CONFIRMED
 
 
 def _model_table(config: Path, name: str) -> dict[str, Any]:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from batchserve_planning.candidates import Candidate
+from batchserve_planning.formats import X, batch_text, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.stages import breakdown_section, stages_of
-from batchserve_planning.sweep import Candidate
-
-X = "\N{MULTIPLICATION SIGN}"
+from batchserve_planning.tradeoff import tradeoff
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
@@ -29,19 +29,6 @@ def write_folder(out: Path, results: dict[str, Any], render: Callable[[dict[str,
     markdown = render(results)
     (out / "report.md").write_text(markdown)
     return markdown
-
-
-def _mib(value: int | None) -> str:
-    return "—" if value is None else f"{value / 2**20:,.0f} MiB"
-
-
-def _batch(value: float | None) -> str:
-    """A mean batch size; None where the server's /metrics did not give one."""
-    return "—" if value is None else f"{value:.1f}"
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -64,6 +51,7 @@ def render(results: dict[str, Any]) -> str:
                   "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
     else:
         lines += _recommendation(results, pick)
+    lines += _noise(results)
     lines += _size(results.get("model_size") or {})
     lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _candidates_table(candidates, results["pick"])
@@ -74,12 +62,56 @@ def render(results: dict[str, Any]) -> str:
 
 def _memory(outcome: dict[str, Any]) -> str:
     """The server's peak memory, and what it covers."""
-    text = _mib(outcome["peak_rss_bytes"])
+    text = mib_text(outcome["peak_rss_bytes"])
     processes = outcome.get("processes") or 1
     if processes > 1:
         text += (f" ({processes} processes: the supervisor and its workers, each one's peak, summed: "
                  "an upper bound)")
     return text
+
+
+def _clients(count: int) -> str:
+    return f"{count} client{'s' if count != 1 else ''}"
+
+
+def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
+    """The report's first words: the checked figure (the re-run's, where it held), or, where the
+    re-run did not hold, that, with what did hold."""
+    predicted = results["predicted"] or pick["best"]
+    slo = results["slo_p99_ms"]
+    check = results.get("verification") or {}
+    step = check.get("step")
+    if check.get("holds") and step:
+        return [f"**{pick['label']}**: {rate_text(step['rows_per_s'])} inferences/s at p99 "
+                f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with {step['concurrency']} "
+                f"concurrent clients, mean batch {batch_text(step['mean_batch_size'])}, server peak memory "
+                f"{_memory(pick)}"
+                + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
+                + f": checked, started again it measured {check['ratio']:.2f}{X} the final round's "
+                f"{rate_text(check['predicted_rows_per_s'])}/s, p99 within the SLO of {slo:g} ms.", ""]
+    lines = ["## NOT CONFIRMED: the pick did not hold when started again", ""]
+    if not step:
+        lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
+                  f"at p99 {format_ms(predicted['p99_ms'])}, but its re-run did not complete "
+                  f"({check.get('error', 'not run')}): **no figure was checked**.", ""]
+        return lines
+    misses = ([] if check["throughput_within_10pct"] else
+              [f"throughput {check['ratio']:.2f}{X} the prediction (more than 10% off)"]) + (
+              [] if check["p99_within_slo"] else
+              [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
+    held = (f"**What held: {rate_text(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
+            f"with {_clients(step['concurrency'])} (the re-run's own figure, within the SLO)."
+            if check["p99_within_slo"] else
+            "**Nothing held**: no figure of this run is confirmed within the SLO; measure again on a "
+            "quieter machine, with fewer clients, or with a looser SLO.")
+    lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
+              "at p99 "
+              f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
+              f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
+              f"{format_ms(check['measured_p99_ms'])}: "
+              + "; ".join(misses) + ". " + held, "",
+              "`batchserve recommend` exits with status 3 for this.", ""]
+    return lines
 
 
 def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
@@ -89,11 +121,14 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     table = candidate.table(results["model_table"])
     workers = candidate.workers
     lines = [
-        "## Recommendation", "",
-        f"**{pick['label']}**: {_rate(best['rows_per_s'])} inferences/s at p99 {format_ms(best['p99_ms'])} "
+        *headline(results, pick), "## Recommendation", "",
+        f"{'Predicted by the final round' if results['final_round'] else 'Measured'}: **{pick['label']}**, "
+        f"{rate_text(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
         f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
-        f"{_batch(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
-        + (f", GPU memory {_mib(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        f"{batch_text(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
+        + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
+        *[f"- {note}" for note in results.get("decisions", [])],
+        *([""] if results.get("decisions") else []),
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
         f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
         f"{results['settings'].get('server_cores', '?')} cores; each worker holds its own copy of the "
@@ -110,7 +145,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         for final in results["final_round"]:
             outcome, step = results["candidates"][final["candidate"]], final["step"]
             lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
-                         f"{_rate(outcome['best']['rows_per_s'])} | {_rate(step['rows_per_s'])} | "
+                         f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} | "
                          f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
         lines.append("")
     check = results.get("verification") or {}
@@ -118,11 +153,12 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     if "error" in check or not check:
         lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
     else:
-        verdict = "holds" if check["throughput_within_10pct"] and check["p99_within_slo"] else "does NOT hold"
+        verdict = "holds" if check.get("holds") else "does NOT hold"
         lines += [
             "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
-            f"| inferences/s at {check['concurrency']} clients | {_rate(check['predicted_rows_per_s'])} | "
-            f"{_rate(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
+            f"| inferences/s at {check['concurrency']} clients | "
+            f"{rate_text(check['predicted_rows_per_s'])} | "
+            f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
             f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
             f"The prediction {verdict}: throughput within 10%: "
             f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
@@ -131,101 +167,60 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         lines += breakdown_section(stages_of(check), "the re-run of the pick")
     price = results.get("price_per_hour")
     if price:
-        per_hour = best["rows_per_s"] * 3600
+        checked = check.get("step") if check.get("p99_within_slo") else None
+        per_hour = (checked or best)["rows_per_s"] * 3600
         lines += ["## Cost", "",
                   f"At {price:g} per hour for this machine, the pick serves {per_hour:,.0f} inferences per "
-                  f"hour: **{price / per_hour * 1e6:,.4g} per million inferences**, {price:g} per hour, "
+                  f"hour ({'as the re-run measured' if checked else 'as predicted: not confirmed'}): "
+                  f"**{price / per_hour * 1e6:,.4g} per million inferences**, {price:g} per hour, "
                   "with the machine kept at the recommended load.", ""]
         for other in results["candidates"]:
             if other["candidate"]["max_batch_size"] == 1 and other["best"] and other is not pick:
                 rate = other["best"]["rows_per_s"] * 3600
                 lines += [f"Without batching ({other['label']}): {price / rate * 1e6:,.4g} per million.", ""]
                 break
-    lines += ["## Trade-off", "", *_tradeoff(results, pick), ""]
+    lines += ["## Trade-off", "", *tradeoff(results, pick), ""]
     return lines
 
 
-def _tradeoff(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
-    slo = results["slo_p99_ms"]
-    best = pick["best"]  # sweep figures, comparable with the other candidates' sweep figures
-    sentences = []
-    measured = [o for o in results["candidates"] if o["steps"]]
-    fastest = max((s["rows_per_s"], s["p99_ms"], o["label"]) for o in measured for s in o["steps"])
-    if fastest[0] > best["rows_per_s"] * 1.02 and fastest[1] > slo:
-        sentences.append(
-            f"- More throughput costs latency: the most measured at any latency was {_rate(fastest[0])}/s "
-            f"({fastest[2]}) at p99 {format_ms(fastest[1])}, "
-            f"{fastest[0] / best['rows_per_s']:.2f}{X} the pick, "
-            f"outside the SLO of {slo:g} ms.")
-    elif fastest[0] > best["rows_per_s"] * 1.02:
-        sentences.append(
-            f"- The fastest sweep step, {_rate(fastest[0])}/s ({fastest[2]}) at p99 "
-            f"{format_ms(fastest[1])}, was within the SLO but did not hold up when measured again in "
-            "the final round; the pick is what held up.")
-    else:
-        sentences.append("- No candidate went meaningfully faster at any latency: the pick is at the "
-                         "throughput limit of this machine for this model, not held back by the SLO.")
-    singles = [s for o in measured for s in o["steps"] if s["concurrency"] == 1]
-    if singles:
-        low = min(singles, key=lambda s: s["p50_ms"])
-        sentences.append(f"- Latency floor: one client at a time saw p50 {format_ms(low['p50_ms'])} "
-                         f"(p99 {format_ms(low['p99_ms'])}) at best; under the recommended load p50 is "
-                         f"{format_ms(best['p50_ms'])}: the rest is queueing and batching.")
-    unbatched = [o for o in measured if o["candidate"]["max_batch_size"] == 1 and o["best"]]
-    if unbatched and pick["candidate"]["max_batch_size"] > 1:
-        rate = unbatched[0]["best"]["rows_per_s"]
-        sentences.append(f"- Batching: max_batch_size 1 reached {_rate(rate)}/s within the SLO; the pick "
-                         f"is {best['rows_per_s'] / rate:.2f}{X} that.")
-    sentences += _batch_series(measured, pick)
-    for key, name in (("max_wait_ms", "max_wait_ms"), ("workers", "workers"), ("instances", "instances")):
-        same = [o for o in measured if o["best"] and all(
-            o["candidate"].get(k) == pick["candidate"].get(k) for k in pick["candidate"]
-            if k not in (key, "torch_threads"))
-            and o is not pick]
-        for other in same:
-            ratio = other["best"]["rows_per_s"] / best["rows_per_s"]
-            sentences.append(f"- {name} {other['candidate'][key]:g} instead of {pick['candidate'][key]:g}: "
-                             f"{ratio:.2f}{X} the throughput, p99 {format_ms(other['best']['p99_ms'])}, "
-                             f"server peak memory {_mib(other['peak_rss_bytes'])} against "
-                             f"{_mib(pick['peak_rss_bytes'])}.")
-    return sentences
+def _spread(step: dict[str, Any]) -> str:
+    """A step's throughput range over its windows, and whether they agreed."""
+    if step.get("rows_low") is None:
+        return "one window"
+    text = f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} over {step['windows']} windows"
+    return text if step.get("settled", True) else text + ", which did not agree"
 
 
-def _batch_series(measured: list[dict[str, Any]], pick: dict[str, Any]) -> list[str]:
-    """The pick's batch sizes side by side at one load (the most clients every one of them was
-    measured at): why a bigger batch raises throughput and latency, in this run's numbers."""
-    same = sorted((o for o in measured if all(o["candidate"].get(k) == v for k, v in pick["candidate"].items()
-                                              if k not in ("max_batch_size", "torch_threads"))),
-                  key=lambda o: o["candidate"]["max_batch_size"])
-    if len(same) < 2:
+def _noise(results: dict[str, Any]) -> list[str]:
+    """How sure the figures are: the stability rule, the unsettled steps, the machine's contention."""
+    rule = results.get("stability")
+    contention = results.get("contention") or {}
+    if not rule:
         return []
-    common = set.intersection(*({s["concurrency"] for s in o["steps"]} for o in same))
-    if not common:
-        return []
-    clients = max(common)
-    steps = [next(s for s in o["steps"] if s["concurrency"] == clients) for o in same]
-    cells = [f"batch {o['candidate']['max_batch_size']}: {_rate(s['rows_per_s'])}/s, "
-             f"p50 {format_ms(s['p50_ms'])} (mean batch {_batch(s['mean_batch_size'])})"
-             for o, s in zip(same, steps, strict=True)]
-    top = max(range(len(steps)), key=lambda i: steps[i]["rows_per_s"])
-    first, best = steps[0], steps[top]
-    words = [f"- Batch size at {clients} concurrent clients: " + "; ".join(cells) + "."]
-    if best["rows_per_s"] > first["rows_per_s"] * 1.05:
-        sizes = same[0]["candidate"]["max_batch_size"], same[top]["candidate"]["max_batch_size"]
-        words.append(f"Throughput rose {best['rows_per_s'] / first['rows_per_s']:.2f}{X} from batch "
-                     f"{sizes[0]} to {sizes[1]}: "
-                     "a batch's fixed costs (one model call, one hand-off to the model's thread, the "
-                     "per-batch bookkeeping) are shared by its rows.")
-    if best["p50_ms"] < first["p50_ms"]:
-        words.append("With a fixed number of clients, latency is clients over throughput (Little's law), "
-                     "so p50 fell as throughput rose; what a bigger batch costs in latency is the time one "
-                     "batch takes to run, which a row waits out whole, and any max_wait_ms it waits for "
-                     "company: the lone-client floor above, and the open-loop steps at a set arrival rate, "
-                     "show it.")
-    else:
-        words.append("p50 rose with the batch: each batch takes longer to run, and a row waits for all "
-                     "of its batch, so past the batch size the SLO allows, more throughput costs latency.")
-    return [" ".join(words)]
+    steps = [s for o in results["candidates"] for s in o["steps"]]
+    unsettled = [s for s in steps if not s.get("settled", True)]
+    lines = ["## How sure", "",
+             f"Every figure is measured in windows until {rule['windows']} in a row agree within "
+             f"{rule['tolerance']:.0%} (at most {rule['max_windows']} windows); it is their mean, with their "
+             "range, and within the SLO only if the highest p99 of them is. Candidates within each other's "
+             "range are equivalent, and the simpler one is picked. "
+             f"{len(unsettled)} of {len(steps)} ramp steps did not settle within the cap.", ""]
+    if contention.get("measurements"):
+        contended = contention["contended"]
+        lines.append(
+            f"Other work on this machine took up to {contention['max_others_cpu']:.0%} of its CPUs "
+            f"(mean {contention['mean_others_cpu']:.0%}) and steal up to {contention['max_steal']:.0%} "
+            f"while measuring.")
+        if contended:
+            lines += ["", f"**{len(contended)} of {contention['measurements']} measurements ran on a "
+                      f"contended machine (other processes over {contention['busy_share']:.0%} of the "
+                      f"CPUs, or steal over {contention['steal_share']:.0%}): their figures are "
+                      "unreliable, likely low.** Affected: " + "; ".join(contended[:20])
+                      + (f"; and {len(contended) - 20} more" if len(contended) > 20 else "") + "."]
+        else:
+            lines.append("No measurement was contended: the figures are this machine's own.")
+        lines.append("")
+    return lines
 
 
 def _size(size: dict[str, Any]) -> list[str]:
@@ -234,7 +229,7 @@ def _size(size: dict[str, Any]) -> list[str]:
     lines = ["## Model size", ""]
     if size.get("kind") == "torch":
         lines.append(f"{size['parameters']:,} parameters; weights: " + ", ".join(
-            f"{dtype} {_mib(n)}" for dtype, n in size["weight_bytes"].items()) + ".")
+            f"{dtype} {mib_text(n)}" for dtype, n in size["weight_bytes"].items()) + ".")
     elif size.get("kind") == "estimator":
         lines.append(f"{size['estimator']} with {size['parameters']:,} fitted values; "
                      f"pickled {size['pickled_bytes']:,} bytes.")
@@ -263,12 +258,12 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
         if best is None:
             note = outcome["error"] or "p99 over the SLO even at 1 client"
             lines.append(f"| {index + 1} | {outcome['label']}{mark} | — | — | — | — | — | "
-                         f"{_mib(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
+                         f"{mib_text(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
                          f"{note.splitlines()[0][:80]} |")
             continue
-        lines.append(f"| {index + 1} | {outcome['label']}{mark} | {_rate(best['rows_per_s'])} | "
+        lines.append(f"| {index + 1} | {outcome['label']}{mark} | {rate_text(best['rows_per_s'])} | "
                      f"{format_ms(best['p50_ms'])} | {format_ms(best['p99_ms'])} | {best['concurrency']} | "
-                     f"{_batch(best['mean_batch_size'])} | {_mib(outcome['peak_rss_bytes'])} | "
+                     f"{batch_text(best['mean_batch_size'])} | {mib_text(outcome['peak_rss_bytes'])} | "
                      f"{outcome['seconds']:.0f} s | |")
     if any((o.get("processes") or 1) > 1 for o in candidates):
         lines += ["", "Server peak RSS with more than one worker: the supervisor's and each worker's peak "
@@ -279,14 +274,31 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
 
 def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
     lines = ["## Every ramp step", "",
-             "| # | clients | inferences/s | p50 | p99 | max | non-2xx | mean batch | within SLO |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Inferences/s: the mean of the agreeing windows, their range and how many were measured "
+             "(* did not agree); p99: the windows' median and highest; others: what other processes "
+             "took of the machine's CPUs meanwhile.", "",
+             "| # | clients | inferences/s | range (windows) | p50 | p99 (highest) | max | others | "
+             "non-2xx | mean batch | within SLO |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for index, outcome in enumerate(candidates):
         for step in outcome["steps"]:
-            lines.append(f"| {index + 1} | {step['concurrency']} | {_rate(step['rows_per_s'])} | "
-                         f"{format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} | "
-                         f"{format_ms(step['max_ms'])} | {step_tail(step)} |")
+            lines.append(f"| {index + 1} | {step['concurrency']} | {rate_text(step['rows_per_s'])} | "
+                         f"{_range(step)} | {format_ms(step['p50_ms'])} | {format_ms(step['p99_ms'])} "
+                         f"({format_ms(step.get('p99_high') or step['p99_ms'])}) | "
+                         f"{format_ms(step['max_ms'])} | "
+                         f"{_share(step.get('others_cpu'))} | {step_tail(step)} |")
     return [*lines, ""]
+
+
+def _range(step: dict[str, Any]) -> str:
+    if step.get("rows_low") is None:
+        return "—"
+    mark = "" if step.get("settled", True) else "*"
+    return f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} ({step['windows']}{mark})"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def step_tail(step: dict[str, Any]) -> str:

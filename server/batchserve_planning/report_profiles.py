@@ -5,22 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from batchserve_planning.candidates import Candidate
 from batchserve_planning.capacity import GIB, MEMORY_HEADROOM
+from batchserve_planning.formats import X, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
 from batchserve_planning.report import (
-    X,
     _candidates_table,
-    _mib,
-    _rate,
+    _noise,
     _size,
-    _tradeoff,
     memory_by_input_section,
     pyplot,
     step_tail,
     write_folder,
 )
 from batchserve_planning.serverproc import toml_table
-from batchserve_planning.sweep import Candidate
+from batchserve_planning.tradeoff import tradeoff
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
@@ -58,18 +57,20 @@ def render(results: dict[str, Any]) -> str:
     if chosen is None:
         lines += [f"**No profile carries this load within the SLO.** {results['closest']}.", ""]
     else:
-        lines += _pick_lines(results, chosen)
+        lines = lines[:-2] + _not_confirmed(results) + lines[-2:] + _pick_lines(results, chosen)
     lines += _profiles_table(entries, results["pick_profile"])
     lines += ["![$ per 1M inferences and p99 by profile](profiles.png)", ""]
     if results["losers"]:
         lines += ["### Why the others lost", ""]
         lines += [f"- **{name}**: {why}." for name, why in results["losers"].items()] + [""]
     lines += _sizing_words(results)
+    lines += _noise({"stability": results.get("stability"), "contention": results.get("contention"),
+                     "candidates": [c for e in entries for c in (e.get("candidates") or [])]})
     if chosen is not None:
         lines += _checks(results)
         profile_results = {"slo_p99_ms": slo, "candidates": chosen["candidates"]}
         lines += ["## Trade-off (on the pick's profile)", "",
-                  *_tradeoff(profile_results, chosen["candidates"][chosen["pick"]]), ""]
+                  *tradeoff(profile_results, chosen["candidates"][chosen["pick"]]), ""]
     lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _size(results.get("model_size") or {})
     for entry in entries:
@@ -94,11 +95,24 @@ def _pick_lines(results: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
         f"**{_money(sizing['dollars_per_hour'])}/hour, {_money(sizing['dollars_per_million'])} per 1M "
         f"inferences** at {sizing['served_rps']:,.1f} requests/s. One replica's open-loop peak within the "
         f"SLO: {sizing['peak_rps']:,.1f} requests/s; each is given {sizing['per_replica_rps']:,.1f} "
-        f"({results['load']['headroom']:.0%} headroom). Peak memory per replica "
-        f"{_mib(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
+        f"({_headroom_words(results, chosen)}). Peak memory per replica "
+        f"{mib_text(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
+        *[f"- {note}" for note in chosen.get("decisions", [])],
+        *([""] if chosen.get("decisions") else []),
         "Each replica's `[[models]]` table (serve it with `batchserve serve --workers "
         f"{outcome['candidate']['workers']}`):", "",
         "```toml", toml_table(table).rstrip(), "```", ""]
+
+
+def _headroom_words(results: dict[str, Any], entry: dict[str, Any]) -> str:
+    """The headroom a replica was sized with, and where it came from."""
+    given = results["load"]["headroom"]
+    variance = entry.get("variance") or {}
+    used = variance.get("headroom", given)
+    if variance.get("service_cv") is None or used == given:
+        return f"{used:.0%} headroom"
+    return (f"{used:.1%} headroom: {given:.0%} x (1 + cv²) for a service time that varies, cv "
+            f"{variance['service_cv']:.2f} measured at one client")
 
 
 def _gib(value: int | None) -> str:
@@ -118,14 +132,14 @@ def _profiles_table(entries: list[dict[str, Any]], chosen: str | None) -> list[s
         how = "isolated" if entry["placement"]["isolated"] else "generator sharing its CPUs"
         outcome = entry["candidates"][entry["pick"]] if entry["pick"] is not None else None
         label = outcome["label"] if outcome else "none within the SLO"
-        predicted = _rate(entry["predicted"]["rows_per_s"]) if entry["predicted"] else "—"
+        predicted = rate_text(entry["predicted"]["rows_per_s"]) if entry["predicted"] else "—"
         sizing = entry.get("sizing")
         if sizing is None:
             lines.append(f"| {name} | {how} | {label} | {predicted} | — | | | | | |")
             continue
         lines.append(f"| {name} | {how} | {label} | {predicted} | {sizing['peak_rps']:,.1f} | "
                      f"{sizing['replicas']} | {_money(sizing['dollars_per_hour'])} | "
-                     f"{_money(sizing['dollars_per_million'])} | {_mib(sizing['peak_rss_bytes'])} | "
+                     f"{_money(sizing['dollars_per_million'])} | {mib_text(sizing['peak_rss_bytes'])} | "
                      f"{_gib(sizing['memory_size_bytes'])} |")
     return [*lines, ""]
 
@@ -136,12 +150,35 @@ def _sizing_words(results: dict[str, Any]) -> list[str]:
         "### How the sizing is computed", "",
         f"- A replica is given its open-loop peak less {load['headroom']:.0%}: the peak is the arrival "
         "rate at which p99 just meets the SLO, so a burst or a slower neighbour there breaks it, and a "
-        "peak measured again on a shared machine moves by up to ~10%.",
+        "peak measured again on a shared machine moves by up to ~10%. A model whose service time varies "
+        "(cv, the spread of its latency at one client) keeps {0} x (1 + cv²) free, at most 50%, and its "
+        "open-loop steps wait for as many times more answers: a queue's waiting grows by that factor "
+        "(Pollaczek-Khinchine).".replace("{0}", f"{load['headroom']:.0%}"),
         "- Replicas = the target rate over that, rounded up (and, with `--concurrency`, at least the "
         "clients over the most clients one replica carried within the SLO); $/hour = replicas x the "
         "profile's price; $ per 1M = $/hour over the inferences an hour of the target is.",
         f"- Memory: the replica's peak resident memory (the whole server) + {MEMORY_HEADROOM:.0%}, "
         "rounded up to a power-of-two size; a profile with less memory loses.", ""]
+
+
+def _not_confirmed(results: dict[str, Any]) -> list[str]:
+    """Where the pick's re-run did not hold, the report's first words say so (exit status 3)."""
+    rerun = results["checks"].get("rerun") or {}
+    if rerun.get("holds"):
+        return []
+    slo = results["slo_p99_ms"]
+    if "p99_ms" not in rerun:
+        return ["## NOT CONFIRMED: the pick's re-run did not complete", "",
+                f"{rerun.get('error', 'not run')}: **no figure was checked**. `batchserve recommend` "
+                "exits with status 3 for this.", ""]
+    held = (f"What held: {rerun['carried_rps']:,.1f} requests/s answered at p99 {format_ms(rerun['p99_ms'])}."
+            if rerun["p99_within_slo"] else "**Nothing held**: at one replica's share of the target, p99 "
+            f"was {format_ms(rerun['p99_ms'])} against the SLO of {slo:g} ms; size with more headroom "
+            "(`--headroom`) or measure again on a quieter machine.")
+    return ["## NOT CONFIRMED: the pick did not hold when started again", "",
+            f"Sent one replica's share of the target ({rerun['offered_rps']:,.1f}/s), it answered "
+            f"{rerun['ratio']:.2f}{X} of what arrived at p99 {format_ms(rerun['p99_ms'])}. {held} "
+            "`batchserve recommend` exits with status 3 for this.", ""]
 
 
 def _checks(results: dict[str, Any]) -> list[str]:
@@ -152,7 +189,7 @@ def _checks(results: dict[str, Any]) -> list[str]:
     if "error" in rerun or not rerun:
         lines += [f"Re-run of the pick: {rerun.get('error', 'not run')}.", ""]
     else:
-        holds = rerun["throughput_within_10pct"] and rerun["p99_within_slo"]
+        holds = rerun["holds"]
         lines += [
             "The pick's configuration, started again on its profile and sent one replica's share of the "
             "load open-loop:", "",

@@ -16,11 +16,12 @@ import argparse
 import itertools
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.ramp import Step
+from batchserve_planning.candidates import Candidate, Outcome
+from batchserve_planning.ramp import MAX_ERROR_RATE, Step
 
 if TYPE_CHECKING:
     from batchserve_planning.load.inputs import Requests
@@ -31,75 +32,6 @@ VERIFY_TOLERANCE = 0.10
 """The re-run's throughput must be within this share of the prediction's."""
 FINALISTS = 2
 """Candidates measured again, longer, before the pick."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    max_batch_size: int
-    max_wait_ms: float
-    instances: int
-    device: str = "cpu"
-    dtype: str | None = None
-    """None: the backend has no ``dtype`` option."""
-    torch_threads: int | None = None
-    """Set where the instances share the CPU's cores (``options.torch_threads``); None: as configured."""
-    workers: int = 1
-    """Server processes (``batchserve serve --workers``), each with its own copy of the model."""
-
-    def label(self) -> str:
-        text = (f"batch {self.max_batch_size}, wait {self.max_wait_ms:g} ms, "
-                f"{self.workers} worker{'s' if self.workers > 1 else ''} x {self.instances} inst")
-        if self.torch_threads is not None:
-            text += f" x {self.torch_threads} thread{'s' if self.torch_threads > 1 else ''}"
-        if self.device != "cpu" or self.dtype not in (None, "float32"):
-            text += f", {self.device}" + (f" {self.dtype}" if self.dtype else "")
-        return text
-
-    def table(self, base: dict[str, Any]) -> dict[str, Any]:
-        """``base`` (a ``[[models]]`` table) with this candidate's settings."""
-        table = {**base, "device": self.device, "max_batch_size": self.max_batch_size,
-                 "max_wait_ms": self.max_wait_ms, "instances": self.instances}
-        options = dict(base.get("options", {}))
-        if self.dtype is not None and self.dtype != options.get("dtype", "float32"):
-            options["dtype"] = self.dtype
-        if self.torch_threads is not None:
-            options["torch_threads"] = self.torch_threads
-        if options:
-            table["options"] = options
-        return table
-
-    def serve_args(self) -> list[str]:
-        """The server's flags for this candidate (always given: a ``BATCHSERVE_WORKERS`` in the
-        environment must not change what is measured)."""
-        return ["--workers", str(self.workers)]
-
-
-@dataclass
-class Outcome:
-    """What one candidate measured."""
-
-    candidate: Candidate
-    steps: list[Step] = field(default_factory=list)
-    peak_rss_bytes: int | None = None
-    """The whole server's: the supervisor's and every worker's peaks, summed (``proctree``)."""
-    processes: int | None = None
-    """How many processes ``peak_rss_bytes`` covers (1, or 1 + the workers)."""
-    gpu_bytes: int | None = None
-    seconds: float = 0.0
-    error: str | None = None
-
-    @property
-    def best(self) -> Step | None:
-        inside = [s for s in self.steps if s.within_slo]
-        return max(inside, key=lambda s: s.rows_per_s) if inside else None
-
-    def to_dict(self) -> dict[str, Any]:
-        best = self.best
-        return {"candidate": asdict(self.candidate), "label": self.candidate.label(),
-                "steps": [asdict(s) for s in self.steps], "best": asdict(best) if best else None,
-                "peak_rss_bytes": self.peak_rss_bytes, "processes": self.processes,
-                "gpu_bytes": self.gpu_bytes,
-                "seconds": self.seconds, "error": self.error}
 
 
 def batch_sizes(cap: int) -> list[int]:
@@ -185,6 +117,10 @@ class Sweep:
         self.bars: Bars | None = None
         self.started = time.monotonic()
         self.count = 0
+        self.notes: list[str] = []
+        """Decisions between candidates within each other's noise, in words."""
+        self.long_step_s = 0.0
+        """How long the last final-round measurement took (server and step)."""
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device and dtype: batch sizes, then workers, waits and instances around the best
@@ -226,7 +162,8 @@ class Sweep:
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
                 continue
-            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]))
+            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]),
+                         self.notes)
             if best is None:
                 continue
             for count in workers[1:]:  # before the waits: what more cores buy comes first
@@ -234,14 +171,14 @@ class Sweep:
                     break
                 pivot = best.candidate
                 more = _best([best, *evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms,
-                                                              pivot.instances, count)])])
+                                                              pivot.instances, count)])], self.notes)
                 if more is None or more is best:
-                    break  # no more throughput from more workers: stop adding them
+                    break  # no more throughput from more workers, beyond the noise: stop adding them
                 best = more
             pivot = best.candidate
             tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
                                    for w in waits[1:]])
-            best = _best([best, *tried]) or best
+            best = _best([best, *tried], self.notes) or best
             pivot = best.candidate
             evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i, pivot.workers)
                            for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
@@ -251,10 +188,14 @@ class Sweep:
         if not outcomes:
             return False
         mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
+        longest_s = max(o.seconds for o in outcomes)
         elapsed = time.monotonic() - self.started
         budget_s: float = self.args.budget_s
-        # The next candidate, then the final round and the re-run (about 1.5 candidates).
-        return elapsed + mean_s * 2.5 > budget_s
+        # The next candidate (as long as the longest so far: the ones left are the larger batches,
+        # ramped further), then the final round and the re-run: each a server and one step three
+        # times a ramp step's length, measured until its windows agree (~0.7 of a candidate each,
+        # as measured on a shared 2-core machine; a second finalist is skipped where it would not fit).
+        return elapsed + longest_s + 2 * mean_s > budget_s
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
@@ -275,7 +216,9 @@ class Sweep:
             try:
                 outcome.steps = ramp(server.url, self.args.model, self.requests_for(server.url),
                                      self.settings, self.bars, label,
-                                     on_step=lambda _: server.sample_memory())
+                                     on_step=lambda _: server.sample_memory(),
+                                     fill_clients=candidate.max_batch_size * candidate.workers
+                                     * candidate.instances)
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -293,18 +236,32 @@ class Sweep:
         return outcome
 
     def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
-        """The best of a sweep is the luckiest of many short, noisy measurements: the two best
-        candidates are measured again on fresh servers, three steps long, at their best load."""
-        ranked = sorted((o for o in outcomes if o.best is not None),
-                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)[:FINALISTS]
-        finals = []
+        """The best of a sweep is the luckiest of many short, noisy measurements: the sweep's pick
+        (the simplest within the noise of the fastest) and the fastest other candidate are measured
+        again on fresh servers, three steps long, at their best load; one over the SLO there is
+        measured at the next lower load it met the SLO at in its ramp."""
+        measured = [o for o in outcomes if o.best is not None]
+        first = _best(measured)  # the sweep's pick: the simplest within the noise of the fastest
+        others = sorted((o for o in measured if o is not first),
+                        key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)
+        ranked = ([first] if first is not None else []) + others[:FINALISTS - 1]
+        finals: list[tuple[Outcome, Step]] = []
         for outcome in ranked:
-            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final")
+            elapsed = time.monotonic() - self.started
+            if finals and elapsed + 2 * self.long_step_s > self.args.budget_s:
+                self.notes.append(f"{outcome.candidate.label()} was not measured in the final round: "
+                                  "its time would have left none for the re-run within --budget-s")
+                continue
+            started = time.monotonic()
+            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final",
+                                   back_off=True)
+            self.long_step_s = time.monotonic() - started
             if step is not None:
                 finals.append((outcome, step))
         return finals
 
-    def _long_step(self, outcome: Outcome, label: str, name: str) -> Step | None:
+    def _long_step(self, outcome: Outcome, label: str, name: str, *, clients: int | None = None,
+                   back_off: bool = False) -> Step | None:
         from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.ramp import measure_step
 
@@ -317,10 +274,18 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
             return None
         try:
-            return measure_step(server.url, self.args.model, self.requests_for(server.url),
-                                final_clients(outcome), self.settings, self.bars, label,
-                                duration_s=3 * self.settings.step_s,
-                                min_responses=3 * self.settings.min_responses)
+            requests = self.requests_for(server.url)
+            levels = [clients or final_clients(outcome)]
+            if back_off:
+                levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
+                                  and s.concurrency < levels[0]}, reverse=True)[:1]
+            for level in levels:
+                step = measure_step(server.url, self.args.model, requests, level, self.settings, self.bars,
+                                    f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
+                                    min_responses=3 * self.settings.min_responses)
+                if step.within_slo:
+                    break
+            return step
         except (OSError, RuntimeError) as exc:
             self.bars.print(f"{label}: {type(exc).__name__}: {exc}")
             return None
@@ -329,17 +294,21 @@ class Sweep:
             self.bars.update(self.overall, advance=1)
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
-        """Start the pick afresh and measure it as in the final round: measured vs predicted."""
-        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification")
+        """Start the pick afresh and measure it as in the final round, at the predicted load:
+        measured vs predicted."""
+        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification",
+                                   clients=predicted.concurrency)
         if measured is None:
-            return {"error": "the re-run did not complete; see logs/"}
+            return {"error": "the re-run did not complete; see logs/", "holds": False}
         ratio = measured.rows_per_s / predicted.rows_per_s
+        within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
+        p99_ok = measured.p99_ms <= self.settings.slo_ms and measured.error_rate <= MAX_ERROR_RATE
         return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
                 "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
                 "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
                 "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
-                "throughput_within_10pct": abs(ratio - 1) <= VERIFY_TOLERANCE,
-                "p99_within_slo": measured.p99_ms <= self.settings.slo_ms}
+                "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
+                "holds": within_10pct and p99_ok, "step": asdict(measured)}
 
     def start_server(self, candidate: Candidate, name: str) -> Any:
         from batchserve_planning.serverproc import ManagedServer
@@ -386,6 +355,14 @@ def final_clients(outcome: Outcome) -> int:
     return max(plateau)
 
 
-def _best(outcomes: list[Outcome]) -> Outcome | None:
-    ranked = [o for o in outcomes if o.best is not None]
-    return max(ranked, key=lambda o: o.best.rows_per_s if o.best else 0.0) if ranked else None
+def _best(outcomes: list[Outcome], notes: list[str] | None = None) -> Outcome | None:
+    """The most throughput within the SLO, or the simplest within the noise of it (``choices.simplest``)."""
+    from batchserve_planning.choices import simplest
+
+    ranked = [(o, o.best) for o in outcomes if o.best is not None]
+    if not ranked:
+        return None
+    best, _, note = simplest(ranked)
+    if note is not None and notes is not None:
+        notes.append(note)
+    return best

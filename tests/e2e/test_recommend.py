@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from batchserve.cli import main
 from batchserve.config import parse_models
-from batchserve_planning.sweep import Candidate, batch_sizes
+from batchserve_planning.candidates import Candidate
+from batchserve_planning.sweep import batch_sizes
 
-from tests.support import write_models
+from tests.support import recommend_status, write_models
 
 SLO_MS = 1000.0
 """Generous: the test checks the report's structure and logic, not this machine's speed."""
@@ -38,6 +39,14 @@ def rows(tmp_path: Path, diabetes: tuple[np.ndarray, Any]) -> Path:
     return path
 
 
+def contended(step: dict[str, Any]) -> bool:
+    """Whether other processes took enough of the machine during ``step`` for recommend to measure
+    a step over the SLO again (``contention``)."""
+    from batchserve_planning.contention import Contention
+
+    return Contention(step["others_cpu"], step["steal"]).contended
+
+
 SMALL = ["--max-wait-ms", "0", "--instances", "1", "--workers", "1", "--max-concurrency", "4",
          "--step-s", "0.3", "--max-step-s", "1", "--min-responses", "50", "--no-progress"]
 
@@ -48,7 +57,7 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--price-per-hour", "0.5", "--max-batch-cap", "2",
                  "--out", str(out), *SMALL])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     assert {"date", "model", "slo_p99_ms", "price_per_hour", "model_size", "candidates", "skipped",
             "final_round", "pick", "predicted", "verification", "elapsed_s"} <= set(results)
@@ -105,8 +114,9 @@ def test_an_slo_nothing_can_meet_gives_no_recommendation(repository: Path, rows:
     results = json.loads((out / "results.json").read_text())
     assert results["pick"] is None and results["verification"] is None and results["final_round"] == []
     (outcome,) = results["candidates"]
-    assert [s["concurrency"] for s in outcome["steps"]] == [1]
-    assert not outcome["steps"][0]["within_slo"]
+    # One client, over the SLO: measured once more only where other work took the CPUs meanwhile.
+    assert [s["concurrency"] for s in outcome["steps"]] == [1] * (2 if contended(outcome["steps"][0]) else 1)
+    assert not any(s["within_slo"] for s in outcome["steps"])
     assert "## No recommendation" in capsys.readouterr().out
 
 
@@ -153,7 +163,7 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "4", "--budget-s", "1", "--out", str(out),
                  *SMALL])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     # The first candidate always runs; after it, no other fits in one second.
     assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 worker x 1 inst"]
@@ -183,14 +193,14 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
                  "--instances", "1", "--workers", "1", "--max-concurrency", "32", "--step-s", "0.3",
                  "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     outcomes = {(c["candidate"]["max_batch_size"], c["candidate"]["max_wait_ms"]): c
                 for c in results["candidates"]}
     assert sorted(outcomes) == [(1, 0.0), (2, 0.0), (4, 0.0), (4, 200.0)]
     waited = outcomes[(4, 200.0)]
     assert waited["best"] is None  # ruled out: its first step already missed the SLO
-    assert [s["within_slo"] for s in waited["steps"]] == [False]
+    assert [s["within_slo"] for s in waited["steps"]] == [False] * (2 if contended(waited["steps"][0]) else 1)
     assert waited["steps"][0]["p99_ms"] > KNOWN_SLO_MS
     for (size, _), outcome in outcomes.items():
         for step in outcome["steps"]:  # no step beats the model's capacity (but for a batch
@@ -227,7 +237,7 @@ def test_workers_are_searched_and_the_report_names_the_picks(repository: Path, r
     code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
                  "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "1", "--workers", "1,2",
                  "--server-cpus", "0,1", "--out", str(out), *small])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["workers"] == [1, 2] and results["settings"]["server_cores"] == 2
     one, two = results["candidates"]
@@ -265,7 +275,7 @@ def test_more_workers_are_picked_where_they_add_capacity(tmp_path: Path,
                  "--instances", "1,2", "--workers", "auto", "--server-cpus", "0,1",
                  "--max-concurrency", "16", "--step-s", "0.3", "--max-step-s", "0.6",
                  "--min-responses", "20", "--no-progress", "--out", str(out)])
-    assert code == 0
+    assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     layouts = [(c["candidate"]["workers"], c["candidate"]["instances"]) for c in results["candidates"]]
     assert layouts == [(1, 1), (2, 1)]

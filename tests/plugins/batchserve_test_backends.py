@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -52,6 +53,17 @@ class EchoOptions(BaseModel):
     holds: dict[str, str] = {}
     """Row (as text: ``"1"``) -> file: a batch holding that row waits (up to 30 s) until the file
     exists; so that one batch can be held while the next one is, or is not."""
+    jitter: float = 0.0
+    """Each batch's ``delay_ms`` times 1 + jitter x a uniform draw in [-1, 1): a service time with
+    noise of a known size around a known mean (the capacity stays known)."""
+    seed: int = 0
+    """The jitter's random draws (seeded: the same noise every run)."""
+    loads: str | None = None
+    """A file to append a line to at each load: which load of the model this is, across processes."""
+    slow_from_load: int | None = None
+    """From this load on (counted in ``loads``), a batch takes ``later_delay_ms`` instead: a model
+    that gets slower after a while, as when a neighbour arrives."""
+    later_delay_ms: float = 0.0
 
 
 LOADED: dict[str, int] = {}
@@ -77,6 +89,13 @@ class EchoBackend(Backend[float, float | complex]):
             LOADED[name] -= 1
             raise LoadError(f"told to fail at load where {self.options.fail_load_in_env} is set")
         self.calls: list[list[float]] = []
+        self.random = random.Random(self.options.seed)
+        self.load_number = 0
+        if self.options.loads is not None:
+            with open(self.options.loads, "a+", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n")
+                handle.seek(0)
+                self.load_number = len(handle.readlines())
 
     def warmup(self) -> None:
         record, self.options.record = self.options.record, None
@@ -109,8 +128,11 @@ class EchoBackend(Backend[float, float | complex]):
         for path in held:
             while not os.path.exists(path) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        if self.options.delay_ms and self.options.slow_on in (None, *rows):
-            time.sleep(self.options.delay_ms / 1000)
+        delay_ms = self.options.delay_ms
+        if self.options.slow_from_load is not None and self.load_number >= self.options.slow_from_load:
+            delay_ms = self.options.later_delay_ms
+        if delay_ms and self.options.slow_on in (None, *rows):
+            time.sleep(delay_ms * (1 + self.options.jitter * (2 * self.random.random() - 1)) / 1000)
         if self.options.record:
             with open(self.options.record, "a", encoding="utf-8") as handle:
                 handle.writelines(f"{row}\n" for row in rows)

@@ -24,7 +24,7 @@ from batchserve_planning.serverproc import ManagedServer, toml_value
 from fastapi.testclient import TestClient
 
 __all__ = ["PLUGINS", "ROOT", "ServerProcess", "build_demo", "free_port", "inspect_json", "make_client",
-           "running_server", "wait_ready", "write_models"]
+           "recommend_status", "running_server", "wait_ready", "write_models"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -57,6 +57,13 @@ def echo_to_plan(tmp_path: Path, batch_ms: float, max_batch_size: int = 4) -> tu
     inputs = tmp_path / "numbers.json"
     inputs.write_text("[1.0, 2.0, 3.0]")
     return config, inputs
+
+
+def recommend_status(out: Path) -> int:
+    """The exit status ``recommend`` documents for its report in ``out``: 0 where the pick's re-run
+    held, 3 where it did not (a pick all the same, which a run on a shared machine may give)."""
+    check = json.loads((out / "results.json").read_text())["verification"] or {}
+    return 0 if check.get("holds") else 3
 
 
 def free_port() -> int:

@@ -51,3 +51,15 @@ def test_the_pick_is_the_cheapest_that_carries_and_the_others_say_why() -> None:
     assert "--max-replicas 8" in why["crowd"]
     assert why["slow"] == "too slow for the SLO at any batch size"
     assert pick([Verdict("x", False, "no")]) is None
+
+
+def test_a_service_time_that_varies_gets_more_headroom_and_longer_steps() -> None:
+    from batchserve_planning.capacity import variance_headroom, variance_responses
+
+    assert variance_headroom(0.2, None) == 0.2  # nothing measured: as given
+    assert variance_headroom(0.2, 0.0) == 0.2  # every request the same cost
+    assert variance_headroom(0.2, 0.8) == pytest.approx(0.2 * 1.64)  # mixed lengths: x (1 + cv^2)
+    assert variance_headroom(0.2, 3.0) == 0.5  # at most half the peak kept free
+    assert variance_headroom(0.6, 0.5) == 0.6  # never less than asked for
+    assert variance_responses(300, None) == 300
+    assert variance_responses(300, 1.0) == 600

@@ -3,9 +3,11 @@ best within the SLO, else the sweep's, never a configuration that missed the SLO
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from batchserve_planning.candidates import Candidate, Outcome
 from batchserve_planning.choices import choose
 from batchserve_planning.ramp import Step
-from batchserve_planning.sweep import Candidate, Outcome
 
 
 def step(rows_per_s: float, *, within_slo: bool = True, p99_ms: float = 50.0) -> Step:
@@ -41,16 +43,69 @@ def test_without_a_final_within_the_slo_the_sweeps_best_within_it() -> None:
     assert pick is good and predicted == step(1000)  # its best within the SLO, not its 1200
 
 
-def test_within_two_percent_of_the_best_the_smaller_memory() -> None:
-    top = outcome(32, step(1000, p99_ms=20), peak_rss_bytes=900)
-    close = outcome(16, step(985), peak_rss_bytes=500)  # 1.5% fewer rows/s and a worse p99, less memory
-    far = outcome(8, step(970), peak_rss_bytes=100)  # 3% fewer: not close enough
-    assert choose([top, close, far], []) == (close, step(985))
-    tied = outcome(4, step(990, p99_ms=20), peak_rss_bytes=500)  # same memory: the lower p99
-    assert choose([top, close, tied, far], []) == (tied, step(990, p99_ms=20))
+MIB = 2**20
+
+
+def noisy(rows_per_s: float, spread: float) -> Step:
+    """A step whose windows ranged ``spread`` either side of it."""
+    return replace(step(rows_per_s), rows_low=rows_per_s * (1 - spread), rows_high=rows_per_s * (1 + spread))
+
+
+def test_within_the_noise_of_the_best_the_simplest_and_the_report_says_so() -> None:
+    top = outcome(32, noisy(1000, 0.05), peak_rss_bytes=900 * MIB)
+    close = outcome(16, noisy(920, 0.04), peak_rss_bytes=500 * MIB)  # 8% fewer, within 5% + 4% of noise
+    far = outcome(8, noisy(800, 0.04), peak_rss_bytes=100 * MIB)  # 20% fewer: beyond it
+    notes: list[str] = []
+    assert choose([top, close, far], [], notes) == (close, noisy(920, 0.04))
+    (note,) = notes
+    assert "batch 16, wait 1 ms, 1 worker x 1 inst" in note and "equivalent" in note
+    assert "less memory (500 MiB against 900 MiB)" in note
+    # A few MiB apart is the same memory: then the smaller batch.
+    notes.clear()
+    same = outcome(64, noisy(1010, 0.05), peak_rss_bytes=900 * MIB + 3 * MIB)
+    assert choose([top, same], [], notes)[0] is top
+    assert "a smaller batch (32 against 64)" in notes[0]
+    # Narrow spreads: the same 8% is a difference, and the fastest is the pick, with no note.
+    notes.clear()
+    sharp = outcome(32, noisy(1000, 0.01), peak_rss_bytes=900)
+    assert choose([sharp, outcome(16, noisy(920, 0.01), peak_rss_bytes=500)], [], notes)[0] is sharp
+    assert notes == []
+
+
+def test_fewer_workers_come_before_less_memory() -> None:
+    one = Outcome(Candidate(64, 0.0, 1, workers=1), [noisy(1000, 0.05)], peak_rss_bytes=400)
+    two = Outcome(Candidate(64, 0.0, 1, workers=2), [noisy(1050, 0.05)], peak_rss_bytes=300)
+    notes: list[str] = []
+    assert choose([one, two], [], notes)[0] is one
+    assert "fewer workers (1 against 2)" in notes[0]
 
 
 def test_nothing_within_the_slo_is_no_pick() -> None:
     missed = outcome(8, step(500, within_slo=False, p99_ms=900))
     assert choose([missed, outcome(16)], [(missed, step(600, within_slo=False))]) == (None, None)
     assert choose([], []) == (None, None)
+
+
+def test_the_final_round_measures_the_sweeps_pick_and_the_fastest_other() -> None:
+    """The sweep's pick is the simplest within the noise of the fastest, so it is a finalist even
+    where another candidate measured a few percent more."""
+    import argparse
+    import time
+
+    from batchserve_planning.sweep import Sweep
+
+    one = Outcome(Candidate(4, 0.0, 1, workers=1), [noisy(7200, 0.2)], peak_rss_bytes=200)
+    two = Outcome(Candidate(4, 0.0, 1, workers=2), [noisy(8000, 0.15)], peak_rss_bytes=400)
+    other = Outcome(Candidate(8, 0.0, 1, workers=1), [noisy(7300, 0.1)], peak_rss_bytes=210)
+    sweep = Sweep.__new__(Sweep)
+    sweep.args, sweep.started = argparse.Namespace(budget_s=1e9), time.monotonic()
+    sweep.notes, sweep.long_step_s = [], 0.0
+    measured: list[Outcome] = []
+
+    def long_step(outcome: Outcome, label: str, name: str, **_: object) -> Step:
+        measured.append(outcome)
+        return outcome.steps[0]
+
+    sweep._long_step = long_step  # type: ignore[method-assign]
+    sweep.final_round([one, two, other])
+    assert measured == [one, two]  # the pick (fewer workers, within the noise), then the fastest

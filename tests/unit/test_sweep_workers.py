@@ -4,7 +4,8 @@ cores are shared between workers, instances and torch threads."""
 from __future__ import annotations
 
 import pytest
-from batchserve_planning.sweep import Candidate, layout_fits, threads_per_instance, worker_counts
+from batchserve_planning.candidates import Candidate
+from batchserve_planning.sweep import layout_fits, threads_per_instance, worker_counts
 
 TEXT = {"name": "m", "backend": "transformer", "path": "t"}
 """A torch backend whose table leaves torch_threads to torch."""

@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 
 def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *, processes: int = 1,
             cpus: set[int] | None = None, progress: bool = True, bars: Bars | None = None,
-            label: str | None = None) -> Summary:
+            label: str | None = None, windows: int = 1) -> Summary:
     """Run ``spec`` with a progress bar (on ``bars`` if given) and return its ``Summary``,
     with the mean batch size and where a request's time went (server side), read from
-    ``/metrics`` over the window."""
+    ``/metrics`` over the window, and the figures of each of ``windows`` equal parts of it."""
     from batchserve_planning.load.results import summarize  # numpy: only when a run is summarized
 
     before: list[Counters] = []
@@ -35,5 +35,5 @@ def measure(spec: LoadSpec, base_url: str, model: str, rows_per_request: int, *,
                        on_measure_start=lambda: before.append(server_counters(base_url, model)))
     after = server_counters(base_url, model)
     first = before[0] if before else None
-    return summarize(run, rows_per_request).with_server(mean_batch(first, after),
+    return summarize(run, rows_per_request, windows).with_server(mean_batch(first, after),
                                                         stage_means_ms(first, after))

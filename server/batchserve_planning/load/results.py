@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from batchserve_planning.load.client import describe_status
 from batchserve_planning.load.generator import Run
+from batchserve_planning.stability import Window
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Summary:
     """2xx responses received in the window, per second."""
     rows_per_s: float
     latency_ms: dict[str, float]
-    """p50, p90, p99, max and mean over the requests that started in the window."""
+    """p10, p50, p90, p99, max and mean over the requests that started in the window."""
     status_counts: dict[str, int]
     error_rate: float
     """Share of the window's requests not answered 2xx (errors and timeouts included)."""
@@ -42,15 +43,19 @@ class Summary:
     stages_ms: dict[str, float] | None = None
     """Mean milliseconds a successful request spent in each of the server's stages over the window
     (``batchserve_stage_duration_seconds``), when the caller read them."""
+    windows: tuple[Window, ...] = ()
+    """The measurement window cut in equal parts (``summarize``'s ``windows``), each's figures."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def with_server(self, mean_batch_size: float | None, stages_ms: dict[str, float] | None) -> Summary:
-        return Summary(**{**asdict(self), "mean_batch_size": mean_batch_size, "stages_ms": stages_ms})
+        return replace(self, mean_batch_size=mean_batch_size, stages_ms=stages_ms)
 
 
-def summarize(run: Run, rows_per_request: int = 1) -> Summary:
+def summarize(run: Run, rows_per_request: int = 1, windows: int = 1) -> Summary:
+    """The run's figures; ``windows``: also each of that many equal parts of its window (throughput
+    from the 2xx answers that arrived in the part, p99 over the requests that started in it)."""
     import numpy as np
 
     records = run.records
@@ -85,18 +90,35 @@ def summarize(run: Run, rows_per_request: int = 1) -> Summary:
                         for s, body in sorted(records.error_examples.items())},
         send_lag_ms=_percentiles(lag) if run.spec.mode == "open" else {},
         max_backlog=records.max_backlog,
+        windows=tuple(_windows(start, window_s, windows, intended, end, ok, rows_per_request)),
     )
+
+
+def _windows(start: float, window_s: float, count: int, intended: Any, end: Any, ok: Any,
+             rows_per_request: int) -> list[Window]:
+    import numpy as np
+
+    part_s = window_s / count
+    parts = []
+    for k in range(count):
+        low, high = start + k * part_s, start + (k + 1) * part_s
+        answered = ok & (end >= low) & (end < high if k < count - 1 else end <= high)
+        started = (intended >= low) & (intended < high)
+        latency = (end[started] - intended[started]) * 1000
+        p99 = float(np.percentile(latency, 99)) if len(latency) else float("nan")
+        parts.append(Window(float(answered.sum()) / part_s * rows_per_request, p99, int(started.sum())))
+    return parts
 
 
 def _percentiles(values: Any) -> dict[str, float]:
     import numpy as np
 
     if len(values) == 0:
-        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan"),
-                "mean": float("nan")}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max()),
-            "mean": float(values.mean())}
+        nan = float("nan")
+        return {"p10": nan, "p50": nan, "p90": nan, "p99": nan, "max": nan, "mean": nan}
+    p10, p50, p90, p99 = np.percentile(values, [10, 50, 90, 99])
+    return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(values.max()), "mean": float(values.mean())}
 
 
 def format_ms(value: float) -> str:

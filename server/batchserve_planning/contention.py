@@ -1,0 +1,107 @@
+"""How much of this machine other work took while a measurement ran.
+
+A probe reads, at the start and end of a run, the machine's CPU times (``steal``: time a virtual
+machine's CPUs waited for the hypervisor) and the CPU time of every process outside this one's
+tree (this process, the load generator's processes and every server it started are inside; the
+rest is other work). Their differences over the wall time and the CPUs give two shares of the
+machine's CPU capacity. Processes that ended during the run are missed, and one that started in
+it is counted whole (its CPU time before the run was nil): the share is an estimate, good to a
+few percent, and enough to say that a run shared its CPUs.
+
+A run whose other work took more than ``BUSY_SHARE`` of the CPUs, or whose steal exceeded
+``STEAL_SHARE``, is contended: its figures may be low, and the report says which runs were.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+BUSY_SHARE = 0.15
+"""Other processes' CPU, as a share of all the machine's CPUs, over which a run is contended."""
+STEAL_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Contention:
+    others_cpu: float
+    """CPU time of processes outside this tree, over the run's wall time x the machine's CPUs."""
+    steal: float
+    """Steal time over all CPU time of the run (0 where the kernel reports none)."""
+
+    @property
+    def contended(self) -> bool:
+        return self.others_cpu > BUSY_SHARE or self.steal > STEAL_SHARE
+
+    def describe(self) -> str:
+        return f"other processes {self.others_cpu:.0%} of the CPUs, steal {self.steal:.0%}"
+
+
+def worst(readings: list[Contention]) -> Contention | None:
+    """The most contended of several runs' readings (one figure measured in several runs)."""
+    if not readings:
+        return None
+    return Contention(max(r.others_cpu for r in readings), max(r.steal for r in readings))
+
+
+class Probe:
+    """``start()`` before a run, ``stop()`` after it: the run's ``Contention``."""
+
+    def __init__(self) -> None:
+        self._wall = 0.0
+        self._others: dict[int, float] = {}
+        self._cpu: tuple[float, float] = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._others = others_cpu_s()
+        self._cpu = _cpu_times()
+        self._wall = time.monotonic()
+
+    def stop(self) -> Contention:
+        wall = time.monotonic() - self._wall
+        others = others_cpu_s()
+        total, steal = _cpu_times()
+        used = sum(max(0.0, seconds - self._others.get(pid, 0.0)) for pid, seconds in others.items())
+        cpus = os.cpu_count() or 1
+        total_d, steal_d = total - self._cpu[0], steal - self._cpu[1]
+        return Contention(others_cpu=used / (wall * cpus) if wall > 0 else 0.0,
+                          steal=steal_d / total_d if total_d > 0 else 0.0)
+
+
+def _cpu_times() -> tuple[float, float]:
+    """All CPU time of the machine and its steal time, in seconds."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times), float(getattr(times, "steal", 0.0))
+
+
+def others_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) by pid of every process outside this one's tree."""
+    import psutil
+
+    me = psutil.Process()
+    ours = {me.pid, *(child.pid for child in me.children(recursive=True))}
+    seconds = {}
+    for process in psutil.process_iter(["cpu_times"]):
+        times = process.info["cpu_times"]
+        if process.pid in ours or times is None:  # None: gone, or not ours to read
+            continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def summary(measured: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Over every measurement of a run (a label and a step's dict with ``others_cpu`` and
+    ``steal``): how many were contended, which, and the most other work took."""
+    read = [(label, step) for label, step in measured if step.get("others_cpu") is not None]
+    shares = [(label, float(step["others_cpu"]), float(step.get("steal") or 0.0)) for label, step in read]
+    contended = [f"{label} ({Contention(others, steal).describe()})" for label, others, steal in shares
+                 if Contention(others, steal).contended]
+    return {"measurements": len(shares), "contended": contended,
+            "max_others_cpu": max((s for _, s, _ in shares), default=None),
+            "mean_others_cpu": sum(s for _, s, _ in shares) / len(shares) if shares else None,
+            "max_steal": max((s for _, _, s in shares), default=None),
+            "busy_share": BUSY_SHARE, "steal_share": STEAL_SHARE}

@@ -1,0 +1,81 @@
+"""The contention probe (``batchserve_planning/contention.py``): CPU that processes outside this
+one's tree take while a run goes on, and what is not counted (this process and its children)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from batchserve_planning.contention import BUSY_SHARE, Contention, Probe, others_cpu_s, summary, worst
+
+pytest.importorskip("psutil")
+
+HOG = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+
+
+@contextmanager
+def hog(*, outside: bool) -> Iterator[int]:
+    """A process spinning on a CPU: outside this tree (its parent exits, so it is nobody's child
+    here) or a child of this process."""
+    if outside:
+        launcher = subprocess.run(
+            [sys.executable, "-c", "import subprocess, sys; "
+             f"print(subprocess.Popen([sys.executable, '-c', {HOG!r}], stdout=subprocess.DEVNULL, "
+             "stderr=subprocess.DEVNULL).pid)"],
+            capture_output=True, text=True, check=True, timeout=30)
+        pid = int(launcher.stdout)
+        child = None
+    else:
+        child = subprocess.Popen([sys.executable, "-c", HOG])
+        pid = child.pid
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        if child is not None:
+            child.wait(timeout=10)
+
+
+def measure(seconds: float) -> Contention:
+    probe = Probe()
+    probe.start()
+    time.sleep(seconds)
+    return probe.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_process_outside_this_tree_is_counted_and_a_child_is_not() -> None:
+    cpus = os.cpu_count() or 1
+    with hog(outside=True) as pid:
+        time.sleep(0.2)
+        assert pid in others_cpu_s()
+        busy = measure(1.0)
+    # One spinning process: up to one CPU's worth, whatever else this machine runs (not timed:
+    # a fifth of a CPU over the second is far below what a spinning process gets).
+    assert busy.others_cpu >= 0.2 / cpus
+    assert busy.contended == (busy.others_cpu > BUSY_SHARE or busy.steal > 0.05)
+    with hog(outside=False) as pid:
+        time.sleep(0.2)
+        # The same spinning, as this process's child (a server or the load generator): not other work.
+        assert pid not in others_cpu_s()
+        assert os.getpid() not in others_cpu_s()
+
+
+def test_the_summary_names_the_contended_measurements() -> None:
+    steps: list[tuple[str, dict[str, Any]]] = [("#1 @ 1 clients", {"others_cpu": 0.02, "steal": 0.0}),
+             ("#1 @ 2 clients", {"others_cpu": 0.40, "steal": 0.0}),
+             ("#2 @ 1 clients", {"others_cpu": 0.01, "steal": 0.10}),
+             ("old", {"others_cpu": None})]
+    result = summary(steps)
+    assert result["measurements"] == 3
+    assert [c.split(" (")[0] for c in result["contended"]] == ["#1 @ 2 clients", "#2 @ 1 clients"]
+    assert result["max_others_cpu"] == 0.40 and result["max_steal"] == 0.10
+    assert worst([Contention(0.1, 0.0), Contention(0.05, 0.2)]) == Contention(0.1, 0.2)
+    assert worst([]) is None
