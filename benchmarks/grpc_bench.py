@@ -60,7 +60,7 @@ def _requests(protocol: str, model: str, host: str, port: int) -> tuple[bytes, .
         datatype = "FP64" if model == "diabetes" else "BYTES"
         name = "input" if model == "diabetes" else "text"
         metadata = {"inputs": [{"name": name, "datatype": datatype, "shape": [-1]}]}
-        return build_grpc_requests([Sample(item)], metadata, model=model).requests
+        return build_grpc_requests([Sample(item)], metadata, model=model, port=port).requests
     if protocol == "predict":
         body = orjson.dumps({"inputs": [item]})
         return (build_request(host, port, f"/predict/{model}", body, "application/json"),)

@@ -40,7 +40,7 @@ def _load(port: int, input_name: str) -> dict[str, float]:
     from batchserve_planning.load.shared import LoadSpec
 
     metadata = {"inputs": [{"name": input_name, "datatype": "FP64", "shape": [-1, 10]}]}
-    requests = build_grpc_requests([Sample(ROW)], metadata, model="diabetes").requests
+    requests = build_grpc_requests([Sample(ROW)], metadata, model="diabetes", port=port).requests
     spec = LoadSpec("127.0.0.1", port, requests, concurrency=CONNECTIONS, duration_s=DURATION_S,
                     warmup_s=WARMUP_S, protocol="grpc")
     summary = summarize(run_load(spec, cpus=harness.cores(peers.LOAD_CORE)))

@@ -168,7 +168,7 @@ class Fleet:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
             return None
         try:
-            return peak_rate(server.url, self.args.model, sweep.requests_for(server.url), sweep.settings,
+            return peak_rate(server.url, self.args.model, sweep.requests_for(server), sweep.settings,
                              start_rps, self.bars, label)
         finally:
             server.stop()
@@ -203,7 +203,7 @@ class Fleet:
             # Long enough for ~RERUN_ARRIVALS arrivals (a slow model's share of the target is a few
             # per second), at most RERUN_MAX_S.
             duration = max(3 * self.settings.step_s, min(RERUN_MAX_S, RERUN_ARRIVALS / rate))
-            step = measure_open(server.url, self.args.model, sweep.requests_for(server.url), rate,
+            step = measure_open(server.url, self.args.model, sweep.requests_for(server), rate,
                                 sweep.settings, self.bars, label, duration_s=duration, seed=RERUN_SEED)
         finally:
             server.stop()
@@ -239,7 +239,7 @@ class Fleet:
             replicas.wait_ready()
             settings = replace(sweep.settings, load_cpus=None if shared else
                                set(self.machine_cpus[2 * width:]))
-            peak = peak_rate(replicas.url, self.args.model, sweep.requests_for(replicas.url), settings,
+            peak = peak_rate(replicas.url, self.args.model, sweep.requests_for(replicas), settings,
                              2 * single, self.bars, f"check: 2 x {name} behind nginx")
         except (ServerError, OSError, RuntimeError) as exc:
             return {"profile": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             from batchserve_planning.load.grpc_client import build_grpc_requests
 
             requests = build_grpc_requests(samples, model_metadata(base_url, model), model=args.model,
-                                           version=args.version or "",
+                                           port=args.grpc_port, version=args.version or "",
                                            rows_per_request=args.rows_per_request,
                                            parameters=args.parameters)
         else:
@@ -102,12 +102,11 @@ def run(args: argparse.Namespace) -> int:
     for note in skipped:
         print(f"batchserve loadtest: {note}", file=sys.stderr)
     duration_s = None if args.requests else (args.duration_s or 10.0)
-    grpc = args.protocol == "grpc"
-    spec = LoadSpec(url.hostname, args.grpc_port if grpc else url.port or 80, requests.requests,
+    spec = LoadSpec(url.hostname, requests.port or url.port or 80, requests.requests,
                     mode="open" if args.rate else "closed", concurrency=args.concurrency,
                     rate=args.rate or 0.0, duration_s=duration_s, count=args.requests,
                     warmup_s=args.warmup_s, timeout_s=args.timeout_s, seed=args.seed,
-                    protocol=args.protocol)
+                    protocol=requests.protocol)
     try:
         summary = measure(spec, base_url, model, requests.rows_per_request,
                           processes=args.processes, cpus=args.load_cpus, progress=not args.no_progress)

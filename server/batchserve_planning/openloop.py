@@ -99,7 +99,8 @@ def measure_open(url: str, model: str, requests: Requests, rate_rps: float, sett
     draws = iter(range(seed, seed + 1000))
 
     def spec_for(share: float) -> LoadSpec:
-        return LoadSpec(host, int(port), requests.requests, mode="open", rate=rate_rps,
+        return LoadSpec(host, requests.port or int(port), requests.requests, mode="open", rate=rate_rps,
+                        protocol=requests.protocol,
                         concurrency=concurrency, duration_s=(duration_s or settings.step_s) * share,
                         warmup_s=settings.warmup_s, timeout_s=settings.timeout_s,
                         min_responses=math.ceil(settings.min_responses * share),

@@ -181,7 +181,8 @@ def measure_step(url: str, model: str, requests: Requests, concurrency: int, set
     longest = max(settings.max_step_s, duration_s or 0)
 
     def spec_for(share: float) -> LoadSpec:
-        return LoadSpec(host, int(port), requests.requests, mode="closed", concurrency=concurrency,
+        return LoadSpec(host, requests.port or int(port), requests.requests, mode="closed",
+                        protocol=requests.protocol, concurrency=concurrency,
                         duration_s=first_s * share, warmup_s=settings.warmup_s, timeout_s=settings.timeout_s,
                         min_responses=math.ceil(answers * share), max_duration_s=longest * share)
 

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mean (0.10)")
     parser.add_argument("--max-windows", type=int, default=6,
                         help="most windows measured for one figure before it is reported unsettled (6)")
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http",
+                        help="how the model is called: http (REST), or grpc (ModelInfer, each candidate "
+                             "server given a --grpc-port) (http)")
     parser.add_argument("--rows-per-request", type=int, default=1, help="items per request (1)")
     parser.add_argument("--image-mode", choices=["raw", "base64"], default="raw")
     parser.add_argument("--parameters", type=json.loads, help="JSON request parameters")
@@ -100,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if args.hardware is None and (args.target_rps is not None or args.concurrency is not None):
         print("batchserve recommend: --target-rps and --concurrency size a fleet: give the candidate "
               "machines with --hardware", file=sys.stderr)
+        return 2
+    if args.protocol == "grpc" and args.hardware is not None:
+        print("batchserve recommend: --hardware checks two replicas behind nginx, over HTTP only: "
+              "size a fleet over http, or measure one machine over grpc (no --hardware)", file=sys.stderr)
         return 2
     skipped_inputs: list[str] = []
     try:
@@ -148,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"step_s": settings.step_s, "max_step_s": settings.max_step_s,
                      "min_responses": settings.min_responses, "warmup_s": settings.warmup_s,
                      "max_concurrency": settings.max_concurrency, "full_grid": args.full_grid,
-                     "rows_per_request": settings.rows_per_request,
+                     "rows_per_request": settings.rows_per_request, "protocol": args.protocol,
+                     "sent": sweep.sent,
                      "server_cpus": sorted(args.server_cpus or []),
                      "server_cores": server_cores(args.server_cpus), "workers": workers,
                      "load_cpus": sorted(args.load_cpus or [])},

@@ -100,6 +100,9 @@ class ReplicaSet:
     Logs (each replica's, nginx's) and nginx's config go to ``logs``. ``wait_ready()`` before
     use, ``stop()`` after; a context manager does both's second half."""
 
+    grpc_port: int | None = None
+    """Replicas are served over HTTP only (nginx proxies it): no gRPC."""
+
     def __init__(self, config: Path, placements: list[set[int]], logs: Path, *,
                  quota_cpus: float | None = None, args: Sequence[str] = (),
                  nginx_cpus: set[int] | None = None, env: Mapping[str, str] | None = None,

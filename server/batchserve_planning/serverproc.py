@@ -70,10 +70,14 @@ class ManagedServer:
     def __init__(self, config: Path, log: Path | None = None, *, port: int | None = None,
                  cpus: set[int] | None = None, grace_s: float = 5.0, log_level: str = "warning",
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (),
-                 quota_cpus: float | None = None) -> None:
-        """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings)."""
+                 quota_cpus: float | None = None, grpc: bool = False) -> None:
+        """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings);
+        ``grpc``: serve gRPC too, on a free port (``grpc_port``)."""
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = _free_port() if grpc else None
+        if self.grpc_port is not None:
+            args = [*args, "--grpc-port", str(self.grpc_port)]
         self._own_log = log is None
         if log is None:
             handle, name = tempfile.mkstemp(prefix="batchserve-", suffix=".log")

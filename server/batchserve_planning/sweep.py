@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from batchserve_planning.load.inputs import Requests
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.replicas import ReplicaSet
+    from batchserve_planning.serverproc import ManagedServer
 
 VERIFY_TOLERANCE = 0.10
 """The re-run's throughput must be within this share of the prediction's."""
@@ -121,6 +123,8 @@ class Sweep:
         """Decisions between candidates within each other's noise, in words."""
         self.long_step_s = 0.0
         """How long the last final-round measurement took (server and step)."""
+        self.sent = ""
+        """How the requests were sent (``Requests.description``), for the report."""
 
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device and dtype: batch sizes, then workers, waits and instances around the best
@@ -214,7 +218,7 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
         else:
             try:
-                outcome.steps = ramp(server.url, self.args.model, self.requests_for(server.url),
+                outcome.steps = ramp(server.url, self.args.model, self.requests_for(server),
                                      self.settings, self.bars, label,
                                      on_step=lambda _: server.sample_memory(),
                                      fill_clients=candidate.max_batch_size * candidate.workers
@@ -274,7 +278,7 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
             return None
         try:
-            requests = self.requests_for(server.url)
+            requests = self.requests_for(server)
             levels = [clients or final_clients(outcome)]
             if back_off:
                 levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
@@ -315,7 +319,8 @@ class Sweep:
 
         config = self.write_config(candidate, name)
         server = ManagedServer(config, self.out / "logs" / f"{name}.log", cpus=self.args.server_cpus,
-                               quota_cpus=self.quota_cpus, args=candidate.serve_args())
+                               quota_cpus=self.quota_cpus, args=candidate.serve_args(),
+                               grpc=self.args.protocol == "grpc")
         server.wait_ready()
         return server
 
@@ -328,9 +333,25 @@ class Sweep:
                           + toml_table(candidate.table(self.base)))
         return config
 
-    def requests_for(self, url: str) -> Requests:
+    def requests_for(self, server: ManagedServer | ReplicaSet) -> Requests:
+        """The requests to load ``server`` with, over ``--protocol``."""
+        requests = self._build_requests(server)
+        self.sent = requests.description
+        return requests
+
+    def _build_requests(self, server: ManagedServer | ReplicaSet) -> Requests:
         from batchserve_planning.load.inputs import build_requests
 
+        url = server.url
+        if self.args.protocol == "grpc":
+            from batchserve_planning.load.grpc_client import build_grpc_requests
+            from batchserve_planning.load.scrape import model_metadata
+
+            assert server.grpc_port is not None  # start_server gave it one; --hardware is refused
+            return build_grpc_requests(self.samples, model_metadata(url, self.args.model),
+                                       model=self.args.model, port=server.grpc_port,
+                                       rows_per_request=self.args.rows_per_request,
+                                       parameters=self.args.parameters)
         host, _, port = url.removeprefix("http://").partition(":")
         return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
                               rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,

@@ -282,3 +282,28 @@ def test_more_workers_are_picked_where_they_add_capacity(tmp_path: Path,
     assert results["candidates"][results["pick"]]["candidate"]["workers"] == 2
     (rerun,) = (out / "logs").glob("verification-*.toml")
     assert tomllib.loads(rerun.read_text())["models"][0]["instances"] == 1
+
+
+def test_a_sweep_over_grpc_measures_the_model_as_grpc_clients_call_it(repository: Path, rows: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", str(SLO_MS), "--max-batch-cap", "1", "--protocol", "grpc",
+                 "--out", str(out), *SMALL])
+    assert code == recommend_status(out)
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["protocol"] == "grpc"
+    assert "over gRPC (input FP64 in raw_input_contents)" in results["settings"]["sent"]
+    (outcome,) = results["candidates"]
+    assert outcome["error"] is None and outcome["steps"]
+    # ModelInferRequests sent anywhere but a gRPC port would all fail: these were answered.
+    assert all(step["error_rate"] == 0 and step["rows_per_s"] > 0 for step in outcome["steps"])
+    assert results["verification"]["measured_rows_per_s"] > 0
+
+
+def test_grpc_is_refused_where_the_fleet_check_runs_behind_nginx(repository: Path, rows: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recommend", "--config", str(repository), "--model", "diabetes", "--inputs", str(rows),
+                 "--slo-p99-ms", "10", "--protocol", "grpc",
+                 "--hardware", "models/hardware.example.toml"]) == 2
+    assert "over HTTP only" in capsys.readouterr().err

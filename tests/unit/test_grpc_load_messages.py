@@ -15,9 +15,10 @@ def test_numbers_and_parameters_read_back() -> None:
     rows = [[0.5, -1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.5]]
     built = build_grpc_requests([Sample(r) for r in rows],
                                 {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3]}]},
-                                model="m", rows_per_request=2,
+                                model="m", port=8001, rows_per_request=2,
                                 parameters={"top_k": 3, "flag": True, "ratio": 0.25, "mode": "x", "low": -7})
     assert len(built.requests) == 2 and built.rows_per_request == 2
+    assert (built.protocol, built.port) == ("grpc", 8001)  # where the load generator sends them
     message = pb.ModelInferRequest.FromString(built.requests[1])
     assert message.model_name == "m"
     [tensor] = message.inputs
@@ -31,7 +32,7 @@ def test_numbers_and_parameters_read_back() -> None:
 def test_text_and_images_as_length_prefixed_bytes() -> None:
     built = build_grpc_requests([Sample("héllo"), Sample(b"\xff\xd8\xff", "image/jpeg")],
                                 {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}]},
-                                model="m", rows_per_request=2)
+                                model="m", port=8001, rows_per_request=2)
     message = pb.ModelInferRequest.FromString(built.requests[0])
     assert list(message.inputs[0].shape) == [2]
     raw = message.raw_input_contents[0]

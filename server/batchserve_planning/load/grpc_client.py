@@ -94,14 +94,15 @@ async def grpc_connect(host: str, port: int, on_done: Done) -> GrpcConnection:
     return connection
 
 
-def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, model: str,
+def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, model: str, port: int,
                         version: str = "", rows_per_request: int = 1,
                         parameters: dict[str, Any] | None = None) -> Requests:
     """Serialized ``ModelInferRequest``s of ``rows_per_request`` samples each, to the one input
     tensor the model's v2 ``metadata`` declares: numbers as its datatype, text and images as
     BYTES (images as their raw bytes), all in ``raw_input_contents``. Encoded here (the load
     client imports nothing of the server): protobuf's wire format for the few fields sent.
-    ``version``: the model's version to ask for (``model_version``); none: as routed."""
+    ``port``: the server's gRPC port; ``version``: the model's version to ask for
+    (``model_version``); none: as routed."""
     import numpy as np
 
     from batchserve_planning.load.inputs import MAX_REQUESTS
@@ -133,7 +134,7 @@ def build_grpc_requests(samples: list[Sample], metadata: dict[str, Any], *, mode
         requests.append(named + encoded + _field(5, tensor) + _field(7, raw))
     return Requests(tuple(requests), rows_per_request,
                     f"{len(samples)} samples, {rows_per_request} item(s) per request, over gRPC "
-                    f"({name} {datatype} in raw_input_contents)")
+                    f"({name} {datatype} in raw_input_contents)", protocol="grpc", port=port)
 
 
 def _varint(value: int) -> bytes:

@@ -50,6 +50,10 @@ class Requests:
     rows_per_request: int
     description: str
     """Where the samples came from and how they are sent, for reports."""
+    protocol: Literal["http", "grpc"] = "http"
+    """``grpc``: serialized ``ModelInferRequest``s (``grpc_client.build_grpc_requests``)."""
+    port: int | None = None
+    """Where they go, on the server's host: ``None``, the HTTP port of its URL; else its gRPC port."""
 
 
 KINDS = {
