@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from batchserve_planning.candidates import Candidate
-from batchserve_planning.sweep import layout_fits, threads_per_instance, worker_counts
+from batchserve_planning.sweep import fill_clients, layout_fits, threads_per_instance, worker_counts
 
 TEXT = {"name": "m", "backend": "transformer", "path": "t"}
 """A torch backend whose table leaves torch_threads to torch."""
@@ -54,3 +54,13 @@ def test_a_candidates_workers_are_a_server_flag_not_model_configuration() -> Non
     assert candidate.label() == "batch 8, wait 0 ms, 2 workers x 1 inst"
     threaded = Candidate(16, 2.0, 2, torch_threads=1)
     assert threaded.label() == "batch 16, wait 2 ms, 1 worker x 2 inst x 1 thread"
+
+
+def test_a_ramp_of_several_workers_goes_on_until_its_connections_reach_every_worker() -> None:
+    # One worker: its batches fill at batch size x instances clients.
+    assert fill_clients(Candidate(max_batch_size=1, max_wait_ms=0, instances=1)) == 1
+    assert fill_clients(Candidate(max_batch_size=8, max_wait_ms=0, instances=2)) == 16
+    # Two workers of batch 1: 2 clients fill them, but by the kernel's hash all 4 of 4 land in one
+    # worker 1 time in 8 (a plateau that is one worker's); 8 a worker's share of 4 clients each.
+    assert fill_clients(Candidate(max_batch_size=1, max_wait_ms=0, instances=1, workers=2)) == 8
+    assert fill_clients(Candidate(max_batch_size=32, max_wait_ms=0, instances=1, workers=2)) == 64
