@@ -7,6 +7,12 @@ from typing import Any
 
 from batchserve_planning.ramp import Step
 
+SPREAD_CLIENTS = 4
+"""Clients per worker before a ramp of several workers may end: the kernel spreads connections
+over SO_REUSEPORT workers by a hash of each, so with fewer some worker may get none (all 4 of 4
+clients in one of two workers: 1 in 8; all 8 of 8: 1 in 128), and a plateau seen there is one
+worker's."""
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -42,6 +48,13 @@ class Candidate:
         if options:
             table["options"] = options
         return table
+
+    def fill_clients(self) -> int:
+        """The clients below which no plateau ends this candidate's ramp (``ramp.climb``): enough
+        to fill its batches (batch size x workers x instances), and with several workers enough
+        for the connections to reach each of them (``SPREAD_CLIENTS`` a worker)."""
+        filled = self.max_batch_size * self.workers * self.instances
+        return filled if self.workers == 1 else max(filled, SPREAD_CLIENTS * self.workers)
 
     def serve_args(self) -> list[str]:
         """The server's flags for this candidate (always given: a ``BATCHSERVE_WORKERS`` in the

@@ -221,7 +221,7 @@ class Sweep:
                 outcome.steps = ramp(server.url, self.args.model, self.requests_for(server),
                                      self.settings, self.bars, label,
                                      on_step=lambda _: server.sample_memory(),
-                                     fill_clients=fill_clients(candidate))
+                                     fill_clients=candidate.fill_clients())
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -355,21 +355,6 @@ class Sweep:
         return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
                               rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
                               parameters=self.args.parameters)
-
-
-SPREAD_CLIENTS = 4
-"""Clients per worker before a ramp of several workers may end: the kernel spreads connections
-over SO_REUSEPORT workers by a hash of each, so with fewer some worker may get none (all 4 of 4
-clients in one of two workers: 1 in 8; all 8 of 8: 1 in 128), and a plateau seen there is one
-worker's."""
-
-
-def fill_clients(candidate: Candidate) -> int:
-    """The clients below which no plateau ends ``candidate``'s ramp (``ramp.climb``): enough to
-    fill its batches (batch size x workers x instances), and with several workers enough for
-    the connections to reach each of them (``SPREAD_CLIENTS`` a worker)."""
-    filled = candidate.max_batch_size * candidate.workers * candidate.instances
-    return filled if candidate.workers == 1 else max(filled, SPREAD_CLIENTS * candidate.workers)
 
 
 PLATEAU_SHARE = 0.97

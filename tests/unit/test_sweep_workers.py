@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from batchserve_planning.candidates import Candidate
-from batchserve_planning.sweep import fill_clients, layout_fits, threads_per_instance, worker_counts
+from batchserve_planning.sweep import layout_fits, threads_per_instance, worker_counts
 
 TEXT = {"name": "m", "backend": "transformer", "path": "t"}
 """A torch backend whose table leaves torch_threads to torch."""
@@ -58,9 +58,9 @@ def test_a_candidates_workers_are_a_server_flag_not_model_configuration() -> Non
 
 def test_a_ramp_of_several_workers_goes_on_until_its_connections_reach_every_worker() -> None:
     # One worker: its batches fill at batch size x instances clients.
-    assert fill_clients(Candidate(max_batch_size=1, max_wait_ms=0, instances=1)) == 1
-    assert fill_clients(Candidate(max_batch_size=8, max_wait_ms=0, instances=2)) == 16
+    assert Candidate(max_batch_size=1, max_wait_ms=0, instances=1).fill_clients() == 1
+    assert Candidate(max_batch_size=8, max_wait_ms=0, instances=2).fill_clients() == 16
     # Two workers of batch 1: 2 clients fill them, but by the kernel's hash all 4 of 4 land in one
     # worker 1 time in 8 (a plateau that is one worker's); 8 a worker's share of 4 clients each.
-    assert fill_clients(Candidate(max_batch_size=1, max_wait_ms=0, instances=1, workers=2)) == 8
-    assert fill_clients(Candidate(max_batch_size=32, max_wait_ms=0, instances=1, workers=2)) == 64
+    assert Candidate(max_batch_size=1, max_wait_ms=0, instances=1, workers=2).fill_clients() == 8
+    assert Candidate(max_batch_size=32, max_wait_ms=0, instances=1, workers=2).fill_clients() == 64
