@@ -139,9 +139,7 @@ class OnnxTextParts:
         return ("cpu", "cuda")
 
     def sample_items(self) -> Samples:
-        text = " ".join(["the battery life is great and the screen is sharp"] * 64)
-        return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
-                               f"({self.max_length} tokens)")
+        return sized_samples.long_text(self.max_length)
 
     def input_sizes(self) -> InputSizes:
         return InputSizes("text", "tokens", sized_samples.text_sizes(self.max_length))

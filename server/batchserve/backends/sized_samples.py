@@ -46,6 +46,13 @@ def photos(long_side: int) -> Samples:
     return Samples(items, ", ".join(shapes) + " (scikit-learn's photos resized, JPEG quality 90)")
 
 
+def long_text(max_length: int) -> Samples:
+    """A text past any ``max_length``: the text backends' ``sample_items``."""
+    text = " ".join(["the battery life is great and the screen is sharp"] * 64)
+    return Samples([text], f"a text of {len(text)} characters, truncated at max_length "
+                           f"({max_length} tokens)")
+
+
 def text_sizes(max_length: int) -> list[int]:
     """``TEXT_TOKENS`` below ``max_length``, then ``max_length``."""
     return [tokens for tokens in TEXT_TOKENS if tokens < max_length] + [max_length]

@@ -26,26 +26,24 @@ def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
 
 def model_state(base_url: str, model: str) -> dict[str, Any]:
     """``GET /models/{model}``; raises ``ServerError`` when unreachable or unknown."""
-    try:
-        status, body = get(f"{base_url}/models/{model}")
-    except OSError as exc:
-        raise ServerError(f"cannot reach {base_url}: {exc}") from None
-    if status != 200:
-        raise ServerError(f"{base_url}/models/{model} answered {status}: {body[:300]!r}")
-    state: dict[str, Any] = json.loads(body)
-    return state
+    return get_json(base_url, f"/models/{model}")
 
 
 def model_metadata(base_url: str, model: str) -> dict[str, Any]:
     """``GET /v2/models/{model}``: its v2 input and output tensors; ``ServerError`` if unreachable."""
+    return get_json(base_url, f"/v2/models/{model}")
+
+
+def get_json(base_url: str, path: str) -> dict[str, Any]:
+    """The JSON object at ``path``; ``ServerError`` when unreachable or not a 200."""
     try:
-        status, body = get(f"{base_url}/v2/models/{model}")
+        status, body = get(f"{base_url}{path}")
     except OSError as exc:
         raise ServerError(f"cannot reach {base_url}: {exc}") from None
     if status != 200:
-        raise ServerError(f"{base_url}/v2/models/{model} answered {status}: {body[:300]!r}")
-    metadata: dict[str, Any] = json.loads(body)
-    return metadata
+        raise ServerError(f"{base_url}{path} answered {status}: {body[:300]!r}")
+    found: dict[str, Any] = json.loads(body)
+    return found
 
 
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] | None = None,
