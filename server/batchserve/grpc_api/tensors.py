@@ -29,6 +29,7 @@ from batchserve.v2.tensors import (
     Tensor,
     check_shape,
     from_binary,
+    requested,
     shown,
     to_binary,
 )
@@ -172,12 +173,7 @@ def encode_response(model: str, version: str, request: InferRequest, tensors: li
     """The serialized ``ModelInferResponse`` of ``model``'s ``version``: the requested outputs
     (every one when none were named; 400 for a name the model has not), raw when the request's
     inputs were."""
-    wanted = request.outputs
-    if wanted is not None:
-        unknown = sorted(set(wanted) - {t.name for t in tensors})
-        if unknown:
-            raise InvalidInput(f"unknown outputs {unknown}; this model has {[t.name for t in tensors]}")
-        tensors = [t for t in tensors if t.name in wanted]
+    tensors = requested(request, tensors)
     raw = request.binary_output or any(t.datatype not in CONTENTS for t in tensors)
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request.request_id or "")
     for tensor in tensors:

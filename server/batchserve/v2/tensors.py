@@ -292,16 +292,24 @@ def _requested_outputs(specs: Any) -> dict[str, bool] | None:
     return requested
 
 
+def requested(request: InferRequest, tensors: list[Tensor]) -> list[Tensor]:
+    """The outputs ``request`` asks for (every one when it names none); 400 for a name the model
+    has not. REST's and gRPC's answers alike."""
+    wanted = request.outputs
+    if wanted is None:
+        return tensors
+    unknown = sorted(set(wanted) - {t.name for t in tensors})
+    if unknown:
+        raise InvalidInput(f"unknown outputs {unknown}; this model has {[t.name for t in tensors]}")
+    return [t for t in tensors if t.name in wanted]
+
+
 def encode_response(model: str, request: InferRequest, tensors: list[Tensor],
                     version: str = "1") -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary data follows it; ``version``:
     the version of ``model`` that answered."""
     wanted = request.outputs
-    if wanted is not None:
-        unknown = sorted(set(wanted) - {t.name for t in tensors})
-        if unknown:
-            raise InvalidInput(f"unknown outputs {unknown}; this model has {[t.name for t in tensors]}")
-        tensors = [t for t in tensors if t.name in wanted]
+    tensors = requested(request, tensors)
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for tensor in tensors:
