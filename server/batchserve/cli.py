@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,9 +114,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if hasattr(args, "planning"):
         planning: Callable[[argparse.Namespace], int] = args.planning
-        return planning(args)
+        return _run_stoppable(planning, args)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     return serve(ServerSettings(**overrides))
+
+
+def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a planning command so that SIGTERM unwinds it as Ctrl-C does: its ``finally`` blocks
+    stop the servers it started (Python's default for SIGTERM ends the process at once, and a
+    candidate server would outlive it). Exit status 143 (128 + SIGTERM), as the shell reports."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return command(args)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(settings: ServerSettings) -> int:

@@ -114,6 +114,9 @@ class ManagedServer:
             tail = self.log_tail(40)
             self.stop()
             raise ServerError(f"{exc}; its log ends:\n{tail}") from None
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the caller never gets the server
+            self.close()
+            raise
 
     def sample_memory(self) -> None:
         """Where there is no exact high-water mark, remember the largest reading so far (of the
