@@ -5,8 +5,9 @@ machine's CPUs waited for the hypervisor) and the CPU time of every process outs
 tree (this process, the load generator's processes and every server it started are inside; the
 rest is other work). Their differences over the wall time and the CPUs give two shares of the
 machine's CPU capacity. Processes that ended during the run are missed, and one that started in
-it is counted whole (its CPU time before the run was nil): the share is an estimate, good to a
-few percent, and enough to say that a run shared its CPUs.
+it is counted whole (its CPU time before the run was nil); the share is capped at what the
+machine was busy (its non-idle CPU time) over the run: an estimate, good to a few percent, and
+enough to say that a run shared its CPUs.
 
 A run whose other work took more than ``BUSY_SHARE`` of the CPUs, or whose steal exceeded
 ``STEAL_SHARE``, is contended: its figures may be low, and the report says which runs were.
@@ -52,30 +53,40 @@ class Probe:
     def __init__(self) -> None:
         self._wall = 0.0
         self._others: dict[int, float] = {}
-        self._cpu: tuple[float, float] = (0.0, 0.0)
+        self._cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def start(self) -> None:
-        self._others = others_cpu_s()
+        self._wall, self._others = _scan()
         self._cpu = _cpu_times()
-        self._wall = time.monotonic()
 
     def stop(self) -> Contention:
-        wall = time.monotonic() - self._wall
-        others = others_cpu_s()
-        total, steal = _cpu_times()
+        now, others = _scan()
+        wall = now - self._wall
+        total, steal, idle = _cpu_times()
         used = sum(max(0.0, seconds - self._others.get(pid, 0.0)) for pid, seconds in others.items())
         cpus = os.cpu_count() or 1
-        total_d, steal_d = total - self._cpu[0], steal - self._cpu[1]
-        return Contention(others_cpu=used / (wall * cpus) if wall > 0 else 0.0,
-                          steal=steal_d / total_d if total_d > 0 else 0.0)
+        total_d, steal_d, idle_d = total - self._cpu[0], steal - self._cpu[1], idle - self._cpu[2]
+        share = used / (wall * cpus) if wall > 0 else 0.0
+        # Never more than the machine was busy: the scans read processes one by one, so a short
+        # run's window can hold more CPU time than its wall time says.
+        busy = (total_d - idle_d) / total_d if total_d > 0 else 0.0
+        return Contention(others_cpu=min(share, busy), steal=steal_d / total_d if total_d > 0 else 0.0)
 
 
-def _cpu_times() -> tuple[float, float]:
-    """All CPU time of the machine and its steal time, in seconds."""
+def _scan() -> tuple[float, dict[int, float]]:
+    """Others' CPU seconds, and the moment they were read: the middle of the scan (reading every
+    process takes tens of ms on a busy machine, a share of a short run)."""
+    before = time.monotonic()
+    seconds = others_cpu_s()
+    return (before + time.monotonic()) / 2, seconds
+
+
+def _cpu_times() -> tuple[float, float, float]:
+    """All CPU time of the machine, its steal time and its idle time (iowait included), in seconds."""
     import psutil
 
     times = psutil.cpu_times()
-    return sum(times), float(getattr(times, "steal", 0.0))
+    return sum(times), float(getattr(times, "steal", 0.0)), times.idle + float(getattr(times, "iowait", 0.0))
 
 
 def others_cpu_s() -> dict[int, float]:

@@ -79,3 +79,17 @@ def test_the_summary_names_the_contended_measurements() -> None:
     assert result["max_others_cpu"] == 0.40 and result["max_steal"] == 0.10
     assert worst([Contention(0.1, 0.0), Contention(0.05, 0.2)]) == Contention(0.1, 0.2)
     assert worst([]) is None
+
+
+def test_other_work_is_never_more_than_the_machine_was_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reading of others' CPU larger than the run could hold (a process read late in the
+    scan, a pid counted twice) is capped at the machine's busy share, which is at most 1."""
+    from batchserve_planning import contention
+
+    readings = iter([{1: 0.0}, {1: 1000.0}])
+    monkeypatch.setattr(contention, "others_cpu_s", lambda: next(readings))
+    probe = Probe()
+    probe.start()
+    time.sleep(0.2)
+    reading = probe.stop()
+    assert 0.0 <= reading.others_cpu <= 1.0
