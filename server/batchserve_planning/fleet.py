@@ -45,6 +45,9 @@ RERUN_SEED = 1000
 """Its Poisson draw: not one of the peak search's."""
 CHECKS_SHARE = 0.2
 """Of the budget, what is kept for the checks after the profiles."""
+OPEN_LOOP_SHARE = 0.3
+"""Of a profile's share, what its open-loop peak search gets after its sweep (the sweep stops
+short of the rest; the search stops at the profile's share)."""
 
 
 def slug(name: str) -> str:
@@ -117,7 +120,8 @@ class Fleet:
         profile = placement.profile
         assert self.bars is not None
         self.bars.print(f"{profile.name} ({profile.describe()}): {placement.how()}")
-        sweep = self._sweep(placement, budget_s)
+        deadline = time.monotonic() + budget_s
+        sweep = self._sweep(placement, budget_s * (1 - OPEN_LOOP_SHARE))
         self.sweeps[profile.name] = sweep
         devices = argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes)
         has_dtype = "dtype" in self._options_fields()
@@ -140,7 +144,7 @@ class Fleet:
         responses = variance_responses(self.settings.min_responses, cv)
         entry["variance"] = {"service_cv": cv, "headroom": headroom, "min_responses": responses}
         sweep.settings = replace(sweep.settings, min_responses=responses)
-        peak = self._peak(sweep, chosen, predicted.rps, f"{profile.name}: open-loop peak")
+        peak = self._peak(sweep, chosen, predicted.rps, f"{profile.name}: open-loop peak", deadline)
         entry["open_loop"] = peak.to_dict() if peak is not None else None
         if peak is None or peak.rate_rps is None:
             entry["why_not"] = _no_rate(peak, self.settings.slo_ms)
@@ -157,7 +161,8 @@ class Fleet:
 
         return set(backend_class(self.base["backend"]).Options.model_fields)
 
-    def _peak(self, sweep: Any, outcome: Outcome, start_rps: float, label: str) -> Peak | None:
+    def _peak(self, sweep: Any, outcome: Outcome, start_rps: float, label: str,
+              deadline: float) -> Peak | None:
         from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.openloop import peak_rate
 
@@ -169,7 +174,7 @@ class Fleet:
             return None
         try:
             return peak_rate(server.url, self.args.model, sweep.requests_for(server), sweep.settings,
-                             start_rps, self.bars, label)
+                             start_rps, self.bars, label, deadline=deadline)
         finally:
             server.stop()
 
@@ -240,7 +245,8 @@ class Fleet:
             settings = replace(sweep.settings, load_cpus=None if shared else
                                set(self.machine_cpus[2 * width:]))
             peak = peak_rate(replicas.url, self.args.model, sweep.requests_for(replicas), settings,
-                             2 * single, self.bars, f"check: 2 x {name} behind nginx")
+                             2 * single, self.bars, f"check: 2 x {name} behind nginx",
+                             deadline=self.started + self.args.budget_s)
         except (ServerError, OSError, RuntimeError) as exc:
             return {"profile": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
         finally:

@@ -11,6 +11,7 @@ outside until they are ``resolution`` apart.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,18 +127,28 @@ class Peak:
 
 def peak_rate(url: str, model: str, requests: Requests, settings: RampSettings, start_rps: float,
               bars: Bars | None, label: str, *, max_steps: int = 8, resolution: float = 0.1,
-              on_step: Callable[[OpenStep], object] | None = None) -> Peak:
+              on_step: Callable[[OpenStep], object] | None = None, deadline: float | None = None,
+              clock: Callable[[], float] = time.monotonic) -> Peak:
     """The highest arrival rate within the SLO (see the module's docstring), in at most
-    ``max_steps`` steps; ``on_step`` sees each step as it is measured."""
+    ``max_steps`` steps; ``on_step`` sees each step as it is measured. With a ``deadline`` (of
+    ``clock``), a step that would end past it (as long as the longest so far) is not started;
+    the first always is."""
     if not start_rps > 0 or max_steps < 1:
         raise ValueError("need a start rate > 0 and at least one step")
     steps: list[OpenStep] = []
     within: float | None = None
     outside: float | None = None
     rate = start_rps
+    longest_s = 0.0
+    out_of_time = False
     while len(steps) < max_steps:
+        began = clock()
+        if steps and deadline is not None and began + longest_s > deadline:
+            out_of_time = True
+            break
         step = measure_open(url, model, requests, rate, settings, bars, f"{label} @ {rate:.3g}/s",
                             seed=len(steps) + 1)
+        longest_s = max(longest_s, clock() - began)
         steps.append(step)
         if on_step is not None:
             on_step(step)
@@ -154,6 +165,8 @@ def peak_rate(url: str, model: str, requests: Requests, settings: RampSettings, 
         else:
             rate = (within + outside) / 2
     notes = []
+    if out_of_time:
+        notes.append(f"stopped at the budget (--budget-s) after {len(steps)} steps")
     if within is not None and outside is None:
         notes.append(f"every rate tried was within the SLO (up to {within:.3g}/s): the peak is higher")
     elif within is not None and outside is not None and outside / within - 1 >= resolution:
