@@ -164,11 +164,18 @@ class Tracing:
             if trace_id & _LOW_64 >= self._root_bound or not trace_id:
                 return
             self._ids.chosen = trace_id
-        span = self.tracer.start_span(
-            f"{call.method} {call.path}", context=parent, kind=SpanKind.SERVER,
-            start_time=self.ns(call.arrived_s),
-            attributes={"http.request.method": call.method, "url.path": call.path,
-                        "batchserve.protocol": call.adapter.protocol})
+        protocol = call.adapter.protocol
+        if protocol == "grpc":  # OpenTelemetry's RPC conventions: the span is named service/method
+            name = call.path.lstrip("/")
+            service, _, method = name.partition("/")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                          "batchserve.protocol": protocol}
+        else:
+            name = f"{call.method} {call.path}"
+            attributes = {"http.request.method": call.method, "url.path": call.path,
+                          "batchserve.protocol": protocol}
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                      start_time=self.ns(call.arrived_s), attributes=attributes)
         if span.is_recording():
             call.span = span
             call.trace_token = otel_context.attach(trace.set_span_in_context(span))  # for the logs

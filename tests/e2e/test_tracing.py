@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.support import running_server, sample, write_models
+from tests.support import free_port, running_server, sample, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -293,3 +293,42 @@ def test_tracing_asked_for_with_an_unknown_protocol_is_refused_at_start(tmp_path
         env={**os.environ, **SERVER_ENV, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
     assert result.returncode == 2
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not supported" in result.stderr
+
+
+def test_a_grpc_call_continues_the_trace_context_of_its_metadata(tmp_path: Path, receiver: Receiver) -> None:
+    """gRPC's ModelInfer is one more adapter on the lifecycle: its ``traceparent`` metadata is the
+    parent of its span, which names the protocol and has the same stage events as REST's."""
+    grpc = pytest.importorskip("grpc")
+    from batchserve.grpc_api import inference_pb2 as pb
+
+    header, trace_id, parent_id = _traceparent(51)
+    unsampled, _, _ = _traceparent(52, sampled=False)
+    port = free_port()
+    request = pb.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="input", datatype="FP64", shape=[1]).contents.fp64_contents.append(1.0)
+    with running_server(_echo(tmp_path), env=_env(receiver), args=["--grpc-port", str(port)]), \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=lambda message: message.SerializeToString(),
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        for traceparent in (unsampled, header):
+            answer = infer(request, metadata=[("traceparent", traceparent)], timeout=30)
+            assert answer.model_name == "echo" and answer.outputs
+        spans = receiver.wait_for(lambda spans: any(s.span.trace_id.hex() == trace_id for s in spans
+                                                    if s.span.kind == Span.SPAN_KIND_SERVER))
+        time.sleep(0.3)  # the unsampled call's span, had it been exported, has arrived too
+        with receiver.lock:
+            spans = list(receiver.spans)
+    requests = [s for s in spans if s.span.kind == Span.SPAN_KIND_SERVER]
+    assert [r.span.trace_id.hex() for r in requests] == [trace_id]  # the unsampled caller: none
+    [span] = requests
+    assert span.span.parent_span_id.hex() == parent_id
+    assert span.attributes["batchserve.protocol"] == "grpc"
+    # OpenTelemetry's RPC conventions
+    assert span.span.name == "inference.GRPCInferenceService/ModelInfer"
+    assert span.attributes["rpc.system"] == "grpc"
+    assert span.attributes["rpc.service"] == "inference.GRPCInferenceService"
+    assert span.attributes["rpc.method"] == "ModelInfer"
+    assert span.attributes["batchserve.model"] == "echo"
+    assert [event.name for event in span.span.events] == STAGES
+    assert span.span.links  # to the batch that ran it
