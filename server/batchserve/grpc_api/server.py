@@ -8,9 +8,8 @@ processes every worker serves the port and the kernel spreads connections over t
 the HTTP port's. A message, either way, is at most ``max_body_bytes`` (RESOURCE_EXHAUSTED past
 it, refused by gRPC before it is handed over).
 
-The health service mirrors ``/readyz``: ``Check`` of the server (``""``) or of
-``inference.GRPCInferenceService`` is SERVING when ``/readyz`` would answer 200, NOT_SERVING
-otherwise (while loading, draining, or a worker is not ready); what Kubernetes' gRPC probes ask.
+The health service (``health.py``) mirrors ``/readyz``, for Kubernetes' gRPC probes (``Check``)
+and the clients that follow it (``Watch``); the drain ends its watches.
 """
 
 from __future__ import annotations
@@ -19,37 +18,17 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
 import grpc.aio
 from fastapi import FastAPI
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from batchserve.fastpath import BatchserveApp
-from batchserve.grpc_api.service import SERVICE, Context, InferenceService
+from batchserve.grpc_api.health import Health
+from batchserve.grpc_api.service import InferenceService
 from batchserve.pipeline import Pipeline
-from batchserve.routes import readiness
 from batchserve.state import AppState
 
 log = logging.getLogger(__name__)
-
-
-class Health(health.aio.HealthServicer):
-    """``grpc.health.v1.Health``: ``Check`` answers from the server's readiness at each call."""
-
-    def __init__(self, state: AppState) -> None:
-        super().__init__()
-        self.state = state
-
-    async def Check(self, request: Any, context: Context) -> Any:
-        if request.service not in ("", SERVICE):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r:.80}")
-        serving = readiness(self.state)[0]
-        return health_pb2.HealthCheckResponse(
-            status=health_pb2.HealthCheckResponse.SERVING if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    async def Watch(self, request: Any, context: Context) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served; poll Check")
 
 
 class GrpcServed:
@@ -66,6 +45,7 @@ class GrpcServed:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.where = f"grpc://{self.address}"
         self.service = InferenceService(pipeline)
+        self.health = Health(self.state)
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -79,7 +59,7 @@ class GrpcServed:
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1)])
         server.add_generic_rpc_handlers((self.service.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(Health(self.state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_insecure_port(self.address)
         await server.start()
         await server.wait_for_termination()
@@ -92,6 +72,7 @@ class GrpcServed:
             self._stopping = asyncio.get_running_loop().create_task(
                 self._server.stop(self.state.drain_left_s() + 1.0))
             self.service.drain()
+            self.health.drain()
 
 
 def grpc_server(app: FastAPI, port: int) -> GrpcServed:
