@@ -4,11 +4,10 @@ follow it as it changes (gRPC's ``Health/Watch``) rather than ask each time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 class Changes:
-    """Who waits takes ``next()`` before reading the state it follows, then ``wait``s on it:
+    """Who waits takes ``next()`` before reading the state it follows, then waits on it:
     ``notify`` (from the event loop) wakes every waiter at once, so a change made while a waiter
     read or answered is not missed. No waiter: ``notify`` costs nothing."""
 
@@ -25,10 +24,3 @@ class Changes:
         if self._next is not None:
             self._next.set()
             self._next = None
-
-    @staticmethod
-    async def wait(event: asyncio.Event, timeout_s: float) -> None:
-        """Until ``event`` (a ``next()``) is set, or at most ``timeout_s``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await event.wait()

@@ -2,11 +2,13 @@
 stubs: ``Watch`` streams the status at once and then each change (a model held loading, then
 loaded; unloaded and loaded again through management; a name that becomes a model), answers
 SERVICE_UNKNOWN for a name that is no model without ending, ends when the server drains (so
-that the drain is not held), and is answered by every worker of several."""
+that the drain is not held), follows the other workers' readiness, and is answered by every
+worker of several."""
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import ServerProcess, free_port, running_server, write_models
+from tests.support.cluster import Workers
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +149,53 @@ def test_every_worker_answers_its_watches(tmp_path: Path) -> None:
             watch.cancel()
         for channel in channels:
             channel.close()
+
+
+def test_the_servers_watch_follows_the_other_workers_readiness(tmp_path: Path) -> None:
+    """Worker 0 of two (the tests' own workers, each on ports of its own) says the server is not
+    ready while worker 1 is not running, ready once it is, and not ready once it is killed: what
+    it reads from worker 1's status file, which nothing notifies."""
+    workers = Workers(write_models(tmp_path / "models.toml", [ECHO]), 2, {}, grpc=True)
+    try:
+        workers.start(0)
+        workers.wait_loaded(0)
+        with _channel(f"127.0.0.1:{workers.grpc_ports[0]}") as channel:
+            watch = _watch(channel, "")
+            try:
+                assert _statuses(watch, 1) == [NOT_SERVING]  # worker 1 is not running
+                workers.start(1)
+                workers.wait_loaded(1)
+                assert _statuses(watch, 1) == [SERVING]
+                workers.kill(1)
+                assert _statuses(watch, 1) == [NOT_SERVING]
+            finally:
+                watch.cancel()
+    finally:
+        workers.close()
+
+
+def test_watches_past_the_concurrency_limit_are_refused(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", [ECHO])
+    port = free_port()
+    with running_server(config, args=["--grpc-port", str(port)],
+                        env={"BATCHSERVE_LIMIT_CONCURRENCY": "2"}), _channel(f"127.0.0.1:{port}") as channel:
+        watches = [_watch(channel, "echo") for _ in range(2)]
+        try:
+            assert [_statuses(w, 1) for w in watches] == [[SERVING]] * 2
+            with pytest.raises(grpc.RpcError) as refused:
+                _statuses(_watch(channel, "echo"), 1)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "BATCHSERVE_LIMIT_CONCURRENCY" in str(refused.value.details())
+            watches.pop().cancel()  # one ends: another may open, once the server has seen it end
+            deadline = time.monotonic() + 30
+            while True:
+                watches.append(_watch(channel, ""))
+                try:
+                    assert _statuses(watches[-1], 1) == [SERVING]
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                    time.sleep(0.05)
+        finally:
+            for watch in watches:
+                watch.cancel()
