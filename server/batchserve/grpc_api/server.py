@@ -3,10 +3,14 @@ standard health service (``grpc.health.v1``, from grpcio-health-checking) on one
 server, in the event loop the HTTP side runs in (``serving.py``), with its drain.
 
 The port is first held by ``serving.reserve_port`` (bound with SO_REUSEPORT, never listening);
-gRPC's listener binds it with SO_REUSEPORT too (its default on Linux), so that with worker
+gRPC's listeners bind it with SO_REUSEPORT too (its default on Linux), so that with worker
 processes every worker serves the port and the kernel spreads connections over them, as it does
-the HTTP port's. A message, either way, is at most ``max_body_bytes`` (RESOURCE_EXHAUSTED past
-it, refused by gRPC before it is handed over).
+the HTTP port's. Each process runs ``grpc_listeners`` servers on it (one listener each, the same
+handlers): a grpc.aio server takes the next call only once the last one has been handed to its
+handler, one at a time, so with one server the small calls of many connections reach the batcher
+one by one and rarely share a batch; with several, calls arrive side by side and batch together
+(benchmarks/README.md, "gRPC listeners"). A message, either way, is at most ``max_body_bytes``
+(RESOURCE_EXHAUSTED past it, refused by gRPC before it is handed over).
 
 The health service (``health.py``) mirrors ``/readyz``, for Kubernetes' gRPC probes (``Check``)
 and the clients that follow it (``Watch``); the drain ends its watches.
@@ -46,7 +50,7 @@ class GrpcServed:
         self.where = f"grpc://{self.address}"
         self.service = InferenceService(pipeline)
         self.health = Health(self.state)
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -55,24 +59,31 @@ class GrpcServed:
 
     async def serve(self) -> None:
         limit = self.state.settings.max_body_bytes
-        server = self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 1)])
-        server.add_generic_rpc_handlers((self.service.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        server.add_insecure_port(self.address)
-        await server.start()
-        await server.wait_for_termination()
+        for _ in range(self.state.settings.grpc_listeners):
+            server = grpc.aio.server(options=[
+                ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1)])
+            server.add_generic_rpc_handlers((self.service.handler(),))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            server.add_insecure_port(self.address)
+            await server.start()
+            self._servers.append(server)
+        await asyncio.gather(*(server.wait_for_termination() for server in self._servers))
 
     def stop(self) -> None:
         """Close the port to new calls at once, and the open streams to new requests; the calls
         in flight are the drain's to wait for (``Servers.serve``), and what is left when its grace
         is spent is cancelled."""
-        if self._server is not None and self._stopping is None:
+        if self._servers and self._stopping is None:
+            grace_s = self.state.drain_left_s() + 1.0
             self._stopping = asyncio.get_running_loop().create_task(
-                self._server.stop(self.state.drain_left_s() + 1.0))
+                _stop_all(self._servers, grace_s), name="grpc-stop")
             self.service.drain()
             self.health.drain()
+
+
+async def _stop_all(servers: list[grpc.aio.Server], grace_s: float) -> None:
+    await asyncio.gather(*(server.stop(grace_s) for server in servers))
 
 
 def grpc_server(app: FastAPI, port: int) -> GrpcServed:
