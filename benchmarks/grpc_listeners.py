@@ -59,8 +59,9 @@ def main() -> None:
                 rounds.append(measured)
                 print(f"round {index + 1}: " + "; ".join(
                     f"{count} listeners: " + ", ".join(
-                        f"{p} {r['cpu_us_per_request']:.0f} us/req {r['rps']:.0f} rps p99 {r['p99_ms']:.1f} ms "
-                        f"batch {r['mean_batch']:.1f}" for p, r in measured[count].items())
+                        f"{p} {r['cpu_us_per_request']:.0f} us/req {r['rps']:.0f} rps "
+                        f"p99 {r['p99_ms']:.1f} ms batch {r['mean_batch']:.1f}"
+                        for p, r in measured[count].items())
                     for count in order), flush=True)
         finally:
             for server, _ in servers.values():
@@ -76,7 +77,8 @@ def main() -> None:
             picked = [r[count][protocol] for r in rounds]
             ratios = [r[count][protocol]["cpu_us_per_request"] / r[BASE][protocol]["cpu_us_per_request"]
                       for r in rounds]
-            print(f"| {count} | {protocol} | {statistics.median(x['cpu_us_per_request'] for x in picked):.0f} | "
+            cpu_us = statistics.median(x["cpu_us_per_request"] for x in picked)
+            print(f"| {count} | {protocol} | {cpu_us:.0f} | "
                   f"{spread(ratios) if count != BASE else '1'} | "
                   f"{statistics.median(x['rps'] for x in picked):,.0f} | "
                   f"{statistics.median(x['p99_ms'] for x in picked):.1f} | "
