@@ -59,15 +59,15 @@ class GrpcServed:
 
     async def serve(self) -> None:
         limit = self.state.settings.max_body_bytes
-        for _ in range(self.state.settings.grpc_listeners):
+        for _ in range(self.state.settings.grpc_listeners):  # all made before any await: stop stops all
             server = grpc.aio.server(options=[
                 ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1)])
             server.add_generic_rpc_handlers((self.service.handler(),))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             server.add_insecure_port(self.address)
-            await server.start()
             self._servers.append(server)
+        await asyncio.gather(*(server.start() for server in self._servers))
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))
 
     def stop(self) -> None:
