@@ -15,6 +15,7 @@ from batchserve.artifacts import pinned
 from batchserve.backends import backend_class
 from batchserve.backends.base import Backend, LoadError, cause
 from batchserve.batcher import Batcher
+from batchserve.changes import Changes
 from batchserve.config import ModelConfig
 from batchserve.errors import ModelNotFound
 from batchserve.metrics import Metrics, ModelMetrics
@@ -66,6 +67,9 @@ class ModelRegistry:
         self.on_ready: Callable[[], None] | None = None
         """Called when a model becomes ready (a worker writes its status file then, so the
         others' ``/readyz`` never reads it as still loading after this worker said ready)."""
+        self.changes = Changes()
+        """Notified when a model's state changes (loaded, failed, installed, unloaded); a
+        batching loop that stops is not notified (``Batcher.broken``: read it)."""
         for config in configs:
             self._install(self._build(config))
         for config in unloaded or []:  # a restarted worker's, unloaded by management before
@@ -95,6 +99,7 @@ class ModelRegistry:
         batcher = model.batcher
         model.metrics.watch_queue(lambda: batcher.queued_rows)
         model.metrics.watch_ready(lambda: 1.0 if model.ready else 0.0)
+        self.changes.notify()
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -175,15 +180,18 @@ class ModelRegistry:
         except LoadError as exc:
             model.state, model.reason = "failed", cause(exc)
             log.error("model %s failed to load: %s", model.config.key, exc)
+            self.changes.notify()
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             model.state, model.reason = "failed", reason
             log.exception("model %s failed to load", model.config.key)
+            self.changes.notify()
             return
         model.batcher.start()
         model.state, model.reason = "ready", None
         model.metrics.refresh()  # in a worker, the gauge's file says so now, not at the next tick
+        self.changes.notify()
         if self.on_ready is not None:
             self.on_ready()
         log.info("model %s ready", model.config.key)
@@ -248,6 +256,7 @@ class ModelRegistry:
         was_ready = model.state == "ready"
         model.state = "unloaded"  # refuse new requests at once
         model.metrics.refresh()
+        self.changes.notify()
         await model.batcher.close(grace_s)
         if was_ready:
             await asyncio.to_thread(model.backend.unload)

@@ -25,6 +25,11 @@ class ServerSettings(BaseSettings):
     """Serve the Open Inference Protocol over gRPC (``inference.GRPCInferenceService``, as
     tritonclient.grpc calls it, and the ``grpc.health.v1`` health service) on this port too
     (Triton's is 8001; 0 picks a free one); the ``grpc`` extra. Unset: no gRPC."""
+    grpc_listeners: int = Field(default=4, ge=1, le=64)
+    """gRPC servers per process on ``grpc_port`` (each its own listener, SO_REUSEPORT: the kernel
+    spreads connections over them). One grpc.aio server takes its calls one at a time, so small
+    calls from many connections rarely share a batch; several take them side by side
+    (``grpc_api/server.py``; benchmarks/README.md, "gRPC listeners")."""
     workers: int | Literal["auto"] = Field(default=1)
     """Server processes behind the port, each with its own event loop, batchers and model
     copies (``batchserve/workers/``). ``auto``: from the cores this server may use and the

@@ -35,6 +35,8 @@ class EchoOptions(BaseModel):
     """Fail at load in a process whose environment sets this variable: one worker of several,
     as when only one of them runs out of memory or cannot open the device."""
     load_delay_ms: float = 0.0
+    load_until: str | None = None
+    """A file: ``load`` waits (up to 60 s) until it exists: a model held loading."""
     exit_on_load: int | None = None
     """End the process with this status as the model loads (a worker that crashes at start)."""
     started: str | None = None
@@ -80,6 +82,10 @@ class EchoBackend(Backend[float, float | complex]):
         LOADED[name] = LOADED.get(name, 0) + 1
         PEAK[name] = max(PEAK.get(name, 0), LOADED[name])
         time.sleep(self.options.load_delay_ms / 1000)
+        if self.options.load_until is not None:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self.options.load_until) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if self.options.exit_on_load is not None:
             os._exit(self.options.exit_on_load)
         if self.options.fail_load:

@@ -27,13 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import sklearn.datasets
+import tritonclient.grpc as triton
 import xgboost
 import yaml
 from batchserve_planning.load.scrape import ServerError, wait_ready
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sklearn.linear_model import LinearRegression
 
 from tests.support import ROOT, build_demo, free_port
@@ -220,6 +223,30 @@ def test_every_demo_model_answers(served: Container, tmp_path: Path) -> None:
         for output in outputs:
             assert output["label"] in ("negative", "neutral", "positive")
             assert sum(output["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_grpc_answers_as_rest_does_and_its_health_service_is_serving(image: str, served: Container) -> None:
+    """tritonclient.grpc against the container's gRPC port (the image's 8001, moved to a free port
+    on the host's network), the answer equal to REST's from the same container."""
+    config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    assert "8001/tcp" in config["ExposedPorts"] and "BATCHSERVE_GRPC_PORT=8001" in config["Env"]
+    target = f"127.0.0.1:{served.grpc_port}"
+    rows = np.array([DIABETES_ROW, [-value for value in DIABETES_ROW]])
+    with triton.InferenceServerClient(target) as client:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("diabetes")
+        tensor = triton.InferInput("input", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        answered = client.infer("diabetes", [tensor]).as_numpy("output")
+    assert answered is not None
+    response = httpx.post(f"{served.url}/v2/models/diabetes/infer", timeout=60, json={"inputs": [
+        {"name": "input", "shape": list(rows.shape), "datatype": "FP64", "data": rows.tolist()}]})
+    assert response.status_code == 200, response.text
+    assert answered.tolist() == response.json()["outputs"][0]["data"]
+    with grpc.insecure_channel(target) as channel:
+        check: Any = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService", "diabetes"):
+            status = check.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 def test_metrics_are_scraped_for_every_model(served: Container) -> None:

@@ -87,6 +87,7 @@ def test_the_expected_resources_are_there() -> None:
         ("Deployment", "batchserve-gpu"), ("ConfigMap", "batchserve-gpu-models"),
         ("HorizontalPodAutoscaler", "batchserve-gpu"),
         ("ServingRuntime", "batchserve"), ("InferenceService", "batchserve-demo"),
+        ("InferenceService", "batchserve-demo-grpc"),
         ("NetworkPolicy", "batchserve"),
     }
 
@@ -198,13 +199,14 @@ def test_pdb_leaves_a_pod_serving_while_one_is_evicted() -> None:
 def test_kserve_runtime_serves_the_v2_protocol_from_the_mounted_repository() -> None:
     runtime = RESOURCES[("ServingRuntime", "batchserve")]
     service = RESOURCES[("InferenceService", "batchserve-demo")]
-    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC alike
     [server] = runtime["spec"]["containers"]
     assert server["name"] == "kserve-container"
     args = server["args"]
     assert args[args.index("--config") + 1] == "/mnt/models/models.toml"  # KServe's storage mount
     port = int(args[args.index("--port") + 1])
-    assert server["ports"][0]["containerPort"] == port
+    [http] = server["ports"]  # KServe routes one port: HTTP, unless an InferenceService says gRPC
+    assert http == {"containerPort": port, "protocol": "TCP"}
     assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
     model = service["spec"]["predictor"]["model"]
@@ -213,6 +215,30 @@ def test_kserve_runtime_serves_the_v2_protocol_from_the_mounted_repository() -> 
     formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["modelFormat"]["name"] in formats
     assert model["storageUri"].startswith(("pvc://", "s3://", "gs://", "https://"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kserve_grpc_inferenceservice_routes_the_runtimes_grpc_port_and_probes_it(version: str) -> None:
+    """The gRPC example is the REST one with KServe's gRPC port (named ``h2c``, as Knative reads
+    HTTP/2 cleartext) and readiness from the gRPC health service on it; the container KServe makes
+    of the runtime's with those fields over it passes the Pod schema."""
+    runtime = RESOURCES[("ServingRuntime", "batchserve")]["spec"]
+    [server] = runtime["containers"]
+    args = server["args"]
+    grpc_port = int(args[args.index("--grpc-port") + 1])
+    assert grpc_port == GRPC_PORT and "grpc-v2" in runtime["protocolVersions"]
+    grpc_spec = RESOURCES[("InferenceService", "batchserve-demo-grpc")]["spec"]["predictor"]
+    rest_spec = RESOURCES[("InferenceService", "batchserve-demo")]["spec"]["predictor"]
+    model = grpc_spec["model"]
+    assert model["ports"] == [{"name": "h2c", "protocol": "TCP", "containerPort": grpc_port}]
+    assert model["readinessProbe"] == {"grpc": {"port": grpc_port}}
+    routed = {key: value for key, value in model.items() if key not in ("ports", "readinessProbe")}
+    assert {**grpc_spec, "model": routed} == rest_spec  # the same model, runtime and storage
+    assert server["livenessProbe"]["httpGet"]["port"] == int(args[args.index("--port") + 1])
+    merged = {**server, "ports": model["ports"], "readinessProbe": model["readinessProbe"]}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "batchserve-kserve-grpc"},
+           "spec": {"containers": [merged], "volumes": runtime["volumes"]}}
+    kubernetes_validate.validate(pod, version, strict=True)
 
 
 def test_network_policy_admits_the_api_from_the_cluster_and_management_from_admin_pods_only() -> None:

@@ -27,9 +27,11 @@ __all__ = ["Workers", "running_workers"]
 
 
 class Workers:
-    """``count`` worker processes over ``config``; ``urls[i]`` is worker i's port."""
+    """``count`` worker processes over ``config``; ``urls[i]`` is worker i's port, and with
+    ``grpc`` ``grpc_ports[i]`` its gRPC port."""
 
-    def __init__(self, config: Path, count: int, env: Mapping[int, Mapping[str, str]]) -> None:
+    def __init__(self, config: Path, count: int, env: Mapping[int, Mapping[str, str]], *,
+                 grpc: bool = False) -> None:
         # A short path: a Unix socket's path has at most 107 bytes.
         self.run_dir = Path(tempfile.mkdtemp(prefix="bs-run-"))
         self.config, self.count, self.env = config, count, env
@@ -38,6 +40,7 @@ class Workers:
         (self.run_dir / "locks").mkdir()
         self.ports = [free_port() for _ in range(count)]
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.grpc_ports = [free_port() for _ in range(count)] if grpc else []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.logs: dict[int, Path] = {}
 
@@ -48,7 +51,8 @@ class Workers:
             self.processes[index] = subprocess.Popen(
                 [sys.executable, "-m", "tests.support.cluster", "--run-dir", str(self.run_dir),
                  "--index", str(index), "--count", str(self.count), "--config", str(self.config),
-                 "--port", str(self.ports[index])],
+                 "--port", str(self.ports[index]),
+                 *(["--grpc-port", str(self.grpc_ports[index])] if self.grpc_ports else [])],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **SERVER_ENV, **self.env.get(index, {})})
 
@@ -112,8 +116,10 @@ def main() -> None:
         parser.add_argument(flag, type=Path, required=True)
     for flag in ("--index", "--count", "--port"):
         parser.add_argument(flag, type=int, required=True)
+    parser.add_argument("--grpc-port", type=int)
     args = parser.parse_args()
-    settings = ServerSettings(config=args.config, port=args.port, shutdown_grace_s=10)
+    settings = ServerSettings(config=args.config, port=args.port, grpc_port=args.grpc_port,
+                              shutdown_grace_s=10)
     # A worker's own start (desired.json, the app, its port and its peer socket), on a port of its own.
     serve_worker(settings, load_models(settings.config), Cluster(args.run_dir, args.index, args.count))
 
