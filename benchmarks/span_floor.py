@@ -23,6 +23,7 @@ Usage: .venv/bin/python benchmarks/span_floor.py   (ROUNDS, SPANS, RATIO, REQUES
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -48,6 +49,11 @@ class Keep(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         self.spans.append(span)
+
+
+def encode(spans: list[ReadableSpan]) -> bytes:
+    encoded: bytes = encode_spans(spans).SerializeToString()
+    return encoded
 
 
 def cpu_us_each(work: Callable[[], object], count: int) -> float:
@@ -80,9 +86,9 @@ def main() -> None:
     link = Link(parent.get_span_context())
 
     def batch_span() -> None:
-        attributes = {"batchserve.model": "diabetes", "batchserve.batch.size": BATCH_ROWS,
-                      "batchserve.batch.trigger": "idle", "batchserve.batch.place": "loop",
-                      "batchserve.device": "cpu"}
+        attributes: dict[str, str | int] = {
+            "batchserve.model": "diabetes", "batchserve.batch.size": BATCH_ROWS,
+            "batchserve.batch.trigger": "idle", "batchserve.batch.place": "loop", "batchserve.device": "cpu"}
         span = tracer.start_span("batch", context=context, start_time=now, links=[link],
                                  attributes=attributes)
         span.end(end_time=now + 5_000)
@@ -98,8 +104,7 @@ def main() -> None:
         batches = keep.spans[:512]
         for name, spans in (("encode (request spans)", requests), ("encode (batch spans)", batches)):
             rounds = max(1, SPANS // 512)
-            rows[name].append(cpu_us_each(lambda s=spans: encode_spans(s).SerializeToString(), rounds)
-                              / len(spans))
+            rows[name].append(cpu_us_each(functools.partial(encode, spans), rounds) / len(spans))
     medians = {name: statistics.median(values) for name, values in rows.items()}
     print(f"{ROUNDS} rounds of {SPANS} spans; CPU µs per span, median (min-max):")
     for name, values in rows.items():
