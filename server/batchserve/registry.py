@@ -212,7 +212,7 @@ class ModelRegistry:
         async with self._lock(config.name):
             model = await self._stage(config)
             if model.state == "ready":
-                await self._replace(config.name, [model], grace_s, None)
+                await self._replace(config.name, [model], grace_s, None, whole=False)
             return model
 
     async def stage(self, config: ModelConfig) -> ServedModel:
@@ -239,9 +239,10 @@ class ModelRegistry:
         return staged
 
     async def commit(self, model: ServedModel, grace_s: float) -> ServedModel:
-        """Install a copy ``stage`` made ready: it serves from now on, and the one it replaces
-        drains within ``grace_s`` and is unloaded."""
-        await self.replace(model.config.name, [model], grace_s)
+        """Install a copy ``stage`` made ready: it serves from now on, and the one of its key it
+        replaces (no other) drains within ``grace_s`` and is unloaded."""
+        async with self._lock(model.config.name):
+            await self._replace(model.config.name, [model], grace_s, None, whole=False)
         return model
 
     async def replace(self, name: str, models: list[ServedModel], grace_s: float,
@@ -253,7 +254,7 @@ class ModelRegistry:
         those gone moves on (``routing.Router.successor``). The copies replaced then drain what
         they admitted within ``grace_s`` and are unloaded."""
         async with self._lock(name):
-            await self._replace(name, models, grace_s, swap)
+            await self._replace(name, models, grace_s, swap, whole=True)
 
     async def abort(self, model: ServedModel) -> None:
         """Unload a staged copy that will not be installed; the serving one is untouched."""
@@ -268,7 +269,9 @@ class ModelRegistry:
         return model
 
     async def _replace(self, name: str, models: list[ServedModel], grace_s: float,
-                       swap: Callable[[], None] | None) -> None:
+                       swap: Callable[[], None] | None, *, whole: bool) -> None:
+        """``replace`` (``whole``: every copy of ``name`` not in ``models`` goes), or ``commit``
+        (only the copies of their keys go)."""
         for model in models:
             if model.state != "ready" or model.config.name != name:
                 raise ValueError(f"only ready copies of {name!r} can be installed, not "
@@ -276,7 +279,9 @@ class ModelRegistry:
         if swap is not None:
             swap()
         # From here to the installs, no await: a request sees the old set or the new one.
-        replaced = [m for m in self._models.values() if m.config.name == name and m not in models]
+        keys = {m.config.key for m in models}
+        replaced = [m for m in self._models.values() if m.config.name == name and m not in models
+                    and (whole or m.config.key in keys)]
         for old in replaced:
             del self._models[old.config.key]
         for model in models:
