@@ -200,3 +200,7 @@ def test_managements_routing_stands_over_a_reload_and_a_reload_against_it_is_ref
         assert answers(http, "/predict/plain") == (200, "1", [2.0])
         assert http.get("/v2/repository/models/plain/routing", headers=AUTH).json() == {
             "name": "plain", "weights": {"1": 1.0, "2": 0.0}, "shadows": {"2": 1.0}}
+        # The repository index lists each version that serves, as Triton's does.
+        index = http.post("/v2/repository/index", headers=AUTH).json()
+        assert [(m["name"], m["version"], m["state"]) for m in index] == [
+            ("echo", "2", "READY"), ("echo", "3", "READY"), ("plain", "1", "READY"), ("plain", "2", "READY")]
