@@ -212,5 +212,12 @@ def test_grpc_names_a_version_or_is_routed_by_its_key_as_rest_is(tmp_path: Path)
                 rest = served_by(http.post("/predict/echo", json={"inputs": [1.0]},
                                            headers={"X-Routing-Key": key}))
                 assert infer(key=key)[0] == rest, key
+            # Triton's RepositoryModelLoad loads the model's versions as its entry now says.
+            models = versioned((0.5, 0.5))
+            models[0]["versions"].append({"version": "3", "options": {"scale": 4.0}})
+            write_models(config, models)
+            client.load_model("echo", headers={"authorization": f"Bearer {TOKEN}"})
+            assert client.get_model_metadata("echo", as_json=True)["versions"] == ["1", "2", "3"]
+            assert infer("3") == ("3", 4.0)
         finally:
             client.close()
