@@ -282,8 +282,9 @@ class ModelRegistry:
         keys = {m.config.key for m in models}
         replaced = [m for m in self._models.values() if m.config.name == name and m not in models
                     and (whole or m.config.key in keys)]
-        for old in replaced:
-            del self._models[old.config.key]
+        if whole:  # installed afresh, in the new set's order (the repository file's)
+            for old in replaced:
+                del self._models[old.config.key]
         for model in models:
             self._install(model)
         await asyncio.gather(*(self._retire(old, grace_s) for old in replaced

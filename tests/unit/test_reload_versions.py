@@ -98,3 +98,16 @@ def test_a_request_that_found_its_version_taken_out_goes_where_the_new_routing_s
         await registry.close(1)
 
     asyncio.run(main())
+
+
+def test_a_version_added_between_others_takes_its_place_in_the_files_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        state = _state(tmp_path, [{"version": "1"}, {"version": "3"}])
+        await state.registry.load_all()
+        await reload.load(state, _configs(tmp_path / "b.toml", [{"version": "1"}, {"version": "2"},
+                                                                 {"version": "3"}]))
+        assert [m.config.version for m in state.registry.versions("versioned")] == ["1", "2", "3"]
+        assert state.registry.get("versioned").config.version == "3"  # the latest describes it
+        await state.registry.close(1)
+
+    asyncio.run(main())
