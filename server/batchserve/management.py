@@ -13,20 +13,20 @@ With worker processes (``--workers N``), a call reaching any worker applies to e
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batchserve import reload
 from batchserve.cluster import fanout
 from batchserve.config import ConfigError, load_models
 from batchserve.errors import (
-    InvalidInput,
     LoadFailed,
     MalformedRequest,
     ManagementDisabled,
-    ModelNotFound,
     Unauthorized,
     describe_validation_errors,
 )
@@ -57,48 +57,51 @@ def authorize(state: AppState, authorization: str) -> None:
 
 
 async def repository_index(state: AppState) -> list[dict[str, Any]]:
-    """The repository file's models and the served ones: name, version, state and reason."""
-    served = {m.config.name: m for m in state.registry}
+    """The repository file's models and the served ones: name, version, state and reason (each
+    served version of a model that has versions)."""
     names = [c.name for c in _repository(state)]
-    return [{"name": name, "version": "1", **_state(served.get(name))}
-            for name in dict.fromkeys([*names, *served])]
+    index: list[dict[str, Any]] = []
+    for name in dict.fromkeys([*names, *state.registry.names()]):
+        versions = state.registry.versions(name)
+        index.extend({"name": name, "version": m.config.version, **_state(m)} for m in versions)
+        if not versions:
+            served = name in state.registry
+            index.append({"name": name, "version": "1",
+                          **_state(state.registry.get(name) if served else None)})
+    return index
 
 
 async def load_model(state: AppState, name: str) -> dict[str, Any]:
-    """Load or reload ``name`` from the repository file, on every worker: 404 if the file has no
-    such model, 409 if it failed to load (the previous version serves on)."""
-    registry = state.registry
-    _unversioned(state, name)
-    config = next((c for c in _repository(state) if c.name == name), None)
-    if config is None:
-        raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
+    """Load or reload ``name`` from the repository file (every version its entry loads:
+    ``reload.py``), on every worker: 404 if the file has no such model, 400 if the routing
+    refuses the new set of versions, 409 if one failed to load (the previous ones serve on)."""
+    configs = await asyncio.to_thread(reload.repository_configs, state, name)
     if state.cluster is not None:
-        report = await fanout.load_all(state, state.cluster, name)
-        return {"name": name, **_state(registry.get(name)), "workers": report}
-    model = await registry.load(config, state.settings.shutdown_grace_s)
-    if model.state != "ready":
-        raise LoadFailed(f"model '{name}' failed to load: {model.reason}; the previous version, "
-                         "if any, still serves")
-    return {"name": name, **_state(model)}
+        report = await fanout.load_all(state, state.cluster, name, configs)
+        return {**describe(state, name), "workers": report}
+    await reload.load(state, configs)
+    return describe(state, name)
 
 
 async def unload_model(state: AppState, name: str) -> dict[str, Any]:
-    """Unload ``name`` (404 if not served), on every worker, its admitted requests answered."""
+    """Unload ``name``, every version of it (404 if not served), on every worker, its admitted
+    requests answered."""
     registry = state.registry
-    _unversioned(state, name)
+    registry.get(name)  # 404 before any work
     if state.cluster is not None:
-        registry.get(name)  # 404 before any work
         report = await fanout.unload_all(state, state.cluster, name)
-        return {"name": name, **_state(registry.get(name)), "workers": report}
-    return {"name": name, **_state(await registry.unload(name, state.settings.shutdown_grace_s))}
+        return {**describe(state, name), "workers": report}
+    await registry.unload(name, state.settings.shutdown_grace_s)
+    return describe(state, name)
 
 
-def _unversioned(state: AppState, name: str) -> None:
-    """Refuse (400) changing a model with versions other than by its routing."""
-    if state.registry.versions(name):
-        raise InvalidInput(f"model '{name}' has versions: loading, unloading and PATCHing it "
-                           "while serving are not supported yet (restart the server to change "
-                           "its versions); its traffic changes through /routing")
+def describe(state: AppState, name: str) -> dict[str, Any]:
+    """``name``'s state, as management's answers give it: the model's, and each version's."""
+    answer = {"name": name, **_state(state.registry.get(name))}
+    versions = state.registry.versions(name)
+    if versions:
+        answer["versions"] = {m.config.version: _state(m) for m in versions}
+    return answer
 
 
 def add_management_routes(router: APIRouter, state: AppState) -> None:
@@ -123,22 +126,29 @@ def add_management_routes(router: APIRouter, state: AppState) -> None:
         return await unload_model(state, name)
 
     @router.patch("/models/{name}/config", tags=["management"],
-                  summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live")
+                  summary="Change max_batch_size, max_wait_ms, max_queue, timeout_ms live (of "
+                  "every version)")
     async def configure(name: str, request: Request) -> dict[str, Any]:
         authorize(state, request.headers.get("authorization", ""))
-        _unversioned(state, name)
-        model = registry.get(name)
+        registry.get(name)  # 404 before the body
         try:
             changes = BatcherSettings.model_validate_json(await request.body())
         except ValidationError as exc:
             raise MalformedRequest(describe_validation_errors(exc.errors())) from None
-        if state.cluster is not None:
-            report = await fanout.configure_all(state, state.cluster, name,
-                                                changes.model_dump(exclude_none=True))
-            return {"name": name, "config": registry.get(name).config.model_dump(mode="json"),
-                    "workers": report}
-        model = registry.configure(name, changes.model_dump(exclude_none=True))  # outlives reloads
-        return {"name": name, "config": model.config.model_dump(mode="json")}
+        if state.cluster is None:
+            registry.configure(name, changes.model_dump(exclude_none=True))  # outlives reloads
+            return configured(name)
+        report = await fanout.configure_all(state, state.cluster, name,
+                                            changes.model_dump(exclude_none=True))
+        return {**configured(name), "workers": report}
+
+    def configured(name: str) -> dict[str, Any]:
+        """A PATCH's answer: the model's config, or each of its versions'."""
+        models = registry.entries(name)
+        if models[0].config.version is None:
+            return {"name": name, "config": models[0].config.model_dump(mode="json")}
+        return {"name": name, "versions": {m.config.version: m.config.model_dump(mode="json")
+                                           for m in models}}
 
 
 def _repository(state: AppState) -> list[Any]:

@@ -17,7 +17,8 @@ with the outcome counted once by the request's ``Call`` (``lifecycle.py``), what
 error that is not a ``BatchserveError`` is logged and answered as a 500. A request that needs no
 thread and no wait (a whole small body, a light model) runs the same stages with no await but the
 one for its batch. A reload (management API) that retires the model's version while a request is
-admitted, preprocessed or queued hands the request to the new version (``_serving``).
+admitted, preprocessed or queued hands the request to the new version, or, where the reload
+took that version out, to the one the model's routing picks now (``_serving``).
 
 The protocols are adapters (``lifecycle.Adapter``) that only turn their wire format into items
 and outputs into their wire format: ``/predict`` (``batchserve/predict.py``), v2 REST
@@ -208,7 +209,7 @@ class Pipeline:
     def _successor(self, model: ServedModel) -> ServedModel | None:
         if self.state.draining:
             return None
-        return self.state.registry.current(model)
+        return self.state.router.successor(model)
 
 
 def check_ready(model: ServedModel) -> None:

@@ -52,10 +52,10 @@ class ModelRegistry:
     """The served models: built from their configs, loaded in the background, and loaded,
     reloaded or unloaded by name at run time (``batchserve/management.py``).
 
-    A name's metrics (its ``model_ready`` and queue gauges) tell the version that serves it:
-    they are bound when a version is installed, not when it is built, so they stay true while
-    a new version loads and after one fails to. Loads, reloads and unloads of one name run one
-    at a time (a lock per name), the startup load included."""
+    A name's metrics (its ``model_ready`` and queue gauges) tell the copy that serves it: they
+    are bound when a copy is installed, not when it is built, so they stay true while a new
+    copy loads and after one fails to. Loads, reloads and unloads of one model (all its
+    versions) run one at a time (a lock per model name), the startup load included."""
 
     def __init__(self, configs: list[ModelConfig], metrics: Metrics, *,
                  unloaded: list[ModelConfig] | None = None, tracing: Tracing | None = None) -> None:
@@ -102,10 +102,24 @@ class ModelRegistry:
         self.changes.notify()
 
     def _lock(self, name: str) -> asyncio.Lock:
+        """The lock of model ``name`` (its ``config.name``: one for all its versions)."""
         return self._locks.setdefault(name, asyncio.Lock())
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(list(self._models.values()))
+
+    def __contains__(self, key: object) -> bool:
+        """A copy is served under ``key`` (a ``ModelConfig.key``), in whatever state."""
+        return key in self._models
+
+    def entries(self, name: str) -> list[ServedModel]:
+        """What is served under ``name``: the model, or each of its versions (oldest first); a
+        ``ModelConfig.key`` names one. A 404 when nothing is."""
+        model = self._models.get(name)
+        found = [model] if model is not None else self.versions(name)
+        if not found:
+            self.get(name)  # the 404 that names the known models
+        return found
 
     def get(self, name: str) -> ServedModel:
         """The model served under ``name`` (a ``ModelConfig.key``); for the name of a model with
@@ -139,13 +153,15 @@ class ModelRegistry:
         current = self._models.get(model.config.key)
         return current if current is not None and current is not model and current.ready else None
 
-    def configure(self, name: str, changes: dict[str, Any]) -> ServedModel:
-        """Change a running model's batcher settings (PATCH); they outlive reloads of ``name``
-        (over the repository file's values) until the process restarts."""
-        model = self._models.get(name) or self.get(name)
-        self._overrides[model.config.key] = {**self._overrides.get(model.config.key, {}), **changes}
-        _apply(model, changes)
-        return model
+    def configure(self, name: str, changes: dict[str, Any]) -> list[ServedModel]:
+        """Change a running model's batcher settings (PATCH): every version of it, or the one a
+        key names; they outlive reloads (over the repository file's values) until the process
+        restarts."""
+        models = self.entries(name)
+        for model in models:
+            self._overrides[model.config.key] = {**self._overrides.get(model.config.key, {}), **changes}
+            _apply(model, changes)
+        return models
 
     @property
     def ready(self) -> bool:
@@ -166,7 +182,7 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load every model, one at a time; a failure leaves the others serving."""
         for model in list(self._models.values()):
-            async with self._lock(model.config.key):
+            async with self._lock(model.config.name):
                 # A management load or unload of this name may have come first.
                 if self._models.get(model.config.key) is model and model.state == "loading":
                     await self._load(model)
@@ -201,30 +217,56 @@ class ModelRegistry:
         ready, then drains what it admitted within ``grace_s`` and is unloaded. A failed load
         leaves the old one serving (and is returned, not installed). ``stage`` then ``commit``,
         under one hold of the name's lock."""
-        async with self._lock(config.key):
+        async with self._lock(config.name):
             model = await self._stage(config)
             if model.state == "ready":
-                await self._commit(model, grace_s)
+                await self._replace(config.name, [model], grace_s, None, whole=False)
             return model
 
     async def stage(self, config: ModelConfig) -> ServedModel:
         """The first half of a load, for a load that must succeed on every worker before any
-        serves it (``batchserve/cluster/fanout.py``): build, load and warm a new version of
-        ``config.name`` (settings changed by PATCH applied), but do not install it; the old one
+        serves it (``batchserve/cluster/fanout.py``): build, load and warm a new copy of
+        ``config.key`` (settings changed by PATCH applied), but do not install it; the old one
         serves on. Returned ``ready`` (then ``commit`` or ``abort`` it) or ``failed``."""
-        async with self._lock(config.key):
+        async with self._lock(config.name):
             return await self._stage(config)
 
+    async def stage_all(self, configs: list[ModelConfig]) -> list[ServedModel]:
+        """``stage`` each of one model's versions (``configs``), one after the other, under one
+        hold of its lock: every one ``ready``; or, when one fails, the ones staged before it
+        aborted, and the failed one last."""
+        staged: list[ServedModel] = []
+        async with self._lock(configs[0].name):
+            for config in configs:
+                model = await self._stage(config)
+                staged.append(model)
+                if model.state != "ready":
+                    for ready in staged[:-1]:
+                        await self._retire(ready, 0)
+                    break
+        return staged
+
     async def commit(self, model: ServedModel, grace_s: float) -> ServedModel:
-        """Install a version ``stage`` made ready: it serves from now on, and the one it
-        replaces drains within ``grace_s`` and is unloaded."""
-        async with self._lock(model.config.key):
-            await self._commit(model, grace_s)
-            return model
+        """Install a copy ``stage`` made ready: it serves from now on, and the one of its key it
+        replaces (no other) drains within ``grace_s`` and is unloaded."""
+        async with self._lock(model.config.name):
+            await self._replace(model.config.name, [model], grace_s, None, whole=False)
+        return model
+
+    async def replace(self, name: str, models: list[ServedModel], grace_s: float,
+                      swap: Callable[[], None] | None = None) -> None:
+        """Serve ``models`` (staged, ready) as everything model ``name`` is, in one step:
+        ``swap()`` first (the new routing over them; it may refuse, raising, and then nothing
+        changed), then each installed over the copy of its key, and every other copy of
+        ``name`` (a version the new set leaves out) taken out; a request that finds one of
+        those gone moves on (``routing.Router.successor``). The copies replaced then drain what
+        they admitted within ``grace_s`` and are unloaded."""
+        async with self._lock(name):
+            await self._replace(name, models, grace_s, swap, whole=True)
 
     async def abort(self, model: ServedModel) -> None:
-        """Unload a staged version that will not be installed; the serving one is untouched."""
-        async with self._lock(model.config.key):
+        """Unload a staged copy that will not be installed; the serving one is untouched."""
+        async with self._lock(model.config.name):
             if self._models.get(model.config.key) is not model and model.state != "unloaded":
                 await self._retire(model, 0)
                 model.reason = "staged, then aborted: another worker failed to load it"
@@ -234,23 +276,38 @@ class ModelRegistry:
         await self._load(model)
         return model
 
-    async def _commit(self, model: ServedModel, grace_s: float) -> None:
-        if model.state != "ready":
-            raise ValueError(f"only a ready version can be installed, not a {model.state} one")
-        old = self._models.get(model.config.key)
-        if old is model:
-            return
-        self._install(model)
-        if old is not None:
-            await self._retire(old, grace_s)
+    async def _replace(self, name: str, models: list[ServedModel], grace_s: float,
+                       swap: Callable[[], None] | None, *, whole: bool) -> None:
+        """``replace`` (``whole``: every copy of ``name`` not in ``models`` goes), or ``commit``
+        (only the copies of their keys go)."""
+        for model in models:
+            if model.state != "ready" or model.config.name != name:
+                raise ValueError(f"only ready copies of {name!r} can be installed, not "
+                                 f"{model.config.key!r} ({model.state})")
+        if swap is not None:
+            swap()
+        # From here to the installs, no await: a request sees the old set or the new one.
+        keys = {m.config.key for m in models}
+        replaced = [m for m in self._models.values() if m.config.name == name and m not in models
+                    and (whole or m.config.key in keys)]
+        if whole:  # installed afresh, in the new set's order (the repository file's)
+            for old in replaced:
+                del self._models[old.config.key]
+        for model in models:
+            self._install(model)
+        await asyncio.gather(*(self._retire(old, grace_s) for old in replaced
+                               if old.state != "unloaded"))
 
     async def unload(self, name: str, grace_s: float) -> ServedModel:
-        """Stop serving ``name``: new requests get 503, admitted ones finish within ``grace_s``."""
-        async with self._lock(name):
-            model = self._models.get(name) or self.get(name)
-            await self._retire(model, grace_s)
-            model.reason = UNLOADED
-            return model
+        """Stop serving ``name`` (every version of it, or the one a key names): new requests get
+        503, admitted ones finish within ``grace_s``. Returns what ``get(name)`` returns."""
+        models = self.entries(name)
+        async with self._lock(models[0].config.name):
+            models = self.entries(name)  # as they are once the lock is held
+            await asyncio.gather(*(self._retire(model, grace_s) for model in models))
+            for model in models:
+                model.reason = UNLOADED
+            return self.get(name)
 
     async def _retire(self, model: ServedModel, grace_s: float) -> None:
         was_ready = model.state == "ready"

@@ -12,6 +12,10 @@ for two versions (a canary at 5% going to 10% moves 5% of the keys, all to the c
 A model's ``Routing`` (weights and shadows) is immutable: a change (``management.py``) builds a
 new one and swaps it in with one assignment, so a request sees the old or the new, never half.
 The routing that a change replaced is kept for ``rollback``.
+
+A reload of the model (``reload.py``) may change its set of versions; its routing then is
+``reloaded``'s: the repository file's, unless management changed it (that stands, checked
+against the new set).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from batchserve.errors import InvalidInput, ModelNotFound, ModelVersionNotFound
+from batchserve.config import ModelConfig
+from batchserve.errors import BatchserveError, InvalidInput, ModelNotFound, ModelVersionNotFound
 from batchserve.registry import ModelRegistry, ServedModel
 from batchserve.versions import check_sum
 
@@ -81,14 +86,13 @@ class Router:
         self.registry = registry
         self._routing: dict[str, Routing] = {}
         self._previous: dict[str, Routing] = {}
+        self._managed: set[str] = set()
+        """Models whose routing management changed (``apply``): it stands over a reload."""
         self._random = random.Random()
         for model in registry:
             config = model.config
             if config.version is not None and config.name not in self._routing:
-                versions = [m.config for m in registry.versions(config.name)]
-                self._routing[config.name] = Routing(
-                    tuple((c.version or "", c.weight or 0.0) for c in versions),
-                    tuple((c.version or "", c.shadow) for c in versions if c.shadow is not None))
+                self._routing[config.name] = declared([m.config for m in registry.versions(config.name)])
 
     def routing(self, name: str) -> Routing | None:
         """``name``'s routing; ``None`` for a model without versions."""
@@ -154,12 +158,13 @@ class Router:
         return self.check(name, {version: 1.0}, shadows)
 
     def previous(self, name: str) -> Routing:
-        """The routing the latest change replaced (what a rollback applies)."""
+        """The routing the latest change replaced (what a rollback applies), checked against
+        the versions there are now (a reload may have taken out one it names: a 400)."""
         self.check(name, None, None)
         previous = self._previous.get(name)
         if previous is None:
             raise InvalidInput(f"model '{name}': nothing to roll back (its routing never changed)")
-        return previous
+        return self.check(name, dict(previous.weights), dict(previous.shadows))
 
     def apply(self, name: str, routing: Routing) -> None:
         """Swap ``routing`` in for ``name`` (one assignment: atomic for the requests)."""
@@ -167,6 +172,62 @@ class Router:
         if current is not None and current != routing:
             self._previous[name] = current
         self._routing[name] = routing
+        self._managed.add(name)
+
+    def reloaded(self, name: str, configs: list[ModelConfig]) -> Routing | None:
+        """The routing ``name`` gets when ``configs`` (its repository entry, as the version
+        policy loads it) become its versions: ``None`` for a model without versions; the
+        entry's own (``declared``) unless management changed the routing; else that routing,
+        over the new set: the versions that stay keep their weights and shadow fractions, a
+        version the entry adds joins with no traffic (weight 0) or as the shadow the entry
+        makes it, and a shadow the entry leaves out is dropped. A 400 (``InvalidInput``) when
+        the entry leaves out a version that routing gives traffic to: nothing may change."""
+        if not configs or configs[0].version is None:
+            return None
+        current = self._routing.get(name)
+        if current is None or name not in self._managed:
+            return declared(configs)
+        versions = [c.version or "" for c in configs]
+        gone = [v for v, weight in current.weights if weight > 0 and v not in versions]
+        if gone:
+            raise InvalidInput(
+                f"model '{name}': its repository entry leaves out versions {gone}, which take "
+                f"traffic ({dict(current.weights)}); move the traffic off them first "
+                "(PUT .../routing or .../promote), then load")
+        weights, shadows = dict(current.weights), dict(current.shadows)
+        new_shadows = {c.version or "": c.shadow for c in configs
+                       if c.shadow is not None and c.version not in weights}
+        return Routing(tuple((v, weights.get(v, 0.0)) for v in versions),
+                       tuple((v, shadows.get(v, new_shadows.get(v, 0.0))) for v in versions
+                             if v in shadows or v in new_shadows))
+
+    def install(self, name: str, routing: Routing | None) -> None:
+        """Set the routing a reload gave ``name`` (``reloaded``); management's, if it stood,
+        still counts as management's, and its ``rollback`` is kept. ``None``: no routing (the
+        model has no versions now)."""
+        if routing is None:
+            self._routing.pop(name, None)
+            self._previous.pop(name, None)
+            self._managed.discard(name)
+        else:
+            self._routing[name] = routing
+
+    def managed(self, name: str) -> bool:
+        """Management changed ``name``'s routing (so a reload keeps it)."""
+        return name in self._managed
+
+    def successor(self, model: ServedModel) -> ServedModel | None:
+        """Where a request that found ``model`` retired goes: the ready copy a reload put in its
+        place; or, where the reload took its version out, the version the model's routing picks
+        now; ``None`` when it was unloaded (or nothing ready serves the model)."""
+        found = self.registry.current(model)
+        if found is not None or model.config.key in self.registry:
+            return found
+        try:
+            found = self.resolve(model.config.name, None, None)
+        except BatchserveError:
+            return None
+        return found if found.ready and found is not model else None
 
     def describe(self, model: ServedModel) -> dict[str, Any]:
         """A version's place in its model's routing (for ``/models``): its weight and role."""
@@ -178,3 +239,10 @@ class Router:
         shadow = dict(routing.shadows).get(config.version)
         role = "shadow" if shadow is not None else "primary" if weight > 0 else "idle"
         return {"version": config.version, "weight": weight, "role": role, "shadow": shadow}
+
+
+def declared(configs: list[ModelConfig]) -> Routing:
+    """The routing a model's versions declare in the repository file (their ``weight`` and
+    ``shadow``, as ``versions.expand`` set them), in the file's order."""
+    return Routing(tuple((c.version or "", c.weight or 0.0) for c in configs),
+                   tuple((c.version or "", c.shadow) for c in configs if c.shadow is not None))

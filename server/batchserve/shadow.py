@@ -71,9 +71,11 @@ class ShadowMetrics:
         self.shift = Histogram("batchserve_shadow_probability_shift", "Classification: the largest "
                                "change of one class's probability per item.", _PAIR,
                                buckets=(0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1), registry=r)
+        # No bucket below 0: prometheus_client leaves out the _sum of a histogram that has one,
+        # and the mean cosine is its sum over its count (a negative cosine counts in le=0).
         self.cosine = Histogram("batchserve_shadow_cosine", "Embeddings: cosine similarity of the "
                                 "shadow's vector to the primary's, per item.", _PAIR,
-                                buckets=(-1, 0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999, 1),
+                                buckets=(0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999, 1),
                                 registry=r)
 
     def observe(self, pair: tuple[str, str, str], diff: ItemDiff) -> None:

@@ -190,6 +190,8 @@ class Tracing:
         model = call.model
         if model is not None:
             attributes["batchserve.model"] = model.config.name
+            if model.config.version is not None:  # the version the request resolved to
+                attributes["batchserve.model.version"] = model.config.version
             if model.config.sha256 is not None:
                 attributes["batchserve.model.sha256"] = model.config.sha256
         if call.items:
@@ -211,17 +213,22 @@ class Tracing:
 
     def batch(self, batch: Batch, model: str, trigger: str, place: str, device: str,
               ended_s: float) -> None:
-        """A span for ``batch``, which ran from ``batch.taken_s`` to ``ended_s``, when it ran a
-        traced request: a child of the first, linking each (and each links back to it)."""
+        """A span for ``batch`` of ``model`` (its ``ModelConfig.key``), which ran from
+        ``batch.taken_s`` to ``ended_s``, when it ran a traced request: a child of the first,
+        linking each (and each links back to it)."""
         traced = [request for request, _, _ in batch.slices if request.span is not None]
         if not traced:
             return
+        name, _, version = model.partition(":")  # a version's key is name:version
+        attributes: dict[str, str | int] = {
+            "batchserve.model": name, "batchserve.batch.size": len(batch.rows),
+            "batchserve.batch.trigger": trigger, "batchserve.batch.place": place,
+            "batchserve.device": device}
+        if version:
+            attributes["batchserve.model.version"] = version
         span = self.tracer.start_span(
             "batch", context=trace.set_span_in_context(traced[0].span), start_time=self.ns(batch.taken_s),
-            links=[Link(request.span.get_span_context()) for request in traced],
-            attributes={"batchserve.model": model, "batchserve.batch.size": len(batch.rows),
-                        "batchserve.batch.trigger": trigger, "batchserve.batch.place": place,
-                        "batchserve.device": device})
+            links=[Link(request.span.get_span_context()) for request in traced], attributes=attributes)
         span.end(end_time=self.ns(ended_s))
         context = span.get_span_context()
         for request in traced:

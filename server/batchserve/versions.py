@@ -140,3 +140,19 @@ def check_sum(weights: dict[str, float]) -> None:
     total = sum(weights.values())
     if abs(total - 1.0) > WEIGHT_TOLERANCE:
         raise ValueError(f"weights must sum to 1 (a whole); {weights} sum to {total:g}")
+
+
+def one_version(table: dict[str, Any], version: str) -> dict[str, Any]:
+    """A model table with versions as the model with ``version`` alone (declared, whatever the
+    policy loads): the model's fields with the version's over them, and ``versions`` that one
+    (with all the traffic). What the planner serves to measure one version (``--version``)."""
+    declared = table.get("versions")
+    if not isinstance(declared, list) or not declared:
+        raise ValueError(f"model {table.get('name')!r} declares no versions: give no --version")
+    found = next((v for v in declared if isinstance(v, dict) and v.get("version") == version), None)
+    if found is None:
+        names = [v.get("version") for v in declared if isinstance(v, dict)]
+        raise ValueError(f"model {table.get('name')!r} has no version {version!r}; its versions: {names}")
+    own = {k: v for k, v in found.items() if k not in ("version", "weight", "shadow")}
+    base = {k: v for k, v in table.items() if k not in ("versions", "version_policy")}
+    return {**base, **own, "versions": [{"version": version}]}

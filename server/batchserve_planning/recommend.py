@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("models/models.toml"),
                         help="model repository file (models/models.toml)")
     parser.add_argument("--model", required=True, help="model to size, by name")
+    parser.add_argument("--version", help="one version of a model with versions: every candidate "
+                                          "serves it alone, and the requests name it")
     parser.add_argument("--inputs", type=Path, required=True, help="sample inputs, as for loadtest")
     parser.add_argument("--slo-p99-ms", type=float, required=True, help="latency target: p99 in ms")
     parser.add_argument("--price-per-hour", type=float, help="machine price per hour, for costs")
@@ -92,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from batchserve.backends import backend_class
     from batchserve.config import ConfigError, load_models
+    from batchserve.versions import one_version
 
     from batchserve_planning.choices import choose, device_dtypes, inspect_size
     from batchserve_planning.input_kinds import input_kind_of_table
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
         base = _model_table(args.config, args.model)
+        if args.version is not None:
+            base = one_version(base, args.version)
         has_dtype = "dtype" in backend_class(base["backend"]).Options.model_fields
         combos = device_dtypes(args, base, has_dtype)
         workers = worker_counts(args.workers, server_cores(args.server_cpus))
@@ -128,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
                             processes=args.processes, load_cpus=args.load_cpus, rule=rule)
     out = args.out or Path("reports") / f"recommend-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    if args.version is not None:  # from here on, the repository is that version alone
+        args.config, base = _version_config(args.config, base, out / "logs" / "version.toml")
     if args.hardware is not None:
         from batchserve_planning.profiles_run import run_profiles
 
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model": args.model,
+        "version": args.version,
         "config": str(args.config), "inputs": str(args.inputs),
         "input_notes": skipped_inputs, "slo_p99_ms": args.slo_p99_ms,
         "price_per_hour": args.price_per_hour, "budget_s": args.budget_s,
@@ -187,3 +195,14 @@ def _model_table(config: Path, name: str) -> dict[str, Any]:
         if table.get("name") == name:
             return dict(table)
     raise ValueError(f"{config}: no model {name!r}")
+
+
+def _version_config(config: Path, base: dict[str, Any], path: Path) -> tuple[Path, dict[str, Any]]:
+    """A repository file at ``path`` of ``base`` (one version, ``versions.one_version``) alone,
+    its artifact's path made absolute; that file, and the table."""
+    from batchserve_planning.serverproc import toml_table
+    from batchserve_planning.sweep import repository_table
+
+    table = {**base, "path": str((config.parent / base["path"]).resolve())}
+    path.write_text(toml_table(repository_table(config), "[repository]") + "\n" + toml_table(table))
+    return path, table

@@ -38,7 +38,8 @@ def render(results: dict[str, Any]) -> str:
     pick = None if results["pick"] is None else candidates[results["pick"]]
     slo = results["slo_p99_ms"]
     lines = [
-        f"# batchserve recommend: `{results['model']}`", "",
+        f"# batchserve recommend: `{results['model']}`"
+        + (f", version `{results['version']}`" if results.get("version") else ""), "",
         f"{results['date']}; {machine()}. SLO: p99 ≤ {slo:g} ms. Inputs: `{results['inputs']}`. "
         f"{len(candidates)} candidates measured in {results['elapsed_s']:.0f} s "
         f"(budget {results['budget_s']:.0f} s)"

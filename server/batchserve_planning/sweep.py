@@ -126,6 +126,13 @@ class Sweep:
         self.sent = ""
         """How the requests were sent (``Requests.description``), for the report."""
 
+    @property
+    def target(self) -> str:
+        """What the requests name and the metrics are read of: the model, or ``name:version``
+        (``--version``: ``/predict/{name}/versions/{version}``, that version's series)."""
+        version = getattr(self.args, "version", None)
+        return self.args.model if version is None else f"{self.args.model}:{version}"
+
     def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device and dtype: batch sizes, then workers, waits and instances around the best
         (or the grid). Workers go up until a count brings no more throughput than the best so
@@ -218,7 +225,7 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
         else:
             try:
-                outcome.steps = ramp(server.url, self.args.model, self.requests_for(server),
+                outcome.steps = ramp(server.url, self.target, self.requests_for(server),
                                      self.settings, self.bars, label,
                                      on_step=lambda _: server.sample_memory(),
                                      fill_clients=candidate.fill_clients())
@@ -283,7 +290,7 @@ class Sweep:
                 levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
                                   and s.concurrency < levels[0]}, reverse=True)[:1]
             for level in levels:
-                step = measure_step(server.url, self.args.model, requests, level, self.settings, self.bars,
+                step = measure_step(server.url, self.target, requests, level, self.settings, self.bars,
                                     f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
                                     min_responses=3 * self.settings.min_responses)
                 if step.within_slo:
@@ -349,10 +356,11 @@ class Sweep:
             assert server.grpc_port is not None  # start_server gave it one; --hardware is refused
             return build_grpc_requests(self.samples, model_metadata(url, self.args.model),
                                        model=self.args.model, port=server.grpc_port,
+                                       version=getattr(self.args, "version", None) or "",
                                        rows_per_request=self.args.rows_per_request,
                                        parameters=self.args.parameters)
         host, _, port = url.removeprefix("http://").partition(":")
-        return build_requests(self.samples, host=host, port=int(port), model=self.args.model,
+        return build_requests(self.samples, host=host, port=int(port), model=self.target,
                               rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
                               parameters=self.args.parameters)
 

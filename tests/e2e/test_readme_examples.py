@@ -73,3 +73,41 @@ def test_the_readmes_grpc_example_prints_what_it_shows(tmp_path: Path, diabetes_
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                                 check=True)
     assert result.stdout.strip() == example["printed"].strip()
+
+
+WALKTHROUGH = re.compile(r"## Shipping a new model version\n.*?```toml\n(?P<toml>.*?)```.*?"
+                         r"```sh\n(?P<commands>.*?)```", re.DOTALL)
+
+
+def test_the_readmes_version_walkthrough_runs_against_a_serving_server(
+        tmp_path: Path, diabetes_path: Path) -> None:
+    """Its `versions` line added to a served model's entry, then its calls, each answered 2xx:
+    the load brings v2 in as a shadow, and the canary, the promote and the rollback go through."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [walkthrough] = WALKTHROUGH.finditer(readme)
+    repo = tmp_path / "repo"
+    (repo / "artifacts").mkdir(parents=True)
+    for name in ("diabetes.joblib", "diabetes_v2.joblib"):
+        (repo / "artifacts" / name).write_bytes(diabetes_path.read_bytes())
+    config = write_models(repo / "models.toml", [
+        {"name": "diabetes", "backend": "sklearn", "path": "artifacts/diabetes.joblib"}], root=repo)
+    token = "walkthrough-management-token"
+    with running_server(config, env={"BATCHSERVE_MANAGEMENT_TOKEN": token}) as server:
+        with config.open("a", encoding="utf-8") as toml:  # the README's line, in the model's table
+            toml.write(walkthrough["toml"])
+        answers = []
+        for command in walkthrough["commands"].replace(README_URL, server.url).split("\ncurl")[1:]:
+            result = subprocess.run(["bash", "-c", "curl -f " + command.split("#")[0].strip()],
+                                    capture_output=True, text=True, timeout=60,
+                                    env={"BATCHSERVE_MANAGEMENT_TOKEN": token, "PATH": "/usr/bin:/bin",
+                                         "AUTH": f"Authorization: Bearer {token}"})
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            answers.append(json.loads(result.stdout))
+        assert len(answers) == 5, answers
+        loaded, summary, canary, promoted, rolled_back = answers
+        assert loaded["versions"] == {"1": {"state": "READY", "reason": None},
+                                      "2": {"state": "READY", "reason": None}}
+        assert "1->2" in summary["pairs"] or summary["pairs"] == {}  # v2 shadows v1 (copies may lag)
+        assert canary["weights"] == {"1": 0.9, "2": 0.1} and canary["shadows"] == {}
+        assert promoted["weights"] == {"1": 0.0, "2": 1.0}
+        assert rolled_back["weights"] == {"1": 0.9, "2": 0.1}

@@ -162,6 +162,7 @@ def test_a_request_span_continues_the_callers_trace_and_batches_link_who_shared_
         assert request.resource["service.name"] == "batchserve-under-test"
         attributes = request.attributes
         assert attributes["batchserve.model"] == "echo"
+        assert "batchserve.model.version" not in attributes  # a model without versions
         assert attributes["batchserve.items"] == 1
         assert attributes["batchserve.protocol"] == "predict"
         assert attributes["http.response.status_code"] == 200
@@ -183,6 +184,32 @@ def test_a_request_span_continues_the_callers_trace_and_batches_link_who_shared_
         assert len(linked) == batch.attributes["batchserve.batch.size"]
         assert batch.span.parent_span_id in linked  # a child of the first request it ran
         assert batch.attributes["batchserve.batch.trigger"] in {"full", "idle", "timer"}
+
+
+def test_the_spans_of_a_model_with_versions_name_the_version_that_served(
+        tmp_path: Path, receiver: Receiver) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x", "versions": [
+            {"version": "1", "weight": 0.5}, {"version": "2", "weight": 0.5, "options": {"scale": 3.0}}]}])
+    with running_server(config, env=_env(receiver)) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as http:
+        served = {}
+        for index, path in enumerate(["/predict/echo/versions/1", "/predict/echo/versions/2",
+                                      *["/predict/echo"] * 6]):
+            header, trace_id, _ = _traceparent(100 + index)
+            answer = http.post(path, json={"inputs": [1.0]}, headers={"traceparent": header})
+            assert answer.status_code == 200
+            served[trace_id] = answer.headers["x-model-version"]
+        assert set(served.values()) == {"1", "2"}
+
+        def arrived(spans: list[Received]) -> bool:  # each request's span and its batch's
+            return all({s.span.trace_id.hex() for s in spans if (s.span.name == "batch") == batch}
+                       >= set(served) for batch in (True, False))
+        spans = receiver.wait_for(arrived)
+    for received in spans:
+        version = served[received.span.trace_id.hex()]
+        assert received.attributes["batchserve.model"] == "echo", received.span.name
+        assert received.attributes["batchserve.model.version"] == version, received.span.name
 
 
 def test_a_failed_request_is_an_error_span_with_the_stages_it_reached(

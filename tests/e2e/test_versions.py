@@ -137,10 +137,6 @@ def test_bad_routing_changes_are_refused_whole(tmp_path: Path) -> None:
         assert http.put("/v2/repository/models/plain/routing", headers=AUTH,
                         json={"weights": {"1": 1.0}}).status_code == 400
         assert http.post("/v2/repository/models/echo/rollback", headers=AUTH).status_code == 400
-        for action in ("load", "unload"):  # not while serving, yet: a 400 that says so
-            refused = http.post(f"/v2/repository/models/echo/{action}", headers=AUTH)
-            assert refused.status_code == 400 and "has versions" in refused.json()["error"]
-        assert http.patch("/models/echo/config", headers=AUTH, json={"max_batch_size": 2}).status_code == 400
         promoted = http.post("/v2/repository/models/echo/versions/2/promote", headers=AUTH)
         assert promoted.json()["weights"] == {"1": 0.0, "2": 1.0}
         assert {served_by(http.post("/predict/echo", json={"inputs": [1.0]})) for _ in range(20)} == {"2"}
@@ -216,5 +212,12 @@ def test_grpc_names_a_version_or_is_routed_by_its_key_as_rest_is(tmp_path: Path)
                 rest = served_by(http.post("/predict/echo", json={"inputs": [1.0]},
                                            headers={"X-Routing-Key": key}))
                 assert infer(key=key)[0] == rest, key
+            # Triton's RepositoryModelLoad loads the model's versions as its entry now says.
+            models = versioned((0.5, 0.5))
+            models[0]["versions"].append({"version": "3", "options": {"scale": 4.0}})
+            write_models(config, models)
+            client.load_model("echo", headers={"authorization": f"Bearer {TOKEN}"})
+            assert client.get_model_metadata("echo", as_json=True)["versions"] == ["1", "2", "3"]
+            assert infer("3") == ("3", 4.0)
         finally:
             client.close()

@@ -92,3 +92,67 @@ def test_the_shadow_summary_is_the_whole_servers_whichever_worker_answers(tmp_pa
             assert pair["regression"]["mean_abs_diff"] == pytest.approx((2 + 3 + 51 + 91) / 4)
             # the worst items of both workers, the worst (by relative difference |x + 1| / 2x) first
             assert [w["primary"] for w in pair["worst"]] == ["2.0", "4.0", "100.0", "180.0"]
+
+
+def test_a_reload_of_a_model_with_versions_applies_on_every_worker_under_load(tmp_path: Path) -> None:
+    from tests.e2e.test_versions_reload import echo, shown, version
+
+    config = write_models(tmp_path / "models.toml", echo(
+        [version("1", 2.0, weight=0.5), version("2", 3.0, weight=0.5)]))
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                response = http.post("/predict/echo", json={"inputs": [1.0]})
+                seen.append((response.status_code, response.headers.get("x-model-version")))
+
+    with running_workers(config, env={0: ENV, 1: ENV}) as workers, httpx.Client(timeout=60) as http:
+        clients = [threading.Thread(target=load, args=(workers.urls[i % 2],)) for i in range(4)]
+        for thread in clients:
+            thread.start()
+        try:
+            # Management's weights, then v3 added by a reload through worker 1: they stand.
+            assert http.put(f"{workers.urls[0]}{ROUTING}", headers=AUTH,
+                            json={"weights": {"1": 0.7, "2": 0.3}}).status_code == 200
+            write_models(config, echo([version("1", 2.0), version("2", 3.0), version("3", 4.0)]))
+            added = http.post(f"{workers.urls[1]}/v2/repository/models/echo/load", headers=AUTH)
+            assert added.status_code == 200, added.text
+            assert added.json()["workers"] == {"applied": [0, 1], "missed": {}}
+            for url in workers.urls:
+                with httpx.Client(base_url=url, timeout=30) as one:
+                    assert shown(one) == {"1": "ready", "2": "ready", "3": "ready"}
+                    assert one.get(ROUTING, headers=AUTH).json()["weights"] == {"1": 0.7, "2": 0.3, "3": 0.0}
+            # Taking out v1, which has traffic: refused whole, on every worker.
+            write_models(config, echo([version("2", 3.0), version("3", 4.0)]))
+            refused = http.post(f"{workers.urls[0]}/v2/repository/models/echo/load", headers=AUTH)
+            assert refused.status_code == 400 and "leaves out versions ['1']" in refused.text
+            for url in workers.urls:
+                with httpx.Client(base_url=url, timeout=30) as one:
+                    assert shown(one) == {"1": "ready", "2": "ready", "3": "ready"}
+            # Traffic moved to v2 (the file would give v3, its latest, all of it), v1 taken out.
+            assert http.post(f"{workers.urls[1]}/v2/repository/models/echo/versions/2/promote",
+                             headers=AUTH).status_code == 200
+            removed = http.post(f"{workers.urls[0]}/v2/repository/models/echo/load", headers=AUTH)
+            assert removed.status_code == 200, removed.text
+            for url in workers.urls:
+                with httpx.Client(base_url=url, timeout=30) as one:
+                    assert shown(one) == {"2": "ready", "3": "ready"}
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(30)
+        assert len(seen) > 50
+        assert {status for status, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]
+        assert {v for _, v in seen} == {"1", "2"}  # v3 joined with no traffic
+
+        # A worker restarted after the reloads serves the new set, routed as the others.
+        workers.kill(1)
+        workers.start(1)
+        workers.wait_loaded(1)
+        with httpx.Client(base_url=workers.urls[1], timeout=30) as one:
+            assert shown(one) == {"2": "ready", "3": "ready"}
+            assert one.get(ROUTING, headers=AUTH).json()["weights"] == {"2": 1.0, "3": 0.0}
+            answer = one.post("/predict/echo", json={"inputs": [1.0]})
+            assert (answer.headers["x-model-version"], answer.json()["outputs"]) == ("2", [3.0])

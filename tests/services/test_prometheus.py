@@ -100,12 +100,24 @@ def server(tmp_path_factory: pytest.TempPathFactory, diabetes_path: Path) -> Ite
     folder = tmp_path_factory.mktemp("prometheus-server")
     config = write_models(folder / "models.toml", [
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path), "max_batch_size": 8},
+        # Versions (a canary, a shadow of each output kind), for the per-version panels; the
+        # same largest batch as diabetes (the batch size histogram's buckets are the server's).
+        {"name": "canary", "backend": "echo", "path": "x", "max_batch_size": 8, "versions": [
+            {"version": "1", "weight": 0.5}, {"version": "2", "weight": 0.5, "options": {"scale": 3.0}},
+            {"version": "3", "shadow": 1.0, "options": {"offset": 0.5}}]},
+        {"name": "classifier", "backend": "sign", "path": "x", "max_batch_size": 8, "versions": [
+            {"version": "1"}, {"version": "2", "shadow": 1.0, "options": {"threshold": 1.0}}]},
+        {"name": "embedder", "backend": "text-length", "path": "x", "max_batch_size": 8, "versions": [
+            {"version": "1"}, {"version": "2", "shadow": 1.0}]},
     ])
+    inputs = {"diabetes": [[0.01] * 10] * 3, "canary": [1.0, 2.0], "classifier": [[0.5, 0.25]],
+              "embedder": ["two words"]}
     with running_server(config) as process:
         with httpx.Client(base_url=process.url, timeout=30) as client:
             for _ in range(10):
-                response = client.post("/predict/diabetes", json={"inputs": [[0.01] * 10] * 3})
-                assert response.status_code == 200, response.text
+                for model, items in inputs.items():
+                    response = client.post(f"/predict/{model}", json={"inputs": items})
+                    assert response.status_code == 200, response.text
         yield process
 
 
@@ -149,7 +161,9 @@ def test_every_metric_the_dashboard_queries_is_exported(server: ServerProcess) -
     joined = "\n".join(dashboard_queries())
     for needed in ("batchserve_requests_total", "histogram_quantile(0.5", "histogram_quantile(0.99",
                    "batchserve_queue_wait_seconds_bucket", "batchserve_batch_size", "by (model, trigger)",
-                   "by (model, reason)"):
+                   "by (model, reason)", "by (model, version)", "by (model, version, le)",
+                   "batchserve_shadow_label_agreement_sum", "batchserve_shadow_cosine_bucket",
+                   "batchserve_shadow_abs_diff_sum"):
         assert needed in joined, needed
 
 
@@ -169,7 +183,7 @@ def test_prometheus_adapter_rule_gives_queued_rows_per_pod(prometheus: Prometheu
               if r["name"]["as"] == "batchserve_queue_rows"]
     series = httpx.get(f"{prometheus.url}/api/v1/series", params={"match[]": rule["seriesQuery"]},
                        timeout=10).json()["data"]
-    assert [s["__name__"] for s in series] == ["batchserve_queue_rows"]
+    assert {s["__name__"] for s in series} == {"batchserve_queue_rows"}  # a series per model
     assert re.fullmatch(rule["name"]["matches"], series[0]["__name__"])
     labels = rule["resources"]["overrides"]
     assert labels == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}

@@ -54,8 +54,8 @@ def test_a_restarted_worker_serves_the_version_loaded_last_not_the_files(tmp_pat
     desired.record_overrides(cluster, "a", {"max_batch_size": 3})
     desired.record_unload(cluster, "b")
     loaded = _configs(tmp_path, delay_ms=1)  # a reload of "a" and of "b" (loaded again)
-    desired.record_load(cluster, loaded[0])
-    desired.record_load(cluster, loaded[1])
+    desired.record_load(cluster, "a", [loaded[0]], None)
+    desired.record_load(cluster, "b", [loaded[1]], None)
     # The file changed since, but no worker was told to load it: the restarted one doesn't.
     restarted, unloaded = desired.apply_desired(cluster, _configs(tmp_path, delay_ms=7))
     assert [c.name for c in restarted] == ["a", "b"] and unloaded == []

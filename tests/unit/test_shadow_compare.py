@@ -6,7 +6,10 @@ import math
 
 import pytest
 from batchserve.backends.kinds import Embedding
+from batchserve.shadow import ShadowMetrics
 from batchserve.shadow_compare import compare
+from batchserve.shadow_summary import summarise
+from prometheus_client import CollectorRegistry
 
 
 def test_regression_absolute_and_relative() -> None:
@@ -41,3 +44,17 @@ def test_other_shapes_are_not_compared() -> None:
     assert compare("text", "text").kind == "other"
     assert compare([1.0, 2.0], [1.0, 2.0, 3.0]).kind == "other"
     assert compare(1.0, {"label": "a"}).kind == "other"
+
+
+def test_the_summarys_means_are_the_observed_items_means() -> None:
+    registry = CollectorRegistry()
+    metrics = ShadowMetrics(registry)
+    pair = ("m", "1", "2")
+    cosines = [1.0, 0.5, -0.25]  # a vector turned away counts too
+    for cosine in cosines:
+        metrics.observe(pair, compare([1.0, 0.0], [cosine, math.sqrt(1 - cosine**2)]))
+    for primary, shadow in ((200.0, 190.0), (10.0, 13.0)):
+        metrics.observe(pair, compare(primary, shadow))
+    summary = summarise(registry.collect(), "m", {})["pairs"]["1->2"]
+    assert summary["embedding"] == {"items": 3, "mean_cosine": pytest.approx(sum(cosines) / 3)}
+    assert summary["regression"]["mean_abs_diff"] == pytest.approx(6.5)

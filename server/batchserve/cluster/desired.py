@@ -2,7 +2,8 @@
 run directory (``cluster/rundir.py``).
 
 One record per model name (``name:version`` for a version, ``ModelConfig.key``), and the
-routing management set on a model with versions (``routing.py``; ``previous`` for a rollback)::
+routing management set on a model with versions (``routing.py``; ``previous`` for a rollback;
+a reload records its versions and, where management's routing stands, that routing over them)::
 
     {"models": {"echo": {"config": {...}, "served": true, "overrides": {"max_batch_size": 4}}},
      "routing": {"diabetes": {"current": {"weights": {...}, "shadows": {...}}, "previous": ...}}}
@@ -48,13 +49,15 @@ class Recorded(NamedTuple):
 
 def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> Recorded:
     """The models a (re)starting worker builds: ``configs`` (read from the repository file)
-    where nothing is recorded yet (and recorded now, for the workers that start after), else
-    what is recorded: the recorded version, with its PATCHed settings, served or unloaded.
-    Models loaded by management since the start come after the file's."""
+    for a model of which nothing is recorded yet (and recorded now, for the workers that start
+    after), else what is recorded: the recorded versions, with their PATCHed settings, served
+    or unloaded. Models loaded by management since the start come after the file's."""
     def merge(models: Desired) -> None:
+        recorded = {record["config"]["name"] for record in models.values()}
         for config in configs:
-            models.setdefault(config.key, {"config": config.model_dump(mode="json"),
-                                            "served": True, "overrides": {}})
+            if config.name not in recorded:
+                models[config.key] = {"config": config.model_dump(mode="json"), "served": True,
+                                      "overrides": {}}
 
     models = _update(cluster, merge)
     built = [(record["served"], ModelConfig.model_validate(record["config"]).model_copy(
@@ -64,32 +67,53 @@ def apply_desired(cluster: Cluster, configs: list[ModelConfig]) -> Recorded:
 
 
 def record_overrides(cluster: Cluster, name: str, changes: dict[str, Any]) -> None:
-    """A PATCH of ``name``: its settings outlive restarts of a worker as they outlive reloads."""
+    """A PATCH of ``name`` (each of its versions): its settings outlive restarts of a worker as
+    they outlive reloads."""
     def change(models: Desired) -> None:
-        record = models.get(name)
-        if record is not None:
+        for record in _entries(models, name):
             record["overrides"] = {**record["overrides"], **changes}
 
     _update(cluster, change)
 
 
-def record_load(cluster: Cluster, config: ModelConfig) -> None:
-    """Every worker staged ``config``: it is the version served from now on."""
+def record_load(cluster: Cluster, name: str, configs: list[ModelConfig],
+                routing: dict[str, Any] | None) -> None:
+    """Every worker staged ``configs``: they are what ``name`` serves from now on (a version
+    they leave out is no longer recorded); ``routing`` is management's routing over them,
+    where it stands (``None``: the repository file's applies)."""
     def change(models: Desired) -> None:
-        overrides = models.get(config.key, {}).get("overrides", {})
-        models[config.key] = {"config": config.model_dump(mode="json"), "served": True,
-                               "overrides": overrides}
+        before = {key: models.pop(key) for key in [k for k, r in models.items()
+                                                    if r["config"]["name"] == name]}
+        for config in configs:
+            overrides = before.get(config.key, {}).get("overrides", {})
+            models[config.key] = {"config": config.model_dump(mode="json"), "served": True,
+                                  "overrides": overrides}
 
-    _update(cluster, change)
+    with _locked(cluster.run_dir / "desired.lock"):
+        data = _read(cluster)
+        change(data.setdefault("models", {}))
+        records = data.setdefault("routing", {})
+        if routing is None:
+            records.pop(name, None)
+        else:
+            records[name] = {"current": routing, "previous": records.get(name, {}).get("previous")}
+        _write_atomically(cluster.desired_path, data)
 
 
 def record_unload(cluster: Cluster, name: str) -> None:
-    """``name`` is no longer served (a restarted worker does not load it)."""
+    """``name`` (each of its versions) is no longer served (a restarted worker does not load it)."""
     def change(models: Desired) -> None:
-        if name in models:
-            models[name]["served"] = False
+        for record in _entries(models, name):
+            record["served"] = False
 
     _update(cluster, change)
+
+
+def _entries(models: Desired, name: str) -> list[dict[str, Any]]:
+    """The records of ``name``: the model's, each of its versions', or the one a key names."""
+    if name in models:
+        return [models[name]]
+    return [record for record in models.values() if record["config"]["name"] == name]
 
 
 def record_routing(cluster: Cluster, name: str, current: dict[str, Any],

@@ -6,11 +6,12 @@ at a time), applies the change to itself (``LocalWorker``) and to every other wo
 peer socket (``RemoteWorker``, the API of ``peers.py``), each call bounded by a timeout.
 
 - PATCH: recorded in ``desired.json``, then applied on every worker.
-- load / reload: two phases. Every worker stages the new version (builds, loads and warms it
-  while the old one serves); only if all did does each commit it (install it and retire the
-  old one within the grace). If any failed, or could not be reached, or did not answer in
-  time, every worker aborts it (unloads the staged copy) and the old version serves on
-  everywhere: the call fails naming the worker and why.
+- load / reload (``reload.py``: every version of the model): two phases. Every worker stages
+  the new copies (builds, loads and warms them while the old ones serve); only if all did
+  does each commit them (install them with the routing over them, and retire the old ones
+  within the grace). If any failed, or could not be reached, or did not answer in time,
+  every worker aborts (unloads the staged copies) and the old versions serve on everywhere:
+  the call fails naming the worker and why.
 - unload: recorded, then applied on every worker.
 - routing (weights, shadows; promote, rollback): validated by the coordinator, recorded, then
   swapped in on every worker.
@@ -35,10 +36,11 @@ from typing import Any, Protocol
 
 import httpx
 
+from batchserve import reload
 from batchserve.cluster import desired
 from batchserve.cluster.rundir import Cluster
-from batchserve.config import ConfigError, ModelConfig, load_models
-from batchserve.errors import BatchserveError, LoadFailed, ModelNotFound
+from batchserve.config import ModelConfig
+from batchserve.errors import BatchserveError, LoadFailed
 from batchserve.registry import ServedModel
 from batchserve.state import AppState
 
@@ -75,46 +77,47 @@ class LocalWorker:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._staged: dict[str, tuple[str, ServedModel]] = {}
+        self._staged: dict[str, tuple[str, list[ServedModel]]] = {}
         self._aborted: deque[str] = deque(maxlen=64)
         """Stages aborted (maybe before they ended: a coordinator that gave up waiting)."""
 
     async def configure(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        model = self.state.registry.configure(name, changes)
-        return {"config": model.config.model_dump(mode="json")}
+        models = self.state.registry.configure(name, changes)
+        return {"config": models[-1].config.model_dump(mode="json")}
 
     async def stage(self, name: str, stage_id: str) -> dict[str, Any]:
-        registry = self.state.registry
         stale = self._staged.pop(name, None)
-        if stale is not None:  # its coordinator never came back: don't keep the copy
-            await registry.abort(stale[1])
-        config = await asyncio.to_thread(repository_config, self.state, name)
-        if self.state.cluster is not None:  # a restarted worker knows of no PATCH but this
-            update = await asyncio.to_thread(desired.overrides, self.state.cluster, name)
-            config = config.model_copy(update=update)
-        model = await registry.stage(config)
-        if model.state != "ready":
-            raise LoadFailed(f"{model.reason}")
+        if stale is not None:  # its coordinator never came back: don't keep the copies
+            await reload.abort(self.state, stale[1])
+        configs = await asyncio.to_thread(self._configs, name)
+        models = await reload.stage(self.state, configs)
         if stage_id in self._aborted:
-            await registry.abort(model)
+            await reload.abort(self.state, models)
             raise LoadFailed("aborted while it loaded")
-        self._staged[name] = (stage_id, model)
-        return {"state": model.state}
+        self._staged[name] = (stage_id, models)
+        return {"state": "ready"}
+
+    def _configs(self, name: str) -> list[ModelConfig]:
+        configs = reload.repository_configs(self.state, name)
+        if self.state.cluster is None:
+            return configs
+        # a restarted worker knows of no PATCH but the recorded ones
+        return [c.model_copy(update=desired.overrides(self.state.cluster, c.key)) for c in configs]
 
     async def commit(self, name: str, stage_id: str) -> dict[str, Any]:
         staged = self._staged.get(name)
         if staged is None or staged[0] != stage_id:
             raise LoadFailed(f"no version of '{name}' staged as {stage_id!r:.40}")
         del self._staged[name]
-        model = await self.state.registry.commit(staged[1], self.state.settings.shutdown_grace_s)
-        return {"state": model.state}
+        await reload.commit(self.state, staged[1])
+        return {"state": "ready"}
 
     async def abort(self, name: str, stage_id: str) -> dict[str, Any]:
         self._aborted.append(stage_id)
         staged = self._staged.get(name)
         if staged is not None and staged[0] == stage_id:
             del self._staged[name]
-            await self.state.registry.abort(staged[1])
+            await reload.abort(self.state, staged[1])
         return {"state": "aborted"}
 
     async def unload(self, name: str) -> dict[str, Any]:
@@ -188,18 +191,6 @@ def workers(state: AppState, cluster: Cluster) -> dict[int, Worker]:
     return dict(sorted(found.items()))
 
 
-def repository_config(state: AppState, name: str) -> ModelConfig:
-    """``name``'s table in the repository file, read again now."""
-    try:
-        configs = load_models(state.settings.config)
-    except ConfigError as exc:
-        raise LoadFailed(f"the repository file cannot be used: {exc}") from None
-    config = next((c for c in configs if c.name == name), None)
-    if config is None:
-        raise ModelNotFound(f"no model {name!r:.80} in {state.settings.config}")
-    return config
-
-
 @contextlib.asynccontextmanager
 async def name_lock(cluster: Cluster, name: str) -> AsyncIterator[None]:
     """Hold ``name``'s lock across the workers (waiting for it off the event loop)."""
@@ -253,13 +244,16 @@ async def shadow_worst_all(state: AppState, cluster: Cluster, name: str) -> list
     return list(await asyncio.gather(*(one(w) for w in workers(state, cluster).values())))
 
 
-async def load_all(state: AppState, cluster: Cluster, name: str) -> Report:
-    """Stage ``name`` on every worker, then commit it on every worker; or abort it on every
-    worker (``LoadFailed``, naming who failed) and leave the old version serving."""
-    config = await asyncio.to_thread(repository_config, state, name)  # 404 before any work
+async def load_all(state: AppState, cluster: Cluster, name: str,
+                   configs: list[ModelConfig]) -> Report:
+    """Stage ``name`` (``configs``, its entry in the repository file) on every worker, then
+    commit it on every worker; or abort it on every worker (``LoadFailed``, naming who failed)
+    and leave the old versions serving. The routing over the new versions is recorded (for a
+    worker that restarts) where management had set it."""
     every = workers(state, cluster)
     stage_id = uuid.uuid4().hex
     async with name_lock(cluster, name):
+        routing = state.router.reloaded(name, configs)  # a 400 before any work
         staged = await _each(every, lambda w: w.stage(name, stage_id))
         failed = {i: why for i, why in staged.items() if why is not None}
         if failed:
@@ -268,7 +262,8 @@ async def load_all(state: AppState, cluster: Cluster, name: str) -> Report:
             raise LoadFailed(f"model '{name}' failed to load on {len(failed)} of {len(every)} "
                              f"workers ({reasons}); every worker still serves the previous "
                              "version, if any")
-        await asyncio.to_thread(desired.record_load, cluster, config)
+        managed = None if routing is None or not state.router.managed(name) else routing.as_dict()
+        await asyncio.to_thread(desired.record_load, cluster, name, configs, managed)
         return _report(await _each(every, lambda w: w.commit(name, stage_id)))
 
 

@@ -6,8 +6,8 @@ the filesystem is its authentication and there is no token. It serves the manage
 operations and nothing else, each applied to this worker alone (never fanned out again):
 
     POST /peer/models/{name}/config    a PATCH's changes (the body: the settings)
-    POST /peer/models/{name}/stage     load the repository's version, warm it, don't install it
-    POST /peer/models/{name}/commit    install what ``stage`` loaded (``{"id": ...}``)
+    POST /peer/models/{name}/stage     load the repository entry's versions, warm them, don't install them
+    POST /peer/models/{name}/commit    install what ``stage`` loaded, and its routing (``{"id": ...}``)
     POST /peer/models/{name}/abort     unload what ``stage`` loaded (``{"id": ...}``)
     POST /peer/models/{name}/unload
     POST /peer/models/{name}/routing   swap in a routing the coordinator validated
