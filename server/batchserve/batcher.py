@@ -215,7 +215,7 @@ class Batcher:
         return self.load.wait_s(self._queued_rows, self.instances, ahead)
 
     def _check_wait(self, deadline_s: float, ahead: Backlog | None) -> None:
-        wait_s = self.predicted_wait_s(ahead)
+        wait_s = self.load.wait_s(self._queued_rows, self.instances, ahead)  # predicted_wait_s
         if not wait_s:  # a lone request on an idle server, or no estimate yet: never refused
             return
         left_s = deadline_s - time.monotonic()
