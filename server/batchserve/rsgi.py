@@ -117,8 +117,8 @@ def refuse(protocol: HTTPProtocol, path: str, exc: BatchserveError, *, close: bo
 def answer(protocol: HTTPProtocol, response: Response) -> None:
     """Send ``response`` (an inference route's: its body whole) on ``protocol``; granian frames
     it and sets its length."""
-    if type(response) is JSONBytes and len(response.raw_headers) == 2:  # the usual answer: its
-        # headers are known (a version's answer has one more: routing.VERSION_HEADER)
+    if type(response) is JSONBytes and response.plain:  # the usual answer: its headers are known
+        # (a version's answer has one more: routing.VERSION_HEADER)
         protocol.response_bytes(200, _JSON, response.body)  # type: ignore[arg-type]  # bytes
         return
     headers = [(name.decode("latin-1"), value.decode("latin-1"))
