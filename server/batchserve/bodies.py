@@ -106,10 +106,11 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
         raise MalformedRequest(f"header Content-Length must be a non-negative integer, "
                                f"got {declared.decode('latin-1')!r:.40}")
     # Compare lengths first: int() of thousands of digits is slow (and refused past 4300).
-    if len(value) > len(str(limit)) or int(value) > limit:
+    length = int(value) if len(value) <= len(str(limit)) else limit + 1
+    if length > limit:
         raise BodyTooLarge(f"body of {value.decode()[:40]} bytes exceeds the limit of {limit} bytes "
                            "(BATCHSERVE_MAX_BODY_BYTES)")
-    return int(value)
+    return length
 
 
 def check_read_deadline(deadline_s: float) -> None:
