@@ -37,6 +37,7 @@ import harness
 import lean_floor_app
 from batchserve.app import create_app
 from batchserve.config import load_models
+from batchserve.fastpath import BatchserveApp
 from batchserve.rsgi import RsgiApp
 from batchserve.settings import ServerSettings
 from hot_path_cost import BODY, models_toml, run
@@ -120,6 +121,7 @@ async def lean() -> float:
 async def batchserve(config: Path, profile: cProfile.Profile | None = None) -> float:
     app = create_app(ServerSettings(config=config, log_level="warning"), load_models(config))
     state = app.state.batchserve
+    assert isinstance(app, BatchserveApp)  # create_app's, with its inference routes (fastpath.py)
     front = RsgiApp(app, app.fast_path, limit_concurrency=4 * CONCURRENCY)
     async with app.router.lifespan_context(app):
         while not state.registry.ready:
