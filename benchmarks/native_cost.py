@@ -89,7 +89,9 @@ def main() -> None:
                 us[name].append(own)
                 ratios[name].append(own / lean)
     finally:
-        if os.environ.get("KEEP") != "1":
+        if os.environ.get("KEEP") == "1":
+            print(f"the compiled copy is kept: PYTHONPATH={folder}")
+        else:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {harness.commit()}, "
           f"{os.cpu_count()} cores; {REQUESTS} requests a round, {ROUNDS} alternating rounds\n")
