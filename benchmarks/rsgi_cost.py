@@ -4,8 +4,9 @@ One uvloop event loop runs CONCURRENCY clients, each sending one-row diabetes PO
 other to an RSGI app through a fake RSGI protocol (the body given at once, as granian's
 ``protocol()`` does for a declared length; the answer's ``response_bytes`` kept; a client that
 never disconnects), until REQUESTS have been answered. No sockets, no HTTP parsing: what is
-measured is the apps' own Python, the part granian's Rust side does not do. Apps measured, in
-alternating rounds:
+measured is the apps' own Python, the part granian's Rust side does not do (granian also makes a
+task per request; here each client's task awaits its requests in turn: that cost, the same for
+both apps, is left out). Apps measured, in alternating rounds:
 
 - ``lean``: benchmarks/lean_floor_app.py (one future per request, one scikit-learn ``predict``
   per loop pass, orjson);
