@@ -98,7 +98,7 @@ class Batcher:
         self._workers: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
         # with one instance cheap batches may run on the loop (load.RecentLoad.placement, held_loop)
-        self._inline = on_loop_when_cheap and instances == 1
+        self._on_loop_ok = on_loop_when_cheap and instances == 1
         self._tracing, self._device = tracing, device  # for batch spans, when tracing is on
         self.broken: str | None = None
         """Why a worker loop stopped unexpectedly; ``None`` while healthy."""
@@ -146,8 +146,7 @@ class Batcher:
         return len(self._inflight)
 
     @property
-    def closing(self) -> bool:
-        """``close`` was called: new rows are refused."""
+    def closing(self) -> bool:  # close was called: new rows are refused
         return self._closing
 
     # -- admission -------------------------------------------------------------------------
@@ -155,12 +154,11 @@ class Batcher:
     async def infer(self, rows: Sequence[Any], *, timeout_s: float, deadline_s: float | None = None,
                     disconnected: Disconnected | None = None) -> list[Any]:
         """Run ``rows`` through the model and return their outputs, in order (``admit``, then
-        ``wait``). The deadline is ``deadline_s`` (``time.monotonic()`` clock) when given, else
-        ``timeout_s`` from now. Raises what ``check_admission`` raises, at once;
-        ``DeadlineExceeded`` when the deadline passes first (rows not yet dispatched are never
-        computed), ``ClientDisconnected`` when the awaitable made by ``disconnected`` completes
-        first (watched once the request has waited ``inflight.WATCH_AFTER_S``), and the row's
-        error when the backend failed on it."""
+        ``wait``). The deadline is ``deadline_s`` (``time.monotonic()``) when given, else ``timeout_s``
+        from now. Raises what ``check_admission`` raises, at once; ``DeadlineExceeded`` when the
+        deadline passes first (rows not yet dispatched never run), ``ClientDisconnected`` when the
+        awaitable ``disconnected`` makes completes first (watched once the request has waited
+        ``inflight.WATCH_AFTER_S``), and the row's error when the backend failed on it."""
         return await self.wait(self.admit(rows, timeout_s=timeout_s, deadline_s=deadline_s,
                                           disconnected=disconnected))
 
@@ -215,7 +213,7 @@ class Batcher:
         return self.load.wait_s(self._queued_rows, self.instances, ahead)
 
     def _check_wait(self, deadline_s: float, ahead: Backlog | None) -> None:
-        wait_s = self.predicted_wait_s(ahead)
+        wait_s = self.load.wait_s(self._queued_rows, self.instances, ahead)  # predicted_wait_s
         if not wait_s:  # a lone request on an idle server, or no estimate yet: never refused
             return
         left_s = deadline_s - time.monotonic()
@@ -333,7 +331,6 @@ class Batcher:
     # -- execution -------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             taken = await self._next_batch()
             if taken is None:
@@ -341,36 +338,12 @@ class Batcher:
             batch, trigger = taken
             self._metrics.dispatch[trigger].inc()
             self._metrics.batch_size.observe(len(batch.rows))
-            place, why = self.load.placement(len(batch.rows)) if self._inline else ("thread", "backend")
+            place, why = self.load.placement(len(batch.rows)) if self._on_loop_ok else ("thread", "backend")
             self._metrics.placement[place, why].inc()
             inline = place == "loop"
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            try:
-                if inline:  # cheaper than the hop to the model's thread (load.INLINE_MAX_S)
-                    outcomes = run_batch(self._predict_batch, batch.rows, self.name)
-                else:
-                    outcomes, computed_s = await loop.run_in_executor(
-                        self._pool, timed_run_batch, self._predict_batch, batch.rows, self.name)
-            except asyncio.CancelledError:
-                self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
-                raise
-            except BatchFailed as failed:  # logged where it was raised
-                self._fail_batch(batch, failed.error)
+            if (ran := await self._compute(batch, inline)) is None:
                 continue
-            except BaseException as exc:  # keep the loop alive whatever the backend does
-                log.exception("model %s: batch of %d rows failed", self.name, len(batch.rows))
-                self._fail_batch(batch, BackendError(
-                    f"model '{self.name}' failed on this batch: {type(exc).__name__}"))
-                continue
-            finally:
-                elapsed = time.perf_counter() - started
-                self._metrics.batch_duration.observe(elapsed)
-                self.load.batch_ran(len(batch.rows), elapsed)
-                if inline:  # CPU time: the loop's thread being preempted is not the model's doing
-                    computed_s = time.thread_time() - cpu_started
-                    if (paused := self.load.held_loop(computed_s)) is not None:
-                        log.info("model %s: a batch held the event loop %.1f ms; its batches run "
-                                 "on its thread for the next %d", self.name, computed_s * 1000, paused)
+            outcomes, computed_s = ran
             self.load.computed(len(batch.rows), computed_s, on_loop=inline)
             ended_s = time.monotonic()
             if self._tracing is not None:
@@ -378,6 +351,38 @@ class Batcher:
             deliver(batch, outcomes, self._fail, self._inflight.leave, self.name, ended_s)
             if inline and self._queue:
                 await asyncio.sleep(0)  # the loop's other work, between batches held on it
+
+    async def _compute(self, batch: Batch, inline: bool) -> tuple[list[Any], float] | None:
+        """``batch``'s outcomes and predict_batch's CPU seconds, on the loop (``inline``) or the
+        model's thread; ``None`` when the batch failed as a whole (its requests with it)."""
+        started, cpu_started, computed_s = time.perf_counter(), time.thread_time(), 0.0
+        try:
+            if inline:  # cheaper than the hop to the model's thread (load.INLINE_MAX_S)
+                outcomes = run_batch(self._predict_batch, batch.rows, self.name)
+            else:
+                outcomes, computed_s = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, timed_run_batch, self._predict_batch, batch.rows, self.name)
+        except asyncio.CancelledError:
+            self._fail_batch(batch, ShuttingDown("server stopped while the rows ran"))
+            raise
+        except BatchFailed as failed:  # logged where it was raised
+            self._fail_batch(batch, failed.error)
+            return None
+        except BaseException as exc:  # keep the loop alive whatever the backend does
+            log.exception("model %s: batch of %d rows failed", self.name, len(batch.rows))
+            self._fail_batch(batch, BackendError(
+                f"model '{self.name}' failed on this batch: {type(exc).__name__}"))
+            return None
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.batch_duration.observe(elapsed)
+            self.load.batch_ran(len(batch.rows), elapsed)
+            if inline:  # CPU time: the loop's thread being preempted is not the model's doing
+                computed_s = time.thread_time() - cpu_started
+                if (paused := self.load.held_loop(computed_s)) is not None:
+                    log.info("model %s: a batch held the event loop %.1f ms; its batches run "
+                             "on its thread for the next %d", self.name, computed_s * 1000, paused)
+        return outcomes, computed_s
 
     def _fail_batch(self, batch: Batch, error: BatchserveError) -> None:
         for request, _, _ in batch.slices:

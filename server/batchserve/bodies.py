@@ -106,10 +106,11 @@ def declared_length(declared: bytes | None, limit: int) -> int | None:
         raise MalformedRequest(f"header Content-Length must be a non-negative integer, "
                                f"got {declared.decode('latin-1')!r:.40}")
     # Compare lengths first: int() of thousands of digits is slow (and refused past 4300).
-    if len(value) > len(str(limit)) or int(value) > limit:
+    length = int(value) if len(value) <= len(str(limit)) else limit + 1
+    if length > limit:
         raise BodyTooLarge(f"body of {value.decode()[:40]} bytes exceeds the limit of {limit} bytes "
                            "(BATCHSERVE_MAX_BODY_BYTES)")
-    return int(value)
+    return length
 
 
 def check_read_deadline(deadline_s: float) -> None:
@@ -124,7 +125,7 @@ async def read_body(chunks: Callable[[], AsyncIterator[bytes]], declared: bytes 
                     deadline_s: float, budget: BodyBudget,
                     whole: Callable[[], Awaitable[bytes]] | None = None) -> bytes:
     """The whole body, read by ``deadline_s`` (a ``time.monotonic()`` instant) from the iterator
-    ``chunks`` makes (the HTTP server's: ``asgi_chunks``), or with one ``whole()`` when the server
+    ``chunks`` makes (the HTTP server's: ``AsgiChunks``), or with one ``whole()`` when the server
     has one and the body's length was declared within ``limit`` (the server stops at that length:
     one await instead of one per chunk and one for the end).
 
@@ -174,12 +175,23 @@ async def read_body(chunks: Callable[[], AsyncIterator[bytes]], declared: bytes 
         budget.release(reserved)
 
 
-async def asgi_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """An ASGI request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away."""
-    while True:
-        message = await receive()
+class AsgiChunks:
+    """An ASGI request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away.
+    (An async iterator, not an async generator: mypyc can compile the one, not the other.)"""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._ended = False
+
+    def __aiter__(self) -> AsgiChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        message = await self._receive()
         if message["type"] != "http.request":
             raise ClientDisconnected("client disconnected while sending the body")
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+        self._ended = not message.get("more_body", False)
+        body: bytes = message.get("body", b"")
+        return body

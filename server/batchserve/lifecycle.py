@@ -122,14 +122,6 @@ class Call:
         return (self.body_s, self.decoded_s, self.preprocessed_s, entry.dispatched_s,
                 entry.computed_s, answered_s)
 
-    def stage_durations(self, encoded_s: float) -> tuple[float, ...]:
-        """Seconds spent in each of ``metrics.STAGES``, for a request whose response was encoded at
-        ``encoded_s`` (it went through every stage)."""
-        assert self.entry is not None  # a request that succeeded was queued
-        body, decoded, preprocessed, dispatched, computed, encoded = self.stage_ends(encoded_s)
-        return (body - self.arrived_s, decoded - body, preprocessed - decoded,
-                dispatched - preprocessed, computed - dispatched, encoded - computed)
-
     def stages(self, answered_s: float) -> Iterator[tuple[str, float, float]]:
         """Each of ``metrics.STAGES`` the request went through, with its start and end: all of
         them for an answer, those before the one it failed in (that one ending at
@@ -146,8 +138,11 @@ class Call:
         """Count the answer (a 200) and its stages; ``response`` itself."""
         model = self.model
         assert model is not None  # a request that ran had a model
-        now = time.monotonic()
-        model.metrics.request_succeeded(now - self.arrived_s, self.stage_durations(now))
+        entry = self.entry
+        assert entry is not None  # a request that succeeded was queued
+        model.metrics.request_succeeded((self.arrived_s, self.body_s, self.decoded_s,
+                                         self.preprocessed_s, entry.dispatched_s, entry.computed_s,
+                                         time.monotonic()))
         return response
 
     def failed(self, exc: Exception) -> Response:

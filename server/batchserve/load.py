@@ -65,12 +65,16 @@ class RecentLoad:
     loop_s: dict[int, tuple[float, int]] = field(default_factory=dict)
     """The mean of the batches that ran on the event loop (what a batch of the class holds it),
     and the class's count of thread batches when one last ran there (to space out re-tries)."""
+    best: float | None = None
+    """The best of ``rates`` once ``RATE_AFTER_BATCHES`` ran (``best_rate``), kept as batches end
+    so that admission reads it, not works it out, per request."""
     _last_arrival_s: float | None = None
 
     def arrived(self, now_s: float) -> None:
-        if self._last_arrival_s is not None:
-            self.gap_s = _mean(self.gap_s, now_s - self._last_arrival_s, GAP_WEIGHT)
-        self._last_arrival_s = now_s
+        last_s, self._last_arrival_s = self._last_arrival_s, now_s
+        if last_s is not None:
+            gap_s = self.gap_s
+            self.gap_s = now_s - last_s if gap_s is None else gap_s + GAP_WEIGHT * (now_s - last_s - gap_s)
 
     def company_expected(self, max_wait_s: float) -> bool:
         """Requests arrive faster than ``max_wait_s`` apart: waiting for company pays."""
@@ -84,6 +88,8 @@ class RecentLoad:
             # ones reach, which is the rate a long queue drains at.
             size_class = rows.bit_length()
             self.rates[size_class] = _mean(self.rates.get(size_class), rows / elapsed_s, BATCH_WEIGHT)
+        if self.batches >= RATE_AFTER_BATCHES and self.rates:
+            self.best = max(self.rates.values())
 
     def computed(self, rows: int, elapsed_s: float, *, on_loop: bool = False) -> None:
         """predict_batch took ``elapsed_s`` of CPU on ``rows`` rows (timed around the call alone),
@@ -136,21 +142,22 @@ class RecentLoad:
 
     def best_rate(self) -> float | None:
         """The best recent rows/s of one instance; ``None`` until ``RATE_AFTER_BATCHES`` ran."""
-        if self.batches < RATE_AFTER_BATCHES or not self.rates:
-            return None
-        return max(self.rates.values())
+        return self.best
 
     def wait_s(self, queued_rows: int, instances: int, ahead: Backlog | None) -> float | None:
         """Until a request arriving now could have its rows start: the ``queued_rows`` and those
         being preprocessed ahead of it at the model's best recent rate (optimistic: it refuses
         only what surely can't start in time), or its own preprocessing's wait (``ahead``),
         whichever is longer; ``None`` before a few batches ran (cold start), 0 with nothing ahead."""
-        ahead_rows, ahead_s = (0, 0.0) if ahead is None else (ahead.rows, ahead.wait_s())
-        rows = queued_rows + ahead_rows
-        if not rows:
+        if ahead is None:
+            ahead_s = 0.0
+        else:
+            queued_rows += ahead.rows
+            ahead_s = ahead.wait_s()
+        if not queued_rows:
             return ahead_s
-        rate = self.best_rate()
-        return None if rate is None else max(ahead_s, rows / (instances * rate))
+        rate = self.best
+        return None if rate is None else max(ahead_s, queued_rows / (instances * rate))
 
 
 BACKLOG_AFTER_ITEMS = 4  # no preprocessing time is claimed from fewer items measured

@@ -171,7 +171,7 @@ class ModelMetrics:
         self._model = model
         self._version = version
         self._codes: dict[int, Counter] = {}
-        self._succeeded = 0  # this loop turn's 200s, not yet counted
+        self._succeeded: list[Sequence[float]] = []  # this loop turn's 200s, not yet counted
         self.request_duration = metrics.request_duration.labels(model, version)
         self.queue_wait = metrics.queue_wait.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
@@ -215,24 +215,24 @@ class ModelMetrics:
         for gauge, read in self._watched:
             gauge.set(read())
 
-    def request_succeeded(self, duration_s: float, stages_s: Sequence[float]) -> None:
-        """A 200 answered ``duration_s`` after its arrival, which spent ``stages_s`` in each of
-        ``STAGES``. It is counted, with every other success of this event loop turn,
-        in a callback at its end (one counter add, and the histograms' bulk flush, for the
-        ~batch of requests a batch's delivery resumes); the callback runs before the loop next
-        reads a socket, so a scrape that follows an answer sees it counted."""
+    def request_succeeded(self, instants: Sequence[float]) -> None:
+        """A 200: ``instants`` are when it arrived, then when each of ``STAGES`` ended (the last:
+        its answer), on the ``time.monotonic()`` clock. It is counted, with every other success of
+        this event loop turn, in a callback at its end: one counter add, and its duration and
+        stages observed into the bulk histograms column by column, for the ~batch of requests a
+        batch's delivery resumes. The callback runs before the loop next reads a socket, so a
+        scrape that follows an answer sees it counted."""
         if not self._succeeded:
             asyncio.get_running_loop().call_soon(self._count_succeeded)
-        self._succeeded += 1
-        self.request_duration.observe(duration_s)
-        for histogram, seconds in zip(self.stages, stages_s, strict=True):
-            histogram.observe(seconds)
+        self._succeeded.append(instants)
 
     def _count_succeeded(self) -> None:
-        count, self._succeeded = self._succeeded, 0
-        self.count_request(200, count)
+        succeeded, self._succeeded = self._succeeded, []
+        self.count_request(200, len(succeeded))
+        self.request_duration.observe_all([instants[-1] - instants[0] for instants in succeeded])
         self.request_duration.flush()
-        for histogram in self.stages:
+        for stage, histogram in enumerate(self.stages):
+            histogram.observe_all([instants[stage + 1] - instants[stage] for instants in succeeded])
             histogram.flush()
 
     def count_request(self, code: int, requests: int = 1) -> None:

@@ -58,6 +58,15 @@ class BulkChild:
         self._counts[bisect_left(self.bounds, value)] += 1
         self._total += value
 
+    def observe_all(self, values: Iterable[float]) -> None:
+        """``observe`` each of ``values`` (one call for a column of them)."""
+        counts, bounds = self._counts, self.bounds
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self._total += total
+
     def flush(self) -> None:
         """Add what was observed since the last flush to the counters behind the series."""
         counts = self._counts

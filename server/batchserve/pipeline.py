@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from batchserve.bodies import asgi_chunks, read_body
+from batchserve.bodies import AsgiChunks, read_body
 from batchserve.errors import InvalidInput, ModelNotReady, ShuttingDown, TooManyItems
 from batchserve.execution import Disconnected
 from batchserve.headers import RequestHeaders, requested_timeout_ms
@@ -68,7 +68,7 @@ class Pipeline:
         ``version`` the version of it."""
         call = Call(adapter, name, RequestHeaders(scope["headers"]), method=scope["method"],
                     path=scope["path"], query=scope.get("query_string", b""), version=version)
-        return await self.run(call, lambda: asgi_chunks(receive), disconnect_waiter(receive))
+        return await self.run(call, lambda: AsgiChunks(receive), disconnect_waiter(receive))
 
     async def run(self, call: Call, chunks: Callable[[], AsyncIterator[bytes]],
                   disconnected: Disconnected, whole: Callable[[], Awaitable[bytes]] | None = None

@@ -26,8 +26,9 @@ def is_v2(path: str) -> bool:
 
 
 class JSONBytes(Response):
-    """A 200 whose body is JSON already encoded (orjson): its two headers made directly, where
-    Starlette's ``Response`` works them out from its arguments on every request."""
+    """A 200 whose body is JSON already encoded (orjson): its two headers made only when asked
+    for (an ASGI send, or a header added), where Starlette's ``Response`` works them out from its
+    arguments on every request; over RSGI the usual answer never asks (``rsgi.answer``)."""
 
     media_type = "application/json"
 
@@ -35,5 +36,20 @@ class JSONBytes(Response):
         self.status_code = 200
         self.body = body
         self.background = None
-        self.raw_headers = [(b"content-length", str(len(body)).encode()),
-                            (b"content-type", b"application/json")]
+        self._raw_headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        if self._raw_headers is None:
+            self._raw_headers = [(b"content-length", str(len(self.body)).encode()),
+                                 (b"content-type", b"application/json")]
+        return self._raw_headers
+
+    @raw_headers.setter
+    def raw_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._raw_headers = value
+
+    @property
+    def plain(self) -> bool:
+        """Its headers are the usual two (none was asked for, so none was added)."""
+        return self._raw_headers is None

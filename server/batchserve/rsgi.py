@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from granian.rsgi import HTTPProtocol, ProtocolClosed, Scope  # type: ignore[attr-defined]
@@ -73,7 +72,7 @@ class RsgiApp:
             adapter, name, version = target
             call = Call(adapter, name, RequestHeaders.from_lookup(scope.headers.get), method="POST",
                         path=scope.path, query=scope.query_string.encode("latin-1"), version=version)
-            response = await fast.pipeline.run(call, lambda: body_chunks(protocol),
+            response = await fast.pipeline.run(call, lambda: RsgiChunks(protocol),
                                                protocol.client_disconnect, lambda: body_whole(protocol))
             answer(protocol, response)
             if self.access_log is not None:
@@ -86,13 +85,22 @@ class RsgiApp:
             self.in_flight.discard(task)
 
 
-async def body_chunks(protocol: HTTPProtocol) -> AsyncIterator[bytes]:
-    """The request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away."""
-    try:
-        async for chunk in protocol:
-            yield chunk
-    except ProtocolClosed:
-        raise ClientDisconnected("client disconnected while sending the body") from None
+class RsgiChunks:
+    """The request's body, chunk by chunk; ``ClientDisconnected`` if the client goes away.
+    (An async iterator, not an async generator: mypyc can compile the one, not the other.)"""
+
+    def __init__(self, protocol: HTTPProtocol) -> None:
+        self._chunks = protocol.__aiter__()
+
+    def __aiter__(self) -> RsgiChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk: bytes = await self._chunks.__anext__()
+        except ProtocolClosed:
+            raise ClientDisconnected("client disconnected while sending the body") from None
+        return chunk
 
 
 async def body_whole(protocol: HTTPProtocol) -> bytes:
@@ -117,8 +125,8 @@ def refuse(protocol: HTTPProtocol, path: str, exc: BatchserveError, *, close: bo
 def answer(protocol: HTTPProtocol, response: Response) -> None:
     """Send ``response`` (an inference route's: its body whole) on ``protocol``; granian frames
     it and sets its length."""
-    if type(response) is JSONBytes and len(response.raw_headers) == 2:  # the usual answer: its
-        # headers are known (a version's answer has one more: routing.VERSION_HEADER)
+    if type(response) is JSONBytes and response.plain:  # the usual answer: its headers are known
+        # (a version's answer has one more: routing.VERSION_HEADER)
         protocol.response_bytes(200, _JSON, response.body)  # type: ignore[arg-type]  # bytes
         return
     headers = [(name.decode("latin-1"), value.decode("latin-1"))

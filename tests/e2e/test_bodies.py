@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from batchserve.bodies import CHUNKED_STEP_BYTES, BodyBudget, asgi_chunks, read_body
+from batchserve.bodies import CHUNKED_STEP_BYTES, AsgiChunks, BodyBudget, read_body
 from batchserve.errors import (
     BodyBudgetFull,
     BodyTooLarge,
@@ -44,7 +44,7 @@ class Sender:
 
 def read(sender: Sender, declared: bytes | None, budget: BodyBudget, *, limit: int = 1000,
          timeout_s: float = 30.0) -> bytes:
-    return asyncio.run(read_body(lambda: asgi_chunks(sender), declared, limit=limit, budget=budget,
+    return asyncio.run(read_body(lambda: AsgiChunks(sender), declared, limit=limit, budget=budget,
                                  deadline_s=time.monotonic() + timeout_s))
 
 

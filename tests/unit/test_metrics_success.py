@@ -22,8 +22,9 @@ def test_successes_are_counted_by_the_end_of_the_loop_turn() -> None:
     async def scenario() -> tuple[float | None, float | None, float | None]:
         metrics = Metrics(max_batch_size=8)
         children = metrics.for_model("m")
-        for duration_s in (0.002, 0.004, 0.2):
-            children.request_succeeded(duration_s, [duration_s / len(STAGES)] * len(STAGES))
+        for duration_s in (0.002, 0.004, 0.2):  # arrived at 100 s, each stage a sixth of it
+            step_s = duration_s / len(STAGES)
+            children.request_succeeded([100.0 + step * step_s for step in range(len(STAGES) + 1)])
         await asyncio.sleep(0)
         get = shown(metrics).get_sample_value
         return (get("batchserve_requests_total", {"model": "m", "code": "200"}),
@@ -33,20 +34,22 @@ def test_successes_are_counted_by_the_end_of_the_loop_turn() -> None:
     requests, count, total = asyncio.run(scenario())
     assert requests == 3
     assert count == 3
-    assert total is not None and abs(total - 0.206) < 1e-9
+    assert total == pytest.approx(0.206, abs=1e-9)
 
 
 def test_each_stage_of_a_success_is_observed_under_its_name() -> None:
     async def scenario() -> Metrics:
         metrics = Metrics(max_batch_size=8)
-        metrics.for_model("m").request_succeeded(0.021, [0.001, 0.002, 0.003, 0.004, 0.005, 0.006])
+        # arrived at 10 s; its stages took 1, 2, 3, 4, 5 and 6 ms
+        metrics.for_model("m").request_succeeded([10.0, 10.001, 10.003, 10.006, 10.01, 10.015, 10.021])
         await asyncio.sleep(0)
         return metrics
 
     get = shown(asyncio.run(scenario())).get_sample_value
     sums = [get("batchserve_stage_duration_seconds_sum", {"model": "m", "stage": stage})
             for stage in STAGES]
-    assert sums == [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
+    assert sums == pytest.approx([0.001, 0.002, 0.003, 0.004, 0.005, 0.006], abs=1e-9)
+    assert get("batchserve_request_duration_seconds_sum", {"model": "m"}) == pytest.approx(0.021, abs=1e-9)
     assert STAGES == ("body", "decode", "compute_input", "queue", "compute_infer", "compute_output")
 
 

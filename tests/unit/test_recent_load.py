@@ -87,3 +87,15 @@ def test_strikes_pause_the_loop_for_longer_each_time_but_never_for_good() -> Non
     assert _cheap(recent)
     recent.batches += load.INLINE_FORGIVE_BATCHES  # long enough without a strike: a fresh start
     assert recent.held_loop(5e-3) == load.INLINE_PAUSE_BATCHES
+
+
+def test_the_wait_counts_the_queue_at_the_best_rate_of_any_batch_size() -> None:
+    """Small batches (low load) drain slower than full ones; a long queue drains at the full
+    ones' rate, so admission predicts with the best (and refuses only what surely can't start)."""
+    recent = RecentLoad()
+    for _ in range(load.RATE_AFTER_BATCHES):
+        recent.batch_ran(1, 0.01)  # 100 rows/s in batches of 1
+        recent.batch_ran(64, 0.064)  # 1,000 rows/s in batches of 64
+    assert recent.best_rate() == 1000.0
+    assert recent.wait_s(500, 1, None) == 0.5
+    assert recent.wait_s(500, 2, None) == 0.25
