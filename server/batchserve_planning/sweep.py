@@ -20,10 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.candidates import Candidate, Outcome
+from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.ramp import MAX_ERROR_RATE, Step
 
 if TYPE_CHECKING:
+    from batchserve_planning.accuracy import Accuracy
     from batchserve_planning.load.inputs import Requests
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import RampSettings
@@ -125,11 +126,14 @@ class Sweep:
         """How long the last final-round measurement took (server and step)."""
         self.sent = ""
         """How the requests were sent (``Requests.description``), for the report."""
+        self.accuracy: Accuracy | None = None
+        """Measures each candidate's drift, where the runtime and precision are searched."""
 
-    def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device and dtype: batch sizes, then workers, waits and instances around the best
-        (or the grid). Workers go up until a count brings no more throughput than the best so
-        far (more would only cost memory); workers x instances stay within the cores."""
+    def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
+        """Per device, dtype and runtime (``Variant``): batch sizes, then workers, waits and
+        instances around the best (or the grid). Workers go up until a count brings no more
+        throughput than the best so far (more would only cost memory); workers x instances stay
+        within the cores."""
         args = self.args
         sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
@@ -156,12 +160,12 @@ class Sweep:
                 done.append(outcome)
             return done
 
-        for device, dtype in combos:
-            def candidate(size: int, wait: float, count: int, processes: int, device: str = device,
-                          dtype: str | None = dtype) -> Candidate:
-                return Candidate(size, wait, count, device, dtype,
-                                 threads_per_instance(self.base, cores, device, count, processes),
-                                 processes)
+        for combo in combos:
+            def candidate(size: int, wait: float, count: int, processes: int,
+                          v: Variant = combo) -> Candidate:
+                return Candidate(size, wait, count, v.device, v.dtype,
+                                 threads_per_instance(self.base, cores, v.device, count, processes),
+                                 processes, v.runtime, v.graph)
 
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
@@ -211,17 +215,22 @@ class Sweep:
         started = time.monotonic()
         label = f"#{self.count} {candidate.label()}"
         self.bars.update(self.overall, status=f"{label}: starting the server")
+        outcome.excluded = self.accuracy.prior(candidate) if self.accuracy else None
         try:
+            if outcome.excluded:
+                raise ServerError("not started: " + outcome.excluded)
             server = self.start_server(candidate, f"candidate-{self.count:02d}")
         except ServerError as exc:
-            outcome.error = str(exc)
-            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
+            outcome.error = None if outcome.excluded else str(exc)
+            self.bars.print(f"{label}: {'did not start' if outcome.error else 'left out'} "
+                            f"({str(exc).splitlines()[0]})")
         else:
             try:
-                outcome.steps = ramp(server.url, self.args.model, self.requests_for(server),
-                                     self.settings, self.bars, label,
-                                     on_step=lambda _: server.sample_memory(),
-                                     fill_clients=candidate.fill_clients())
+                if self.accuracy is not None:  # the outputs before the load: --max-drift may rule it out
+                    self.accuracy.measure(candidate, server.url, outcome)
+                outcome.steps = [] if outcome.excluded else ramp(
+                    server.url, self.args.model, self.requests_for(server), self.settings, self.bars, label,
+                    on_step=lambda _: server.sample_memory(), fill_clients=candidate.fill_clients())
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -233,7 +242,7 @@ class Sweep:
             best = outcome.best
             self.bars.print(f"{label}: " + (f"{best.rows_per_s:,.1f} rows/s at p99 {best.p99_ms:.1f} ms "
                                             f"({best.concurrency} clients)" if best else
-                                            outcome.error or "nothing within the SLO"))
+                                            outcome.excluded or outcome.error or "nothing within the SLO"))
         outcome.seconds = time.monotonic() - started
         self.bars.update(self.overall, advance=1)
         return outcome
