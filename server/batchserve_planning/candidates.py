@@ -78,9 +78,8 @@ class Candidate:
         if self.torch_threads is not None:
             threads = "intra_op_threads" if self.runtime == "onnxruntime" else "torch_threads"
             options[threads] = self.torch_threads
-        if options:
-            table["options"] = options
-        return table
+        table.pop("options", None)
+        return {**table, "options": options} if options else table
 
     def fill_clients(self) -> int:
         """The clients below which no plateau ends this candidate's ramp (``ramp.climb``): enough

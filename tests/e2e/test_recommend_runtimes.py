@@ -71,7 +71,7 @@ def test_every_runtime_and_precision_is_a_candidate_with_its_drift_and_max_drift
     by_variant = {(c["candidate"]["runtime"], c["candidate"]["dtype"]): c for c in candidates}
     assert set(by_variant) == {("torch", "float32"), ("torch", "int8"), ("onnxruntime", "float32"),
                                ("onnxruntime", "int8")}
-    for (runtime, dtype), outcome in by_variant.items():
+    for (_, dtype), outcome in by_variant.items():
         drift = outcome["drift"]
         assert set(drift) == {"top1_agreement", "max_probability_shift"}
         if dtype == "float32":
@@ -112,7 +112,7 @@ def test_the_drift_figures_are_recomputed_from_the_outputs_results_json_keeps(
     results = results_of(out)
     accuracy = results["accuracy"]
     reference = np.asarray(accuracy["reference_outputs"])
-    assert reference.shape[0] == len(TEXTS) and reference.shape[1] > 1  # every text, every label's probability
+    assert reference.shape[0] == len(TEXTS) and reference.shape[1] > 1  # every text, each label's
     assert np.allclose(reference.sum(axis=1), 1.0)
     for outcome in results["candidates"]:
         if outcome["outputs"] is None:
