@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
+
+
+def model_table(config: Path, name: str) -> dict[str, Any]:
+    """``name``'s ``[[models]]`` table in ``config``, as written."""
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    for table in data.get("models", []):
+        if table.get("name") == name:
+            return dict(table)
+    raise ValueError(f"{config}: no model {name!r}")
 
 
 def onnx_kind(backend: str) -> str | None:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search the runtime and precision too: comma-separated, torch,onnxruntime "
                              "(a resnet50, transformer or embedding model; precisions: --dtypes, "
                              "default float32,int8 on CPU)")
-    parser.add_argument("--onnx", type=_graphs,
+    parser.add_argument("--onnx", type=graphs_argument,
                         help="with --runtimes: ONNX model folders you have, by precision "
                              "(float32=PATH,int8=PATH, relative to the config's folder); others are "
                              "exported into the report folder")
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "float32's: comma-separated top1=, shift=, cosine=, abs= (docs/runtimes.md)")
 
 
-def _graphs(text: str) -> dict[str, str]:
+def graphs_argument(text: str) -> dict[str, str]:
+    """``--onnx float32=PATH,int8=PATH``."""
     graphs: dict[str, str] = {}
     for part in text.split(","):
         precision, _, path = part.partition("=")
@@ -113,7 +114,8 @@ def prepare(args: argparse.Namespace, combos: list[Variant], samples: list[Sampl
         target = out / "onnx" / precision
         bars.print(f"exporting {args.model} to ONNX, {precision} (batchserve export): {target}")
         started = time.monotonic()
-        report = _export(args, precision, target, _sample_files(samples, out / "onnx" / "samples"))
+        report = export_graph(args.config, args.model, precision, target,
+                              sample_files(samples, out / "onnx" / "samples"))
         graphs[precision] = str(target.resolve())
         done.append({"precision": precision, "path": str(target.resolve()), "source": "batchserve export",
                      "seconds": time.monotonic() - started, "export_drift": report.get("drift")})
@@ -121,21 +123,24 @@ def prepare(args: argparse.Namespace, combos: list[Variant], samples: list[Sampl
             for c in combos], done
 
 
-def _export(args: argparse.Namespace, precision: str, target: Path, samples: list[Path]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "batchserve", "export", args.model, "--config", str(args.config),
+def export_graph(config: Path, model: str, precision: str, target: Path,
+                 samples: list[Path]) -> dict[str, Any]:
+    """``model``'s ONNX folder at ``precision`` written at ``target`` by ``batchserve export`` (in
+    its own process: torch stays out of this one); its JSON report."""
+    command = [sys.executable, "-m", "batchserve", "export", model, "--config", str(config),
                "--to", "onnx", "--output", str(target),
                "--quantize", "int8" if precision == "int8" else "none"]
     if samples:
         command += ["--samples", *map(str, samples)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     if result.returncode != 0:
-        raise RuntimeError(f"batchserve export {args.model} ({precision}) failed: "
+        raise RuntimeError(f"batchserve export {model} ({precision}) failed: "
                            f"{result.stderr.strip()[-500:]}")
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
 
-def _sample_files(samples: list[Sample], folder: Path) -> list[Path]:
+def sample_files(samples: list[Sample], folder: Path) -> list[Path]:
     """The sample inputs as ``export --samples`` reads them: image files, or one JSON list of the texts."""
     folder.mkdir(parents=True, exist_ok=True)
     texts = [s.item for s in samples if isinstance(s.item, str)][:CALIBRATION_ITEMS]
