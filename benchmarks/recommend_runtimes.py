@@ -54,7 +54,7 @@ def main() -> int:
         print(done.stderr[-2000:], file=sys.stderr)
         return done.returncode
     results = json.loads((out / "results.json").read_text())
-    print(summary(results, done.returncode, time.monotonic() - started, " ".join(command[2:])))
+    print(summary(results, done.returncode, time.monotonic() - started, " ".join(command[3:])))
     return 0
 
 
@@ -89,6 +89,8 @@ def summary(results: dict[str, Any], code: int, seconds: float, command: str) ->
                      + ", ".join(f"{k} {v:.4g}" for k, v in drift.items()) + f" | {excluded[:90]} |")
     for graph in results["runtimes"]:
         lines.append(f"\nONNX {graph['precision']}: {graph['source']}, {graph['seconds']:.0f} s.")
+    if results["skipped"]:
+        lines.append(f"\nNot run for lack of budget: {'; '.join(results['skipped'])}.")
     if results["pick"] is not None:
         pick = candidates[results["pick"]]
         check = results["verification"] or {}

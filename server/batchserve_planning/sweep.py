@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.ramp import MAX_ERROR_RATE, Step
 
@@ -126,6 +127,8 @@ class Sweep:
         """How long the last final-round measurement took (server and step)."""
         self.sent = ""
         """How the requests were sent (``Requests.description``), for the report."""
+        self.share: Share | None = None
+        """When the device, dtype and runtime being searched must end (s into the run; ``budget``)."""
         self.accuracy: Accuracy | None = None
         """Measures each candidate's drift, where the runtime and precision are searched."""
 
@@ -160,7 +163,9 @@ class Sweep:
                 done.append(outcome)
             return done
 
-        for combo in combos:
+        for index, combo in enumerate(combos):
+            self.share = share_of(time.monotonic() - self.started, self.args.budget_s, outcomes,
+                                  len(combos) - index)
             def candidate(size: int, wait: float, count: int, processes: int,
                           v: Variant = combo) -> Candidate:
                 return Candidate(size, wait, count, v.device, v.dtype,
@@ -193,17 +198,9 @@ class Sweep:
         return outcomes, skipped
 
     def _over_budget(self, outcomes: list[Outcome]) -> bool:
-        if not outcomes:
-            return False
-        mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
-        longest_s = max(o.seconds for o in outcomes)
-        elapsed = time.monotonic() - self.started
-        budget_s: float = self.args.budget_s
-        # The next candidate (as long as the longest so far: the ones left are the larger batches,
-        # ramped further), then the final round and the re-run: each a server and one step three
-        # times a ramp step's length, measured until its windows agree (~0.7 of a candidate each,
-        # as measured on a shared 2-core machine; a second finalist is skipped where it would not fit).
-        return elapsed + longest_s + 2 * mean_s > budget_s
+        from batchserve_planning.budget import over_budget
+
+        return over_budget(outcomes, time.monotonic() - self.started, self.args.budget_s, self.share)
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
