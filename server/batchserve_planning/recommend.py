@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-replicas", type=int, default=64,
                         help="with --hardware: most replicas of one profile (64)")
     parser.add_argument("--devices", default=None, help="comma-separated: cpu, cuda, cuda:N (the config's)")
-    parser.add_argument("--dtypes", help="torch backends on GPU: comma-separated (float32,float16)")
+    parser.add_argument("--dtypes", help="torch backends on GPU: comma-separated (float32,float16); "
+                                         "with --runtimes, the precisions (float32,int8 on CPU)")
     parser.add_argument("--max-batch-cap", type=int,
                         help="largest max_batch_size tried (2x the config's, 8 to 64)")
     parser.add_argument("--max-wait-ms", default="0,2,5", help="waits tried (0,2,5)")
