@@ -81,9 +81,12 @@ class Accuracy:
         finally:
             server.stop()
 
-    def prior(self, candidate: Candidate) -> str | None:
-        """Why ``candidate`` is left out unstarted: another of its variant went past ``--max-drift``."""
-        return self.excluded.get(candidate.variant())
+    def left_out(self, candidate: Candidate) -> Outcome | None:
+        """``candidate`` left out unstarted, where another of its variant went past ``--max-drift``."""
+        from batchserve_planning.candidates import Outcome
+
+        reason = self.excluded.get(candidate.variant())
+        return None if reason is None else Outcome(candidate, excluded=reason)
 
     def measure(self, candidate: Candidate, url: str, outcome: Outcome) -> None:
         """``candidate``'s outputs from its server at ``url``, their drift, and whether it is excluded."""

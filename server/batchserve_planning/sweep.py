@@ -158,7 +158,7 @@ class Sweep:
                 if self._over_budget(outcomes):
                     skipped.append(candidate)
                     continue
-                outcome = self.evaluate(candidate)
+                outcome = (self.accuracy and self.accuracy.left_out(candidate)) or self.evaluate(candidate)
                 outcomes.append(outcome)
                 done.append(outcome)
             return done
@@ -212,15 +212,11 @@ class Sweep:
         started = time.monotonic()
         label = f"#{self.count} {candidate.label()}"
         self.bars.update(self.overall, status=f"{label}: starting the server")
-        outcome.excluded = self.accuracy.prior(candidate) if self.accuracy else None
         try:
-            if outcome.excluded:
-                raise ServerError("not started: " + outcome.excluded)
             server = self.start_server(candidate, f"candidate-{self.count:02d}")
         except ServerError as exc:
-            outcome.error = None if outcome.excluded else str(exc)
-            self.bars.print(f"{label}: {'did not start' if outcome.error else 'left out'} "
-                            f"({str(exc).splitlines()[0]})")
+            outcome.error = str(exc)
+            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
         else:
             try:
                 if self.accuracy is not None:  # the outputs before the load: --max-drift may rule it out
