@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from batchserve_planning.input_kinds import input_kind_of_table
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
-    from batchserve_planning.runtime_tables import onnx_kind
+    from batchserve_planning.runtime_tables import model_table, onnx_kind
     from batchserve_planning.runtimes import with_runtimes
     from batchserve_planning.stability import Rule
     from batchserve_planning.sweep import Sweep, batch_cap, server_cores, worker_counts
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     skipped_inputs: list[str] = []
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
-        base = _model_table(args.config, args.model)
+        base = model_table(args.config, args.model)
         has_dtype = "dtype" in backend_class(base["backend"]).Options.model_fields
         combos = with_runtimes(args, base, device_dtypes(args, base, has_dtype))
         searched = onnx_kind(base["backend"]) if args.runtimes else None
@@ -216,11 +215,3 @@ def _prepare_runtimes(args: argparse.Namespace, sweep: Any, combos: list[Any], k
         print(f"batchserve recommend: {exc}", file=sys.stderr)
         return None
     return combos, graphs
-
-
-def _model_table(config: Path, name: str) -> dict[str, Any]:
-    data = tomllib.loads(config.read_text(encoding="utf-8"))
-    for table in data.get("models", []):
-        if table.get("name") == name:
-            return dict(table)
-    raise ValueError(f"{config}: no model {name!r}")

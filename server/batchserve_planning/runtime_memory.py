@@ -44,7 +44,7 @@ def runtime_memory(args: argparse.Namespace, base: dict[str, Any], device: str,
     from batchserve_planning.runtimes import export_graph, sample_files, with_runtimes
     from batchserve_planning.sweep import repository_table
 
-    query = argparse.Namespace(runtimes=args.runtimes, dtypes=None, onnx=args.onnx)
+    query = argparse.Namespace(runtimes=args.runtimes, dtypes=None, onnx=args.onnx, config=args.config)
     variants = with_runtimes(query, base, [Variant(device, "float32")])
     base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
     rows = []

@@ -1,4 +1,5 @@
-"""A candidate's ``[[models]]`` table under another runtime or precision (``recommend --runtimes``)."""
+"""``[[models]]`` tables: a model's as written, and a candidate's under another runtime or
+precision (``recommend --runtimes``)."""
 
 from __future__ import annotations
 

@@ -78,6 +78,10 @@ def with_runtimes(args: argparse.Namespace, base: dict[str, Any], combos: list[V
                          "transformer and embedding have): leave --runtimes out")
     if args.dtypes and any(d not in PRECISIONS for d in args.dtypes.split(",")):
         raise ValueError(f"--dtypes {args.dtypes}: choose from {', '.join(PRECISIONS)}")
+    for precision, path in (args.onnx or {}).items():
+        if not (args.config.parent / path).exists():
+            raise ValueError(f"--onnx {precision}={path}: no such file or folder "
+                             f"{(args.config.parent / path).resolve()}")
     has_int8 = "quantize" in backend_class(base["backend"]).Options.model_fields
     variants: list[Variant] = []
     for device in dict.fromkeys(c.device for c in combos):
@@ -106,8 +110,6 @@ def prepare(args: argparse.Namespace, combos: list[Variant], samples: list[Sampl
         assert precision is not None
         if precision in given:
             path = (args.config.parent / given[precision]).resolve()
-            if not path.exists():
-                raise ValueError(f"--onnx {precision}={given[precision]}: no such file or folder {path}")
             graphs[precision] = str(path)
             done.append({"precision": precision, "path": str(path), "source": "--onnx", "seconds": 0.0})
             continue

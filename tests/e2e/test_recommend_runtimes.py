@@ -119,3 +119,25 @@ def test_the_drift_figures_are_recomputed_from_the_outputs_results_json_keeps(
             continue  # not started: another of its variant was left out
         recomputed = DRIFTS[accuracy["measure"]](reference, np.asarray(outcome["outputs"]))
         assert recomputed == outcome["drift"]
+
+
+def test_what_cannot_be_searched_is_refused_before_anything_starts(
+        tmp_path: Path, transformer_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "sentiment", "backend": "transformer", "path": str(transformer_dir)}])
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(TEXTS), encoding="utf-8")
+    base = ["recommend", "--config", str(config), "--model", "sentiment", "--inputs", str(texts),
+            "--slo-p99-ms", "100", "--out", str(tmp_path / "out"), "--no-progress"]
+    refusals = {
+        ("--runtimes", "torch,onnxruntime", "--max-drift", "cosine=0.9"):
+            "a classifier's drift is measured as top1 and shift",
+        ("--max-drift", "top1=0.9"): "--max-drift bounds the drift of a model with runtimes",
+        ("--runtimes", "onnxruntime", "--onnx", "float32=missing"):
+            "--onnx float32=missing: no such file or folder",
+        ("--runtimes", "torch", "--hardware", str(config)): "--runtimes and --max-drift search one machine",
+    }
+    for flags, message in refusals.items():
+        assert main([*base, *flags]) == 2, flags
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()

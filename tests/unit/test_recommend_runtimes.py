@@ -21,7 +21,7 @@ RESNET: dict[str, Any] = {"name": "resnet50", "backend": "resnet50", "path": "ar
 
 def args(runtimes: str | None = "torch,onnxruntime", dtypes: str | None = None,
          onnx: dict[str, str] | None = None) -> argparse.Namespace:
-    return argparse.Namespace(runtimes=runtimes, dtypes=dtypes, onnx=onnx)
+    return argparse.Namespace(runtimes=runtimes, dtypes=dtypes, onnx=onnx, config=Path("models.toml"))
 
 
 def variants(base: dict[str, Any], devices: list[str], **kw: Any) -> set[tuple[str, str | None, str | None]]:
