@@ -59,12 +59,14 @@ def parse_limits(text: str | None, kind: str | None) -> dict[str, float]:
 
 
 class Accuracy:
-    def __init__(self, kind: str, limits: dict[str, float], samples: list[Sample], model: str) -> None:
+    def __init__(self, kind: str, limits: dict[str, float], samples: list[Sample], model: str,
+                 parameters: dict[str, Any] | None = None) -> None:
+        """``parameters``: the requests' (``--parameters``); an image classifier's answer every class."""
         self.kind = kind
         self.limits = limits
         self.model = model
         self.items = [_json_item(s) for s in samples[:DRIFT_ITEMS]]
-        self.parameters = {"top_k": 1000} if kind == "image" else {}
+        self.parameters = {**(parameters or {}), **({"top_k": 1000} if kind == "image" else {})}
         self.reference: list[list[float]] | None = None
         self.excluded: dict[Variant, str] = {}
         """Variants a candidate of which went past ``--max-drift``, and why."""

@@ -209,7 +209,7 @@ def _prepare_runtimes(args: argparse.Namespace, sweep: Any, combos: list[Any], k
         return combos, []
     try:
         combos, graphs = prepare(args, combos, sweep.samples, sweep.out, sweep.bars)
-        sweep.accuracy = Accuracy(kind, limits, sweep.samples, args.model)
+        sweep.accuracy = Accuracy(kind, limits, sweep.samples, args.model, args.parameters)
         sweep.accuracy.measure_reference(sweep, combos[0].device)
     except (ValueError, RuntimeError, OSError, ServerError) as exc:
         print(f"batchserve recommend: {exc}", file=sys.stderr)
