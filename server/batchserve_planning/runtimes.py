@@ -87,16 +87,18 @@ def with_runtimes(args: argparse.Namespace, base: dict[str, Any], combos: list[V
     for device in dict.fromkeys(c.device for c in combos):
         gpu = device.startswith("cuda")
         wanted = (args.dtypes or ("float32,float16" if gpu else "float32,int8")).split(",")
-        for runtime in runtimes:
-            for dtype in wanted:
-                if runtime == "torch":
-                    runs = dtype == "float32" or (gpu and dtype != "int8") or (not gpu and dtype == "int8"
-                                                                              and has_int8)
-                else:
-                    runs = dtype == "float32" or (dtype == "int8" and not gpu)
-                if runs:
-                    variants.append(Variant(device, dtype, runtime))
+        variants += [Variant(device, dtype, runtime) for runtime in runtimes for dtype in wanted
+                     if _has(runtime, dtype, gpu=gpu, torch_int8=has_int8)]
     return variants
+
+
+def _has(runtime: str, dtype: str, *, gpu: bool, torch_int8: bool) -> bool:
+    """Whether ``runtime`` runs at ``dtype`` on the device (as the module's docstring lists)."""
+    if dtype == "float32":
+        return True
+    if runtime == "onnxruntime":
+        return dtype == "int8" and not gpu
+    return dtype != "int8" if gpu else dtype == "int8" and torch_int8
 
 
 def prepare(args: argparse.Namespace, combos: list[Variant], samples: list[Sample], out: Path,
