@@ -209,13 +209,20 @@ def _pixels(backend: Any, items: list[Any]) -> list[Any]:
 
 
 def _onnx_config(config: ModelConfig, kind: str, output: Path) -> ModelConfig:
-    keep = {"image": ("top_k", "max_pixels", "max_request_pixels", "decode"),
-            "classifier": ("max_length", "max_chars", "length_grouping", "max_batch_tokens"),
-            "embedding": ("max_length", "pooling", "normalize", "dimensions", "max_chars",
-                          "length_grouping", "max_batch_tokens")}[kind]
-    options = {key: value for key, value in config.options.items() if key in keep}
     return config.model_copy(update={"backend": ONNX_BACKENDS[kind], "path": output, "sha256": None,
-                                     "device": "cpu", "options": options})
+                                     "device": "cpu", "options": onnx_options(kind, config.options)})
+
+
+_SHARED_OPTIONS = {"image": ("top_k", "max_pixels", "max_request_pixels", "decode"),
+                   "classifier": ("max_length", "max_chars", "length_grouping", "max_batch_tokens"),
+                   "embedding": ("max_length", "pooling", "normalize", "dimensions", "max_chars",
+                                 "length_grouping", "max_batch_tokens")}
+
+
+def onnx_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The torch backend's ``options`` the ONNX preset of ``kind`` takes too (its torch-only ones,
+    ``dtype``, ``quantize``, ``torch_threads``..., left out)."""
+    return {key: value for key, value in options.items() if key in _SHARED_OPTIONS[kind]}
 
 
 def _answers(backend: Any, items: list[Any]) -> list[Any]:

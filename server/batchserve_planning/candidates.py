@@ -15,6 +15,19 @@ worker's."""
 
 
 @dataclass(frozen=True)
+class Variant:
+    """What a sweep searches the batching settings of: a device, a precision and a runtime."""
+
+    device: str
+    dtype: str | None = None
+    """None: the backend has no ``dtype`` option (and no runtime is searched)."""
+    runtime: str | None = None
+    """``torch`` or ``onnxruntime`` where ``--runtimes`` searches them; None: the model's backend."""
+    graph: str | None = None
+    """The ONNX model folder of an ``onnxruntime`` variant (absolute)."""
+
+
+@dataclass(frozen=True)
 class Candidate:
     max_batch_size: int
     max_wait_ms: float
@@ -26,28 +39,47 @@ class Candidate:
     """Set where the instances share the CPU's cores (``options.torch_threads``); None: as configured."""
     workers: int = 1
     """Server processes (``batchserve serve --workers``), each with its own copy of the model."""
+    runtime: str | None = None
+    """``torch`` or ``onnxruntime`` where ``--runtimes`` searches them (``dtype`` then the precision,
+    ``int8`` included); None: the model's own backend, as configured."""
+    graph: str | None = None
+    """The ONNX model folder an ``onnxruntime`` candidate serves (``runtimes``)."""
 
     def label(self) -> str:
         text = (f"batch {self.max_batch_size}, wait {self.max_wait_ms:g} ms, "
                 f"{self.workers} worker{'s' if self.workers > 1 else ''} x {self.instances} inst")
         if self.torch_threads is not None:
             text += f" x {self.torch_threads} thread{'s' if self.torch_threads > 1 else ''}"
-        if self.device != "cpu" or self.dtype not in (None, "float32"):
+        if self.runtime is not None:
+            text += (f", {self.device}" if self.device != "cpu" else "") + f", {self.runtime} {self.dtype}"
+        elif self.device != "cpu" or self.dtype not in (None, "float32"):
             text += f", {self.device}" + (f" {self.dtype}" if self.dtype else "")
         return text
 
+    def variant(self) -> Variant:
+        """What decides its outputs (device, precision, runtime), not its speed."""
+        return Variant(self.device, self.dtype, self.runtime, self.graph)
+
     def table(self, base: dict[str, Any]) -> dict[str, Any]:
-        """``base`` (a ``[[models]]`` table) with this candidate's settings."""
+        """``base`` (a ``[[models]]`` table) with this candidate's settings: an ``onnxruntime`` one
+        served by the ONNX preset of ``base``'s backend from ``graph`` (``runtimes.onnx_table``)."""
+        from batchserve_planning.runtime_tables import onnx_table, torch_options
+
+        if self.runtime == "onnxruntime":
+            assert self.graph is not None
+            base = onnx_table(base, self.graph)
         table = {**base, "device": self.device, "max_batch_size": self.max_batch_size,
                  "max_wait_ms": self.max_wait_ms, "instances": self.instances}
         options = dict(base.get("options", {}))
-        if self.dtype is not None and self.dtype != options.get("dtype", "float32"):
+        if self.runtime == "torch":
+            options = torch_options(options, self.dtype or "float32")
+        elif self.runtime is None and self.dtype not in (None, options.get("dtype", "float32")):
             options["dtype"] = self.dtype
         if self.torch_threads is not None:
-            options["torch_threads"] = self.torch_threads
-        if options:
-            table["options"] = options
-        return table
+            threads = "intra_op_threads" if self.runtime == "onnxruntime" else "torch_threads"
+            options[threads] = self.torch_threads
+        table.pop("options", None)
+        return {**table, "options": options} if options else table
 
     def fill_clients(self) -> int:
         """The clients below which no plateau ends this candidate's ramp (``ramp.climb``): enough
@@ -75,6 +107,12 @@ class Outcome:
     gpu_bytes: int | None = None
     seconds: float = 0.0
     error: str | None = None
+    drift: dict[str, float] | None = None
+    """Its outputs against the float32 torch reference's on the sample inputs (``accuracy``)."""
+    outputs: list[Any] | None = None
+    """Those outputs, as rows of numbers (``drift.outputs_as_vectors``), kept for re-checking."""
+    excluded: str | None = None
+    """Why ``--max-drift`` left it out (not ramped), if it did."""
 
     @property
     def best(self) -> Step | None:
@@ -87,4 +125,5 @@ class Outcome:
                 "steps": [asdict(s) for s in self.steps], "best": asdict(best) if best else None,
                 "peak_rss_bytes": self.peak_rss_bytes, "processes": self.processes,
                 "gpu_bytes": self.gpu_bytes,
-                "seconds": self.seconds, "error": self.error}
+                "seconds": self.seconds, "error": self.error, "drift": self.drift,
+                "outputs": self.outputs, "excluded": self.excluded}

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchserve_planning.candidates import Outcome
+    from batchserve_planning.candidates import Outcome, Variant
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import Step
 
 
-def device_dtypes(args: argparse.Namespace, base: dict[str, Any],
-                   has_dtype: bool) -> list[tuple[str, str | None]]:
+def device_dtypes(args: argparse.Namespace, base: dict[str, Any], has_dtype: bool) -> list[Variant]:
     from batchserve.backends import backend_class
     from batchserve.backends.capabilities import DeviceSupport
+
+    from batchserve_planning.candidates import Variant
 
     devices = (args.devices or base.get("device", "cpu")).split(",")
     cls = backend_class(base["backend"])
@@ -30,14 +31,15 @@ def device_dtypes(args: argparse.Namespace, base: dict[str, Any],
             where = "the CPU only" if kinds == ("cpu",) else ", ".join(kinds)
             raise ValueError(f"the {base['backend']} backend runs on {where}: use --devices "
                              f"{','.join(kinds)}")
-    combos: list[tuple[str, str | None]] = []
+    combos: list[Variant] = []
     for device in devices:
         if not has_dtype:
-            combos.append((device, None))
+            combos.append(Variant(device))
             continue
         default = "float32,float16" if device.startswith("cuda") else "float32"
         dtypes = (args.dtypes or default).split(",")
-        combos.extend((device, dtype) for dtype in dtypes if device.startswith("cuda") or dtype == "float32")
+        combos.extend(Variant(device, dtype) for dtype in dtypes
+                      if device.startswith("cuda") or dtype == "float32")
     return combos
 
 

@@ -36,7 +36,7 @@ from batchserve_planning.modelsize import format_bytes as _bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from batchserve_planning import configreport
+    from batchserve_planning import configreport, runtime_memory
 
     parser.add_argument("name", nargs="?", help="model name in the config (none with --model-config)")
     parser.add_argument("--config", type=Path, default=Path("models/models.toml"),
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show the memory of a server with this many workers (1): each holds a copy")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     configreport.add_arguments(parser)
+    runtime_memory.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         report = inspect_model(configs[args.name], sizes, inputs=args.inputs, device=args.device,
                                workers=args.workers, input_sizes=input_sizes,
                                input_batch_sizes=input_batches)
+        if args.runtimes:
+            from batchserve_planning.runtime_memory import runtime_memory
+            from batchserve_planning.runtime_tables import model_table
+
+            report["runtimes"] = runtime_memory(args, model_table(args.config, args.name),
+                                                report["device"], sizes)
     except (ConfigError, LoadError, InputError, ValueError, RuntimeError) as exc:
         print(f"batchserve inspect: {exc}", file=sys.stderr)
         return 2
@@ -234,6 +241,10 @@ def format_report(report: dict[str, Any]) -> str:
 
         table = report["memory_by_input"]
         lines += ["", *memory_by_input_caption(table), "", *memory_by_input_lines(table)]
+    if report.get("runtimes"):
+        from batchserve_planning.runtime_memory import runtime_lines
+
+        lines += ["", *runtime_lines(report["runtimes"])]
     if report.get("config_estimate"):
         from batchserve_planning.estimate_check import lines as estimate_lines
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ p99 within the SLO); the report leads with that and with what did hold."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from batchserve_planning import runtimes
     from batchserve_planning.loadtest import cpu_set
 
     parser.add_argument("--config", type=Path, default=Path("models/models.toml"),
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-replicas", type=int, default=64,
                         help="with --hardware: most replicas of one profile (64)")
     parser.add_argument("--devices", default=None, help="comma-separated: cpu, cuda, cuda:N (the config's)")
-    parser.add_argument("--dtypes", help="torch backends on GPU: comma-separated (float32,float16)")
+    parser.add_argument("--dtypes", help="torch backends on GPU: comma-separated (float32,float16); "
+                                         "with --runtimes, the precisions (float32,int8 on CPU)")
     parser.add_argument("--max-batch-cap", type=int,
                         help="largest max_batch_size tried (2x the config's, 8 to 64)")
     parser.add_argument("--max-wait-ms", default="0,2,5", help="waits tried (0,2,5)")
@@ -89,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, help="load generator processes (1)")
     parser.add_argument("--out", type=Path, help="report folder (a new one under reports/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    runtimes.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,16 +98,23 @@ def run(args: argparse.Namespace) -> int:
     from batchserve.config import ConfigError, load_models
     from batchserve.versions import one_version
 
+    from batchserve_planning.accuracy import parse_limits
     from batchserve_planning.choices import choose, device_dtypes, inspect_size
     from batchserve_planning.input_kinds import input_kind_of_table
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.runtime_tables import model_table, onnx_kind
+    from batchserve_planning.runtimes import with_runtimes
     from batchserve_planning.stability import Rule
     from batchserve_planning.sweep import Sweep, batch_cap, server_cores, worker_counts
 
     if args.hardware is None and (args.target_rps is not None or args.concurrency is not None):
         print("batchserve recommend: --target-rps and --concurrency size a fleet: give the candidate "
               "machines with --hardware", file=sys.stderr)
+        return 2
+    if args.hardware is not None and (args.runtimes or args.max_drift):
+        print("batchserve recommend: --runtimes and --max-drift search one machine: leave out --hardware",
+              file=sys.stderr)
         return 2
     if args.protocol == "grpc" and args.hardware is not None:
         print("batchserve recommend: --hardware checks two replicas behind nginx, over HTTP only: "
@@ -114,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     skipped_inputs: list[str] = []
     try:
         load_models(args.config)  # the whole file must be valid, as the server would see it
-        base = _model_table(args.config, args.model)
+        base = model_table(args.config, args.model)
         if args.version is not None:
             base = one_version(base, args.version)
         has_dtype = "dtype" in backend_class(base["backend"]).Options.model_fields
-        combos = device_dtypes(args, base, has_dtype)
+        combos = with_runtimes(args, base, device_dtypes(args, base, has_dtype))
+        searched = onnx_kind(base["backend"]) if args.runtimes else None
+        limits = parse_limits(args.max_drift, searched)
         workers = worker_counts(args.workers, server_cores(args.server_cpus))
         samples = load_samples(args.inputs, input_kind_of_table(base), on_skip=skipped_inputs.append)
         rule = Rule(args.windows, args.tolerance, args.max_windows)
@@ -145,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     with Bars(not args.no_progress) as bars:
         sweep.bars = bars
         size, memory_by_input = inspect_size(args.config, args.model, bars, batch_cap(args, base))
+        prepared = _prepare_runtimes(args, sweep, combos, searched, limits)
+        if prepared is None:
+            return 2
+        combos, graphs = prepared
         outcomes, skipped = sweep.search(combos)
         finals = sweep.final_round(outcomes)
         pick, predicted = choose(outcomes, finals, sweep.notes)
@@ -173,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "pick": outcomes.index(pick) if pick is not None else None,
         "predicted": asdict(predicted) if predicted else None, "verification": verification,
         "decisions": list(dict.fromkeys(sweep.notes)),
+        "runtimes": graphs, "accuracy": sweep.accuracy.to_dict() if sweep.accuracy else None,
         "stability": asdict(settings.rule),
         "contention": summary(
             [(f"#{i + 1} @ {s.concurrency} clients", asdict(s))
@@ -189,14 +205,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if verification and verification.get("holds") else NOT_CONFIRMED
 
 
-def _model_table(config: Path, name: str) -> dict[str, Any]:
-    data = tomllib.loads(config.read_text(encoding="utf-8"))
-    for table in data.get("models", []):
-        if table.get("name") == name:
-            return dict(table)
-    raise ValueError(f"{config}: no model {name!r}")
-
-
 def _version_config(config: Path, base: dict[str, Any], path: Path) -> tuple[Path, dict[str, Any]]:
     """A repository file at ``path`` of ``base`` (one version, ``versions.one_version``) alone,
     its artifact's path made absolute; that file, and the table."""
@@ -206,3 +214,23 @@ def _version_config(config: Path, base: dict[str, Any], path: Path) -> tuple[Pat
     table = {**base, "path": str((config.parent / base["path"]).resolve())}
     path.write_text(toml_table(repository_table(config), "[repository]") + "\n" + toml_table(table))
     return path, table
+
+
+def _prepare_runtimes(args: argparse.Namespace, sweep: Any, combos: list[Any], kind: str | None,
+                      limits: dict[str, float]) -> tuple[list[Any], list[dict[str, Any]]] | None:
+    """With ``--runtimes``: the ONNX graphs (``runtimes.prepare``) and the reference's outputs
+    (``accuracy``), inside the budget; None where that failed (said on stderr)."""
+    from batchserve_planning.accuracy import Accuracy
+    from batchserve_planning.load.scrape import ServerError
+    from batchserve_planning.runtimes import prepare
+
+    if kind is None:
+        return combos, []
+    try:
+        combos, graphs = prepare(args, combos, sweep.samples, sweep.out, sweep.bars)
+        sweep.accuracy = Accuracy(kind, limits, sweep.samples, args.model, args.parameters)
+        sweep.accuracy.measure_reference(sweep, combos[0].device)
+    except (ValueError, RuntimeError, OSError, ServerError) as exc:
+        print(f"batchserve recommend: {exc}", file=sys.stderr)
+        return None
+    return combos, graphs

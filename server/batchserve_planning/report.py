@@ -33,6 +33,7 @@ def write_folder(out: Path, results: dict[str, Any], render: Callable[[dict[str,
 
 def render(results: dict[str, Any]) -> str:
     from batchserve_planning.loadtest import machine
+    from batchserve_planning.report_drift import accuracy_section
 
     candidates = results["candidates"]
     pick = None if results["pick"] is None else candidates[results["pick"]]
@@ -56,6 +57,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _size(results.get("model_size") or {})
     lines += memory_by_input_section(results.get("memory_by_input"))
     lines += _candidates_table(candidates, results["pick"])
+    lines += accuracy_section(results)
     lines += ["![throughput against p99 per candidate](frontier.png)", ""]
     lines += _steps_table(candidates)
     return "\n".join(lines)
@@ -257,7 +259,7 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
         best = outcome["best"]
         mark = " **(pick)**" if index == pick else ""
         if best is None:
-            note = outcome["error"] or "p99 over the SLO even at 1 client"
+            note = outcome.get("excluded") or outcome["error"] or "p99 over the SLO even at 1 client"
             lines.append(f"| {index + 1} | {outcome['label']}{mark} | — | — | — | — | — | "
                          f"{mib_text(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
                          f"{note.splitlines()[0][:80]} |")

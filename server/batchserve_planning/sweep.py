@@ -20,10 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.candidates import Candidate, Outcome
+from batchserve_planning.budget import Share, share_of
+from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.ramp import MAX_ERROR_RATE, Step
 
 if TYPE_CHECKING:
+    from batchserve_planning.accuracy import Accuracy
     from batchserve_planning.load.inputs import Requests
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.ramp import RampSettings
@@ -125,6 +127,10 @@ class Sweep:
         """How long the last final-round measurement took (server and step)."""
         self.sent = ""
         """How the requests were sent (``Requests.description``), for the report."""
+        self.share: Share | None = None
+        """When the device, dtype and runtime being searched must end (s into the run; ``budget``)."""
+        self.accuracy: Accuracy | None = None
+        """Measures each candidate's drift, where the runtime and precision are searched."""
 
     @property
     def target(self) -> str:
@@ -133,10 +139,11 @@ class Sweep:
         version = getattr(self.args, "version", None)
         return self.args.model if version is None else f"{self.args.model}:{version}"
 
-    def search(self, combos: list[tuple[str, str | None]]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device and dtype: batch sizes, then workers, waits and instances around the best
-        (or the grid). Workers go up until a count brings no more throughput than the best so
-        far (more would only cost memory); workers x instances stay within the cores."""
+    def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
+        """Per device, dtype and runtime (``Variant``): batch sizes, then workers, waits and
+        instances around the best (or the grid). Workers go up until a count brings no more
+        throughput than the best so far (more would only cost memory); workers x instances stay
+        within the cores."""
         args = self.args
         sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
@@ -158,17 +165,19 @@ class Sweep:
                 if self._over_budget(outcomes):
                     skipped.append(candidate)
                     continue
-                outcome = self.evaluate(candidate)
+                outcome = (self.accuracy and self.accuracy.left_out(candidate)) or self.evaluate(candidate)
                 outcomes.append(outcome)
                 done.append(outcome)
             return done
 
-        for device, dtype in combos:
-            def candidate(size: int, wait: float, count: int, processes: int, device: str = device,
-                          dtype: str | None = dtype) -> Candidate:
-                return Candidate(size, wait, count, device, dtype,
-                                 threads_per_instance(self.base, cores, device, count, processes),
-                                 processes)
+        for index, combo in enumerate(combos):
+            self.share = share_of(time.monotonic() - self.started, self.args.budget_s, outcomes,
+                                  len(combos) - index)
+            def candidate(size: int, wait: float, count: int, processes: int,
+                          v: Variant = combo) -> Candidate:
+                return Candidate(size, wait, count, v.device, v.dtype,
+                                 threads_per_instance(self.base, cores, v.device, count, processes),
+                                 processes, v.runtime, v.graph)
 
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
@@ -196,17 +205,9 @@ class Sweep:
         return outcomes, skipped
 
     def _over_budget(self, outcomes: list[Outcome]) -> bool:
-        if not outcomes:
-            return False
-        mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
-        longest_s = max(o.seconds for o in outcomes)
-        elapsed = time.monotonic() - self.started
-        budget_s: float = self.args.budget_s
-        # The next candidate (as long as the longest so far: the ones left are the larger batches,
-        # ramped further), then the final round and the re-run: each a server and one step three
-        # times a ramp step's length, measured until its windows agree (~0.7 of a candidate each,
-        # as measured on a shared 2-core machine; a second finalist is skipped where it would not fit).
-        return elapsed + longest_s + 2 * mean_s > budget_s
+        from batchserve_planning.budget import over_budget
+
+        return over_budget(outcomes, time.monotonic() - self.started, self.args.budget_s, self.share)
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
@@ -225,10 +226,11 @@ class Sweep:
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
         else:
             try:
-                outcome.steps = ramp(server.url, self.target, self.requests_for(server),
-                                     self.settings, self.bars, label,
-                                     on_step=lambda _: server.sample_memory(),
-                                     fill_clients=candidate.fill_clients())
+                if self.accuracy is not None:  # the outputs before the load: --max-drift may rule it out
+                    self.accuracy.measure(candidate, server.url, outcome)
+                outcome.steps = [] if outcome.excluded else ramp(
+                    server.url, self.target, self.requests_for(server), self.settings, self.bars, label,
+                    on_step=lambda _: server.sample_memory(), fill_clients=candidate.fill_clients())
             except (OSError, RuntimeError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -240,7 +242,7 @@ class Sweep:
             best = outcome.best
             self.bars.print(f"{label}: " + (f"{best.rows_per_s:,.1f} rows/s at p99 {best.p99_ms:.1f} ms "
                                             f"({best.concurrency} clients)" if best else
-                                            outcome.error or "nothing within the SLO"))
+                                            outcome.excluded or outcome.error or "nothing within the SLO"))
         outcome.seconds = time.monotonic() - started
         self.bars.update(self.overall, advance=1)
         return outcome
