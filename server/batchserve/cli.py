@@ -121,17 +121,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a planning command so that SIGTERM unwinds it as Ctrl-C does: its ``finally`` blocks
-    stop the servers it started (Python's default for SIGTERM ends the process at once, and a
-    candidate server would outlive it). Exit status 143 (128 + SIGTERM), as the shell reports."""
+    stop the servers and load generators it started (Python's default for SIGTERM ends the
+    process at once, and a candidate server would outlive it). SIGTERM is turned into SIGINT,
+    whose handling interrupts an event loop too (``asyncio.Runner`` cancels its task, where an
+    exception raised from a signal handler inside one of the loop's callbacks would be logged
+    and the loop would go on). Exit status 143 (128 + SIGTERM), as the shell reports."""
+    terminated = False
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal terminated
+        terminated = True
+        signal.raise_signal(signal.SIGINT)
 
     if threading.current_thread() is not threading.main_thread():
         return command(args)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         return command(args)
+    except KeyboardInterrupt:
+        if not terminated:
+            raise
+        return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
 

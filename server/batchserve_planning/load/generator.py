@@ -191,6 +191,8 @@ def _run_processes(spec: LoadSpec, processes: int, on_progress: ProgressCallback
             collected[index] = outcome
     finally:
         for process in workers:
+            if len(collected) < processes:  # failed or interrupted (Ctrl-C, SIGTERM): stop them now
+                process.terminate()
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
