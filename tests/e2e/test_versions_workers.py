@@ -4,8 +4,10 @@ versions) and apply on every worker; a worker restarted after a change routes as
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,9 +22,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROUTING = "/v2/repository/models/echo/routing"
 
 
-def test_promote_and_rollback_under_load_answer_every_request_on_every_worker(tmp_path: Path) -> None:
-    config = write_models(tmp_path / "models.toml", versioned((0.9, 0.1)))
-    answers: list[tuple[int, str | None]] = []
+@contextlib.contextmanager
+def under_load(urls: list[str], answers: list[tuple[int, str | None]], clients: int = 4) -> Iterator[None]:
+    """``clients`` threads posting to /predict/echo through ``urls`` in turn until the block ends,
+    each answer's status and serving version appended to ``answers``."""
     stop = threading.Event()
 
     def load(url: str) -> None:
@@ -31,11 +34,22 @@ def test_promote_and_rollback_under_load_answer_every_request_on_every_worker(tm
                 response = http.post("/predict/echo", json={"inputs": [1.0]})
                 answers.append((response.status_code, response.headers.get("x-model-version")))
 
+    threads = [threading.Thread(target=load, args=(urls[i % len(urls)],)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_promote_and_rollback_under_load_answer_every_request_on_every_worker(tmp_path: Path) -> None:
+    config = write_models(tmp_path / "models.toml", versioned((0.9, 0.1)))
+    answers: list[tuple[int, str | None]] = []
     with running_workers(config, env={0: ENV, 1: ENV}) as workers, httpx.Client(timeout=30) as http:
-        clients = [threading.Thread(target=load, args=(workers.urls[i % 2],)) for i in range(4)]
-        for thread in clients:
-            thread.start()
-        try:
+        with under_load(workers.urls, answers):
             for round_ in range(3):
                 through, other = workers.urls[round_ % 2], workers.urls[1 - round_ % 2]
                 promoted = http.post(f"{through}/v2/repository/models/echo/versions/2/promote", headers=AUTH)
@@ -48,10 +62,6 @@ def test_promote_and_rollback_under_load_answer_every_request_on_every_worker(tm
                 assert rolled.status_code == 200, rolled.text
                 for url in workers.urls:
                     assert http.get(f"{url}{ROUTING}", headers=AUTH).json()["weights"] == {"1": 0.9, "2": 0.1}
-        finally:
-            stop.set()
-            for thread in clients:
-                thread.join(30)
         assert len(answers) > 100
         assert {status for status, _ in answers} == {200}, [a for a in answers if a[0] != 200][:5]
         assert {version for _, version in answers} == {"1", "2"}
@@ -100,19 +110,8 @@ def test_a_reload_of_a_model_with_versions_applies_on_every_worker_under_load(tm
     config = write_models(tmp_path / "models.toml", echo(
         [version("1", 2.0, weight=0.5), version("2", 3.0, weight=0.5)]))
     seen: list[tuple[int, str | None]] = []
-    stop = threading.Event()
-
-    def load(url: str) -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while not stop.is_set():
-                response = http.post("/predict/echo", json={"inputs": [1.0]})
-                seen.append((response.status_code, response.headers.get("x-model-version")))
-
     with running_workers(config, env={0: ENV, 1: ENV}) as workers, httpx.Client(timeout=60) as http:
-        clients = [threading.Thread(target=load, args=(workers.urls[i % 2],)) for i in range(4)]
-        for thread in clients:
-            thread.start()
-        try:
+        with under_load(workers.urls, seen):
             # Management's weights, then v3 added by a reload through worker 1: they stand.
             assert http.put(f"{workers.urls[0]}{ROUTING}", headers=AUTH,
                             json={"weights": {"1": 0.7, "2": 0.3}}).status_code == 200
@@ -139,10 +138,6 @@ def test_a_reload_of_a_model_with_versions_applies_on_every_worker_under_load(tm
             for url in workers.urls:
                 with httpx.Client(base_url=url, timeout=30) as one:
                     assert shown(one) == {"2": "ready", "3": "ready"}
-        finally:
-            stop.set()
-            for thread in clients:
-                thread.join(30)
         assert len(seen) > 50
         assert {status for status, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]
         assert {v for _, v in seen} == {"1", "2"}  # v3 joined with no traffic
