@@ -36,11 +36,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from batchserve.bodies import AsgiChunks, read_body
+from batchserve.config import repository_root
 from batchserve.errors import InvalidInput, ModelNotReady, ShuttingDown, TooManyItems
 from batchserve.execution import Disconnected
 from batchserve.headers import RequestHeaders, requested_timeout_ms
 from batchserve.lifecycle import Adapter, Call, Decoded, timeout_ms
 from batchserve.preprocessing import OffLoop, disconnect_waiter, preprocess_items
+from batchserve.public_paths import PublicPaths
 from batchserve.registry import ServedModel
 from batchserve.routing import VERSION_HEADER
 from batchserve.state import AppState
@@ -58,6 +60,7 @@ class Pipeline:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._shown = PublicPaths(repository_root(state.settings.config))  # for a failed model's 503
         self._off_loop = OffLoop()
         self._longest_ms = 0.0  # the longest timeout_ms of the models, as of _longest_at_s
         self._longest_at_s = float("-inf")
@@ -125,7 +128,7 @@ class Pipeline:
         call.adapter.check(headers, call.name)
         if call.name is not None:
             model = call.model = self.resolve(call, call.name)  # known: its outcome counts
-            check_ready(model)
+            check_ready(model, self._shown)
             read_ms = timeout_ms(model.config.timeout_ms, call.requested_ms)
         else:  # the body names the model: read it within the longest deadline it could have
             read_ms = timeout_ms(self._longest_timeout_ms(call.arrived_s), call.requested_ms)
@@ -137,7 +140,7 @@ class Pipeline:
             if decoded.model is None:  # an adapter's bug, not the client's
                 raise RuntimeError(f"{type(call.adapter).__name__} decoded a request naming no model")
             call.model = self.resolve(call, decoded.model)
-            check_ready(call.model)
+            check_ready(call.model, self._shown)
         return call.model
 
     def resolve(self, call: Call, name: str) -> ServedModel:
@@ -212,14 +215,14 @@ class Pipeline:
         return self.state.router.successor(model)
 
 
-def check_ready(model: ServedModel) -> None:
+def check_ready(model: ServedModel, shown: PublicPaths) -> None:
     """Refuse (503) a model that is not ready: loading, failed or unloaded."""
     if not model.ready:
-        raise not_ready(model)
+        raise not_ready(model, shown)
 
 
-def not_ready(model: ServedModel) -> ModelNotReady:
-    """The 503 for a model that is not ready, saying why."""
-    status = model.status()
+def not_ready(model: ServedModel, shown: PublicPaths) -> ModelNotReady:
+    """The 503 for a model that is not ready, saying why (the paths as ``/models`` shows them)."""
+    status = shown.status(model)
     return ModelNotReady(f"model '{model.config.name}' is {status['state']}"
                          + (f": {status['reason']}" if status["reason"] else ""))

@@ -3,8 +3,6 @@ protocol adapters over ``batchserve/pipeline.py`` (``/predict`` in ``batchserve/
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -13,6 +11,7 @@ from fastapi.responses import JSONResponse
 from batchserve.cluster.status import read_workers
 from batchserve.config import repository_root
 from batchserve.metrics_multiprocess import scrape_metrics
+from batchserve.public_paths import PublicPaths
 from batchserve.registry import ServedModel
 from batchserve.schemas import ERROR_RESPONSES
 from batchserve.state import AppState
@@ -85,27 +84,6 @@ def readiness(state: AppState) -> tuple[bool, dict[str, str] | None]:
     workers.pop(state.cluster.index)  # this one's own state is live, not its last file
     return (ready and all(w.ready for w in workers.values()),
             {str(i): w.reason() or "ready" for i, w in sorted(workers.items())})
-
-
-class PublicPaths:
-    """Paths as the unauthenticated routes show them: relative to the repository ``root``, and of
-    an artifact outside it only its name."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, path: Path) -> str:
-        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else path.name
-
-    def text(self, text: str) -> str:
-        """``text`` (a load error's reason) with the root's prefix taken off the paths it names."""
-        return text.replace(f"{self.root}{os.sep}", "")
-
-    def status(self, model: ServedModel) -> dict[str, Any]:
-        status = model.status()
-        if status["reason"] is not None:
-            status["reason"] = self.text(status["reason"])
-        return status
 
 
 def _model_info(model: ServedModel, shown: PublicPaths) -> dict[str, Any]:

@@ -115,3 +115,19 @@ def test_strict_readiness_false_flag_serves_ready_beside_a_failed_model(tmp_path
         ready = httpx.get(f"{server.url}/readyz", timeout=10)
         assert ready.status_code == 200 and ready.json()["models"]["broken"]["state"] == "failed"
         assert httpx.post(f"{server.url}/predict/echo", json={"inputs": [1]}, timeout=10).status_code == 200
+
+
+def test_a_failed_models_503_names_its_artifact_relative_to_the_repository(tmp_path: Path) -> None:
+    """The 503 an unauthenticated client gets for a model that failed to load says why, with the
+    artifact's path as `/models` shows it (relative to the repository), not the server's own."""
+    root = tmp_path / "repo"
+    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts" / "bad.joblib").write_text("not a pickle")
+    config = write_models(root / "models.toml", [
+        {"name": "echo", "backend": "echo", "path": "x"},
+        {"name": "bad", "backend": "sklearn", "path": "artifacts/bad.joblib"}], root=root)
+    with running_server(config, args=["--strict-readiness=false"]) as server:
+        answer = httpx.post(f"{server.url}/predict/bad", json={"inputs": [[1.0] * 10]}, timeout=10)
+        assert answer.status_code == 503
+        message = answer.json()["error"]["message"]
+        assert "artifacts/bad.joblib" in message and str(root) not in message, message
