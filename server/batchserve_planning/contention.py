@@ -69,7 +69,7 @@ class Probe:
         share = used / (wall * cpus) if wall > 0 else 0.0
         # Never more than the machine was busy: the scans read processes one by one, so a short
         # run's window can hold more CPU time than its wall time says.
-        busy = (total_d - idle_d) / total_d if total_d > 0 else 0.0
+        busy = min(1.0, max(0.0, (total_d - idle_d) / total_d)) if total_d > 0 else 0.0  # rounding
         return Contention(others_cpu=min(share, busy), steal=steal_d / total_d if total_d > 0 else 0.0)
 
 
