@@ -212,46 +212,43 @@ class ModelRegistry:
             self.on_ready()
         log.info("model %s ready", model.config.key)
 
-    async def load(self, config: ModelConfig, grace_s: float) -> ServedModel:
-        """Load (or reload) a model; the old one, if any, keeps serving until the new one is
-        ready, then drains what it admitted within ``grace_s`` and is unloaded. A failed load
-        leaves the old one serving (and is returned, not installed). ``stage`` then ``commit``,
-        under one hold of the name's lock."""
-        async with self._lock(config.name):
-            model = await self._stage(config)
-            if model.state == "ready":
-                await self._replace(config.name, [model], grace_s, None, whole=False)
-            return model
-
-    async def stage(self, config: ModelConfig) -> ServedModel:
-        """The first half of a load, for a load that must succeed on every worker before any
-        serves it (``batchserve/cluster/fanout.py``): build, load and warm a new copy of
-        ``config.key`` (settings changed by PATCH applied), but do not install it; the old one
-        serves on. Returned ``ready`` (then ``commit`` or ``abort`` it) or ``failed``."""
-        async with self._lock(config.name):
-            return await self._stage(config)
+    async def load(self, configs: list[ModelConfig], grace_s: float,
+                   swap: Callable[[list[ServedModel]], None] | None = None) -> list[ServedModel]:
+        """Load (or reload) one model, every version of it (``configs``), under one hold of its
+        name's lock, so that loads of one name run one at a time: ``stage_all``, then, when every
+        copy is ready, ``replace`` with ``swap(staged)`` (the routing over them). The old copies
+        serve until then. A failed load leaves them serving (the failed copy returned last)."""
+        async with self._lock(configs[0].name):
+            staged = await self._stage_all(configs)
+            if staged[-1].state == "ready":
+                try:
+                    await self._replace(configs[0].name, staged, grace_s,
+                                        None if swap is None else lambda: swap(staged))
+                except BaseException:
+                    for model in staged:
+                        await self._retire(model, 0)
+                    raise
+            return staged
 
     async def stage_all(self, configs: list[ModelConfig]) -> list[ServedModel]:
-        """``stage`` each of one model's versions (``configs``), one after the other, under one
-        hold of its lock: every one ``ready``; or, when one fails, the ones staged before it
-        aborted, and the failed one last."""
-        staged: list[ServedModel] = []
+        """The first half of a load, for a load that must succeed on every worker before any
+        serves it (``batchserve/cluster/fanout.py``): build, load and warm a new copy of each of
+        one model's versions (``configs``; settings changed by PATCH applied), but install none;
+        the old ones serve on. Every one ``ready`` (then ``replace`` or ``abort`` them); or, when
+        one fails, the ones staged before it aborted, and the failed one last."""
         async with self._lock(configs[0].name):
-            for config in configs:
-                model = await self._stage(config)
-                staged.append(model)
-                if model.state != "ready":
-                    for ready in staged[:-1]:
-                        await self._retire(ready, 0)
-                    break
-        return staged
+            return await self._stage_all(configs)
 
-    async def commit(self, model: ServedModel, grace_s: float) -> ServedModel:
-        """Install a copy ``stage`` made ready: it serves from now on, and the one of its key it
-        replaces (no other) drains within ``grace_s`` and is unloaded."""
-        async with self._lock(model.config.name):
-            await self._replace(model.config.name, [model], grace_s, None, whole=False)
-        return model
+    async def _stage_all(self, configs: list[ModelConfig]) -> list[ServedModel]:
+        staged: list[ServedModel] = []
+        for config in configs:
+            model = await self._stage(config)
+            staged.append(model)
+            if model.state != "ready":
+                for ready in staged[:-1]:
+                    await self._retire(ready, 0)
+                break
+        return staged
 
     async def replace(self, name: str, models: list[ServedModel], grace_s: float,
                       swap: Callable[[], None] | None = None) -> None:
@@ -262,7 +259,7 @@ class ModelRegistry:
         those gone moves on (``routing.Router.successor``). The copies replaced then drain what
         they admitted within ``grace_s`` and are unloaded."""
         async with self._lock(name):
-            await self._replace(name, models, grace_s, swap, whole=True)
+            await self._replace(name, models, grace_s, swap)
 
     async def abort(self, model: ServedModel) -> None:
         """Unload a staged copy that will not be installed; the serving one is untouched."""
@@ -277,9 +274,7 @@ class ModelRegistry:
         return model
 
     async def _replace(self, name: str, models: list[ServedModel], grace_s: float,
-                       swap: Callable[[], None] | None, *, whole: bool) -> None:
-        """``replace`` (``whole``: every copy of ``name`` not in ``models`` goes), or ``commit``
-        (only the copies of their keys go)."""
+                       swap: Callable[[], None] | None) -> None:
         for model in models:
             if model.state != "ready" or model.config.name != name:
                 raise ValueError(f"only ready copies of {name!r} can be installed, not "
@@ -287,12 +282,9 @@ class ModelRegistry:
         if swap is not None:
             swap()
         # From here to the installs, no await: a request sees the old set or the new one.
-        keys = {m.config.key for m in models}
-        replaced = [m for m in self._models.values() if m.config.name == name and m not in models
-                    and (whole or m.config.key in keys)]
-        if whole:  # installed afresh, in the new set's order (the repository file's)
-            for old in replaced:
-                del self._models[old.config.key]
+        replaced = [m for m in self._models.values() if m.config.name == name and m not in models]
+        for old in replaced:  # installed afresh, in the new set's order (the repository file's)
+            del self._models[old.config.key]
         for model in models:
             self._install(model)
         await asyncio.gather(*(self._retire(old, grace_s) for old in replaced

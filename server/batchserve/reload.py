@@ -43,9 +43,12 @@ def repository_configs(state: AppState, name: str) -> list[ModelConfig]:
 async def stage(state: AppState, configs: list[ModelConfig]) -> list[ServedModel]:
     """Steps 1 and 2: a ready copy of each config, none installed; ``LoadFailed`` saying why
     (and which version) when one fails to load, the ones staged already unloaded."""
-    name = configs[0].name
-    state.router.reloaded(name, configs)  # refused before any work
-    staged = await state.registry.stage_all(configs)
+    state.router.reloaded(configs[0].name, configs)  # refused before any work
+    return _ready(await state.registry.stage_all(configs))
+
+
+def _ready(staged: list[ServedModel]) -> list[ServedModel]:
+    """``staged``, all ready; else ``LoadFailed`` naming the one that failed (last)."""
     failed = staged[-1]
     if failed.state != "ready":
         version = failed.config.version
@@ -57,17 +60,18 @@ async def commit(state: AppState, staged: list[ServedModel]) -> None:
     """Step 3: ``staged`` serve from now on, with the routing over them; if that routing is
     refused now (management changed it since the stage), they are unloaded and nothing
     changed."""
-    name = staged[0].config.name
-    router = state.router
-
-    def swap() -> None:
-        router.install(name, router.reloaded(name, [m.config for m in staged]))
-
     try:
-        await state.registry.replace(name, staged, state.settings.shutdown_grace_s, swap)
+        await state.registry.replace(staged[0].config.name, staged, state.settings.shutdown_grace_s,
+                                     lambda: _route(state, staged))
     except BaseException:
         await abort(state, staged)
         raise
+
+
+def _route(state: AppState, staged: list[ServedModel]) -> None:
+    """The routing over ``staged`` installed (it may refuse, raising: then nothing changed)."""
+    name = staged[0].config.name
+    state.router.install(name, state.router.reloaded(name, [m.config for m in staged]))
 
 
 async def abort(state: AppState, staged: list[ServedModel]) -> None:
@@ -77,10 +81,12 @@ async def abort(state: AppState, staged: list[ServedModel]) -> None:
 
 
 async def load(state: AppState, configs: list[ModelConfig]) -> None:
-    """Load or reload one model (``configs``, its entry) in this process: stage, then commit."""
+    """Load or reload one model (``configs``, its entry) in this process: stage, then commit,
+    under one hold of the name's lock (``ModelRegistry.load``)."""
+    state.router.reloaded(configs[0].name, configs)  # refused before any work
     try:
-        staged = await stage(state, configs)
+        _ready(await state.registry.load(configs, state.settings.shutdown_grace_s,
+                                         lambda staged: _route(state, staged)))
     except LoadFailed as exc:
         raise LoadFailed(f"model '{configs[0].name}' failed to load: {exc.message}; the previous "
                          "version, if any, still serves") from None
-    await commit(state, staged)

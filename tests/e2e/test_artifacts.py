@@ -171,7 +171,7 @@ def test_the_registry_serves_the_pinned_model_when_the_file_is_replaced_after_th
 
     async def serve_once() -> list[object]:
         registry = ModelRegistry([], Metrics(max_batch_size=8))
-        model = await registry.load(load_models(config)[0], grace_s=0)
+        model = (await registry.load([load_models(config)[0]], grace_s=0))[-1]
         assert model.state == "ready", model.reason
         outputs = list(model.backend.predict_batch([model.backend.preprocess([0.0, 0.0, 0.0], None)]))
         await registry.close(0)

@@ -31,7 +31,7 @@ def test_a_load_an_unload_and_a_reload_each_notify(tmp_path: Path) -> None:
             await registry.unload("echo", 1.0)
             assert unloaded.is_set() and registry.get("echo").state == "unloaded"
             reloaded = registry.changes.next()
-            await registry.load(load_models(config)[0], 1.0)
+            await registry.load([load_models(config)[0]], 1.0)
             assert reloaded.is_set() and registry.get("echo").state == "ready"
         finally:
             await registry.close(1.0)

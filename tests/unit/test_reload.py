@@ -94,11 +94,15 @@ def _registry(tmp_path: Path, name: str, load_delay_ms: float) -> tuple[ModelReg
     return ModelRegistry(configs, Metrics(max_batch_size=1)), configs[0]
 
 
+async def _load_one(registry: ModelRegistry, config: Any, grace_s: float) -> Any:
+    return (await registry.load([config], grace_s))[-1]
+
+
 def test_concurrent_loads_of_one_name_run_one_at_a_time(tmp_path: Path) -> None:
     async def main() -> None:
         registry, config = _registry(tmp_path, "thrice", 200)
         await registry.load_all()
-        loaded = await asyncio.gather(*(registry.load(config, 5) for _ in range(3)))
+        loaded = await asyncio.gather(*(_load_one(registry, config, 5) for _ in range(3)))
         assert [model.state for model in loaded] == ["unloaded", "unloaded", "ready"]  # in turn
         assert registry.get("thrice") is loaded[-1]
         assert echo.PEAK["thrice"] == 2  # the serving copy and one new; was 4
@@ -114,7 +118,7 @@ def test_a_load_during_the_startup_load_does_not_leak_it(tmp_path: Path) -> None
         startup = asyncio.create_task(registry.load_all())
         await asyncio.sleep(0.05)  # the startup load is under way (or queued: either way)
         # A quicker copy, so that without the lock it would be installed first.
-        model = await registry.load(config.model_copy(update={"options": {}}), 5)
+        model = (await registry.load([config.model_copy(update={"options": {}})], 5))[-1]
         await startup
         assert registry.get("early") is model and model.ready
         assert echo.LOADED["early"] == 1  # was 2: the startup copy loaded, started, never unloaded
@@ -129,7 +133,7 @@ def test_admission_follows_a_reload(tmp_path: Path) -> None:
         registry, config = _registry(tmp_path, "swapped", 0)
         await registry.load_all()
         old = registry.get("swapped")
-        new = await registry.load(config, 5)
+        new = (await registry.load([config], 5))[-1]
         assert old.batcher.closing and new is not old
         assert registry.current(old) is new and registry.current(new) is None
         await registry.close(1)

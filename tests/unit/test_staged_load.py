@@ -35,11 +35,11 @@ def test_a_staged_version_is_loaded_but_the_old_one_serves_until_commit(tmp_path
         registry, config = _registry(tmp_path, "staged")
         await registry.load_all()
         old = registry.get("staged")
-        new = await registry.stage(config.model_copy(update={"options": {"delay_ms": 1}}))
+        new = (await registry.stage_all([config.model_copy(update={"options": {"delay_ms": 1}})]))[-1]
         assert new.ready and echo.LOADED["staged"] == 2  # loaded and warm, beside the old one
         assert registry.get("staged") is old and old.ready and not old.batcher.closing
         assert registry.current(old) is None
-        await registry.commit(new, 5)
+        await registry.replace(new.config.name, [new], 5)
         assert registry.get("staged") is new and new.config.options == {"delay_ms": 1}
         assert old.state == "unloaded" and echo.LOADED["staged"] == 1
         assert registry.current(old) is new
@@ -54,7 +54,7 @@ def test_an_aborted_version_is_unloaded_and_the_old_one_serves_on(tmp_path: Path
         registry, config = _registry(tmp_path, "aborted")
         await registry.load_all()
         old = registry.get("aborted")
-        new = await registry.stage(config)
+        new = (await registry.stage_all([config]))[-1]
         await registry.abort(new)
         assert new.state == "unloaded" and new.batcher.closing
         assert echo.LOADED["aborted"] == 1  # was 2: the staged copy stayed loaded
@@ -72,11 +72,11 @@ def test_a_failed_stage_is_not_installed(tmp_path: Path) -> None:
         registry, config = _registry(tmp_path, "failing")
         await registry.load_all()
         old = registry.get("failing")
-        new = await registry.stage(config.model_copy(update={"options": {"fail_load": True}}))
+        new = (await registry.stage_all([config.model_copy(update={"options": {"fail_load": True}})]))[-1]
         assert new.state == "failed" and "told to fail" in str(new.reason)
         assert registry.get("failing") is old and old.ready
         try:
-            await registry.commit(new, 1)
+            await registry.replace(new.config.name, [new], 1)
         except ValueError as exc:
             assert "ready" in str(exc)
         else:
@@ -92,9 +92,9 @@ def test_a_staged_version_has_the_patched_settings(tmp_path: Path) -> None:
         registry, config = _registry(tmp_path, "patched")
         await registry.load_all()
         registry.configure("patched", {"max_batch_size": 3})
-        new = await registry.stage(config)
+        new = (await registry.stage_all([config]))[-1]
         assert new.config.max_batch_size == 3 and new.batcher.max_batch_size == 3
-        await registry.commit(new, 1)
+        await registry.replace(new.config.name, [new], 1)
         assert registry.get("patched").batcher.max_batch_size == 3
         await registry.close(1)
 
@@ -113,7 +113,7 @@ def test_a_model_built_as_unloaded_is_known_not_loaded_and_loads_again(tmp_path:
         assert (model.state, model.reason) == ("unloaded", "unloaded by the management API")
         assert echo.LOADED.get("gone", 0) == 0 and registry.ready  # unloaded ones don't count
         assert _ready_gauge(registry, "gone") == 0
-        reloaded = await registry.load(config, 1)
+        reloaded = (await registry.load([config], 1))[-1]
         assert registry.get("gone") is reloaded and reloaded.ready and echo.LOADED["gone"] == 1
         await registry.close(1)
 
