@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batchserve_planning.candidates import Outcome
 
+CHECKED_SHARE = 0.3
+"""At least this share of the budget is kept, past the sweep, for the final round and the re-run:
+their figures are measured until their mean is known (``checked``), which on a busy machine takes
+several runs each, and they are what the report states."""
+
 Share = tuple[float, int]
 """When a search must end (seconds into the run), and the index of its first outcome."""
 
@@ -25,10 +30,8 @@ def over_budget(outcomes: list[Outcome], elapsed_s: float, budget_s: float, shar
     mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
     longest_s = max(o.seconds for o in outcomes)
     # The next candidate (as long as the longest so far: the ones left are the larger batches,
-    # ramped further), then the final round and the re-run: each a server and one step three
-    # times a ramp step's length, measured until its windows agree (~0.7 of a candidate each,
-    # as measured on a shared 2-core machine; a second finalist is skipped where it would not fit).
-    if elapsed_s + longest_s + 2 * mean_s > budget_s:
+    # ramped further), then the final round and the re-run (``checks_s``).
+    if elapsed_s + longest_s + checks_s(mean_s, budget_s) > budget_s:
         return True
     if share is None:
         return False
@@ -42,5 +45,13 @@ def share_of(elapsed_s: float, budget_s: float, outcomes: list[Outcome], searche
     for the last one (the rest of the budget)."""
     if searches_left <= 1:
         return None
-    reserve_s = 2 * sum(o.seconds for o in outcomes) / len(outcomes) if outcomes else 0.0
+    reserve_s = checks_s(sum(o.seconds for o in outcomes) / len(outcomes) if outcomes else 0.0, budget_s)
     return elapsed_s + max(0.0, budget_s - elapsed_s - reserve_s) / searches_left, len(outcomes)
+
+
+def checks_s(mean_s: float, budget_s: float) -> float:
+    """The time kept for the final round and the re-run: each a server and runs three times a
+    ramp step's length until their mean is known, two runs on a quiet machine (about 0.7 of a
+    candidate each on the 2-core VM); on a busy one more runs, so never less than
+    ``CHECKED_SHARE`` of the budget (a second finalist is skipped where it would not fit)."""
+    return max(2 * mean_s, CHECKED_SHARE * budget_s)

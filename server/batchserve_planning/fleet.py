@@ -126,7 +126,7 @@ class Fleet:
         devices = argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes)
         has_dtype = "dtype" in self._options_fields()
         outcomes, skipped = sweep.search(device_dtypes(devices, self.base, has_dtype))
-        finals = sweep.final_round(outcomes)
+        finals = sweep.final_round(outcomes, rerun=False)
         chosen, predicted = choose(outcomes, finals, sweep.notes)
         entry: dict[str, Any] = {
             "profile": profile.to_dict(), "placement": placement.to_dict(), "refused": None,

@@ -68,6 +68,9 @@ class Step:
     steal: float | None = None
     latency_cv: float | None = None
     """Spread of the latencies, robust: (p90 - p10) / (2.56 x p50), ~ the coefficient of variation."""
+    runs: int = 1
+    """Steps measured on the same server whose mean this is (``checked``: the final round's and
+    the re-run's); 1 for a ramp step."""
 
     @property
     def rows_spread(self) -> Spread:

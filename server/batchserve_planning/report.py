@@ -112,7 +112,7 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
               f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
-              + "; ".join(misses) + ". " + held, "",
+              + "; ".join(misses) + ". " + held + _noise_verdict(check), "",
               "`batchserve recommend` exits with status 3 for this.", ""]
     return lines
 
@@ -141,14 +141,18 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     if results["final_round"]:
         lines += ["### Final round", "",
                   "The best of a sweep is the luckiest of many short measurements, so the two best "
-                  "candidates were measured again on fresh servers, three times longer, at their best "
-                  "load; the better one within the SLO is the pick, and its figures are the prediction.",
-                  "", "| candidate | clients | sweep inferences/s | final round inferences/s | p99 |",
+                  "candidates were measured again on fresh servers, at their best load, in runs three "
+                  "times longer until the mean of the runs was known to within 3% (standard error; two "
+                  "runs at least, eight at most, or as many as the budget left time for); the better one "
+                  "within the SLO is the pick, and its figures are the prediction.",
+                  "",
+                  "| candidate | clients | sweep inferences/s | final round inferences/s (runs) | p99 |",
                   "|---|---|---|---|---|"]
         for final in results["final_round"]:
             outcome, step = results["candidates"][final["candidate"]], final["step"]
             lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
-                         f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} | "
+                         f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} "
+                         f"({_runs(step)}) | "
                          f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
         lines.append("")
     check = results.get("verification") or {}
@@ -157,15 +161,16 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
     else:
         verdict = "holds" if check.get("holds") else "does NOT hold"
+        final = next((f["step"] for f in results["final_round"] if f["candidate"] == results["pick"]), None)
         lines += [
             "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
             f"| inferences/s at {check['concurrency']} clients | "
-            f"{rate_text(check['predicted_rows_per_s'])} | "
-            f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}) |",
+            f"{rate_text(check['predicted_rows_per_s'])}{f' ({_runs(final)})' if final else ''} | "
+            f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}; {_runs(check['step'])}) |",
             f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
             f"The prediction {verdict}: throughput within 10%: "
             f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
-            f"{'yes' if check['p99_within_slo'] else 'no'}.", "",
+            f"{'yes' if check['p99_within_slo'] else 'no'}.{_noise_verdict(check)}", "",
         ]
         lines += breakdown_section(stages_of(check), "the re-run of the pick")
     price = results.get("price_per_hour")
@@ -184,6 +189,25 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 break
     lines += ["## Trade-off", "", *tradeoff(results, pick), ""]
     return lines
+
+
+def _runs(step: dict[str, Any]) -> str:
+    """A checked figure's runs and their range (``checked``)."""
+    runs = step.get("runs", 1)
+    if runs == 1 or step.get("rows_low") is None:
+        return "1 run"
+    text = f"{runs} runs: {rate_text(step['rows_low'])}-{rate_text(step['rows_high'])}"
+    return text if step.get("settled", True) else text + ", mean not known to 3%"
+
+
+def _noise_verdict(check: dict[str, Any]) -> str:
+    """Whether a re-run that missed is within the two figures' measured noise."""
+    if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"]:
+        return ""
+    if check["within_noise"]:
+        return (" The two throughputs differ by no more than their runs' ranges: on this machine, at "
+                "this time, the figure could not be pinned down closer than that.")
+    return " The two throughputs differ by more than their runs' ranges: beyond this machine's noise."
 
 
 def _spread(step: dict[str, Any]) -> str:

@@ -16,13 +16,12 @@ import argparse
 import itertools
 import time
 import tomllib
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
-from batchserve_planning.ramp import MAX_ERROR_RATE, Step
+from batchserve_planning.ramp import Step
 
 if TYPE_CHECKING:
     from batchserve_planning.accuracy import Accuracy
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from batchserve_planning.replicas import ReplicaSet
     from batchserve_planning.serverproc import ManagedServer
 
-VERIFY_TOLERANCE = 0.10
-"""The re-run's throughput must be within this share of the prediction's."""
 FINALISTS = 2
 """Candidates measured again, longer, before the pick."""
 
@@ -247,11 +244,13 @@ class Sweep:
         self.bars.update(self.overall, advance=1)
         return outcome
 
-    def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
+    def final_round(self, outcomes: list[Outcome], rerun: bool = True) -> list[tuple[Outcome, Step]]:
         """The best of a sweep is the luckiest of many short, noisy measurements: the sweep's pick
         (the simplest within the noise of the fastest) and the fastest other candidate are measured
-        again on fresh servers, three steps long, at their best load; one over the SLO there is
-        measured at the next lower load it met the SLO at in its ramp."""
+        again on fresh servers, in runs three steps long until their mean is known (``checked``),
+        at their best load; one over the SLO there is measured at the next lower load it met the
+        SLO at in its ramp. Each finalist may take an equal share of the budget left, with the
+        re-run (``rerun``: ``verify`` will follow) counted as one more."""
         measured = [o for o in outcomes if o.best is not None]
         first = _best(measured)  # the sweep's pick: the simplest within the noise of the fastest
         others = sorted((o for o in measured if o is not first),
@@ -265,15 +264,18 @@ class Sweep:
                                   "its time would have left none for the re-run within --budget-s")
                 continue
             started = time.monotonic()
+            left = len(ranked) - ranked.index(outcome) + (1 if rerun else 0)
+            deadline = started + max(0.0, self.started + self.args.budget_s - started) / left
             step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final",
-                                   back_off=True)
+                                   back_off=True, deadline=deadline)
             self.long_step_s = time.monotonic() - started
             if step is not None:
                 finals.append((outcome, step))
         return finals
 
     def _long_step(self, outcome: Outcome, label: str, name: str, *, clients: int | None = None,
-                   back_off: bool = False) -> Step | None:
+                   back_off: bool = False, deadline: float | None = None) -> Step | None:
+        from batchserve_planning.checked import measure_checked
         from batchserve_planning.load.scrape import ServerError
         from batchserve_planning.ramp import measure_step
 
@@ -292,9 +294,12 @@ class Sweep:
                 levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
                                   and s.concurrency < levels[0]}, reverse=True)[:1]
             for level in levels:
-                step = measure_step(server.url, self.target, requests, level, self.settings, self.bars,
-                                    f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
-                                    min_responses=3 * self.settings.min_responses)
+                def run(level: int = level) -> Step:
+                    return measure_step(server.url, self.target, requests, level, self.settings, self.bars,
+                                        f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
+                                        min_responses=3 * self.settings.min_responses)
+
+                step = measure_checked(run, self.settings.slo_ms, deadline)
                 if step.within_slo:
                     break
             return step
@@ -309,18 +314,12 @@ class Sweep:
         """Start the pick afresh and measure it as in the final round, at the predicted load:
         measured vs predicted."""
         measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification",
-                                   clients=predicted.concurrency)
+                                   clients=predicted.concurrency, deadline=self.started + self.args.budget_s)
         if measured is None:
             return {"error": "the re-run did not complete; see logs/", "holds": False}
-        ratio = measured.rows_per_s / predicted.rows_per_s
-        within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
-        p99_ok = measured.p99_ms <= self.settings.slo_ms and measured.error_rate <= MAX_ERROR_RATE
-        return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
-                "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
-                "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
-                "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
-                "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
-                "holds": within_10pct and p99_ok, "step": asdict(measured)}
+        from batchserve_planning.checked import verdict
+
+        return verdict(predicted, measured, self.settings.slo_ms)
 
     def start_server(self, candidate: Candidate, name: str) -> Any:
         from batchserve_planning.serverproc import ManagedServer

@@ -1,0 +1,140 @@
+"""Does a re-run agree with its prediction? One step against a checked figure, beside a CPU hog.
+
+``recommend`` predicts the pick's throughput in its final round and checks it by starting the
+pick again (``sweep.verify``); the re-run holds when it is within 10%. This measures how often
+that can hold for a configuration whose capacity does not change, measured two ways, in the
+same run, alternating round by round:
+
+- **one step**: a fresh server measured for one step three ramp steps long (4.5 s, its windows
+  in agreement), then another fresh server the same way: how the final round and the re-run
+  were measured before the twelfth session;
+- **checked**: the same two servers, each measured in runs until their mean is known
+  (``batchserve_planning.checked``: standard error within 3%, 2 to 8 runs).
+
+The configuration is diabetes at batch 8, wait 0 ms, one worker, 128 clients; the background
+load is one process spinning per core, in sessions of their own (``recommend_check.py``'s).
+It prints, per way, the ratios re-run / prediction, how many were within 10%, the seconds a
+figure took, and every run's throughput (consecutive steps on one server: the drift).
+
+Usage: .venv/bin/python benchmarks/step_drift.py   ROUNDS=6  LOAD=1 (0: no background load)
+Writes benchmarks/results/step-drift-<time>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import harness
+from batchserve_planning.checked import measure_checked
+from batchserve_planning.load.inputs import build_requests, load_samples
+from batchserve_planning.ramp import RampSettings, Step, measure_step
+from batchserve_planning.serverproc import ManagedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
+CLIENTS = 128
+SLO_MS = 20.0
+MODEL = """[repository]
+root = "{root}"
+
+[[models]]
+name = "diabetes"
+backend = "sklearn"
+path = "artifacts/diabetes.joblib"
+max_batch_size = 8
+max_wait_ms = 0
+instances = 1
+"""
+
+
+@contextmanager
+def background_load(on: bool) -> Iterator[None]:
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
+                for _ in range(os.cpu_count() or 1)] if on else []
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(timeout=10)
+
+
+def figure(config: Path, samples: list[Any], settings: RampSettings,
+           checked: bool) -> tuple[Step, list[float], float]:
+    """One figure on a fresh server: the step, each run's throughput, and the seconds it took."""
+    started = time.monotonic()
+    runs: list[float] = []
+    server = ManagedServer(config)
+    try:
+        server.wait_ready()
+        host, _, port = server.url.removeprefix("http://").partition(":")
+        requests = build_requests(samples, host=host, port=int(port), model="diabetes")
+
+        def one() -> Step:
+            step = measure_step(server.url, "diabetes", requests, CLIENTS, settings, None, "step",
+                                duration_s=3 * settings.step_s, min_responses=3 * settings.min_responses)
+            runs.append(step.rows_per_s)
+            return step
+
+        step = measure_checked(one, SLO_MS) if checked else one()
+    finally:
+        server.stop()
+    return step, runs, time.monotonic() - started
+
+
+def main() -> None:
+    rounds = int(os.environ.get("ROUNDS", "6"))
+    loaded = os.environ.get("LOAD", "1") == "1"
+    work = ROOT / "benchmarks" / "results" / f"step-drift-{time.strftime('%Y%m%d-%H%M%S')}"
+    work.mkdir(parents=True)
+    config = work / "models.toml"
+    config.write_text(MODEL.format(root=ROOT / "models"))
+    from sklearn.datasets import load_diabetes
+
+    rows = work / "rows.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in load_diabetes().data[:200].tolist()))
+    samples = load_samples(rows, "rows")
+    settings = RampSettings(slo_ms=SLO_MS)
+    commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: dict[str, list[dict[str, Any]]] = {"one step": [], "checked": []}
+    with background_load(loaded):
+        for index in range(rounds):
+            for way in (["one step", "checked"] if index % 2 == 0 else ["checked", "one step"]):
+                predicted, predicted_runs, predicted_s = figure(config, samples, settings, way == "checked")
+                rerun, rerun_runs, rerun_s = figure(config, samples, settings, way == "checked")
+                ratio = rerun.rows_per_s / predicted.rows_per_s
+                results[way].append({"ratio": ratio, "within_10pct": abs(ratio - 1) <= 0.10,
+                                     "predicted": predicted_runs, "rerun": rerun_runs,
+                                     "seconds": [predicted_s, rerun_s]})
+                print(f"round {index + 1} {way}: {ratio:.2f}x  prediction {predicted_runs}  "
+                      f"re-run {rerun_runs}", flush=True)
+    print(f"\ncommit {commit}, started {started}, background load: {'yes' if loaded else 'no'}\n")
+    print("| way | re-runs within 10% | ratios re-run / prediction | runs per figure | seconds per figure |")
+    print("|---|---|---|---|---|")
+    for way, entries in results.items():
+        ratios = sorted(e["ratio"] for e in entries)
+        counts = [len(e[k]) for e in entries for k in ("predicted", "rerun")]
+        seconds = [s for e in entries for s in e["seconds"]]
+        print(f"| {way} | {sum(e['within_10pct'] for e in entries)} of {len(entries)} | "
+              f"{', '.join(f'{r:.2f}' for r in ratios)} | {min(counts)}-{max(counts)} | "
+              f"{statistics.mean(seconds):.0f} ({min(seconds):.0f}-{max(seconds):.0f}) |")
+    steps = [v for e in results["checked"] for k in ("predicted", "rerun") for v in e[k]]
+    if len(steps) > 1:
+        cv = statistics.stdev(steps) / statistics.mean(steps)
+        print(f"\nConsecutive steps on one server (checked figures' runs): "
+              f"{min(steps):,.0f}-{max(steps):,.0f} rows/s, coefficient of variation {cv:.1%}")
+    harness.save_results("step-drift", {"commit": commit, "started": started, "loaded": loaded,
+                                        "clients": CLIENTS, "results": results})
+
+
+if __name__ == "__main__":
+    main()

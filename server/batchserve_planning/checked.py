@@ -1,0 +1,111 @@
+"""The figures a recommendation states, measured until their mean is known.
+
+A ramp step is measured in windows until they agree (``stability``): seconds in all. That ranks
+candidates, but it is not enough for the figures a report states and checks (the final round's
+and the re-run's). On a machine shared with other work, other work's share of the CPUs drifts
+over seconds: on the 2-core VM beside one spinning process per core, consecutive steps on the
+same server, each with its windows in agreement, measured 14,300-20,800 rows/s (benchmarks/README.md,
+"Twelfth session"). A prediction and a re-run of one step each then differ by more than 10% about
+one time in three, whatever the configuration.
+
+So a checked figure is a series of runs on the same server, each one a step measured as the
+ramp measures one (``ramp.measure_step``), until the standard error of their mean throughput is
+within ``PRECISION`` of it: at least ``MIN_RUNS`` runs, at most ``MAX_RUNS``, and no run more once
+the next would pass the ``deadline`` the budget gives it. On a quiet machine two runs agree and
+that is all it costs; on a busy one the figure takes the runs its noise needs, and says how many
+and their range. Its throughput is the runs' mean, its spread their range; its p99 the median
+of the runs' p99s, and it is within the SLO when the median of the runs' highest window p99s
+is (one run of a busy minute does not undo three that met it, nor does one lucky run make it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from statistics import mean, median, stdev
+from typing import Any
+
+from batchserve_planning.ramp import MAX_ERROR_RATE, Step
+
+PRECISION = 0.03
+"""A checked figure's mean is known when its standard error is within this share of it: two such
+figures of one configuration are then within 10% of each other about 9 times in 10 or more."""
+MIN_RUNS = 2
+MAX_RUNS = 8
+VERIFY_TOLERANCE = 0.10
+"""The re-run's throughput must be within this share of the prediction's."""
+
+
+def mean_known(values: list[float], precision: float = PRECISION) -> bool:
+    """Whether ``values`` (at least ``MIN_RUNS``) pin their mean down to ``precision`` of it."""
+    if len(values) < MIN_RUNS:
+        return False
+    centre = mean(values)
+    if centre <= 0:
+        return False
+    return stdev(values) / math.sqrt(len(values)) <= precision * centre
+
+
+def measure_checked(measure: Callable[[], Step], slo_ms: float, deadline: float | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> Step:
+    """Runs of ``measure()`` until their mean is known (the module's docstring), as one ``Step``."""
+    started = clock()
+    runs = [measure()]
+    while len(runs) < MAX_RUNS and not mean_known([r.rows_per_s for r in runs]):
+        now = clock()
+        if len(runs) >= MIN_RUNS and deadline is not None and now + (now - started) / len(runs) > deadline:
+            break
+        runs.append(measure())
+    return combine(runs, slo_ms)
+
+
+def combine(runs: list[Step], slo_ms: float) -> Step:
+    """One figure of ``runs`` of the same step (the module's docstring)."""
+    if len(runs) == 1:
+        return runs[0]
+    rows = [r.rows_per_s for r in runs]
+    errors = mean(r.error_rate for r in runs)
+    highs = [r.p99_ms if r.p99_high is None else r.p99_high for r in runs]
+    batches = [r.mean_batch_size for r in runs if r.mean_batch_size is not None]
+    cvs = [r.latency_cv for r in runs if r.latency_cv is not None]
+    others = [r.others_cpu for r in runs if r.others_cpu is not None]
+    steals = [r.steal for r in runs if r.steal is not None]
+    return replace(
+        runs[0], rps=mean(r.rps for r in runs), rows_per_s=mean(rows), p50_ms=median(r.p50_ms for r in runs),
+        p99_ms=median(r.p99_ms for r in runs), max_ms=max(r.max_ms for r in runs), error_rate=errors,
+        mean_batch_size=mean(batches) if batches else None,
+        within_slo=median(highs) <= slo_ms and errors <= MAX_ERROR_RATE,
+        stages_ms=_mean_stages(runs), rows_low=min(rows), rows_high=max(rows), p99_high=max(highs),
+        windows=sum(r.windows for r in runs), settled=mean_known(rows), runs=len(runs),
+        others_cpu=max(others) if others else None, steal=max(steals) if steals else None,
+        latency_cv=median(cvs) if cvs else None)
+
+
+def verdict(predicted: Step, measured: Step, slo_ms: float) -> dict[str, Any]:
+    """The re-run (``measured``) against the prediction: it holds when its throughput is within
+    ``VERIFY_TOLERANCE`` and its p99 within the SLO; ``within_noise`` says whether the two differ
+    by no more than their measured noise (``stability.beyond_noise``): where it did not hold but
+    is within its noise, this machine could not pin the figure down closer."""
+    from batchserve_planning.stability import beyond_noise
+
+    ratio = measured.rows_per_s / predicted.rows_per_s
+    within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
+    p99_ok = measured.p99_ms <= slo_ms and measured.error_rate <= MAX_ERROR_RATE
+    return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
+            "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
+            "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
+            "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
+            "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
+            "within_noise": beyond_noise(measured.rows_per_s, measured.rows_spread, predicted.rows_per_s,
+                                         predicted.rows_spread) == 0,
+            "predicted_runs": predicted.runs, "measured_runs": measured.runs,
+            "holds": within_10pct and p99_ok, "step": asdict(measured)}
+
+
+def _mean_stages(runs: list[Step]) -> dict[str, float] | None:
+    tables = [r.stages_ms for r in runs if r.stages_ms]
+    if not tables:
+        return None
+    return {key: mean(t[key] for t in tables if key in t) for key in tables[0]}
