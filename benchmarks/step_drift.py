@@ -9,10 +9,11 @@ same run, alternating round by round:
   in agreement), then another fresh server the same way: how the final round and the re-run
   were measured before the twelfth session;
 - **checked**: the same two servers, each measured in runs until their mean is known
-  (``batchserve_planning.checked``: standard error within 3%, 2 to 8 runs).
+  (``batchserve_planning.checked``: standard error within 3%, 2 to 8 runs, 3 at least where
+  the contention probe saw other work).
 
 The configuration is diabetes at batch 8, wait 0 ms, one worker, 128 clients; the background
-load is one process spinning per core, in sessions of their own (``recommend_check.py``'s).
+load is one process spinning per core, in sessions of their own, outside this process's tree.
 It prints, per way, the ratios re-run / prediction, how many were within 10%, the seconds a
 figure took, and every run's throughput (consecutive steps on one server: the drift).
 
@@ -24,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +51,30 @@ root = "{root}"
 [[models]]
 name = "diabetes"
 backend = "sklearn"
-path = "artifacts/diabetes.joblib"
+path = "{root}/artifacts/diabetes.joblib"
 max_batch_size = 8
 max_wait_ms = 0
 instances = 1
 """
 
 
+LAUNCH = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {spin!r}], "
+          "start_new_session=True, stdout=subprocess.DEVNULL).pid)")
+
+
 @contextmanager
 def background_load(on: bool) -> Iterator[None]:
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
-                for _ in range(os.cpu_count() or 1)] if on else []
+    """One process spinning per core, outside this process's tree (each started by a launcher
+    that exits), so that recommend's contention probe, as ``checked`` uses it, sees other work."""
+    pids = [int(subprocess.run([sys.executable, "-c", LAUNCH.format(spin=SPIN)], capture_output=True,
+                               text=True, check=True, timeout=30).stdout)
+            for _ in range(os.cpu_count() or 1)] if on else []
     try:
         yield
     finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait(timeout=10)
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def figure(config: Path, samples: list[Any], settings: RampSettings,
@@ -113,6 +122,7 @@ def main() -> None:
                 rerun, rerun_runs, rerun_s = figure(config, samples, settings, way == "checked")
                 ratio = rerun.rows_per_s / predicted.rows_per_s
                 results[way].append({"ratio": ratio, "within_10pct": abs(ratio - 1) <= 0.10,
+                                     "others_cpu": [predicted.others_cpu, rerun.others_cpu],
                                      "predicted": predicted_runs, "rerun": rerun_runs,
                                      "seconds": [predicted_s, rerun_s]})
                 print(f"round {index + 1} {way}: {ratio:.2f}x  prediction {predicted_runs}  "

@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from batchserve_planning.checked import MAX_RUNS, MIN_RUNS, combine, mean_known, measure_checked, verdict
+from batchserve_planning.checked import (
+    MAX_RUNS,
+    MIN_RUNS,
+    MIN_RUNS_CONTENDED,
+    combine,
+    mean_known,
+    measure_checked,
+    verdict,
+)
 from batchserve_planning.ramp import Step
 
 
@@ -46,6 +54,15 @@ def test_a_quiet_figure_takes_two_runs_and_a_noisy_one_runs_until_its_mean_is_kn
     wild = series(*[10000, 30000] * 10)
     step = measure_checked(lambda: measure(wild), 20.0)
     assert step.runs == MAX_RUNS and not step.settled  # the cap, and it says the mean is not known
+
+
+def test_on_a_contended_machine_two_runs_that_agree_are_not_enough() -> None:
+    busy = iter([run(20000, others=0.5), run(20100, others=0.5), run(17000, others=0.5),
+                 run(19000), run(19500), run(18500), run(19200), run(19100), run(19000)])
+    step = measure_checked(lambda: next(busy), 20.0)
+    assert step.runs > MIN_RUNS_CONTENDED == 3  # the third run showed the noise the first two hid
+    quiet = iter([run(20000), run(20100), run(17000)])
+    assert measure_checked(lambda: next(quiet), 20.0).runs == 2
 
 
 def test_no_run_more_once_the_next_would_pass_the_deadline_but_never_fewer_than_two() -> None:
