@@ -103,7 +103,8 @@ def simplest(pairs: list[tuple[Outcome, Step]]) -> tuple[Outcome, Step, str | No
 
 def _figure(step: Step) -> str:
     spread = step.rows_spread
-    return f"{step.rows_per_s:,.0f}/s, {spread.low:,.0f}-{spread.high:,.0f} over its windows"
+    over = "its windows" if step.runs == 1 else f"{step.runs} runs"
+    return f"{step.rows_per_s:,.0f}/s, {spread.low:,.0f}-{spread.high:,.0f} over {over}"
 
 
 def _why_simpler(pick: Outcome, other: Outcome) -> str:

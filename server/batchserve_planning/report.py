@@ -205,15 +205,17 @@ def _noise_verdict(check: dict[str, Any]) -> str:
     if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"]:
         return ""
     if check["within_noise"]:
-        return (" The two throughputs differ by no more than their runs' ranges: on this machine, at "
-                "this time, the figure could not be pinned down closer than that.")
-    return " The two throughputs differ by more than their runs' ranges: beyond this machine's noise."
+        return (" The two throughputs differ by no more than their measured noise (their runs' half "
+                "ranges added): on this machine, at this time, the figure could not be pinned down closer.")
+    return " The two throughputs differ by more than their measured noise (their runs' half ranges added)."
 
 
 def _spread(step: dict[str, Any]) -> str:
-    """A step's throughput range over its windows, and whether they agreed."""
+    """A step's throughput range over its windows (or runs), and whether they agreed."""
     if step.get("rows_low") is None:
         return "one window"
+    if step.get("runs", 1) > 1:
+        return _runs(step)
     text = f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} over {step['windows']} windows"
     return text if step.get("settled", True) else text + ", which did not agree"
 
