@@ -59,7 +59,7 @@ instances = 1
 
 
 LAUNCH = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {spin!r}], "
-          "start_new_session=True, stdout=subprocess.DEVNULL).pid)")
+          "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
 
 
 @contextmanager

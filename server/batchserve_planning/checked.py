@@ -5,8 +5,9 @@ candidates, but it is not enough for the figures a report states and checks (the
 and the re-run's). On a machine shared with other work, other work's share of the CPUs drifts
 over seconds: on the 2-core VM beside one spinning process per core, consecutive steps on one
 diabetes server, each with its windows in agreement, measured 13,200-21,100 rows/s (coefficient of
-variation 7.7%), and a prediction and a re-run of one step each were more than 10% apart in 2 of 6
-rounds (``benchmarks/step_drift.py``, benchmarks/README.md).
+variation 7.7-8.3%), and a prediction and a re-run of one step each were more than 10% apart in 2
+of 11 rounds, the checked figures (below) in 1 of 11, with ratios spread less (standard deviation
+0.051 against 0.083; ``benchmarks/step_drift.py``, benchmarks/README.md).
 
 So a checked figure is a series of runs on the same server, each one a step measured as the
 ramp measures one (``ramp.measure_step``), until the standard error of their mean throughput is
