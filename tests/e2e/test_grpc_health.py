@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,17 @@ def test_the_servers_watch_follows_loading_and_ends_when_it_drains(tmp_path: Pat
             assert [_statuses(w, 1) for w in watches] == [[NOT_SERVING]] * 3  # the model is loading
             loaded.touch()
             assert [_statuses(w, 1) for w in watches] == [[SERVING]] * 3
-            server.process.send_signal(signal.SIGTERM)
-            for watch in watches:
-                assert list(watch) == [health_pb2.HealthCheckResponse(status=NOT_SERVING)]
-                assert watch.code() == grpc.StatusCode.OK
+            # Each watch is read from before the drain: grpcio's blocking iterator stops at a status
+            # it has already received, even with a message not yet read (grpc/grpc#13506), so a read
+            # started after both arrived could miss the last message the server did send.
+            with ThreadPoolExecutor(len(watches)) as pool:
+                rest = [pool.submit(list, watch) for watch in watches]
+                time.sleep(0.5)  # each reader waiting for its next message
+                server.process.send_signal(signal.SIGTERM)
+                for read, watch in zip(rest, watches, strict=True):
+                    ended = read.result(timeout=WATCH_S)
+                    assert ended == [health_pb2.HealthCheckResponse(status=NOT_SERVING)]
+                    assert watch.code() == grpc.StatusCode.OK
         assert server.process.wait(timeout=WATCH_S) == 0
     finally:
         loaded.touch()
