@@ -161,11 +161,10 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
     else:
         verdict = "holds" if check.get("holds") else "does NOT hold"
-        final = next((f["step"] for f in results["final_round"] if f["candidate"] == results["pick"]), None)
         lines += [
             "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
             f"| inferences/s at {check['concurrency']} clients | "
-            f"{rate_text(check['predicted_rows_per_s'])}{f' ({_runs(final)})' if final else ''} | "
+            f"{rate_text(check['predicted_rows_per_s'])} ({_runs(results['predicted'])}) | "
             f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}; {_runs(check['step'])}) |",
             f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
             f"The prediction {verdict}: throughput within 10%: "
