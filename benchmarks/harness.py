@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -249,3 +250,24 @@ def metric(url: str, name: str, model: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     match = re.search(rf'^{name}{{model="{re.escape(model)}"}} (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
+LAUNCH = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {spin!r}], "
+          "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+
+
+@contextlib.contextmanager
+def background_load(on: bool) -> Iterator[None]:
+    """One process spinning per core (for at most an hour), outside this process's tree: each is
+    started by a launcher that exits, in a session of its own, so a contention probe in this
+    process or in its children sees it as other work."""
+    pids = [int(subprocess.run([sys.executable, "-c", LAUNCH.format(spin=SPIN)], capture_output=True,
+                               text=True, check=True, timeout=30).stdout)
+            for _ in range(os.cpu_count() or 1)] if on else []
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

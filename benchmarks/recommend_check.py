@@ -24,15 +24,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import harness
 
 ROOT = Path(__file__).resolve().parents[1]
-SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
 
 
 def _sklearn_images(_: Path) -> str:
@@ -64,19 +62,6 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-@contextmanager
-def background_load(on: bool) -> Iterator[None]:
-    """One process spinning per core, started as its own session (not recommend's children)."""
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)
-                for _ in range(os.cpu_count() or 1)] if on else []
-    try:
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait(timeout=10)
-
-
 def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str, Any]:
     spec = MODELS[model]
     kind = "hardware" if hardware else "plain"
@@ -93,7 +78,7 @@ def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str,
     if hardware:
         command += ["--target-rps", str(spec["target"]), "--hardware", str(models / "hardware.example.toml")]
     started = time.monotonic()
-    with background_load(loaded):
+    with harness.background_load(loaded):
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.monotonic() - started
     (out / "stderr.log").write_text(done.stderr)

@@ -25,13 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +37,6 @@ from batchserve_planning.ramp import RampSettings, Step, measure_step
 from batchserve_planning.serverproc import ManagedServer
 
 ROOT = Path(__file__).resolve().parents[1]
-SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
 CLIENTS = 128
 SLO_MS = 20.0
 MODEL = """[repository]
@@ -56,25 +50,6 @@ max_batch_size = 8
 max_wait_ms = 0
 instances = 1
 """
-
-
-LAUNCH = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {spin!r}], "
-          "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
-
-
-@contextmanager
-def background_load(on: bool) -> Iterator[None]:
-    """One process spinning per core, outside this process's tree (each started by a launcher
-    that exits), so that recommend's contention probe, as ``checked`` uses it, sees other work."""
-    pids = [int(subprocess.run([sys.executable, "-c", LAUNCH.format(spin=SPIN)], capture_output=True,
-                               text=True, check=True, timeout=30).stdout)
-            for _ in range(os.cpu_count() or 1)] if on else []
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def figure(config: Path, samples: list[Any], settings: RampSettings,
@@ -115,7 +90,7 @@ def main() -> None:
     settings = RampSettings(slo_ms=SLO_MS)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict[str, list[dict[str, Any]]] = {"one step": [], "checked": []}
-    with background_load(loaded):
+    with harness.background_load(loaded):
         for index in range(rounds):
             for way in (["one step", "checked"] if index % 2 == 0 else ["checked", "one step"]):
                 predicted, predicted_runs, predicted_s = figure(config, samples, settings, way == "checked")
