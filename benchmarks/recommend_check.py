@@ -6,8 +6,10 @@ background CPU load (LOAD: one process spinning on every core, outside recommend
 alternating: quiet, loaded, quiet, ...), and HARDWARE_RUNS times ``recommend --hardware
 models/hardware.example.toml`` (quiet, then loaded, ...), each with the model's inputs, SLO and
 target below, then reads results.json: the exit status (0 held, 3 the re-run did not hold, 1 no
-pick), the pick, whether its re-run held (throughput within 10%, p99 within the SLO), the
-contention recommend measured, and the seconds against the budget. The predictions and checks
+pick), the pick, whether its re-run held (throughput within 10% of what recommend checked it
+against: the pick's final-round server measured in turn with it, else the prediction; p99 within
+the SLO), its ratio to the prediction and the drift (that server against its final-round
+figure), the contention recommend measured, and the seconds against the budget. The predictions and checks
 are recommend's own; this script only runs it and tabulates.
 
 Usage: .venv/bin/python benchmarks/recommend_check.py
@@ -97,22 +99,26 @@ def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str,
         check = data.get("verification") or {}
         pick = data["candidates"][data["pick"]]["label"] if data["pick"] is not None else None
         row.update(pick=pick, holds=check.get("holds"), ratio=check.get("ratio"),
+                   to_prediction=check.get("ratio_to_prediction"), drift=check.get("drift"),
                    p99_ms=check.get("measured_p99_ms"), decisions=data.get("decisions"))
     return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | run | background load | exit | pick | re-run / prediction | re-run p99 | holds | "
-             "others' CPU (mean, max) | contended | seconds (budget) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | run | background load | exit | pick | re-run / checked against | "
+             "re-run / prediction | drift | re-run p99 | holds | others' CPU (mean, max) | contended | "
+             "seconds (budget) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         contention = row["contention"] or {}
         share = (f"{contention['mean_others_cpu']:.0%}, {contention['max_others_cpu']:.0%}"
                  if contention.get("measurements") else "—")
-        ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "—"
+        ratio, to_prediction, drift = (f"{row[k]:.2f}x" if row.get(k) is not None else "—"
+                                       for k in ("ratio", "to_prediction", "drift"))
         p99 = f"{row['p99_ms']:,.1f} ms" if row.get("p99_ms") is not None else "—"
         lines.append(f"| {row['model']} | {row['kind']} | {'yes' if row['loaded'] else 'no'} | "
-                     f"{row['exit']} | {row['pick']} | {ratio} | {p99} | {'yes' if row['holds'] else 'no'} | "
+                     f"{row['exit']} | {row['pick']} | {ratio} | {to_prediction} | {drift} | {p99} | "
+                     f"{'yes' if row['holds'] else 'no'} | "
                      f"{share} | "
                      f"{len(contention.get('contended', []))} of {contention.get('measurements', 0)} | "
                      f"{row['seconds']:.0f} ({row['budget_s']:.0f}) |")

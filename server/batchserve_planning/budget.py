@@ -55,3 +55,14 @@ def checks_s(mean_s: float, budget_s: float) -> float:
     candidate each on the 2-core VM); on a busy one more runs, so never less than
     ``CHECKED_SHARE`` of the budget (a second finalist is skipped where it would not fit)."""
     return max(2 * mean_s, CHECKED_SHARE * budget_s)
+
+
+
+def finalists_deadline(now_s: float, end_s: float, finalists_left: int, rerun: bool,
+                       measured: int = 1) -> float:
+    """When the ``measured`` finalists starting at ``now_s`` (in turn, ``finals``) must stop
+    starting runs: their share of the time left before ``end_s`` (the budget's end), shared
+    equally among them, the finalists after them (``finalists_left`` counts both) and the re-run
+    (``rerun``: ``verify`` follows; ``--hardware`` has its open-loop re-run instead)."""
+    shares = finalists_left + (1 if rerun else 0)
+    return now_s + max(0.0, end_s - now_s) * measured / max(1, shares)

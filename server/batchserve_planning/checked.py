@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from statistics import mean, median, stdev
 from typing import Any
@@ -55,14 +55,30 @@ def mean_known(values: list[float], precision: float = PRECISION, least: int = M
 def measure_checked(measure: Callable[[], Step], slo_ms: float, deadline: float | None = None,
                     clock: Callable[[], float] = time.monotonic) -> Step:
     """Runs of ``measure()`` until their mean is known (the module's docstring), as one ``Step``."""
+    return measure_alternating([measure], slo_ms, deadline, clock)[0]
+
+
+def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, deadline: float | None = None,
+                        clock: Callable[[], float] = time.monotonic) -> list[Step]:
+    """Checked figures of several servers, measured in turn: a round is one run of each, the order
+    reversed every round (so a steady drift of the machine's speed falls on each alike), until
+    every figure's mean is known, ``MAX_RUNS`` rounds, or the ``deadline`` (``MIN_RUNS`` rounds at
+    least). One figure per measure, in their order."""
     started = clock()
-    runs = [measure()]
-    while len(runs) < MAX_RUNS and not mean_known([r.rows_per_s for r in runs], least=_least(runs)):
-        now = clock()
-        if len(runs) >= MIN_RUNS and deadline is not None and now + (now - started) / len(runs) > deadline:
+    runs: list[list[Step]] = [[] for _ in measures]
+    rounds = 0
+    while True:
+        order = range(len(measures)) if rounds % 2 == 0 else reversed(range(len(measures)))
+        for index in order:
+            runs[index].append(measures[index]())
+        rounds += 1
+        if rounds >= MAX_RUNS or all(mean_known([r.rows_per_s for r in mine], least=_least(mine))
+                                     for mine in runs):
             break
-        runs.append(measure())
-    return combine(runs, slo_ms)
+        now = clock()
+        if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds > deadline:
+            break
+    return [combine(mine, slo_ms) for mine in runs]
 
 
 def _least(runs: list[Step]) -> int:
@@ -91,24 +107,30 @@ def combine(runs: list[Step], slo_ms: float) -> Step:
         latency_cv=median(cvs) if cvs else None)
 
 
-def verdict(predicted: Step, measured: Step, slo_ms: float) -> dict[str, Any]:
-    """The re-run (``measured``) against the prediction: it holds when its throughput is within
-    ``VERIFY_TOLERANCE`` and its p99 within the SLO; ``within_noise`` says whether the two differ
-    by no more than their measured noise (``stability.beyond_noise``): where it did not hold but
-    is within its noise, this machine could not pin the figure down closer."""
+def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | None = None) -> dict[str, Any]:
+    """The re-run (``measured``) against the pick's final-round server measured in turn with it
+    (``reference``; ``finals``), or, where there was none, against the prediction: it holds when
+    its throughput is within ``VERIFY_TOLERANCE`` of that and its p99 within the SLO.
+    ``within_noise`` says whether the two differ by no more than their measured noise
+    (``stability.beyond_noise``): where it did not hold but is within its noise, this machine
+    could not pin the figure down closer. ``drift``: the reference over the prediction, how far the
+    machine's speed moved between the final round and the re-run."""
     from batchserve_planning.stability import beyond_noise
 
-    ratio = measured.rows_per_s / predicted.rows_per_s
+    against = reference or predicted
+    ratio = measured.rows_per_s / against.rows_per_s
     within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
     p99_ok = measured.p99_ms <= slo_ms and measured.error_rate <= MAX_ERROR_RATE
     return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
             "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
+            "ratio_to_prediction": measured.rows_per_s / predicted.rows_per_s,
+            "reference": asdict(reference) if reference else None,
+            "drift": reference.rows_per_s / predicted.rows_per_s if reference else None,
             "predicted_p99_ms": predicted.p99_ms, "measured_p99_ms": measured.p99_ms,
             "measured_error_rate": measured.error_rate, "stages_ms": measured.stages_ms,
             "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
-            "within_noise": beyond_noise(measured.rows_per_s, measured.rows_spread, predicted.rows_per_s,
-                                         predicted.rows_spread) == 0,
-            "predicted_runs": predicted.runs, "measured_runs": measured.runs,
+            "within_noise": beyond_noise(measured.rows_per_s, measured.rows_spread, against.rows_per_s,
+                                         against.rows_spread) == 0,
             "holds": within_10pct and p99_ok, "step": asdict(measured)}
 
 

@@ -161,9 +161,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         combos, graphs = prepared
         outcomes, skipped = sweep.search(combos)
-        finals = sweep.final_round(outcomes)
-        pick, predicted = choose(outcomes, finals, sweep.notes)
-        verification = sweep.verify(pick, predicted) if pick is not None and predicted else None
+        try:
+            finals = sweep.final_round(outcomes)
+            pick, predicted = choose(outcomes, finals, sweep.notes)
+            verification = sweep.verify(pick, predicted) if pick is not None and predicted else None
+        finally:
+            sweep.close()
     from batchserve_planning.contention import summary
     from batchserve_planning.report import write
 

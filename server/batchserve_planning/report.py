@@ -10,6 +10,7 @@ from typing import Any
 from batchserve_planning.candidates import Candidate
 from batchserve_planning.formats import X, batch_text, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
+from batchserve_planning.report_check import against, check_section, drift_text, noise_verdict, runs_text
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.stages import breakdown_section, stages_of
 from batchserve_planning.tradeoff import tradeoff
@@ -90,8 +91,10 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 f"concurrent clients, mean batch {batch_text(step['mean_batch_size'])}, server peak memory "
                 f"{_memory(pick)}"
                 + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
-                + f": checked, started again it measured {check['ratio']:.2f}{X} the final round's "
-                f"{rate_text(check['predicted_rows_per_s'])}/s, p99 within the SLO of {slo:g} ms.", ""]
+                + (f": checked, started again it measured {check['ratio']:.2f}{X} {against(check)}"
+                   if check.get("reference") else f": checked, started again it measured "
+                   f"{check['ratio']:.2f}{X} the final round's {rate_text(check['predicted_rows_per_s'])}/s")
+                + f", p99 within the SLO of {slo:g} ms.{drift_text(check)}", ""]
     lines = ["## NOT CONFIRMED: the pick did not hold when started again", ""]
     if not step:
         lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
@@ -99,7 +102,7 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                   f"({check.get('error', 'not run')}): **no figure was checked**.", ""]
         return lines
     misses = ([] if check["throughput_within_10pct"] else
-              [f"throughput {check['ratio']:.2f}{X} the prediction (more than 10% off)"]) + (
+              [f"throughput {check['ratio']:.2f}{X} {against(check)} (more than 10% off)"]) + (
               [] if check["p99_within_slo"] else
               [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
     held = (f"**What held: {rate_text(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
@@ -112,7 +115,7 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
               f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
-              + "; ".join(misses) + ". " + held + _noise_verdict(check), "",
+              + "; ".join(misses) + ". " + held + noise_verdict(check) + drift_text(check), "",
               "`batchserve recommend` exits with status 3 for this.", ""]
     return lines
 
@@ -141,10 +144,12 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     if results["final_round"]:
         lines += ["### Final round", "",
                   "The best of a sweep is the luckiest of many short measurements, so the two best "
-                  "candidates were measured again on fresh servers, at their best load, in runs three "
-                  "times longer until the mean of the runs was known to within 3% (standard error; two "
-                  "runs at least, eight at most, or as many as the budget left time for); the better one "
-                  "within the SLO is the pick, and its figures are the prediction.",
+                  "candidates were measured again on fresh servers started together, at their best load, "
+                  "in turn (one run of each a round, three steps long, the order reversed every round, so "
+                  "that a change of this machine's speed falls on each alike) until the mean of each one's "
+                  "runs was known to within 3% (standard error; two runs at least, eight at most, or as "
+                  "many as the budget left time for); the better one within the SLO is the pick, and its "
+                  "figures are the prediction.",
                   "",
                   "| candidate | clients | sweep inferences/s | final round inferences/s (runs) | p99 |",
                   "|---|---|---|---|---|"]
@@ -152,25 +157,12 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
             outcome, step = results["candidates"][final["candidate"]], final["step"]
             lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
                          f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} "
-                         f"({_runs(step)}) | "
+                         f"({runs_text(step)}) | "
                          f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
         lines.append("")
     check = results.get("verification") or {}
-    lines += ["### Checked by starting it again", ""]
-    if "error" in check or not check:
-        lines += [f"The re-run failed: {check.get('error', 'not run')}", ""]
-    else:
-        verdict = "holds" if check.get("holds") else "does NOT hold"
-        lines += [
-            "| | predicted (final round) | measured (re-run) |", "|---|---|---|",
-            f"| inferences/s at {check['concurrency']} clients | "
-            f"{rate_text(check['predicted_rows_per_s'])} ({_runs(results['predicted'])}) | "
-            f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}; {_runs(check['step'])}) |",
-            f"| p99 | {format_ms(check['predicted_p99_ms'])} | {format_ms(check['measured_p99_ms'])} |", "",
-            f"The prediction {verdict}: throughput within 10%: "
-            f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
-            f"{'yes' if check['p99_within_slo'] else 'no'}.{_noise_verdict(check)}", "",
-        ]
+    lines += check_section(results, slo)
+    if check and "error" not in check:
         lines += breakdown_section(stages_of(check), "the re-run of the pick")
     price = results.get("price_per_hour")
     if price:
@@ -190,31 +182,12 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _runs(step: dict[str, Any]) -> str:
-    """A checked figure's runs and their range (``checked``)."""
-    runs = step.get("runs", 1)
-    if runs == 1 or step.get("rows_low") is None:
-        return "1 run"
-    text = f"{runs} runs: {rate_text(step['rows_low'])}-{rate_text(step['rows_high'])}"
-    return text if step.get("settled", True) else text + ", mean not known to 3%"
-
-
-def _noise_verdict(check: dict[str, Any]) -> str:
-    """Whether a re-run that missed is within the two figures' measured noise."""
-    if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"]:
-        return ""
-    if check["within_noise"]:
-        return (" The two throughputs differ by no more than their measured noise (their runs' half "
-                "ranges added): on this machine, at this time, the figure could not be pinned down closer.")
-    return " The two throughputs differ by more than their measured noise (their runs' half ranges added)."
-
-
 def _spread(step: dict[str, Any]) -> str:
     """A step's throughput range over its windows (or runs), and whether they agreed."""
     if step.get("rows_low") is None:
         return "one window"
     if step.get("runs", 1) > 1:
-        return _runs(step)
+        return runs_text(step)
     text = f"{rate_text(step['rows_low'])}-{rate_text(step['rows_high'])} over {step['windows']} windows"
     return text if step.get("settled", True) else text + ", which did not agree"
 

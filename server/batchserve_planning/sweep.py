@@ -3,7 +3,8 @@
 Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
 cap, then workers, max_wait_ms and instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
-best are measured again, longer (``final_round``), and the pick once more (``verify``).
+best are measured again, longer and in turn (``final_round``), and the pick once more, in turn with
+its final-round server (``verify``; both in ``finals``).
 
 Workers and instances share the cores given to the servers (``--server-cpus``, else this
 process's affinity): with more than one worker, workers x instances stays within them
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
+from batchserve_planning.finals import Finals
 from batchserve_planning.ramp import Step
 
 if TYPE_CHECKING:
@@ -120,8 +122,7 @@ class Sweep:
         self.count = 0
         self.notes: list[str] = []
         """Decisions between candidates within each other's noise, in words."""
-        self.long_step_s = 0.0
-        """How long the last final-round measurement took (server and step)."""
+        self.finals = Finals(self)
         self.sent = ""
         """How the requests were sent (``Requests.description``), for the report."""
         self.share: Share | None = None
@@ -247,79 +248,22 @@ class Sweep:
     def final_round(self, outcomes: list[Outcome], rerun: bool = True) -> list[tuple[Outcome, Step]]:
         """The best of a sweep is the luckiest of many short, noisy measurements: the sweep's pick
         (the simplest within the noise of the fastest) and the fastest other candidate are measured
-        again on fresh servers, in runs three steps long until their mean is known (``checked``),
-        at their best load; one over the SLO there is measured at the next lower load it met the
-        SLO at in its ramp. Each finalist may take an equal share of the budget left, with the
-        re-run (``rerun``: ``verify`` will follow) counted as one more."""
+        again, in turn on servers started together, until their means are known (``finals``).
+        ``rerun``: ``verify`` follows, with the pick's server kept for it (``close`` stops it)."""
         measured = [o for o in outcomes if o.best is not None]
         first = _best(measured)  # the sweep's pick: the simplest within the noise of the fastest
         others = sorted((o for o in measured if o is not first),
                         key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)
         ranked = ([first] if first is not None else []) + others[:FINALISTS - 1]
-        finals: list[tuple[Outcome, Step]] = []
-        for outcome in ranked:
-            elapsed = time.monotonic() - self.started
-            if finals and elapsed + 2 * self.long_step_s > self.args.budget_s:
-                self.notes.append(f"{outcome.candidate.label()} was not measured in the final round: "
-                                  "its time would have left none for the re-run within --budget-s")
-                continue
-            started = time.monotonic()
-            left = len(ranked) - ranked.index(outcome) + (1 if rerun else 0)
-            deadline = started + max(0.0, self.started + self.args.budget_s - started) / left
-            step = self._long_step(outcome, f"final round: {outcome.candidate.label()}", "final",
-                                   back_off=True, deadline=deadline)
-            self.long_step_s = time.monotonic() - started
-            if step is not None:
-                finals.append((outcome, step))
-        return finals
-
-    def _long_step(self, outcome: Outcome, label: str, name: str, *, clients: int | None = None,
-                   back_off: bool = False, deadline: float | None = None) -> Step | None:
-        from batchserve_planning.checked import measure_checked
-        from batchserve_planning.load.scrape import ServerError
-        from batchserve_planning.ramp import measure_step
-
-        assert self.bars is not None and outcome.best is not None
-        self.bars.update(self.overall, status=label)
-        self.count += 1
-        try:
-            server = self.start_server(outcome.candidate, f"{name}-{self.count:02d}")
-        except ServerError as exc:
-            self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
-            return None
-        try:
-            requests = self.requests_for(server)
-            levels = [clients or final_clients(outcome)]
-            if back_off:
-                levels += sorted({s.concurrency for s in outcome.steps if s.within_slo
-                                  and s.concurrency < levels[0]}, reverse=True)[:1]
-            for level in levels:
-                def run(level: int = level) -> Step:
-                    return measure_step(server.url, self.target, requests, level, self.settings, self.bars,
-                                        f"{label} @ {level} clients", duration_s=3 * self.settings.step_s,
-                                        min_responses=3 * self.settings.min_responses)
-
-                step = measure_checked(run, self.settings.slo_ms, deadline)
-                if step.within_slo:
-                    break
-            return step
-        except (OSError, RuntimeError) as exc:
-            self.bars.print(f"{label}: {type(exc).__name__}: {exc}")
-            return None
-        finally:
-            server.stop()
-            self.bars.update(self.overall, advance=1)
+        return self.finals.final_round(ranked, rerun)
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
-        """Start the pick afresh and measure it as in the final round, at the predicted load:
-        measured vs predicted."""
-        measured = self._long_step(pick, f"re-run of the pick: {pick.candidate.label()}", "verification",
-                                   clients=predicted.concurrency, deadline=self.started + self.args.budget_s)
-        if measured is None:
-            return {"error": "the re-run did not complete; see logs/", "holds": False}
-        from batchserve_planning.checked import verdict
+        """Start the pick afresh and measure it in turn with its final-round server (``finals``)."""
+        return self.finals.verify(pick, predicted)
 
-        return verdict(predicted, measured, self.settings.slo_ms)
+    def close(self) -> None:
+        """Stop the final round's servers kept for a re-run that did not come."""
+        self.finals.close()
 
     def start_server(self, candidate: Candidate, name: str) -> Any:
         from batchserve_planning.serverproc import ManagedServer
@@ -364,24 +308,6 @@ class Sweep:
         return build_requests(self.samples, host=host, port=int(port), model=self.target,
                               rows_per_request=self.args.rows_per_request, image_mode=self.args.image_mode,
                               parameters=self.args.parameters)
-
-
-PLATEAU_SHARE = 0.97
-"""Steps with at least this share of a candidate's best throughput are on its plateau."""
-
-
-def final_clients(outcome: Outcome) -> int:
-    """The clients a candidate is measured again at: its best step's; with more than one worker,
-    the most clients on its plateau (within 3% of its best, inside the SLO). The kernel spreads
-    connections over SO_REUSEPORT workers by a hash of each connection, so with as few as 4 a
-    fresh server has a 1 in 8 chance of getting all of them in one worker of two."""
-    best = outcome.best
-    assert best is not None
-    if outcome.candidate.workers == 1:
-        return best.concurrency
-    plateau = [s.concurrency for s in outcome.steps if s.within_slo
-               and s.rows_per_s >= PLATEAU_SHARE * best.rows_per_s]
-    return max(plateau)
 
 
 def _best(outcomes: list[Outcome], notes: list[str] | None = None) -> Outcome | None:

@@ -79,7 +79,15 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     assert any(f["candidate"] == pick and f["step"] == predicted for f in results["final_round"])
     check = results["verification"]
     assert check["predicted_rows_per_s"] == predicted["rows_per_s"]
-    assert check["ratio"] == pytest.approx(check["measured_rows_per_s"] / check["predicted_rows_per_s"])
+    # The finalists, and then the re-run with the pick's final-round server, measured in turn
+    # (``finals``): a round is one run of each, so each has as many runs as the other.
+    assert len({f["step"]["runs"] for f in results["final_round"]}) == 1
+    reference = check["reference"]
+    assert reference is not None and reference["runs"] == check["step"]["runs"]
+    assert check["ratio"] == pytest.approx(check["measured_rows_per_s"] / reference["rows_per_s"])
+    to_prediction = check["measured_rows_per_s"] / predicted["rows_per_s"]
+    assert check["ratio_to_prediction"] == pytest.approx(to_prediction)
+    assert check["drift"] == pytest.approx(reference["rows_per_s"] / predicted["rows_per_s"])
     assert check["p99_within_slo"] == (check["measured_p99_ms"] <= SLO_MS)
     assert check["throughput_within_10pct"] == (abs(check["ratio"] - 1) <= 0.10)
     # where the re-run's requests spent their time, server side, every stage measured
@@ -96,6 +104,7 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
         assert heading in report
     assert "](frontier.png)" in report
     assert "**(pick)**" in report
+    assert "| its final-round server, in turn with the re-run |" in report
     # The recommended block is valid configuration, with the user's own relative path.
     block = report.split("```toml\n")[1].split("```")[0]
     (config,) = parse_models(tomllib.loads(block), source=repository)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchserve_planning.budget import over_budget, share_of
+from batchserve_planning.budget import finalists_deadline, over_budget, share_of
 from batchserve_planning.candidates import Candidate, Outcome
 
 
@@ -33,3 +33,17 @@ def test_a_search_stops_at_its_share_but_always_runs_its_first_candidate() -> No
     assert not over_budget(mine, share[0] - 39.0, 1000.0, None)
     assert not over_budget(mine, 1000.0 - 50.0 - 300.0 - 1.0, 1000.0, None)
     assert over_budget(mine, 1000.0 - 50.0 - 300.0 + 1.0, 1000.0, None)  # 30% kept for the checks
+
+
+def test_each_finalist_gets_an_equal_share_of_what_is_left_with_the_rerun_counted() -> None:
+    # two finalists and the re-run after them, 90 s left: the first may run 30 s
+    assert finalists_deadline(210.0, 300.0, 2, rerun=True) == 240.0
+    # the second, started at 240 s: half of the 60 s left, the other half the re-run's
+    assert finalists_deadline(240.0, 300.0, 1, rerun=True) == 270.0
+    # --hardware: no re-run share (its check is the open-loop re-run), the last finalist takes the rest
+    assert finalists_deadline(210.0, 300.0, 2, rerun=False) == 255.0
+    assert finalists_deadline(240.0, 300.0, 1, rerun=False) == 300.0
+    assert finalists_deadline(310.0, 300.0, 1, rerun=True) == 310.0  # past the budget: no time left
+    # two finalists measured in turn, the re-run after them: two thirds of what is left
+    assert finalists_deadline(210.0, 300.0, 2, rerun=True, measured=2) == 270.0
+    assert finalists_deadline(210.0, 300.0, 2, rerun=False, measured=2) == 300.0

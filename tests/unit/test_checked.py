@@ -12,6 +12,7 @@ from batchserve_planning.checked import (
     MIN_RUNS_CONTENDED,
     combine,
     mean_known,
+    measure_alternating,
     measure_checked,
     verdict,
 )
@@ -99,9 +100,46 @@ def test_a_rerun_that_misses_says_whether_it_is_within_the_figures_noise() -> No
     predicted = combine([run(17000), run(21000)], 20.0)  # 19,000, range 17,000-21,000
     near = verdict(predicted, combine([run(15500), run(17500)], 20.0), 20.0)  # 16,500: 0.87x
     assert not near["holds"] and not near["throughput_within_10pct"] and near["within_noise"]
-    assert near["predicted_runs"] == 2 and near["measured_runs"] == 2
+    assert near["step"]["runs"] == 2
     tight = combine([run(19000), run(19100)], 20.0)
     far = verdict(tight, combine([run(15000), run(15100)], 20.0), 20.0)  # 0.79x, both ranges narrow
     assert not far["holds"] and not far["within_noise"]
     held = verdict(tight, combine([run(18800), run(19000)], 20.0), 20.0)
     assert held["holds"] and held["within_noise"]
+
+
+def test_figures_compared_are_measured_in_turn_the_order_reversed_every_round() -> None:
+    order: list[str] = []
+    # the machine slows by 1,000 rows/s a run: two servers of the same capacity measured in turn
+    # come out equal (A B B A: each is measured as early as the other on average)
+    speed = iter(range(20000, 0, -1000))
+
+    def server(name: str) -> Step:
+        order.append(name)
+        return run(float(next(speed)))
+
+    a, b = measure_alternating([lambda: server("A"), lambda: server("B")], 20.0)
+    assert order[:4] == ["A", "B", "B", "A"]
+    assert a.runs == b.runs == len(order) // 2 and a.rows_per_s == b.rows_per_s
+
+
+def test_measured_in_turn_until_every_figure_is_known() -> None:
+    quiet, noisy = series(20000, 20100, 20050, 20020), series(17000, 19000, 18000, 18200)
+    a, b = measure_alternating([lambda: next(quiet), lambda: next(noisy)], 20.0)
+    assert a.runs == b.runs == 4  # the quiet one runs on in turn until the noisy one is known
+    clock = iter([0.0, 10.0, 20.0, 30.0])  # a round of 10 s; the deadline at 25 s
+    wild = series(*[10000, 30000] * 10)
+    a, b = measure_alternating([lambda: next(wild), lambda: run(20000)], 20.0, deadline=25.0,
+                               clock=lambda: next(clock))
+    assert a.runs == b.runs == MIN_RUNS  # no third round would end by 25 s
+
+
+def test_a_rerun_measured_in_turn_is_judged_against_its_final_round_server() -> None:
+    predicted = combine([run(24000), run(24200)], 20.0)  # the final round, in a fast minute
+    reference = combine([run(18000), run(18100)], 20.0)  # the same server, in turn with the re-run
+    check = verdict(predicted, combine([run(17500), run(17700)], 20.0), 20.0, reference=reference)
+    assert check["holds"] and abs(check["ratio"] - 17600 / 18050) < 1e-9
+    assert abs(check["drift"] - 18050 / 24100) < 1e-9 and check["ratio_to_prediction"] < 0.9
+    assert check["reference"]["rows_per_s"] == 18050
+    slower = verdict(predicted, combine([run(15000), run(15100)], 20.0), 20.0, reference=reference)
+    assert not slower["holds"]  # 0.83x the server measured beside it: the start, not the machine

@@ -99,13 +99,14 @@ def test_the_final_round_measures_the_sweeps_pick_and_the_fastest_other() -> Non
     other = Outcome(Candidate(8, 0.0, 1, workers=1), [noisy(7300, 0.1)], peak_rss_bytes=210)
     sweep = Sweep.__new__(Sweep)
     sweep.args, sweep.started = argparse.Namespace(budget_s=1e9), time.monotonic()
-    sweep.notes, sweep.long_step_s = [], 0.0
+    sweep.notes = []
     measured: list[Outcome] = []
 
-    def long_step(outcome: Outcome, label: str, name: str, **_: object) -> Step:
-        measured.append(outcome)
-        return outcome.steps[0]
+    class Finals:  # what ``finals`` measures, in turn: here only which, in what order
+        def final_round(self, ranked: list[Outcome], rerun: bool) -> list[tuple[Outcome, Step]]:
+            measured.extend(ranked)
+            return [(o, o.steps[0]) for o in ranked]
 
-    sweep._long_step = long_step  # type: ignore[method-assign]
+    sweep.finals = Finals()  # type: ignore[assignment]
     sweep.final_round([one, two, other])
     assert measured == [one, two]  # the pick (fewer workers, within the noise), then the fastest

@@ -1,0 +1,198 @@
+"""The final round and the re-run: the figures a recommendation states, measured in turn.
+
+A checked figure (``checked``) pins a server's throughput down to 3% over the seconds it is
+measured, but this machine's own speed moves over minutes. On the 2-core VM with nothing else
+running, all-MiniLM-L6-v2 (2 workers, batch 8, 8 clients) measured 95-111 inferences/s on four
+fresh servers, and 108-139/s a quarter of an hour later on three servers measured in turn, each
+tracking the others within 5% in 5 of 6 rounds: the speed changes with the hour, not with the
+server. Measured one after the other, the pick's final round (132/s) and its re-run (95/s) were
+0.72x apart with both figures known to 3%.
+
+So figures that are compared are measured in turn, as a benchmark compares with its baseline:
+the finalists on servers started together, one run each per round, the order reversed every
+round so a steady drift falls on each alike (``checked.measure_alternating``); and the re-run, a
+fresh start of the pick, in turn with the pick's own final-round server, kept running for it.
+The re-run holds when it is within 10% of that server over the same minutes and its p99 within
+the SLO. How far the pick's server moved from its final-round figure is the machine's drift,
+reported beside it. Where the servers could not run side by side (a GPU model: two copies may
+not fit its memory), each is measured alone, one after the other, as before.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchserve_planning.budget import finalists_deadline
+
+if TYPE_CHECKING:
+    from batchserve_planning.candidates import Outcome
+    from batchserve_planning.ramp import Step
+    from batchserve_planning.serverproc import ManagedServer
+    from batchserve_planning.sweep import Sweep
+
+
+PLATEAU_SHARE = 0.97
+"""Steps with at least this share of a candidate's best throughput are on its plateau."""
+
+
+def final_clients(outcome: Outcome) -> int:
+    """The clients a candidate is measured again at: its best step's; with more than one worker,
+    the most clients on its plateau (within 3% of its best, inside the SLO). The kernel spreads
+    connections over SO_REUSEPORT workers by a hash of each connection, so with as few as 4 a
+    fresh server has a 1 in 8 chance of getting all of them in one worker of two."""
+    best = outcome.best
+    assert best is not None
+    if outcome.candidate.workers == 1:
+        return best.concurrency
+    plateau = [s.concurrency for s in outcome.steps if s.within_slo
+               and s.rows_per_s >= PLATEAU_SHARE * best.rows_per_s]
+    return max(plateau)
+
+
+def side_by_side(outcomes: list[Outcome]) -> bool:
+    """Whether these candidates' servers may run at once: on the CPU only (a GPU's memory may
+    hold one copy), and their peak memory together within half of what this machine has free."""
+    if any(o.candidate.device != "cpu" for o in outcomes):
+        return False
+    return sum(o.peak_rss_bytes or 0 for o in outcomes) <= available_bytes() / 2
+
+
+def available_bytes() -> int:
+    """MemAvailable (``/proc/meminfo``); 0 where it cannot be read (then one at a time)."""
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Finals:
+    """The final round and the re-run of one sweep; ``close`` stops what the re-run did not."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self.kept: dict[int, ManagedServer] = {}
+        """The finalists' servers, by ``id`` of their outcome, kept for the re-run."""
+
+    def final_round(self, ranked: list[Outcome], rerun: bool) -> list[tuple[Outcome, Step]]:
+        """``ranked`` measured again in turn (one at a time where they cannot run side by side),
+        at their best load, in runs until their means are known; one over the SLO is measured again
+        at the next lower load it met the SLO at in its ramp. ``rerun``: the re-run follows and
+        takes a share of the budget; the servers are kept for it."""
+        sweep = self.sweep
+        end = sweep.started + sweep.args.budget_s
+        groups = [ranked] if side_by_side(ranked) else [[o] for o in ranked]
+        if len(groups) > 1 and len(ranked) > 1:
+            sweep.notes.append("the finalists were measured one after the other, not in turn: "
+                               "two servers of them might not fit this machine's memory at once")
+        finals: list[tuple[Outcome, Step]] = []
+        for index, group in enumerate(groups):
+            now = time.monotonic()
+            left = sum(len(g) for g in groups[index:])
+            deadline = finalists_deadline(now, end, left, rerun, measured=len(group))
+            servers = self._start(group, "final")
+            measured = self._measure(servers, deadline, back_off=True)
+            finals += measured
+            for outcome, server in servers:
+                if rerun and len(groups) == 1:
+                    self.kept[id(outcome)] = server
+                else:
+                    server.stop()
+        return finals
+
+    def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
+        """Start the pick afresh and measure it in turn with its final-round server (alone where
+        that was not kept), at the predicted load: measured vs that server over the same minutes."""
+        from batchserve_planning.checked import verdict
+
+        sweep = self.sweep
+        reference = self.kept.pop(id(pick), None)
+        self.close()
+        fresh = self._start([pick], "verification")
+        try:
+            if not fresh:
+                return {"error": "the re-run did not start; see logs/", "holds": False}
+            pairs = fresh + ([(pick, reference)] if reference is not None else [])
+            steps = self._measure(pairs, sweep.started + sweep.args.budget_s, back_off=False,
+                                  clients=predicted.concurrency,
+                                  labels=[f"re-run of the pick: {pick.candidate.label()}",
+                                          "the pick's final-round server, in turn with its re-run"])
+        finally:
+            for _, server in fresh:
+                server.stop()
+            if reference is not None:
+                reference.stop()
+        if not steps:
+            return {"error": "the re-run did not complete; see logs/", "holds": False}
+        return verdict(predicted, steps[0][1], sweep.settings.slo_ms,
+                       reference=steps[1][1] if len(steps) > 1 else None)
+
+    def close(self) -> None:
+        for server in self.kept.values():
+            server.stop()
+        self.kept.clear()
+
+    def _start(self, outcomes: list[Outcome], name: str) -> list[tuple[Outcome, ManagedServer]]:
+        from batchserve_planning.load.scrape import ServerError
+
+        sweep = self.sweep
+        assert sweep.bars is not None
+        started = []
+        for outcome in outcomes:
+            sweep.count += 1
+            try:
+                started.append((outcome, sweep.start_server(outcome.candidate, f"{name}-{sweep.count:02d}")))
+            except ServerError as exc:
+                sweep.bars.print(f"{name}: {outcome.candidate.label()} did not start "
+                                 f"({str(exc).splitlines()[0]})")
+        return started
+
+    def _measure(self, servers: list[tuple[Outcome, ManagedServer]], deadline: float, *, back_off: bool,
+                 clients: int | None = None, labels: list[str] | None = None) -> list[tuple[Outcome, Step]]:
+        """Checked figures of ``servers`` measured in turn; with ``back_off``, those over the SLO
+        again at the next lower load within it in their ramp (in turn with each other)."""
+        from batchserve_planning.checked import measure_alternating
+        from batchserve_planning.ramp import measure_step
+
+        sweep = self.sweep
+        assert sweep.bars is not None
+        names = labels or [f"final round: {o.candidate.label()}" for o, _ in servers]
+        levels = [[clients or final_clients(o)] for o, _ in servers]  # the re-run's two are one outcome
+        if back_off:
+            for (outcome, _), mine in zip(servers, levels, strict=True):
+                mine += sorted({s.concurrency for s in outcome.steps
+                                if s.within_slo and s.concurrency < mine[0]}, reverse=True)[:1]
+        requests = [sweep.requests_for(server) for _, server in servers]
+        bars = sweep.bars
+
+        def run(i: int) -> Step:
+            server = servers[i][1]
+            level = levels[i][0]
+            bars.update(sweep.overall, status=names[i])
+            return measure_step(server.url, sweep.target, requests[i], level, sweep.settings, bars,
+                                f"{names[i]} @ {level} clients", duration_s=3 * sweep.settings.step_s,
+                                min_responses=3 * sweep.settings.min_responses)
+
+        done: dict[int, Step] = {}
+        todo = list(range(len(servers)))
+        try:
+            while todo:
+                steps = measure_alternating([partial(run, i) for i in todo], sweep.settings.slo_ms, deadline)
+                again = []
+                for i, step in zip(todo, steps, strict=True):
+                    done[i] = step
+                    levels[i].pop(0)
+                    if not step.within_slo and levels[i]:
+                        again.append(i)
+                todo = again
+        except (OSError, RuntimeError) as exc:
+            sweep.bars.print(f"{names[0]}: {type(exc).__name__}: {exc}")
+        for _ in servers:
+            sweep.bars.update(sweep.overall, advance=1)
+        return [(servers[i][0], done[i]) for i in sorted(done)]

@@ -1,0 +1,83 @@
+"""The report's re-run: "Checked by starting it again", and the words the headline uses for it.
+
+The re-run is measured in turn with the pick's final-round server where that was kept (``finals``):
+its ratio is to that server over the same minutes, and how far that server moved from its
+final-round figure is the machine's drift. Where it was not kept, the ratio is to the prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchserve_planning.formats import X, rate_text
+from batchserve_planning.load.results import format_ms
+
+DRIFT_NOTED = 0.10
+"""A drift of the machine's speed beyond this share is called out: figures move that much."""
+
+
+def against(check: dict[str, Any]) -> str:
+    """What the re-run's ratio is to."""
+    if check.get("reference"):
+        return "its final-round server, measured in turn with it"
+    return "the prediction"
+
+
+def drift_text(check: dict[str, Any]) -> str:
+    """How far the machine's speed moved between the final round and the re-run, where measured."""
+    drift = check.get("drift")
+    if drift is None:
+        return ""
+    text = (f" Since the final round, the pick's own server moved to {drift:.2f}{X} its final-round "
+            f"{rate_text(check['predicted_rows_per_s'])}/s: this machine's speed")
+    if abs(drift - 1) > DRIFT_NOTED:
+        return text + (f" moved by more than {DRIFT_NOTED:.0%}, so a figure measured here at another time "
+                       "may be as far off.")
+    return text + f" moved by {DRIFT_NOTED:.0%} or less."
+
+
+def check_section(results: dict[str, Any], slo: float) -> list[str]:
+    """The re-run's table and verdict (without the stage breakdown)."""
+    check = results.get("verification") or {}
+    lines = ["### Checked by starting it again", ""]
+    if "error" in check or not check:
+        return [*lines, f"The re-run failed: {check.get('error', 'not run')}", ""]
+    verdict = "holds" if check.get("holds") else "does NOT hold"
+    reference = check.get("reference")
+    head = "| | predicted (final round) |" + (" its final-round server, in turn with the re-run |"
+                                              if reference else "") + " measured (re-run) |"
+    rate = (f"| inferences/s at {check['concurrency']} clients | "
+            f"{rate_text(check['predicted_rows_per_s'])} ({runs_text(results['predicted'])}) | ")
+    p99 = f"| p99 | {format_ms(check['predicted_p99_ms'])} | "
+    if reference:
+        rate += f"{rate_text(reference['rows_per_s'])} ({check['drift']:.2f}{X}; {runs_text(reference)}) | "
+        p99 += f"{format_ms(reference['p99_ms'])} | "
+    rate += (f"{rate_text(check['measured_rows_per_s'])} ({check['ratio']:.2f}{X}; "
+             f"{runs_text(check['step'])}) |")
+    p99 += f"{format_ms(check['measured_p99_ms'])} |"
+    how = ("The pick was started again and measured in turn with its final-round server, kept running, "
+           "so that a change of this machine's speed falls on both alike. " if reference else "")
+    return [
+        *lines, head, "|---|---|" + ("---|" if reference else "") + "---|", rate, p99, "",
+        f"{how}The re-run {verdict}: throughput within 10% of {against(check)}: "
+        f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
+        f"{'yes' if check['p99_within_slo'] else 'no'}.{noise_verdict(check)}{drift_text(check)}", ""]
+
+
+def runs_text(step: dict[str, Any]) -> str:
+    """A checked figure's runs and their range (``checked``)."""
+    runs = step.get("runs", 1)
+    if runs == 1 or step.get("rows_low") is None:
+        return "1 run"
+    text = f"{runs} runs: {rate_text(step['rows_low'])}-{rate_text(step['rows_high'])}"
+    return text if step.get("settled", True) else text + ", mean not known to 3%"
+
+
+def noise_verdict(check: dict[str, Any]) -> str:
+    """Whether a re-run that missed is within the two figures' measured noise."""
+    if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"]:
+        return ""
+    if check["within_noise"]:
+        return (" The two throughputs differ by no more than their measured noise (their runs' half "
+                "ranges added): on this machine, at this time, the figure could not be pinned down closer.")
+    return " The two throughputs differ by more than their measured noise (their runs' half ranges added)."
