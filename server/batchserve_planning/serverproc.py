@@ -45,15 +45,24 @@ def toml_table(table: dict[str, Any], header: str = "[[models]]") -> str:
     return f"{header}\n" + "".join(f"{key} = {toml_value(value)}\n" for key, value in table.items())
 
 
-def _free_port() -> int:
-    """A loopback port that was free a moment ago. The server could bind port 0 itself, but then
-    the launcher would have to learn the port from the server's log; the window between closing
-    this socket and the server binding the port is a few milliseconds on a port the kernel has
-    just handed out, and a lost race shows as a server that exits before it is ready."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(port: int | None, grpc: bool) -> tuple[int, int | None]:
+    """The HTTP port (``port``, else a free one) and, with ``grpc``, a free gRPC port other than it."""
+    http = port or _free_port()
+    return http, _free_port(taken=http) if grpc else None
+
+
+def _free_port(taken: int | None = None) -> int:
+    """A loopback port that was free a moment ago, other than ``taken`` (the kernel may hand out
+    the port it has just handed out, once that socket is closed). The server could bind port 0
+    itself, but then the launcher would have to learn the port from the server's log; the window
+    between closing this socket and the server binding the port is a few milliseconds on a port
+    the kernel has just handed out, and a lost race shows as a server that exits before it is ready."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port != taken:
+            return port
 
 
 class ManagedServer:
@@ -73,9 +82,8 @@ class ManagedServer:
                  quota_cpus: float | None = None, grpc: bool = False) -> None:
         """``args``: more ``serve`` flags; ``env``: more environment (``BATCHSERVE_*`` settings);
         ``grpc``: serve gRPC too, on a free port (``grpc_port``)."""
-        self.port = port or _free_port()
+        self.port, self.grpc_port = free_ports(port, grpc)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_port = _free_port() if grpc else None
         if self.grpc_port is not None:
             args = [*args, "--grpc-port", str(self.grpc_port)]
         self._own_log = log is None
