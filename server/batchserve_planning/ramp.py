@@ -252,7 +252,10 @@ def climb(measure: Callable[[int], Step], settings: RampSettings, fill_clients: 
         last_ok = concurrency
         if best is not None:
             direction = trend(step, best)
-            flat, stale = (0, 0) if direction > 0 else (flat + (direction == 0), stale + 1)
+            # Within the noise says nothing where a step's windows did not agree: not flat (the
+            # stale count still caps a ramp that never grows beyond its noise).
+            known = step.settled and best.settled
+            flat, stale = (0, 0) if direction > 0 else (flat + (direction == 0 and known), stale + 1)
             if concurrency >= fill_clients and (flat >= FLAT_STEPS or stale >= STALE_STEPS):
                 return steps
         if best is None or step.rows_per_s > best.rows_per_s:

@@ -99,7 +99,7 @@ def test_a_noisy_backend_under_a_cpu_hog_gets_the_known_best_and_a_checked_headl
     for step in [f["step"] for f in results["final_round"]] + [check["step"]]:
         assert step["runs"] >= 2 and step["rows_low"] <= step["rows_per_s"] <= step["rows_high"]
     assert isinstance(check["within_noise"], bool)
-    assert f"({check['step']['runs']} runs: " in report.split("### Checked by starting it again")[1]
+    assert f"; {check['step']['runs']} runs: " in report.split("### Checked by starting it again")[1]
     body = report.split("\n\n", 2)[2]  # after the title and the run's line: the headline
     if check["holds"]:
         assert code == 0

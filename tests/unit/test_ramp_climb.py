@@ -51,6 +51,19 @@ def test_growth_within_the_noise_is_no_growth() -> None:
     assert [s.concurrency for s in steps] == [1, 2, 4]
 
 
+def test_steps_whose_windows_did_not_agree_do_not_end_a_ramp_as_flat() -> None:
+    """A batch-4 echo backend at 2 and 4 clients: batches of 1 or 2 by timing, its windows not in
+    agreement (ranges of +-40% and +-12%). Growth within such noise is not "no growth": the ramp goes
+    on to where it shows, and stops two settled steps into the plateau."""
+    curve = {1: (48.0, 0.05, True), 2: (65.0, 0.40, False), 4: (99.0, 0.12, False)}
+
+    def measure(clients: int) -> Step:
+        rows, spread, settled = curve.get(clients, (min(200.0, 24.0 * clients), 0.03, True))
+        return replace(step(clients, rows, spread=spread), settled=settled)
+
+    assert [s.concurrency for s in climb(measure, SETTINGS)] == [1, 2, 4, 8, 16, 32]
+
+
 def test_the_slo_ends_the_ramp_and_the_level_between_is_tried() -> None:
     def measure(clients: int) -> Step:
         return step(clients, capacity(clients), p99_ms=clients * 2.0)  # 100 ms at 50 clients
