@@ -60,10 +60,10 @@ def side_by_side(outcomes: list[Outcome]) -> bool:
     return sum(o.peak_rss_bytes or 0 for o in outcomes) <= available_bytes() / 2
 
 
-def available_bytes() -> int:
+def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     """MemAvailable (``/proc/meminfo``); 0 where it cannot be read (then one at a time)."""
     try:
-        text = Path("/proc/meminfo").read_text(encoding="ascii")
+        text = meminfo.read_text(encoding="ascii")
     except OSError:
         return 0
     for line in text.splitlines():
@@ -97,13 +97,15 @@ class Finals:
             left = sum(len(g) for g in groups[index:])
             deadline = finalists_deadline(now, end, left, rerun, measured=len(group))
             servers = self._start(group, "final")
-            measured = self._measure(servers, deadline, back_off=True)
-            finals += measured
-            for outcome, server in servers:
-                if rerun and len(groups) == 1:
-                    self.kept[id(outcome)] = server
-                else:
-                    server.stop()
+            keep = rerun and len(groups) == 1
+            try:
+                finals += self._measure(servers, deadline, back_off=True)
+            finally:  # kept ones are stopped by ``close``, also when the measurement was cut short
+                for outcome, server in servers:
+                    if keep:
+                        self.kept[id(outcome)] = server
+                    else:
+                        server.stop()
         return finals
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
@@ -143,14 +145,20 @@ class Finals:
 
         sweep = self.sweep
         assert sweep.bars is not None
-        started = []
-        for outcome in outcomes:
-            sweep.count += 1
-            try:
-                started.append((outcome, sweep.start_server(outcome.candidate, f"{name}-{sweep.count:02d}")))
-            except ServerError as exc:
-                sweep.bars.print(f"{name}: {outcome.candidate.label()} did not start "
-                                 f"({str(exc).splitlines()[0]})")
+        started: list[tuple[Outcome, ManagedServer]] = []
+        try:
+            for outcome in outcomes:
+                sweep.count += 1
+                try:
+                    server = sweep.start_server(outcome.candidate, f"{name}-{sweep.count:02d}")
+                    started.append((outcome, server))
+                except ServerError as exc:
+                    sweep.bars.print(f"{name}: {outcome.candidate.label()} did not start "
+                                     f"({str(exc).splitlines()[0]})")
+        except BaseException:  # interrupted while starting the next: stop those already started
+            for _, server in started:
+                server.stop()
+            raise
         return started
 
     def _measure(self, servers: list[tuple[Outcome, ManagedServer]], deadline: float, *, back_off: bool,
@@ -163,36 +171,34 @@ class Finals:
         sweep = self.sweep
         assert sweep.bars is not None
         names = labels or [f"final round: {o.candidate.label()}" for o, _ in servers]
-        levels = [[clients or final_clients(o)] for o, _ in servers]  # the re-run's two are one outcome
-        if back_off:
-            for (outcome, _), mine in zip(servers, levels, strict=True):
-                mine += sorted({s.concurrency for s in outcome.steps
-                                if s.within_slo and s.concurrency < mine[0]}, reverse=True)[:1]
         requests = [sweep.requests_for(server) for _, server in servers]
         bars = sweep.bars
 
-        def run(i: int) -> Step:
-            server = servers[i][1]
-            level = levels[i][0]
+        def run(i: int, level: int) -> Step:
             bars.update(sweep.overall, status=names[i])
-            return measure_step(server.url, sweep.target, requests[i], level, sweep.settings, bars,
+            return measure_step(servers[i][1].url, sweep.target, requests[i], level, sweep.settings, bars,
                                 f"{names[i]} @ {level} clients", duration_s=3 * sweep.settings.step_s,
                                 min_responses=3 * sweep.settings.min_responses)
 
+        def in_turn(levels: dict[int, int]) -> dict[int, Step]:
+            runs = [partial(run, i, level) for i, level in levels.items()]
+            return dict(zip(levels, measure_alternating(runs, sweep.settings.slo_ms, deadline), strict=True))
+
         done: dict[int, Step] = {}
-        todo = list(range(len(servers)))
-        try:
-            while todo:
-                steps = measure_alternating([partial(run, i) for i in todo], sweep.settings.slo_ms, deadline)
-                again = []
-                for i, step in zip(todo, steps, strict=True):
-                    done[i] = step
-                    levels[i].pop(0)
-                    if not step.within_slo and levels[i]:
-                        again.append(i)
-                todo = again
+        try:  # the re-run's two servers are one outcome: both at ``clients``
+            done = in_turn({i: clients or final_clients(o) for i, (o, _) in enumerate(servers)})
+            if back_off:  # those over the SLO: again at the next lower load they met it at
+                lower = {i: _lower_load(servers[i][0], step.concurrency)
+                         for i, step in done.items() if not step.within_slo}
+                done.update(in_turn({i: level for i, level in lower.items() if level is not None}))
         except (OSError, RuntimeError) as exc:
             sweep.bars.print(f"{names[0]}: {type(exc).__name__}: {exc}")
         for _ in servers:
             sweep.bars.update(sweep.overall, advance=1)
         return [(servers[i][0], done[i]) for i in sorted(done)]
+
+
+def _lower_load(outcome: Outcome, clients: int) -> int | None:
+    """The most clients below ``clients`` at which ``outcome``'s ramp met the SLO, if any."""
+    met = [s.concurrency for s in outcome.steps if s.within_slo and s.concurrency < clients]
+    return max(met, default=None)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from batchserve_planning import finals
 from batchserve_planning.candidates import Candidate, Outcome
+from batchserve_planning.ramp import Step
 
 
 def test_cpu_finalists_that_fit_together_run_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,5 +27,102 @@ def test_cpu_finalists_that_fit_together_run_side_by_side(monkeypatch: pytest.Mo
     assert not finals.side_by_side(gpu)
 
 
-def test_free_memory_is_read_from_the_kernel() -> None:
-    assert finals.available_bytes() > 0
+def test_free_memory_is_memavailable_and_none_where_unreadable(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000 kB\n"
+                       "MemAvailable:   12000000 kB\nBuffers:  10 kB\n", encoding="ascii")
+    assert finals.available_bytes(meminfo) == 12000000 * 1024
+    assert finals.available_bytes(tmp_path / "missing") == 0  # then never side by side
+
+
+class _Server:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name, self.url = log, name, "http://127.0.0.1:1"
+
+    def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+class _Sweep:
+    """What ``Finals`` reads of a sweep; its servers log their stops."""
+
+    def __init__(self, fail_start_at: int | None = None) -> None:
+        self.started, self.args = time.monotonic(), SimpleNamespace(budget_s=600.0)
+        self.notes: list[str] = []
+        self.bars, self.count = SimpleNamespace(print=lambda *_: None), 0
+        self.log: list[str] = []
+        self.fail_start_at = fail_start_at
+
+    def start_server(self, candidate: Candidate, name: str) -> _Server:
+        if self.count == self.fail_start_at:
+            raise KeyboardInterrupt
+        return _Server(self.log, name)
+
+
+def _interrupted(*_: object, **__: object) -> list[tuple[Outcome, Step]]:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_servers_are_stopped_when_the_final_round_is_interrupted(
+        monkeypatch: pytest.MonkeyPatch, rerun: bool) -> None:
+    monkeypatch.setattr(finals, "available_bytes", lambda: 8 << 30)
+    monkeypatch.setattr(finals.Finals, "_measure", _interrupted)
+    sweep = _Sweep()
+    final = finals.Finals(sweep)  # type: ignore[arg-type]
+    ranked = [Outcome(Candidate(8, 0.0, 1), peak_rss_bytes=1 << 20),
+              Outcome(Candidate(16, 0.0, 1), peak_rss_bytes=1 << 20)]
+    with pytest.raises(KeyboardInterrupt):
+        final.final_round(ranked, rerun=rerun)
+    if rerun:  # kept for the re-run: ``close`` (recommend's ``finally``) stops them
+        assert sweep.log == [] and len(final.kept) == 2
+        final.close()
+    assert sorted(sweep.log) == ["stop final-01", "stop final-02"]
+
+
+def test_servers_already_started_are_stopped_when_starting_the_next_is_interrupted() -> None:
+    sweep = _Sweep(fail_start_at=2)
+    final = finals.Finals(sweep)  # type: ignore[arg-type]
+    ranked = [Outcome(Candidate(8, 0.0, 1)), Outcome(Candidate(16, 0.0, 1))]
+    with pytest.raises(KeyboardInterrupt):
+        final._start(ranked, "final")
+    assert sweep.log == ["stop final-01"]
+
+
+def _step(clients: int, rows_per_s: float, within_slo: bool) -> Step:
+    return Step(concurrency=clients, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=1.0,
+                p99_ms=10.0 if within_slo else 100.0, max_ms=200.0, error_rate=0.0,
+                mean_batch_size=None, within_slo=within_slo)
+
+
+def test_a_finalist_over_the_slo_is_measured_again_at_its_next_lower_load(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchserve_planning import ramp
+
+    # the fast one is over the SLO at its best load (32) on this machine now, within it at 16
+    curves = {"a": {32: (900.0, False), 16: (800.0, True)}, "b": {8: (500.0, True)}}
+    calls: list[tuple[str, int]] = []
+
+    def fake_step(url: str, target: str, requests: str, clients: int, *_: object, **__: object) -> Step:
+        calls.append((requests, clients))
+        rows, within = curves[requests][clients]
+        return _step(clients, rows, within)
+
+    monkeypatch.setattr(ramp, "measure_step", fake_step)
+    sweep = _Sweep()
+    sweep.settings = SimpleNamespace(slo_ms=50.0, step_s=1.0, min_responses=10)  # type: ignore[attr-defined]
+    sweep.bars = SimpleNamespace(print=lambda *_: None, update=lambda *_, **__: None)
+    sweep.target, sweep.overall = "m", 0  # type: ignore[attr-defined]
+    sweep.requests_for = lambda server: server.name  # type: ignore[attr-defined]
+    a = Outcome(Candidate(8, 0.0, 1), steps=[_step(8, 500.0, True), _step(16, 800.0, True),
+                                             _step(32, 900.0, True)])
+    b = Outcome(Candidate(4, 0.0, 1), steps=[_step(4, 400.0, True), _step(8, 500.0, True)])
+    servers = [(a, _Server(sweep.log, "a")), (b, _Server(sweep.log, "b"))]
+    measured = finals.Finals(sweep)._measure(servers, time.monotonic() + 60, back_off=True)  # type: ignore[arg-type]
+    assert [(o, s.concurrency, s.within_slo) for o, s in measured] == [(a, 16, True), (b, 8, True)]
+    assert ("a", 32) in calls and ("a", 16) in calls and ("b", 16) not in calls
+    # the re-run's pair: both at the clients given, no back-off
+    calls.clear()
+    again = finals.Finals(sweep)._measure(servers[:1], time.monotonic() + 60, back_off=False,  # type: ignore[arg-type]
+                                          clients=32)
+    assert [s.concurrency for _, s in again] == [32] and {c for _, c in calls} == {32}
