@@ -5,8 +5,9 @@ For each model (MODELS) it runs ``batchserve recommend`` RUNS times without and 
 background CPU load (LOAD: one process spinning on every core, outside recommend's process tree,
 alternating: quiet, loaded, quiet, ...), and HARDWARE_RUNS times ``recommend --hardware
 models/hardware.example.toml`` (quiet, then loaded, ...), each with the model's inputs, SLO and
-target below, then reads results.json: the exit status (0 held, 3 the re-run did not hold, 1 no
-pick), the pick, whether its re-run held (throughput within 10% of what recommend checked it
+target below, then reads results.json: the exit status (0 held, 3 the re-run did not hold or
+was not known, 1 no pick), the pick, whether its re-run held (or was not known: its figures not
+known to 3% when measuring stopped) (throughput within 10% of what recommend checked it
 against: the pick's final-round server measured in turn with it, else the prediction; p99 within
 the SLO), its ratio to the prediction and the drift (that server against its final-round
 figure), the contention recommend measured, and the seconds against the budget. The predictions and checks
@@ -98,7 +99,8 @@ def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str,
     else:
         check = data.get("verification") or {}
         pick = data["candidates"][data["pick"]]["label"] if data["pick"] is not None else None
-        row.update(pick=pick, holds=check.get("holds"), ratio=check.get("ratio"),
+        row.update(pick=pick, holds=check.get("holds"), outcome=check.get("outcome"),
+                   ratio=check.get("ratio"),
                    to_prediction=check.get("ratio_to_prediction"), drift=check.get("drift"),
                    p99_ms=check.get("measured_p99_ms"), decisions=data.get("decisions"))
     return row
@@ -118,7 +120,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         p99 = f"{row['p99_ms']:,.1f} ms" if row.get("p99_ms") is not None else "—"
         lines.append(f"| {row['model']} | {row['kind']} | {'yes' if row['loaded'] else 'no'} | "
                      f"{row['exit']} | {row['pick']} | {ratio} | {to_prediction} | {drift} | {p99} | "
-                     f"{'yes' if row['holds'] else 'no'} | "
+                     f"{'yes' if row['holds'] else row.get('outcome') or 'no'} | "
                      f"{share} | "
                      f"{len(contention.get('contended', []))} of {contention.get('measurements', 0)} | "
                      f"{row['seconds']:.0f} ({row['budget_s']:.0f}) |")
@@ -133,7 +135,10 @@ def summary(rows: list[dict[str, Any]]) -> str:
             if mine:
                 picks = sorted({str(r["pick"]) for r in mine})
                 held = sum(bool(r["holds"]) for r in mine)
-                lines.append(f"- {model} ({kind}): held in {held} of {len(mine)} runs; "
+                unknown = sum(r.get("outcome") == "not known" for r in mine)
+                lines.append(f"- {model} ({kind}): held in {held} of {len(mine)} runs"
+                             + (f" (not known in {unknown}: measuring stopped first)" if unknown else "")
+                             + "; "
                              f"{len(picks)} distinct pick(s): {'; '.join(picks)}")
     return "\n".join(lines)
 

@@ -1,9 +1,18 @@
-"""``recommend --budget-s``: when a sweep starts no more candidates, and each search's share of it.
+"""``recommend --budget-s``: when a sweep starts no more candidates, and each part's share of it.
 
 A sweep searches each device, dtype and runtime in turn (``Sweep.search``); with more than one,
-each gets an equal share of the time left when it starts (less the final round's and the
-re-run's), so that the first searched cannot spend the budget of the others; one that ends
-early (``--max-drift`` left it out, or its ramps were short) leaves its time to those after it.
+each gets an equal share of the time left when it starts (less what the checks after the sweep
+need, ``checks_s``), so that the first searched cannot spend the budget of the others; one that
+ends early (``--max-drift`` left it out, or its ramps were short) leaves its time to those after it.
+
+The checks (the final round and the re-run, ``finals``) are measured in runs until their means
+are known (``checked``): at least ``MIN_RUNS`` rounds, ``MIN_RUNS_CONTENDED`` where other work took
+the CPUs, each after a fresh server start. What that costs at least is known from the search: how
+long its servers took to start, and how long its steps took, scaled to a checked run's length.
+The sweep keeps that (or ``CHECKED_SHARE`` of the budget, the more), and the final round leaves
+the re-run its own least (``rerun_s``): on the 2-core VM beside a CPU hog, a split that gave the
+re-run a share of the time left (a third) left it two rounds, measured past the budget's end (up
+to 21 s over 600) after a slow start, and its contended figures without their third run.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from batchserve_planning.candidates import Outcome
+    from batchserve_planning.ramp import RampSettings, Step
 
 CHECKED_SHARE = 0.3
 """At least this share of the budget is kept, past the sweep, for the final round and the re-run:
@@ -22,16 +32,16 @@ Share = tuple[float, int]
 """When a search must end (seconds into the run), and the index of its first outcome."""
 
 
-def over_budget(outcomes: list[Outcome], elapsed_s: float, budget_s: float, share: Share | None) -> bool:
-    """Whether the next candidate would not fit: in the budget with the checks after the sweep, or
-    in its search's ``share`` (past the search's first candidate, which always runs)."""
+def over_budget(outcomes: list[Outcome], elapsed_s: float, budget_s: float, share: Share | None,
+                reserve_s: float) -> bool:
+    """Whether the next candidate would not fit: in the budget with the checks after the sweep
+    (``reserve_s``, ``checks_s``), or in its search's ``share`` (past the search's first
+    candidate, which always runs)."""
     if not outcomes:
         return False
-    mean_s = sum(o.seconds for o in outcomes) / len(outcomes)
-    longest_s = max(o.seconds for o in outcomes)
-    # The next candidate (as long as the longest so far: the ones left are the larger batches,
-    # ramped further), then the final round and the re-run (``checks_s``).
-    if elapsed_s + longest_s + checks_s(mean_s, budget_s) > budget_s:
+    # The next candidate is as long as the longest so far: the ones left are the larger batches,
+    # ramped further.
+    if elapsed_s + max(o.seconds for o in outcomes) + reserve_s > budget_s:
         return True
     if share is None:
         return False
@@ -40,29 +50,70 @@ def over_budget(outcomes: list[Outcome], elapsed_s: float, budget_s: float, shar
     return bool(mine) and elapsed_s + max(o.seconds for o in mine) > end_s
 
 
-def share_of(elapsed_s: float, budget_s: float, outcomes: list[Outcome], searches_left: int) -> Share | None:
-    """The share of the search starting now, with ``searches_left`` (itself included) to go; None
-    for the last one (the rest of the budget)."""
+def share_of(elapsed_s: float, budget_s: float, reserve_s: float, first: int,
+             searches_left: int) -> Share | None:
+    """The share of the search starting now (its first outcome at index ``first``), with
+    ``searches_left`` (itself included) to go and ``reserve_s`` kept for the checks; None for the
+    last one (the rest of the budget)."""
     if searches_left <= 1:
         return None
-    reserve_s = checks_s(sum(o.seconds for o in outcomes) / len(outcomes) if outcomes else 0.0, budget_s)
-    return elapsed_s + max(0.0, budget_s - elapsed_s - reserve_s) / searches_left, len(outcomes)
+    return elapsed_s + max(0.0, budget_s - elapsed_s - reserve_s) / searches_left, first
 
 
-def checks_s(mean_s: float, budget_s: float) -> float:
-    """The time kept for the final round and the re-run: each a server and runs three times a
-    ramp step's length until their mean is known, two runs on a quiet machine (about 0.7 of a
-    candidate each on the 2-core VM); on a busy one more runs, so never less than
-    ``CHECKED_SHARE`` of the budget (a second finalist is skipped where it would not fit)."""
-    return max(2 * mean_s, CHECKED_SHARE * budget_s)
+def checks_s(outcomes: list[Outcome], budget_s: float, settings: RampSettings, finalists: int,
+             rerun: bool) -> float:
+    """The time kept for the checks after the sweep: ``finalists`` servers started and measured
+    in turn for the least rounds (``least_rounds``), and the re-run's least (``rerun_s``) where
+    one follows; never less than ``CHECKED_SHARE`` of the budget (figures on a busy machine take
+    more rounds than the least)."""
+    if not outcomes:
+        return CHECKED_SHARE * budget_s
+    final = finalists * (start_s(outcomes) + least_rounds(outcomes) * run_s(outcomes, settings))
+    return max(CHECKED_SHARE * budget_s, final + (rerun_s(outcomes, settings) if rerun else 0.0))
 
 
+def rerun_s(outcomes: list[Outcome], settings: RampSettings) -> float:
+    """The least the re-run costs: a server start, and the least rounds of two runs (the fresh
+    server and the pick's own, in turn), each as long as the longest of ``outcomes``' would be."""
+    return start_s(outcomes) + least_rounds(outcomes) * 2 * run_s(outcomes, settings)
 
-def finalists_deadline(now_s: float, end_s: float, finalists_left: int, rerun: bool,
-                       measured: int = 1) -> float:
+
+def start_s(outcomes: list[Outcome]) -> float:
+    """The longest server start measured among ``outcomes``."""
+    return max((o.start_s for o in outcomes), default=0.0)
+
+
+def run_s(outcomes: list[Outcome], settings: RampSettings) -> float:
+    """The longest checked run among ``outcomes``, at each one's best step (where the checks
+    measure it)."""
+    return max((checked_run_s(o.best, settings) for o in outcomes if o.best is not None), default=0.0)
+
+
+def least_rounds(outcomes: list[Outcome]) -> int:
+    """The rounds a checked figure takes at least: ``MIN_RUNS_CONTENDED`` where any step of the
+    search was contended (the machine is busy; so will the checks' runs be), else ``MIN_RUNS``."""
+    from batchserve_planning.checked import MIN_RUNS, MIN_RUNS_CONTENDED
+
+    busy = any(s.contended for o in outcomes for s in o.steps)
+    return MIN_RUNS_CONTENDED if busy else MIN_RUNS
+
+
+def checked_run_s(step: Step, settings: RampSettings) -> float:
+    """How long one run of a checked figure at ``step``'s load takes, from what the step took
+    (``step.seconds``). A checked run's first part is three times a ramp step's (``finals``: three
+    times ``step_s`` and ``min_responses``, within ``max_step_s`` or that), its further windows
+    the same share of it: so the step's seconds, scaled by the ratio of the two first parts at the
+    step's request rate."""
+    rate = max(step.rps, 1e-9)
+    ramp_first = min(max(settings.step_s, settings.min_responses / rate), settings.max_step_s)
+    checked_first = min(max(3 * settings.step_s, 3 * settings.min_responses / rate),
+                        max(settings.max_step_s, 3 * settings.step_s))
+    return step.seconds * checked_first / ramp_first
+
+
+def finalists_deadline(now_s: float, end_s: float, finalists_left: int, measured: int = 1) -> float:
     """When the ``measured`` finalists starting at ``now_s`` (in turn, ``finals``) must stop
-    starting runs: their share of the time left before ``end_s`` (the budget's end), shared
-    equally among them, the finalists after them (``finalists_left`` counts both) and the re-run
-    (``rerun``: ``verify`` follows; ``--hardware`` has its open-loop re-run instead)."""
-    shares = finalists_left + (1 if rerun else 0)
-    return now_s + max(0.0, end_s - now_s) * measured / max(1, shares)
+    starting runs: their share of the time left before ``end_s`` (the budget's end, less the
+    re-run's ``rerun_s`` where one follows), shared equally among them and the finalists after
+    them (``finalists_left`` counts both)."""
+    return now_s + max(0.0, end_s - now_s) * measured / max(1, finalists_left)

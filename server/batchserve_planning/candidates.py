@@ -106,6 +106,8 @@ class Outcome:
     """How many processes ``peak_rss_bytes`` covers (1, or 1 + the workers)."""
     gpu_bytes: int | None = None
     seconds: float = 0.0
+    start_s: float = 0.0
+    """Of ``seconds``, what its server took to start and become ready."""
     error: str | None = None
     drift: dict[str, float] | None = None
     """Its outputs against the float32 torch reference's on the sample inputs (``accuracy``)."""
@@ -125,5 +127,5 @@ class Outcome:
                 "steps": [asdict(s) for s in self.steps], "best": asdict(best) if best else None,
                 "peak_rss_bytes": self.peak_rss_bytes, "processes": self.processes,
                 "gpu_bytes": self.gpu_bytes,
-                "seconds": self.seconds, "error": self.error, "drift": self.drift,
+                "seconds": self.seconds, "start_s": self.start_s, "error": self.error, "drift": self.drift,
                 "outputs": self.outputs, "excluded": self.excluded}

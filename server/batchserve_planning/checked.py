@@ -104,7 +104,7 @@ def combine(runs: list[Step], slo_ms: float) -> Step:
         stages_ms=_mean_stages(runs), rows_low=min(rows), rows_high=max(rows), p99_high=max(highs),
         windows=sum(r.windows for r in runs), settled=mean_known(rows, least=_least(runs)), runs=len(runs),
         others_cpu=max(others) if others else None, steal=max(steals) if steals else None,
-        latency_cv=median(cvs) if cvs else None)
+        latency_cv=median(cvs) if cvs else None, seconds=sum(r.seconds for r in runs))
 
 
 def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | None = None) -> dict[str, Any]:
@@ -114,13 +114,20 @@ def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | No
     ``within_noise`` says whether the two differ by no more than their measured noise
     (``stability.beyond_noise``): where it did not hold but is within its noise, this machine
     could not pin the figure down closer. ``drift``: the reference over the prediction, how far the
-    machine's speed moved between the final round and the re-run."""
+    machine's speed moved between the final round and the re-run. ``outcome``: "held", "not held",
+    or "not known" where the throughput missed while one of the two figures compared was not known
+    to ``PRECISION`` (the budget ended, or ``MAX_RUNS``, before it was) and the p99 was within the
+    SLO: such a miss is no evidence against the pick (a p99 over the SLO is a miss whatever the
+    figures' precision)."""
     from batchserve_planning.stability import beyond_noise
 
     against = reference or predicted
     ratio = measured.rows_per_s / against.rows_per_s
     within_10pct = abs(ratio - 1) <= VERIFY_TOLERANCE
     p99_ok = measured.p99_ms <= slo_ms and measured.error_rate <= MAX_ERROR_RATE
+    holds = within_10pct and p99_ok
+    known = measured.settled and against.settled
+    outcome = "held" if holds else "not known" if p99_ok and not known else "not held"
     return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
             "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
             "ratio_to_prediction": measured.rows_per_s / predicted.rows_per_s,
@@ -131,7 +138,7 @@ def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | No
             "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
             "within_noise": beyond_noise(measured.rows_per_s, measured.rows_spread, against.rows_per_s,
                                          against.rows_spread) == 0,
-            "holds": within_10pct and p99_ok, "step": asdict(measured)}
+            "holds": holds, "outcome": outcome, "step": asdict(measured)}
 
 
 def _mean_stages(runs: list[Step]) -> dict[str, float] | None:

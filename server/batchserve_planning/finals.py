@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.budget import finalists_deadline
+from batchserve_planning.budget import finalists_deadline, rerun_s
 
 if TYPE_CHECKING:
     from batchserve_planning.candidates import Outcome
@@ -83,10 +83,10 @@ class Finals:
     def final_round(self, ranked: list[Outcome], rerun: bool) -> list[tuple[Outcome, Step]]:
         """``ranked`` measured again in turn (one at a time where they cannot run side by side),
         at their best load, in runs until their means are known; one over the SLO is measured again
-        at the next lower load it met the SLO at in its ramp. ``rerun``: the re-run follows and
-        takes a share of the budget; the servers are kept for it."""
+        at the next lower load it met the SLO at in its ramp. ``rerun``: the re-run follows; the
+        final round leaves it the least it costs (``budget.rerun_s``) and keeps the servers for it."""
         sweep = self.sweep
-        end = sweep.started + sweep.args.budget_s
+        end = sweep.started + sweep.args.budget_s - (rerun_s(ranked, sweep.settings) if rerun else 0.0)
         groups = [ranked] if side_by_side(ranked) else [[o] for o in ranked]
         if len(groups) > 1 and len(ranked) > 1:
             sweep.notes.append("the finalists were measured one after the other, not in turn: "
@@ -95,7 +95,7 @@ class Finals:
         for index, group in enumerate(groups):
             now = time.monotonic()
             left = sum(len(g) for g in groups[index:])
-            deadline = finalists_deadline(now, end, left, rerun, measured=len(group))
+            deadline = finalists_deadline(now, end, left, measured=len(group))
             servers = self._start(group, "final")
             keep = rerun and len(groups) == 1
             try:

@@ -79,7 +79,7 @@ class Fleet:
         folder = self.out / "profiles" / slug(placement.profile.name)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         sweep = Sweep(args, self.base, self.samples, replace(self.settings, load_cpus=load_cpus), folder,
-                      quota_cpus=placement.quota_cpus)
+                      quota_cpus=placement.quota_cpus, rerun=False)
         sweep.bars = self.bars
         return sweep
 
@@ -126,7 +126,7 @@ class Fleet:
         devices = argparse.Namespace(devices=placement.device, dtypes=self.args.dtypes)
         has_dtype = "dtype" in self._options_fields()
         outcomes, skipped = sweep.search(device_dtypes(devices, self.base, has_dtype))
-        finals = sweep.final_round(outcomes, rerun=False)
+        finals = sweep.final_round(outcomes)
         chosen, predicted = choose(outcomes, finals, sweep.notes)
         entry: dict[str, Any] = {
             "profile": profile.to_dict(), "placement": placement.to_dict(), "refused": None,

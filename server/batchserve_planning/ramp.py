@@ -18,8 +18,9 @@ records how much of the machine other work took (``contention``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from batchserve_planning.stability import Figure, Rule, Spread, beyond_noise
@@ -71,6 +72,8 @@ class Step:
     runs: int = 1
     """Steps measured on the same server whose mean this is (``checked``: the final round's and
     the re-run's); 1 for a ramp step."""
+    seconds: float = 0.0
+    """The wall time its measurement took, its runs' warm-ups included (``budget`` plans by it)."""
 
     @property
     def rows_spread(self) -> Spread:
@@ -189,8 +192,9 @@ def measure_step(url: str, model: str, requests: Requests, concurrency: int, set
                         duration_s=first_s * share, warmup_s=settings.warmup_s, timeout_s=settings.timeout_s,
                         min_responses=math.ceil(answers * share), max_duration_s=longest * share)
 
+    began = time.monotonic()
     summaries, figure, contention = measure_windows(spec_for, url, model, requests, settings, bars, label)
-    return Step.of(summaries, figure, settings.slo_ms, contention)
+    return replace(Step.of(summaries, figure, settings.slo_ms, contention), seconds=time.monotonic() - began)
 
 
 def ramp(url: str, model: str, requests: Requests, settings: RampSettings, bars: Bars | None,

@@ -10,7 +10,14 @@ from typing import Any
 from batchserve_planning.candidates import Candidate
 from batchserve_planning.formats import X, batch_text, mib_text, rate_text
 from batchserve_planning.load.results import format_ms
-from batchserve_planning.report_check import against, check_section, drift_text, noise_verdict, runs_text
+from batchserve_planning.report_check import (
+    against,
+    check_section,
+    drift_text,
+    noise_verdict,
+    runs_text,
+    unknown_text,
+)
 from batchserve_planning.serverproc import toml_table
 from batchserve_planning.stages import breakdown_section, stages_of
 from batchserve_planning.tradeoff import tradeoff
@@ -95,7 +102,9 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                    if check.get("reference") else f": checked, started again it measured "
                    f"{check['ratio']:.2f}{X} the final round's {rate_text(check['predicted_rows_per_s'])}/s")
                 + f", p99 within the SLO of {slo:g} ms.{drift_text(check)}", ""]
-    lines = ["## NOT CONFIRMED: the pick did not hold when started again", ""]
+    unknown = check.get("outcome") == "not known"
+    lines = ["## NOT CONFIRMED: " + ("the re-run's figures were not known when measuring stopped" if unknown
+                                     else "the pick did not hold when started again"), ""]
     if not step:
         lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
                   f"at p99 {format_ms(predicted['p99_ms'])}, but its re-run did not complete "
@@ -115,7 +124,9 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
               f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
-              + "; ".join(misses) + ". " + held + noise_verdict(check) + drift_text(check), "",
+              + "; ".join(misses) + ". "
+              + (unknown_text(check, predicted) + " " if unknown else "") + held + noise_verdict(check)
+              + drift_text(check), "",
               "`batchserve recommend` exits with status 3 for this.", ""]
     return lines
 

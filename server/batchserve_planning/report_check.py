@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchserve_planning.checked import MAX_RUNS, PRECISION
 from batchserve_planning.formats import X, rate_text
 from batchserve_planning.load.results import format_ms
 
@@ -42,7 +43,8 @@ def check_section(results: dict[str, Any], slo: float) -> list[str]:
     lines = ["### Checked by starting it again", ""]
     if "error" in check or not check:
         return [*lines, f"The re-run failed: {check.get('error', 'not run')}", ""]
-    verdict = "holds" if check.get("holds") else "does NOT hold"
+    verdict = ("holds" if check.get("holds") else "is NOT KNOWN" if check.get("outcome") == "not known"
+               else "does NOT hold")
     reference = check.get("reference")
     head = "| | predicted (final round) |" + (" its final-round server, in turn with the re-run |"
                                               if reference else "") + " measured (re-run) |"
@@ -61,7 +63,9 @@ def check_section(results: dict[str, Any], slo: float) -> list[str]:
         *lines, head, "|---|---|" + ("---|" if reference else "") + "---|", rate, p99, "",
         f"{how}The re-run {verdict}: throughput within 10% of {against(check)}: "
         f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
-        f"{'yes' if check['p99_within_slo'] else 'no'}.{noise_verdict(check)}{drift_text(check)}", ""]
+        f"{'yes' if check['p99_within_slo'] else 'no'}.{noise_verdict(check)}"
+        + (f" {unknown_text(check, results['predicted'])}" if check.get("outcome") == "not known" else "")
+        + drift_text(check), ""]
 
 
 def runs_text(step: dict[str, Any]) -> str:
@@ -73,9 +77,25 @@ def runs_text(step: dict[str, Any]) -> str:
     return text if step.get("settled", True) else text + ", mean not known to 3%"
 
 
+def unknown_text(check: dict[str, Any], predicted: dict[str, Any]) -> str:
+    """Why a re-run's outcome is not known: which figures compared were not known to 3%, and why
+    measuring stopped (``checked.verdict``)."""
+    compared = [("the re-run's figure", check["step"]),
+                ("its final-round server's", check["reference"]) if check.get("reference")
+                else ("the final round's", predicted)]
+    unknown = [(name, step) for name, step in compared if not step.get("settled", True)]
+    why = ("the budget ended" if all(step.get("runs", 1) < MAX_RUNS for _, step in unknown)
+           else f"{MAX_RUNS} runs, the most, were measured")
+    figures = " and ".join(f"{name} ({runs_text(step)})" for name, step in unknown)
+    return (f"The throughput missed, but {figures} {'was' if len(unknown) == 1 else 'were'} not known "
+            f"to {PRECISION:.0%} when {why}: this run can neither confirm the pick nor refute it. "
+            "Measure again with a larger --budget-s, or on a quieter machine.")
+
+
 def noise_verdict(check: dict[str, Any]) -> str:
     """Whether a re-run that missed is within the two figures' measured noise."""
-    if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"]:
+    if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"] \
+            or check.get("outcome") == "not known":
         return ""
     if check["within_noise"]:
         return (" The two throughputs differ by no more than their measured noise (their runs' half "

@@ -108,10 +108,13 @@ def threads_per_instance(base: dict[str, Any], cores: int, device: str, instance
 
 class Sweep:
     def __init__(self, args: argparse.Namespace, base: dict[str, Any], samples: list[Any],
-                 settings: RampSettings, out: Path, *, quota_cpus: float | None = None) -> None:
+                 settings: RampSettings, out: Path, *, quota_cpus: float | None = None,
+                 rerun: bool = True) -> None:
         """``quota_cpus``: a cgroup CPU quota for every server (a fractional profile), on top of
-        ``args.server_cpus``."""
+        ``args.server_cpus``. ``rerun``: the pick is started again after the final round
+        (``verify``; ``--hardware`` has its open-loop re-run instead), and the budget keeps its time."""
         self.args = args
+        self.rerun = rerun
         self.quota_cpus = quota_cpus
         self.base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
         self.samples = samples
@@ -169,8 +172,8 @@ class Sweep:
             return done
 
         for index, combo in enumerate(combos):
-            self.share = share_of(time.monotonic() - self.started, self.args.budget_s, outcomes,
-                                  len(combos) - index)
+            self.share = share_of(time.monotonic() - self.started, self.args.budget_s,
+                                  self._checks_s(outcomes), len(outcomes), len(combos) - index)
             def candidate(size: int, wait: float, count: int, processes: int,
                           v: Variant = combo) -> Candidate:
                 return Candidate(size, wait, count, v.device, v.dtype,
@@ -205,7 +208,14 @@ class Sweep:
     def _over_budget(self, outcomes: list[Outcome]) -> bool:
         from batchserve_planning.budget import over_budget
 
-        return over_budget(outcomes, time.monotonic() - self.started, self.args.budget_s, self.share)
+        return over_budget(outcomes, time.monotonic() - self.started, self.args.budget_s, self.share,
+                           self._checks_s(outcomes))
+
+    def _checks_s(self, outcomes: list[Outcome]) -> float:
+        """What the final round (and the re-run) will need of the budget, from ``outcomes``."""
+        from batchserve_planning.budget import checks_s
+
+        return checks_s(outcomes, self.args.budget_s, self.settings, FINALISTS, self.rerun)
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         from batchserve_planning.load.scrape import ServerError
@@ -219,6 +229,7 @@ class Sweep:
         self.bars.update(self.overall, status=f"{label}: starting the server")
         try:
             server = self.start_server(candidate, f"candidate-{self.count:02d}")
+            outcome.start_s = time.monotonic() - started
         except ServerError as exc:
             outcome.error = str(exc)
             self.bars.print(f"{label}: did not start ({str(exc).splitlines()[0]})")
@@ -245,17 +256,17 @@ class Sweep:
         self.bars.update(self.overall, advance=1)
         return outcome
 
-    def final_round(self, outcomes: list[Outcome], rerun: bool = True) -> list[tuple[Outcome, Step]]:
+    def final_round(self, outcomes: list[Outcome]) -> list[tuple[Outcome, Step]]:
         """The best of a sweep is the luckiest of many short, noisy measurements: the sweep's pick
         (the simplest within the noise of the fastest) and the fastest other candidate are measured
         again, in turn on servers started together, until their means are known (``finals``).
-        ``rerun``: ``verify`` follows, with the pick's server kept for it (``close`` stops it)."""
+        Where the re-run follows (``rerun``), the pick's server is kept for it (``close`` stops it)."""
         measured = [o for o in outcomes if o.best is not None]
         first = _best(measured)  # the sweep's pick: the simplest within the noise of the fastest
         others = sorted((o for o in measured if o is not first),
                         key=lambda o: o.best.rows_per_s if o.best else 0.0, reverse=True)
         ranked = ([first] if first is not None else []) + others[:FINALISTS - 1]
-        return self.finals.final_round(ranked, rerun)
+        return self.finals.final_round(ranked, self.rerun)
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
         """Start the pick afresh and measure it in turn with its final-round server (``finals``)."""

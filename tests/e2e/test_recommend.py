@@ -65,6 +65,9 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     for outcome in results["candidates"]:
         assert outcome["error"] is None
         assert outcome["peak_rss_bytes"] > 0
+        # what the budget plans the checks by: the server's start and each step's time, measured
+        assert 0 < outcome["start_s"] < outcome["seconds"]
+        assert all(step["seconds"] > 0 for step in outcome["steps"])
         levels = [step["concurrency"] for step in outcome["steps"]]
         assert levels[0] == 1 and max(levels) <= 4
         best = outcome["best"]

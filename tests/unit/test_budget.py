@@ -1,49 +1,88 @@
-"""``recommend --budget-s`` split between the searches of a sweep (``batchserve_planning/budget.py``)."""
+"""``recommend --budget-s`` split between the searches of a sweep and the checks after it
+(``batchserve_planning/budget.py``)."""
 
 from __future__ import annotations
 
-from batchserve_planning.budget import finalists_deadline, over_budget, share_of
+import pytest
+from batchserve_planning.budget import (
+    checked_run_s,
+    checks_s,
+    finalists_deadline,
+    over_budget,
+    rerun_s,
+    share_of,
+)
 from batchserve_planning.candidates import Candidate, Outcome
+from batchserve_planning.ramp import RampSettings, Step
+
+SETTINGS = RampSettings(slo_ms=100.0)  # step_s 1.5, min_responses 300, max_step_s 8
 
 
 def took(seconds: float) -> Outcome:
     return Outcome(Candidate(1, 0.0, 1), seconds=seconds)
 
 
+def step(rps: float, seconds: float, others: float | None = None) -> Step:
+    return Step(concurrency=4, rps=rps, rows_per_s=rps, p50_ms=1.0, p99_ms=10.0, max_ms=20.0, error_rate=0.0,
+                mean_batch_size=None, within_slo=True, seconds=seconds, others_cpu=others)
+
+
+def searched(start_s: float, *steps: Step) -> Outcome:
+    return Outcome(Candidate(1, 0.0, 1), steps=list(steps), seconds=60.0, start_s=start_s)
+
+
 def test_each_search_gets_an_equal_share_of_what_is_left() -> None:
-    assert share_of(0.0, 300.0, [], 3) == ((300.0 - 90.0) / 3, 0)  # 30% kept for the checks
-    # 120 s in, two searches to go, candidates of 10 s: 30% of the budget (90 s, more than two
-    # candidates' 20 s) kept for the final round and re-run
-    done = [took(10.0)] * 12
-    assert share_of(120.0, 300.0, done, 2) == (120.0 + (300.0 - 120.0 - 90.0) / 2, 12)
-    # candidates of 60 s: two of them (120 s), more than 30%
-    assert share_of(120.0, 300.0, [took(60.0)] * 2, 2) == (120.0 + (300.0 - 120.0 - 120.0) / 2, 2)
-    assert share_of(120.0, 300.0, done, 1) is None  # the last search: the rest of the budget
+    assert share_of(0.0, 300.0, 90.0, 0, 3) == ((300.0 - 90.0) / 3, 0)
+    assert share_of(120.0, 300.0, 90.0, 12, 2) == (120.0 + (300.0 - 120.0 - 90.0) / 2, 12)
+    assert share_of(120.0, 300.0, 250.0, 12, 2) == (120.0, 12)  # the checks need all that is left
+    assert share_of(120.0, 300.0, 90.0, 12, 1) is None  # the last search: the rest of the budget
 
 
 def test_a_search_stops_at_its_share_but_always_runs_its_first_candidate() -> None:
     earlier = [took(50.0), took(50.0)]  # the search before, long candidates
-    share = share_of(100.0, 1000.0, earlier, 3)
+    share = share_of(100.0, 1000.0, 300.0, len(earlier), 3)
     assert share is not None and share[0] == 100.0 + (1000.0 - 100.0 - 300.0) / 3
-    assert not over_budget(earlier, 100.0, 1000.0, share)  # its first candidate: whatever came before
+    assert not over_budget(earlier, 100.0, 1000.0, share, 300.0)  # its first candidate: whatever came before
     mine = [*earlier, took(40.0)]
-    assert not over_budget(mine, share[0] - 41.0, 1000.0, share)
-    assert over_budget(mine, share[0] - 39.0, 1000.0, share)  # the next, as long, would end past it
-    # without a share, only the whole budget (as with one search)
-    assert not over_budget(mine, share[0] - 39.0, 1000.0, None)
-    assert not over_budget(mine, 1000.0 - 50.0 - 300.0 - 1.0, 1000.0, None)
-    assert over_budget(mine, 1000.0 - 50.0 - 300.0 + 1.0, 1000.0, None)  # 30% kept for the checks
+    assert not over_budget(mine, share[0] - 41.0, 1000.0, share, 300.0)
+    assert over_budget(mine, share[0] - 39.0, 1000.0, share, 300.0)  # the next, as long, would end past it
+    # without a share, only the whole budget (as with one search), less what the checks keep
+    assert not over_budget(mine, share[0] - 39.0, 1000.0, None, 300.0)
+    assert not over_budget(mine, 1000.0 - 50.0 - 300.0 - 1.0, 1000.0, None, 300.0)
+    assert over_budget(mine, 1000.0 - 50.0 - 300.0 + 1.0, 1000.0, None, 300.0)
+    assert over_budget(mine, 1000.0 - 50.0 - 400.0 + 1.0, 1000.0, None, 400.0)
 
 
-def test_each_finalist_gets_an_equal_share_of_what_is_left_with_the_rerun_counted() -> None:
-    # two finalists and the re-run after them, 90 s left: the first may run 30 s
-    assert finalists_deadline(210.0, 300.0, 2, rerun=True) == 240.0
-    # the second, started at 240 s: half of the 60 s left, the other half the re-run's
-    assert finalists_deadline(240.0, 300.0, 1, rerun=True) == 270.0
-    # --hardware: no re-run share (its check is the open-loop re-run), the last finalist takes the rest
-    assert finalists_deadline(210.0, 300.0, 2, rerun=False) == 255.0
-    assert finalists_deadline(240.0, 300.0, 1, rerun=False) == 300.0
-    assert finalists_deadline(310.0, 300.0, 1, rerun=True) == 310.0  # past the budget: no time left
-    # two finalists measured in turn, the re-run after them: two thirds of what is left
-    assert finalists_deadline(210.0, 300.0, 2, rerun=True, measured=2) == 270.0
-    assert finalists_deadline(210.0, 300.0, 2, rerun=False, measured=2) == 300.0
+@pytest.mark.parametrize(("rps", "ratio"), [
+    (10_000.0, 3.0),  # fast: both first parts at their shortest, 1.5 s and 4.5 s
+    (100.0, 8.0 / 3.0),  # 300 answers take 3 s; 900 take 9 s, cut at 8 s
+    (20.0, 1.0),  # slow: both cut at 8 s
+])
+def test_a_checked_run_is_a_ramp_step_scaled_to_its_longer_first_part(rps: float, ratio: float) -> None:
+    assert checked_run_s(step(rps, 6.0), SETTINGS) == pytest.approx(6.0 * ratio)
+
+
+def test_the_checks_keep_what_their_least_rounds_cost_as_measured_in_the_search() -> None:
+    # servers started in up to 10 s; the longest checked run 3 x 5 s (a fast model)
+    quiet = [searched(8.0, step(10_000.0, 4.0)), searched(10.0, step(50.0, 1.0), step(10_000.0, 5.0))]
+    run = 15.0
+    # two finalists: two starts and two rounds of two runs; the re-run: a start and two rounds of two
+    final, rerun = 2 * (10.0 + 2 * run), 10.0 + 2 * 2 * run
+    assert rerun_s(quiet, SETTINGS) == pytest.approx(rerun)
+    assert checks_s(quiet, 300.0, SETTINGS, 2, rerun=True) == pytest.approx(final + rerun)
+    assert checks_s(quiet, 300.0, SETTINGS, 2, rerun=False) == pytest.approx(0.3 * 300.0)  # the floor
+    assert checks_s(quiet, 1000.0, SETTINGS, 2, rerun=True) == pytest.approx(300.0)
+    # one contended step in the search: three rounds each
+    busy = [*quiet, searched(6.0, step(10_000.0, 1.0, others=0.9))]
+    assert rerun_s(busy, SETTINGS) == pytest.approx(10.0 + 3 * 2 * run)
+    assert checks_s(busy, 300.0, SETTINGS, 2, rerun=True) == pytest.approx(
+        2 * (10.0 + 3 * run) + 10.0 + 3 * 2 * run)
+    assert checks_s([], 300.0, SETTINGS, 2, rerun=True) == pytest.approx(90.0)
+
+
+def test_each_finalist_gets_an_equal_share_of_what_is_left() -> None:
+    # two finalists, 90 s left before the end (the re-run's least already taken off): 45 s each
+    assert finalists_deadline(210.0, 300.0, 2) == 255.0
+    assert finalists_deadline(240.0, 300.0, 1) == 300.0  # the last takes the rest
+    assert finalists_deadline(310.0, 300.0, 1) == 310.0  # past the end: no time left
+    assert finalists_deadline(210.0, 300.0, 2, measured=2) == 300.0  # two in turn: all of it

@@ -99,7 +99,7 @@ def test_the_final_round_measures_the_sweeps_pick_and_the_fastest_other() -> Non
     other = Outcome(Candidate(8, 0.0, 1, workers=1), [noisy(7300, 0.1)], peak_rss_bytes=210)
     sweep = Sweep.__new__(Sweep)
     sweep.args, sweep.started = argparse.Namespace(budget_s=1e9), time.monotonic()
-    sweep.notes = []
+    sweep.notes, sweep.rerun = [], True
     measured: list[Outcome] = []
 
     class Finals:  # what ``finals`` measures, in turn: here only which, in what order

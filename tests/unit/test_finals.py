@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from batchserve_planning import finals
 from batchserve_planning.candidates import Candidate, Outcome
-from batchserve_planning.ramp import Step
+from batchserve_planning.ramp import RampSettings, Step
 
 
 def test_cpu_finalists_that_fit_together_run_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,6 +49,7 @@ class _Sweep:
 
     def __init__(self, fail_start_at: int | None = None) -> None:
         self.started, self.args = time.monotonic(), SimpleNamespace(budget_s=600.0)
+        self.settings = RampSettings(slo_ms=50.0)
         self.notes: list[str] = []
         self.bars, self.count = SimpleNamespace(print=lambda *_: None), 0
         self.log: list[str] = []
@@ -110,7 +112,6 @@ def test_a_finalist_over_the_slo_is_measured_again_at_its_next_lower_load(
 
     monkeypatch.setattr(ramp, "measure_step", fake_step)
     sweep = _Sweep()
-    sweep.settings = SimpleNamespace(slo_ms=50.0, step_s=1.0, min_responses=10)  # type: ignore[attr-defined]
     sweep.bars = SimpleNamespace(print=lambda *_: None, update=lambda *_, **__: None)
     sweep.target, sweep.overall = "m", 0  # type: ignore[attr-defined]
     sweep.requests_for = lambda server: server.name  # type: ignore[attr-defined]
@@ -126,3 +127,32 @@ def test_a_finalist_over_the_slo_is_measured_again_at_its_next_lower_load(
     again = finals.Finals(sweep)._measure(servers[:1], time.monotonic() + 60, back_off=False,  # type: ignore[arg-type]
                                           clients=32)
     assert [s.concurrency for _, s in again] == [32] and {c for _, c in calls} == {32}
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_the_final_round_leaves_the_rerun_the_least_it_costs(
+        monkeypatch: pytest.MonkeyPatch, rerun: bool) -> None:
+    from batchserve_planning.budget import rerun_s
+
+    monkeypatch.setattr(finals, "available_bytes", lambda: 8 << 30)
+    deadlines: list[float] = []
+
+    def measure(self: finals.Finals, servers: list[object], deadline: float, **_: object) -> list[object]:
+        deadlines.append(deadline)
+        return []
+
+    monkeypatch.setattr(finals.Finals, "_measure", measure)
+    sweep = _Sweep()
+    ranked = [Outcome(Candidate(8, 0.0, 1), steps=[replace(_step(8, 500.0, True), seconds=5.0)],
+                      peak_rss_bytes=1 << 20, start_s=12.0),
+              Outcome(Candidate(16, 0.0, 1), steps=[replace(_step(16, 600.0, True), seconds=5.0)],
+                      peak_rss_bytes=1 << 20, start_s=9.0)]
+    final = finals.Finals(sweep)  # type: ignore[arg-type]
+    try:
+        final.final_round(ranked, rerun=rerun)
+    finally:
+        final.close()
+    end = sweep.started + sweep.args.budget_s
+    reserve = rerun_s(ranked, sweep.settings)
+    assert reserve == pytest.approx(12.0 + 2 * 2 * 15.0)  # a start, two rounds of two 15 s runs
+    assert deadlines == [pytest.approx(end - reserve if rerun else end)]

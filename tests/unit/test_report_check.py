@@ -1,0 +1,73 @@
+"""The re-run's outcome in the report (``checked.verdict``, ``report.headline``,
+``report_check.check_section``): held, not held, or not known when measuring stopped."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any
+
+from batchserve_planning.checked import MAX_RUNS, combine, verdict
+from batchserve_planning.ramp import Step
+from batchserve_planning.report import headline
+from batchserve_planning.report_check import check_section
+
+SLO = 20.0
+
+
+def run(rows_per_s: float, p99_ms: float = 9.0) -> Step:
+    return Step(concurrency=8, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=2.0, p99_ms=p99_ms, max_ms=30.0,
+                error_rate=0.0, mean_batch_size=4.0, within_slo=p99_ms <= SLO, p99_high=p99_ms)
+
+
+def figure(*values: float, p99_ms: float = 9.0) -> Step:
+    return combine([run(v, p99_ms) for v in values], SLO)
+
+
+def results(check: dict[str, Any], predicted: Step) -> dict[str, Any]:
+    return {"predicted": asdict(predicted), "slo_p99_ms": SLO, "verification": check}
+
+
+PICK = {"label": "batch 4, wait 0 ms, 1 worker x 1 inst"}
+
+
+def test_a_miss_between_figures_known_to_3_percent_did_not_hold() -> None:
+    predicted, reference = figure(1000, 1010), figure(1000, 1005)
+    check = verdict(predicted, figure(800, 805), SLO, reference=reference)
+    assert check["outcome"] == "not held" and not check["holds"]
+    text = "\n".join(headline(results(check, predicted), PICK))
+    assert text.startswith("## NOT CONFIRMED: the pick did not hold when started again")
+    assert "not known" not in text
+    assert "does NOT hold" in "\n".join(check_section(results(check, predicted), SLO))
+
+
+def test_a_miss_where_a_figure_was_cut_by_the_budget_is_not_known() -> None:
+    predicted = figure(1000, 1010)
+    reference = figure(900, 1200)  # 2 runs, 1,050 +- 150: not known to 3%
+    assert not reference.settled
+    check = verdict(predicted, figure(880, 890), SLO, reference=reference)  # 0.84x the reference
+    assert check["outcome"] == "not known" and not check["holds"]
+    text = "\n".join(headline(results(check, predicted), PICK))
+    assert text.startswith("## NOT CONFIRMED: the re-run's figures were not known when measuring stopped")
+    assert "its final-round server's (2 runs: 900-1,200, mean not known to 3%) was not known to 3% " \
+           "when the budget ended" in text
+    assert "neither confirm the pick nor refute it" in text and "exits with status 3" in text
+    section = "\n".join(check_section(results(check, predicted), SLO))
+    assert "The re-run is NOT KNOWN" in section and "when the budget ended" in section
+    # at the most runs, it says so instead of the budget
+    capped = replace(reference, runs=MAX_RUNS)
+    check = verdict(predicted, figure(880, 890), SLO, reference=capped)
+    assert f"when {MAX_RUNS} runs, the most, were measured" in "\n".join(headline(results(check, predicted), PICK))
+
+
+def test_a_p99_over_the_slo_did_not_hold_however_loose_the_figures() -> None:
+    predicted, reference = figure(1000, 1010), figure(900, 1200)
+    check = verdict(predicted, figure(880, 890, p99_ms=40.0), SLO, reference=reference)
+    assert check["outcome"] == "not held"
+    assert "\n".join(headline(results(check, predicted), PICK)).startswith(
+        "## NOT CONFIRMED: the pick did not hold when started again")
+
+
+def test_a_rerun_within_10_percent_held_even_with_figures_not_known() -> None:
+    predicted, reference = figure(1000, 1010), figure(900, 1200)
+    check = verdict(predicted, figure(1000, 1020), SLO, reference=reference)
+    assert check["outcome"] == "held" and check["holds"]
