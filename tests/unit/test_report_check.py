@@ -56,7 +56,8 @@ def test_a_miss_where_a_figure_was_cut_by_the_budget_is_not_known() -> None:
     # at the most runs, it says so instead of the budget
     capped = replace(reference, runs=MAX_RUNS)
     check = verdict(predicted, figure(880, 890), SLO, reference=capped)
-    assert f"when {MAX_RUNS} runs, the most, were measured" in "\n".join(headline(results(check, predicted), PICK))
+    text = "\n".join(headline(results(check, predicted), PICK))
+    assert f"when {MAX_RUNS} runs, the most, were measured" in text
 
 
 def test_a_p99_over_the_slo_did_not_hold_however_loose_the_figures() -> None:
