@@ -22,9 +22,9 @@ def took(seconds: float) -> Outcome:
     return Outcome(Candidate(1, 0.0, 1), seconds=seconds)
 
 
-def step(rps: float, seconds: float, others: float | None = None) -> Step:
+def step(rps: float, seconds: float, others: float | None = None, windows: int = 3) -> Step:
     return Step(concurrency=4, rps=rps, rows_per_s=rps, p50_ms=1.0, p99_ms=10.0, max_ms=20.0, error_rate=0.0,
-                mean_batch_size=None, within_slo=True, seconds=seconds, others_cpu=others)
+                mean_batch_size=None, within_slo=True, seconds=seconds, others_cpu=others, windows=windows)
 
 
 def searched(start_s: float, *steps: Step) -> Outcome:
@@ -53,29 +53,32 @@ def test_a_search_stops_at_its_share_but_always_runs_its_first_candidate() -> No
     assert over_budget(mine, 1000.0 - 50.0 - 400.0 + 1.0, 1000.0, None, 400.0)
 
 
-@pytest.mark.parametrize(("rps", "ratio"), [
-    (10_000.0, 3.0),  # fast: both first parts at their shortest, 1.5 s and 4.5 s
-    (100.0, 8.0 / 3.0),  # 300 answers take 3 s; 900 take 9 s, cut at 8 s
-    (20.0, 1.0),  # slow: both cut at 8 s
+@pytest.mark.parametrize(("rps", "windows", "run_s"), [
+    (10_000.0, 3, 4.5 + 4.5),  # fast: first parts 1.5 s and 4.5 s; 4.5 s of the step's 6 were not measuring
+    (10_000.0, 6, 3.0 + 9.0),  # three windows more: 3 s of measuring, 9 s in a checked run
+    (100.0, 3, 3.0 + 8.0),  # 300 answers take 3 s; 900 take 9 s, cut at 8 s
+    (20.0, 3, 8.0),  # slow: both cut at 8 s
 ])
-def test_a_checked_run_is_a_ramp_step_scaled_to_its_longer_first_part(rps: float, ratio: float) -> None:
-    assert checked_run_s(step(rps, 6.0), SETTINGS) == pytest.approx(6.0 * ratio)
+def test_a_checked_run_scales_a_ramp_steps_measuring_to_its_longer_first_part(
+        rps: float, windows: int, run_s: float) -> None:
+    assert checked_run_s(step(rps, 6.0, windows=windows), SETTINGS) == pytest.approx(run_s)
 
 
 def test_the_checks_keep_what_their_least_rounds_cost_as_measured_in_the_search() -> None:
-    # servers started in up to 10 s; the longest checked run 3 x 5 s (a fast model)
+    # servers started in up to 10 s; the longest checked run at a best step: 5 s less its 1.5 s
+    # of measuring, and 4.5 s (a fast model; the slow step is not the outcome's best)
     quiet = [searched(8.0, step(10_000.0, 4.0)), searched(10.0, step(50.0, 1.0), step(10_000.0, 5.0))]
-    run = 15.0
+    run = 3.5 + 4.5
     # two finalists: two starts and two rounds of two runs; the re-run: a start and two rounds of two
     final, rerun = 2 * (10.0 + 2 * run), 10.0 + 2 * 2 * run
     assert rerun_s(quiet, SETTINGS) == pytest.approx(rerun)
-    assert checks_s(quiet, 300.0, SETTINGS, 2, rerun=True) == pytest.approx(final + rerun)
-    assert checks_s(quiet, 300.0, SETTINGS, 2, rerun=False) == pytest.approx(0.3 * 300.0)  # the floor
-    assert checks_s(quiet, 1000.0, SETTINGS, 2, rerun=True) == pytest.approx(300.0)
+    assert checks_s(quiet, 100.0, SETTINGS, 2, rerun=True) == pytest.approx(final + rerun)
+    assert checks_s(quiet, 100.0, SETTINGS, 2, rerun=False) == pytest.approx(final)
+    assert checks_s(quiet, 1000.0, SETTINGS, 2, rerun=True) == pytest.approx(0.3 * 1000.0)  # the floor
     # one contended step in the search: three rounds each
     busy = [*quiet, searched(6.0, step(10_000.0, 1.0, others=0.9))]
     assert rerun_s(busy, SETTINGS) == pytest.approx(10.0 + 3 * 2 * run)
-    assert checks_s(busy, 300.0, SETTINGS, 2, rerun=True) == pytest.approx(
+    assert checks_s(busy, 100.0, SETTINGS, 2, rerun=True) == pytest.approx(
         2 * (10.0 + 3 * run) + 10.0 + 3 * 2 * run)
     assert checks_s([], 300.0, SETTINGS, 2, rerun=True) == pytest.approx(90.0)
 
