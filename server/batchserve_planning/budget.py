@@ -105,7 +105,7 @@ def checked_run_s(step: Step, settings: RampSettings) -> float:
     share of it as in the ramp. So the step's measuring (its first part at the step's request rate
     and its further windows) is scaled by the ratio of the two first parts; the rest of its
     seconds (the warm-up, the load generator's start) is not: scaling that too put diabetes's
-    checked runs at 1.1-2.7x the length they took on the 2-core VM."""
+    checked runs at 1.1-2.8x the length they took on the 2-core VM (now 1.0-2.1x)."""
     rate = max(step.rps, 1e-9)
     ramp_first = min(max(settings.step_s, settings.min_responses / rate), settings.max_step_s)
     checked_first = min(max(3 * settings.step_s, 3 * settings.min_responses / rate),
