@@ -38,6 +38,8 @@ MIN_RUNS = 2
 MIN_RUNS_CONTENDED = 3
 """Where a run was contended (``contention``), two runs that agree may agree by chance: three."""
 MAX_RUNS = 8
+NOT_KNOWN = "not known"
+"""The re-run's ``outcome`` (``verdict``) where a figure compared was not known when measuring stopped."""
 VERIFY_TOLERANCE = 0.10
 """The re-run's throughput must be within this share of the prediction's."""
 
@@ -127,7 +129,7 @@ def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | No
     p99_ok = measured.p99_ms <= slo_ms and measured.error_rate <= MAX_ERROR_RATE
     holds = within_10pct and p99_ok
     known = measured.settled and against.settled
-    outcome = "held" if holds else "not known" if p99_ok and not known else "not held"
+    outcome = "held" if holds else NOT_KNOWN if p99_ok and not known else "not held"
     return {"concurrency": predicted.concurrency, "predicted_rows_per_s": predicted.rows_per_s,
             "measured_rows_per_s": measured.rows_per_s, "ratio": ratio,
             "ratio_to_prediction": measured.rows_per_s / predicted.rows_per_s,

@@ -15,6 +15,7 @@ from batchserve_planning.report_check import (
     check_section,
     drift_text,
     noise_verdict,
+    not_known,
     runs_text,
     unknown_text,
 )
@@ -102,7 +103,7 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                    if check.get("reference") else f": checked, started again it measured "
                    f"{check['ratio']:.2f}{X} the final round's {rate_text(check['predicted_rows_per_s'])}/s")
                 + f", p99 within the SLO of {slo:g} ms.{drift_text(check)}", ""]
-    unknown = check.get("outcome") == "not known"
+    unknown = not_known(check)
     lines = ["## NOT CONFIRMED: " + ("the re-run's figures were not known when measuring stopped" if unknown
                                      else "the pick did not hold when started again"), ""]
     if not step:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchserve_planning.checked import MAX_RUNS, PRECISION
+from batchserve_planning.checked import MAX_RUNS, NOT_KNOWN, PRECISION
 from batchserve_planning.formats import X, rate_text
 from batchserve_planning.load.results import format_ms
 
@@ -43,8 +43,7 @@ def check_section(results: dict[str, Any], slo: float) -> list[str]:
     lines = ["### Checked by starting it again", ""]
     if "error" in check or not check:
         return [*lines, f"The re-run failed: {check.get('error', 'not run')}", ""]
-    verdict = ("holds" if check.get("holds") else "is NOT KNOWN" if check.get("outcome") == "not known"
-               else "does NOT hold")
+    verdict = "holds" if check.get("holds") else "is NOT KNOWN" if not_known(check) else "does NOT hold"
     reference = check.get("reference")
     head = "| | predicted (final round) |" + (" its final-round server, in turn with the re-run |"
                                               if reference else "") + " measured (re-run) |"
@@ -64,7 +63,7 @@ def check_section(results: dict[str, Any], slo: float) -> list[str]:
         f"{how}The re-run {verdict}: throughput within 10% of {against(check)}: "
         f"{'yes' if check['throughput_within_10pct'] else 'no'}; p99 within the SLO ({slo:g} ms): "
         f"{'yes' if check['p99_within_slo'] else 'no'}.{noise_verdict(check)}"
-        + (f" {unknown_text(check, results['predicted'])}" if check.get("outcome") == "not known" else "")
+        + (f" {unknown_text(check, results['predicted'])}" if not_known(check) else "")
         + drift_text(check), ""]
 
 
@@ -75,6 +74,11 @@ def runs_text(step: dict[str, Any]) -> str:
         return "1 run"
     text = f"{runs} runs: {rate_text(step['rows_low'])}-{rate_text(step['rows_high'])}"
     return text if step.get("settled", True) else text + ", mean not known to 3%"
+
+
+def not_known(check: dict[str, Any]) -> bool:
+    """Whether the re-run's outcome is not known (``checked.verdict``)."""
+    return check.get("outcome") == NOT_KNOWN
 
 
 def unknown_text(check: dict[str, Any], predicted: dict[str, Any]) -> str:
@@ -95,7 +99,7 @@ def unknown_text(check: dict[str, Any], predicted: dict[str, Any]) -> str:
 def noise_verdict(check: dict[str, Any]) -> str:
     """Whether a re-run that missed is within the two figures' measured noise."""
     if check.get("holds") or "within_noise" not in check or check["throughput_within_10pct"] \
-            or check.get("outcome") == "not known":
+            or not_known(check):
         return ""
     if check["within_noise"]:
         return (" The two throughputs differ by no more than their measured noise (their runs' half "
