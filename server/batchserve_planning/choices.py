@@ -69,8 +69,15 @@ def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]],
     if not inside:
         return None, None
     pick, step, note = simplest(inside)
-    if note is not None and notes is not None:
-        notes.append(note)
+    if notes is not None:
+        searched = finals[0][0] if finals else None  # the final round measures the sweep's pick first
+        if searched is not None and pick is not searched:
+            against = next(s for o, s in finals if o is searched)
+            notes.append(f"the final round overturned the search: {pick.candidate.label()} "
+                         f"({_figure(step)}) against {searched.candidate.label()} ({_figure(against)}"
+                         f"{'' if against.within_slo else ', over the SLO'}), which the search had kept")
+        if note is not None:
+            notes.append(note)
     return pick, step
 
 
@@ -86,9 +93,12 @@ def simpler_key(outcome: Outcome) -> tuple[float, ...]:
             c.max_wait_ms)
 
 
-def simplest(pairs: list[tuple[Outcome, Step]]) -> tuple[Outcome, Step, str | None]:
+def simplest(pairs: list[tuple[Outcome, Step]],
+             kept: str = "is picked") -> tuple[Outcome, Step, str | None]:
     """The fastest of ``pairs`` (a candidate and its figure), or, of those within the noise of it
-    (``ramp.trend``), the simplest; with a sentence saying so where that is not the fastest."""
+    (``ramp.trend``), the simplest; with a sentence saying so where that is not the fastest: the
+    simplest one ``kept`` (the search's choices say it is kept for the rest of the search, not
+    picked: the final round may still overturn them)."""
     from batchserve_planning.ramp import trend
 
     top, top_step = max(pairs, key=lambda pair: pair[1].rows_per_s)
@@ -98,7 +108,7 @@ def simplest(pairs: list[tuple[Outcome, Step]]) -> tuple[Outcome, Step, str | No
         return top, top_step, None
     return pick, step, (f"{pick.candidate.label()} ({_figure(step)}) and {top.candidate.label()} "
                         f"({_figure(top_step)}) are equivalent, within their measured noise: "
-                        f"{pick.candidate.label()} is picked, {_why_simpler(pick, top)}")
+                        f"{pick.candidate.label()} {kept}, {_why_simpler(pick, top)}")
 
 
 def _figure(step: Step) -> str:

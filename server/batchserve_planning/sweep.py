@@ -328,7 +328,7 @@ def _best(outcomes: list[Outcome], notes: list[str] | None = None) -> Outcome | 
     ranked = [(o, o.best) for o in outcomes if o.best is not None]
     if not ranked:
         return None
-    best, _, note = simplest(ranked)
+    best, _, note = simplest(ranked, "is kept for the rest of the search")
     if note is not None and notes is not None:
         notes.append(note)
     return best

@@ -110,3 +110,27 @@ def test_the_final_round_measures_the_sweeps_pick_and_the_fastest_other() -> Non
     sweep.finals = Finals()  # type: ignore[assignment]
     sweep.final_round([one, two, other])
     assert measured == [one, two]  # the pick (fewer workers, within the noise), then the fastest
+
+
+def test_a_final_round_that_overturns_the_search_says_so() -> None:
+    """The search kept the simpler of two equivalent candidates; the final round measured the other
+    beyond the noise of it: that one is picked, and the notes say the final round overturned the
+    search (else the report would show the search's "is kept" next to a different pick)."""
+    from batchserve_planning.sweep import _best
+
+    small = outcome(2, noisy(11.7, 0.05), peak_rss_bytes=1028 * MIB)
+    large = outcome(4, noisy(12.0, 0.02), peak_rss_bytes=1175 * MIB)
+    notes: list[str] = []
+    assert _best([small, large], notes) is small
+    (searched,) = notes
+    assert "batch 2, wait 1 ms, 1 worker x 1 inst is kept for the rest of the search" in searched
+    assert "is picked" not in searched
+    finals = [(small, noisy(10.0, 0.01)), (large, noisy(12.0, 0.01))]  # the search's pick first
+    assert choose([small, large], finals, notes) == (large, finals[1][1])
+    overturned = notes[1]
+    assert overturned.startswith("the final round overturned the search: batch 4, wait 1 ms")
+    assert "against batch 2, wait 1 ms, 1 worker x 1 inst (10/s" in overturned
+    # Where the final round agrees with the search, no such note.
+    notes.clear()
+    assert choose([small, large], [(small, noisy(12.0, 0.01)), (large, noisy(11.0, 0.01))], notes)[0] is small
+    assert notes == []
