@@ -55,6 +55,9 @@ class Worker:
         self.idle: list[Connection] = []
         self.backlog: deque[float] = deque()
         self.pending: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        """What a background task (the arrivals, a reconnection) raised: the run stops and raises it,
+        rather than going on with no arrivals and reporting a lower rate than was asked for."""
         self._published = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -87,6 +90,8 @@ class Worker:
             task.cancel()
         for connection in self.live:
             connection.close()
+        if self.failure is not None:
+            raise self.failure
         return self.records
 
     def _tick(self) -> None:
@@ -156,8 +161,9 @@ class Worker:
             self.idle.append(connection)
 
     async def _replace(self, dead: Connection) -> None:
-        """A closed connection is reopened (every 50 ms while the server refuses)."""
-        while not self.stopping:
+        """A closed connection is reopened (every 50 ms while the server refuses), also after the
+        run stopped while arrivals wait for it (they arrived while measuring: they are sent)."""
+        while not self.stopping or self.backlog:
             attempt = time.monotonic()
             try:
                 fresh = await self._connect()
@@ -199,17 +205,36 @@ class Worker:
             if arrival >= self.measure_start:
                 self.arrived_measured += 1
             intended = min(arrival, now)  # sent early: latency counts from the send
-            if self.idle:
-                self._send(self.idle.pop(), intended)
+            connection = self._idle_connection()
+            if connection is not None:
+                self._send(connection, intended)
             else:
                 self.backlog.append(intended)
                 self.records.max_backlog = max(self.records.max_backlog, len(self.backlog))
             arrival += self.rng.expovariate(self.rate)
 
+    def _idle_connection(self) -> Connection | None:
+        """The idle connection used last, skipping those the server closed while they waited (a
+        keep-alive timeout: batchserve closes one after 5 s idle, and at a few arrivals a second
+        most of an open loop's connections wait that long): each is replaced in the background and
+        takes the backlog's next arrival once open. None: no idle connection is open."""
+        while self.idle:
+            connection = self.idle.pop()
+            if not connection.closed:
+                return connection
+            self._spawn(self._replace(connection))
+        return None
+
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+            self.stopping = True
 
 
 def _share(total: int, index: int, parts: int) -> int:
