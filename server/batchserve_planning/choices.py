@@ -70,9 +70,8 @@ def choose(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]],
         return None, None
     pick, step, note = simplest(inside)
     if notes is not None:
-        searched = finals[0][0] if finals else None  # the final round measures the sweep's pick first
-        if searched is not None and pick is not searched:
-            against = next(s for o, s in finals if o is searched)
+        searched, against = finals[0] if finals else (None, None)  # the sweep's pick is measured first
+        if searched is not None and against is not None and pick is not searched:
             notes.append(f"the final round overturned the search: {pick.candidate.label()} "
                          f"({_figure(step)}) against {searched.candidate.label()} ({_figure(against)}"
                          f"{'' if against.within_slo else ', over the SLO'}), which the search had kept")
