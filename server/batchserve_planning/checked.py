@@ -18,6 +18,14 @@ the figure takes the runs its noise needs, and says how many and their range. It
 the runs' mean, its spread their range; its p99 the median of the runs' p99s, and it is within
 the SLO when the median of the runs' highest window p99s is (one run of a busy minute does not
 undo two that met it, nor does one lucky run make it).
+
+Two runs say little of their own noise: they may agree by chance. Where the same configuration
+was measured before (the re-run: the pick's final round), its runs' spread then counts too, pooled
+with the new runs' (``pooled_cv``). On the 2-core VM a resnet50 pick's final-round server ranged
+18.0-23.9 inferences/s over 8 runs; in the re-run it measured 21.0 and 21.0, a fresh start of the
+pick 17.9 and 18.0, each pair "known to 3%" by itself, and the re-run read "did not hold" (0.85x)
+on two pairs that the server's own range covered. Pooled with those 8 runs, two runs of either
+are not known to 3%: they run on, in turn, until they are, ``MAX_RUNS``, or the deadline.
 """
 
 from __future__ import annotations
@@ -44,28 +52,54 @@ VERIFY_TOLERANCE = 0.10
 """The re-run's throughput must be within this share of the prediction's."""
 
 
-def mean_known(values: list[float], precision: float = PRECISION, least: int = MIN_RUNS) -> bool:
-    """Whether ``values`` (at least ``least``) pin their mean down to ``precision`` of it."""
+def mean_known(values: list[float], precision: float = PRECISION, least: int = MIN_RUNS,
+               prior: Sequence[Step] = ()) -> bool:
+    """Whether ``values`` (at least ``least``) pin their mean down to ``precision`` of it, their
+    spread pooled with that of ``prior``: earlier figures of the same configuration."""
     if len(values) < max(least, MIN_RUNS):
         return False
     centre = mean(values)
     if centre <= 0:
         return False
-    return stdev(values) / math.sqrt(len(values)) <= precision * centre
+    spread = pooled_cv([(stdev(values) / centre, len(values)), *_spreads(prior)])
+    return spread is not None and spread / math.sqrt(len(values)) <= precision
+
+
+def known_by_itself(step: Step) -> bool:
+    """Whether a figure's own runs, without any earlier figure's spread, pin its mean down."""
+    least = MIN_RUNS_CONTENDED if step.contended else MIN_RUNS
+    cv = step.rows_cv
+    return cv is not None and step.runs >= least and cv / math.sqrt(step.runs) <= PRECISION
+
+
+def pooled_cv(groups: Sequence[tuple[float, int]]) -> float | None:
+    """The run-to-run spread of one configuration from groups of its runs (each group's standard
+    deviation over its mean, and its runs): each group's squared relative deviations from its own
+    mean, summed over all groups' degrees of freedom. None where no group has two runs."""
+    freedom = sum(runs - 1 for _, runs in groups if runs > 1)
+    if freedom == 0:
+        return None
+    return math.sqrt(sum(cv * cv * (runs - 1) for cv, runs in groups if runs > 1) / freedom)
+
+
+def _spreads(steps: Sequence[Step]) -> list[tuple[float, int]]:
+    return [(step.rows_cv, step.runs) for step in steps if step.rows_cv is not None]
 
 
 def measure_checked(measure: Callable[[], Step], slo_ms: float, deadline: float | None = None,
-                    clock: Callable[[], float] = time.monotonic) -> Step:
+                    clock: Callable[[], float] = time.monotonic, prior: Sequence[Step] = ()) -> Step:
     """Runs of ``measure()`` until their mean is known (the module's docstring), as one ``Step``."""
-    return measure_alternating([measure], slo_ms, deadline, clock)[0]
+    return measure_alternating([measure], slo_ms, deadline, clock, prior)[0]
 
 
 def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, deadline: float | None = None,
-                        clock: Callable[[], float] = time.monotonic) -> list[Step]:
+                        clock: Callable[[], float] = time.monotonic,
+                        prior: Sequence[Step] = ()) -> list[Step]:
     """Checked figures of several servers, measured in turn: a round is one run of each, the order
     reversed every round (so a steady drift of the machine's speed falls on each alike), until
-    every figure's mean is known, ``MAX_RUNS`` rounds, or the ``deadline`` (``MIN_RUNS`` rounds at
-    least). One figure per measure, in their order."""
+    every figure's mean is known (its spread pooled with ``prior``'s, earlier figures of the
+    configuration all of them serve), ``MAX_RUNS`` rounds, or the ``deadline`` (``MIN_RUNS``
+    rounds at least). One figure per measure, in their order."""
     started = clock()
     runs: list[list[Step]] = [[] for _ in measures]
     rounds = 0
@@ -74,21 +108,22 @@ def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, d
         for index in order:
             runs[index].append(measures[index]())
         rounds += 1
-        if rounds >= MAX_RUNS or all(mean_known([r.rows_per_s for r in mine], least=_least(mine))
-                                     for mine in runs):
+        if rounds >= MAX_RUNS or all(
+                mean_known([r.rows_per_s for r in mine], least=_least(mine), prior=prior) for mine in runs):
             break
         now = clock()
         if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds > deadline:
             break
-    return [combine(mine, slo_ms) for mine in runs]
+    return [combine(mine, slo_ms, prior) for mine in runs]
 
 
 def _least(runs: list[Step]) -> int:
     return MIN_RUNS_CONTENDED if any(r.contended for r in runs) else MIN_RUNS
 
 
-def combine(runs: list[Step], slo_ms: float) -> Step:
-    """One figure of ``runs`` of the same step (the module's docstring)."""
+def combine(runs: list[Step], slo_ms: float, prior: Sequence[Step] = ()) -> Step:
+    """One figure of ``runs`` of the same step (the module's docstring); ``settled``: its mean is
+    known, its spread pooled with ``prior``'s."""
     if len(runs) == 1:
         return runs[0]
     rows = [r.rows_per_s for r in runs]
@@ -104,7 +139,8 @@ def combine(runs: list[Step], slo_ms: float) -> Step:
         mean_batch_size=mean(batches) if batches else None,
         within_slo=median(highs) <= slo_ms and errors <= MAX_ERROR_RATE,
         stages_ms=_mean_stages(runs), rows_low=min(rows), rows_high=max(rows), p99_high=max(highs),
-        windows=sum(r.windows for r in runs), settled=mean_known(rows, least=_least(runs)), runs=len(runs),
+        windows=sum(r.windows for r in runs), settled=mean_known(rows, least=_least(runs), prior=prior),
+        runs=len(runs), rows_cv=stdev(rows) / mean(rows) if mean(rows) > 0 else None,
         others_cpu=max(others) if others else None, steal=max(steals) if steals else None,
         latency_cv=median(cvs) if cvs else None, seconds=sum(r.seconds for r in runs))
 
@@ -120,7 +156,8 @@ def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | No
     or "not known" where the throughput missed while one of the two figures compared was not known
     to ``PRECISION`` (the budget ended, or ``MAX_RUNS``, before it was) and the p99 was within the
     SLO: such a miss is no evidence against the pick (a p99 over the SLO is a miss whatever the
-    figures' precision)."""
+    figures' precision). ``unknown_by_final_round``: a figure compared was not known only because
+    its runs' spread was pooled with the final round's (``mean_known``)."""
     from batchserve_planning.stability import beyond_noise
 
     against = reference or predicted
@@ -140,7 +177,8 @@ def verdict(predicted: Step, measured: Step, slo_ms: float, reference: Step | No
             "throughput_within_10pct": within_10pct, "p99_within_slo": p99_ok,
             "within_noise": beyond_noise(measured.rows_per_s, measured.rows_spread, against.rows_per_s,
                                          against.rows_spread) == 0,
-            "holds": holds, "outcome": outcome, "step": asdict(measured)}
+            "holds": holds, "outcome": outcome, "step": asdict(measured),
+            "unknown_by_final_round": any(not s.settled and known_by_itself(s) for s in (measured, against))}
 
 
 def _mean_stages(runs: list[Step]) -> dict[str, float] | None:

@@ -110,7 +110,9 @@ class Finals:
 
     def verify(self, pick: Outcome, predicted: Step) -> dict[str, Any]:
         """Start the pick afresh and measure it in turn with its final-round server (alone where
-        that was not kept), at the predicted load: measured vs that server over the same minutes."""
+        that was not kept), at the predicted load: measured vs that server over the same minutes,
+        each figure known when its runs' spread pooled with the final round's allows
+        (``checked.mean_known``)."""
         from batchserve_planning.checked import verdict
 
         sweep = self.sweep
@@ -122,7 +124,7 @@ class Finals:
                 return {"error": "the re-run did not start; see logs/", "holds": False}
             pairs = fresh + ([(pick, reference)] if reference is not None else [])
             steps = self._measure(pairs, sweep.started + sweep.args.budget_s, back_off=False,
-                                  clients=predicted.concurrency,
+                                  clients=predicted.concurrency, prior=[predicted],
                                   labels=[f"re-run of the pick: {pick.candidate.label()}",
                                           "the pick's final-round server, in turn with its re-run"])
         finally:
@@ -162,9 +164,11 @@ class Finals:
         return started
 
     def _measure(self, servers: list[tuple[Outcome, ManagedServer]], deadline: float, *, back_off: bool,
-                 clients: int | None = None, labels: list[str] | None = None) -> list[tuple[Outcome, Step]]:
+                 clients: int | None = None, labels: list[str] | None = None,
+                 prior: list[Step] | None = None) -> list[tuple[Outcome, Step]]:
         """Checked figures of ``servers`` measured in turn; with ``back_off``, those over the SLO
-        again at the next lower load within it in their ramp (in turn with each other)."""
+        again at the next lower load within it in their ramp (in turn with each other). ``prior``:
+        earlier figures of the configuration every server here runs (``checked.mean_known``)."""
         from batchserve_planning.checked import measure_alternating
         from batchserve_planning.ramp import measure_step
 
@@ -182,7 +186,8 @@ class Finals:
 
         def in_turn(levels: dict[int, int]) -> dict[int, Step]:
             runs = [partial(run, i, level) for i, level in levels.items()]
-            return dict(zip(levels, measure_alternating(runs, sweep.settings.slo_ms, deadline), strict=True))
+            figures = measure_alternating(runs, sweep.settings.slo_ms, deadline, prior=prior or ())
+            return dict(zip(levels, figures, strict=True))
 
         done: dict[int, Step] = {}
         try:  # the re-run's two servers are one outcome: both at ``clients``

@@ -74,6 +74,9 @@ class Step:
     the re-run's); 1 for a ramp step."""
     seconds: float = 0.0
     """The wall time its measurement took, its runs' warm-ups included (``budget`` plans by it)."""
+    rows_cv: float | None = None
+    """Its runs' throughputs' standard deviation over their mean, where it has several runs
+    (``checked``): how far one run of this configuration strays from another here."""
 
     @property
     def rows_spread(self) -> Spread:

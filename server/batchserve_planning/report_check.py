@@ -91,8 +91,10 @@ def unknown_text(check: dict[str, Any], predicted: dict[str, Any]) -> str:
     why = ("the budget ended" if all(step.get("runs", 1) < MAX_RUNS for _, step in unknown)
            else f"{MAX_RUNS} runs, the most, were measured")
     figures = " and ".join(f"{name} ({runs_text(step)})" for name, step in unknown)
+    pooled = (f" (their runs taken together with the spread of the pick's final-round runs, "
+              f"{runs_text(predicted)})" if check.get("unknown_by_final_round") else "")
     return (f"The throughput missed, but {figures} {'was' if len(unknown) == 1 else 'were'} not known "
-            f"to {PRECISION:.0%} when {why}: this run can neither confirm the pick nor refute it. "
+            f"to {PRECISION:.0%}{pooled} when {why}: this run can neither confirm the pick nor refute it. "
             "Measure again with a larger --budget-s, or on a quieter machine.")
 
 

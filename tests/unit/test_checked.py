@@ -14,6 +14,7 @@ from batchserve_planning.checked import (
     mean_known,
     measure_alternating,
     measure_checked,
+    pooled_cv,
     verdict,
 )
 from batchserve_planning.ramp import Step
@@ -35,6 +36,18 @@ def test_a_mean_is_known_when_its_standard_error_is_within_3_percent() -> None:
     assert not mean_known([17000, 21000])  # se 2,000 = 10.5%
     assert mean_known([17000, 21000, 19000, 18000, 20000, 19500, 18500, 19000])  # se 440 = 2.3%
     assert not mean_known([20000])  # one run says nothing of its noise
+
+
+def test_two_runs_that_agree_are_not_enough_where_the_configuration_strayed_more_before() -> None:
+    wide = combine([run(v) for v in (18000, 23900, 19500, 22800, 20100, 23000, 18600, 21300)], 20.0)
+    assert wide.rows_cv is not None and 0.09 < wide.rows_cv < 0.11 and wide.runs == 8
+    assert mean_known([21000, 21010]) and not mean_known([21000, 21010], prior=[wide])
+    tight = combine([run(v) for v in (21000, 21200, 20900, 21100)], 20.0)
+    assert mean_known([21000, 21010], prior=[tight])  # a quiet final round: two runs still do
+    assert not combine([run(21000), run(21010)], 20.0, [wide]).settled
+    # pooled: each group's squared deviations from its own mean over all degrees of freedom
+    assert pooled_cv([(0.1, 8), (0.0, 2)]) == pytest.approx((0.01 * 7 / 8) ** 0.5)
+    assert pooled_cv([(0.1, 1)]) is None and pooled_cv([]) is None
 
 
 def test_a_quiet_figure_takes_two_runs_and_a_noisy_one_runs_until_its_mean_is_known() -> None:

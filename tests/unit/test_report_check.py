@@ -72,3 +72,19 @@ def test_a_rerun_within_10_percent_held_even_with_figures_not_known() -> None:
     predicted, reference = figure(1000, 1010), figure(900, 1200)
     check = verdict(predicted, figure(1000, 1020), SLO, reference=reference)
     assert check["outcome"] == "held" and check["holds"]
+
+
+def test_a_miss_not_known_for_the_final_rounds_spread_says_so() -> None:
+    # two pairs, each tight, inside the range the pick's server showed in the final round
+    predicted = figure(18000, 23900, 19500, 22800, 20100, 23000, 18600, 21300)
+    reference = combine([run(20990), run(21000)], SLO, [predicted])
+    rerun = combine([run(17900), run(17970)], SLO, [predicted])
+    check = verdict(predicted, rerun, SLO, reference=reference)
+    assert check["outcome"] == "not known" and check["unknown_by_final_round"]
+    text = "\n".join(headline(results(check, predicted), PICK))
+    assert "(their runs taken together with the spread of the pick's final-round runs, " \
+           "8 runs: 18,000-23,900, mean not known to 3%) when the budget ended" in text
+    # judged by their own runs alone, the same pairs were known: not held, and no such words
+    alone = verdict(predicted, figure(17900, 17970), SLO, reference=figure(20990, 21000))
+    assert alone["outcome"] == "not held" and not alone["unknown_by_final_round"]
+    assert "final-round runs" not in "\n".join(headline(results(alone, predicted), PICK))
