@@ -93,13 +93,14 @@ def measure_checked(measure: Callable[[], Step], slo_ms: float, deadline: float 
 
 
 def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, deadline: float | None = None,
-                        clock: Callable[[], float] = time.monotonic,
-                        prior: Sequence[Step] = ()) -> list[Step]:
+                        clock: Callable[[], float] = time.monotonic, prior: Sequence[Step] = (),
+                        after: Callable[[list[Step]], float] | None = None) -> list[Step]:
     """Checked figures of several servers, measured in turn: a round is one run of each, the order
     reversed every round (so a steady drift of the machine's speed falls on each alike), until
     every figure's mean is known (its spread pooled with ``prior``'s, earlier figures of the
     configuration all of them serve), ``MAX_RUNS`` rounds, or the ``deadline`` (``MIN_RUNS``
-    rounds at least). One figure per measure, in their order."""
+    rounds at least), less what measuring ``after`` these figures costs (``after(figures so
+    far)``: the final round's back-off, ``finals``). One figure per measure, in their order."""
     started = clock()
     runs: list[list[Step]] = [[] for _ in measures]
     rounds = 0
@@ -112,7 +113,8 @@ def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, d
                 mean_known([r.rows_per_s for r in mine], least=_least(mine), prior=prior) for mine in runs):
             break
         now = clock()
-        if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds > deadline:
+        then = 0.0 if after is None else after([combine(mine, slo_ms, prior) for mine in runs])
+        if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds + then > deadline:
             break
     return [combine(mine, slo_ms, prior) for mine in runs]
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from batchserve_planning.budget import finalists_deadline, rerun_s
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from batchserve_planning.candidates import Outcome
     from batchserve_planning.ramp import Step
     from batchserve_planning.serverproc import ManagedServer
@@ -184,14 +186,20 @@ class Finals:
                                 f"{names[i]} @ {level} clients", duration_s=3 * sweep.settings.step_s,
                                 min_responses=3 * sweep.settings.min_responses)
 
-        def in_turn(levels: dict[int, int]) -> dict[int, Step]:
+        def in_turn(levels: dict[int, int], after: Callable[[list[Step]], float] | None = None,
+                    ) -> dict[int, Step]:
             runs = [partial(run, i, level) for i, level in levels.items()]
-            figures = measure_alternating(runs, sweep.settings.slo_ms, deadline, prior=prior or ())
+            figures = measure_alternating(runs, sweep.settings.slo_ms, deadline, prior=prior or (),
+                                          after=after)
             return dict(zip(levels, figures, strict=True))
+
+        def backing_off_s(figures: list[Step]) -> float:  # figures in ``servers``' order
+            return back_off_s([(o, f) for (o, _), f in zip(servers, figures, strict=True)])
 
         done: dict[int, Step] = {}
         try:  # the re-run's two servers are one outcome: both at ``clients``
-            done = in_turn({i: clients or final_clients(o) for i, (o, _) in enumerate(servers)})
+            done = in_turn({i: clients or final_clients(o) for i, (o, _) in enumerate(servers)},
+                           backing_off_s if back_off else None)
             if back_off:  # those over the SLO: again at the next lower load they met it at
                 lower = {i: _lower_load(servers[i][0], step.concurrency)
                          for i, step in done.items() if not step.within_slo}
@@ -201,6 +209,20 @@ class Finals:
         for _ in servers:
             sweep.bars.update(sweep.overall, advance=1)
         return [(servers[i][0], done[i]) for i in sorted(done)]
+
+
+def back_off_s(figures: list[tuple[Outcome, Step]]) -> float:
+    """The least that measuring again at a lower load costs (``Finals._measure``'s back-off): the
+    least rounds (``checked``) of one run each of the figures over the SLO that have a lower load,
+    each run as long as theirs took. The final round stops that much before its deadline, so
+    that the back-off's least rounds do not run past it: on the 2-core VM a resnet50 run whose
+    final round ran to its deadline and then backed one finalist off ended 39 s past its 900."""
+    from batchserve_planning.checked import MIN_RUNS, MIN_RUNS_CONTENDED
+
+    over = [step for outcome, step in figures
+            if not step.within_slo and _lower_load(outcome, step.concurrency) is not None]
+    rounds = MIN_RUNS_CONTENDED if any(step.contended for step in over) else MIN_RUNS
+    return rounds * sum(step.seconds / step.runs for step in over)
 
 
 def _lower_load(outcome: Outcome, clients: int) -> int | None:

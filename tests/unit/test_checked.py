@@ -156,3 +156,16 @@ def test_a_rerun_measured_in_turn_is_judged_against_its_final_round_server() -> 
     assert check["reference"]["rows_per_s"] == 18050
     slower = verdict(predicted, combine([run(15000), run(15100)], 20.0), 20.0, reference=reference)
     assert not slower["holds"]  # 0.83x the server measured beside it: the start, not the machine
+
+
+def test_the_deadline_leaves_room_for_what_is_measured_after_the_figures() -> None:
+    def rounds(after: object) -> int:
+        clock = iter([0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0])  # a round of 10 s; the deadline at 45 s
+        wild = series(*[10000, 30000] * 10)
+        (step,) = measure_alternating([lambda: next(wild)], 20.0, deadline=45.0, clock=lambda: next(clock),
+                                      after=after)  # type: ignore[arg-type]
+        return step.runs
+
+    assert rounds(None) == 4  # at 40 s the next round would end at 50
+    assert rounds(lambda figures: 10.0) == 3  # and 10 s after it: at 30 s the next would end past 45
+    assert rounds(lambda figures: 0.0 if figures[0].within_slo else 10.0) == 4  # what it needs now

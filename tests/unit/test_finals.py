@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -198,3 +199,37 @@ def test_the_rerun_runs_on_while_the_final_rounds_spread_says_two_runs_are_not_e
         assert runs_each == 2 and check["outcome"] == "not known" and check["unknown_by_final_round"]
     else:  # a final round that was tight: two runs each are enough, and 0.85x is a miss
         assert runs_each == 2 and check["outcome"] == "not held" and not check["unknown_by_final_round"]
+
+
+def test_the_final_round_stops_in_time_for_its_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchserve_planning import checked, ramp
+
+    over = replace(_step(32, 900.0, False), seconds=40.0, runs=2)
+    a = Outcome(Candidate(8, 0.0, 1), steps=[_step(16, 800.0, True), _step(32, 900.0, True)])
+    b = Outcome(Candidate(4, 0.0, 1), steps=[_step(8, 500.0, True)])
+    inside = replace(_step(8, 500.0, True), seconds=40.0, runs=2)
+    # two rounds of a's run (20 s each) at its lower load; b is within the SLO, no lower load for it
+    assert finals.back_off_s([(a, over), (b, inside)]) == 2 * 20.0
+    assert finals.back_off_s([(a, replace(over, concurrency=16)), (b, inside)]) == 0.0  # none lower
+    assert finals.back_off_s([(a, replace(over, others_cpu=0.5)), (b, inside)]) == 3 * 20.0  # contended
+    # the final round's first figures are measured with it as what follows them; the re-run's without
+    seen: list[float | None] = []
+    real = checked.measure_alternating
+
+    def spy(runs: list[Callable[[], Step]], slo_ms: float, deadline: float | None = None, *,
+            prior: Sequence[Step] = (), after: Callable[[list[Step]], float] | None = None) -> list[Step]:
+        seen.append(None if after is None else after([over, inside][:len(runs)]))
+        return real(runs, slo_ms, deadline, prior=prior, after=after)
+
+    monkeypatch.setattr(checked, "measure_alternating", spy)
+    monkeypatch.setattr(ramp, "measure_step", lambda *_, **__: _step(16, 800.0, True))
+    sweep = _Sweep()
+    sweep.bars = SimpleNamespace(print=lambda *_: None, update=lambda *_, **__: None)
+    sweep.target, sweep.overall = "m", 0  # type: ignore[attr-defined]
+    sweep.requests_for = lambda server: server.name  # type: ignore[attr-defined]
+    servers = [(a, _Server(sweep.log, "a")), (b, _Server(sweep.log, "b"))]
+    finals.Finals(sweep)._measure(servers, time.monotonic() + 60, back_off=True)  # type: ignore[arg-type]
+    assert seen[0] == 40.0 and all(then is None for then in seen[1:])  # the back-off itself: nothing after
+    seen.clear()
+    finals.Finals(sweep)._measure(servers[:1], time.monotonic() + 60, back_off=False, clients=32)  # type: ignore[arg-type]
+    assert seen == [None]
