@@ -125,16 +125,12 @@ def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.
     process at once, and a candidate server would outlive it). SIGTERM is turned into SIGINT,
     whose handling interrupts an event loop too (``asyncio.Runner`` cancels its task, where an
     exception raised from a signal handler inside one of the loop's callbacks would be logged
-    and the loop would go on). Where SIGINT is ignored (a background job of a non-interactive
-    shell inherits it so), raising it would do nothing and SIGTERM would be lost: Python's own
-    SIGINT handler is put back first. Exit status 143 (128 + SIGTERM), as the shell reports."""
+    and the loop would go on). Exit status 143 (128 + SIGTERM), as the shell reports."""
     terminated = False
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal terminated
         terminated = True
-        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.raise_signal(signal.SIGINT)
 
     if threading.current_thread() is not threading.main_thread():
