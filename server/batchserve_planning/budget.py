@@ -92,10 +92,9 @@ def run_s(outcomes: list[Outcome], settings: RampSettings) -> float:
 def least_rounds(outcomes: list[Outcome]) -> int:
     """The rounds a checked figure takes at least: ``MIN_RUNS_CONTENDED`` where any step of the
     search was contended (the machine is busy; so will the checks' runs be), else ``MIN_RUNS``."""
-    from batchserve_planning.checked import MIN_RUNS, MIN_RUNS_CONTENDED
+    from batchserve_planning.checked import least_runs
 
-    busy = any(s.contended for o in outcomes for s in o.steps)
-    return MIN_RUNS_CONTENDED if busy else MIN_RUNS
+    return least_runs(s for o in outcomes for s in o.steps)
 
 
 def checked_run_s(step: Step, settings: RampSettings) -> float:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from statistics import mean, median, stdev
 from typing import Any
@@ -62,14 +62,24 @@ def mean_known(values: list[float], precision: float = PRECISION, least: int = M
     if centre <= 0:
         return False
     spread = pooled_cv([(stdev(values) / centre, len(values)), *_spreads(prior)])
-    return spread is not None and spread / math.sqrt(len(values)) <= precision
+    return _pinned(spread, len(values), least, precision)
 
 
 def known_by_itself(step: Step) -> bool:
     """Whether a figure's own runs, without any earlier figure's spread, pin its mean down."""
-    least = MIN_RUNS_CONTENDED if step.contended else MIN_RUNS
-    cv = step.rows_cv
-    return cv is not None and step.runs >= least and cv / math.sqrt(step.runs) <= PRECISION
+    return _pinned(step.rows_cv, step.runs, least_runs([step]))
+
+
+def _pinned(cv: float | None, runs: int, least: int, precision: float = PRECISION) -> bool:
+    """Whether ``runs`` runs (at least ``least``) of run-to-run spread ``cv`` pin their mean down
+    to ``precision`` of it (standard error over the mean)."""
+    return cv is not None and runs >= max(least, MIN_RUNS) and cv / math.sqrt(runs) <= precision
+
+
+def least_runs(steps: Iterable[Step]) -> int:
+    """The runs a checked figure takes at least: ``MIN_RUNS_CONTENDED`` where any of ``steps``
+    was contended, else ``MIN_RUNS``."""
+    return MIN_RUNS_CONTENDED if any(step.contended for step in steps) else MIN_RUNS
 
 
 def pooled_cv(groups: Sequence[tuple[float, int]]) -> float | None:
@@ -109,18 +119,14 @@ def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, d
         for index in order:
             runs[index].append(measures[index]())
         rounds += 1
-        if rounds >= MAX_RUNS or all(
-                mean_known([r.rows_per_s for r in mine], least=_least(mine), prior=prior) for mine in runs):
+        if rounds >= MAX_RUNS or all(mean_known([r.rows_per_s for r in mine], least=least_runs(mine),
+                                                prior=prior) for mine in runs):
             break
         now = clock()
         then = 0.0 if after is None else after([combine(mine, slo_ms, prior) for mine in runs])
         if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds + then > deadline:
             break
     return [combine(mine, slo_ms, prior) for mine in runs]
-
-
-def _least(runs: list[Step]) -> int:
-    return MIN_RUNS_CONTENDED if any(r.contended for r in runs) else MIN_RUNS
 
 
 def combine(runs: list[Step], slo_ms: float, prior: Sequence[Step] = ()) -> Step:
@@ -141,7 +147,7 @@ def combine(runs: list[Step], slo_ms: float, prior: Sequence[Step] = ()) -> Step
         mean_batch_size=mean(batches) if batches else None,
         within_slo=median(highs) <= slo_ms and errors <= MAX_ERROR_RATE,
         stages_ms=_mean_stages(runs), rows_low=min(rows), rows_high=max(rows), p99_high=max(highs),
-        windows=sum(r.windows for r in runs), settled=mean_known(rows, least=_least(runs), prior=prior),
+        windows=sum(r.windows for r in runs), settled=mean_known(rows, least=least_runs(runs), prior=prior),
         runs=len(runs), rows_cv=stdev(rows) / mean(rows) if mean(rows) > 0 else None,
         others_cpu=max(others) if others else None, steal=max(steals) if steals else None,
         latency_cv=median(cvs) if cvs else None, seconds=sum(r.seconds for r in runs))

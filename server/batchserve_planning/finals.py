@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from batchserve_planning.budget import finalists_deadline, rerun_s
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from batchserve_planning.candidates import Outcome
     from batchserve_planning.ramp import Step
@@ -167,7 +167,7 @@ class Finals:
 
     def _measure(self, servers: list[tuple[Outcome, ManagedServer]], deadline: float, *, back_off: bool,
                  clients: int | None = None, labels: list[str] | None = None,
-                 prior: list[Step] | None = None) -> list[tuple[Outcome, Step]]:
+                 prior: Sequence[Step] = ()) -> list[tuple[Outcome, Step]]:
         """Checked figures of ``servers`` measured in turn; with ``back_off``, those over the SLO
         again at the next lower load within it in their ramp (in turn with each other). ``prior``:
         earlier figures of the configuration every server here runs (``checked.mean_known``)."""
@@ -189,7 +189,7 @@ class Finals:
         def in_turn(levels: dict[int, int], after: Callable[[list[Step]], float] | None = None,
                     ) -> dict[int, Step]:
             runs = [partial(run, i, level) for i, level in levels.items()]
-            figures = measure_alternating(runs, sweep.settings.slo_ms, deadline, prior=prior or (),
+            figures = measure_alternating(runs, sweep.settings.slo_ms, deadline, prior=prior,
                                           after=after)
             return dict(zip(levels, figures, strict=True))
 
@@ -217,12 +217,11 @@ def back_off_s(figures: list[tuple[Outcome, Step]]) -> float:
     each run as long as theirs took. The final round stops that much before its deadline, so
     that the back-off's least rounds do not run past it: on the 2-core VM a resnet50 run whose
     final round ran to its deadline and then backed one finalist off ended 39 s past its 900."""
-    from batchserve_planning.checked import MIN_RUNS, MIN_RUNS_CONTENDED
+    from batchserve_planning.checked import least_runs
 
     over = [step for outcome, step in figures
             if not step.within_slo and _lower_load(outcome, step.concurrency) is not None]
-    rounds = MIN_RUNS_CONTENDED if any(step.contended for step in over) else MIN_RUNS
-    return rounds * sum(step.seconds / step.runs for step in over)
+    return least_runs(over) * sum(step.seconds / step.runs for step in over)
 
 
 def _lower_load(outcome: Outcome, clients: int) -> int | None:
