@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import signal
 import sys
@@ -125,25 +126,43 @@ def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.
     process at once, and a candidate server would outlive it). SIGTERM is turned into SIGINT,
     whose handling interrupts an event loop too (``asyncio.Runner`` cancels its task, where an
     exception raised from a signal handler inside one of the loop's callbacks would be logged
-    and the loop would go on). Exit status 143 (128 + SIGTERM), as the shell reports."""
+    and the loop would go on). Where SIGINT is ignored (a background job of a non-interactive
+    shell starts so), it stays ignored, and SIGTERM interrupts as ``asyncio.Runner`` would
+    (``_interrupt``). Exit status 143 (128 + SIGTERM), as the shell reports."""
     terminated = False
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal terminated
         terminated = True
-        signal.raise_signal(signal.SIGINT)
+        if callable(signal.getsignal(signal.SIGINT)):  # Python's handler, or asyncio.Runner's
+            signal.raise_signal(signal.SIGINT)
+        else:
+            _interrupt()
 
     if threading.current_thread() is not threading.main_thread():
         return command(args)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         return command(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         if not terminated:
             raise
         return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt() -> None:
+    """Interrupt the main thread from a signal handler without SIGINT: where an event loop runs
+    in it (``asyncio.Runner`` installs no SIGINT handler where SIGINT was ignored), cancel its
+    tasks, so that ``CancelledError`` unwinds the run; elsewhere raise ``KeyboardInterrupt``."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise KeyboardInterrupt from None
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.call_soon_threadsafe(lambda: None)  # wake the loop, should it be waiting
 
 
 def serve(settings: ServerSettings) -> int:

@@ -45,11 +45,17 @@ def _ready(server: psutil.Process) -> bool:
         return False
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
 @pytest.mark.parametrize("when", ["starting", "measuring"])
 def test_sigterm_stops_the_candidate_server(tmp_path: Path, diabetes_path: Path,
-                                            diabetes: tuple[np.ndarray, Any], when: str) -> None:
+                                            diabetes: tuple[np.ndarray, Any], when: str, sigint: str) -> None:
     """While the candidate server starts (recommend waits for its readiness) and while it is
-    being measured (the ramp's first step), SIGTERM ends recommend and its server."""
+    being measured (the ramp's first step), SIGTERM ends recommend and its server; also where
+    recommend was started with SIGINT ignored, as a non-interactive shell starts a background job."""
     config = write_models(tmp_path / "models.toml", [
         {"name": "diabetes", "backend": "sklearn", "path": str(diabetes_path), "max_batch_size": 8}])
     rows = tmp_path / "rows.json"
@@ -59,7 +65,8 @@ def test_sigterm_stops_the_candidate_server(tmp_path: Path, diabetes_path: Path,
          "--inputs", str(rows), "--slo-p99-ms", "1000", "--out", str(tmp_path / "out"), "--no-progress",
          # Long steps: the run is still measuring its first candidate when the signal comes.
          "--step-s", "30", "--max-step-s", "60", "--max-wait-ms", "0", "--instances", "1", "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+        preexec_fn=_ignore_sigint if sigint == "ignored" else None)
     parent = psutil.Process(recommend.pid)
     servers: list[psutil.Process] = []
     try:
