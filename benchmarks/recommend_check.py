@@ -14,7 +14,8 @@ figure), the contention recommend measured, and the seconds against the budget. 
 are recommend's own; this script only runs it and tabulates.
 
 Usage: .venv/bin/python benchmarks/recommend_check.py
-  MODELS=diabetes,resnet50,minilm  RUNS=5 (per condition)  HARDWARE_RUNS=2  LOAD=1 (0: quiet only)
+  MODELS=diabetes,resnet50,minilm  RUNS=5 (per condition)  HARDWARE_RUNS=2
+  LOAD=1 (0: quiet only; loaded-first: loaded, quiet, loaded, ...)
   BUDGET_S per model (default: diabetes 300, resnet50 900, minilm 600); CONFIG (models/models.toml)
 Prints a markdown table and writes benchmarks/results/recommend-check-<time>.json; the report
 folders are kept under benchmarks/results/recommend-<model>-<time>/.
@@ -146,12 +147,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     models = os.environ.get("MODELS", "diabetes,resnet50,minilm").split(",")
     runs, hardware_runs = int(os.environ.get("RUNS", "5")), int(os.environ.get("HARDWARE_RUNS", "2"))
-    loads = [False, True] if os.environ.get("LOAD", "1") == "1" else [False]
+    loads = {"1": [False, True], "0": [False], "loaded-first": [True, False]}[os.environ.get("LOAD", "1")]
     results = ROOT / "benchmarks" / "results"
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []
     for model in models:
-        for _ in range(runs):  # alternating: quiet, loaded, quiet, ...
+        for _ in range(runs):  # alternating: quiet, loaded, quiet, ... (or loaded first)
             for loaded in loads:
                 rows.append(run(model, results, hardware=False, loaded=loaded))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
