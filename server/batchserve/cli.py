@@ -123,21 +123,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a planning command so that SIGTERM unwinds it as Ctrl-C does: its ``finally`` blocks
     stop the servers and load generators it started (Python's default for SIGTERM ends the
-    process at once, and a candidate server would outlive it). SIGTERM is turned into SIGINT,
-    whose handling interrupts an event loop too (``asyncio.Runner`` cancels its task, where an
-    exception raised from a signal handler inside one of the loop's callbacks would be logged
-    and the loop would go on). Where SIGINT is ignored (a background job of a non-interactive
-    shell starts so), it stays ignored, and SIGTERM interrupts as ``asyncio.Runner`` would
-    (``_interrupt``). Exit status 143 (128 + SIGTERM), as the shell reports."""
+    process at once, and a candidate server would outlive it). SIGTERM interrupts as
+    ``asyncio.Runner``'s SIGINT handler would (``_interrupt``), whether or not SIGINT is ignored
+    (a background job of a non-interactive shell starts so; SIGINT then stays ignored). Exit
+    status 143 (128 + SIGTERM), as the shell reports."""
     terminated = False
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal terminated
         terminated = True
-        if callable(signal.getsignal(signal.SIGINT)):  # Python's handler, or asyncio.Runner's
-            signal.raise_signal(signal.SIGINT)
-        else:
-            _interrupt()
+        _interrupt()
 
     if threading.current_thread() is not threading.main_thread():
         return command(args)
@@ -153,9 +148,10 @@ def _run_stoppable(command: Callable[[argparse.Namespace], int], args: argparse.
 
 
 def _interrupt() -> None:
-    """Interrupt the main thread from a signal handler without SIGINT: where an event loop runs
-    in it (``asyncio.Runner`` installs no SIGINT handler where SIGINT was ignored), cancel its
-    tasks, so that ``CancelledError`` unwinds the run; elsewhere raise ``KeyboardInterrupt``."""
+    """Interrupt the main thread from a signal handler: where an event loop runs in it, cancel its
+    tasks, so that ``CancelledError`` unwinds the run (a KeyboardInterrupt raised inside one of
+    uvloop's callbacks would be logged and the loop would go on; and ``asyncio.Runner`` installs
+    no SIGINT handler where SIGINT was ignored); elsewhere raise ``KeyboardInterrupt``."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
