@@ -15,7 +15,7 @@ are recommend's own; this script only runs it and tabulates.
 
 Usage: .venv/bin/python benchmarks/recommend_check.py
   MODELS=diabetes,resnet50,minilm  RUNS=5 (per condition)  HARDWARE_RUNS=2
-  LOAD=1 (0: quiet only; loaded-first: loaded, quiet, loaded, ...)
+  LOAD=1 (0: quiet only; loaded-first: loaded, quiet, loaded, ...; loaded: loaded only)
   BUDGET_S per model (default: diabetes 300, resnet50 900, minilm 600); CONFIG (models/models.toml)
 Prints a markdown table and writes benchmarks/results/recommend-check-<time>.json; the report
 folders are kept under benchmarks/results/recommend-<model>-<time>/.
@@ -147,7 +147,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     models = os.environ.get("MODELS", "diabetes,resnet50,minilm").split(",")
     runs, hardware_runs = int(os.environ.get("RUNS", "5")), int(os.environ.get("HARDWARE_RUNS", "2"))
-    loads = {"1": [False, True], "0": [False], "loaded-first": [True, False]}[os.environ.get("LOAD", "1")]
+    loads = {"1": [False, True], "0": [False], "loaded-first": [True, False],
+             "loaded": [True]}[os.environ.get("LOAD", "1")]
     results = ROOT / "benchmarks" / "results"
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []

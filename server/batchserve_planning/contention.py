@@ -11,6 +11,16 @@ enough to say that a run shared its CPUs.
 
 A run whose other work took more than ``BUSY_SHARE`` of the CPUs, or whose steal exceeded
 ``STEAL_SHARE``, is contended: its figures may be low, and the report says which runs were.
+
+Before a sweep starts its first server, ``busy_cores`` reads how many of the servers' cores other
+work keeps busy (nothing of recommend's runs then), and ``cores_left`` what it leaves them: a
+torch model's threads are set to those (``sweep.threads_per_instance``). Torch's threads share
+each operator's work and wait for each other at its end; where another process holds a core,
+each operator waits for the thread on it. On the 2-core VM beside one spinning process per core,
+resnet50 (batch 1, one worker, 8 clients) measured 6.6 and 6.0 inferences/s on two servers in
+turn with torch's own 2 threads, run-to-run spread 15% (per round, the two 1.01-1.72x apart), and
+6.7 and 6.5/s with 1 thread, spread 2.5-3.5% (1.02-1.10x apart; ``benchmarks/speed_drift.py``,
+benchmarks/README.md): the same throughput, a figure that can be known.
 """
 
 from __future__ import annotations
@@ -38,6 +48,36 @@ class Contention:
 
     def describe(self) -> str:
         return f"other processes {self.others_cpu:.0%} of the CPUs, steal {self.steal:.0%}"
+
+
+def busy_cores(cpus: set[int] | None = None, seconds: float = 2.0) -> float:
+    """How many of ``cpus`` (default: this process's affinity) were busy over the next ``seconds``:
+    each one's non-idle share of its time (steal included), summed. Read while nothing of this
+    process's runs, it is other work's."""
+    import psutil
+
+    chosen = sorted(cpus if cpus else os.sched_getaffinity(0))
+    before = psutil.cpu_times(percpu=True)
+    time.sleep(seconds)
+    after = psutil.cpu_times(percpu=True)
+    busy = 0.0
+    for cpu in chosen:
+        if cpu >= min(len(before), len(after)):
+            continue
+        total = sum(after[cpu]) - sum(before[cpu])
+        idle = _idle(after[cpu]) - _idle(before[cpu])
+        busy += min(1.0, max(0.0, (total - idle) / total)) if total > 0 else 0.0
+    return busy
+
+
+def cores_left(cores: int, busy: float) -> int | None:
+    """The cores other work leaves of ``cores`` where it keeps more than ``BUSY_SHARE`` of them
+    busy (``busy`` cores' worth, ``busy_cores``): the rest, rounded, at least 1; None where it
+    keeps fewer busy, or leaves them all."""
+    if busy <= BUSY_SHARE * cores:
+        return None
+    left = max(1, round(cores - busy))
+    return left if left < cores else None
 
 
 def worst(readings: list[Contention]) -> Contention | None:
@@ -86,7 +126,12 @@ def _cpu_times() -> tuple[float, float, float]:
     import psutil
 
     times = psutil.cpu_times()
-    return sum(times), float(getattr(times, "steal", 0.0)), times.idle + float(getattr(times, "iowait", 0.0))
+    return sum(times), float(getattr(times, "steal", 0.0)), _idle(times)
+
+
+def _idle(times: Any) -> float:
+    """Idle seconds of a ``psutil.cpu_times`` reading, iowait included."""
+    return float(times.idle + getattr(times, "iowait", 0.0))
 
 
 def others_cpu_s() -> dict[int, float]:

@@ -8,7 +8,8 @@ its final-round server (``verify``; both in ``finals``).
 
 Workers and instances share the cores given to the servers (``--server-cpus``, else this
 process's affinity): with more than one worker, workers x instances stays within them
-(``layout_fits``), and a torch model's threads split what is left (``threads_per_instance``).
+(``layout_fits``), and a torch model's threads split what is left (``threads_per_instance``): the
+cores other work leaves, where it keeps some busy before the sweep (``contention.cores_left``).
 """
 
 from __future__ import annotations
@@ -93,17 +94,24 @@ def layout_fits(workers: int, instances: int, cores: int) -> bool:
 
 
 def threads_per_instance(base: dict[str, Any], cores: int, device: str, instances: int,
-                         workers: int = 1) -> int | None:
+                         workers: int = 1, left: int | None = None) -> int | None:
     """Torch threads for each of ``instances`` in each of ``workers`` on CPU: the server's
-    ``cores`` (``server_cores``) split between them, for a torch backend whose table leaves
-    ``torch_threads`` unset; else None (one instance in one worker: the server's own choice)."""
+    ``cores`` (``server_cores``), or the ``left`` of them other work leaves (``contention.cores_left``),
+    split between them, for a torch backend whose table leaves ``torch_threads`` unset; else None
+    (one instance in one worker on cores nothing else keeps busy: the server's own choice)."""
+    if device != "cpu" or not takes_threads(base):
+        return None
+    if left is None and instances * workers == 1:
+        return None
+    return max(1, (left or cores) // (instances * workers))
+
+
+def takes_threads(base: dict[str, Any]) -> bool:
+    """Whether ``base`` is a torch backend's table that leaves ``torch_threads`` to the server."""
     from batchserve.backends import backend_class
 
-    if device != "cpu" or instances * workers == 1 or "torch_threads" in base.get("options", {}):
-        return None
-    if "torch_threads" not in backend_class(base["backend"]).Options.model_fields:
-        return None
-    return max(1, cores // (instances * workers))
+    return ("torch_threads" not in base.get("options", {})
+            and "torch_threads" in backend_class(base["backend"]).Options.model_fields)
 
 
 class Sweep:
@@ -150,6 +158,7 @@ class Sweep:
         waits = [float(w) for w in args.max_wait_ms.split(",")]
         instances = [int(i) for i in args.instances.split(",")]
         cores = server_cores(args.server_cpus)
+        left = self._cores_left(cores, combos)
         workers = worker_counts(args.workers, cores)
         grid = [(b, w, i, n) for b, w, i, n in itertools.product(sizes, waits, instances, workers)
                 if layout_fits(n, i, cores)]
@@ -177,7 +186,7 @@ class Sweep:
             def candidate(size: int, wait: float, count: int, processes: int,
                           v: Variant = combo) -> Candidate:
                 return Candidate(size, wait, count, v.device, v.dtype,
-                                 threads_per_instance(self.base, cores, v.device, count, processes),
+                                 threads_per_instance(self.base, cores, v.device, count, processes, left),
                                  processes, v.runtime, v.graph)
 
             if args.full_grid:
@@ -204,6 +213,25 @@ class Sweep:
             evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms, i, pivot.workers)
                            for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
         return outcomes, skipped
+
+    def _cores_left(self, cores: int, combos: list[Variant]) -> int | None:
+        """The cores other work leaves the servers (``contention.cores_left``), read before the
+        first server starts, where a torch model's threads on CPU would be set to them (not with
+        ``--hardware``: a profile's cores are those of the machine it stands for); said in the
+        decisions where it sets them."""
+        from batchserve_planning.contention import busy_cores, cores_left
+
+        if self.quota_cpus is not None or not takes_threads(self.base) \
+                or all(v.device != "cpu" for v in combos):
+            return None
+        busy = busy_cores(self.args.server_cpus)
+        left = cores_left(cores, busy)
+        if left is not None:
+            self.notes.append(
+                f"other work kept {busy:.1f} of the servers' {cores} cores busy before the sweep: torch's "
+                f"threads are set to the {left} it left (threads that wait for each other behind other "
+                "work give figures that spread several times as much, at no more throughput)")
+        return left
 
     def _over_budget(self, outcomes: list[Outcome]) -> bool:
         from batchserve_planning.budget import over_budget

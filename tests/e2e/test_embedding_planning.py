@@ -4,6 +4,7 @@ with texts from a file, one per line, as a user sizing a RAG embedding service w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from batchserve.cli import main
 
 from tests.support import inspect_json, recommend_status, running_server, write_models
+from tests.support.hogs import spinning
 from tests.support.texts import NON_ASCII, QUERIES, passages
 
 MINILM_PARAMETERS = 22.7e6
@@ -98,3 +100,29 @@ def test_a_tiny_recommend_picks_a_configuration_that_answers_vectors(repository:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     same = np.array([item["embedding"] for item in openai.json()["data"]])
     np.testing.assert_allclose(same, vectors, atol=1e-5)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: one torch thread already")
+def test_beside_other_work_the_candidates_torch_threads_are_the_cores_it_leaves(
+        minilm_dir: Path, texts_file: Path, tmp_path: Path) -> None:
+    # The table leaves torch_threads to the server, which would take every core of its affinity.
+    config = write_models(tmp_path / "models.toml", [
+        {"name": "minilm", "backend": "embedding", "path": str(minilm_dir), "max_batch_size": 2,
+         "max_wait_ms": 0, "timeout_ms": 30000, "options": {"max_batch_tokens": 1024}}])
+    out = tmp_path / "report"
+    cores = len(os.sched_getaffinity(0))
+    with spinning(cores):  # one process spinning on each core, outside recommend's tree
+        code = main(["recommend", "--config", str(config), "--model", "minilm", "--inputs", str(texts_file),
+                     "--slo-p99-ms", "10000", "--max-batch-cap", "1", "--max-wait-ms", "0",
+                     "--instances", "1", "--workers", "1", "--budget-s", "60", "--max-concurrency", "2",
+                     "--step-s", "0.3", "--max-step-s", "1", "--min-responses", "10", "--out", str(out),
+                     "--no-progress"])
+    assert code == recommend_status(out)
+    results = json.loads((out / "results.json").read_text())
+    threads = {c["candidate"]["torch_threads"] for c in results["candidates"]}
+    # Every core kept busy: each candidate gets one thread (at most the cores the probe saw left),
+    # where torch would take them all.
+    assert threads and all(t is not None and t < cores for t in threads), threads
+    assert any("torch's threads are set to the" in d for d in results["decisions"]), results["decisions"]
+    if results["pick"] is not None:  # the table served is the one measured
+        assert "torch_threads = " in (out / "report.md").read_text()

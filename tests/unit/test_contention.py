@@ -13,7 +13,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from batchserve_planning.contention import BUSY_SHARE, Contention, Probe, others_cpu_s, summary, worst
+from batchserve_planning.contention import (
+    BUSY_SHARE,
+    Contention,
+    Probe,
+    busy_cores,
+    others_cpu_s,
+    summary,
+    worst,
+)
+
+from tests.support.hogs import spinning
 
 pytest.importorskip("psutil")
 
@@ -22,25 +32,17 @@ HOG = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: p
 
 @contextmanager
 def hog(*, outside: bool) -> Iterator[int]:
-    """A process spinning on a CPU: outside this tree (its parent exits, so it is nobody's child
-    here) or a child of this process."""
+    """A process spinning on a CPU: outside this tree (``spinning``) or a child of this process."""
     if outside:
-        launcher = subprocess.run(
-            [sys.executable, "-c", "import subprocess, sys; "
-             f"print(subprocess.Popen([sys.executable, '-c', {HOG!r}], stdout=subprocess.DEVNULL, "
-             "stderr=subprocess.DEVNULL).pid)"],
-            capture_output=True, text=True, check=True, timeout=30)
-        pid = int(launcher.stdout)
-        child = None
-    else:
-        child = subprocess.Popen([sys.executable, "-c", HOG])
-        pid = child.pid
+        with spinning(1, seconds=30) as pids:
+            yield pids[0]
+        return
+    child = subprocess.Popen([sys.executable, "-c", HOG])
     try:
-        yield pid
+        yield child.pid
     finally:
-        os.kill(pid, signal.SIGKILL)
-        if child is not None:
-            child.wait(timeout=10)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
 
 
 def measure(seconds: float) -> Contention:
@@ -66,6 +68,18 @@ def test_a_process_outside_this_tree_is_counted_and_a_child_is_not() -> None:
         # The same spinning, as this process's child (a server or the load generator): not other work.
         assert pid not in others_cpu_s()
         assert os.getpid() not in others_cpu_s()
+
+
+@pytest.mark.timeout(60)
+def test_busy_cores_reads_a_core_kept_busy() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    with hog(outside=True) as pid:
+        os.sched_setaffinity(pid, {cpu})
+        time.sleep(0.2)
+        busy = busy_cores({cpu}, seconds=1.0)
+    # A process spinning on the core: most of it (not timed: half a core is far below what a
+    # spinning process gets on a core of its own).
+    assert 0.5 <= busy <= 1.0
 
 
 def test_the_summary_names_the_contended_measurements() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from batchserve_planning.candidates import Candidate
+from batchserve_planning.contention import cores_left
 from batchserve_planning.sweep import layout_fits, threads_per_instance, worker_counts
 
 TEXT = {"name": "m", "backend": "transformer", "path": "t"}
@@ -44,6 +45,21 @@ def test_torch_threads_split_the_cores_between_workers_and_instances() -> None:
     assert threads_per_instance(TEXT, 2, "cuda", 1, workers=2) is None
     assert threads_per_instance({"name": "m", "backend": "sklearn", "path": "d"}, 2, "cpu", 1,
                                 workers=2) is None
+
+
+def test_beside_other_work_torch_threads_are_the_cores_it_leaves() -> None:
+    assert threads_per_instance(TEXT, 2, "cpu", 1, workers=1, left=1) == 1  # not torch's own 2
+    assert threads_per_instance(TEXT, 8, "cpu", 2, workers=1, left=6) == 3
+    assert threads_per_instance(TEXT, 8, "cpu", 2, workers=2, left=2) == 1
+    assert threads_per_instance(TEXT, 2, "cuda", 1, workers=1, left=1) is None
+    given = {**TEXT, "options": {"torch_threads": 2}}  # the table's own choice stands
+    assert threads_per_instance(given, 2, "cpu", 1, workers=1, left=1) is None
+    assert cores_left(2, 2.0) == 1  # one spinning process per core: still one thread
+    assert cores_left(2, 1.0) == 1
+    assert cores_left(8, 2.1) == 6
+    assert cores_left(2, 0.2) is None  # within BUSY_SHARE: the machine is the servers'
+    assert cores_left(2, 0.4) is None  # leaves 1.6 cores: rounds to all of them
+    assert cores_left(1, 1.0) is None  # one core: one thread already
 
 
 def test_a_candidates_workers_are_a_server_flag_not_model_configuration() -> None:
