@@ -79,7 +79,7 @@ class Fleet:
         folder = self.out / "profiles" / slug(placement.profile.name)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         sweep = Sweep(args, self.base, self.samples, replace(self.settings, load_cpus=load_cpus), folder,
-                      quota_cpus=placement.quota_cpus, rerun=False)
+                      quota_cpus=placement.quota_cpus, rerun=False, profile=True)
         sweep.bars = self.bars
         return sweep
 

@@ -117,13 +117,16 @@ def takes_threads(base: dict[str, Any]) -> bool:
 class Sweep:
     def __init__(self, args: argparse.Namespace, base: dict[str, Any], samples: list[Any],
                  settings: RampSettings, out: Path, *, quota_cpus: float | None = None,
-                 rerun: bool = True) -> None:
+                 rerun: bool = True, profile: bool = False) -> None:
         """``quota_cpus``: a cgroup CPU quota for every server (a fractional profile), on top of
         ``args.server_cpus``. ``rerun``: the pick is started again after the final round
-        (``verify``; ``--hardware`` has its open-loop re-run instead), and the budget keeps its time."""
+        (``verify``; ``--hardware`` has its open-loop re-run instead), and the budget keeps its time.
+        ``profile``: the servers stand for another machine (``--hardware``), whose cores are not
+        shared with this one's other work (``threads_cores``)."""
         self.args = args
         self.rerun = rerun
         self.quota_cpus = quota_cpus
+        self.profile = profile
         self.base = {**base, "path": str((args.config.parent / base["path"]).resolve())}
         self.samples = samples
         self.settings = settings
@@ -158,7 +161,7 @@ class Sweep:
         waits = [float(w) for w in args.max_wait_ms.split(",")]
         instances = [int(i) for i in args.instances.split(",")]
         cores = server_cores(args.server_cpus)
-        left = self._cores_left(cores, combos)
+        left = self.threads_cores(cores, combos)
         workers = worker_counts(args.workers, cores)
         grid = [(b, w, i, n) for b, w, i, n in itertools.product(sizes, waits, instances, workers)
                 if layout_fits(n, i, cores)]
@@ -214,14 +217,14 @@ class Sweep:
                            for i in instances[1:] if layout_fits(pivot.workers, i, cores)])
         return outcomes, skipped
 
-    def _cores_left(self, cores: int, combos: list[Variant]) -> int | None:
+    def threads_cores(self, cores: int, combos: list[Variant]) -> int | None:
         """The cores other work leaves the servers (``contention.cores_left``), read before the
         first server starts, where a torch model's threads on CPU would be set to them (not with
         ``--hardware``: a profile's cores are those of the machine it stands for); said in the
         decisions where it sets them."""
         from batchserve_planning.contention import busy_cores, cores_left
 
-        if self.quota_cpus is not None or not takes_threads(self.base) \
+        if self.profile or not takes_threads(self.base) \
                 or all(v.device != "cpu" for v in combos):
             return None
         busy = busy_cores(self.args.server_cpus)

@@ -3,10 +3,17 @@ cores are shared between workers, instances and torch threads."""
 
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
 import pytest
-from batchserve_planning.candidates import Candidate
+from batchserve_planning.candidates import Candidate, Variant
 from batchserve_planning.contention import cores_left
-from batchserve_planning.sweep import layout_fits, threads_per_instance, worker_counts
+from batchserve_planning.ramp import RampSettings
+from batchserve_planning.sweep import Sweep, layout_fits, threads_per_instance, worker_counts
+
+from tests.support.hogs import spinning
 
 TEXT = {"name": "m", "backend": "transformer", "path": "t"}
 """A torch backend whose table leaves torch_threads to torch."""
@@ -60,6 +67,24 @@ def test_beside_other_work_torch_threads_are_the_cores_it_leaves() -> None:
     assert cores_left(2, 0.2) is None  # within BUSY_SHARE: the machine is the servers'
     assert cores_left(2, 0.4) is None  # leaves 1.6 cores: rounds to all of them
     assert cores_left(1, 1.0) is None  # one core: one thread already
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: one torch thread already")
+def test_a_hardware_profile_keeps_torchs_threads_beside_other_work(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    args = argparse.Namespace(config=tmp_path / "models.toml", server_cpus=None)
+
+    def sweep(profile: bool) -> Sweep:
+        return Sweep(args, TEXT, [], RampSettings(slo_ms=100.0), tmp_path, profile=profile)
+
+    with spinning(cores):  # every core kept busy, outside this process's tree
+        plain, profile = sweep(False), sweep(True)
+        assert plain.threads_cores(cores, [Variant("cpu")]) == 1
+        assert "torch's threads are set to the 1 it left" in plain.notes[0]
+        # A profile stands for a machine of its own: the threads it would have there.
+        assert profile.threads_cores(cores, [Variant("cpu")]) is None and not profile.notes
+        assert plain.threads_cores(cores, [Variant("cuda")]) is None  # no CPU threads to set
 
 
 def test_a_candidates_workers_are_a_server_flag_not_model_configuration() -> None:
