@@ -17,8 +17,8 @@ other) beside each server's own run-to-run spread: where the ratio spreads much 
 is the machine's and falls on both; where as much, each run's own.
 
 Usage: .venv/bin/python benchmarks/speed_drift.py   SERVERS=3  ROUNDS=6  CLIENTS=8  WORKERS=2
-  MODEL=minilm (or resnet50)  LOAD=0 (1: a CPU hog beside it)  THREADS (resnet50's torch_threads;
-  default: the server's, its cores)
+  MODEL=minilm (or resnet50)  LOAD=0 (1: a CPU hog beside it)  THREADS: torch_threads (own: the
+  server's choice, its cores; default: minilm 1, resnet50 own)
 Prints each round and, per server, mean, min and max; per round, the highest over the lowest
 server. Writes benchmarks/results/speed-drift-<time>.json.
 """
@@ -52,7 +52,7 @@ max_wait_ms = 2.0
 max_queue = 1024
 timeout_ms = 30000
 instances = 1
-options = {{ max_batch_tokens = 4096, torch_threads = 1 }}
+options = {{ max_batch_tokens = 4096{threads} }}
 """
 RESNET50 = """[repository]
 root = "{root}"
@@ -78,9 +78,9 @@ def main() -> None:
     work = ROOT / "benchmarks" / "results" / f"speed-drift-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     config = {"minilm": MODEL, "resnet50": RESNET50}[model]
-    threads = os.environ.get("THREADS", "")
+    threads = os.environ.get("THREADS", "1" if model == "minilm" else "own")
     (work / "models.toml").write_text(config.format(
-        root=ROOT / "models", threads=f", torch_threads = {int(threads)}" if threads else ""))
+        root=ROOT / "models", threads="" if threads == "own" else f", torch_threads = {int(threads)}"))
     if model == "minilm":
         (work / "texts.txt").write_text("".join(text + "\n" for text in benchmark_texts(200)))
         samples, settings = load_samples(work / "texts.txt", "text"), RampSettings(slo_ms=200.0)
@@ -115,7 +115,7 @@ def main() -> None:
                 server.stop()
     apart = [max(f[r] for f in figures) / min(f[r] for f in figures) for r in range(rounds)]
     print(f"\ncommit {commit}, started {started}, {model}, {count} servers, {workers} workers, "
-          f"torch threads {threads or 'default'}, "
+          f"torch threads {threads}, "
           f"{clients} clients, {'beside a CPU hog' if loaded else 'no other load'}\n")
     for n, mine in enumerate(figures):
         print(f"server {n}: mean {statistics.mean(mine):.2f}, {min(mine):.2f}-{max(mine):.2f}/s, "

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ import pytest
 from batchserve.cli import main
 
 from tests.support import SERVER_ENV, write_models
+from tests.support.hogs import spinning
 
 BATCH_MS = 20.0
 """The echo model's time per batch, whatever its size: batches of B carry at most 50 x B rows/s."""
@@ -28,38 +27,26 @@ SLO_MS = 250.0
 FAST = ["--max-concurrency", "16", "--step-s", "0.6", "--max-step-s", "1.5", "--min-responses", "30",
         "--max-wait-ms", "0", "--instances", "1", "--workers", "1", "--no-progress"]
 
-HOG = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
-
-
 @contextmanager
 def hog_until(path: Path) -> Iterator[None]:
-    """A process spinning on a CPU, outside this test's process tree (its launcher exits: other
-    work on the machine, as recommend sees it), until ``path`` exists (or 120 s)."""
-    launcher = subprocess.run(
-        [sys.executable, "-c", "import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', "
-         f"{HOG!r}], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"],
-        capture_output=True, text=True, check=True, timeout=30)
-    pid = int(launcher.stdout)
-    stop = threading.Event()
+    """A process spinning on a CPU, outside this test's process tree (other work on the machine,
+    as recommend sees it), until ``path`` exists (or 120 s)."""
+    with spinning(1) as pids:
+        stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set() and not path.exists():
-            time.sleep(0.05)
-        with_suppressed_kill(pid)
+        def watch() -> None:
+            while not stop.is_set() and not path.exists():
+                time.sleep(0.05)
+            with suppress(ProcessLookupError):  # it ended already
+                os.kill(pids[0], signal.SIGKILL)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-        with_suppressed_kill(pid)
-
-
-def with_suppressed_kill(pid: int) -> None:
-    with suppress(ProcessLookupError):  # it ended already
-        os.kill(pid, signal.SIGKILL)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(timeout=10)
 
 
 def echo_repository(tmp_path: Path, **options: object) -> tuple[Path, Path]:
