@@ -64,9 +64,7 @@ def busy_cores(cpus: set[int] | None = None, seconds: float = 2.0) -> float:
     for cpu in chosen:
         if cpu >= min(len(before), len(after)):
             continue
-        total = sum(after[cpu]) - sum(before[cpu])
-        idle = _idle(after[cpu]) - _idle(before[cpu])
-        busy += min(1.0, max(0.0, (total - idle) / total)) if total > 0 else 0.0
+        busy += _busy_share(sum(after[cpu]) - sum(before[cpu]), _idle(after[cpu]) - _idle(before[cpu]))
     return busy
 
 
@@ -109,7 +107,7 @@ class Probe:
         share = used / (wall * cpus) if wall > 0 else 0.0
         # Never more than the machine was busy: the scans read processes one by one, so a short
         # run's window can hold more CPU time than its wall time says.
-        busy = min(1.0, max(0.0, (total_d - idle_d) / total_d)) if total_d > 0 else 0.0  # rounding
+        busy = _busy_share(total_d, idle_d)
         return Contention(others_cpu=min(share, busy), steal=steal_d / total_d if total_d > 0 else 0.0)
 
 
@@ -127,6 +125,11 @@ def _cpu_times() -> tuple[float, float, float]:
 
     times = psutil.cpu_times()
     return sum(times), float(getattr(times, "steal", 0.0)), _idle(times)
+
+
+def _busy_share(total_s: float, idle_s: float) -> float:
+    """The non-idle share of ``total_s`` CPU seconds, within 0 and 1 (the counters' rounding)."""
+    return min(1.0, max(0.0, (total_s - idle_s) / total_s)) if total_s > 0 else 0.0
 
 
 def _idle(times: Any) -> float:
