@@ -110,10 +110,12 @@ def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, d
     every figure's mean is known (its spread pooled with ``prior``'s, earlier figures of the
     configuration all of them serve), ``MAX_RUNS`` rounds, or the ``deadline`` (``MIN_RUNS``
     rounds at least), less what measuring ``after`` these figures costs (``after(figures so
-    far)``: the final round's back-off, ``finals``). One figure per measure, in their order."""
-    started = clock()
+    far)``: the final round's back-off, ``finals``). The next round is taken to last as long as
+    the longest so far: from their mean, resnet50 runs beside other work, whose rounds vary by
+    seconds, ended 3-5 s past a 900-s budget. One figure per measure, in their order."""
+    began = clock()
     runs: list[list[Step]] = [[] for _ in measures]
-    rounds = 0
+    rounds, longest = 0, 0.0
     while True:
         order = range(len(measures)) if rounds % 2 == 0 else reversed(range(len(measures)))
         for index in order:
@@ -123,8 +125,9 @@ def measure_alternating(measures: Sequence[Callable[[], Step]], slo_ms: float, d
                                                 prior=prior) for mine in runs):
             break
         now = clock()
+        longest, began = max(longest, now - began), now
         then = 0.0 if after is None else after([combine(mine, slo_ms, prior) for mine in runs])
-        if rounds >= MIN_RUNS and deadline is not None and now + (now - started) / rounds + then > deadline:
+        if rounds >= MIN_RUNS and deadline is not None and now + longest + then > deadline:
             break
     return [combine(mine, slo_ms, prior) for mine in runs]
 

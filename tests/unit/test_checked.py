@@ -95,6 +95,13 @@ def test_no_run_more_once_the_next_would_pass_the_deadline_but_never_fewer_than_
     assert step.runs == MIN_RUNS  # past the deadline from the start, still two runs
 
 
+def test_the_next_round_is_taken_to_last_as_long_as_the_longest_so_far() -> None:
+    clock = iter([0.0, 10.0, 30.0, 40.0, 50.0])  # rounds of 10 s and 20 s: their mean 15, the longest 20
+    wild = series(*[10000, 30000] * 10)
+    step = measure_checked(lambda: next(wild), 20.0, deadline=47.0, clock=lambda: next(clock))
+    assert step.runs == MIN_RUNS  # at 30 s a round like the second would end at 50, past 47
+
+
 def test_combined_runs_are_their_mean_with_their_range_and_the_median_p99() -> None:
     runs = [run(18000, p99_high=12.0, others=0.1), run(20000, p99_high=25.0, others=0.6),
             run(22000, p99_high=14.0)]
