@@ -1,7 +1,8 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
 Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
-cap, then workers, max_wait_ms and instances around the best (or every combination); each
+cap (stopping at the first its ramp never filled, ``rows_waiting``), then workers, max_wait_ms
+and instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer and in turn (``final_round``), and the pick once more, in turn with
 its final-round server (``verify``; both in ``finals``).
@@ -49,6 +50,29 @@ def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
     """The largest max_batch_size a sweep tries: ``--max-batch-cap``, else 2x the configured one, 8 to 64."""
     cap: int = args.max_batch_cap or min(64, max(8, 2 * int(base.get("max_batch_size", 32))))
     return cap
+
+
+def rows_waiting(outcome: Outcome, size: int, rows_per_request: int) -> int | None:
+    """The most rows that were ever waiting at once in ``outcome``'s ramp (its most clients x the
+    rows of a request), where that is within its max_batch_size ``size``: then that cap never
+    split a batch, and a larger one serves every load the ramp measured the same way (the ladder of
+    batch sizes stops there, ``Sweep.search``). None where the cap may have bound, or nothing was
+    measured (a server that did not start, a candidate ``--max-drift`` left out). On the 2-core VM
+    every quiet all-MiniLM-L6-v2 run's ramps stopped at 8 clients or fewer (the SLO), so batch 16,
+    32 and 64 measured batch 8's server again, some 150-190 s of a 600-s budget, and the 2-worker
+    layouts were skipped for lack of it."""
+    if outcome.candidate.max_batch_size != size or not outcome.steps:
+        return None
+    waiting = max(step.concurrency for step in outcome.steps) * max(1, rows_per_request)
+    return waiting if waiting <= size else None
+
+
+def larger_batches_note(size: int, larger: list[int], waiting: int, rows_per_request: int) -> str:
+    """The decision ``rows_waiting`` makes, in words, for the report."""
+    sizes = ", ".join(str(s) for s in larger)
+    return (f"max_batch_size {sizes} not run: at max_batch_size {size} at most {waiting} rows were ever "
+            f"waiting (its ramp's most clients x {rows_per_request} row{'s' if rows_per_request > 1 else ''} "
+            "a request), so a larger cap could not change a batch at any load measured")
 
 
 def repository_table(config: Path) -> dict[str, Any]:
@@ -152,8 +176,9 @@ class Sweep:
         return self.args.model if version is None else f"{self.args.model}:{version}"
 
     def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device, dtype and runtime (``Variant``): batch sizes, then workers, waits and
-        instances around the best (or the grid). Workers go up until a count brings no more
+        """Per device, dtype and runtime (``Variant``): batch sizes (up to the first whose cap
+        no batch of its ramp reached, ``rows_waiting``), then workers, waits and instances around
+        the best (or the grid). Workers go up until a count brings no more
         throughput than the best so far (more would only cost memory); workers x instances stay
         within the cores."""
         args = self.args
@@ -195,8 +220,15 @@ class Sweep:
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
                 continue
-            best = _best(evaluate_each([candidate(b, waits[0], instances[0], workers[0]) for b in sizes]),
-                         self.notes)
+            ladder: list[Outcome] = []
+            for index, size in enumerate(sizes):
+                ladder += evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
+                waiting = rows_waiting(ladder[-1], size, self.settings.rows_per_request) if ladder else None
+                if waiting is not None and index + 1 < len(sizes):
+                    self.notes.append(larger_batches_note(size, sizes[index + 1:], waiting,
+                                                          self.settings.rows_per_request))
+                    break
+            best = _best(ladder, self.notes)
             if best is None:
                 continue
             for count in workers[1:]:  # before the waits: what more cores buy comes first
