@@ -96,7 +96,8 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     if check.get("holds") and step:
         return [f"**{pick['label']}**: {rate_text(step['rows_per_s'])} inferences/s at p99 "
                 f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with {step['concurrency']} "
-                f"concurrent clients, mean batch {batch_text(step['mean_batch_size'])}, server peak memory "
+                f"concurrent client{'s' if step['concurrency'] != 1 else ''}, mean batch "
+                f"{batch_text(step['mean_batch_size'])}, server peak memory "
                 f"{_memory(pick)}"
                 + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
                 + (f": checked, started again it measured {check['ratio']:.2f}{X} {against(check)}"
@@ -142,7 +143,8 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         *headline(results, pick), "## Recommendation", "",
         f"{'Predicted by the final round' if results['final_round'] else 'Measured'}: **{pick['label']}**, "
         f"{rate_text(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
-        f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} concurrent clients, mean batch "
+        f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} "
+        f"concurrent client{'s' if best['concurrency'] != 1 else ''}, mean batch "
         f"{batch_text(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
         *[f"- {note}" for note in results.get("decisions", [])],
