@@ -82,8 +82,9 @@ def _memory(outcome: dict[str, Any]) -> str:
     return text
 
 
-def _clients(count: int) -> str:
-    return f"{count} client{'s' if count != 1 else ''}"
+def _count(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural where ``count`` is not 1 ("1 client", "4 concurrent clients")."""
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
@@ -95,8 +96,8 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
     step = check.get("step")
     if check.get("holds") and step:
         return [f"**{pick['label']}**: {rate_text(step['rows_per_s'])} inferences/s at p99 "
-                f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with {step['concurrency']} "
-                f"concurrent client{'s' if step['concurrency'] != 1 else ''}, mean batch "
+                f"{format_ms(step['p99_ms'])} (p50 {format_ms(step['p50_ms'])}) with "
+                f"{_count(step['concurrency'], 'concurrent client')}, mean batch "
                 f"{batch_text(step['mean_batch_size'])}, server peak memory "
                 f"{_memory(pick)}"
                 + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "")
@@ -117,13 +118,14 @@ def headline(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
               [] if check["p99_within_slo"] else
               [f"p99 {format_ms(check['measured_p99_ms'])} over the SLO of {slo:g} ms"])
     held = (f"**What held: {rate_text(step['rows_per_s'])} inferences/s at p99 {format_ms(step['p99_ms'])}** "
-            f"with {_clients(step['concurrency'])} (the re-run's own figure, within the SLO)."
+            f"with {_count(step['concurrency'], 'client')} (the re-run's own figure, within the SLO)."
             if check["p99_within_slo"] else
             "**Nothing held**: no figure of this run is confirmed within the SLO; measure again on a "
             "quieter machine, with fewer clients, or with a looser SLO.")
     lines += [f"**{pick['label']}** was predicted at {rate_text(predicted['rows_per_s'])} inferences/s "
               "at p99 "
-              f"{format_ms(predicted['p99_ms'])} ({_clients(predicted['concurrency'])}); started again it "
+              f"{format_ms(predicted['p99_ms'])} ({_count(predicted['concurrency'], 'client')}); "
+              "started again it "
               f"measured {rate_text(check['measured_rows_per_s'])}/s at p99 "
               f"{format_ms(check['measured_p99_ms'])}: "
               + "; ".join(misses) + ". "
@@ -143,8 +145,8 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         *headline(results, pick), "## Recommendation", "",
         f"{'Predicted by the final round' if results['final_round'] else 'Measured'}: **{pick['label']}**, "
         f"{rate_text(best['rows_per_s'])} inferences/s ({_spread(best)}) at p99 {format_ms(best['p99_ms'])} "
-        f"(p50 {format_ms(best['p50_ms'])}) with {best['concurrency']} "
-        f"concurrent client{'s' if best['concurrency'] != 1 else ''}, mean batch "
+        f"(p50 {format_ms(best['p50_ms'])}) with "
+        f"{_count(best['concurrency'], 'concurrent client')}, mean batch "
         f"{batch_text(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
         *[f"- {note}" for note in results.get("decisions", [])],

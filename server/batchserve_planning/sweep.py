@@ -52,19 +52,19 @@ def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
     return cap
 
 
-def rows_waiting(outcome: Outcome, size: int, rows_per_request: int) -> int | None:
+def rows_waiting(outcome: Outcome, rows_per_request: int) -> int | None:
     """The most rows that were ever waiting at once in ``outcome``'s ramp (its most clients x the
-    rows of a request), where that is within its max_batch_size ``size``: then that cap never
+    rows of a request), where that is within its max_batch_size: then that cap never
     split a batch, and a larger one serves every load the ramp measured the same way (the ladder of
     batch sizes stops there, ``Sweep.search``). None where the cap may have bound, or nothing was
     measured (a server that did not start, a candidate ``--max-drift`` left out). On the 2-core VM
     every quiet all-MiniLM-L6-v2 run's ramps stopped at 8 clients or fewer (the SLO), so batch 16,
-    32 and 64 measured batch 8's server again, some 150-190 s of a 600-s budget, and the 2-worker
+    32 and 64 measured batch 8's server again, 76-187 s of a 600-s budget, and the 2-worker
     layouts were skipped for lack of it."""
-    if outcome.candidate.max_batch_size != size or not outcome.steps:
+    if not outcome.steps:
         return None
     waiting = max(step.concurrency for step in outcome.steps) * max(1, rows_per_request)
-    return waiting if waiting <= size else None
+    return waiting if waiting <= outcome.candidate.max_batch_size else None
 
 
 def larger_batches_note(size: int, larger: list[int], waiting: int, rows_per_request: int) -> str:
@@ -222,8 +222,9 @@ class Sweep:
                 continue
             ladder: list[Outcome] = []
             for index, size in enumerate(sizes):
-                ladder += evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
-                waiting = rows_waiting(ladder[-1], size, self.settings.rows_per_request) if ladder else None
+                done = evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
+                ladder += done
+                waiting = rows_waiting(done[0], self.settings.rows_per_request) if done else None
                 if waiting is not None and index + 1 < len(sizes):
                     self.notes.append(larger_batches_note(size, sizes[index + 1:], waiting,
                                                           self.settings.rows_per_request))

@@ -32,12 +32,11 @@ def outcome(size: int, most_clients: int, workers: int = 1) -> Outcome:
 
 
 def test_a_cap_its_ramp_never_reached_is_where_larger_ones_serve_the_same() -> None:
-    assert rows_waiting(outcome(8, 8), 8, 1) == 8  # 8 clients of 1 row: a batch of 8 at most
-    assert rows_waiting(outcome(8, 6), 8, 1) == 6
-    assert rows_waiting(outcome(4, 8), 4, 1) is None  # 8 rows waiting: the cap of 4 split them
-    assert rows_waiting(outcome(8, 8), 8, 2) is None  # 8 clients of 2 rows: 16 waiting
-    assert rows_waiting(Outcome(Candidate(8, 0.0, 1, "cpu")), 8, 1) is None  # nothing measured
-    assert rows_waiting(outcome(4, 2), 8, 1) is None  # another size's outcome (this one skipped)
+    assert rows_waiting(outcome(8, 8), 1) == 8  # 8 clients of 1 row: a batch of 8 at most
+    assert rows_waiting(outcome(8, 6), 1) == 6
+    assert rows_waiting(outcome(4, 8), 1) is None  # 8 rows waiting: the cap of 4 split them
+    assert rows_waiting(outcome(8, 8), 2) is None  # 8 clients of 2 rows: 16 waiting
+    assert rows_waiting(Outcome(Candidate(8, 0.0, 1, "cpu")), 1) is None  # nothing measured
 
 
 @pytest.mark.timeout(30)
