@@ -24,9 +24,9 @@ def run_profiles(args: argparse.Namespace, base: dict[str, Any], samples: list[A
     from batchserve_planning.confine import quota_support
     from batchserve_planning.fleet import Fleet, closest
     from batchserve_planning.hardware import HardwareError, gpu_count, load_profiles
+    from batchserve_planning.ladder import batch_cap
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.report_profiles import write
-    from batchserve_planning.sweep import batch_cap
 
     try:
         profiles = load_profiles(args.hardware)

@@ -101,12 +101,13 @@ def run(args: argparse.Namespace) -> int:
     from batchserve_planning.accuracy import parse_limits
     from batchserve_planning.choices import choose, device_dtypes, inspect_size
     from batchserve_planning.input_kinds import input_kind_of_table
+    from batchserve_planning.ladder import batch_cap
     from batchserve_planning.load.inputs import InputError, load_samples
     from batchserve_planning.ramp import RampSettings
     from batchserve_planning.runtime_tables import model_table, onnx_kind
     from batchserve_planning.runtimes import with_runtimes
     from batchserve_planning.stability import Rule
-    from batchserve_planning.sweep import Sweep, batch_cap, server_cores, worker_counts
+    from batchserve_planning.sweep import Sweep, server_cores, worker_counts
 
     if args.hardware is None and (args.target_rps is not None or args.concurrency is not None):
         print("batchserve recommend: --target-rps and --concurrency size a fleet: give the candidate "

@@ -1,7 +1,7 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
 Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
-cap (stopping at the first its ramp never filled, ``rows_waiting``), then workers, max_wait_ms
+cap (``ladder``: stopping where a larger cap could not help), then workers, max_wait_ms
 and instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer and in turn (``final_round``), and the pick once more, in turn with
@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.finals import Finals
+from batchserve_planning.ladder import batch_cap, batch_sizes
+from batchserve_planning.ladder import stop as ladder_stop
 from batchserve_planning.ramp import Step
 
 if TYPE_CHECKING:
@@ -37,42 +39,6 @@ if TYPE_CHECKING:
 
 FINALISTS = 2
 """Candidates measured again, longer, before the pick."""
-
-
-def batch_sizes(cap: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] * 2 <= cap:
-        sizes.append(sizes[-1] * 2)
-    return sizes
-
-
-def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
-    """The largest max_batch_size a sweep tries: ``--max-batch-cap``, else 2x the configured one, 8 to 64."""
-    cap: int = args.max_batch_cap or min(64, max(8, 2 * int(base.get("max_batch_size", 32))))
-    return cap
-
-
-def rows_waiting(outcome: Outcome, rows_per_request: int) -> int | None:
-    """The most rows that were ever waiting at once in ``outcome``'s ramp (its most clients x the
-    rows of a request), where that is within its max_batch_size: then that cap never
-    split a batch, and a larger one serves every load the ramp measured the same way (the ladder of
-    batch sizes stops there, ``Sweep.search``). None where the cap may have bound, or nothing was
-    measured (a server that did not start, a candidate ``--max-drift`` left out). On the 2-core VM
-    every quiet all-MiniLM-L6-v2 run's ramps stopped at 8 clients or fewer (the SLO), so batch 16,
-    32 and 64 measured batch 8's server again, 76-187 s of a 600-s budget, and the 2-worker
-    layouts were skipped for lack of it."""
-    if not outcome.steps:
-        return None
-    waiting = max(step.concurrency for step in outcome.steps) * max(1, rows_per_request)
-    return waiting if waiting <= outcome.candidate.max_batch_size else None
-
-
-def larger_batches_note(size: int, larger: list[int], waiting: int, rows_per_request: int) -> str:
-    """The decision ``rows_waiting`` makes, in words, for the report."""
-    sizes = ", ".join(str(s) for s in larger)
-    return (f"max_batch_size {sizes} not run: at max_batch_size {size} at most {waiting} rows were ever "
-            f"waiting (its ramp's most clients x {rows_per_request} row{'s' if rows_per_request > 1 else ''} "
-            "a request), so a larger cap could not change a batch at any load measured")
 
 
 def repository_table(config: Path) -> dict[str, Any]:
@@ -176,8 +142,8 @@ class Sweep:
         return self.args.model if version is None else f"{self.args.model}:{version}"
 
     def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device, dtype and runtime (``Variant``): batch sizes (up to the first whose cap
-        no batch of its ramp reached, ``rows_waiting``), then workers, waits and instances around
+        """Per device, dtype and runtime (``Variant``): batch sizes (until a larger cap could not
+        help, ``ladder.stop``), then workers, waits and instances around
         the best (or the grid). Workers go up until a count brings no more
         throughput than the best so far (more would only cost memory); workers x instances stay
         within the cores."""
@@ -223,11 +189,11 @@ class Sweep:
             ladder: list[Outcome] = []
             for index, size in enumerate(sizes):
                 done = evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
+                why = ladder_stop(done[0], ladder, sizes[index + 1:], self.settings.rows_per_request) \
+                    if done else None
                 ladder += done
-                waiting = rows_waiting(done[0], self.settings.rows_per_request) if done else None
-                if waiting is not None and index + 1 < len(sizes):
-                    self.notes.append(larger_batches_note(size, sizes[index + 1:], waiting,
-                                                          self.settings.rows_per_request))
+                if why is not None:
+                    self.notes.append(why)
                     break
             best = _best(ladder, self.notes)
             if best is None:

@@ -12,7 +12,7 @@ import pytest
 from batchserve.cli import main
 from batchserve.config import parse_models
 from batchserve_planning.candidates import Candidate
-from batchserve_planning.sweep import batch_sizes
+from batchserve_planning.ladder import batch_sizes
 
 from tests.support import recommend_status, write_models
 

@@ -1,34 +1,58 @@
-"""recommend's ladder of batch sizes: it stops at the first max_batch_size its ramp never filled,
-since a larger cap serves every load the ramp measured the same way (``sweep.rows_waiting``)."""
+"""recommend's ladder of batch sizes (``ladder``): it stops at the first max_batch_size its ramp
+never filled, since a larger cap serves every load the ramp measured the same way
+(``rows_waiting``), and at the first that carried no more than the best before it beyond their
+noise (the surface has flattened: the budget goes to the workers)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.load.progress import Bars
 from batchserve_planning.ramp import RampSettings, Step
-from batchserve_planning.sweep import Sweep, rows_waiting
+from batchserve_planning.ladder import rows_waiting
+from batchserve_planning.sweep import Sweep
 
 SKLEARN = {"name": "m", "backend": "sklearn", "path": "d"}
 
 
-def step(clients: int, rows_per_s: float) -> Step:
+def step(clients: int, rows_per_s: float, spread: float = 0.01, within_slo: bool = True) -> Step:
     return Step(concurrency=clients, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=10.0, p99_ms=50.0,
-                max_ms=60.0, error_rate=0.0, mean_batch_size=1.0, within_slo=True, stages_ms={},
-                rows_low=rows_per_s * 0.99, rows_high=rows_per_s * 1.01, p99_high=55.0, windows=3)
+                max_ms=60.0, error_rate=0.0, mean_batch_size=1.0, within_slo=within_slo, stages_ms={},
+                rows_low=rows_per_s * (1 - spread), rows_high=rows_per_s * (1 + spread), p99_high=55.0,
+                windows=3)
 
 
 def outcome(size: int, most_clients: int, workers: int = 1) -> Outcome:
-    """Steps of 1, 2, 4, ... clients up to ``most_clients``, larger batches a little faster."""
+    """Steps of 1, 2, 4, ... clients up to ``most_clients``, larger batches faster."""
     clients = [1]
     while clients[-1] * 2 <= most_clients:
         clients.append(clients[-1] * 2)
     if clients[-1] != most_clients:
         clients.append(most_clients)
-    return Outcome(Candidate(size, 0.0, workers, "cpu"), [step(c, 10.0 * c + size) for c in clients])
+    return Outcome(Candidate(size, 0.0, workers, "cpu"),
+                   [step(c, 10.0 * c * (1 + 0.1 * size)) for c in clients])
+
+
+def sweep_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measure: Callable[[Candidate], Outcome],
+             evaluated: list[Candidate]) -> Sweep:
+    """A search of batch 1-64, then 1 and 2 workers, whose candidates are ``measure``d (and
+    listed in ``evaluated``) instead of served."""
+    args = argparse.Namespace(config=tmp_path / "models.toml", server_cpus={0, 1}, max_batch_cap=64,
+                              max_wait_ms="0", instances="1", workers="1,2", full_grid=False, budget_s=600.0)
+    sweep = Sweep(args, SKLEARN, [], RampSettings(slo_ms=100.0), tmp_path, rerun=False)
+    sweep.bars = Bars(enabled=False)
+
+    def evaluate(candidate: Candidate) -> Outcome:
+        evaluated.append(candidate)
+        return measure(candidate)
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "threads_cores", lambda cores, combos: None)
+    return sweep
 
 
 def test_a_cap_its_ramp_never_reached_is_where_larger_ones_serve_the_same() -> None:
@@ -42,22 +66,66 @@ def test_a_cap_its_ramp_never_reached_is_where_larger_ones_serve_the_same() -> N
 @pytest.mark.timeout(30)
 def test_the_ladder_stops_there_and_the_search_goes_on_to_the_workers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    args = argparse.Namespace(config=tmp_path / "models.toml", server_cpus={0, 1}, max_batch_cap=64,
-                              max_wait_ms="0", instances="1", workers="1,2", full_grid=False, budget_s=600.0)
-    sweep = Sweep(args, SKLEARN, [], RampSettings(slo_ms=100.0), tmp_path, rerun=False)
-    sweep.bars = Bars(enabled=False)
     most = {1: 4, 2: 8, 4: 8, 8: 8, 16: 8, 32: 8, 64: 8}  # the SLO ends each ramp by 8 clients
     evaluated: list[Candidate] = []
-
-    def evaluate(candidate: Candidate) -> Outcome:
-        evaluated.append(candidate)
-        return outcome(candidate.max_batch_size, most[candidate.max_batch_size] * candidate.workers,
-                       candidate.workers)
-
-    monkeypatch.setattr(sweep, "evaluate", evaluate)
-    monkeypatch.setattr(sweep, "threads_cores", lambda cores, combos: None)
+    sweep = sweep_of(tmp_path, monkeypatch, lambda c: outcome(
+        c.max_batch_size, most[c.max_batch_size] * c.workers, c.workers), evaluated)
     outcomes, skipped = sweep.search([Variant("cpu")])
     assert [(c.max_batch_size, c.workers) for c in evaluated] == [(1, 1), (2, 1), (4, 1), (8, 1), (8, 2)]
     assert skipped == [] and len(outcomes) == 5
     assert any(note.startswith("max_batch_size 16, 32, 64 not run: at max_batch_size 8 at most 8 rows")
                for note in sweep.notes), sweep.notes
+
+
+# Each ramp filled its cap (128 clients): only the figures can stop the ladder.
+FILLED = 128
+
+
+def curve(figures: dict[int, float], spread: float) -> Callable[[Candidate], Outcome]:
+    """A candidate's ramp: one step at ``FILLED`` clients carrying ``figures[max_batch_size]``
+    (2 workers: 1.8x), known to within ``spread`` either way; a size missing from ``figures``
+    has no step within the SLO."""
+    def measure(c: Candidate) -> Outcome:
+        rows = figures.get(c.max_batch_size)
+        if rows is None:
+            return Outcome(c, [step(FILLED, 50.0, spread, within_slo=False)])
+        return Outcome(c, [step(FILLED, rows * (1.8 if c.workers == 2 else 1.0), spread)])
+    return measure
+
+
+@pytest.mark.timeout(30)
+def test_a_ladder_that_has_flattened_stops_and_the_workers_get_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # diabetes on the 2-core VM: batch 8 and up within each other's noise
+    figures = {1: 9_000.0, 2: 14_000.0, 4: 19_000.0, 8: 22_000.0, 16: 22_500.0, 32: 23_000.0, 64: 22_800.0}
+    evaluated: list[Candidate] = []
+    sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.04), evaluated)
+    sweep.search([Variant("cpu")])
+    # batch 16 brought nothing beyond the noise: the simpler batch 8 goes on to 2 workers
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (8, 2)]
+    assert any(note.startswith("max_batch_size 32, 64 not run: max_batch_size 16 carried 22,500/s, no more "
+                               "than max_batch_size 8's 22,000/s beyond their measured noise")
+               for note in sweep.notes), sweep.notes
+
+
+@pytest.mark.timeout(30)
+def test_a_noisy_ladder_that_still_grows_beyond_its_noise_runs_to_its_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = {1: 100.0, 2: 130.0, 4: 170.0, 8: 220.0, 16: 290.0, 32: 380.0, 64: 500.0}  # +30% a step
+    evaluated: list[Candidate] = []
+    sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.10), evaluated)  # known to 10% either way
+    sweep.search([Variant("cpu")])
+    assert [c.max_batch_size for c in evaluated if c.workers == 1] == [1, 2, 4, 8, 16, 32, 64]
+    assert evaluated[-1].max_batch_size == 64 and evaluated[-1].workers == 2
+    assert not any("not run" in note for note in sweep.notes), sweep.notes
+
+
+@pytest.mark.timeout(30)
+def test_a_size_with_nothing_within_the_slo_stops_the_ladder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluated: list[Candidate] = []
+    sweep = sweep_of(tmp_path, monkeypatch, curve({1: 100.0, 2: 180.0}, 0.01), evaluated)
+    sweep.search([Variant("cpu")])
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(1, 1), (2, 1), (4, 1), (2, 2)]
+    assert any(note.startswith("max_batch_size 8, 16, 32, 64 not run: max_batch_size 4 carried nothing "
+                               "within the SLO") for note in sweep.notes), sweep.notes
