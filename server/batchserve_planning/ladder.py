@@ -4,11 +4,14 @@ early, with the reason in the report's decisions (``stop``), where a larger cap 
 
 - *exactly*, where the last ramp never had more rows waiting than its cap (``rows_waiting``): a
   larger cap would split no batch at any load measured, so it would measure the same server;
-- *by measurement*, where the last size carried no more than the best before it beyond their
-  measured noise (``ramp.trend``, the rule that stops adding workers): the surface has flattened,
+- *by measurement*, where the last two sizes carried no more than the best before them beyond
+  their measured noise, each figure's windows in agreement (the ramp's rule for a plateau,
+  ``ramp.FLAT_STEPS``), or the last carried nothing within the SLO: the surface has flattened,
   and the budget goes to the workers, waits and instances instead. On the 2-core VM diabetes's
   batch 16, 32 and 64 measured within each other's noise run after run (21,300-25,200/s) and took
-  the budget the 2-worker layouts needed (40,200-42,300/s).
+  the budget the 2-worker layouts needed (40,200-42,300/s). One flat size is not enough: batch 2
+  measured within batch 1's noise (its windows spread 8,000-11,200/s) where batch 8 carried twice
+  as much.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import argparse
 from typing import Any
 
 from batchserve_planning.candidates import Outcome
+
+FLAT_SIZES = 2
+"""Sizes in a row without growth beyond the noise that end the ladder (``ramp.FLAT_STEPS``'s rule)."""
 
 
 def batch_sizes(cap: int) -> list[int]:
@@ -46,12 +52,12 @@ def rows_waiting(outcome: Outcome, rows_per_request: int) -> int | None:
     return waiting if waiting <= outcome.candidate.max_batch_size else None
 
 
-def stop(outcome: Outcome, before: list[Outcome], larger: list[int], rows_per_request: int) -> str | None:
-    """Why the ladder stops after ``outcome`` (its larger sizes, ``larger``, not run), in words for
-    the report's decisions; None where it goes on. ``before``: the ladder's outcomes so far."""
-    if not larger:
+def stop(ladder: list[Outcome], larger: list[int], rows_per_request: int) -> str | None:
+    """Why the ladder stops after its last outcome (``ladder``: its outcomes so far, in order; its
+    larger sizes, ``larger``, not run), in words for the report's decisions; None where it goes on."""
+    if not ladder or not larger:
         return None
-    sizes = ", ".join(str(s) for s in larger)
+    outcome, sizes = ladder[-1], ", ".join(str(s) for s in larger)
     size = outcome.candidate.max_batch_size
     waiting = rows_waiting(outcome, rows_per_request)
     if waiting is not None:
@@ -59,17 +65,34 @@ def stop(outcome: Outcome, before: list[Outcome], larger: list[int], rows_per_re
         return (f"max_batch_size {sizes} not run: at max_batch_size {size} at most {waiting} rows were "
                 f"ever waiting (its ramp's most clients x {rows} a request), so a larger cap could not "
                 "change a batch at any load measured")
+    if outcome.error is None and outcome.steps and outcome.best is None and len(ladder) > 1:
+        return (f"max_batch_size {sizes} not run: max_batch_size {size} carried nothing within the SLO, "
+                "so a larger cap would not either")
+    flat, base = flat_sizes(ladder)
+    if len(flat) < FLAT_SIZES or base is None or base.best is None:
+        return None
+    named = " and ".join(str(o.candidate.max_batch_size) for o in flat)
+    return (f"max_batch_size {sizes} not run: max_batch_size {named} carried no more than max_batch_size "
+            f"{base.candidate.max_batch_size}'s {base.best.rows_per_s:,.0f}/s beyond their measured noise "
+            f"({FLAT_SIZES} in a row, each figure's windows in agreement: the ramp's rule for a plateau), "
+            "so the search goes on to the workers, waits and instances")
+
+
+def flat_sizes(ladder: list[Outcome]) -> tuple[list[Outcome], Outcome | None]:
+    """The ladder's last sizes in a row that carried no more than ``base`` beyond their noise, where
+    both figures are known (their windows agreed: within the noise says nothing of a figure whose
+    windows did not), and ``base``: the last size that carried more than the one before it beyond
+    the noise (or the first measured). A size that did not start changes neither."""
     from batchserve_planning.ramp import trend
 
-    measured = [o for o in before if o.best is not None]
-    if not measured or outcome.error is not None:
-        return None
-    top = max(measured, key=lambda o: o.best.rows_per_s if o.best else 0.0)
-    assert top.best is not None
-    figure = outcome.best
-    if figure is not None and trend(figure, top.best) > 0:
-        return None
-    carried = "nothing within the SLO" if figure is None else f"{figure.rows_per_s:,.0f}/s"
-    return (f"max_batch_size {sizes} not run: max_batch_size {size} carried {carried}, no more than "
-            f"max_batch_size {top.candidate.max_batch_size}'s {top.best.rows_per_s:,.0f}/s beyond their "
-            "measured noise, so the search goes on to the workers, waits and instances")
+    flat: list[Outcome] = []
+    base: Outcome | None = None
+    for outcome in ladder:
+        figure = outcome.best
+        if figure is None:
+            continue
+        if base is None or base.best is None or trend(figure, base.best) > 0:
+            base, flat = outcome, []
+        elif figure.settled and base.best.settled:
+            flat.append(outcome)
+    return flat, base

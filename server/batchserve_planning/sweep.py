@@ -189,9 +189,8 @@ class Sweep:
             ladder: list[Outcome] = []
             for index, size in enumerate(sizes):
                 done = evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
-                why = ladder_stop(done[0], ladder, sizes[index + 1:], self.settings.rows_per_request) \
-                    if done else None
                 ladder += done
+                why = ladder_stop(ladder, sizes[index + 1:], self.settings.rows_per_request) if done else None
                 if why is not None:
                     self.notes.append(why)
                     break
