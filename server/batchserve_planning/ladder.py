@@ -38,6 +38,13 @@ def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
     return cap
 
 
+def start_size(sizes: list[int], base: dict[str, Any]) -> int:
+    """Where a search with more than one worker count measures the workers, before the ladder
+    (``Sweep.search``): the configured max_batch_size, or the largest of ``sizes`` below it."""
+    configured = int(base.get("max_batch_size", 32))
+    return max([s for s in sizes if s <= configured], default=sizes[0])
+
+
 def rows_waiting(outcome: Outcome, rows_per_request: int) -> int | None:
     """The most rows that were ever waiting at once in ``outcome``'s ramp (its most clients x the
     rows of a request), where that is within its max_batch_size: then that cap never

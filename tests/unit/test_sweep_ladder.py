@@ -34,14 +34,14 @@ def outcome(size: int, most_clients: int, workers: int = 1) -> Outcome:
         clients.append(clients[-1] * 2)
     if clients[-1] != most_clients:
         clients.append(most_clients)
-    return Outcome(Candidate(size, 0.0, workers, "cpu"),
+    return Outcome(Candidate(size, 0.0, 1, "cpu", workers=workers),
                    [step(c, 10.0 * c * (1 + 0.1 * size)) for c in clients])
 
 
 def sweep_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measure: Callable[[Candidate], Outcome],
              evaluated: list[Candidate]) -> Sweep:
-    """A search of batch 1-64, then 1 and 2 workers, whose candidates are ``measure``d (and
-    listed in ``evaluated``) instead of served."""
+    """A search of 1 and 2 workers at the configured batch (32: none configured), then batch 1-64,
+    whose candidates are ``measure``d (and listed in ``evaluated``) instead of served."""
     args = argparse.Namespace(config=tmp_path / "models.toml", server_cpus={0, 1}, max_batch_cap=64,
                               max_wait_ms="0", instances="1", workers="1,2", full_grid=False, budget_s=600.0)
     sweep = Sweep(args, SKLEARN, [], RampSettings(slo_ms=100.0), tmp_path, rerun=False)
@@ -72,9 +72,12 @@ def test_the_ladder_stops_there_and_the_search_goes_on_to_the_workers(
     sweep = sweep_of(tmp_path, monkeypatch, lambda c: outcome(
         c.max_batch_size, most[c.max_batch_size] * c.workers, c.workers), evaluated)
     outcomes, skipped = sweep.search([Variant("cpu")])
-    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(1, 1), (2, 1), (4, 1), (8, 1), (8, 2)]
-    assert skipped == [] and len(outcomes) == 5
-    assert any(note.startswith("max_batch_size 16, 32, 64 not run: at max_batch_size 8 at most 8 rows")
+    # 2 workers carry more at batch 32 (16 clients within the SLO, one worker 8): the ladder runs
+    # with them, and stops at 16, whose ramp never had more than 16 rows waiting
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [
+        (32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2)]
+    assert skipped == [] and len(outcomes) == 7
+    assert any(note.startswith("max_batch_size 32, 64 not run: at max_batch_size 16 at most 16 rows")
                for note in sweep.notes), sweep.notes
 
 
@@ -108,11 +111,12 @@ def test_a_ladder_that_has_flattened_stops_and_the_workers_get_the_budget(
     evaluated: list[Candidate] = []
     sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.04, unsettled={2: 0.18, 4: 0.25}), evaluated)
     sweep.search([Variant("cpu")])
-    # batch 16 and 32 brought nothing beyond the noise: the simpler batch 8 goes on to 2 workers
+    # 2 workers first, at batch 32 (1.8x); then the ladder with them: batch 16 and 32 (measured
+    # already) brought nothing beyond batch 8's noise, so 64 is not run
     ran = [(c.max_batch_size, c.workers) for c in evaluated]
-    assert ran == [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (32, 1), (8, 2)]
+    assert ran == [(32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2)]
     assert any(note.startswith("max_batch_size 64 not run: max_batch_size 16 and 32 carried no more "
-                               "than max_batch_size 8's 22,000/s beyond their measured noise")
+                               "than max_batch_size 8's 39,600/s beyond their measured noise")
                for note in sweep.notes), sweep.notes
 
 
@@ -123,8 +127,8 @@ def test_a_noisy_ladder_that_still_grows_beyond_its_noise_runs_to_its_cap(
     evaluated: list[Candidate] = []
     sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.10), evaluated)  # known to 10% either way
     sweep.search([Variant("cpu")])
-    assert [c.max_batch_size for c in evaluated if c.workers == 1] == [1, 2, 4, 8, 16, 32, 64]
-    assert evaluated[-1].max_batch_size == 64 and evaluated[-1].workers == 2
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [
+        (32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2), (64, 2)]
     assert not any("not run" in note for note in sweep.notes), sweep.notes
 
 
@@ -134,6 +138,7 @@ def test_a_size_with_nothing_within_the_slo_stops_the_ladder(
     evaluated: list[Candidate] = []
     sweep = sweep_of(tmp_path, monkeypatch, curve({1: 100.0, 2: 180.0}, 0.01), evaluated)
     sweep.search([Variant("cpu")])
-    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(1, 1), (2, 1), (4, 1), (2, 2)]
+    # nothing within the SLO at the configured batch (32): the ladder first, then the workers
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(32, 1), (1, 1), (2, 1), (4, 1), (2, 2)]
     assert any(note.startswith("max_batch_size 8, 16, 32, 64 not run: max_batch_size 4 carried nothing "
                                "within the SLO") for note in sweep.notes), sweep.notes
