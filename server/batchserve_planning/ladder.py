@@ -1,17 +1,17 @@
-"""The ladder of batch sizes a ``recommend`` search climbs first (``Sweep.search``): max_batch_size
-1, 2, 4, ... up to a cap (``batch_cap``), one worker, the first wait and instance count, stopping
-early, with the reason in the report's decisions (``stop``), where a larger cap could not help:
+"""The ladder of batch sizes a ``recommend`` search climbs (``Sweep.search``): max_batch_size
+1, 2, 4, ... up to a cap (``batch_cap``), with the workers that won at the configured size
+(``start_size``), the first wait and instance count, stopping early, with the reason in the
+report's decisions (``stop``), where a larger cap could not help:
 
 - *exactly*, where the last ramp never had more rows waiting than its cap (``rows_waiting``): a
   larger cap would split no batch at any load measured, so it would measure the same server;
-- *by measurement*, where the last two sizes carried no more than the best before them beyond
+- *by measurement*, where the last two sizes carried no more than the last that grew beyond
   their measured noise, each figure's windows in agreement (the ramp's rule for a plateau,
   ``ramp.FLAT_STEPS``), or the last carried nothing within the SLO: the surface has flattened,
-  and the budget goes to the workers, waits and instances instead. On the 2-core VM diabetes's
-  batch 16, 32 and 64 measured within each other's noise run after run (21,300-25,200/s) and took
-  the budget the 2-worker layouts needed (40,200-42,300/s). One flat size is not enough: batch 2
-  measured within batch 1's noise (its windows spread 8,000-11,200/s) where batch 8 carried twice
-  as much.
+  and the budget goes to the waits and instances instead. On the 2-core VM diabetes's
+  batch 16, 32 and 64 measured within each other's noise run after run (21,300-25,200/s). One
+  flat size is not enough: batch 2 measured within batch 1's noise (its windows spread
+  8,000-11,200/s) where batch 8 carried twice as much.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``batchserve recommend``: the configuration with the most throughput within a p99 SLO, checked.
 
-For each candidate (max_batch_size over powers of two up to a cap, then workers,
-max_wait_ms and instances around the best, per device and dtype) it starts ``batchserve
+For each candidate (workers at the configured max_batch_size, then max_batch_size over powers
+of two up to a cap with the workers that won, then max_wait_ms and instances around the best,
+per device and dtype) it starts ``batchserve
 serve --workers N`` with a generated models.toml, ramps closed-loop load from the sample
 inputs until p99 leaves the SLO, and records the best throughput inside it and the
 server's peak memory, all its workers together. Workers x instances stay within the cores

@@ -1,8 +1,9 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
-Per device and dtype, ``Sweep.search`` measures max_batch_size over powers of two up to a
-cap (``ladder``: stopping where a larger cap could not help), then workers, max_wait_ms
-and instances around the best (or every combination); each
+Per device and dtype, ``Sweep.search`` measures workers at the configured max_batch_size,
+then max_batch_size over powers of two up to a cap with the workers that won (``ladder``:
+stopping where a larger cap could not help), then max_wait_ms and instances around the best
+(or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer and in turn (``final_round``), and the pick once more, in turn with
 its final-round server (``verify``; both in ``finals``).
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.finals import Finals
-from batchserve_planning.ladder import batch_cap, batch_sizes
+from batchserve_planning.ladder import batch_cap, batch_sizes, start_size
 from batchserve_planning.ladder import stop as ladder_stop
 from batchserve_planning.ramp import Step
 
@@ -142,11 +143,13 @@ class Sweep:
         return self.args.model if version is None else f"{self.args.model}:{version}"
 
     def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
-        """Per device, dtype and runtime (``Variant``): batch sizes (until a larger cap could not
-        help, ``ladder.stop``), then workers, waits and instances around
-        the best (or the grid). Workers go up until a count brings no more
-        throughput than the best so far (more would only cost memory); workers x instances stay
-        within the cores."""
+        """Per device, dtype and runtime (``Variant``): workers at the configured max_batch_size
+        (``ladder.start_size``), going up until a count brings no more throughput than the best so
+        far beyond the noise (more would only cost memory); then batch sizes with those workers
+        (until a larger cap could not help, ``ladder.stop``); then waits and instances around the
+        best (or the grid). Workers x instances stay within the cores. Workers come first: a
+        quiet diabetes search on the 2-core VM spent its 300-s budget on the ladder and never
+        measured 2 workers, which carried 1.8x one worker's best the day before."""
         args = self.args
         sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
@@ -159,7 +162,7 @@ class Sweep:
         outcomes: list[Outcome] = []
         skipped: list[Candidate] = []
         per_combo = len(grid) if args.full_grid \
-            else len(sizes) + len(waits) + len(instances) + len(workers) - 3
+            else len(sizes) + len(waits) + len(instances) + len(workers) - 3 + (len(workers) > 1)
         assert self.bars is not None
         self.overall = self.bars.add("sweep", per_combo * len(combos) + FINALISTS + 1)
 
@@ -186,26 +189,41 @@ class Sweep:
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
                 continue
+            def add_workers(best: Outcome | None) -> Outcome | None:
+                """``best`` with more workers, while a count brings more throughput beyond the noise."""
+                for count in workers[1:]:
+                    if best is None or not layout_fits(count, best.candidate.instances, cores):
+                        break
+                    pivot = best.candidate
+                    added = _best([best, *evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms,
+                                                                    pivot.instances, count)])], self.notes)
+                    if added is None or added is best:
+                        break  # no more throughput from more workers, beyond the noise: stop adding them
+                    best = added
+                return best
+
+            # Workers first, at the configured max_batch_size (within the ladder): on CPU what more
+            # cores buy is the largest lever, and a budget spent on the ladder first left no time for it.
+            best = add_workers(_best(evaluate_each(
+                [candidate(start_size(sizes, self.base), waits[0], instances[0], workers[0])]))) \
+                if len(workers) > 1 else None
+            chosen = best.candidate.workers if best is not None else workers[0]
             ladder: list[Outcome] = []
-            for index, size in enumerate(sizes):
-                done = evaluate_each([candidate(size, waits[0], instances[0], workers[0])])
+            for step, size in enumerate(sizes):
+                known = [best] if best is not None and best.candidate.max_batch_size == size else []
+                done = known or evaluate_each([candidate(size, waits[0], instances[0], chosen)])
                 ladder += done
-                why = ladder_stop(ladder, sizes[index + 1:], self.settings.rows_per_request) if done else None
+                why = ladder_stop(ladder, sizes[step + 1:], self.settings.rows_per_request) if done else None
                 if why is not None:
                     self.notes.append(why)
                     break
-            best = _best(ladder, self.notes)
+            # where the configured size carried nothing within the SLO, the workers come after the ladder
+            workers_done = best is not None
+            best = _best(list({id(o): o for o in [*ladder, *([best] if best else [])]}.values()), self.notes)
+            if not workers_done:
+                best = add_workers(best)
             if best is None:
                 continue
-            for count in workers[1:]:  # before the waits: what more cores buy comes first
-                if not layout_fits(count, best.candidate.instances, cores):
-                    break
-                pivot = best.candidate
-                more = _best([best, *evaluate_each([candidate(pivot.max_batch_size, pivot.max_wait_ms,
-                                                              pivot.instances, count)])], self.notes)
-                if more is None or more is best:
-                    break  # no more throughput from more workers, beyond the noise: stop adding them
-                best = more
             pivot = best.candidate
             tried = evaluate_each([candidate(pivot.max_batch_size, w, pivot.instances, pivot.workers)
                                    for w in waits[1:]])

@@ -1,7 +1,7 @@
 """recommend's ladder of batch sizes (``ladder``): it stops at the first max_batch_size its ramp
 never filled, since a larger cap serves every load the ramp measured the same way
-(``rows_waiting``), and at the first that carried no more than the best before it beyond their
-noise twice in a row (the surface has flattened: the budget goes to the workers)."""
+(``rows_waiting``), and after two sizes in a row that carried no more than the last that grew,
+beyond their noise (the surface has flattened); the workers come first, at the configured size."""
 
 from __future__ import annotations
 
