@@ -82,7 +82,7 @@ def stop(ladder: list[Outcome], larger: list[int], rows_per_request: int) -> str
     return (f"max_batch_size {sizes} not run: max_batch_size {named} carried no more than max_batch_size "
             f"{base.candidate.max_batch_size}'s {base.best.rows_per_s:,.0f}/s beyond their measured noise "
             f"({FLAT_SIZES} in a row, each figure's windows in agreement: the ramp's rule for a plateau), "
-            "so the search goes on to the workers, waits and instances")
+            "so the search goes on without them")
 
 
 def flat_sizes(ladder: list[Outcome]) -> tuple[list[Outcome], Outcome | None]:
