@@ -179,7 +179,10 @@ def test_stream_answers_each_request_and_an_error_does_not_end_it(server: GrpcSe
             stream_client.stop_stream()
     results = {r.get_response().id: r.as_numpy("output").tolist() for r, e in seen if e is None}
     errors = " | ".join(str(e) for r, e in seen if e is not None)
-    assert set(results) == {"a", "d"} and len(results["d"]) == 2 and results["a"] == results["d"][:1]
+    assert set(results) == {"a", "d"} and len(results["d"]) == 2
+    # The same row, alone or in a batch of two (with "a" or not, as the batcher met them): the same
+    # prediction, to the last bits the BLAS summation order may change (CI: ...726 against ...73).
+    assert results["a"] == pytest.approx(results["d"][:1], rel=1e-12)
     assert "item 0: expected 10 features, got 4" in errors and "unknown model 'nope'" in errors
 
 
