@@ -34,14 +34,19 @@ def batch_sizes(cap: int) -> list[int]:
 
 def batch_cap(args: argparse.Namespace, base: dict[str, Any]) -> int:
     """The largest max_batch_size a sweep tries: ``--max-batch-cap``, else 2x the configured one, 8 to 64."""
-    cap: int = args.max_batch_cap or min(64, max(8, 2 * int(base.get("max_batch_size", 32))))
+    cap: int = args.max_batch_cap or min(64, max(8, 2 * configured_size(base)))
     return cap
+
+
+def configured_size(base: dict[str, Any]) -> int:
+    """The model's own max_batch_size (32 where its table leaves it out)."""
+    return int(base.get("max_batch_size", 32))
 
 
 def start_size(sizes: list[int], base: dict[str, Any]) -> int:
     """Where a search with more than one worker count measures the workers, before the ladder
     (``Sweep.search``): the configured max_batch_size, or the largest of ``sizes`` below it."""
-    configured = int(base.get("max_batch_size", 32))
+    configured = configured_size(base)
     return max([s for s in sizes if s <= configured], default=sizes[0])
 
 

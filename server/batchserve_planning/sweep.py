@@ -189,6 +189,7 @@ class Sweep:
             if args.full_grid:
                 evaluate_each([candidate(*point) for point in grid])
                 continue
+
             def add_workers(best: Outcome | None) -> Outcome | None:
                 """``best`` with more workers, while a count brings more throughput beyond the noise."""
                 for count in workers[1:]:
@@ -204,23 +205,22 @@ class Sweep:
 
             # Workers first, at the configured max_batch_size (within the ladder): on CPU what more
             # cores buy is the largest lever, and a budget spent on the ladder first left no time for it.
-            best = add_workers(_best(evaluate_each(
+            first = add_workers(_best(evaluate_each(
                 [candidate(start_size(sizes, self.base), waits[0], instances[0], workers[0])]))) \
                 if len(workers) > 1 else None
-            chosen = best.candidate.workers if best is not None else workers[0]
+            chosen = first.candidate.workers if first is not None else workers[0]
             ladder: list[Outcome] = []
             for step, size in enumerate(sizes):
-                known = [best] if best is not None and best.candidate.max_batch_size == size else []
+                known = [first] if first is not None and first.candidate.max_batch_size == size else []
                 done = known or evaluate_each([candidate(size, waits[0], instances[0], chosen)])
                 ladder += done
                 why = ladder_stop(ladder, sizes[step + 1:], self.settings.rows_per_request) if done else None
                 if why is not None:
                     self.notes.append(why)
                     break
-            # where the configured size carried nothing within the SLO, the workers come after the ladder
-            workers_done = best is not None
-            best = _best(list({id(o): o for o in [*ladder, *([best] if best else [])]}.values()), self.notes)
-            if not workers_done:
+            unclimbed = [first] if first is not None and all(o is not first for o in ladder) else []
+            best = _best([*ladder, *unclimbed], self.notes)
+            if first is None:  # the configured size carried nothing within the SLO: workers after the ladder
                 best = add_workers(best)
             if best is None:
                 continue
