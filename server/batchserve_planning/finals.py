@@ -21,11 +21,13 @@ not fit its memory), each is measured alone, one after the other, as before.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchserve_planning.budget import finalists_deadline, rerun_s
+from batchserve_planning.final_loads import final_clients, lower_load
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -34,24 +36,6 @@ if TYPE_CHECKING:
     from batchserve_planning.ramp import Step
     from batchserve_planning.serverproc import ManagedServer
     from batchserve_planning.sweep import Sweep
-
-
-PLATEAU_SHARE = 0.97
-"""Steps with at least this share of a candidate's best throughput are on its plateau."""
-
-
-def final_clients(outcome: Outcome) -> int:
-    """The clients a candidate is measured again at: its best step's; with more than one worker,
-    the most clients on its plateau (within 3% of its best, inside the SLO). The kernel spreads
-    connections over SO_REUSEPORT workers by a hash of each connection, so with as few as 4 a
-    fresh server has a 1 in 8 chance of getting all of them in one worker of two."""
-    best = outcome.best
-    assert best is not None
-    if outcome.candidate.workers == 1:
-        return best.concurrency
-    plateau = [s.concurrency for s in outcome.steps if s.within_slo
-               and s.rows_per_s >= PLATEAU_SHARE * best.rows_per_s]
-    return max(plateau)
 
 
 def side_by_side(outcomes: list[Outcome]) -> bool:
@@ -81,6 +65,9 @@ class Finals:
         self.sweep = sweep
         self.kept: dict[int, ManagedServer] = {}
         """The finalists' servers, by ``id`` of their outcome, kept for the re-run."""
+        self.over_slo: dict[int, Step] = {}
+        """The final round's first figures (by ``id`` of their outcome) that were over the SLO and
+        were measured again at a lower load: the report shows both."""
 
     def final_round(self, ranked: list[Outcome], rerun: bool) -> list[tuple[Outcome, Step]]:
         """``ranked`` measured again in turn (one at a time where they cannot run side by side),
@@ -138,6 +125,13 @@ class Finals:
             return {"error": "the re-run did not complete; see logs/", "holds": False}
         return verdict(predicted, steps[0][1], sweep.settings.slo_ms,
                        reference=steps[1][1] if len(steps) > 1 else None)
+
+    def entries(self, outcomes: list[Outcome], finals: list[tuple[Outcome, Step]]) -> list[dict[str, Any]]:
+        """``finals`` as ``results.json`` keeps them: each one's candidate (its index in
+        ``outcomes``), its figure, and the figure over the SLO it replaced, if any."""
+        return [{"candidate": outcomes.index(o), "step": asdict(step),
+                 "over_slo": asdict(self.over_slo[id(o)]) if id(o) in self.over_slo else None}
+                for o, step in finals]
 
     def close(self) -> None:
         for server in self.kept.values():
@@ -201,14 +195,28 @@ class Finals:
             done = in_turn({i: clients or final_clients(o) for i, (o, _) in enumerate(servers)},
                            backing_off_s if back_off else None)
             if back_off:  # those over the SLO: again at the next lower load they met it at
-                lower = {i: _lower_load(servers[i][0], step.concurrency)
-                         for i, step in done.items() if not step.within_slo}
-                done.update(in_turn({i: level for i, level in lower.items() if level is not None}))
+                lower = {i: level for i, step in done.items() if not step.within_slo
+                         and (level := lower_load(servers[i][0], step.concurrency)) is not None}
+                for i, level in lower.items():
+                    self._backing_off(servers[i][0], done[i], level)
+                done.update(in_turn(lower))
         except (OSError, RuntimeError) as exc:
             sweep.bars.print(f"{names[0]}: {type(exc).__name__}: {exc}")
         for _ in servers:
             sweep.bars.update(sweep.overall, advance=1)
         return [(servers[i][0], done[i]) for i in sorted(done)]
+
+    def _backing_off(self, outcome: Outcome, first: Step, level: int) -> None:
+        """Keep ``first`` (over the SLO) and say that ``outcome`` is measured again at ``level``."""
+        from batchserve_planning.formats import rate_text
+        from batchserve_planning.load.results import format_ms
+
+        self.over_slo[id(outcome)] = first
+        self.sweep.notes.append(
+            f"final round: {outcome.candidate.label()} was over the SLO at {first.concurrency} clients "
+            f"({rate_text(first.rows_per_s)} inferences/s, p99 {format_ms(first.p99_ms)} over {first.runs} "
+            f"run{'s' if first.runs != 1 else ''}, {first.seconds:.0f} s), so it was measured again at "
+            f"{level} clients, the most below that its ramp met the SLO at")
 
 
 def back_off_s(figures: list[tuple[Outcome, Step]]) -> float:
@@ -220,11 +228,5 @@ def back_off_s(figures: list[tuple[Outcome, Step]]) -> float:
     from batchserve_planning.checked import least_runs
 
     over = [step for outcome, step in figures
-            if not step.within_slo and _lower_load(outcome, step.concurrency) is not None]
+            if not step.within_slo and lower_load(outcome, step.concurrency) is not None]
     return least_runs(over) * sum(step.seconds / step.runs for step in over)
-
-
-def _lower_load(outcome: Outcome, clients: int) -> int | None:
-    """The most clients below ``clients`` at which ``outcome``'s ramp met the SLO, if any."""
-    met = [s.concurrency for s in outcome.steps if s.within_slo and s.concurrency < clients]
-    return max(met, default=None)

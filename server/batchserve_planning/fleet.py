@@ -131,7 +131,7 @@ class Fleet:
         entry: dict[str, Any] = {
             "profile": profile.to_dict(), "placement": placement.to_dict(), "refused": None,
             "candidates": [o.to_dict() for o in outcomes], "skipped": [c.label() for c in skipped],
-            "final_round": [{"candidate": outcomes.index(o), "step": asdict(s)} for o, s in finals],
+            "final_round": sweep.finals.entries(outcomes, finals),
             "pick": outcomes.index(chosen) if chosen is not None else None,
             "predicted": asdict(predicted) if predicted else None, "open_loop": None, "sizing": None}
         if chosen is None or predicted is None:

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                      "server_cores": server_cores(args.server_cpus), "workers": workers,
                      "load_cpus": sorted(args.load_cpus or [])},
         "candidates": [o.to_dict() for o in outcomes], "skipped": [c.label() for c in skipped],
-        "final_round": [{"candidate": outcomes.index(o), "step": asdict(step)} for o, step in finals],
+        "final_round": sweep.finals.entries(outcomes, finals),
         "pick": outcomes.index(pick) if pick is not None else None,
         "predicted": asdict(predicted) if predicted else None, "verification": verification,
         "decisions": list(dict.fromkeys(sweep.notes)),

@@ -157,25 +157,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         "model, and this `[[models]]` table:", "",
         "```toml", toml_table(table).rstrip(), "```", "",
     ]
-    if results["final_round"]:
-        lines += ["### Final round", "",
-                  "The best of a sweep is the luckiest of many short measurements, so the two best "
-                  "candidates were measured again on fresh servers started together, at their best load, "
-                  "in turn (one run of each a round, three steps long, the order reversed every round, so "
-                  "that a change of this machine's speed falls on each alike) until the mean of each one's "
-                  "runs was known to within 3% (standard error; two runs at least, eight at most, or as "
-                  "many as the budget left time for); the better one within the SLO is the pick, and its "
-                  "figures are the prediction.",
-                  "",
-                  "| candidate | clients | sweep inferences/s | final round inferences/s (runs) | p99 |",
-                  "|---|---|---|---|---|"]
-        for final in results["final_round"]:
-            outcome, step = results["candidates"][final["candidate"]], final["step"]
-            lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {step['concurrency']} | "
-                         f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} "
-                         f"({runs_text(step)}) | "
-                         f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
-        lines.append("")
+    lines += final_round_section(results)
     check = results.get("verification") or {}
     lines += check_section(results, slo)
     if check and "error" not in check:
@@ -195,6 +177,36 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 lines += [f"Without batching ({other['label']}): {price / rate * 1e6:,.4g} per million.", ""]
                 break
     lines += ["## Trade-off", "", *tradeoff(results, pick), ""]
+    return lines
+
+
+def final_round_section(results: dict[str, Any]) -> list[str]:
+    """The final round's figures beside the sweep's; one measured again at a lower load shows
+    the figure over the SLO it replaced."""
+    if not results["final_round"]:
+        return []
+    lines = ["### Final round", "",
+             "The best of a sweep is the luckiest of many short measurements, so the two best "
+             "candidates were measured again on fresh servers started together, at their best load, "
+             "in turn (one run of each a round, three steps long, the order reversed every round, so "
+             "that a change of this machine's speed falls on each alike) until the mean of each one's "
+             "runs was known to within 3% (standard error; two runs at least, eight at most, or as "
+             "many as the budget left time for); one over the SLO there was measured again at the most "
+             "clients below that its ramp met the SLO at. The better one within the SLO is the pick, and its "
+             "figures are the prediction.",
+             "",
+             "| candidate | clients | sweep inferences/s | final round inferences/s (runs) | p99 |",
+             "|---|---|---|---|---|"]
+    for final in results["final_round"]:
+        outcome, step = results["candidates"][final["candidate"]], final["step"]
+        first = final.get("over_slo")
+        clients = (f"{step['concurrency']} (at {first['concurrency']}: p99 {format_ms(first['p99_ms'])}, "
+                   "over the SLO)" if first else str(step["concurrency"]))
+        lines.append(f"| #{final['candidate'] + 1} {outcome['label']} | {clients} | "
+                     f"{rate_text(outcome['best']['rows_per_s'])} | {rate_text(step['rows_per_s'])} "
+                     f"({runs_text(step)}) | "
+                     f"{format_ms(step['p99_ms'])}{'' if step['within_slo'] else ' (over the SLO)'} |")
+    lines.append("")
     return lines
 
 

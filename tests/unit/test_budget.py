@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from batchserve_planning.budget import (
     checked_run_s,
@@ -69,8 +71,9 @@ def test_the_checks_keep_what_their_least_rounds_cost_as_measured_in_the_search(
     # of measuring, and 4.5 s (a fast model; the slow step is not the outcome's best)
     quiet = [searched(8.0, step(10_000.0, 4.0)), searched(10.0, step(50.0, 1.0), step(10_000.0, 5.0))]
     run = 3.5 + 4.5
-    # two finalists: two starts and two rounds of two runs; the re-run: a start and two rounds of two
-    final, rerun = 2 * (10.0 + 2 * run), 10.0 + 2 * 2 * run
+    # two finalists: two starts, two rounds of two runs, as many again at a lower load (the
+    # back-off); the re-run: a start and two rounds of two
+    final, rerun = 2 * (10.0 + 2 * 2 * run), 10.0 + 2 * 2 * run
     assert rerun_s(quiet, SETTINGS) == pytest.approx(rerun)
     assert checks_s(quiet, 100.0, SETTINGS, 2, rerun=True) == pytest.approx(final + rerun)
     assert checks_s(quiet, 100.0, SETTINGS, 2, rerun=False) == pytest.approx(final)
@@ -79,7 +82,7 @@ def test_the_checks_keep_what_their_least_rounds_cost_as_measured_in_the_search(
     busy = [*quiet, searched(6.0, step(10_000.0, 1.0, others=0.9))]
     assert rerun_s(busy, SETTINGS) == pytest.approx(10.0 + 3 * 2 * run)
     assert checks_s(busy, 100.0, SETTINGS, 2, rerun=True) == pytest.approx(
-        2 * (10.0 + 3 * run) + 10.0 + 3 * 2 * run)
+        2 * (10.0 + 2 * 3 * run) + 10.0 + 3 * 2 * run)
     assert checks_s([], 300.0, SETTINGS, 2, rerun=True) == pytest.approx(90.0)
 
 
@@ -89,3 +92,20 @@ def test_each_finalist_gets_an_equal_share_of_what_is_left() -> None:
     assert finalists_deadline(240.0, 300.0, 1) == 300.0  # the last takes the rest
     assert finalists_deadline(310.0, 300.0, 1) == 310.0  # past the end: no time left
     assert finalists_deadline(210.0, 300.0, 2, measured=2) == 300.0  # two in turn: all of it
+
+
+def test_the_checks_cost_what_their_runs_at_a_lower_load_would() -> None:
+    """A finalist over the SLO at its final load is measured again at the next lower load its ramp
+    met the SLO at (``finals``): the re-run may be measured there too. A slow model's runs there
+    take longer (all-MiniLM-L6-v2: 6 windows at 2 clients against 3 at 3)."""
+    at_two = replace(step(30.0, 17.0, windows=6), concurrency=2)
+    at_three = replace(step(53.0, 6.0), concurrency=3)
+    over = replace(step(54.0, 6.0), concurrency=4, within_slo=False)
+    minilm = [searched(7.0, replace(step(30.0, 17.0, windows=6), concurrency=1), at_two, at_three, over)]
+    # a run at 3 clients: 900 answers at 53/s, cut at 8 s (and 6 - 300/53 s not measuring); at 2:
+    # 300 answers at 30/s cut at 8 s, two first parts of 8 s, and 17 - 16 s not measuring
+    assert checked_run_s(at_three, SETTINGS) < checked_run_s(at_two, SETTINGS) == pytest.approx(1.0 + 2 * 8.0)
+    assert rerun_s(minilm, SETTINGS) == pytest.approx(7.0 + 2 * 2 * (1.0 + 2 * 8.0))
+    # the lowest load has no lower one: a finalist at 1 client costs its own runs only
+    alone = [searched(7.0, replace(step(30.0, 5.0), concurrency=1))]
+    assert rerun_s(alone, SETTINGS) == pytest.approx(7.0 + 2 * 2 * checked_run_s(alone[0].steps[0], SETTINGS))

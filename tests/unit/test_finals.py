@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +12,7 @@ import pytest
 from batchserve_planning import finals
 from batchserve_planning.candidates import Candidate, Outcome
 from batchserve_planning.ramp import RampSettings, Step
+from batchserve_planning.report import final_round_section
 
 
 def test_cpu_finalists_that_fit_together_run_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,9 +121,22 @@ def test_a_finalist_over_the_slo_is_measured_again_at_its_next_lower_load(
                                              _step(32, 900.0, True)])
     b = Outcome(Candidate(4, 0.0, 1), steps=[_step(4, 400.0, True), _step(8, 500.0, True)])
     servers = [(a, _Server(sweep.log, "a")), (b, _Server(sweep.log, "b"))]
-    measured = finals.Finals(sweep)._measure(servers, time.monotonic() + 60, back_off=True)  # type: ignore[arg-type]
+    final = finals.Finals(sweep)  # type: ignore[arg-type]
+    measured = final._measure(servers, time.monotonic() + 60, back_off=True)  # type: ignore[arg-type]
     assert [(o, s.concurrency, s.within_slo) for o, s in measured] == [(a, 16, True), (b, 8, True)]
     assert {c for r, c in calls if r == "a"} == {32, 16} and {c for r, c in calls if r == "b"} == {8}
+    # the figure over the SLO is kept beside the one that replaced it, and the report says so
+    entries = final.entries([b, a], measured)
+    assert [(e["candidate"], e["step"]["concurrency"]) for e in entries] == [(1, 16), (0, 8)]
+    first = entries[0]["over_slo"]
+    assert first["concurrency"] == 32 and not first["within_slo"] and entries[1]["over_slo"] is None
+    assert sweep.notes == [f"final round: {a.candidate.label()} was over the SLO at 32 clients (900 "
+                           f"inferences/s, p99 100 ms over 2 runs, 0 s), so it was measured again at 16 "
+                           "clients, the most below that its ramp met the SLO at"]
+    table = "\n".join(final_round_section({"final_round": entries, "candidates": [
+        {"label": "b", "best": asdict(b.steps[-1])}, {"label": "a", "best": asdict(a.steps[-1])}]}))
+    assert "| #2 a | 16 (at 32: p99 100 ms, over the SLO) | 900 | 800 (2 runs" in table
+    assert "| #1 b | 8 | 500 | 500 (2 runs" in table
     # the re-run's pair: both at the clients given, no back-off
     calls.clear()
     again = finals.Finals(sweep)._measure(servers[:1], time.monotonic() + 60, back_off=False,  # type: ignore[arg-type]
