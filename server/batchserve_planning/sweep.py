@@ -1,9 +1,9 @@
 """A ``recommend`` sweep: the candidate configurations, each measured on a server of its own.
 
 Per device and dtype, ``Sweep.search`` measures workers at the configured max_batch_size,
-then max_batch_size over powers of two up to a cap with the workers that won (``ladder``:
-stopping where a larger cap could not help), then max_wait_ms and instances around the best
-(or every combination); each
+then max_batch_size over powers of two around it with the workers that won (``ladder``: up while
+a larger cap could help, down while a smaller one carries as much), then max_wait_ms and
+instances around the best (or every combination); each
 candidate gets a fresh ``batchserve serve`` (``serverproc``) and a load ``ramp``. The two
 best are measured again, longer and in turn (``final_round``), and the pick once more, in turn with
 its final-round server (``verify``; both in ``finals``).
@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from batchserve_planning.budget import Share, share_of
 from batchserve_planning.candidates import Candidate, Outcome, Variant
 from batchserve_planning.finals import Finals
-from batchserve_planning.ladder import batch_cap, batch_sizes, start_size
-from batchserve_planning.ladder import stop as ladder_stop
+from batchserve_planning.ladder import Run, around, batch_cap, batch_sizes, climb, start_size
 from batchserve_planning.ramp import Step
 
 if TYPE_CHECKING:
@@ -145,11 +144,12 @@ class Sweep:
     def search(self, combos: list[Variant]) -> tuple[list[Outcome], list[Candidate]]:
         """Per device, dtype and runtime (``Variant``): workers at the configured max_batch_size
         (``ladder.start_size``), going up until a count brings no more throughput than the best so
-        far beyond the noise (more would only cost memory); then batch sizes with those workers
-        (until a larger cap could not help, ``ladder.stop``); then waits and instances around the
-        best (or the grid). Workers x instances stay within the cores. Workers come first: a
-        quiet diabetes search on the 2-core VM spent its 300-s budget on the ladder and never
-        measured 2 workers, which carried 1.8x one worker's best the day before."""
+        far beyond the noise (more would only cost memory); then batch sizes around it with those
+        workers (``ladder.around``); then waits and instances around the best (or the grid).
+        Workers x instances stay within the cores. Workers come first: a quiet diabetes search on
+        the 2-core VM spent its 300-s budget on the ladder and never measured 2 workers, which
+        carried 1.8x one worker's best the day before. The ladder starts at the configured size:
+        climbing from batch 1, it spent the budget on batch 1-8, none as fast as the configured 64."""
         args = self.args
         sizes = batch_sizes(batch_cap(args, self.base))
         waits = [float(w) for w in args.max_wait_ms.split(",")]
@@ -166,13 +166,21 @@ class Sweep:
         assert self.bars is not None
         self.overall = self.bars.add("sweep", per_combo * len(combos) + FINALISTS + 1)
 
+        measured: dict[Candidate, Outcome] = {}
+
         def evaluate_each(candidates: list[Candidate]) -> list[Outcome]:
+            """Each candidate's outcome, measured where the budget allows; once in a search (the
+            configured size, where it carried nothing within the SLO, is on the ladder again)."""
             done = []
             for candidate in candidates:
+                if candidate in measured:
+                    done.append(measured[candidate])
+                    continue
                 if self._over_budget(outcomes):
                     skipped.append(candidate)
                     continue
                 outcome = (self.accuracy and self.accuracy.left_out(candidate)) or self.evaluate(candidate)
+                measured[candidate] = outcome
                 outcomes.append(outcome)
                 done.append(outcome)
             return done
@@ -203,25 +211,19 @@ class Sweep:
                     best = added
                 return best
 
-            # Workers first, at the configured max_batch_size (within the ladder): on CPU what more
-            # cores buy is the largest lever, and a budget spent on the ladder first left no time for it.
-            first = add_workers(_best(evaluate_each(
-                [candidate(start_size(sizes, self.base), waits[0], instances[0], workers[0])]))) \
-                if len(workers) > 1 else None
-            chosen = first.candidate.workers if first is not None else workers[0]
-            ladder: list[Outcome] = []
-            for step, size in enumerate(sizes):
-                known = [first] if first is not None and first.candidate.max_batch_size == size else []
-                done = known or evaluate_each([candidate(size, waits[0], instances[0], chosen)])
-                ladder += done
-                why = ladder_stop(ladder, sizes[step + 1:], self.settings.rows_per_request) if done else None
-                if why is not None:
-                    self.notes.append(why)
-                    break
-            unclimbed = [first] if first is not None and all(o is not first for o in ladder) else []
-            best = _best([*ladder, *unclimbed], self.notes)
-            if first is None:  # the configured size carried nothing within the SLO: workers after the ladder
-                best = add_workers(best)
+            # The configured max_batch_size first, and the workers at it: on CPU what more cores buy
+            # is the largest lever, and a budget spent on the ladder first left no time for it.
+            # Then the ladder around it (``ladder.around``); where it carried nothing within the
+            # SLO, the ladder from batch 1 (``ladder.climb``), and the workers after it.
+            def run(workers: int) -> Run:
+                return lambda size: evaluate_each([candidate(size, waits[0], instances[0], workers)])
+
+            rows = self.settings.rows_per_request
+            first = add_workers(_best(run(workers[0])(start_size(sizes, self.base))))
+            if first is not None:
+                best = _best(around(first, sizes, run(first.candidate.workers), rows, self.notes), self.notes)
+            else:
+                best = add_workers(_best(climb([], sizes, run(workers[0]), rows, self.notes), self.notes))
             if best is None:
                 continue
             pivot = best.candidate

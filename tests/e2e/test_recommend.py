@@ -61,7 +61,8 @@ def test_a_small_sweep_writes_a_report_whose_pick_meets_the_slo(repository: Path
     results = json.loads((out / "results.json").read_text())
     assert {"date", "model", "slo_p99_ms", "price_per_hour", "model_size", "candidates", "skipped",
             "final_round", "pick", "predicted", "verification", "elapsed_s"} <= set(results)
-    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [1, 2]
+    # the configured size first (within the cap of 2), then the ladder down from it
+    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [2, 1]
     for outcome in results["candidates"]:
         assert outcome["error"] is None
         assert outcome["peak_rss_bytes"] > 0
@@ -177,10 +178,11 @@ def test_the_budget_stops_new_candidates_but_still_checks_the_pick(repository: P
                  *SMALL])
     assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
-    # The first candidate always runs; after it, no other fits in one second.
-    assert [c["label"] for c in results["candidates"]] == ["batch 1, wait 0 ms, 1 worker x 1 inst"]
+    # The first candidate (the configured size, within the cap of 4) always runs; after it, no
+    # other fits in one second.
+    assert [c["label"] for c in results["candidates"]] == ["batch 4, wait 0 ms, 1 worker x 1 inst"]
     assert results["skipped"] == ["batch 2, wait 0 ms, 1 worker x 1 inst",
-                                  "batch 4, wait 0 ms, 1 worker x 1 inst"]
+                                  "batch 1, wait 0 ms, 1 worker x 1 inst"]
     assert results["pick"] == 0 and "ratio" in results["verification"]
     report = (out / "report.md").read_text()
     assert "not run for lack of budget: batch 2, wait 0 ms, 1 worker x 1 inst" in report
@@ -209,7 +211,11 @@ def test_the_pick_is_the_most_capacity_within_an_slo_that_rules_candidates_out(
     results = json.loads((out / "results.json").read_text())
     outcomes = {(c["candidate"]["max_batch_size"], c["candidate"]["max_wait_ms"]): c
                 for c in results["candidates"]}
-    assert sorted(outcomes) == [(1, 0.0), (2, 0.0), (4, 0.0), (4, 200.0)]
+    # the configured size (4, the cap) first, then down: batch 2 carries half as much, so batch 1
+    # is not run (a smaller cap would not carry more)
+    assert sorted(outcomes) == [(2, 0.0), (4, 0.0), (4, 200.0)]
+    assert any(note.startswith("max_batch_size 1 not run: max_batch_size 2 carried less than")
+               for note in results["decisions"]), results["decisions"]
     waited = outcomes[(4, 200.0)]
     assert waited["best"] is None  # ruled out: its first step already missed the SLO
     assert [s["within_slo"] for s in waited["steps"]] == [False] * (2 if contended(waited["steps"][0]) else 1)

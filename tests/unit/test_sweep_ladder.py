@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from batchserve_planning.candidates import Candidate, Outcome, Variant
+from batchserve_planning.choices import simplest
 from batchserve_planning.ladder import rows_waiting
 from batchserve_planning.load.progress import Bars
 from batchserve_planning.ramp import RampSettings, Step
@@ -65,7 +66,7 @@ def test_a_cap_its_ramp_never_reached_is_where_larger_ones_serve_the_same() -> N
 
 
 @pytest.mark.timeout(30)
-def test_the_ladder_stops_there_and_the_search_goes_on_to_the_workers(
+def test_sizes_a_ramp_never_filled_are_not_run_either_way(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     most = {1: 4, 2: 8, 4: 8, 8: 8, 16: 8, 32: 8, 64: 8}  # the SLO ends each ramp by 8 clients
     evaluated: list[Candidate] = []
@@ -73,12 +74,16 @@ def test_the_ladder_stops_there_and_the_search_goes_on_to_the_workers(
         c.max_batch_size, most[c.max_batch_size] * c.workers, c.workers), evaluated)
     outcomes, skipped = sweep.search([Variant("cpu")])
     # 2 workers carry more at batch 32 (16 clients within the SLO, one worker 8): the ladder runs
-    # with them, and stops at 16, whose ramp never had more than 16 rows waiting
-    assert [(c.max_batch_size, c.workers) for c in evaluated] == [
-        (32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2)]
-    assert skipped == [] and len(outcomes) == 7
-    assert any(note.startswith("max_batch_size 32, 64 not run: at max_batch_size 16 at most 16 rows")
-               for note in sweep.notes), sweep.notes
+    # with them. Its ramp never had more than 16 rows waiting: 64 and 16 would serve it the same
+    # way. 8 carries less beyond the noise, so 4, 2 and 1 are not run either.
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(32, 1), (32, 2), (8, 2)]
+    assert skipped == [] and len(outcomes) == 3
+    for note in ("max_batch_size 64 not run: at max_batch_size 32 at most 16 rows",
+                 "max_batch_size 16 not run: at max_batch_size 32 at most 16 rows were ever waiting, so a "
+                 "cap down to 16 would change no batch at any load measured either",
+                 "max_batch_size 1, 2, 4 not run: max_batch_size 8 carried less than max_batch_size 32's "
+                 "672/s beyond their measured noise"):
+        assert any(n.startswith(note) for n in sweep.notes), (note, sweep.notes)
 
 
 # Each ramp filled its cap (128 clients): only the figures can stop the ladder.
@@ -111,12 +116,13 @@ def test_a_ladder_that_has_flattened_stops_and_the_workers_get_the_budget(
     evaluated: list[Candidate] = []
     sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.04, unsettled={2: 0.18, 4: 0.25}), evaluated)
     sweep.search([Variant("cpu")])
-    # 2 workers first, at batch 32 (1.8x); then the ladder with them: batch 16 and 32 (measured
-    # already) brought nothing beyond batch 8's noise, so 64 is not run
+    # 2 workers first, at batch 32 (1.8x); then the ladder with them: up to 64, then down while
+    # the smaller sizes carry as much within the noise: 16 and 8 do, 4 does not (its windows
+    # spread 25%, but even their top is below batch 32's noise), so 2 and 1 are not run
     ran = [(c.max_batch_size, c.workers) for c in evaluated]
-    assert ran == [(32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2)]
-    assert any(note.startswith("max_batch_size 64 not run: max_batch_size 16 and 32 carried no more "
-                               "than max_batch_size 8's 39,600/s beyond their measured noise")
+    assert ran == [(32, 1), (32, 2), (64, 2), (16, 2), (8, 2), (4, 2)]
+    assert any(note.startswith("max_batch_size 1, 2 not run: max_batch_size 4 carried less than "
+                               "max_batch_size 32's 41,400/s beyond their measured noise")
                for note in sweep.notes), sweep.notes
 
 
@@ -127,9 +133,11 @@ def test_a_noisy_ladder_that_still_grows_beyond_its_noise_runs_to_its_cap(
     evaluated: list[Candidate] = []
     sweep = sweep_of(tmp_path, monkeypatch, curve(figures, 0.10), evaluated)  # known to 10% either way
     sweep.search([Variant("cpu")])
-    assert [(c.max_batch_size, c.workers) for c in evaluated] == [
-        (32, 1), (32, 2), (1, 2), (2, 2), (4, 2), (8, 2), (16, 2), (64, 2)]
-    assert not any("not run" in note for note in sweep.notes), sweep.notes
+    # up from the configured 32 to the cap, 64: it grows beyond the noise; down, 16 carries less
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [(32, 1), (32, 2), (64, 2), (16, 2)]
+    assert [note for note in sweep.notes if "not run" in note] == [
+        "max_batch_size 1, 2, 4, 8 not run: max_batch_size 16 carried less than max_batch_size 64's 900/s "
+        "beyond their measured noise, so a smaller cap would not carry more"], sweep.notes
 
 
 @pytest.mark.timeout(30)
@@ -142,3 +150,19 @@ def test_a_size_with_nothing_within_the_slo_stops_the_ladder(
     assert [(c.max_batch_size, c.workers) for c in evaluated] == [(32, 1), (1, 1), (2, 1), (4, 1), (2, 2)]
     assert any(note.startswith("max_batch_size 8, 16, 32, 64 not run: max_batch_size 4 carried nothing "
                                "within the SLO") for note in sweep.notes), sweep.notes
+
+
+@pytest.mark.timeout(30)
+def test_the_ladder_steps_down_to_batch_1_while_the_sizes_carry_as_much(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model batching does not help (one row's work is the same alone or in a batch): every size
+    # within each other's noise; the search picks the smallest of them (``choices.simplest``)
+    evaluated: list[Candidate] = []
+    sweep = sweep_of(tmp_path, monkeypatch, curve(dict.fromkeys([1, 2, 4, 8, 16, 32, 64], 100.0), 0.05),
+                     evaluated)
+    outcomes, _ = sweep.search([Variant("cpu")])
+    assert [(c.max_batch_size, c.workers) for c in evaluated] == [
+        (32, 1), (32, 2), (64, 2), (16, 2), (8, 2), (4, 2), (2, 2), (1, 2)]
+    assert not any("not run" in note for note in sweep.notes), sweep.notes
+    pick, _, _ = simplest([(o, o.best) for o in outcomes if o.best is not None])
+    assert (pick.candidate.max_batch_size, pick.candidate.workers) == (1, 2)
