@@ -176,8 +176,11 @@ def descend(ladder: list[Outcome], smaller: list[int], run: Run, rows_per_reques
         measured = run(size)
         if not measured:
             continue  # left out for the budget (listed as skipped), as are those after it
-        outcome = current = measured[-1]
+        outcome = measured[-1]
         done.append(outcome)
+        if not outcome.steps:
+            continue  # it did not start, or ``--max-drift`` left it out: that says nothing of the next
+        current = outcome
         figure, against = outcome.best, fastest.best
         assert against is not None
         if figure is None or trend(figure, against) < 0:

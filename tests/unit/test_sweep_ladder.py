@@ -166,3 +166,18 @@ def test_the_ladder_steps_down_to_batch_1_while_the_sizes_carry_as_much(
     assert not any("not run" in note for note in sweep.notes), sweep.notes
     pick, _, _ = simplest([(o, o.best) for o in outcomes if o.best is not None])
     assert (pick.candidate.max_batch_size, pick.candidate.workers) == (1, 2)
+
+
+@pytest.mark.timeout(30)
+def test_a_size_that_did_not_start_does_not_end_the_descent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    measure = curve(dict.fromkeys([1, 2, 4, 8, 16, 32, 64], 100.0), 0.05)
+
+    def failing_at_8(c: Candidate) -> Outcome:
+        return Outcome(c, error="the server did not start") if c.max_batch_size == 8 else measure(c)
+
+    evaluated: list[Candidate] = []
+    sweep = sweep_of(tmp_path, monkeypatch, failing_at_8, evaluated)
+    sweep.search([Variant("cpu")])
+    assert [c.max_batch_size for c in evaluated] == [32, 32, 64, 16, 8, 4, 2, 1]
+    assert not any("not run" in note for note in sweep.notes), sweep.notes
