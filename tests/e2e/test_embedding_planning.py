@@ -75,7 +75,8 @@ def test_a_tiny_recommend_picks_a_configuration_that_answers_vectors(repository:
     assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     _check_size(results["model_size"])
-    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [1, 2]
+    # the configured size (4, within the cap of 2) first, then the ladder down from it
+    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [2, 1]
     for outcome in results["candidates"]:
         assert outcome["error"] is None
         assert outcome["steps"] and all(step["error_rate"] == 0 for step in outcome["steps"])
