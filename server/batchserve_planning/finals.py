@@ -214,9 +214,10 @@ class Finals:
         self.over_slo[id(outcome)] = first
         self.sweep.notes.append(
             f"final round: {outcome.candidate.label()} was over the SLO at {first.concurrency} clients "
-            f"({rate_text(first.rows_per_s)} inferences/s, p99 {format_ms(first.p99_ms)} over {first.runs} "
-            f"run{'s' if first.runs != 1 else ''}, {first.seconds:.0f} s), so it was measured again at "
-            f"{level} clients, the most below that its ramp met the SLO at")
+            f"({rate_text(first.rows_per_s)} inferences/s, p99 {format_ms(first.p99_ms)}, its windows' "
+            f"highest {format_ms(first.p99_ms if first.p99_high is None else first.p99_high)}, over "
+            f"{first.runs} run{'s' if first.runs != 1 else ''}, {first.seconds:.0f} s), so it was measured "
+            f"again at {level} clients, the most below that its ramp met the SLO at")
 
 
 def back_off_s(figures: list[tuple[Outcome, Step]]) -> float:
