@@ -75,8 +75,11 @@ def test_a_tiny_recommend_picks_a_configuration_that_answers_vectors(repository:
     assert code == recommend_status(out)
     results = json.loads((out / "results.json").read_text())
     _check_size(results["model_size"])
-    # the configured size (4, within the cap of 2) first, then the ladder down from it
-    assert [c["candidate"]["max_batch_size"] for c in results["candidates"]] == [2, 1]
+    # the configured size (4, within the cap of 2) first, then the ladder down to batch 1, which
+    # the 120-s budget may leave out (the checks' reserve counts their back-off)
+    ran = [c["candidate"]["max_batch_size"] for c in results["candidates"]]
+    skipped = [label.split(",")[0] for label in results["skipped"]]
+    assert ran == [2, 1] or (ran == [2] and skipped == ["batch 1"]), (ran, results["skipped"])
     for outcome in results["candidates"]:
         assert outcome["error"] is None
         assert outcome["steps"] and all(step["error_rate"] == 0 for step in outcome["steps"])
