@@ -82,7 +82,7 @@ def stop(ladder: list[Outcome], larger: list[int], rows_per_request: int) -> str
     larger sizes, ``larger``, not run), in words for the report's decisions; None where it goes on."""
     if not ladder or not larger:
         return None
-    outcome, sizes = ladder[-1], ", ".join(str(s) for s in larger)
+    outcome, sizes = ladder[-1], _listed(larger)
     size = outcome.candidate.max_batch_size
     waiting = rows_waiting(outcome, rows_per_request)
     if waiting is not None:
