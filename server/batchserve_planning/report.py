@@ -57,9 +57,7 @@ def render(results: dict[str, Any]) -> str:
         + ".", "",
     ]
     if pick is None:
-        lines += ["## No recommendation", "",
-                  f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
-                  "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
+        lines += no_pick_section(results)
     else:
         lines += _recommendation(results, pick)
     lines += _noise(results)
@@ -178,6 +176,24 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
                 break
     lines += ["## Trade-off", "", *tradeoff(results, pick), ""]
     return lines
+
+
+def no_pick_section(results: dict[str, Any]) -> list[str]:
+    """Why there is no pick: nothing met the SLO in the sweep, or the final round measured what did
+    over it again (``choices.unrefuted``), with its figures and the decisions that say which."""
+    slo = results["slo_p99_ms"]
+    if not results["final_round"]:
+        return ["## No recommendation", "",
+                f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
+                "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
+    decisions = results.get("decisions") or []
+    return ["## No recommendation", "",
+            f"No candidate held p99 within {slo:g} ms: the final round measured its finalists over it "
+            "at the fewest clients their ramps had met it at, so the sweep's figures within it did "
+            "not hold up. The tables below show what each reached; a looser SLO, a quieter machine, a "
+            "faster device or a smaller model is needed.", "",
+            *[f"- {note}" for note in decisions], *([""] if decisions else []),
+            *final_round_section(results)]
 
 
 def final_round_section(results: dict[str, Any]) -> list[str]:

@@ -10,8 +10,8 @@ from batchserve_planning.choices import choose
 from batchserve_planning.ramp import Step
 
 
-def step(rows_per_s: float, *, within_slo: bool = True, p99_ms: float = 50.0) -> Step:
-    return Step(concurrency=8, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=p99_ms / 2, p99_ms=p99_ms,
+def step(rows_per_s: float, *, within_slo: bool = True, p99_ms: float = 50.0, clients: int = 8) -> Step:
+    return Step(concurrency=clients, rps=rows_per_s, rows_per_s=rows_per_s, p50_ms=p99_ms / 2, p99_ms=p99_ms,
                 max_ms=p99_ms * 2, error_rate=0.0, mean_batch_size=4.0, within_slo=within_slo)
 
 
@@ -36,11 +36,33 @@ def test_of_two_finals_within_the_slo_the_faster_one() -> None:
 
 def test_without_a_final_within_the_slo_the_sweeps_best_within_it() -> None:
     missed = outcome(64, step(2000, within_slo=False, p99_ms=900))  # never within: no best
-    good = outcome(16, step(300), step(1000), step(1200, within_slo=False, p99_ms=300))
+    good = outcome(16, step(300, clients=2), step(1000, clients=4),
+                   step(1200, within_slo=False, p99_ms=300, clients=8))
     other = outcome(8, step(600))
-    finals = [(good, step(1300, within_slo=False, p99_ms=250))]
+    finals = [(good, step(1300, within_slo=False, p99_ms=250, clients=8))]
     pick, predicted = choose([missed, good, other], finals)
-    assert pick is good and predicted == step(1000)  # its best within the SLO, not its 1200
+    assert pick is good and predicted == step(1000, clients=4)  # its best within the SLO, not its 1200
+
+
+def test_a_sweep_figure_the_final_round_measured_over_the_slo_is_not_the_pick() -> None:
+    """all-MiniLM-L6-v2 beside a CPU hog (2026-12-07): batch 1 met the SLO at 1 client in one
+    sweep step (p99 194 ms against 200) and missed it in the final round at the same 1 client
+    (213 ms), with no lower load to back off to. Its sweep figure is what the final round refuted:
+    neither it nor the figure at any load at or above the one refuted is the pick."""
+    edge = outcome(1, step(18.3, p99_ms=194, clients=1), step(17.2, within_slo=False, p99_ms=283, clients=2))
+    never = outcome(32, step(17.7, within_slo=False, p99_ms=209, clients=1))
+    notes: list[str] = []
+    refuted = step(16.2, within_slo=False, p99_ms=213, clients=1)
+    assert choose([never, edge], [(edge, refuted)], notes) == (None, None)
+    (note,) = notes
+    assert "batch 1, wait 1 ms, 1 worker x 1 inst" in note and "over the SLO in the final round" in note
+    # Below the load the final round refuted, its sweep figure still stands.
+    lower = outcome(1, step(9.0, clients=1), step(18.3, p99_ms=194, clients=2))
+    refuted_at_2 = step(16.2, within_slo=False, p99_ms=213, clients=2)
+    assert choose([lower], [(lower, refuted_at_2)]) == (lower, step(9.0, clients=1))
+    # A candidate the final round did not measure keeps its sweep figure.
+    third = outcome(4, step(12.0, clients=1))
+    assert choose([edge, third], [(edge, refuted)]) == (third, step(12.0, clients=1))
 
 
 MIB = 2**20
@@ -134,3 +156,23 @@ def test_a_final_round_that_overturns_the_search_says_so() -> None:
     notes.clear()
     assert choose([small, large], [(small, noisy(12.0, 0.01)), (large, noisy(11.0, 0.01))], notes)[0] is small
     assert notes == []
+
+
+def test_no_pick_after_the_final_round_says_what_it_measured() -> None:
+    from dataclasses import asdict
+
+    from batchserve_planning.report import no_pick_section
+
+    edge = outcome(1, step(18.3, p99_ms=194, clients=1))
+    refuted = step(16.2, within_slo=False, p99_ms=213, clients=1)
+    notes: list[str] = []
+    assert choose([edge], [(edge, refuted)], notes) == (None, None)
+    results = {"slo_p99_ms": 200, "decisions": notes,
+               "candidates": [{"label": edge.candidate.label(), "best": asdict(edge.steps[0])}],
+               "final_round": [{"candidate": 0, "step": asdict(refuted), "over_slo": None}]}
+    text = "\n".join(no_pick_section(results))
+    assert "the final round measured its finalists over it" in text and notes[0] in text
+    assert "| #1 batch 1, wait 1 ms, 1 worker x 1 inst | 1 | 18.3 | 16.2" in text
+    assert "213 ms (over the SLO)" in text
+    # Nothing within the SLO in the sweep: no final round, and the report says so.
+    assert "even at one client" in "\n".join(no_pick_section({**results, "final_round": []}))
