@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from batchserve_planning.candidates import Candidate, Outcome
     from batchserve_planning.load.progress import Bars
     from batchserve_planning.openloop import OpenStep, Peak
-    from batchserve_planning.ramp import RampSettings
+    from batchserve_planning.ramp import RampSettings, Step
 
 TOLERANCE = 0.10
 """Measured throughput may differ from the prediction by this share before the report says so."""
@@ -135,7 +135,7 @@ class Fleet:
             "pick": outcomes.index(chosen) if chosen is not None else None,
             "predicted": asdict(predicted) if predicted else None, "open_loop": None, "sizing": None}
         if chosen is None or predicted is None:
-            entry["why_not"] = _too_slow(outcomes, self.settings.slo_ms)
+            entry["why_not"] = _too_slow(outcomes, finals, self.settings.slo_ms)
             return entry
         entry["decisions"] = list(dict.fromkeys(sweep.notes))
         single = [s for s in chosen.steps if s.concurrency == 1]
@@ -280,7 +280,14 @@ def _compared(rate: float, step: OpenStep, slo_ms: float) -> dict[str, Any]:
             "holds": abs(ratio - 1) <= TOLERANCE and step.p99_ms <= slo_ms}
 
 
-def _too_slow(outcomes: list[Outcome], slo_ms: float) -> str:
+def _too_slow(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]], slo_ms: float) -> str:
+    """Why a profile has no pick: nothing met the SLO in its sweep, or what did was measured over
+    it in the final round (``choices.unrefuted``)."""
+    refuted = [(s.p99_ms, s.concurrency, o.candidate.label()) for o, s in finals if not s.within_slo]
+    if refuted and any(o.best is not None for o in outcomes):
+        p99, clients, label = min(refuted)
+        return (f"met the SLO in its sweep, but not when measured again in the final round: {label} at "
+                f"{clients} clients, p99 {p99:,.1f} ms against {slo_ms:g} ms")
     steps = [(s.p99_ms, o.candidate.label()) for o in outcomes for s in o.steps]
     if not steps:
         errors = [o.error for o in outcomes if o.error]

@@ -176,3 +176,16 @@ def test_no_pick_after_the_final_round_says_what_it_measured() -> None:
     assert "213 ms (over the SLO)" in text
     # Nothing within the SLO in the sweep: no final round, and the report says so.
     assert "even at one client" in "\n".join(no_pick_section({**results, "final_round": []}))
+
+
+def test_a_profile_without_a_pick_says_whether_its_final_round_refuted_the_sweep() -> None:
+    from batchserve_planning.fleet import _too_slow
+
+    edge = outcome(1, step(18.3, p99_ms=194, clients=1))
+    refuted = step(16.2, within_slo=False, p99_ms=213, clients=1)
+    why = _too_slow([edge], [(edge, refuted)], 200)
+    assert why.startswith("met the SLO in its sweep, but not when measured again in the final round")
+    assert "at 1 clients, p99 213.0 ms against 200 ms" in why
+    slow = outcome(1, step(5.0, within_slo=False, p99_ms=900, clients=1))
+    assert _too_slow([slow], [], 200).startswith("too slow for the SLO at any batch size: its lowest p99 "
+                                                 "was 900")
