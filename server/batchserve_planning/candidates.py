@@ -118,7 +118,11 @@ class Outcome:
 
     @property
     def best(self) -> Step | None:
-        inside = [s for s in self.steps if s.within_slo]
+        return self.best_below()
+
+    def best_below(self, clients: int | None = None) -> Step | None:
+        """Its fastest step within the SLO (at fewer than ``clients``, where given)."""
+        inside = [s for s in self.steps if s.within_slo and (clients is None or s.concurrency < clients)]
         return max(inside, key=lambda s: s.rows_per_s) if inside else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -90,9 +90,9 @@ def unrefuted(outcomes: list[Outcome], finals: list[tuple[Outcome, Step]],
     pairs: list[tuple[Outcome, Step]] = []
     for o in outcomes:
         final = refuted.get(id(o))
-        kept = [s for s in o.steps if s.within_slo and (final is None or s.concurrency < final.concurrency)]
-        if kept:
-            pairs.append((o, max(kept, key=lambda s: s.rows_per_s)))  # ``Outcome.best``'s rule
+        kept = o.best_below(final.concurrency if final is not None else None)
+        if kept is not None:
+            pairs.append((o, kept))
         elif final is not None and o.best is not None and notes is not None:
             notes.append(f"{o.candidate.label()} was over the SLO in the final round at "
                          f"{final.concurrency} clients (p99 {final.p99_ms:,.0f} ms), the fewest its "

@@ -147,8 +147,7 @@ def _recommendation(results: dict[str, Any], pick: dict[str, Any]) -> list[str]:
         f"{_count(best['concurrency'], 'concurrent client')}, mean batch "
         f"{batch_text(best['mean_batch_size'])}, server peak memory {_memory(pick)}"
         + (f", GPU memory {mib_text(pick['gpu_bytes'])}" if pick["gpu_bytes"] else "") + ".", "",
-        *[f"- {note}" for note in results.get("decisions", [])],
-        *([""] if results.get("decisions") else []),
+        *bullets(results.get("decisions")),
         f"Serve it with **{workers} worker{'s' if workers > 1 else ''}**: `batchserve serve --workers "
         f"{workers}` (or `BATCHSERVE_WORKERS={workers}`), measured on "
         f"{results['settings'].get('server_cores', '?')} cores; each worker holds its own copy of the "
@@ -183,17 +182,20 @@ def no_pick_section(results: dict[str, Any]) -> list[str]:
     over it again (``choices.unrefuted``), with its figures and the decisions that say which."""
     slo = results["slo_p99_ms"]
     if not results["final_round"]:
-        return ["## No recommendation", "",
-                f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
-                "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
-    decisions = results.get("decisions") or []
-    return ["## No recommendation", "",
-            f"No candidate held p99 within {slo:g} ms: the final round measured its finalists over it "
-            "at the fewest clients their ramps had met it at, so the sweep's figures within it did "
-            "not hold up. The tables below show what each reached; a looser SLO, a quieter machine, a "
-            "faster device or a smaller model is needed.", "",
-            *[f"- {note}" for note in decisions], *([""] if decisions else []),
-            *final_round_section(results)]
+        why = [f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
+               "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
+    else:
+        why = [f"No candidate held p99 within {slo:g} ms: the final round measured its finalists over "
+               "it at the fewest clients their ramps had met it at, so the sweep's figures within it "
+               "did not hold up. The tables below show what each reached; a looser SLO, a quieter "
+               "machine, a faster device or a smaller model is needed.", "",
+               *bullets(results.get("decisions")), *final_round_section(results)]
+    return ["## No recommendation", "", *why]
+
+
+def bullets(notes: list[str] | None) -> list[str]:
+    """``notes`` as a markdown list and the blank line after it; nothing where there are none."""
+    return [*(f"- {note}" for note in notes), ""] if notes else []
 
 
 def final_round_section(results: dict[str, Any]) -> list[str]:

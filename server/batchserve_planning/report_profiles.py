@@ -13,6 +13,7 @@ from batchserve_planning.report import (
     _candidates_table,
     _noise,
     _size,
+    bullets,
     memory_by_input_section,
     pyplot,
     step_tail,
@@ -97,8 +98,7 @@ def _pick_lines(results: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
         f"SLO: {sizing['peak_rps']:,.1f} requests/s; each is given {sizing['per_replica_rps']:,.1f} "
         f"({_headroom_words(results, chosen)}). Peak memory per replica "
         f"{mib_text(sizing['peak_rss_bytes'])}: a {_gib(sizing['memory_size_bytes'])} machine fits it.", "",
-        *[f"- {note}" for note in chosen.get("decisions", [])],
-        *([""] if chosen.get("decisions") else []),
+        *bullets(chosen.get("decisions")),
         "Each replica's `[[models]]` table (serve it with `batchserve serve --workers "
         f"{outcome['candidate']['workers']}`):", "",
         "```toml", toml_table(table).rstrip(), "```", ""]
