@@ -17,6 +17,8 @@ Usage: .venv/bin/python benchmarks/recommend_check.py
   MODELS=diabetes,resnet50,minilm  RUNS=5 (per condition)  HARDWARE_RUNS=2
   LOAD=1 (0: quiet only; loaded-first: loaded, quiet, loaded, ...; loaded: loaded only)
   BUDGET_S per model (default: diabetes 300, resnet50 900, minilm 600); CONFIG (models/models.toml)
+  SLO_MS: the p99 SLO (default: diabetes 20, resnet50 2000, minilm 200), for a machine on which
+  the default cannot be met at any load (all-MiniLM-L6-v2 beside the CPU hog on a slow day)
 Prints a markdown table and writes benchmarks/results/recommend-check-<time>.json; the report
 folders are kept under benchmarks/results/recommend-<model>-<time>/.
 """
@@ -76,8 +78,9 @@ def run(model: str, results: Path, *, hardware: bool, loaded: bool) -> dict[str,
     inputs: Callable[[Path], str] = spec["inputs"]
     models = ROOT / "models"
     config = os.environ.get("CONFIG", str(models / "models.toml"))
+    slo = os.environ.get("SLO_MS", str(spec["slo"]))
     command = [sys.executable, "-m", "batchserve", "recommend", "--config", config,
-               "--model", model, "--inputs", inputs(out), "--slo-p99-ms", str(spec["slo"]),
+               "--model", model, "--inputs", inputs(out), "--slo-p99-ms", slo,
                "--budget-s", f"{budget:g}", "--no-progress", "--out", str(out)]
     if hardware:
         command += ["--target-rps", str(spec["target"]), "--hardware", str(models / "hardware.example.toml")]

@@ -182,7 +182,7 @@ def no_pick_section(results: dict[str, Any]) -> list[str]:
     over it again (``choices.unrefuted``), with its figures and the decisions that say which."""
     slo = results["slo_p99_ms"]
     if not results["final_round"]:
-        why = [f"No candidate kept p99 within {slo:g} ms, even at one client. The table below shows "
+        why = [f"No candidate kept p99 within {slo:g} ms, even at one client. The tables below show "
                "what each reached; a looser SLO, a faster device or a smaller model is needed.", ""]
     else:
         why = [f"No candidate held p99 within {slo:g} ms: the final round measured its finalists over "
@@ -304,7 +304,7 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
         best = outcome["best"]
         mark = " **(pick)**" if index == pick else ""
         if best is None:
-            note = outcome.get("excluded") or outcome["error"] or "p99 over the SLO even at 1 client"
+            note = outcome.get("excluded") or outcome["error"] or _missed(outcome.get("steps") or [])
             lines.append(f"| {index + 1} | {outcome['label']}{mark} | — | — | — | — | — | "
                          f"{mib_text(outcome['peak_rss_bytes'])} | {outcome['seconds']:.0f} s | "
                          f"{note.splitlines()[0][:80]} |")
@@ -318,6 +318,15 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
                   "resident set, summed (they need not peak at once: an upper bound, the safe side for "
                   "a memory limit). Every worker holds its own copy of the model."]
     return [*lines, ""]
+
+
+def _missed(steps: list[dict[str, Any]]) -> str:
+    """A candidate that met the SLO at no load: the lowest p99 its steps measured, and where."""
+    if not steps:
+        return "p99 over the SLO even at 1 client"
+    lowest = min(steps, key=lambda step: step["p99_ms"])
+    where = f"lowest {format_ms(lowest['p99_ms'])}, at {lowest['concurrency']}"
+    return f"p99 over the SLO even at 1 client ({where})"
 
 
 def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:

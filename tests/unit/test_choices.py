@@ -189,3 +189,18 @@ def test_a_profile_without_a_pick_says_whether_its_final_round_refuted_the_sweep
     slow = outcome(1, step(5.0, within_slo=False, p99_ms=900, clients=1))
     assert _too_slow([slow], [], 200).startswith("too slow for the SLO at any batch size: its lowest p99 "
                                                  "was 900")
+
+
+def test_a_candidate_that_never_met_the_slo_shows_the_lowest_p99_it_measured() -> None:
+    """all-MiniLM-L6-v2 beside a CPU hog (2026-12-07): no pick, and its candidates' row read only
+    "p99 over the SLO even at 1 client": how far over, the user had to find in another table."""
+    from dataclasses import asdict
+
+    from batchserve_planning.report import _candidates_table
+
+    steps = [step(16.2, within_slo=False, p99_ms=215.0, clients=1),
+             step(14.9, within_slo=False, p99_ms=242.0, clients=1)]
+    row = {"label": "batch 32", "best": None, "error": None, "peak_rss_bytes": None, "seconds": 63.0,
+           "steps": [asdict(s) for s in steps]}
+    (line,) = [line for line in _candidates_table([row], None) if line.startswith("| 1 |")]
+    assert "p99 over the SLO even at 1 client (lowest 215 ms, at 1)" in line
