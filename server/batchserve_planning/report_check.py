@@ -7,9 +7,10 @@ final-round figure is the machine's drift. Where it was not kept, the ratio is t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from batchserve_planning.checked import MAX_RUNS, NOT_KNOWN, PRECISION
+from batchserve_planning.checked import MAX_RUNS, NOT_KNOWN, PRECISION, pooled_cv
 from batchserve_planning.formats import X, rate_text
 from batchserve_planning.load.results import format_ms
 
@@ -95,7 +96,38 @@ def unknown_text(check: dict[str, Any], predicted: dict[str, Any]) -> str:
               f"{runs_text(predicted)})" if check.get("unknown_by_final_round") else "")
     return (f"The throughput missed, but {figures} {'was' if len(unknown) == 1 else 'were'} not known "
             f"to {PRECISION:.0%}{pooled} when {why}: this run can neither confirm the pick nor refute it. "
-            "Measure again with a larger --budget-s, or on a quieter machine.")
+            + what_would_settle(check, predicted))
+
+
+def what_would_settle(check: dict[str, Any], predicted: dict[str, Any]) -> str:
+    """What a re-run not known would have needed: the runs each figure compared takes to be known
+    to ``PRECISION`` at the spread its runs measured (the re-run's pooled with the final round's, as
+    ``finals`` measures them), and the seconds more that is, from the re-run's own rounds; or, past
+    ``MAX_RUNS``, that a larger budget would not settle it. Beside a CPU hog on the 2-core VM
+    diabetes's runs spread 8-16%: 10% takes 12 runs a figure, more than the most, where the report
+    advised "a larger --budget-s"."""
+    rerun, reference = check["step"], check.get("reference")
+    final_round = (predicted.get("rows_cv"), predicted.get("runs", 1))
+    spreads = [[(rerun.get("rows_cv"), rerun.get("runs", 1)), final_round]]
+    spreads.append([(reference.get("rows_cv"), reference.get("runs", 1)), final_round] if reference
+                   else [final_round])
+    needed = 0
+    for groups in spreads:
+        cv = pooled_cv([(c, n) for c, n in groups if c is not None])
+        if cv is None:
+            return "Measure again with a larger --budget-s, or on a quieter machine."
+        needed = max(needed, math.ceil((cv / PRECISION) ** 2))
+    measured = rerun.get("runs", 1)
+    needed = max(needed, measured + 1)
+    if needed > MAX_RUNS:
+        return (f"At the spread their runs measured, a figure takes about {needed} runs to be known to "
+                f"{PRECISION:.0%}, more than the {MAX_RUNS} it is measured at most: a larger --budget-s "
+                "would not settle it here; a quieter machine would.")
+    round_s = sum(step.get("seconds", 0.0) / max(1, step.get("runs", 1))
+                  for step in (rerun, reference) if step)
+    more = f": about {(needed - measured) * round_s:,.0f} s more --budget-s" if round_s > 0 else ""
+    return (f"At the spread their runs measured, a figure takes about {needed} runs to be known to "
+            f"{PRECISION:.0%} ({measured} were measured){more}, or a quieter machine.")
 
 
 def noise_verdict(check: dict[str, Any]) -> str:

@@ -88,3 +88,25 @@ def test_a_miss_not_known_for_the_final_rounds_spread_says_so() -> None:
     alone = verdict(predicted, figure(17900, 17970), SLO, reference=figure(20990, 21000))
     assert alone["outcome"] == "not held" and not alone["unknown_by_final_round"]
     assert "final-round runs" not in "\n".join(headline(results(alone, predicted), PICK))
+
+
+def test_a_miss_not_known_says_what_would_settle_it() -> None:
+    """Beside a CPU hog diabetes's re-run figures spread 8-16% a run, which no budget settles at 8
+    runs a figure; the report advised "a larger --budget-s" all the same. It now says how many runs
+    the spread measured takes, and the seconds more, or that a larger budget would not do."""
+    predicted = combine([replace(run(v), seconds=10.0) for v in (1000, 1080)], SLO)
+
+    def rerun_figure(*values: float) -> Step:
+        return combine([replace(run(v), seconds=10.0) for v in values], SLO, [predicted])
+
+    check = verdict(predicted, rerun_figure(840, 850, 845), SLO, reference=rerun_figure(930, 1070, 1000))
+    assert check["outcome"] == "not known"
+    text = "\n".join(headline(results(check, predicted), PICK))
+    # pooled spread 6.5%: 5 runs a figure; 2 rounds more of two 10-s runs
+    assert ("a figure takes about 5 runs to be known to 3% (3 were measured): about 40 s more "
+            "--budget-s") in text
+    loose = verdict(predicted, rerun_figure(840, 850, 845), SLO, reference=rerun_figure(800, 1200, 1000))
+    assert loose["outcome"] == "not known"
+    text = "\n".join(headline(results(loose, predicted), PICK))
+    assert f"more than the {MAX_RUNS} it is measured at most: a larger --budget-s would not settle it" in text
+    assert "about" in text and "s more --budget-s" not in text
