@@ -52,6 +52,25 @@ def demo_artifact(name: str) -> Path:
     return path
 
 
+def diabetes_rows(path: Path) -> Path:
+    """scikit-learn's diabetes data, its first 200 rows, one JSON array a line at ``path``: the
+    row inputs the diabetes benchmarks send."""
+    from sklearn.datasets import load_diabetes
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in load_diabetes().data[:200].tolist()))
+    return path
+
+
+def workspace(name: str, model_toml: str) -> tuple[Path, Path]:
+    """A fresh ``benchmarks/results/<name>-<time>`` folder, and its ``models.toml``: ``model_toml``
+    with ``{root}`` the model repository."""
+    work = ROOT / "benchmarks" / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work.mkdir(parents=True)
+    config = work / "models.toml"
+    config.write_text(model_toml.format(root=ROOT / "models"))
+    return work, config
+
+
 def save_results(name: str, data: object, folder: Path = ROOT / "benchmarks" / "results") -> Path:
     """Write ``data`` as ``<folder>/<name>-<time>.json`` (the folder is git-ignored); its path."""
     folder.mkdir(parents=True, exist_ok=True)

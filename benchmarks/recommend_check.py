@@ -46,11 +46,7 @@ def _sklearn_images(_: Path) -> str:
 
 
 def _diabetes_rows(folder: Path) -> str:
-    from sklearn.datasets import load_diabetes
-
-    path = folder / "diabetes-rows.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in load_diabetes().data[:200].tolist()))
-    return str(path)
+    return str(harness.diabetes_rows(folder / "diabetes-rows.jsonl"))
 
 
 def _texts(folder: Path) -> str:

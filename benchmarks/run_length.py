@@ -21,7 +21,6 @@ Writes benchmarks/results/run-length-<time>.json.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -54,15 +53,8 @@ def main() -> None:
     rounds = int(os.environ.get("ROUNDS", "12"))
     loaded = os.environ.get("LOAD", "1") == "1"
     clients = int(os.environ.get("CLIENTS", "64"))
-    work = ROOT / "benchmarks" / "results" / f"run-length-{time.strftime('%Y%m%d-%H%M%S')}"
-    work.mkdir(parents=True)
-    config = work / "models.toml"
-    config.write_text(MODEL.format(root=ROOT / "models"))
-    from sklearn.datasets import load_diabetes
-
-    rows = work / "rows.jsonl"
-    rows.write_text("".join(json.dumps(row) + "\n" for row in load_diabetes().data[:200].tolist()))
-    samples = load_samples(rows, "rows")
+    work, config = harness.workspace("run-length", MODEL)
+    samples = load_samples(harness.diabetes_rows(work / "rows.jsonl"), "rows")
     settings = RampSettings(slo_ms=SLO_MS)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LENGTHS}

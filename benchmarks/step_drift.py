@@ -23,7 +23,6 @@ Writes benchmarks/results/step-drift-<time>.json.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -78,15 +77,8 @@ def figure(config: Path, samples: list[Any], settings: RampSettings,
 def main() -> None:
     rounds = int(os.environ.get("ROUNDS", "6"))
     loaded = os.environ.get("LOAD", "1") == "1"
-    work = ROOT / "benchmarks" / "results" / f"step-drift-{time.strftime('%Y%m%d-%H%M%S')}"
-    work.mkdir(parents=True)
-    config = work / "models.toml"
-    config.write_text(MODEL.format(root=ROOT / "models"))
-    from sklearn.datasets import load_diabetes
-
-    rows = work / "rows.jsonl"
-    rows.write_text("".join(json.dumps(row) + "\n" for row in load_diabetes().data[:200].tolist()))
-    samples = load_samples(rows, "rows")
+    work, config = harness.workspace("step-drift", MODEL)
+    samples = load_samples(harness.diabetes_rows(work / "rows.jsonl"), "rows")
     settings = RampSettings(slo_ms=SLO_MS)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict[str, list[dict[str, Any]]] = {"one step": [], "checked": []}
