@@ -322,11 +322,9 @@ def _candidates_table(candidates: list[dict[str, Any]], pick: int | None) -> lis
 
 def _missed(steps: list[dict[str, Any]]) -> str:
     """A candidate that met the SLO at no load: the lowest p99 its steps measured, and where."""
-    if not steps:
-        return "p99 over the SLO even at 1 client"
-    lowest = min(steps, key=lambda step: step["p99_ms"])
-    where = f"lowest {format_ms(lowest['p99_ms'])}, at {lowest['concurrency']}"
-    return f"p99 over the SLO even at 1 client ({where})"
+    low = min(steps, key=lambda step: step["p99_ms"], default=None)
+    where = f" (lowest {format_ms(low['p99_ms'])}, at {low['concurrency']})" if low else ""
+    return f"p99 over the SLO even at 1 client{where}"
 
 
 def _steps_table(candidates: list[dict[str, Any]]) -> list[str]:
