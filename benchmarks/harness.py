@@ -61,13 +61,27 @@ def diabetes_rows(path: Path) -> Path:
     return path
 
 
-def workspace(name: str, model_toml: str) -> tuple[Path, Path]:
-    """A fresh ``benchmarks/results/<name>-<time>`` folder, and its ``models.toml``: ``model_toml``
-    with ``{root}`` the model repository."""
+DIABETES_MODEL = """[repository]
+root = "{root}"
+
+[[models]]
+name = "diabetes"
+backend = "sklearn"
+path = "{root}/artifacts/diabetes.joblib"
+max_batch_size = %d
+max_wait_ms = 0
+instances = 1
+"""
+"""The diabetes model at one worker, one instance, no wait, and the batch cap given (``%d``)."""
+
+
+def workspace(name: str, max_batch_size: int) -> tuple[Path, Path]:
+    """A fresh ``benchmarks/results/<name>-<time>`` folder, and its ``models.toml``: the diabetes
+    model (``DIABETES_MODEL``) at ``max_batch_size``, ``{root}`` the model repository."""
     work = ROOT / "benchmarks" / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     config = work / "models.toml"
-    config.write_text(model_toml.format(root=ROOT / "models"))
+    config.write_text((DIABETES_MODEL % max_batch_size).format(root=ROOT / "models"))
     return work, config
 
 

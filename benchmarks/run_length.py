@@ -35,17 +35,6 @@ from batchserve_planning.serverproc import ManagedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SLO_MS = 20.0
-MODEL = """[repository]
-root = "{root}"
-
-[[models]]
-name = "diabetes"
-backend = "sklearn"
-path = "{root}/artifacts/diabetes.joblib"
-max_batch_size = 64
-max_wait_ms = 0
-instances = 1
-"""
 LENGTHS = {"one step": 1, "three steps": 3}
 
 
@@ -53,7 +42,7 @@ def main() -> None:
     rounds = int(os.environ.get("ROUNDS", "12"))
     loaded = os.environ.get("LOAD", "1") == "1"
     clients = int(os.environ.get("CLIENTS", "64"))
-    work, config = harness.workspace("run-length", MODEL)
+    work, config = harness.workspace("run-length", 64)
     samples = load_samples(harness.diabetes_rows(work / "rows.jsonl"), "rows")
     settings = RampSettings(slo_ms=SLO_MS)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -38,17 +38,6 @@ from batchserve_planning.serverproc import ManagedServer
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 128
 SLO_MS = 20.0
-MODEL = """[repository]
-root = "{root}"
-
-[[models]]
-name = "diabetes"
-backend = "sklearn"
-path = "{root}/artifacts/diabetes.joblib"
-max_batch_size = 8
-max_wait_ms = 0
-instances = 1
-"""
 
 
 def figure(config: Path, samples: list[Any], settings: RampSettings,
@@ -77,7 +66,7 @@ def figure(config: Path, samples: list[Any], settings: RampSettings,
 def main() -> None:
     rounds = int(os.environ.get("ROUNDS", "6"))
     loaded = os.environ.get("LOAD", "1") == "1"
-    work, config = harness.workspace("step-drift", MODEL)
+    work, config = harness.workspace("step-drift", 8)
     samples = load_samples(harness.diabetes_rows(work / "rows.jsonl"), "rows")
     settings = RampSettings(slo_ms=SLO_MS)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
