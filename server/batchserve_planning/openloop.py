@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     from batchserve_planning.stability import Figure
 
 CARRIED_SHARE = 0.95
-"""A step within the SLO answers at least this share of what arrived, 2xx."""
+"""A step within the SLO answers at least this share of what arrived, 2xx (or within the count's
+own noise, where that is wider: ``answered_enough``)."""
+EDGE_SDS = 3.0
+"""How many standard deviations of that noise a shortfall may be and still be noise (a step
+within the SLO is then called outside it about once in 700)."""
 UP, DOWN = 1.5, 0.6
 """The search's factors before it has a rate on each side of the limit."""
 
@@ -48,10 +52,11 @@ class OpenStep:
     mean_batch_size: float | None
     within_slo: bool
     """The highest p99 of the agreeing windows within the SLO, errors at most ``ramp.MAX_ERROR_RATE``,
-    and at least ``CARRIED_SHARE`` of the arrivals answered 2xx."""
+    and what arrived answered 2xx (``answered_enough``)."""
     arrived_rps: float
     """Arrivals per second the Poisson draw made in the first run's window (``offered_rps`` give or
-    take its noise: about 1/sqrt(arrivals), 6% for 300), what ``carried_rps`` is held against."""
+    take its noise: about 1/sqrt(arrivals), 6% for 300), what the re-run's ``carried_rps`` is held
+    against."""
     p99_high: float | None = None
     carried_low: float | None = None
     carried_high: float | None = None
@@ -72,13 +77,35 @@ class OpenStep:
         carried = figure.rows_per_s / rows_per_request
         p99, p99_high = p99_of(figure, summaries)
         # NaN (nothing answered) compares False: not within.
-        within = (p99_high <= slo_ms and errors <= MAX_ERROR_RATE
-                  and first.ok_rps >= CARRIED_SHARE * arrived)
+        within = p99_high <= slo_ms and errors <= MAX_ERROR_RATE and answered_enough(summaries)
         return cls(first.rate, carried, figure.rows_per_s, latency["p50"], p99, errors,
                    first.mean_batch_size, within, arrived, p99_high,
                    figure.rows_spread.low / rows_per_request, figure.rows_spread.high / rows_per_request,
                    figure.windows, figure.settled, contention.others_cpu if contention else None,
                    contention.steal if contention else None)
+
+
+def answered_enough(summaries: list[Summary]) -> bool:
+    """Whether the runs answered, 2xx, what was due in their windows (``Summary.due``): at least
+    ``CARRIED_SHARE`` of it, or short of it by no more than ``EDGE_SDS`` standard deviations of
+    the count's own noise.
+
+    A window counts the answers it received, which trail the arrivals by their latency; ``due``
+    counts the arrivals shifted by the median latency, so that the Poisson counts at the window's
+    two ends (``rate * latency`` each, 10% of a few dozen arrivals) do not move the comparison.
+    What still does: answers whose latency is off the median (``Summary.jitter_ms``) crossing an
+    end (a variance of about ``2 * rate * jitter``), and a batch's answers landing together on
+    either side of one (``batch**2 / 12`` each). A server falling behind answers at its own rate
+    while ``due`` follows the arrivals, and that gap grows with the window."""
+    due = answered = variance = 0.0
+    for s in summaries:
+        due += s.requests if s.due is None else s.due
+        answered += s.ok_rps * s.window_s
+        jitter_s = (s.jitter_ms or 0.0) / 1000
+        batch = max(1.0, s.mean_batch_size or 1.0)
+        variance += 2 * s.requests / s.window_s * jitter_s + batch**2 / 6
+    slack = max((1 - CARRIED_SHARE) * due, EDGE_SDS * math.sqrt(variance))
+    return answered >= due - slack
 
 
 def measure_open(url: str, model: str, requests: Requests, rate_rps: float, settings: RampSettings,

@@ -45,6 +45,12 @@ class Summary:
     (``batchserve_stage_duration_seconds``), when the caller read them."""
     windows: tuple[Window, ...] = ()
     """The measurement window cut in equal parts (``summarize``'s ``windows``), each's figures."""
+    due: int | None = None
+    """Open loop: arrivals whose answer, at the median latency, falls in the window (warm-up's
+    included, the window's last ones not): what a server that keeps up answers in it."""
+    jitter_ms: float | None = None
+    """Open loop: the mean distance of a latency from the median, which moves an answer across the
+    window's ends and so ``due`` away from what was answered in it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +84,12 @@ def summarize(run: Run, rows_per_request: int = 1, windows: int = 1) -> Summary:
     codes, counts = np.unique(status[measured], return_counts=True)
     requests = int(measured.sum())
     rps = float(in_window.sum()) / window_s
+    due = jitter = None
+    if run.spec.mode == "open" and requests:
+        median = float(np.median(latency))
+        shifted = intended + median / 1000
+        due = int(((shifted >= start) & (shifted <= window_end)).sum())
+        jitter = float(np.abs(latency - median).mean())
     return Summary(
         mode=run.spec.mode, concurrency=run.spec.concurrency, rate=run.spec.rate,
         processes=run.processes, rows_per_request=rows_per_request, window_s=window_s,
@@ -91,6 +103,7 @@ def summarize(run: Run, rows_per_request: int = 1, windows: int = 1) -> Summary:
         send_lag_ms=_percentiles(lag) if run.spec.mode == "open" else {},
         max_backlog=records.max_backlog,
         windows=tuple(_windows(start, window_s, windows, intended, end, ok, rows_per_request)),
+        due=due, jitter_ms=jitter,
     )
 
 
