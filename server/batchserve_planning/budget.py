@@ -11,10 +11,13 @@ the CPUs, each after a fresh server start; a finalist over the SLO at its final 
 as many rounds again at a lower load (``final_loads``). What that costs at least is known from the
 search: how long its servers took to start, and how long its steps at those loads took, scaled to
 a checked run's length.
-The sweep keeps that (or ``CHECKED_SHARE`` of the budget, the more), and the final round leaves
-the re-run its own least (``rerun_s``): on the 2-core VM beside a CPU hog, a split that gave the
-re-run a share of the time left (a third) left it two rounds, measured past the budget's end (up
-to 21 s over 600) after a slow start, and its contended figures without their third run.
+The sweep keeps that (or ``CHECKED_SHARE`` of the budget, the more). Of what is left when the
+final round starts, the final round leaves the re-run as many rounds as it takes itself
+(``rerun_reserve_s``), and never less than the re-run's least (``rerun_s``): on the 2-core VM
+beside a CPU hog, a split that gave the re-run a third left it two rounds, measured past the
+budget's end (up to 21 s over 600) after a slow start; one that left it only its least gave the
+final round up to 8 rounds and the re-run 3, in 4 of 9 diabetes runs (2026-12-07), and the re-run's
+two figures are what its verdict compares.
 """
 
 from __future__ import annotations
@@ -83,6 +86,16 @@ def rerun_s(outcomes: list[Outcome], settings: RampSettings) -> float:
     """The least the re-run costs: a server start, and the least rounds of two runs (the fresh
     server and the pick's own, in turn), each as long as the longest of ``outcomes``' would be."""
     return start_s(outcomes) + least_rounds(outcomes) * 2 * run_s(outcomes, settings)
+
+
+def rerun_reserve_s(outcomes: list[Outcome], settings: RampSettings, left_s: float) -> float:
+    """What the final round of ``outcomes`` (the finalists) leaves the re-run of the ``left_s``
+    seconds left when it starts: as many rounds as it takes itself. A final round's round is a run
+    of each finalist, the re-run's two runs (the fresh server and the pick's own, in turn) and
+    a server start before them; so the re-run's share is 2 / (finalists + 2), and at least its
+    least (``rerun_s``)."""
+    share = 2 / (len(outcomes) + 2)
+    return max(rerun_s(outcomes, settings), share * max(0.0, left_s))
 
 
 def start_s(outcomes: list[Outcome]) -> float:

@@ -45,7 +45,7 @@ figures of one configuration are then within 10% of each other about 9 times in 
 MIN_RUNS = 2
 MIN_RUNS_CONTENDED = 3
 """Where a run was contended (``contention``), two runs that agree may agree by chance: three."""
-MAX_RUNS = 8
+MAX_RUNS = 12
 NOT_KNOWN = "not known"
 """The re-run's ``outcome`` (``verdict``) where a figure compared was not known when measuring stopped."""
 VERIFY_TOLERANCE = 0.10

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchserve_planning.budget import finalists_deadline, rerun_s
+from batchserve_planning.budget import finalists_deadline, rerun_reserve_s
 from batchserve_planning.final_loads import final_clients, lower_load
 
 if TYPE_CHECKING:
@@ -73,9 +73,12 @@ class Finals:
         """``ranked`` measured again in turn (one at a time where they cannot run side by side),
         at their best load, in runs until their means are known; one over the SLO is measured again
         at the next lower load it met the SLO at in its ramp. ``rerun``: the re-run follows; the
-        final round leaves it the least it costs (``budget.rerun_s``) and keeps the servers for it."""
+        final round leaves it as many rounds as it takes (``budget.rerun_reserve_s``) and keeps the
+        servers for it."""
         sweep = self.sweep
-        end = sweep.started + sweep.args.budget_s - (rerun_s(ranked, sweep.settings) if rerun else 0.0)
+        end = sweep.started + sweep.args.budget_s
+        if rerun:
+            end -= rerun_reserve_s(ranked, sweep.settings, end - time.monotonic())
         groups = [ranked] if side_by_side(ranked) else [[o] for o in ranked]
         if len(groups) > 1 and len(ranked) > 1:
             sweep.notes.append("the finalists were measured one after the other, not in turn: "

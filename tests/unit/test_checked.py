@@ -132,7 +132,7 @@ def test_figures_compared_are_measured_in_turn_the_order_reversed_every_round() 
     order: list[str] = []
     # the machine slows by 1,000 rows/s a run: two servers of the same capacity measured in turn
     # come out equal (A B B A: each is measured as early as the other on average)
-    speed = iter(range(20000, 0, -1000))
+    speed = iter(range(40000, 0, -1000))
 
     def server(name: str) -> Step:
         order.append(name)

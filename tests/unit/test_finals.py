@@ -146,9 +146,9 @@ def test_a_finalist_over_the_slo_is_measured_again_at_its_next_lower_load(
 
 
 @pytest.mark.parametrize("rerun", [False, True])
-def test_the_final_round_leaves_the_rerun_the_least_it_costs(
+def test_the_final_round_leaves_the_rerun_as_many_rounds_as_it_takes(
         monkeypatch: pytest.MonkeyPatch, rerun: bool) -> None:
-    from batchserve_planning.budget import rerun_s
+    from batchserve_planning.budget import rerun_reserve_s, rerun_s
 
     monkeypatch.setattr(finals, "available_bytes", lambda: 8 << 30)
     deadlines: list[float] = []
@@ -164,16 +164,19 @@ def test_the_final_round_leaves_the_rerun_the_least_it_costs(
               Outcome(Candidate(16, 0.0, 1), steps=[replace(_step(16, 600.0, True), seconds=5.0)],
                       peak_rss_bytes=1 << 20, start_s=9.0)]
     final = finals.Finals(sweep)  # type: ignore[arg-type]
+    end = sweep.started + sweep.args.budget_s
     try:
         final.final_round(ranked, rerun=rerun)
     finally:
         final.close()
-    end = sweep.started + sweep.args.budget_s
-    reserve = rerun_s(ranked, sweep.settings)
-    # a start, two rounds of two runs: of the step's 5 s, 0.5 s measured one window of 1.5 s: 4.5 s
-    # not scaled, and one window of a checked run's 4.5 s
-    assert reserve == pytest.approx(12.0 + 2 * 2 * (4.5 + 1.5))
-    assert deadlines == [pytest.approx(end - reserve if rerun else end)]
+    # Of the 600 s left, two finalists' rounds of two runs and the re-run's of two: half each
+    assert deadlines == [pytest.approx(end - 300.0 if rerun else end, abs=1.0)]
+    # ...and at least the re-run's least: a start, two rounds of two runs (of the step's 5 s, 0.5 s
+    # measured one window of 1.5 s: 4.5 s not scaled, and one window of a checked run's 4.5 s)
+    least = rerun_s(ranked, sweep.settings)
+    assert least == pytest.approx(12.0 + 2 * 2 * (4.5 + 1.5))
+    assert rerun_reserve_s(ranked, sweep.settings, 50.0) == pytest.approx(least)
+    assert rerun_reserve_s(ranked[:1], sweep.settings, 300.0) == pytest.approx(200.0)  # one finalist: 2/3
 
 
 @pytest.mark.parametrize("case", ["wide", "wide, no time left", "tight"])
@@ -185,8 +188,9 @@ def test_the_rerun_runs_on_while_the_final_rounds_spread_says_two_runs_are_not_e
     # resnet50 on the 2-core VM: the pick's final-round server ranged 18.0-23.9/s over 8 runs; in
     # the re-run it measured 21.0 and 21.0, the fresh start 17.9 and 18.0, and then (here) each
     # strays over that range as the final round did
-    series = {"verification-01": iter([17.90, 17.97, 23.5, 21.0, 19.0, 22.9, 20.4, 23.1]),
-              "final-01": iter([20.99, 21.00, 18.2, 23.4, 19.9, 20.5, 18.6, 21.2])}
+    series = {"verification-01": iter([17.90, 17.97, 23.5, 21.0, 19.0, 22.9, 20.4, 23.1,
+                                       18.4, 21.7, 19.6, 22.2]),
+              "final-01": iter([20.99, 21.00, 18.2, 23.4, 19.9, 20.5, 18.6, 21.2, 22.6, 19.3, 20.8, 18.9])}
 
     def fake_step(url: str, target: str, requests: str, clients: int, *_: object, **__: object) -> Step:
         return _step(clients, next(series[requests]), True)
