@@ -9,6 +9,12 @@ measures them in turn, ROUNDS rounds, the order reversed every round, each a ste
 final round measures one (``ramp.measure_step``, three ramp steps long, 8 clients). Where the
 figures move together round by round, the time moves them; where one server stays apart, the server.
 
+STAGGER=N starts server 0 first and measures it alone N rounds before the others start: where
+server 0 then stays below a fresh one, a server's age (minutes of serving beside the load) moves
+its figure, as a ``recommend`` re-run (a fresh start against the pick's final-round server)
+would see. MODEL=diabetes measures the diabetes pick beside the hog (batch 64, wait 0 ms, WORKERS,
+64 clients by default).
+
 MODEL=resnet50 measures ResNet50 instead (batch 1, wait 0 ms, one worker: the pick of resnet50's
 runs beside the CPU hog whose re-runs were "not known"), on scikit-learn's two photos; LOAD=1 runs
 one process spinning per core beside it (``harness.background_load``). Per pair of servers it
@@ -17,8 +23,8 @@ other) beside each server's own run-to-run spread: where the ratio spreads much 
 is the machine's and falls on both; where as much, each run's own.
 
 Usage: .venv/bin/python benchmarks/speed_drift.py   SERVERS=3  ROUNDS=6  CLIENTS=8  WORKERS=2
-  MODEL=minilm (or resnet50)  LOAD=0 (1: a CPU hog beside it)  THREADS: torch_threads (own: the
-  server's choice, its cores; default: minilm 1, resnet50 own)
+  MODEL=minilm (or resnet50, diabetes)  STAGGER=0  LOAD=0 (1: a CPU hog beside it)
+  THREADS: torch_threads (own: the server's choice, its cores; default: minilm 1, resnet50 own)
 Prints each round and, per server, mean, min and max; per round, the highest over the lowest
 server. Writes benchmarks/results/speed-drift-<time>.json.
 """
@@ -30,6 +36,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import harness
 import sklearn.datasets
@@ -77,11 +84,18 @@ def main() -> None:
     model, loaded = os.environ.get("MODEL", "minilm"), os.environ.get("LOAD", "0") == "1"
     work = ROOT / "benchmarks" / "results" / f"speed-drift-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    config = {"minilm": MODEL, "resnet50": RESNET50}[model]
+    stagger = int(os.environ.get("STAGGER", "0"))
     threads = os.environ.get("THREADS", "1" if model == "minilm" else "own")
-    (work / "models.toml").write_text(config.format(
-        root=ROOT / "models", threads="" if threads == "own" else f", torch_threads = {int(threads)}"))
-    if model == "minilm":
+    if model == "diabetes":
+        (work / "models.toml").write_text((harness.DIABETES_MODEL % 64).format(root=ROOT / "models"))
+    else:
+        config = {"minilm": MODEL, "resnet50": RESNET50}[model]
+        (work / "models.toml").write_text(config.format(
+            root=ROOT / "models", threads="" if threads == "own" else f", torch_threads = {int(threads)}"))
+    if model == "diabetes":
+        rows = harness.diabetes_rows(work / "rows.jsonl")
+        samples, settings = load_samples(rows, "rows"), RampSettings(slo_ms=20.0)
+    elif model == "minilm":
         (work / "texts.txt").write_text("".join(text + "\n" for text in benchmark_texts(200)))
         samples, settings = load_samples(work / "texts.txt", "text"), RampSettings(slo_ms=200.0)
     else:
@@ -90,32 +104,41 @@ def main() -> None:
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     servers: list[ManagedServer] = []
     figures: list[list[float]] = [[] for _ in range(count)]
+    alone: list[float] = []
+
+    def step(server: ManagedServer, requests: Any) -> float:
+        measured = measure_step(server.url, model, requests, clients, settings, None, "step",
+                                duration_s=3 * settings.step_s, min_responses=3 * settings.min_responses)
+        return measured.rows_per_s
+
+    def requests_for(server: ManagedServer) -> Any:
+        host, _, port = server.url.removeprefix("http://").partition(":")
+        return build_requests(samples, host=host, port=int(port), model=model)
+
     with harness.background_load(loaded):
         try:
-            for _ in range(count):
+            for index in range(count):
+                if index == 1 and stagger:  # server 0 serves alone first, and ages
+                    first = requests_for(servers[0])
+                    for round_ in range(stagger):
+                        alone.append(step(servers[0], first))
+                        print(f"alone {round_ + 1}: server 0: {alone[-1]:.2f}/s", flush=True)
                 servers.append(ManagedServer(work / "models.toml", args=["--workers", workers]))
-            for server in servers:
-                server.wait_ready()
-            requests = []
-            for server in servers:
-                host, _, port = server.url.removeprefix("http://").partition(":")
-                requests.append(build_requests(samples, host=host, port=int(port), model=model))
+                servers[-1].wait_ready()
+            requests = [requests_for(server) for server in servers]
             for index in range(rounds):
                 order = range(count) if index % 2 == 0 else reversed(range(count))
                 line = []
                 for n in order:
-                    step = measure_step(servers[n].url, model, requests[n], clients, settings, None,
-                                        "step", duration_s=3 * settings.step_s,
-                                        min_responses=3 * settings.min_responses)
-                    figures[n].append(step.rows_per_s)
-                    line.append(f"server {n}: {step.rows_per_s:.2f}/s")
+                    figures[n].append(step(servers[n], requests[n]))
+                    line.append(f"server {n}: {figures[n][-1]:.2f}/s")
                 print(f"round {index + 1}: " + ", ".join(line), flush=True)
         finally:
             for server in servers:
                 server.stop()
     apart = [max(f[r] for f in figures) / min(f[r] for f in figures) for r in range(rounds)]
     print(f"\ncommit {commit}, started {started}, {model}, {count} servers, {workers} workers, "
-          f"torch threads {threads}, "
+          f"torch threads {threads}, server 0 alone first for {stagger} rounds, "
           f"{clients} clients, {'beside a CPU hog' if loaded else 'no other load'}\n")
     for n, mine in enumerate(figures):
         print(f"server {n}: mean {statistics.mean(mine):.2f}, {min(mine):.2f}-{max(mine):.2f}/s, "
@@ -129,6 +152,7 @@ def main() -> None:
     harness.save_results("speed-drift", {"commit": commit, "started": started, "model": model,
                                          "loaded": loaded, "threads": threads, "clients": clients,
                                          "workers": workers, "figures": figures, "apart": apart,
+                                         "stagger": stagger, "alone": alone,
                                          "pairs": pairs})
 
 
