@@ -36,11 +36,10 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import harness
 import sklearn.datasets
-from batchserve_planning.load.inputs import build_requests, load_samples
+from batchserve_planning.load.inputs import Requests, build_requests, load_samples
 from batchserve_planning.ramp import RampSettings, measure_step
 from batchserve_planning.serverproc import ManagedServer
 from embedding_texts import benchmark_texts
@@ -82,49 +81,53 @@ def main() -> None:
     count, rounds = int(os.environ.get("SERVERS", "3")), int(os.environ.get("ROUNDS", "6"))
     clients, workers = int(os.environ.get("CLIENTS", "8")), os.environ.get("WORKERS", "2")
     model, loaded = os.environ.get("MODEL", "minilm"), os.environ.get("LOAD", "0") == "1"
-    work = ROOT / "benchmarks" / "results" / f"speed-drift-{time.strftime('%Y%m%d-%H%M%S')}"
-    work.mkdir(parents=True)
     stagger = int(os.environ.get("STAGGER", "0"))
     threads = os.environ.get("THREADS", "1" if model == "minilm" else "own")
     if model == "diabetes":
-        (work / "models.toml").write_text((harness.DIABETES_MODEL % 64).format(root=ROOT / "models"))
+        work, config = harness.workspace("speed-drift", 64)
+        samples = load_samples(harness.diabetes_rows(work / "rows.jsonl"), "rows")
+        settings = RampSettings(slo_ms=20.0)
     else:
-        config = {"minilm": MODEL, "resnet50": RESNET50}[model]
-        (work / "models.toml").write_text(config.format(
+        work = ROOT / "benchmarks" / "results" / f"speed-drift-{time.strftime('%Y%m%d-%H%M%S')}"
+        work.mkdir(parents=True)
+        config = work / "models.toml"
+        config.write_text({"minilm": MODEL, "resnet50": RESNET50}[model].format(
             root=ROOT / "models", threads="" if threads == "own" else f", torch_threads = {int(threads)}"))
-    if model == "diabetes":
-        rows = harness.diabetes_rows(work / "rows.jsonl")
-        samples, settings = load_samples(rows, "rows"), RampSettings(slo_ms=20.0)
-    elif model == "minilm":
-        (work / "texts.txt").write_text("".join(text + "\n" for text in benchmark_texts(200)))
-        samples, settings = load_samples(work / "texts.txt", "text"), RampSettings(slo_ms=200.0)
-    else:
-        photos = Path(sklearn.datasets.__file__).parent / "images"
-        samples, settings = load_samples(photos, "image"), RampSettings(slo_ms=2000.0)
+        if model == "minilm":
+            (work / "texts.txt").write_text("".join(text + "\n" for text in benchmark_texts(200)))
+            samples, settings = load_samples(work / "texts.txt", "text"), RampSettings(slo_ms=200.0)
+        else:
+            photos = Path(sklearn.datasets.__file__).parent / "images"
+            samples, settings = load_samples(photos, "image"), RampSettings(slo_ms=2000.0)
     commit, started = harness.commit(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     servers: list[ManagedServer] = []
     figures: list[list[float]] = [[] for _ in range(count)]
     alone: list[float] = []
 
-    def step(server: ManagedServer, requests: Any) -> float:
+    def step(server: ManagedServer, requests: Requests) -> float:
         measured = measure_step(server.url, model, requests, clients, settings, None, "step",
                                 duration_s=3 * settings.step_s, min_responses=3 * settings.min_responses)
         return measured.rows_per_s
 
-    def requests_for(server: ManagedServer) -> Any:
+    def requests_for(server: ManagedServer) -> Requests:
         host, _, port = server.url.removeprefix("http://").partition(":")
         return build_requests(samples, host=host, port=int(port), model=model)
 
+    def start(how_many: int) -> None:
+        fresh = [ManagedServer(config, args=["--workers", workers]) for _ in range(how_many)]
+        servers.extend(fresh)
+        for server in fresh:
+            server.wait_ready()
+
     with harness.background_load(loaded):
         try:
-            for index in range(count):
-                if index == 1 and stagger:  # server 0 serves alone first, and ages
-                    first = requests_for(servers[0])
-                    for round_ in range(stagger):
-                        alone.append(step(servers[0], first))
-                        print(f"alone {round_ + 1}: server 0: {alone[-1]:.2f}/s", flush=True)
-                servers.append(ManagedServer(work / "models.toml", args=["--workers", workers]))
-                servers[-1].wait_ready()
+            if stagger:  # server 0 serves alone first, and ages
+                start(1)
+                first = requests_for(servers[0])
+                for round_ in range(stagger):
+                    alone.append(step(servers[0], first))
+                    print(f"alone {round_ + 1}: server 0: {alone[-1]:.2f}/s", flush=True)
+            start(count - len(servers))
             requests = [requests_for(server) for server in servers]
             for index in range(rounds):
                 order = range(count) if index % 2 == 0 else reversed(range(count))

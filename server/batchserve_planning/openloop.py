@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from batchserve_planning.stability import Figure
 
 CARRIED_SHARE = 0.95
-"""A step within the SLO answers at least this share of what arrived, 2xx (or within the count's
-own noise, where that is wider: ``answered_enough``)."""
+"""A step within the SLO answers at least this share of what was due in its windows, 2xx (or
+within the count's own noise, where that is wider: ``answered_enough``)."""
 EDGE_SDS = 3.0
 """How many standard deviations of that noise a shortfall may be and still be noise (a step
 within the SLO is then called outside it about once in 700)."""
